@@ -1,0 +1,1 @@
+"""The Claude Code CLI driver: framing, messages, frame->event translation, process lifetime."""

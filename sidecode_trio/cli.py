@@ -1,0 +1,284 @@
+"""The ``sidecode-trio`` command: ``serve``, ``sessions`` and ``doctor``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from . import __version__
+from .config import DEFAULT_PORT, DaemonConfig, default_state_dir, load_config
+from .errors import ConfigError, SidecodeError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sidecode-trio",
+        description="Drive Claude Code sessions from a phone or a watch.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the daemon in the foreground")
+    _state_dir_flag(serve)
+    serve.add_argument("--config", type=Path, help="config file (default: STATE_DIR/config.toml)")
+    serve.add_argument(
+        "--host", help="address to listen on (loopback only for now; default 127.0.0.1)"
+    )
+    serve.add_argument(
+        "--port", type=int, help=f"TCP port; 0 picks a free one (default {DEFAULT_PORT})"
+    )
+    serve.add_argument(
+        "--claude", metavar="PATH", help="the claude CLI to run (default: claude on PATH)"
+    )
+    serve.add_argument(
+        "--allow-root",
+        metavar="DIR",
+        action="append",
+        dest="allowed_roots",
+        help="a folder sessions may run in (repeatable; default: your home directory)",
+    )
+    serve.add_argument(
+        "--ready-file",
+        metavar="PATH",
+        type=Path,
+        help='write {"http": URL, "pid": N} here once listening',
+    )
+    serve.add_argument(
+        "--idle-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="stop an idle CLI after this long (default 600)",
+    )
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+    sessions = commands.add_parser("sessions", help="list the sessions of the running daemon")
+    _state_dir_flag(sessions)
+    sessions.add_argument("--json", action="store_true", help="print JSON")
+
+    doctor = commands.add_parser(
+        "doctor", help="check the claude CLI, the state directory and the daemon"
+    )
+    _state_dir_flag(doctor)
+    doctor.add_argument(
+        "--claude", metavar="PATH", help="the claude CLI to check (default: claude on PATH)"
+    )
+    doctor.add_argument("--json", action="store_true", help="print JSON")
+    return parser
+
+
+def _state_dir_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--state-dir", type=Path, help=f"where state is kept (default {default_state_dir()})"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "serve":
+            return _serve(args)
+        if args.command == "sessions":
+            return _sessions(args)
+        return _doctor(args)
+    except SidecodeError as exc:
+        print(f"sidecode-trio: {exc.message}", file=sys.stderr)
+        return 2
+
+
+# -- serve ---------------------------------------------------------------------------------
+
+
+def _serve(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    overrides = {
+        "state_dir": args.state_dir,
+        "host": args.host,
+        "port": args.port,
+        "claude": args.claude,
+        "allowed_roots": args.allowed_roots,
+        "ready_file": str(args.ready_file) if args.ready_file else None,
+        "idle_timeout": args.idle_timeout,
+    }
+    config = load_config(overrides, args.config)
+    from .daemon import serve
+
+    trio.run(lambda: serve(config, handle_signals=True))
+    return 0
+
+
+# -- talking to a running daemon ------------------------------------------------------------
+
+
+def _daemon(state_dir: Path) -> tuple[str, str]:
+    """The URL and token of the daemon running on ``state_dir``."""
+    try:
+        info = json.loads((state_dir / "daemon.json").read_text())
+        token = (state_dir / "token").read_text().strip()
+    except (OSError, ValueError):
+        raise ConfigError(
+            f"no daemon is running on {state_dir} (start one with 'sidecode-trio serve')"
+        ) from None
+    return str(info["http"]), token
+
+
+def _get(url: str, token: str | None, timeout: float = 5.0) -> Any:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    request = urllib.request.Request(url, headers=headers)  # noqa: S310 - the daemon's own URL
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
+            return json.loads(response.read())
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise SidecodeError(
+            f"cannot reach the daemon at {url}: {exc}", code="unreachable"
+        ) from None
+
+
+def _sessions(args: argparse.Namespace) -> int:
+    url, token = _daemon(args.state_dir or default_state_dir())
+    sessions = _get(f"{url}/v1/sessions", token)["sessions"]
+    if args.json:
+        print(json.dumps(sessions, indent=2))
+        return 0
+    if not sessions:
+        print("no sessions")
+        return 0
+    print(f"{'ID':36}  {'STATUS':15}  {'COST':>8}  {'LAST ACTIVITY':19}  TITLE")
+    for s in sessions:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s["last_activity"]))
+        print(
+            f"{s['id']:36}  {s['status']:15}  ${s['cost_usd']:7.4f}  {when:19}  "
+            f"{s['title']}  ({s['cwd']})"
+        )
+    return 0
+
+
+# -- doctor --------------------------------------------------------------------------------
+
+
+def _check_claude(claude: str) -> dict[str, Any]:
+    path = shutil.which(claude)
+    if path is None:
+        return {
+            "ok": False,
+            "detail": f"{claude!r} not found on PATH (install Claude Code, or pass --claude)",
+        }
+    try:
+        out = subprocess.run(
+            [path, "--version"], capture_output=True, text=True, timeout=20, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return {"ok": False, "path": path, "detail": f"cannot run it: {exc}"}
+    version = out.stdout.strip().splitlines()[0] if out.stdout.strip() else ""
+    return {
+        "ok": out.returncode == 0,
+        "path": path,
+        "version": version,
+        "detail": out.stderr.strip()[:200],
+    }
+
+
+def _check_state(state_dir: Path) -> dict[str, Any]:
+    problems = []
+    if not state_dir.exists():
+        return {"ok": True, "path": str(state_dir), "detail": "not created yet (serve creates it)"}
+    if state_dir.stat().st_mode & 0o077:
+        problems.append("the state directory is accessible to other users (want 0700)")
+    for name in ("token", "events.sqlite3"):
+        path = state_dir / name
+        if path.exists() and path.stat().st_mode & 0o077:
+            problems.append(f"{name} is readable by others (want 0600)")
+    if not os.access(state_dir, os.W_OK):
+        problems.append("the state directory is not writable")
+    db = state_dir / "events.sqlite3"
+    sessions = None
+    if db.exists():
+        try:
+            conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+            try:
+                check = conn.execute("PRAGMA quick_check").fetchone()[0]
+                sessions = conn.execute("SELECT COUNT(*) FROM sessions").fetchone()[0]
+            finally:
+                conn.close()
+            if check != "ok":
+                problems.append(f"database check failed: {check}")
+        except sqlite3.Error as exc:
+            problems.append(f"cannot read the database: {exc}")
+    free = shutil.disk_usage(state_dir).free
+    if free < 100 * 1024 * 1024:
+        problems.append(f"only {free // (1024 * 1024)} MiB free on the state directory's disk")
+    return {
+        "ok": not problems,
+        "path": str(state_dir),
+        "sessions": sessions,
+        "detail": "; ".join(problems),
+    }
+
+
+def _check_daemon(state_dir: Path) -> dict[str, Any]:
+    try:
+        url, token = _daemon(state_dir)
+    except ConfigError:
+        return {"ok": True, "running": False, "detail": "not running"}
+    try:
+        status = _get(f"{url}/v1/status", token, timeout=3)
+    except SidecodeError as exc:
+        return {
+            "ok": False,
+            "running": False,
+            "url": url,
+            "detail": f"daemon.json is stale: {exc.message}",
+        }
+    store_error = status["log"]["store_error"]
+    return {
+        "ok": store_error is None,
+        "running": True,
+        "url": url,
+        "status": status,
+        "detail": store_error or "",
+    }
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    state_dir = args.state_dir or default_state_dir()
+    claude = args.claude
+    if claude is None:
+        try:
+            claude = load_config({"state_dir": state_dir}).claude
+        except ConfigError:
+            claude = DaemonConfig(state_dir=state_dir).claude
+    report = {
+        "claude": _check_claude(claude),
+        "state_dir": _check_state(state_dir),
+        "daemon": _check_daemon(state_dir),
+    }
+    ok = all(part["ok"] for part in report.values())
+    if args.json:
+        print(json.dumps({"ok": ok, **report}, indent=2))
+    else:
+        for name, part in report.items():
+            mark = "ok " if part["ok"] else "FAIL"
+            facts = ", ".join(
+                f"{k}={v}"
+                for k, v in part.items()
+                if k not in ("ok", "detail", "status") and v is not None
+            )
+            print(
+                f"[{mark}] {name}: {facts}"
+                + (f" -- {part['detail']}" if part.get("detail") else "")
+            )
+    return 0 if ok else 1

@@ -1,0 +1,126 @@
+"""The daemon's configuration: typed, frozen, validated once at the edge.
+
+Sources, later ones winning: built-in defaults, ``<state-dir>/config.toml`` (or ``--config``), then
+command-line flags. Every problem is reported with the path of the bad value, e.g.
+``bad value @ $.port: must be between 0 and 65535``, and stops the daemon before it starts.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Final
+
+import attrs
+
+from .errors import ConfigError
+from .wire.converter import structure
+
+DEFAULT_PORT: Final = 8765
+LOOPBACK_NAMES: Final = frozenset({"localhost"})
+
+
+def default_state_dir() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "sidecode-trio"
+
+
+@attrs.frozen
+class DaemonConfig:
+    state_dir: Path
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    claude: str = "claude"
+    allowed_roots: tuple[Path, ...] = ()
+    ready_file: Path | None = None
+    idle_timeout: float = 600.0  #: seconds before an idle CLI is stopped (resumed on demand)
+    sse_keepalive: float = 15.0  #: seconds between SSE keep-alive comments
+    client_queue: int = 4096  #: events buffered per client link before it is dropped
+    retain_events: int = 50_000  #: events per session kept for exact replay
+    max_body: int = 1024 * 1024  #: bytes accepted in a request body
+    claude_env: dict[str, str] = attrs.field(factory=dict)  #: extra environment for the CLI
+    claude_args: tuple[str, ...] = ()  #: extra arguments for the CLI
+
+    @property
+    def token_path(self) -> Path:
+        return self.state_dir / "token"
+
+    @property
+    def db_path(self) -> Path:
+        return self.state_dir / "events.sqlite3"
+
+    @property
+    def daemon_file(self) -> Path:
+        """Where a running daemon says how to reach it (read by ``sessions`` and ``doctor``)."""
+        return self.state_dir / "daemon.json"
+
+
+def is_loopback(host: str) -> bool:
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _problems(config: DaemonConfig) -> list[str]:
+    problems = []
+    if not 0 <= config.port <= 65535:
+        problems.append(f"bad value @ $.port: must be between 0 and 65535, got {config.port}")
+    if not is_loopback(config.host):
+        problems.append(
+            f"bad value @ $.host: {config.host!r} is not a loopback address; until devices can "
+            "pair, the daemon only listens on 127.0.0.1, ::1 or localhost"
+        )
+    if config.idle_timeout <= 0:
+        problems.append("bad value @ $.idle_timeout: must be > 0 seconds")
+    if config.sse_keepalive <= 0:
+        problems.append("bad value @ $.sse_keepalive: must be > 0 seconds")
+    if config.client_queue < 16:
+        problems.append("bad value @ $.client_queue: must be at least 16")
+    if config.retain_events < 100:
+        problems.append("bad value @ $.retain_events: must be at least 100")
+    if config.max_body < 1024:
+        problems.append("bad value @ $.max_body: must be at least 1024 bytes")
+    for i, root in enumerate(config.allowed_roots):
+        if not root.is_absolute():
+            problems.append(f"bad value @ $.allowed_roots[{i}]: {str(root)!r} is not absolute")
+        elif not root.is_dir():
+            problems.append(f"bad value @ $.allowed_roots[{i}]: {root} is not a directory")
+    return problems
+
+
+def load_config(overrides: Mapping[str, Any], config_file: Path | None = None) -> DaemonConfig:
+    """Merge the config file (if any) under ``overrides`` and validate the result."""
+    state_dir = Path(overrides.get("state_dir") or default_state_dir()).expanduser()
+    path = config_file or state_dir / "config.toml"
+    data: dict[str, Any] = {}
+    if config_file is not None or path.exists():
+        try:
+            data = tomllib.loads(path.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+    known = {field.name for field in attrs.fields(DaemonConfig)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"unknown setting(s) @ $: {', '.join(unknown)} (in {path})")
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    data["state_dir"] = str(state_dir)
+    if not data.get("allowed_roots"):
+        data["allowed_roots"] = [str(Path.home())]
+    data["allowed_roots"] = [
+        str(Path(root).expanduser().resolve()) if isinstance(root, str) else root
+        for root in data["allowed_roots"]
+    ]
+    try:
+        config = structure(data, DaemonConfig)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    problems = _problems(config)
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return config

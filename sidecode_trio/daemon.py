@@ -1,0 +1,210 @@
+"""The daemon: state directory, the task tree, readiness and a bounded two-phase shutdown.
+
+::
+
+    daemon nursery
+    ├── event-log writer          (group commit, fan-out, WAL checkpoints)
+    └── services nursery
+        ├── session registry      (one supervisor task per live session, each owning its CLI)
+        └── HTTP server           (hypercorn's trio worker; one task group per client link)
+
+Shutdown: stop accepting and end the event streams, stop the sessions (each CLI: close stdin,
+SIGTERM, SIGKILL, bounded), let HTTP finish within its grace, commit what is left, exit.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import gc
+import json
+import logging
+import os
+import secrets
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import partial
+from pathlib import Path
+from typing import IO, Any, Final
+from urllib.parse import urlsplit
+
+import attrs
+import hypercorn.config
+import hypercorn.trio
+import trio
+
+from . import __version__
+from .claude.process import Grace
+from .config import DaemonConfig
+from .errors import ConfigError
+from .eventlog.log import EventLog, LogLimits
+from .eventlog.store import SQLiteStore
+from .http.app import HTTPSettings, create_app, hash_token
+from .ops import Operations
+from .sessions.registry import SessionRegistry
+from .sessions.supervisor import SupervisorSettings
+
+log = logging.getLogger(__name__)
+
+HTTP_GRACE: Final = 3.0  # seconds open requests get to finish at shutdown
+SHUTDOWN_GRACE: Final = Grace(close_stdin=1.0, terminate=2.0)
+
+
+@attrs.frozen
+class DaemonHandle:
+    """What a started daemon reports: where it listens, and how to stop it."""
+
+    url: str
+    port: int
+    token: str
+    stop: trio.Event = attrs.field(eq=False)
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically, readable by the owner only."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+
+
+def prepare_state_dir(state_dir: Path) -> None:
+    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(state_dir, 0o700)
+
+
+def load_token(path: Path) -> str:
+    """The local access token, created on first use; the file is kept 0600."""
+    if path.exists():
+        if path.stat().st_mode & 0o077:
+            log.warning("%s was readable by others; restricting it to 0600", path)
+            os.chmod(path, 0o600)
+        token = path.read_text().strip()
+        if len(token) >= 32:
+            return token
+    token = secrets.token_urlsafe(32)
+    write_private(path, token + "\n")
+    return token
+
+
+@contextmanager
+def single_instance(state_dir: Path) -> Iterator[IO[str]]:
+    """Hold an exclusive lock on the state directory for the daemon's lifetime."""
+    path = state_dir / "daemon.lock"
+    handle = open(path, "a+")  # noqa: SIM115 - held open for the lock's lifetime
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise ConfigError(
+            f"another sidecode-trio daemon is using {state_dir} (see {state_dir / 'daemon.json'})"
+        ) from None
+    try:
+        yield handle
+    finally:
+        handle.close()
+
+
+def _allowed_hosts(url: str) -> set[str]:
+    port = urlsplit(url).port
+    return {f"{name}:{port}" for name in ("127.0.0.1", "localhost", "[::1]")}
+
+
+async def serve(
+    config: DaemonConfig,
+    *,
+    handle_signals: bool = False,
+    task_status: trio.TaskStatus[DaemonHandle] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    prepare_state_dir(config.state_dir)
+    with single_instance(config.state_dir):
+        token = load_token(config.token_path)
+        store = SQLiteStore(config.db_path)
+        try:
+            await _serve(config, store, token, handle_signals, task_status)
+        finally:
+            store.close()
+            config.daemon_file.unlink(missing_ok=True)
+
+
+async def _serve(
+    config: DaemonConfig,
+    store: SQLiteStore,
+    token: str,
+    handle_signals: bool,
+    task_status: trio.TaskStatus[DaemonHandle],
+) -> None:
+    event_log = EventLog(store, LogLimits(retain=config.retain_events))
+    event_log.load()
+    registry = SessionRegistry(
+        event_log,
+        SupervisorSettings(
+            claude=config.claude,
+            env=config.claude_env,
+            idle_timeout=config.idle_timeout,
+            grace=SHUTDOWN_GRACE,
+            extra_args=config.claude_args,
+        ),
+        config.allowed_roots,
+    )
+    ops = Operations(registry, event_log)
+    hosts: set[str] = set()
+    app = create_app(
+        ops,
+        HTTPSettings(hash_token(token), config.sse_keepalive, config.client_queue, config.max_body),
+        lambda: hosts,
+    )
+    http_config = hypercorn.config.Config()
+    http_config.bind = [
+        f"[{config.host}]:{config.port}" if ":" in config.host else f"{config.host}:{config.port}"
+    ]
+    http_config.accesslog = None
+    http_config.errorlog = logging.getLogger("hypercorn.error")
+    http_config.graceful_timeout = HTTP_GRACE
+    http_config.include_server_header = False
+    stop = trio.Event()
+
+    async with trio.open_nursery() as daemon:
+        await daemon.start(event_log.run)
+        async with trio.open_nursery() as services:
+            await services.start(registry.run)
+            binds: list[str] = await services.start(
+                partial(hypercorn.trio.serve, app, http_config, shutdown_trigger=stop.wait)
+            )
+            url = binds[0]
+            hosts.update(_allowed_hosts(url))
+            _announce(config, url)
+            if handle_signals:
+                services.start_soon(_stop_on_signal, stop)
+            gc.freeze()  # start-up objects never become garbage; keep them out of GC passes
+            task_status.started(DaemonHandle(url, urlsplit(url).port or 0, token, stop))
+            await stop.wait()
+            log.info("stopping: ending event streams and sessions")
+            event_log.close_subscriptions()
+            registry.stop()
+        await event_log.flush()
+        daemon.cancel_scope.cancel()
+    log.info("stopped")
+
+
+def _announce(config: DaemonConfig, url: str) -> None:
+    info: dict[str, Any] = {
+        "http": url,
+        "pid": os.getpid(),
+        "state_dir": str(config.state_dir),
+        "version": __version__,
+    }
+    text = json.dumps(info)
+    write_private(config.daemon_file, text)
+    if config.ready_file is not None:
+        write_private(config.ready_file, text)
+    log.info("listening on %s (pid %d, state in %s)", url, os.getpid(), config.state_dir)
+
+
+async def _stop_on_signal(stop: trio.Event) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            log.info("got %s", signal.Signals(signum).name)
+            stop.set()
+            return

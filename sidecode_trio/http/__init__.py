@@ -1,0 +1,1 @@
+"""HTTP/SSE transport: a quart-trio app on hypercorn's trio worker, calling :mod:`..ops`."""

@@ -1,0 +1,5 @@
+"""The operation table: every client operation once, independent of the transport."""
+
+from .operations import Operations
+
+__all__ = ["Operations"]

@@ -1,0 +1,1 @@
+"""Session supervision: one supervisor per session, and the registry that owns them."""

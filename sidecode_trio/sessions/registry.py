@@ -1,0 +1,192 @@
+"""The session registry: every known session, and the nursery their supervisors run in.
+
+Sessions are created in a folder inside an allowed root, loaded from the event log at start-up
+(where anything a dead daemon left open is closed with explicit events), and woken on demand: a
+supervisor's task runs only while its session has work or a live CLI. The registry also keeps the
+"all sessions at a glance" feed: a summary per session, pushed to subscribers when it changes.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid as uuidlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Final
+
+import attrs
+import trio
+
+from ..errors import BadRequest, Forbidden, NotFound
+from ..eventlog.log import EventLog
+from ..wire import events as ev
+from ..wire.snapshot import SessionInfo
+from .supervisor import SessionSupervisor, SupervisorSettings
+
+TITLE_CHARS: Final = 80
+ACTIVITY_REPORT_INTERVAL: Final = 10.0  # seconds: activity-only changes are reported this often
+
+
+def title_from(prompt: str | None, cwd: Path) -> str:
+    first = (prompt or "").strip().splitlines()[0] if (prompt or "").strip() else ""
+    if not first:
+        return cwd.name or str(cwd)
+    return first if len(first) <= TITLE_CHARS else first[: TITLE_CHARS - 1] + "…"
+
+
+def resolve_cwd(cwd: str, roots: Sequence[Path]) -> Path:
+    """The real path of ``cwd`` if it is a directory inside one of ``roots``."""
+    if not isinstance(cwd, str) or not cwd or "\x00" in cwd:
+        raise BadRequest("cwd must be a non-empty path")
+    path = Path(cwd).expanduser()
+    if not path.is_absolute():
+        raise BadRequest(f"cwd must be an absolute path, got {cwd!r}")
+    real = Path(os.path.realpath(path))
+    if not any(real == root or real.is_relative_to(root) for root in roots):
+        raise Forbidden(f"{cwd} is outside the allowed roots", code="path_not_allowed")
+    if not real.is_dir():
+        raise BadRequest(f"{cwd} is not a directory", code="not_a_directory")
+    return real
+
+
+class SessionRegistry:
+    def __init__(self, log: EventLog, settings: SupervisorSettings, roots: Sequence[Path]) -> None:
+        self._log = log
+        self._settings = settings
+        self._roots = [Path(os.path.realpath(root)) for root in roots]
+        self._supervisors: dict[str, SessionSupervisor] = {}
+        self._nursery: trio.Nursery | None = None
+        self._list_subscribers: set[trio.MemorySendChannel[SessionInfo]] = set()
+        self._reported: dict[str, tuple[SessionInfo, float]] = {}
+        self._stop = trio.Event()
+        log.on_commit(self._on_commit)
+
+    # -- lifetime ----------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Load the sessions, recover them, and own their supervisors until cancelled."""
+        for session_id in self._log.ids():
+            supervisor = SessionSupervisor(session_id, self._log, self._settings)
+            supervisor.recover()
+            self._supervisors[session_id] = supervisor
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                task_status.started()
+                await self._stop.wait()
+                nursery.cancel_scope.cancel()  # each supervisor stops its CLI, shielded and bounded
+        finally:
+            self._nursery = None
+            self.close_feeds()
+
+    def stop(self) -> None:
+        """Stop every session (their CLIs are terminated) and end the list feeds."""
+        self._stop.set()
+        self.close_feeds()
+
+    def close_feeds(self) -> None:
+        for channel in list(self._list_subscribers):
+            channel.close()
+        self._list_subscribers.clear()
+
+    def _wake(self, supervisor: SessionSupervisor) -> None:
+        if not supervisor.active and supervisor.has_work() and self._nursery is not None:
+            supervisor.active = True  # set now so a second call in the same tick starts nothing
+            self._nursery.start_soon(supervisor.run)
+
+    # -- operations --------------------------------------------------------------------------
+
+    def create(
+        self,
+        cwd: str,
+        prompt: str | None = None,
+        model: str | None = None,
+        permission_mode: str = "default",
+        client_id: str | None = None,
+    ) -> tuple[SessionInfo, str | None]:
+        """Create a session (and queue its first prompt). Returns its summary and message id."""
+        real = resolve_cwd(cwd, self._roots)
+        session_id = str(uuidlib.uuid4())
+        self._log.create(session_id)
+        self._log.append(
+            session_id,
+            ev.SessionCreated(str(real), title_from(prompt, real), model, permission_mode),
+        )
+        supervisor = SessionSupervisor(session_id, self._log, self._settings)
+        supervisor.init_created(str(real), model, permission_mode)
+        self._supervisors[session_id] = supervisor
+        message_id = None
+        if prompt is not None and prompt.strip():
+            message_id, _ = supervisor.send(prompt, client_id)
+            self._wake(supervisor)
+        return self.info(session_id), message_id
+
+    def get(self, session_id: str) -> SessionSupervisor:
+        try:
+            return self._supervisors[session_id]
+        except KeyError:
+            raise NotFound(f"unknown session {session_id!r}", code="unknown_session") from None
+
+    def send(self, session_id: str, text: str, client_id: str | None = None) -> tuple[str, bool]:
+        supervisor = self.get(session_id)
+        result = supervisor.send(text, client_id)
+        self._wake(supervisor)
+        return result
+
+    def info(self, session_id: str) -> SessionInfo:
+        self.get(session_id)
+        return self._log.info(session_id)
+
+    def summaries(self) -> list[SessionInfo]:
+        infos = [self._log.info(session_id) for session_id in self._supervisors]
+        return sorted(infos, key=lambda info: info.last_activity, reverse=True)
+
+    def statistics(self) -> dict[str, object]:
+        return {
+            "sessions": len(self._supervisors),
+            "live": sum(1 for s in self._supervisors.values() if s.active),
+            "list_subscribers": len(self._list_subscribers),
+        }
+
+    # -- the session-list feed ---------------------------------------------------------------
+
+    def subscribe_list(
+        self, max_queue: int
+    ) -> tuple[list[SessionInfo], trio.MemoryReceiveChannel[SessionInfo]]:
+        send, receive = trio.open_memory_channel[SessionInfo](max_queue)
+        self._list_subscribers.add(send)
+        return self.summaries(), receive
+
+    def unsubscribe_list(self, receive: trio.MemoryReceiveChannel[SessionInfo]) -> None:
+        receive.close()  # the send side sees BrokenResourceError and is dropped on next change
+
+    def _on_commit(self, session_ids: set[str]) -> None:
+        for session_id in session_ids:
+            if session_id not in self._supervisors:
+                continue
+            info = self._log.info(session_id)
+            if self._worth_reporting(session_id, info):
+                self._push(info)
+
+    def _worth_reporting(self, session_id: str, info: SessionInfo) -> bool:
+        """Skip reports where only ``last_activity`` moved, unless the last one is old."""
+        previous = self._reported.get(session_id)
+        if previous is not None:
+            old, at = previous
+            same = old == _with_activity(info, old.last_activity)
+            if same and info.last_activity - at < ACTIVITY_REPORT_INTERVAL:
+                return False
+        self._reported[session_id] = (info, info.last_activity)
+        return True
+
+    def _push(self, info: SessionInfo) -> None:
+        for channel in list(self._list_subscribers):
+            try:
+                channel.send_nowait(info)
+            except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+                channel.close()  # lagging or gone: it reconnects and gets the full list
+                self._list_subscribers.discard(channel)
+
+
+def _with_activity(info: SessionInfo, last_activity: float) -> SessionInfo:
+    return attrs.evolve(info, last_activity=last_activity)

@@ -1,0 +1,1 @@
+"""The wire protocol: message classes (frozen attrs) and the one cattrs converter."""

@@ -1,0 +1,102 @@
+"""The one cattrs converter: wire messages, stored events and config all go through it.
+
+Messages are frozen attrs classes. Tagged unions (events, transcript items) carry their tag in a
+``type`` field that is a ``ClassVar`` on the class; :func:`register_union` teaches the converter to
+write that tag and to pick the class by it when reading. Errors from cattrs are flattened into one
+readable line with the JSON path of the bad value (``bad value @ $.port: expected int``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import cattrs
+from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
+from cattrs.gen import make_dict_unstructure_fn
+from cattrs.v import transform_error
+
+T = TypeVar("T")
+
+converter = cattrs.Converter(forbid_extra_keys=False, omit_if_default=False)
+converter.register_structure_hook(Path, lambda value, _: Path(_strict(value, str, "a string")))
+
+
+def _strict(value: Any, kind: type[Any] | tuple[type[Any], ...], name: str) -> Any:
+    # cattrs would turn 42 into "42" and "1" into 1; a client sending the wrong type is told.
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise TypeError(f"expected {name}, got {type(value).__name__}")
+    return value
+
+
+converter.register_structure_hook(str, lambda v, _: _strict(v, str, "a string"))
+converter.register_structure_hook(int, lambda v, _: _strict(v, int, "an integer"))
+converter.register_structure_hook(float, lambda v, _: float(_strict(v, (int, float), "a number")))
+converter.register_structure_hook(bool, lambda v, _: _strict(v, bool, "true or false"))
+converter.register_unstructure_hook(Path, str)
+
+
+def register_union(base: type[Any], classes: Mapping[str, type[Any]]) -> None:
+    """Read and write ``base`` (a union root) by the ``type`` tag of each class in ``classes``."""
+
+    def structure(value: Any, _: Any) -> Any:
+        if not isinstance(value, Mapping):
+            raise TypeError(f"expected an object, got {type(value).__name__}")
+        tag = value.get("type")
+        cls = classes.get(tag) if isinstance(tag, str) else None
+        if cls is None:
+            raise ValueError(f"unknown type {tag!r}")
+        fields = {k: v for k, v in value.items() if k != "type"}
+        return converter.structure(fields, cls)
+
+    def unstructure(value: Any) -> Any:
+        return converter.unstructure(value, unstructure_as=type(value))
+
+    # Predicates, not singledispatch: a member class must not fall back to the union's hooks.
+    converter.register_structure_hook_func(lambda t: t is base, structure)
+    converter.register_unstructure_hook_func(lambda t: t is base, unstructure)
+    for cls in classes.values():
+        # A member unstructured on its own (not through the base) still carries its tag.
+        converter.register_unstructure_hook(cls, _tagged_unstructure(cls))
+
+
+def _tagged_unstructure(cls: type[Any]) -> Callable[[Any], dict[str, Any]]:
+    fn = make_dict_unstructure_fn(cls, converter)
+
+    def unstructure(value: Any) -> dict[str, Any]:
+        data: dict[str, Any] = {"type": cls.TYPE}
+        data.update(fn(value))
+        return data
+
+    return unstructure
+
+
+def describe_error(exc: Exception) -> str:
+    """One line naming every bad value in ``exc`` by its JSON path."""
+    if isinstance(exc, ClassValidationError | IterableValidationError):
+        messages = transform_error(exc, path="$")
+        return "; ".join(messages)
+    if isinstance(exc, ForbiddenExtraKeysError):
+        return f"unknown field(s) {sorted(exc.extra_fields)} @ $"
+    return f"bad value @ $: {exc}"
+
+
+def structure(data: Any, cls: type[T]) -> T:
+    """Structure ``data`` as ``cls``; raises ``ValueError`` with a path-bearing message."""
+    try:
+        return converter.structure(data, cls)
+    except (cattrs.BaseValidationError, ForbiddenExtraKeysError, ValueError, TypeError) as exc:
+        raise ValueError(describe_error(exc)) from None
+
+
+def unstructure(value: Any) -> Any:
+    return converter.unstructure(value)
+
+
+def dumps(value: Any) -> bytes:
+    """Compact JSON bytes of an attrs value (or plain data)."""
+    return json.dumps(
+        converter.unstructure(value), separators=(",", ":"), ensure_ascii=False
+    ).encode()

@@ -1,0 +1,247 @@
+"""Domain events: what happened in a session, in the order it happened.
+
+These frozen classes are what the event log stores and what every transport carries (SSE ``data``,
+WebTransport frames), through the one converter. Each has a ``TYPE`` tag, written as ``"type"`` on
+the wire. Consumers must ignore event types they do not know: new ones are added without a
+protocol version bump (see ``protocol/PROTOCOL.md``).
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any, ClassVar
+
+import attrs
+
+from .converter import register_union
+
+
+class SessionStatus(enum.StrEnum):
+    IDLE = "idle"  #: no turn running; the CLI may be stopped (it is resumed on the next message)
+    RUNNING = "running"  #: a turn is in progress
+    REQUIRES_ACTION = "requires_action"  #: a turn waits for a permission answer
+    ERRORED = "errored"  #: the CLI died or failed; the next message respawns it
+
+
+class CLIState(enum.StrEnum):
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPED = "stopped"  #: exited on purpose (idle timeout, shutdown)
+    CRASHED = "crashed"  #: exited on its own, or could not start
+
+
+class PermissionOutcome(enum.StrEnum):
+    ALLOWED = "allowed"
+    DENIED = "denied"
+    WITHDRAWN = "withdrawn"  #: the CLI cancelled the request (interrupt) or the CLI went away
+
+
+@attrs.frozen
+class Usage:
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_creation_input_tokens: int = 0
+    cache_read_input_tokens: int = 0
+
+
+@attrs.frozen
+class Event:
+    """Base of every domain event. Never instantiated itself."""
+
+    TYPE: ClassVar[str] = ""
+
+
+@attrs.frozen
+class SessionCreated(Event):
+    TYPE: ClassVar[str] = "session.created"
+    cwd: str
+    title: str
+    model: str | None = None
+    permission_mode: str = "default"
+
+
+@attrs.frozen
+class SessionUpdated(Event):
+    """Title, model or permission mode changed; fields left ``None`` are unchanged."""
+
+    TYPE: ClassVar[str] = "session.updated"
+    title: str | None = None
+    model: str | None = None
+    permission_mode: str | None = None
+
+
+@attrs.frozen
+class StatusChanged(Event):
+    TYPE: ClassVar[str] = "session.status"
+    status: SessionStatus
+
+
+@attrs.frozen
+class CLIStateChanged(Event):
+    """The session's ``claude`` process started, stopped or crashed."""
+
+    TYPE: ClassVar[str] = "cli.state"
+    state: CLIState
+    pid: int | None = None
+    exit_code: int | None = None
+    detail: str = ""
+
+
+@attrs.frozen
+class MessageQueued(Event):
+    """A user message was accepted; it runs when the turns before it are done."""
+
+    TYPE: ClassVar[str] = "message.queued"
+    message_id: str
+    text: str
+    client_id: str | None = None
+
+
+@attrs.frozen
+class MessageDelivered(Event):
+    """The message was written to the CLI's stdin."""
+
+    TYPE: ClassVar[str] = "message.delivered"
+    message_id: str
+
+
+@attrs.frozen
+class TurnStarted(Event):
+    """The CLI began the turn for ``turn_id`` (the id of the message that caused it)."""
+
+    TYPE: ClassVar[str] = "turn.started"
+    turn_id: str
+    model: str | None = None
+
+
+@attrs.frozen
+class TextDelta(Event):
+    """Streamed assistant text, coalesced: several CLI deltas may arrive as one."""
+
+    TYPE: ClassVar[str] = "text.delta"
+    message_id: str
+    index: int
+    text: str
+
+
+@attrs.frozen
+class AssistantText(Event):
+    """A text block of the assistant is complete; ``text`` is the whole block."""
+
+    TYPE: ClassVar[str] = "assistant.text"
+    message_id: str
+    index: int
+    text: str
+    is_api_error: bool = False
+
+
+@attrs.frozen
+class ToolStarted(Event):
+    TYPE: ClassVar[str] = "tool.started"
+    tool_use_id: str
+    name: str
+    input: dict[str, Any]
+
+
+@attrs.frozen
+class ToolFinished(Event):
+    """A tool ran or was refused. ``output`` is the text the model saw (bounded in size);
+    ``result`` is the CLI's structured ``tool_use_result`` where it gave one."""
+
+    TYPE: ClassVar[str] = "tool.finished"
+    tool_use_id: str
+    is_error: bool
+    output: str
+    result: Any = None
+
+
+@attrs.frozen
+class PermissionRequested(Event):
+    TYPE: ClassVar[str] = "permission.requested"
+    request_id: str
+    tool_name: str
+    input: dict[str, Any]
+    tool_use_id: str | None = None
+    description: str = ""
+    suggestions: list[Any] = attrs.field(factory=list)
+    blocked_path: str | None = None
+    requires_user_interaction: bool = False
+
+
+@attrs.frozen
+class PermissionResolved(Event):
+    TYPE: ClassVar[str] = "permission.resolved"
+    request_id: str
+    outcome: PermissionOutcome
+    message: str = ""
+
+
+@attrs.frozen
+class TurnCompleted(Event):
+    TYPE: ClassVar[str] = "turn.completed"
+    turn_id: str
+    result: str = ""
+    stop_reason: str | None = None
+    usage: Usage = Usage()
+    cost_usd: float = 0.0
+    total_cost_usd: float = 0.0
+    duration_ms: int = 0
+    num_turns: int = 0
+
+
+@attrs.frozen
+class TurnFailed(Event):
+    """The turn ended in error. ``reason``: ``api_error``, ``max_turns``, ``cli_exited``,
+    ``daemon_restarted``, ``error_during_execution``, ... (open set)."""
+
+    TYPE: ClassVar[str] = "turn.failed"
+    turn_id: str
+    reason: str
+    message: str = ""
+    usage: Usage = Usage()
+    cost_usd: float = 0.0
+    total_cost_usd: float | None = None
+
+
+@attrs.frozen
+class TurnInterrupted(Event):
+    TYPE: ClassVar[str] = "turn.interrupted"
+    turn_id: str
+    usage: Usage = Usage()
+    cost_usd: float = 0.0
+    total_cost_usd: float | None = None
+
+
+@attrs.frozen
+class SessionError(Event):
+    """Something went wrong that is not one turn's failure (e.g. the CLI's stderr on a crash)."""
+
+    TYPE: ClassVar[str] = "session.error"
+    code: str
+    message: str
+
+
+EVENT_CLASSES: dict[str, type[Event]] = {
+    cls.TYPE: cls
+    for cls in (
+        SessionCreated,
+        SessionUpdated,
+        StatusChanged,
+        CLIStateChanged,
+        MessageQueued,
+        MessageDelivered,
+        TurnStarted,
+        TextDelta,
+        AssistantText,
+        ToolStarted,
+        ToolFinished,
+        PermissionRequested,
+        PermissionResolved,
+        TurnCompleted,
+        TurnFailed,
+        TurnInterrupted,
+        SessionError,
+    )
+}
+
+register_union(Event, EVENT_CLASSES)

@@ -1,0 +1,125 @@
+"""The folded state of a session: what a client holds after applying every event.
+
+A :class:`Snapshot` is sent when a client's ``(epoch, cursor)`` cannot be replayed exactly; applying
+events on top of it must give the same state as applying them from the start (the property tests
+check this). :class:`SessionInfo` is the one-line summary that the session list shows.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any, ClassVar
+
+import attrs
+
+from .converter import register_union
+from .events import CLIState, PermissionRequested, SessionStatus, Usage
+
+
+class MessageState(enum.StrEnum):
+    QUEUED = "queued"
+    DELIVERED = "delivered"
+    STARTED = "started"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"
+
+
+class ToolStatus(enum.StrEnum):
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+@attrs.frozen
+class SessionInfo:
+    id: str
+    cwd: str
+    title: str
+    model: str | None
+    permission_mode: str
+    status: SessionStatus
+    cli: CLIState
+    created_at: float
+    last_activity: float
+    cost_usd: float
+    pending_permissions: int = 0
+    queued_messages: int = 0
+    turns: int = 0  #: turns the CLI has started; > 0 means its transcript exists (resumable)
+    source: str = "local"
+
+
+@attrs.frozen
+class Item:
+    """Base of transcript items; the ``type`` tag tells them apart on the wire."""
+
+    TYPE: ClassVar[str] = ""
+
+
+@attrs.frozen
+class UserItem(Item):
+    TYPE: ClassVar[str] = "user"
+    message_id: str
+    text: str
+    state: MessageState
+    client_id: str | None = None
+
+
+@attrs.frozen
+class AssistantItem(Item):
+    TYPE: ClassVar[str] = "assistant"
+    message_id: str
+    index: int
+    text: str
+    complete: bool
+    is_api_error: bool = False
+
+
+@attrs.frozen
+class ToolItem(Item):
+    TYPE: ClassVar[str] = "tool"
+    tool_use_id: str
+    name: str
+    input: dict[str, Any]
+    status: ToolStatus
+    output: str = ""
+    result: Any = None
+
+
+@attrs.frozen
+class TurnEndItem(Item):
+    """How a turn ended: ``outcome`` is ``completed``, ``failed`` or ``interrupted``."""
+
+    TYPE: ClassVar[str] = "turn_end"
+    turn_id: str
+    outcome: str
+    reason: str = ""
+    message: str = ""
+    cost_usd: float = 0.0
+    usage: Usage = Usage()
+
+
+@attrs.frozen
+class ErrorItem(Item):
+    TYPE: ClassVar[str] = "error"
+    code: str
+    message: str
+
+
+ITEM_CLASSES: dict[str, type[Item]] = {
+    cls.TYPE: cls for cls in (UserItem, AssistantItem, ToolItem, TurnEndItem, ErrorItem)
+}
+register_union(Item, ITEM_CLASSES)
+
+
+@attrs.frozen
+class Snapshot:
+    """The whole state of one session at ``(epoch, cursor)``."""
+
+    epoch: str
+    cursor: int
+    session: SessionInfo
+    items: list[Item]
+    pending_permissions: list[PermissionRequested]
+    active_turn: str | None = None
+    queued: list[str] = attrs.field(factory=list)

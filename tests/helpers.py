@@ -1,0 +1,195 @@
+"""Test helpers: an HTTP client of the v1 API, an SSE reader, and the fake CLI's log."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import attrs
+import h11
+import httpx
+import trio
+
+from sidecode_trio.config import DaemonConfig
+from sidecode_trio.daemon import DaemonHandle, serve
+
+
+@attrs.define
+class Client:
+    """An HTTP client of one daemon, with its token and helpers for the v1 API."""
+
+    handle: DaemonHandle
+    http: httpx.AsyncClient
+
+    async def create(self, cwd: Path, prompt: str | None = None, **extra: Any) -> dict[str, Any]:
+        body = {"cwd": str(cwd), "prompt": prompt, **extra}
+        response = await self.http.post("/v1/sessions", json=body)
+        assert response.status_code == 201, response.text
+        return response.json()  # type: ignore[no-any-return]
+
+    async def send(self, session_id: str, text: str, **extra: Any) -> dict[str, Any]:
+        response = await self.http.post(
+            f"/v1/sessions/{session_id}/messages", json={"text": text, **extra}
+        )
+        assert response.status_code == 202, response.text
+        return response.json()  # type: ignore[no-any-return]
+
+    async def answer(self, session_id: str, request_id: str, **body: Any) -> httpx.Response:
+        return await self.http.post(
+            f"/v1/sessions/{session_id}/permissions/{request_id}", json=body
+        )
+
+    async def snapshot(self, session_id: str) -> dict[str, Any]:
+        response = await self.http.get(f"/v1/sessions/{session_id}")
+        assert response.status_code == 200, response.text
+        return response.json()  # type: ignore[no-any-return]
+
+    @asynccontextmanager
+    async def events(
+        self, session_id: str, last_event_id: str | None = None, *, from_start: bool = True
+    ) -> AsyncIterator[SSEStream]:
+        """Follow a session; by default replay it from cursor 0 so no event is folded away."""
+        if last_event_id is None and from_start:
+            last_event_id = f"{(await self.snapshot(session_id))['epoch']}:0"
+        headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
+        async with open_sse(self, f"/v1/sessions/{session_id}/events", headers) as stream:
+            yield stream
+
+
+@attrs.frozen
+class SSEEvent:
+    id: str | None
+    event: str
+    data: dict[str, Any]
+
+    @property
+    def type(self) -> str:
+        """The domain event's type (``snapshot`` for a snapshot frame)."""
+        return str(self.data["event"]["type"]) if "event" in self.data else self.event
+
+    @property
+    def body(self) -> dict[str, Any]:
+        return self.data.get("event", self.data)  # type: ignore[no-any-return]
+
+
+class SSEStream:
+    """A minimal EventSource over h11 on a trio TCP stream (what a watch client does)."""
+
+    def __init__(self, stream: trio.SocketStream, conn: h11.Connection) -> None:
+        self._stream = stream
+        self._conn = conn
+        self._buffer = b""
+        self.last_id: str | None = None
+        self.seen: list[SSEEvent] = []
+
+    async def _more(self) -> bool:
+        while True:
+            event = self._conn.next_event()
+            if isinstance(event, h11.Data):
+                self._buffer += bytes(event.data)
+                return True
+            if isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
+                return False
+            if event is h11.NEED_DATA:
+                self._conn.receive_data(await self._stream.receive_some(65536))
+
+    async def raw_frame(self) -> str:
+        """The next frame's text (comments included), without the blank line."""
+        while b"\n\n" not in self._buffer:
+            if not await self._more():
+                raise EOFError("the event stream ended")
+        frame, _, self._buffer = self._buffer.partition(b"\n\n")
+        return frame.decode()
+
+    async def next(self) -> SSEEvent:
+        while True:
+            fields: dict[str, str] = {}
+            for line in (await self.raw_frame()).split("\n"):
+                if line.startswith(":"):
+                    continue
+                name, _, value = line.partition(":")
+                fields[name] = value[1:] if value.startswith(" ") else value
+            if "data" not in fields:
+                continue
+            data = json.loads(fields["data"])
+            event = SSEEvent(fields.get("id"), fields.get("event", "message"), data)
+            if event.id:
+                self.last_id = event.id
+            self.seen.append(event)
+            return event
+
+    async def until(self, predicate: Callable[[SSEEvent], bool], timeout: float = 10.0) -> SSEEvent:
+        with trio.fail_after(timeout):
+            while True:
+                event = await self.next()
+                if predicate(event):
+                    return event
+
+    async def until_type(self, *types: str, timeout: float = 10.0) -> SSEEvent:
+        return await self.until(lambda e: e.type in types, timeout)
+
+
+@asynccontextmanager
+async def open_sse(
+    client: Client, path: str, headers: dict[str, str] | None = None
+) -> AsyncIterator[SSEStream]:
+    url = httpx.URL(client.handle.url)
+    stream = await trio.open_tcp_stream(url.host, url.port or 80)
+    try:
+        conn = h11.Connection(h11.CLIENT)
+        request_headers = [
+            ("Host", f"{url.host}:{url.port}"),
+            ("Authorization", f"Bearer {client.handle.token}"),
+            ("Accept", "text/event-stream"),
+            *(headers or {}).items(),
+        ]
+        await stream.send_all(
+            conn.send(h11.Request(method="GET", target=path, headers=request_headers))
+        )
+        await stream.send_all(conn.send(h11.EndOfMessage()))
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                conn.receive_data(await stream.receive_some(65536))
+                continue
+            assert isinstance(event, h11.Response), event
+            break
+        content_type = dict(event.headers).get(b"content-type", b"")
+        assert event.status_code == 200 and content_type.startswith(b"text/event-stream"), event
+        yield SSEStream(stream, conn)
+    finally:
+        await stream.aclose()
+
+
+@asynccontextmanager
+async def running_daemon(config: DaemonConfig) -> AsyncIterator[Client]:
+    async with trio.open_nursery() as nursery:
+        handle: DaemonHandle = await nursery.start(serve, config)
+        headers = {"Authorization": f"Bearer {handle.token}"}
+        async with httpx.AsyncClient(base_url=handle.url, headers=headers, timeout=10) as http:
+            try:
+                yield Client(handle, http)
+            finally:
+                handle.stop.set()
+
+
+def read_cli_log(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def cli_argvs(path: Path) -> list[list[str]]:
+    return [entry["argv"] for entry in read_cli_log(path) if "argv" in entry]
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

@@ -1,0 +1,164 @@
+"""The event log: replay-or-snapshot rules, durability, restart and retention."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import trio
+
+from sidecode_trio.errors import BadRequest, NotFound
+from sidecode_trio.eventlog.core import Exact, NeedSnapshot, Position, decode_event, plan_read
+from sidecode_trio.eventlog.fold import SessionFold
+from sidecode_trio.eventlog.log import EventLog, LogLimits, Replay, SnapshotRead
+from sidecode_trio.eventlog.store import SQLiteStore
+from sidecode_trio.wire import events as ev
+
+
+def test_plan_read_decisions() -> None:
+    # log holds cursors 5..10 of epoch "E"
+    assert plan_read("E", 5, 10, Position("E", 10)) == Exact(10)
+    assert plan_read("E", 5, 10, Position("E", 4)) == Exact(4)
+    assert plan_read("E", 5, 10, Position("E", 3)) == NeedSnapshot("compacted")
+    assert plan_read("E", 5, 10, Position("E", 11)) == NeedSnapshot("cursor_ahead")
+    assert plan_read("E", 5, 10, Position("other", 7)) == NeedSnapshot("epoch_changed")
+    assert plan_read("E", 5, 10, None) == NeedSnapshot("new_client")
+    assert plan_read("E", 1, 0, Position("E", 0)) == Exact(0)
+
+
+def test_position_parsing() -> None:
+    assert Position.parse("abc-_:42") == Position("abc-_", 42)
+    assert Position.parse("a:b:7") == Position("a:b", 7)
+    for bad in ("", "42", "e:", ":4", "e:-1", "e:x", "e:" + "9" * 30):
+        with pytest.raises(BadRequest):
+            Position.parse(bad)
+
+
+def _turn(fold_events: list[ev.Event], turn: str, text: str) -> None:
+    fold_events += [
+        ev.MessageQueued(turn, "hi"),
+        ev.TurnStarted(turn, "m"),
+        ev.TextDelta("msg", 0, text[:2]),
+        ev.TextDelta("msg", 0, text[2:]),
+        ev.AssistantText("msg", 0, text),
+        ev.TurnCompleted(turn, text, "end_turn", ev.Usage(1, 2), 0.5, 0.5),
+    ]
+
+
+def test_fold_builds_the_transcript() -> None:
+    fold = SessionFold("s")
+    events: list[ev.Event] = [ev.SessionCreated("/w", "title", None, "default")]
+    _turn(events, "t1", "hello")
+    events += [
+        ev.MessageQueued("t2", "again"),
+        ev.TurnStarted("t2"),
+        ev.ToolStarted("tool1", "Bash", {"command": "ls"}),
+        ev.PermissionRequested("r1", "Bash", {"command": "ls"}, "tool1"),
+    ]
+    for i, event in enumerate(events):
+        fold.apply(event, float(i))
+    snap = fold.snapshot("E", len(events))
+    assert snap.session.status is ev.SessionStatus.IDLE  # status comes from explicit events only
+    assert snap.session.cost_usd == 0.5 and snap.session.turns == 2
+    assert [item.TYPE for item in snap.items] == ["user", "assistant", "turn_end", "user", "tool"]
+    assert snap.active_turn == "t2" and [p.request_id for p in snap.pending_permissions] == ["r1"]
+    assert SessionFold.from_snapshot(snap).snapshot("E", len(events)) == snap
+
+
+async def _open(path: Path, limits: LogLimits = LogLimits()) -> tuple[SQLiteStore, EventLog]:
+    store = SQLiteStore(path)
+    log = EventLog(store, limits)
+    log.load()
+    return store, log
+
+
+async def test_events_are_durable_before_they_are_delivered(tmp_path: Path) -> None:
+    store, log = await _open(tmp_path / "db")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(log.run)
+        epoch = log.create("s")
+        _, sub = log.subscribe("s", None, 100)
+        cursor = log.append("s", ev.SessionCreated("/w", "t"))
+        assert cursor == 1
+        delivered = await sub.receive.receive()
+        # by the time a subscriber sees it, a fresh reader of the database sees it too
+        assert [e.cursor for e in SQLiteStore(tmp_path / "db").events("s", epoch, 0)] == [1]
+        assert delivered.cursor == 1 and delivered.epoch == epoch
+        assert decode_event(delivered) == ev.SessionCreated("/w", "t")
+        nursery.cancel_scope.cancel()
+    store.close()
+
+
+async def test_replay_is_exact_across_a_restart(tmp_path: Path) -> None:
+    store, log = await _open(tmp_path / "db")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(log.run)
+        epoch = log.create("s")
+        for i in range(50):
+            log.append("s", ev.TextDelta("m", 0, f"{i},"))
+        await log.flush()
+        nursery.cancel_scope.cancel()
+    store.close()
+
+    store, log = await _open(tmp_path / "db")
+    read = log.read_since("s", Position(epoch, 20))
+    assert isinstance(read, Replay)
+    assert [e.cursor for e in read.events] == list(range(21, 51))
+    assert isinstance(log.read_since("s", Position(epoch, 50)), Replay)
+    assert log.read_since("s", Position(epoch, 50)) == Replay([])
+    snap = log.read_since("s", None)
+    assert isinstance(snap, SnapshotRead) and snap.snapshot.cursor == 50
+    assert snap.snapshot.items[0].text == "".join(f"{i}," for i in range(50))  # type: ignore[attr-defined]
+    with pytest.raises(NotFound):
+        log.read_since("nope", None)
+    store.close()
+
+
+async def test_retention_compacts_into_a_snapshot(tmp_path: Path) -> None:
+    limits = LogLimits(tail=10, retain=100)
+    store, log = await _open(tmp_path / "db", limits)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(log.run)
+        epoch = log.create("s")
+        for i in range(300):
+            log.append("s", ev.TextDelta("m", 0, "x"))
+            if i % 7 == 0:
+                await log.flush()
+        await log.flush()
+        nursery.cancel_scope.cancel()
+    assert isinstance(log.read_since("s", Position(epoch, 1)), SnapshotRead)
+    recent = log.read_since("s", Position(epoch, 250))
+    assert isinstance(recent, Replay) and len(recent.events) == 50
+    store.close()
+    # after a restart the fold starts from the stored snapshot and stays equal
+    before = log.snapshot("s")
+    store, log = await _open(tmp_path / "db", limits)
+    assert log.snapshot("s") == before
+    assert isinstance(log.read_since("s", Position(epoch, 250)), Replay)
+    store.close()
+
+
+async def test_a_lagging_subscriber_is_dropped_and_others_are_not(tmp_path: Path) -> None:
+    store, log = await _open(tmp_path / "db")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(log.run)
+        log.create("s")
+        _, slow = log.subscribe("s", None, 16)
+        _, fast = log.subscribe("s", None, 1000)
+        for _ in range(40):
+            log.append("s", ev.TextDelta("m", 0, "x"))
+        await log.flush()
+        assert slow.lagged
+        got = [slow.receive.receive_nowait().cursor for _ in range(16)]
+        assert got == list(range(1, 17))
+        with pytest.raises(trio.EndOfChannel):
+            slow.receive.receive_nowait()
+        assert [fast.receive.receive_nowait().cursor for _ in range(40)] == list(range(1, 41))
+        nursery.cancel_scope.cancel()
+    store.close()
+
+
+def test_store_files_are_private(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "db")
+    assert (tmp_path / "db").stat().st_mode & 0o777 == 0o600
+    store.close()

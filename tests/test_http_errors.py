@@ -1,0 +1,97 @@
+"""Bad input gets a clear JSON error with the right status, and the daemon stays healthy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+
+from helpers import Client
+
+pytestmark = pytest.mark.trio
+
+
+def error_of(response: httpx.Response) -> tuple[int, str]:
+    body = response.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}
+    assert body["error"]["message"]
+    return response.status_code, body["error"]["code"]
+
+
+async def test_missing_or_wrong_token(daemon: Client) -> None:
+    async with httpx.AsyncClient(base_url=daemon.handle.url) as anonymous:
+        assert error_of(await anonymous.get("/v1/sessions")) == (401, "unauthorized")
+        wrong = {"Authorization": "Bearer " + "x" * 43}
+        assert error_of(await anonymous.get("/v1/sessions", headers=wrong)) == (401, "unauthorized")
+        basic = {"Authorization": f"Basic {daemon.handle.token}"}
+        assert error_of(await anonymous.get("/v1/sessions", headers=basic)) == (401, "unauthorized")
+        events = await anonymous.get("/v1/events")
+        assert error_of(events) == (401, "unauthorized")
+        info = await anonymous.get("/v1/info")  # the one open route
+        assert info.status_code == 200 and info.json()["protocol"] == 1
+
+
+async def test_wrong_host_header_is_refused(daemon: Client) -> None:
+    for host in ("evil.example", f"attacker.test:{daemon.handle.port}", "127.0.0.1:1"):
+        response = await daemon.http.get("/v1/sessions", headers={"Host": host})
+        assert error_of(response) == (403, "bad_host")
+    ok = await daemon.http.get("/v1/sessions", headers={"Host": f"localhost:{daemon.handle.port}"})
+    assert ok.status_code == 200
+
+
+async def test_malformed_bodies(daemon: Client, work_dir: Path) -> None:
+    post = daemon.http.post
+    assert error_of(await post("/v1/sessions", content=b"{not json")) == (400, "invalid_json")
+    assert error_of(await post("/v1/sessions", content=b"[1, 2]")) == (400, "invalid_json")
+    assert error_of(await post("/v1/sessions", content=b"\xff\xfe")) == (400, "invalid_json")
+    status, code = error_of(await post("/v1/sessions", json={"prompt": "no cwd"}))
+    assert (status, code) == (400, "invalid_field")
+    response = await post("/v1/sessions", json={"cwd": 42})
+    assert (
+        error_of(response) == (400, "invalid_field")
+        and "cwd" in response.json()["error"]["message"]
+    )
+    response = await post("/v1/sessions", json={"cwd": str(work_dir), "permission_mode": "yolo"})
+    assert error_of(response)[0] == 400
+    response = await post("/v1/sessions", json={"cwd": str(work_dir), "prompt": "   "})
+    assert error_of(response) == (400, "bad_request")
+    session = (await daemon.create(work_dir))["session"]
+    url = f"/v1/sessions/{session['id']}"
+    assert error_of(await post(f"{url}/messages", json={"text": ""})) == (400, "bad_request")
+    assert error_of(await post(f"{url}/messages", json={})) == (400, "invalid_field")
+    huge = {"text": "x" * (2 * 1024 * 1024)}
+    assert error_of(await post(f"{url}/messages", json=huge))[0] == 413
+    answer = await post(f"{url}/permissions/r1", json={"behavior": "maybe"})
+    assert error_of(answer) == (400, "invalid_field")
+    assert (await daemon.http.get("/v1/sessions")).status_code == 200  # still healthy
+
+
+async def test_cwd_outside_allowed_roots(daemon: Client, work_dir: Path, tmp_path: Path) -> None:
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    for cwd in (str(outside), "/", str(work_dir / ".." / "elsewhere")):
+        response = await daemon.http.post("/v1/sessions", json={"cwd": cwd})
+        assert error_of(response) == (403, "path_not_allowed")
+    link = work_dir / "escape"
+    link.symlink_to(outside)
+    response = await daemon.http.post("/v1/sessions", json={"cwd": str(link)})
+    assert error_of(response) == (403, "path_not_allowed")  # symlinks are resolved first
+    response = await daemon.http.post("/v1/sessions", json={"cwd": "relative/path"})
+    assert error_of(response) == (400, "bad_request")
+    response = await daemon.http.post("/v1/sessions", json={"cwd": str(work_dir / "missing")})
+    assert error_of(response) == (400, "not_a_directory")
+
+
+async def test_unknown_session_and_request(daemon: Client, work_dir: Path) -> None:
+    ghost = "/v1/sessions/00000000-0000-0000-0000-000000000000"
+    assert error_of(await daemon.http.get(ghost)) == (404, "unknown_session")
+    assert error_of(await daemon.http.get(f"{ghost}/events")) == (404, "unknown_session")
+    response = await daemon.http.post(f"{ghost}/messages", json={"text": "hi"})
+    assert error_of(response) == (404, "unknown_session")
+    assert error_of(await daemon.http.post(f"{ghost}/interrupt")) == (404, "unknown_session")
+    session = (await daemon.create(work_dir))["session"]
+    response = await daemon.answer(session["id"], "no-such-request", behavior="allow")
+    assert error_of(response) == (404, "unknown_request")
+    assert error_of(await daemon.http.get("/v1/nothing-here"))[0] == 404
+    assert error_of(await daemon.http.delete("/v1/sessions"))[0] == 405
