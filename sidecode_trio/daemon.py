@@ -8,8 +8,9 @@
         ├── session registry      (one supervisor task per live session, each owning its CLI)
         └── HTTP server           (hypercorn's trio worker; one task group per client link)
 
-Shutdown: stop accepting and end the event streams, stop the sessions (each CLI: close stdin,
-SIGTERM, SIGKILL, bounded), let HTTP finish within its grace, commit what is left, exit.
+Shutdown: stop accepting connections; stop the sessions (each CLI: close stdin, SIGTERM, SIGKILL,
+bounded) so their last events are logged; commit; end the event streams (clients have seen how
+their turns ended); let HTTP finish within its grace; exit.
 """
 
 from __future__ import annotations
@@ -46,8 +47,8 @@ from .sessions.supervisor import SupervisorSettings
 
 log = logging.getLogger(__name__)
 
-HTTP_GRACE: Final = 3.0  # seconds open requests get to finish at shutdown
-SHUTDOWN_GRACE: Final = Grace(close_stdin=1.0, terminate=2.0)
+SHUTDOWN_GRACE: Final = Grace(close_stdin=0.5, terminate=2.0)
+HTTP_GRACE: Final = 5.0  # seconds open requests get at shutdown (> the sessions' grace)
 
 
 @attrs.frozen
@@ -180,9 +181,11 @@ async def _serve(
             gc.freeze()  # start-up objects never become garbage; keep them out of GC passes
             task_status.started(DaemonHandle(url, urlsplit(url).port or 0, token, stop))
             await stop.wait()
-            log.info("stopping: ending event streams and sessions")
-            event_log.close_subscriptions()
+            log.info("stopping: sessions first, so clients see how their turns ended")
             registry.stop()
+            await registry.stopped.wait()
+            await event_log.flush()
+            event_log.close_subscriptions()
         await event_log.flush()
         daemon.cancel_scope.cancel()
     log.info("stopped")

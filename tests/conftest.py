@@ -14,9 +14,10 @@ from typing import Any
 
 import attrs
 import pytest
-from helpers import Client, running_daemon
 
 from sidecode_trio.config import DaemonConfig
+
+from helpers import Client, running_daemon
 
 TESTS = Path(__file__).parent
 FAKE_CLAUDE = TESTS / "fake_claude.py"

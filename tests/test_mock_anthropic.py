@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+
 from mock_anthropic import MockAnthropic, json_pieces, prompt_text, word_chunks
 
 MESSAGES_PATH = "/v1/messages?beta=true"

@@ -59,6 +59,7 @@ class SessionRegistry:
         self._list_subscribers: set[trio.MemorySendChannel[SessionInfo]] = set()
         self._reported: dict[str, tuple[SessionInfo, float]] = {}
         self._stop = trio.Event()
+        self.stopped = trio.Event()  #: set once every supervisor (and so every CLI) has ended
         log.on_commit(self._on_commit)
 
     # -- lifetime ----------------------------------------------------------------------------
@@ -78,6 +79,7 @@ class SessionRegistry:
         finally:
             self._nursery = None
             self.close_feeds()
+            self.stopped.set()
 
     def stop(self) -> None:
         """Stop every session (their CLIs are terminated) and end the list feeds."""

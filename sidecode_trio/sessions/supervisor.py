@@ -285,14 +285,12 @@ class SessionSupervisor:
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        expected = False
         try:
             await process.run(task_status=_Started(task_status, self, process))
-        except trio.Cancelled:
-            expected = True  # the daemon or the session is stopping it
-            raise
         finally:
-            self._on_exit(process, process.exit_code, expected or self._stopping)
+            # -inf: this task is being cancelled, i.e. the daemon or the session is stopping it
+            stopped = trio.current_effective_deadline() == -math.inf
+            self._on_exit(process, process.exit_code, stopped or self._stopping)
 
     async def _deliver(self) -> None:
         message_id, text = self._queue.popleft()

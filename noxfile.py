@@ -1,0 +1,60 @@
+"""Developer and CI sessions. ``nox`` alone runs the unit and integration tests.
+
+The README's test command (also ``.ci/run``) runs ``tests lint typecheck e2e``; ``e2e`` installs
+each pinned Claude Code CLI from npm (no global ``claude`` is used) and runs the real binary
+against a mock Messages API on 127.0.0.1. ``bench`` is never part of the test run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nox
+
+nox.options.sessions = ["tests"]
+nox.options.error_on_missing_interpreters = True
+
+# The newest CLI we support and the oldest (the last release that installs on node 20 unpinned).
+CLAUDE_VERSIONS = ("2.1.329", "2.1.197")
+CLI_CACHE = Path(".nox") / "claude-cli"
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """Unit, property and integration tests (fake CLI, loopback only)."""
+    session.install("-e", ".[test]")
+    session.run("pytest", "-m", "not e2e", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    session.install("-e", ".[test]", "mypy>=1.10", "nox")
+    session.run("mypy")
+
+
+@nox.session
+@nox.parametrize("cli", CLAUDE_VERSIONS)
+def e2e(session: nox.Session, cli: str) -> None:
+    """The real Claude Code CLI (pinned, from npm) against a mock Messages API."""
+    session.install("-e", ".[test]")
+    out = session.run(
+        "python", "tests/claude_install.py", "--version", cli, "--dest", str(CLI_CACHE / cli),
+        silent=True,
+    )  # fmt: skip
+    binary = str(out).strip().splitlines()[-1]
+    session.log(f"claude {cli}: {binary}")
+    session.run("pytest", "-m", "e2e", "tests/test_e2e.py", env={"CLAUDE_BIN": binary})
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Benchmarks with baselines measured in the same run (``-- --quick`` for a short run)."""
+    session.install("-e", ".[test]")
+    session.run("python", "tests/bench/run.py", *session.posargs)

@@ -1,0 +1,173 @@
+"""End to end with the real Claude Code CLI against a mock Messages API on 127.0.0.1.
+
+Run by ``nox -s e2e``, which installs pinned CLI versions and sets ``CLAUDE_BIN``; skipped
+otherwise. The scenario is the one a phone drives: create a session, watch it stream, approve a
+tool, interrupt, and resume (after the idle stop and after the CLI is killed).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from sidecode_trio.config import DaemonConfig
+
+from helpers import Client, running_daemon
+from mock_anthropic import MockAnthropic
+
+CLAUDE_BIN = os.environ.get("CLAUDE_BIN")
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(not CLAUDE_BIN, reason="set CLAUDE_BIN (nox -s e2e installs the CLI)"),
+]
+
+
+@pytest.fixture
+def mock_api() -> Iterator[MockAnthropic]:
+    with MockAnthropic() as mock:
+        yield mock
+
+
+def _offline_env(root: Path, base_url: str) -> dict[str, str]:
+    """``reference/claude-code-cli.md`` §2: private HOME/config/TMPDIR, the mock, no traffic."""
+    (root / "home").mkdir(parents=True, exist_ok=True)
+    (root / "tmp").mkdir(parents=True, exist_ok=True)
+    return {
+        "HOME": str(root / "home"),
+        "CLAUDE_CONFIG_DIR": str(root / "home" / ".claude"),
+        "TMPDIR": str(root / "tmp"),
+        "ANTHROPIC_BASE_URL": base_url,
+        "ANTHROPIC_API_KEY": "sk-test",
+        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+        "DISABLE_TELEMETRY": "1",
+        "DISABLE_AUTOUPDATER": "1",
+        "CLAUDE_CODE_MAX_RETRIES": "0",
+    }
+
+
+@pytest.fixture
+async def real(tmp_path: Path, work_dir: Path, mock_api: MockAnthropic) -> AsyncIterator[Client]:
+    assert CLAUDE_BIN
+    config = DaemonConfig(
+        state_dir=tmp_path / "state",
+        port=0,
+        claude=CLAUDE_BIN,
+        allowed_roots=(work_dir,),
+        claude_env=_offline_env(tmp_path / "cli", mock_api.base_url),
+        idle_timeout=60.0,
+    )
+    async with running_daemon(config) as client:
+        yield client
+
+
+def _history_lengths(mock: MockAnthropic) -> list[int]:
+    return [
+        len(r["body"]["messages"])
+        for r in mock.requests
+        if r["path"].startswith("/v1/messages")
+        and "count_tokens" not in r["path"]
+        and isinstance(r.get("body"), dict)
+        and r["body"].get("stream")
+    ]
+
+
+async def test_create_stream_approve_interrupt_resume(
+    real: Client, work_dir: Path, mock_api: MockAnthropic
+) -> None:
+    with trio.fail_after(90):
+        session = (await real.create(work_dir, "[[bash:echo hi > hi.txt]]"))["session"]
+        async with real.events(session["id"]) as stream:
+            request = await stream.until_type("permission.requested", timeout=30)
+            assert request.body["tool_name"] == "Bash"
+            reply = await real.answer(session["id"], request.body["request_id"], behavior="allow")
+            assert reply.status_code == 200
+            done = await stream.until_type("turn.completed", "turn.failed", timeout=30)
+            assert done.type == "turn.completed", done.body
+            assert "TOOL RESULT SEEN" in done.body["result"]
+            assert [e for e in stream.seen if e.type == "text.delta"], "tokens were streamed"
+            assert (work_dir / "hi.txt").read_text() == "hi\n"
+
+            await real.send(session["id"], "[[slow:400]]")
+            await stream.until_type("text.delta", timeout=30)
+            interrupted = await real.http.post(f"/v1/sessions/{session['id']}/interrupt")
+            assert interrupted.json() == {"interrupted": True}
+            ended = await stream.until_type("turn.interrupted", "turn.completed", "turn.failed")
+            assert ended.type == "turn.interrupted", ended.body
+
+            await real.send(session["id"], "after the interrupt")
+            done = await stream.until_type("turn.completed", "turn.failed", timeout=30)
+            assert done.body["result"] == "You said: after the interrupt"
+        snap = await real.snapshot(session["id"])
+        assert snap["session"]["cost_usd"] > 0 and snap["session"]["status"] == "idle"
+
+
+async def test_denied_tool_and_mode_switch(real: Client, work_dir: Path) -> None:
+    target = work_dir / "note.txt"
+    with trio.fail_after(90):
+        session = (await real.create(work_dir, f"[[write:{target}|nope]]"))["session"]
+        async with real.events(session["id"]) as stream:
+            request = await stream.until_type("permission.requested", timeout=30)
+            await real.answer(
+                session["id"], request.body["request_id"], behavior="deny", message="no"
+            )
+            finished = await stream.until_type("tool.finished", timeout=30)
+            assert finished.body["is_error"]
+            await stream.until_type("turn.completed", timeout=30)
+            assert not target.exists()
+
+            patched = await real.http.patch(
+                f"/v1/sessions/{session['id']}", json={"permission_mode": "acceptEdits"}
+            )
+            assert patched.status_code == 200 and patched.json()["permission_mode"] == "acceptEdits"
+            await real.send(session["id"], f"[[write:{target}|yes]]")
+            done = await stream.until_type("turn.completed", "turn.failed", timeout=30)
+            assert done.type == "turn.completed"
+            asked = [e for e in stream.seen if e.type == "permission.requested"]
+            assert asked == [request], "acceptEdits lets the second Write through unasked"
+        assert target.read_text() == "yes"
+
+
+async def test_resume_after_idle_stop_and_after_a_crash(
+    tmp_path: Path, work_dir: Path, mock_api: MockAnthropic
+) -> None:
+    assert CLAUDE_BIN
+    config = DaemonConfig(
+        state_dir=tmp_path / "state",
+        port=0,
+        claude=CLAUDE_BIN,
+        allowed_roots=(work_dir,),
+        claude_env=_offline_env(tmp_path / "cli", mock_api.base_url),
+        idle_timeout=0.5,
+    )
+    with trio.fail_after(120):
+        async with running_daemon(config) as real:
+            session = (await real.create(work_dir, "remember me"))["session"]
+            async with real.events(session["id"]) as stream:
+                await stream.until_type("turn.completed", timeout=30)
+                await stream.until(lambda e: e.type == "cli.state" and e.body["state"] == "stopped")
+                before = _history_lengths(mock_api)[-1]
+                await real.send(session["id"], "are you there?")
+                done = await stream.until_type("turn.completed", "turn.failed", timeout=30)
+                assert done.body["result"] == "You said: are you there?"
+                # the resumed CLI sent the earlier conversation to the API again
+                assert _history_lengths(mock_api)[-1] > before
+
+                await real.send(session["id"], "[[slow:400]]")
+                running = [
+                    e for e in stream.seen if e.type == "cli.state" and e.body["state"] == "running"
+                ]
+                await stream.until_type("text.delta", timeout=30)
+                os.kill(running[-1].body["pid"], signal.SIGKILL)
+                failed = await stream.until_type("turn.failed", timeout=30)
+                assert failed.body["reason"] == "cli_exited"
+                await real.send(session["id"], "back again")
+                done = await stream.until_type("turn.completed", "turn.failed", timeout=30)
+                assert done.body["result"] == "You said: back again"
+        starts = [e for e in stream.seen if e.type == "cli.state" and e.body["state"] == "running"]
+        assert len(starts) == 3  # first run, resumed after the idle stop, resumed after the kill
