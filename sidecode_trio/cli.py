@@ -110,7 +110,8 @@ def _serve(args: argparse.Namespace) -> int:
         "host": args.host,
         "port": args.port,
         "claude": args.claude,
-        "allowed_roots": args.allowed_roots,
+        # a folder typed on the command line is relative to the shell's directory
+        "allowed_roots": [str(Path(r).expanduser().resolve()) for r in args.allowed_roots or []],
         "ready_file": str(args.ready_file) if args.ready_file else None,
         "idle_timeout": args.idle_timeout,
     }

@@ -113,9 +113,9 @@ def load_config(overrides: Mapping[str, Any], config_file: Path | None = None) -
     if not data.get("allowed_roots"):
         data["allowed_roots"] = [str(Path.home())]
     data["allowed_roots"] = [
-        str(Path(root).expanduser().resolve()) if isinstance(root, str) else root
+        str(Path(root).expanduser()) if isinstance(root, str) else root
         for root in data["allowed_roots"]
-    ]
+    ]  # relative roots are refused below rather than resolved against an accidental cwd
     try:
         config = structure(data, DaemonConfig)
     except ValueError as exc:

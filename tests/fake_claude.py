@@ -61,7 +61,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -744,6 +744,7 @@ class StreamState:
     started: bool = False
     index: int = 0
     open_block: bool = False
+    assistant_sent: bool = False
     text: str = ""
     delta_sent: bool = False
 
@@ -783,7 +784,7 @@ class Turn:
         many: JsonObject = {"user_message_uuids": [self.msg.uuid]}
         return {"user_message_uuid": self.msg.uuid} | many if single else many
 
-    # -- the turn ---------------------------------------------------------------------------------
+    # -- the turn ----------------------------------------------------------------------------------
 
     def run(self) -> JsonObject:
         s = self.s
@@ -831,7 +832,7 @@ class Turn:
         finally:
             s.add_api_time(time.monotonic() - t0)
 
-    # -- streaming ------------------------------------------------------------------------------
+    # -- streaming ---------------------------------------------------------------------------------
 
     def event(
         self, state: StreamState, event: JsonObject, before: JsonObject | None = None,
@@ -871,18 +872,23 @@ class Turn:
 
     def open_block(self, state: StreamState, block: JsonObject) -> bool:
         start = {"type": "content_block_start", "index": state.index, "content_block": block}
+        state.text, state.assistant_sent = "", False
         state.open_block = self.event(state, start)
         return state.open_block
 
     def close_block(self, state: StreamState, content: JsonObject) -> bool:
-        if not self.s.out.write_unless(self.stop, self.assistant_frame(state, content)):
+        """The block's ``assistant`` frame, then its ``content_block_stop`` (2.1.329 order)."""
+        frame = self.assistant_frame(state, content)
+        if not self.s.out.write_unless(self.stop, frame):
             return False
-        self.s.record(self.s.last_assistant)
+        self.s.record(frame)
+        state.assistant_sent = True
+        if not self.event(state, {"type": "content_block_stop", "index": state.index}):
+            return False
         state.open_block = False
-        return self.event(state, {"type": "content_block_stop", "index": state.index})
+        return True
 
     def stream_text(self, state: StreamState, block: TextBlock, reply: Reply) -> bool:
-        state.text = ""
         if not self.open_block(state, {"type": "text", "text": ""}):
             return False
         if block.stamp is not None:
@@ -926,7 +932,6 @@ class Turn:
         return True
 
     def stream_tool(self, state: StreamState, tool: ToolBlock) -> bool:
-        state.text = ""
         start = {"type": "tool_use", "id": tool.id, "name": tool.name, "input": {}}
         if not self.open_block(state, start):
             return False
@@ -958,15 +963,14 @@ class Turn:
         if self.tag_assistant:
             frame |= self.tags(True)
             self.tag_assistant = False
-        s.last_assistant = frame
         return frame
 
-    # -- ending a call early ----------------------------------------------------------------------
+    # -- ending a call early -----------------------------------------------------------------------
 
     def interrupted(self, state: StreamState | None) -> JsonObject:
         """Close the stream the way 2.1.329 does after an interrupt (reference section 6.4)."""
         s = self.s
-        if state is not None and state.open_block and state.text:
+        if state is not None and state.open_block and state.text and not state.assistant_sent:
             s.emit_message(self.assistant_frame(state, {"type": "text", "text": state.text}, True))
         s.emit_message(s.user_text_frame(INTERRUPTED))
         if state is not None and state.started and s.opts.partial:
@@ -1052,7 +1056,7 @@ class Turn:
             frame["model_usage_since_last_result"] = json_copy(self.model_usage)
         return frame
 
-    # -- tools and permissions ----------------------------------------------------------------------
+    # -- tools and permissions ---------------------------------------------------------------------
 
     def use_tool(self, tool: ToolBlock) -> ToolOutcome:
         """Decide, maybe ask the host, run the tool and emit its ``tool_result`` frame."""
@@ -1232,18 +1236,18 @@ class Session:
         self.rules: list[tuple[str, str | None]] = []
         self.queue = TurnQueue()
         self.current: Turn | None = None
-        self.eof = self.sigint = self.last_is_error = False
+        self.eof = self.last_is_error = False
+        self.sigint = threading.Event()
         self.total_cost_usd = 0.0
         self.duration_api_ms = 0
         self.model_usage: dict[str, JsonObject] = {}
         self.api_messages = 0
         self.result_index = 0
         self.parent_uuid: str | None = None
-        self.last_assistant: JsonObject = {}
         self.delta_delay = float(os.environ.get("FAKE_CLAUDE_DELAY") or 0)
         self.readonly_bash = os.environ.get("FAKE_CLAUDE_AUTO_ALLOW_READONLY") == "1"
 
-    # -- start-up: --session-id / --resume --------------------------------------------------------
+    # -- start-up: --session-id / --resume ---------------------------------------------------------
 
     def prepare(self) -> None:
         if self.opts.session_id is not None and self.transcript.exists():
@@ -1268,7 +1272,7 @@ class Session:
         self.out.write(frame | {"uuid": new_uuid()})
         fail(message)
 
-    # -- frames ---------------------------------------------------------------------------------
+    # -- frames ------------------------------------------------------------------------------------
 
     def init_frame(self) -> JsonObject:
         tools = [t for t in TOOLS if self.opts.prompt_tool or t not in PROMPT_ONLY_TOOLS]
@@ -1326,7 +1330,7 @@ class Session:
         full["server_tool_use"] = {"web_search_requests": 0, "web_fetch_requests": 0}
         return full | {"service_tier": "standard"}
 
-    # -- transcript and accounting ------------------------------------------------------------------
+    # -- transcript and accounting -----------------------------------------------------------------
 
     def record(self, frame: JsonObject) -> None:
         record: JsonObject = {
@@ -1377,7 +1381,7 @@ class Session:
         record |= {"duration_api_ms": self.duration_api_ms, "model": self.model}
         self.transcript.append(record | {"modelUsage": self.model_usage, "timestamp": timestamp()})
 
-    # -- permissions state ------------------------------------------------------------------------
+    # -- permissions state -------------------------------------------------------------------------
 
     def auto_decision(self, name: str, tool_input: JsonObject) -> JsonObject | None:
         """A ``permission_decision`` when mode/rules settle the call without asking, else None."""
@@ -1419,7 +1423,7 @@ class Session:
         pending.cancelled = True
         pending.event.set()
 
-    # -- stdin (reader thread) ----------------------------------------------------------------------
+    # -- stdin (reader thread) ---------------------------------------------------------------------
 
     def read_stdin(self) -> None:
         log_path = os.environ.get("FAKE_CLAUDE_LOG")
@@ -1475,7 +1479,7 @@ class Session:
             return
         message_uuid = message.get("uuid") if isinstance(message.get("uuid"), str) else None
         with self.out.lock:
-            if self.sigint:
+            if self.sigint.is_set():
                 return
             self.queue.put(QueuedMessage(text, content, message_uuid))
             if message_uuid is not None:
@@ -1508,7 +1512,7 @@ class Session:
                 pending.event.set()
         self.queue.close()
 
-    # -- control requests -------------------------------------------------------------------------
+    # -- control requests --------------------------------------------------------------------------
 
     def respond(self, request_id: Any, payload: JsonObject) -> None:
         response = {"subtype": "success", "request_id": request_id, "response": payload}
@@ -1601,7 +1605,7 @@ class Session:
             self.out.write(self.user_frame(stdout) | {"isReplay": True})
             self.save_cost_state()
 
-    # -- the main loop ----------------------------------------------------------------------------
+    # -- the main loop -----------------------------------------------------------------------------
 
     def serve(self) -> int:
         """Run queued turns one at a time until stdin EOF; returns the exit code."""
@@ -1609,10 +1613,12 @@ class Session:
         while True:
             message = self.queue.get()
             with self.out.lock:
-                if message is None or self.sigint:
-                    return 0 if self.sigint or not self.last_is_error else 1
+                if message is None or self.sigint.is_set():
+                    return 0 if self.sigint.is_set() or not self.last_is_error else 1
                 turn = self.current = Turn(self, message)
             self.finish(turn, turn.run())
+            if self.sigint.is_set():
+                return 0
 
     def finish(self, turn: Turn, result: JsonObject) -> None:
         with self.out.lock:
@@ -1628,7 +1634,7 @@ class Session:
     def on_sigint(self) -> None:
         """SIGINT: like an interrupt; the process exits 0 once the turn's result is written."""
         with self.out.lock:
-            self.sigint = True
+            self.sigint.set()
             idle = self.current is None
             if not idle:
                 self.interrupt(None)

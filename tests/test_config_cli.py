@@ -1,0 +1,108 @@
+"""Config validation errors, and the ``sessions`` / ``doctor`` commands."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import trio
+
+from sidecode_trio.config import DaemonConfig, is_loopback, load_config
+from sidecode_trio.errors import ConfigError
+
+from helpers import running_daemon
+
+
+def test_defaults_and_overrides(tmp_path: Path) -> None:
+    config = load_config({"state_dir": tmp_path, "port": 0, "allowed_roots": [str(tmp_path)]})
+    assert config.port == 0 and config.host == "127.0.0.1"
+    assert config.allowed_roots == (tmp_path,)
+    assert config.token_path == tmp_path / "token"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"port": 70000}, "bad value @ $.port: must be between 0 and 65535"),
+        ({"port": "80"}, "$.port"),
+        ({"host": "0.0.0.0"}, "bad value @ $.host"),
+        ({"host": "192.168.1.4"}, "not a loopback address"),
+        ({"idle_timeout": 0}, "bad value @ $.idle_timeout"),
+        ({"allowed_roots": ["relative"]}, "@ $.allowed_roots[0]"),
+        ({"allowed_roots": ["/definitely/not/here"]}, "is not a directory"),
+    ],
+)
+def test_bad_values_name_their_path(
+    tmp_path: Path, overrides: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config({"state_dir": tmp_path, **overrides})
+    assert message in info.value.message
+
+
+def test_config_file_is_read_and_checked(tmp_path: Path) -> None:
+    (tmp_path / "config.toml").write_text(f'port = 9999\nallowed_roots = ["{tmp_path}"]\n')
+    assert load_config({"state_dir": tmp_path}).port == 9999
+    assert load_config({"state_dir": tmp_path, "port": 1234}).port == 1234  # flags win
+    (tmp_path / "config.toml").write_text("prot = 1\n")
+    with pytest.raises(ConfigError, match="unknown setting"):
+        load_config({"state_dir": tmp_path})
+    (tmp_path / "config.toml").write_text("port = [\n")
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_config({"state_dir": tmp_path})
+
+
+def test_loopback_detection() -> None:
+    assert all(map(is_loopback, ["127.0.0.1", "::1", "[::1]", "localhost", "127.8.9.10"]))
+    assert not any(map(is_loopback, ["0.0.0.0", "::", "10.0.0.1", "example.com"]))
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sidecode_trio", *args],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+
+
+def test_serve_refuses_bad_flags_clearly(tmp_path: Path) -> None:
+    done = _cli("serve", "--state-dir", str(tmp_path), "--host", "0.0.0.0")
+    assert done.returncode == 2 and "bad value @ $.host" in done.stderr
+
+
+@pytest.mark.trio
+async def test_sessions_and_doctor_talk_to_the_running_daemon(
+    make_config: Callable[..., DaemonConfig], work_dir: Path, fake_claude: Path
+) -> None:
+    config = make_config()
+    async with running_daemon(config) as daemon:
+        await daemon.create(work_dir, "hello")
+        state = str(config.state_dir)
+        listing = await trio.to_thread.run_sync(_cli, "sessions", "--state-dir", state, "--json")
+        assert listing.returncode == 0, listing.stderr
+        (only,) = json.loads(listing.stdout)
+        assert only["title"] == "hello" and only["cwd"] == str(work_dir)
+        table = await trio.to_thread.run_sync(_cli, "sessions", "--state-dir", state)
+        assert "hello" in table.stdout and only["id"] in table.stdout
+        args = ("doctor", "--state-dir", state, "--claude", str(fake_claude), "--json")
+        doctor = await trio.to_thread.run_sync(lambda: _cli(*args))
+        report = json.loads(doctor.stdout)
+        assert doctor.returncode == 0, report
+        assert report["claude"]["version"] == "2.1.329 (Claude Code)"
+        assert report["daemon"]["running"] and report["state_dir"]["sessions"] == 1
+    assert not (config.state_dir / "daemon.json").exists()
+    after = await trio.to_thread.run_sync(_cli, "sessions", "--state-dir", state)
+    assert after.returncode == 2 and "no daemon is running" in after.stderr
+
+
+def test_doctor_reports_a_missing_cli_and_loose_permissions(tmp_path: Path) -> None:
+    tmp_path.chmod(0o755)
+    (tmp_path / "token").write_text("x" * 43)
+    (tmp_path / "token").chmod(0o644)
+    done = _cli("doctor", "--state-dir", str(tmp_path), "--claude", "no-such-claude-binary")
+    assert done.returncode == 1
+    assert "not found on PATH" in done.stdout
+    assert "readable by others" in done.stdout and "accessible to other users" in done.stdout
