@@ -93,7 +93,7 @@ def load_token(path: Path) -> str:
 def single_instance(state_dir: Path) -> Iterator[IO[str]]:
     """Hold an exclusive lock on the state directory for the daemon's lifetime."""
     path = state_dir / "daemon.lock"
-    handle = open(path, "a+")  # noqa: SIM115 - held open for the lock's lifetime
+    handle = os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT, 0o600), "r+")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

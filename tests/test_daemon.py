@@ -291,3 +291,21 @@ async def test_missing_cli_binary_is_a_clear_failure(
                 assert failed.body["reason"] == "cli_unavailable"
                 assert "no-such-claude" in failed.body["message"]
             assert (await daemon.snapshot(session["id"]))["session"]["status"] == "errored"
+
+
+async def test_a_vanished_client_leaves_nothing_behind(daemon: Client, work_dir: Path) -> None:
+    async def subscribers() -> int:
+        status = (await daemon.http.get("/v1/status")).json()
+        return int(status["log"]["subscribers"])
+
+    with trio.fail_after(20):
+        session = (await daemon.create(work_dir, "[[slow:100]]"))["session"]
+        for _ in range(3):
+            async with daemon.events(session["id"]) as stream:
+                await stream.until_type("text.delta")
+                assert await subscribers() >= 1
+        while await subscribers():  # the server notices the closed sockets promptly
+            await trio.sleep(0.05)
+        await daemon.http.post(f"/v1/sessions/{session['id']}/interrupt")
+        async with daemon.events(session["id"]) as stream:
+            await stream.until_type("turn.interrupted")  # the session never noticed

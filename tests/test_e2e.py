@@ -19,6 +19,7 @@ from sidecode_trio.config import DaemonConfig
 
 from helpers import Client, running_daemon
 from mock_anthropic import MockAnthropic
+from record_frames import offline_env
 
 CLAUDE_BIN = os.environ.get("CLAUDE_BIN")
 
@@ -34,35 +35,25 @@ def mock_api() -> Iterator[MockAnthropic]:
         yield mock
 
 
-def _offline_env(root: Path, base_url: str) -> dict[str, str]:
-    """``reference/claude-code-cli.md`` §2: private HOME/config/TMPDIR, the mock, no traffic."""
-    (root / "home").mkdir(parents=True, exist_ok=True)
-    (root / "tmp").mkdir(parents=True, exist_ok=True)
-    return {
-        "HOME": str(root / "home"),
-        "CLAUDE_CONFIG_DIR": str(root / "home" / ".claude"),
-        "TMPDIR": str(root / "tmp"),
-        "ANTHROPIC_BASE_URL": base_url,
-        "ANTHROPIC_API_KEY": "sk-test",
-        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
-        "DISABLE_TELEMETRY": "1",
-        "DISABLE_AUTOUPDATER": "1",
-        "CLAUDE_CODE_MAX_RETRIES": "0",
-    }
-
-
-@pytest.fixture
-async def real(tmp_path: Path, work_dir: Path, mock_api: MockAnthropic) -> AsyncIterator[Client]:
+def real_config(tmp_path: Path, work_dir: Path, mock: MockAnthropic, idle: float) -> DaemonConfig:
+    """A daemon running the real CLI offline (``reference/claude-code-cli.md`` §2)."""
     assert CLAUDE_BIN
-    config = DaemonConfig(
+    cli_root = tmp_path / "cli"
+    for folder in ("home", "tmp"):
+        (cli_root / folder).mkdir(parents=True, exist_ok=True)
+    return DaemonConfig(
         state_dir=tmp_path / "state",
         port=0,
         claude=CLAUDE_BIN,
         allowed_roots=(work_dir,),
-        claude_env=_offline_env(tmp_path / "cli", mock_api.base_url),
-        idle_timeout=60.0,
+        claude_env=offline_env(cli_root, mock.base_url),
+        idle_timeout=idle,
     )
-    async with running_daemon(config) as client:
+
+
+@pytest.fixture
+async def real(tmp_path: Path, work_dir: Path, mock_api: MockAnthropic) -> AsyncIterator[Client]:
+    async with running_daemon(real_config(tmp_path, work_dir, mock_api, 60.0)) as client:
         yield client
 
 
@@ -136,17 +127,8 @@ async def test_denied_tool_and_mode_switch(real: Client, work_dir: Path) -> None
 async def test_resume_after_idle_stop_and_after_a_crash(
     tmp_path: Path, work_dir: Path, mock_api: MockAnthropic
 ) -> None:
-    assert CLAUDE_BIN
-    config = DaemonConfig(
-        state_dir=tmp_path / "state",
-        port=0,
-        claude=CLAUDE_BIN,
-        allowed_roots=(work_dir,),
-        claude_env=_offline_env(tmp_path / "cli", mock_api.base_url),
-        idle_timeout=0.5,
-    )
     with trio.fail_after(120):
-        async with running_daemon(config) as real:
+        async with running_daemon(real_config(tmp_path, work_dir, mock_api, 0.5)) as real:
             session = (await real.create(work_dir, "remember me"))["session"]
             async with real.events(session["id"]) as stream:
                 await stream.until_type("turn.completed", timeout=30)

@@ -59,6 +59,8 @@ class LaunchSpec:
     def environment(self) -> dict[str, str]:
         env = dict(os.environ)
         env.update(self.env)
+        # The CLI tailors itself to its host by this variable; we drive it exactly the way the
+        # Python Agent SDK does (stream-json + control protocol), so we say what the SDK says.
         env.setdefault("CLAUDE_CODE_ENTRYPOINT", "sdk-py")
         return env
 

@@ -15,7 +15,7 @@ from typing import Final
 import attrs
 
 from ..errors import BadRequest
-from ..wire.converter import converter
+from ..wire.converter import JSON_ENCODER, converter
 from ..wire.events import Event
 
 EPOCH_BYTES: Final = 9  # 12 url-safe characters
@@ -64,10 +64,10 @@ def encode(session_id: str, epoch: str, cursor: int, at: float, event: Event) ->
         "session_id": session_id,
         "epoch": epoch,
         "cursor": cursor,
-        "at": round(at, 6),
+        "at": at,
         "event": converter.unstructure(event, unstructure_as=Event),
     }
-    data = json.dumps(envelope, separators=(",", ":"), ensure_ascii=False).encode()
+    data = JSON_ENCODER.encode(envelope).encode()
     return StoredEvent(session_id, epoch, cursor, at, event.TYPE, data)
 
 

@@ -165,9 +165,12 @@ def create_app(
 
     @app.get("/v1/sessions/<session_id>/events")
     async def session_events(session_id: str) -> Response:
-        catch_up, sub = ops.subscribe(session_id, _since(), settings.client_queue)
+        since = _since()
+        ops.snapshot_position(session_id)  # 404 before the stream starts, not inside it
 
         async def stream() -> AsyncIterator[bytes]:
+            # Subscribed on the first iteration: a client gone before then leaves nothing behind.
+            catch_up, sub = ops.subscribe(session_id, since, settings.client_queue)
             try:
                 yield sse.RETRY
                 if isinstance(catch_up, SnapshotRead):
@@ -185,9 +188,8 @@ def create_app(
 
     @app.get("/v1/events")
     async def sessions_events() -> Response:
-        infos, receive = ops.subscribe_sessions(settings.client_queue)
-
         async def stream() -> AsyncIterator[bytes]:
+            infos, receive = ops.subscribe_sessions(settings.client_queue)
             try:
                 yield sse.RETRY
                 yield sse.sessions_frame(infos)

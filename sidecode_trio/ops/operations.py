@@ -56,6 +56,11 @@ class Operations:
         await self._log.flush()
         return rq.SessionCreatedReply(self._registry.info(info.id), message_id)
 
+    def snapshot_position(self, session_id: str) -> Position:
+        """The session's current ``(epoch, cursor)``; raises ``NotFound`` for an unknown id."""
+        self._registry.get(session_id)
+        return self._log.position(session_id)
+
     def snapshot(self, session_id: str) -> Snapshot:
         self._registry.get(session_id)
         return self._log.snapshot(session_id)
