@@ -12,7 +12,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import attrs
 
@@ -43,6 +43,13 @@ class DaemonConfig:
     max_body: int = 1024 * 1024  #: bytes accepted in a request body
     claude_env: dict[str, str] = attrs.field(factory=dict)  #: extra environment for the CLI
     claude_args: tuple[str, ...] = ()  #: extra arguments for the CLI
+    keystore: Literal["auto", "keyring", "file"] = "auto"  #: where the identity key lives
+    pairing_ttl: float = 300.0  #: seconds a pairing code stays valid
+
+    @property
+    def tls(self) -> bool:
+        """Non-loopback binds serve HTTPS with the identity-signed certificate."""
+        return not is_loopback(self.host)
 
     @property
     def token_path(self) -> Path:
@@ -71,11 +78,16 @@ def _problems(config: DaemonConfig) -> list[str]:
     problems = []
     if not 0 <= config.port <= 65535:
         problems.append(f"bad value @ $.port: must be between 0 and 65535, got {config.port}")
-    if not is_loopback(config.host):
-        problems.append(
-            f"bad value @ $.host: {config.host!r} is not a loopback address; until devices can "
-            "pair, the daemon only listens on 127.0.0.1, ::1 or localhost"
-        )
+    if config.host not in LOOPBACK_NAMES:
+        try:
+            ipaddress.ip_address(config.host)
+        except ValueError:
+            problems.append(
+                f"bad value @ $.host: {config.host!r} is not an IP address "
+                "(e.g. 127.0.0.1, ::1, 0.0.0.0 for every interface) or localhost"
+            )
+    if not 10 <= config.pairing_ttl <= 3600:
+        problems.append("bad value @ $.pairing_ttl: between 10 and 3600 seconds")
     if config.idle_timeout <= 0:
         problems.append("bad value @ $.idle_timeout: must be > 0 seconds")
     if config.sse_keepalive <= 0:

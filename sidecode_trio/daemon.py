@@ -22,6 +22,8 @@ import logging
 import os
 import secrets
 import signal
+import socket
+import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import partial
@@ -40,14 +42,20 @@ from .config import DaemonConfig
 from .errors import ConfigError
 from .eventlog.log import EventLog, LogLimits
 from .eventlog.store import SQLiteStore
-from .http.app import HTTPSettings, create_app, hash_token
+from .http.app import HTTPSettings, create_app
 from .ops import Operations
+from .security.devices import DeviceStore, Scope
+from .security.guard import Guard
+from .security.identity import load_identity
+from .security.qr import render_pairing
+from .security.tls import CertificateStore
 from .sessions.registry import SessionRegistry
 from .sessions.supervisor import SupervisorSettings
 
 log = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE: Final = Grace(close_stdin=0.5, terminate=2.0)
+ROTATION_CHECK: Final = 3600.0  # seconds between certificate expiry checks
 HTTP_GRACE: Final = 5.0  # seconds open requests get at shutdown (> the sessions' grace)
 
 
@@ -59,6 +67,7 @@ class DaemonHandle:
     port: int
     token: str
     stop: trio.Event = attrs.field(eq=False)
+    fingerprint: str = ""
 
 
 def write_private(path: Path, text: str) -> None:
@@ -116,24 +125,61 @@ async def serve(
     config: DaemonConfig,
     *,
     handle_signals: bool = False,
+    show_pairing: bool = False,
     task_status: trio.TaskStatus[DaemonHandle] = trio.TASK_STATUS_IGNORED,
 ) -> None:
+    """Run the daemon until ``DaemonHandle.stop`` is set (or SIGINT/SIGTERM, if handled)."""
     prepare_state_dir(config.state_dir)
     with single_instance(config.state_dir):
         token = load_token(config.token_path)
+        identity = load_identity(config.state_dir, config.keystore)
+        certificates = CertificateStore(config.state_dir / "tls", identity, [config.host])
+        certificates.refresh()
+        devices = DeviceStore(config.state_dir / "devices.sqlite3")
         store = SQLiteStore(config.db_path)
+        guard = Guard(identity, certificates, devices, token)
         try:
-            await _serve(config, store, token, handle_signals, task_status)
+            await _serve(config, store, guard, token, handle_signals, show_pairing, task_status)
         finally:
             store.close()
+            devices.close()
             config.daemon_file.unlink(missing_ok=True)
+
+
+class _HTTPConfig(hypercorn.config.Config):
+    """Hypercorn's config, keeping the TLS context so certificate rotation can reload it."""
+
+    def __init__(self, certificates: CertificateStore) -> None:
+        super().__init__()
+        self._certificates = certificates
+
+    def create_ssl_context(self) -> ssl.SSLContext | None:
+        context = super().create_ssl_context()
+        self._certificates.context = context
+        return context
+
+
+def _http_config(config: DaemonConfig, certificates: CertificateStore) -> hypercorn.config.Config:
+    http_config = _HTTPConfig(certificates)
+    host = f"[{config.host}]" if ":" in config.host else config.host
+    http_config.bind = [f"{host}:{config.port}"]
+    if config.tls and certificates.current is not None:
+        http_config.certfile = str(certificates.current.cert_path)
+        http_config.keyfile = str(certificates.current.key_path)
+    http_config.accesslog = None
+    http_config.errorlog = logging.getLogger("hypercorn.error")
+    http_config.graceful_timeout = HTTP_GRACE
+    http_config.include_server_header = False
+    return http_config
 
 
 async def _serve(
     config: DaemonConfig,
     store: SQLiteStore,
+    guard: Guard,
     token: str,
     handle_signals: bool,
+    show_pairing: bool,
     task_status: trio.TaskStatus[DaemonHandle],
 ) -> None:
     event_log = EventLog(store, LogLimits(retain=config.retain_events))
@@ -149,21 +195,14 @@ async def _serve(
         ),
         config.allowed_roots,
     )
-    ops = Operations(registry, event_log)
+    ops = Operations(registry, event_log, guard)
     hosts: set[str] = set()
     app = create_app(
         ops,
-        HTTPSettings(hash_token(token), config.sse_keepalive, config.client_queue, config.max_body),
-        lambda: hosts,
+        guard,
+        HTTPSettings(config.sse_keepalive, config.client_queue, config.max_body),
+        lambda: None if config.tls else hosts,
     )
-    http_config = hypercorn.config.Config()
-    http_config.bind = [
-        f"[{config.host}]:{config.port}" if ":" in config.host else f"{config.host}:{config.port}"
-    ]
-    http_config.accesslog = None
-    http_config.errorlog = logging.getLogger("hypercorn.error")
-    http_config.graceful_timeout = HTTP_GRACE
-    http_config.include_server_header = False
     stop = trio.Event()
 
     async with trio.open_nursery() as daemon:
@@ -171,16 +210,30 @@ async def _serve(
         async with trio.open_nursery() as services:
             await services.start(registry.run)
             binds: list[str] = await services.start(
-                partial(hypercorn.trio.serve, app, http_config, shutdown_trigger=stop.wait)
+                partial(
+                    hypercorn.trio.serve,
+                    app,
+                    _http_config(config, guard.certificates),
+                    shutdown_trigger=stop.wait,
+                )
             )
             url = binds[0]
             hosts.update(_allowed_hosts(url))
-            _announce(config, url)
-            if handle_signals:
-                services.start_soon(_stop_on_signal, stop)
-            gc.freeze()  # start-up objects never become garbage; keep them out of GC passes
-            task_status.started(DaemonHandle(url, urlsplit(url).port or 0, token, stop))
-            await stop.wait()
+            guard.urls = reachable_urls(url)
+            _announce(config, url, guard)
+            async with trio.open_nursery() as housekeeping:  # lives exactly until stop
+                housekeeping.start_soon(_rotate_certificates, guard.certificates)
+                if handle_signals:
+                    housekeeping.start_soon(_stop_on_signal, stop)
+                if show_pairing and not guard.devices.active():
+                    print(render_pairing(guard.offer(Scope.ADMIN, config.pairing_ttl)), flush=True)
+                gc.freeze()  # start-up objects never become garbage; keep them out of GC passes
+                port = urlsplit(url).port or 0
+                task_status.started(
+                    DaemonHandle(url, port, token, stop, guard.identity.fingerprint)
+                )
+                await stop.wait()
+                housekeeping.cancel_scope.cancel()
             log.info("stopping: sessions first, so clients see how their turns ended")
             registry.stop()
             await registry.stopped.wait()
@@ -191,18 +244,51 @@ async def _serve(
     log.info("stopped")
 
 
-def _announce(config: DaemonConfig, url: str) -> None:
+async def _rotate_certificates(certificates: CertificateStore) -> None:
+    while True:
+        await trio.sleep(ROTATION_CHECK)
+        if certificates.refresh():
+            log.info(
+                "TLS certificate rotated; new connections use %s", certificates.info()[0].sha256
+            )
+
+
+def reachable_urls(url: str) -> list[str]:
+    """The URLs a device may use: the bound one, or each address of this host for a wildcard."""
+    parts = urlsplit(url)
+    if parts.hostname not in ("0.0.0.0", "::"):  # noqa: S104 - recognising the wildcard
+        return [url]
+    addresses: list[str] = []
+    try:
+        for *_, sockaddr in socket.getaddrinfo(socket.gethostname(), None, type=socket.SOCK_STREAM):
+            address = str(sockaddr[0])
+            if address not in addresses and not address.startswith("127."):
+                addresses.append(address)
+    except OSError:
+        pass
+    addresses.append("127.0.0.1")
+    return [f"{parts.scheme}://{f'[{a}]' if ':' in a else a}:{parts.port}" for a in addresses]
+
+
+def _announce(config: DaemonConfig, url: str, guard: Guard) -> None:
     info: dict[str, Any] = {
         "http": url,
         "pid": os.getpid(),
         "state_dir": str(config.state_dir),
         "version": __version__,
+        "fingerprint": guard.identity.fingerprint,
     }
     text = json.dumps(info)
     write_private(config.daemon_file, text)
     if config.ready_file is not None:
         write_private(config.ready_file, text)
     log.info("listening on %s (pid %d, state in %s)", url, os.getpid(), config.state_dir)
+    log.info(
+        "identity %s (key in %s); %d paired device(s)",
+        guard.identity.fingerprint,
+        guard.identity.stored_in,
+        len(guard.devices.active()),
+    )
 
 
 async def _stop_on_signal(stop: trio.Event) -> None:

@@ -1,15 +1,14 @@
 """The HTTP/SSE v1 API: routes that decode a request, call :class:`~..ops.Operations`, and encode.
 
-Every route but ``GET /v1/info`` needs ``Authorization: Bearer <token>`` (the local access token,
-0600 in the state directory, compared by hash in constant time), and every request must name the
-bound address in ``Host`` (a guard against DNS rebinding). Errors are always
-``{"error": {"code", "message"}}`` with the matching status.
+Every route but ``GET /v1/info`` and ``POST /v1/pair`` needs credentials, checked by the
+:class:`~..security.guard.Guard` before the route runs: a paired device's signed token, a one-time
+stream ticket, or (from this computer only) the local access token. On a loopback bind every
+request must also name the bound address in ``Host`` (a guard against DNS rebinding). Errors are
+always ``{"error": {"code", "message"}}`` with the matching status.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -17,14 +16,17 @@ from typing import Any, TypeVar
 
 import attrs
 import trio
-from quart import Response, request
+from quart import Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from ..errors import BadRequest, SidecodeError, Unauthorized
+from ..errors import BadRequest, SidecodeError
 from ..eventlog.core import Position
 from ..eventlog.log import SnapshotRead
 from ..ops import Operations
+from ..security.auth import Principal
+from ..security.devices import Scope
+from ..security.guard import Guard
 from ..wire import converter as wire
 from ..wire import requests as rq
 from . import sse
@@ -36,14 +38,9 @@ T = TypeVar("T")
 
 @attrs.frozen
 class HTTPSettings:
-    token_hash: bytes  #: SHA-256 of the local access token
     keepalive: float = 15.0
     client_queue: int = 4096
     max_body: int = 1024 * 1024
-
-
-def hash_token(token: str) -> bytes:
-    return hashlib.sha256(token.encode()).digest()
 
 
 def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> Response:
@@ -85,31 +82,48 @@ def _sse_response(stream: AsyncIterator[bytes]) -> Response:
     return response
 
 
+OPEN_ROUTES = frozenset({("GET", "/v1/info"), ("POST", "/v1/pair")})
+
+
+def _who() -> Principal:
+    principal: Principal = g.principal
+    return principal
+
+
 def create_app(
-    ops: Operations, settings: HTTPSettings, allowed_hosts: Callable[[], set[str]]
+    ops: Operations,
+    guard: Guard,
+    settings: HTTPSettings,
+    allowed_hosts: Callable[[], set[str] | None],
 ) -> QuartTrio:
+    """The v1 app. ``allowed_hosts()`` is the set of acceptable ``Host`` headers on a loopback
+    bind (DNS-rebinding guard), or None when any host is fine (TLS and device keys protect it)."""
     app = QuartTrio("sidecode_trio")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body
     app.config["BODY_TIMEOUT"] = 30
 
     @app.before_request
-    async def guard() -> Response | None:
+    async def authenticate() -> Response | None:
+        hosts = allowed_hosts()
         host = (request.headers.get("Host") or "").lower()
-        if host not in allowed_hosts():
+        if hosts is not None and host not in hosts:
             return _error(403, "bad_host", f"Host {host!r} is not this daemon's address")
-        if request.path == "/v1/info":
+        if (request.method, request.path) in OPEN_ROUTES:
             return None
-        scheme, _, token = (request.headers.get("Authorization") or "").partition(" ")
-        supplied = hash_token(token.strip()) if scheme.lower() == "bearer" else b""
-        if not hmac.compare_digest(supplied, settings.token_hash):
-            raise Unauthorized("missing or wrong access token (Authorization: Bearer <token>)")
+        ticket = request.args.get("ticket") if request.method == "GET" else None
+        g.principal = guard.authenticate(
+            request.headers.get("Authorization"), ticket, request.path, request.remote_addr
+        )
         return None
 
     @app.errorhandler(SidecodeError)
     async def on_error(exc: SidecodeError) -> Response:
         if exc.status >= 500:
             log.warning("%s: %s", exc.code, exc.message)
-        return _error(exc.status, exc.code, exc.message)
+        response = _error(exc.status, exc.code, exc.message)
+        if exc.status == 401:
+            response.headers["WWW-Authenticate"] = 'Sidecode realm="sidecode-trio"'
+        return response
 
     @app.errorhandler(HTTPException)
     async def on_http_error(exc: HTTPException) -> Response:
@@ -125,52 +139,68 @@ def create_app(
         log.exception("unhandled error in %s %s", request.method, request.path)
         return _error(500, "internal", "internal error; see the daemon's log")
 
+    # -- open routes -------------------------------------------------------------------------
+
     @app.get("/v1/info")
     async def info() -> Response:
         return _json(200, ops.info())
 
+    @app.post("/v1/pair")
+    async def pair() -> Response:
+        return _json(201, ops.pair(await _body(rq.PairRequest), request.remote_addr))
+
+    # -- sessions ----------------------------------------------------------------------------
+
     @app.get("/v1/status")
     async def status() -> Response:
-        return _json(200, ops.statistics())
+        return _json(200, ops.statistics(_who()))
 
     @app.get("/v1/sessions")
     async def list_sessions() -> Response:
-        return _json(200, ops.list_sessions())
+        return _json(200, ops.list_sessions(_who()))
 
     @app.post("/v1/sessions")
     async def create_session() -> Response:
-        reply = await ops.create_session(await _body(rq.CreateSession))
+        reply = await ops.create_session(_who(), await _body(rq.CreateSession))
         return _json(201, reply, {"Location": f"/v1/sessions/{reply.session.id}"})
 
     @app.get("/v1/sessions/<session_id>")
     async def get_session(session_id: str) -> Response:
-        return _json(200, ops.snapshot(session_id))
+        return _json(200, ops.snapshot(_who(), session_id))
 
     @app.patch("/v1/sessions/<session_id>")
     async def update_session(session_id: str) -> Response:
-        return _json(200, await ops.update_session(session_id, await _body(rq.UpdateSession)))
+        body = await _body(rq.UpdateSession)
+        return _json(200, await ops.update_session(_who(), session_id, body))
 
     @app.post("/v1/sessions/<session_id>/messages")
     async def send_message(session_id: str) -> Response:
-        return _json(202, await ops.send_message(session_id, await _body(rq.SendMessage)))
+        body = await _body(rq.SendMessage)
+        return _json(202, await ops.send_message(_who(), session_id, body))
 
     @app.post("/v1/sessions/<session_id>/interrupt")
     async def interrupt(session_id: str) -> Response:
-        return _json(200, await ops.interrupt(session_id))
+        return _json(200, await ops.interrupt(_who(), session_id))
 
     @app.post("/v1/sessions/<session_id>/permissions/<request_id>")
     async def answer_permission(session_id: str, request_id: str) -> Response:
-        await ops.answer_permission(session_id, request_id, await _body(rq.AnswerPermission))
+        body = await _body(rq.AnswerPermission)
+        await ops.answer_permission(_who(), session_id, request_id, body)
         return _json(200, {"ok": True})
+
+    @app.post("/v1/tickets")
+    async def ticket() -> Response:
+        return _json(201, ops.ticket(_who(), await _body(rq.TicketRequest)))
 
     @app.get("/v1/sessions/<session_id>/events")
     async def session_events(session_id: str) -> Response:
-        since = _since()
-        ops.snapshot_position(session_id)  # 404 before the stream starts, not inside it
+        who, since = _who(), _since()
+        ops.snapshot_position(who, session_id)  # 404/403 before the stream starts, not inside it
 
         async def stream() -> AsyncIterator[bytes]:
             # Subscribed on the first iteration: a client gone before then leaves nothing behind.
-            catch_up, sub = ops.subscribe(session_id, since, settings.client_queue)
+            catch_up, sub = ops.subscribe(who, session_id, since, settings.client_queue)
+            forget = guard.links.register(who, sub.end)  # revoking the device ends this stream
             try:
                 yield sse.RETRY
                 if isinstance(catch_up, SnapshotRead):
@@ -182,23 +212,52 @@ def create_app(
                 async for chunk in _live(sub.receive, sse.event_frame, settings.keepalive):
                     yield chunk
             finally:
+                forget()
                 sub.close()
 
         return _sse_response(stream())
 
     @app.get("/v1/events")
     async def sessions_events() -> Response:
+        who = _who()
+        who.require(Scope.APPROVE)
+
         async def stream() -> AsyncIterator[bytes]:
-            infos, receive = ops.subscribe_sessions(settings.client_queue)
+            infos, receive = ops.subscribe_sessions(who, settings.client_queue)
+            forget = guard.links.register(who, receive.close)
             try:
                 yield sse.RETRY
                 yield sse.sessions_frame(infos)
                 async for chunk in _live(receive, sse.session_frame, settings.keepalive):
                     yield chunk
             finally:
+                forget()
                 receive.close()
 
         return _sse_response(stream())
+
+    # -- devices -----------------------------------------------------------------------------
+
+    @app.post("/v1/pairings")
+    async def create_pairing() -> Response:
+        return _json(201, ops.create_pairing(_who(), await _body(rq.PairingOfferRequest)))
+
+    @app.get("/v1/devices")
+    async def devices() -> Response:
+        return _json(200, ops.devices(_who()))
+
+    @app.patch("/v1/devices/<device_id>")
+    async def update_device(device_id: str) -> Response:
+        body = await _body(rq.DeviceUpdate)
+        return _json(200, ops.set_device_scope(_who(), device_id, body))
+
+    @app.delete("/v1/devices/<device_id>")
+    async def revoke_device(device_id: str) -> Response:
+        return _json(200, ops.revoke_device(_who(), device_id))
+
+    @app.get("/v1/audit")
+    async def audit() -> Response:
+        return _json(200, ops.audit(_who(), request.args.get("limit", 200, type=int)))
 
     return app
 

@@ -76,7 +76,94 @@ class ErrorReply:
 
 
 @attrs.frozen
+class CertificateHash:
+    """A TLS certificate the daemon uses or will use, vouched for by its identity key."""
+
+    sha256: str  #: hex SHA-256 of the certificate (DER)
+    signature: str  #: base64url Ed25519 signature of b"sidecode-trio cert v1\n" + the raw hash
+    not_before: float
+    not_after: float
+
+
+@attrs.frozen
 class DaemonInfo:
     protocol: int
     version: str
+    public_key: str  #: base64url Ed25519 identity key
+    fingerprint: str
+    certificates: list[CertificateHash]  #: the current one first, then the next (if made)
     name: str = "sidecode-trio"
+
+
+@attrs.frozen
+class PairRequest:
+    """Completes pairing: proof of the one-time secret (HMAC) and of the device key (signature)."""
+
+    secret_id: str
+    device_public_key: str  #: base64url Ed25519 public key
+    name: str
+    mac: str  #: base64url HMAC-SHA256(secret, transcript)
+    signature: str  #: base64url Ed25519 signature of the transcript by the device key
+
+
+@attrs.frozen
+class DeviceView:
+    id: str
+    name: str
+    fingerprint: str
+    scope: str
+    paired_at: float
+    last_seen: float | None = None
+    revoked_at: float | None = None
+
+
+@attrs.frozen
+class PairReply:
+    device: DeviceView
+    daemon: DaemonInfo
+
+
+@attrs.frozen
+class PairingOfferRequest:
+    scope: Literal["approve", "chat", "admin"] = "chat"
+    ttl: float = 300.0
+
+
+@attrs.frozen
+class DeviceList:
+    devices: list[DeviceView]
+
+
+@attrs.frozen
+class DeviceUpdate:
+    scope: Literal["approve", "chat", "admin"]
+
+
+@attrs.frozen
+class RevokeReply:
+    device: DeviceView
+    closed_streams: int
+
+
+@attrs.frozen
+class AuditView:
+    at: float
+    kind: str
+    device_id: str | None
+    detail: str
+
+
+@attrs.frozen
+class AuditLog:
+    entries: list[AuditView]
+
+
+@attrs.frozen
+class TicketRequest:
+    path: str
+
+
+@attrs.frozen
+class TicketReply:
+    ticket: str
+    expires_at: float

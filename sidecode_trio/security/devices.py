@@ -1,0 +1,183 @@
+"""Paired devices and the audit log, in ``<state-dir>/devices.sqlite3`` (0600).
+
+A device is its Ed25519 public key, a name, a scope and its history (paired, last seen, revoked).
+Nothing secret is stored: devices prove themselves with signatures, never with a stored password.
+The audit log records pairings, revocations, scope changes and failed attempts (without secrets).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+import secrets
+import sqlite3
+import time
+from pathlib import Path
+from typing import Final
+
+import attrs
+
+from ..errors import NotFound, StoreError
+
+log = logging.getLogger(__name__)
+
+AUDIT_KEEP: Final = 10_000  # rows kept in the audit log
+LAST_SEEN_EVERY: Final = 60.0  # seconds between writes of a device's last-seen time
+
+
+class Scope(enum.StrEnum):
+    """What a device may do. Each scope includes the ones before it."""
+
+    APPROVE = "approve"  #: see sessions, answer permission requests, interrupt (a watch)
+    CHAT = "chat"  #: also send messages, start sessions, switch model or narrow the mode
+    ADMIN = "admin"  #: also manage devices and widen permission modes
+
+    def allows(self, needed: Scope) -> bool:
+        order = list(Scope)
+        return order.index(self) >= order.index(needed)
+
+
+@attrs.frozen
+class Device:
+    id: str
+    name: str
+    public_key: str  #: base64url Ed25519 public key
+    fingerprint: str
+    scope: Scope
+    paired_at: float
+    last_seen: float | None = None
+    revoked_at: float | None = None
+
+
+@attrs.frozen
+class AuditEntry:
+    at: float
+    kind: str
+    device_id: str | None
+    detail: str
+
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS devices (
+    id TEXT PRIMARY KEY, name TEXT NOT NULL, public_key TEXT NOT NULL UNIQUE,
+    fingerprint TEXT NOT NULL, scope TEXT NOT NULL, paired_at REAL NOT NULL,
+    last_seen REAL, revoked_at REAL
+);
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY, at REAL NOT NULL, kind TEXT NOT NULL, device_id TEXT,
+    detail TEXT NOT NULL
+);
+"""
+
+
+class DeviceStore:
+    def __init__(self, path: Path) -> None:
+        try:
+            os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
+            os.chmod(path, 0o600)
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.executescript(SCHEMA)
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreError(f"cannot open the device store {path}: {exc}") from exc
+        self._devices = {d.id: d for d in self._load()}
+        self._seen_written: dict[str, float] = {}
+
+    def close(self) -> None:
+        self._db.close()
+
+    def _load(self) -> list[Device]:
+        rows = self._db.execute(
+            "SELECT id, name, public_key, fingerprint, scope, paired_at, last_seen, revoked_at "
+            "FROM devices ORDER BY paired_at"
+        ).fetchall()
+        return [Device(r[0], r[1], r[2], r[3], Scope(r[4]), r[5], r[6], r[7]) for r in rows]
+
+    def all(self) -> list[Device]:
+        return list(self._devices.values())
+
+    def active(self) -> list[Device]:
+        return [d for d in self._devices.values() if d.revoked_at is None]
+
+    def get(self, device_id: str) -> Device:
+        try:
+            return self._devices[device_id]
+        except KeyError:
+            raise NotFound(f"unknown device {device_id!r}", code="unknown_device") from None
+
+    def by_key(self, public_key: str) -> Device | None:
+        return next((d for d in self._devices.values() if d.public_key == public_key), None)
+
+    def add(self, name: str, public_key: str, fingerprint: str, scope: Scope) -> Device:
+        existing = self.by_key(public_key)
+        if existing is not None and existing.revoked_at is None:
+            return existing  # the same key pairing again: keep one record
+        device = Device(
+            f"dev_{secrets.token_hex(6)}", name, public_key, fingerprint, scope, time.time()
+        )
+        with self._db:
+            if existing is not None:  # a revoked key pairs anew: a new record, the old one goes
+                self._db.execute("DELETE FROM devices WHERE id = ?", (existing.id,))
+                self._devices.pop(existing.id, None)
+            self._db.execute(
+                "INSERT INTO devices (id, name, public_key, fingerprint, scope, paired_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (device.id, name, public_key, fingerprint, scope.value, device.paired_at),
+            )
+        self._devices[device.id] = device
+        self.audit("paired", device.id, f"{name!r} scope={scope.value} key={fingerprint}")
+        return device
+
+    def revoke(self, device_id: str) -> Device:
+        device = self.get(device_id)
+        if device.revoked_at is not None:
+            return device
+        device = attrs.evolve(device, revoked_at=time.time())
+        with self._db:
+            self._db.execute(
+                "UPDATE devices SET revoked_at = ? WHERE id = ?", (device.revoked_at, device_id)
+            )
+        self._devices[device_id] = device
+        self.audit("revoked", device_id, repr(device.name))
+        return device
+
+    def set_scope(self, device_id: str, scope: Scope) -> Device:
+        device = attrs.evolve(self.get(device_id), scope=scope)
+        with self._db:
+            self._db.execute("UPDATE devices SET scope = ? WHERE id = ?", (scope.value, device_id))
+        self._devices[device_id] = device
+        self.audit("scope_changed", device_id, scope.value)
+        return device
+
+    def touch(self, device_id: str, now: float) -> None:
+        """Record that a device was seen (written at most once a minute per device)."""
+        device = self._devices.get(device_id)
+        if device is None:
+            return
+        self._devices[device_id] = attrs.evolve(device, last_seen=now)
+        if now - self._seen_written.get(device_id, 0.0) >= LAST_SEEN_EVERY:
+            self._seen_written[device_id] = now
+            try:
+                self._db.execute("UPDATE devices SET last_seen = ? WHERE id = ?", (now, device_id))
+            except sqlite3.Error as exc:
+                log.warning("cannot record last-seen time: %s", exc)
+
+    def audit(self, kind: str, device_id: str | None, detail: str) -> None:
+        log.info("audit: %s %s %s", kind, device_id or "-", detail)
+        try:
+            self._db.execute(
+                "INSERT INTO audit (at, kind, device_id, detail) VALUES (?, ?, ?, ?)",
+                (time.time(), kind, device_id, detail[:500]),
+            )
+            self._db.execute(
+                "DELETE FROM audit WHERE id <= (SELECT MAX(id) FROM audit) - ?", (AUDIT_KEEP,)
+            )
+        except sqlite3.Error as exc:
+            log.warning("cannot write the audit log: %s", exc)
+
+    def audit_log(self, limit: int = 200) -> list[AuditEntry]:
+        rows = self._db.execute(
+            "SELECT at, kind, device_id, detail FROM audit ORDER BY id DESC LIMIT ?", (limit,)
+        ).fetchall()
+        return [AuditEntry(*row) for row in rows]

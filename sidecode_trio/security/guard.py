@@ -1,0 +1,120 @@
+"""The security service a transport consults: authenticate, pair, manage devices.
+
+It holds the identity, the certificates, the device store, the open pairing offers, the stream
+tickets and the per-device open links; transports (HTTP today, QUIC later) call
+:meth:`Guard.authenticate` once per request or connection and pass the :class:`Principal` on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ..errors import Unauthorized
+from .auth import LOCAL, Links, Principal, Tickets, check_token
+from .devices import Device, DeviceStore, Scope
+from .identity import Identity, fingerprint, unb64
+from .pairing import PairingProof, Pairings, RateLimiter, payload, payload_link
+from .tls import CertificateStore
+
+
+def is_loopback_peer(address: str | None) -> bool:
+    if not address:
+        return False
+    try:
+        return ipaddress.ip_address(address.split("%")[0]).is_loopback
+    except ValueError:
+        return address == "localhost"
+
+
+class Guard:
+    def __init__(
+        self,
+        identity: Identity,
+        certificates: CertificateStore,
+        devices: DeviceStore,
+        local_token: str,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.identity = identity
+        self.certificates = certificates
+        self.devices = devices
+        self._local_hash = hashlib.sha256(local_token.encode()).digest()
+        self._clock = clock
+        self.pairings = Pairings(identity.public_key, clock)
+        self.tickets = Tickets(clock)
+        self.links = Links()
+        self._auth_failures = RateLimiter(limit=30, window=60.0, clock=clock)
+        self.urls: list[str] = []  #: where this daemon can be reached (for pairing payloads)
+
+    # -- requests ----------------------------------------------------------------------------
+
+    def authenticate(
+        self, authorization: str | None, ticket: str | None, path: str, remote: str | None
+    ) -> Principal:
+        client = remote or "?"
+        self._auth_failures.check(client)
+        try:
+            return self._authenticate(authorization or "", ticket, path, remote)
+        except Unauthorized as exc:
+            self._auth_failures.fail(client)
+            self.devices.audit("auth_failed", None, f"from {client} on {path}: {exc.message}")
+            raise
+
+    def _authenticate(
+        self, authorization: str, ticket: str | None, path: str, remote: str | None
+    ) -> Principal:
+        scheme, _, credential = authorization.partition(" ")
+        scheme, credential = scheme.lower(), credential.strip()
+        if scheme == "bearer":
+            supplied = hashlib.sha256(credential.encode()).digest()
+            if hmac.compare_digest(supplied, self._local_hash):
+                if not is_loopback_peer(remote):
+                    raise Unauthorized("the local access token is accepted from this computer only")
+                return LOCAL
+            raise Unauthorized("wrong access token")
+        if scheme == "sidecode":
+            device = check_token(
+                credential, self.devices, self.certificates.hashes(), self._clock()
+            )
+            self.devices.touch(device.id, self._clock())
+            return Principal(device.id, device.name, device.scope)
+        if ticket:
+            principal = self.tickets.redeem(ticket, path)
+            if principal is not None and self._still_allowed(principal):
+                return principal
+            raise Unauthorized("this stream ticket is unknown, used, expired or for another path")
+        raise Unauthorized("credentials required: Authorization: Sidecode <device token>")
+
+    def _still_allowed(self, principal: Principal) -> bool:
+        if principal.device_id is None:
+            return True
+        device = next((d for d in self.devices.active() if d.id == principal.device_id), None)
+        return device is not None
+
+    # -- pairing and devices -----------------------------------------------------------------
+
+    def offer(self, scope: Scope, ttl: float) -> dict[str, Any]:
+        """A new one-time pairing payload (what the QR code carries)."""
+        offer = self.pairings.offer(scope, ttl)
+        current = self.certificates.current
+        cert = current.sha256.hex() if current is not None else ""
+        data = payload(offer, self.identity.public_key, self.identity.fingerprint, self.urls, cert)
+        return {"payload": data, "link": payload_link(data), "expires_at": offer.expires_at}
+
+    def pair(self, proof: PairingProof, remote: str | None) -> Device:
+        try:
+            scope = self.pairings.redeem(proof, remote or "?")
+        except Exception as exc:
+            self.devices.audit("pair_failed", None, f"from {remote or '?'}: {exc}")
+            raise
+        key = proof.device_public_key
+        return self.devices.add(proof.name, key, fingerprint(unb64(key)), scope)
+
+    def revoke(self, device_id: str) -> tuple[Device, int]:
+        device = self.devices.revoke(device_id)
+        return device, self.links.close_device(device_id)

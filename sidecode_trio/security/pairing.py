@@ -1,0 +1,180 @@
+"""Pairing: one-time, expiring secrets shown as a QR code, and the proof a device sends back.
+
+The pairing payload (QR code, link or JSON) carries the daemon's public key, where to reach it,
+its certificate hash, a ``secret_id`` and a 32-byte ``secret``. The device answers with its own
+Ed25519 public key and a name, an HMAC-SHA256 of the pairing transcript keyed by the secret (so
+the secret itself never crosses the network) and its signature of the same transcript (so it
+holds the key it names). A secret works once, expires (5 minutes by default), and dies after a
+few wrong proofs; failures are rate-limited per client address.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import secrets
+from collections.abc import Callable
+from typing import Any, Final
+
+import attrs
+
+from ..errors import ClientError
+from .devices import Scope
+from .identity import b64, unb64, verify
+
+PAIR_CONTEXT: Final = b"sidecode-trio pair v1\n"
+MAX_PROOF_FAILURES: Final = 3  # wrong proofs before a secret is withdrawn
+PAYLOAD_VERSION: Final = 1
+
+
+class PairingRefused(ClientError):
+    status = 403
+    code = "pairing_refused"
+
+
+class RateLimited(ClientError):
+    status = 429
+    code = "rate_limited"
+
+
+def transcript(daemon_key: bytes, device_key: bytes, name: str, secret_id: str) -> bytes:
+    """What both the HMAC and the device's signature cover."""
+    return b"".join(
+        [PAIR_CONTEXT, daemon_key, device_key, name.encode(), b"\n", secret_id.encode()]
+    )
+
+
+def prove(secret: bytes, message: bytes) -> bytes:
+    return hmac.new(secret, message, hashlib.sha256).digest()
+
+
+@attrs.define
+class Offer:
+    secret_id: str
+    secret: bytes = attrs.field(repr=False)
+    scope: Scope
+    expires_at: float
+    failures: int = 0
+
+
+@attrs.frozen
+class PairingProof:
+    secret_id: str
+    device_public_key: str
+    name: str
+    mac: str
+    signature: str
+
+
+class RateLimiter:
+    """At most ``limit`` failures per ``window`` seconds per key."""
+
+    def __init__(self, limit: int, window: float, clock: Callable[[], float]) -> None:
+        self._limit, self._window, self._clock = limit, window, clock
+        self._failures: dict[str, list[float]] = {}
+
+    def check(self, key: str) -> None:
+        now = self._clock()
+        recent = [t for t in self._failures.get(key, []) if now - t < self._window]
+        self._failures[key] = recent
+        if len(recent) >= self._limit:
+            retry = int(self._window - (now - recent[0])) + 1
+            raise RateLimited(f"too many failed attempts; try again in {retry}s")
+
+    def fail(self, key: str) -> None:
+        self._failures.setdefault(key, []).append(self._clock())
+        if len(self._failures) > 10_000:  # bounded memory under a flood of addresses
+            self._failures.pop(next(iter(self._failures)))
+
+
+class Pairings:
+    """The open pairing offers (in memory only: a secret is never written anywhere)."""
+
+    def __init__(self, daemon_key: bytes, clock: Callable[[], float]) -> None:
+        self._daemon_key = daemon_key
+        self._clock = clock
+        self._offers: dict[str, Offer] = {}
+        self.limiter = RateLimiter(limit=5, window=60.0, clock=clock)
+
+    def offer(self, scope: Scope, ttl: float) -> Offer:
+        self._expire()
+        offer = Offer(secrets.token_hex(8), secrets.token_bytes(32), scope, self._clock() + ttl)
+        self._offers[offer.secret_id] = offer
+        return offer
+
+    def _expire(self) -> None:
+        now = self._clock()
+        for secret_id in [k for k, o in self._offers.items() if o.expires_at <= now]:
+            del self._offers[secret_id]
+
+    def redeem(self, proof: PairingProof, client: str) -> Scope:
+        """Check ``proof``; on success the offer is used up and the granted scope returned."""
+        self.limiter.check(client)
+        try:
+            return self._redeem(proof)
+        except PairingRefused:
+            self.limiter.fail(client)
+            raise
+
+    def _redeem(self, proof: PairingProof) -> Scope:
+        offer = self._offers.get(proof.secret_id)
+        if offer is None or offer.expires_at <= self._clock():
+            self._offers.pop(proof.secret_id, None)
+            raise PairingRefused("this pairing code is unknown, used or expired; run 'pair' again")
+        try:
+            device_key, mac, signature = (
+                unb64(proof.device_public_key),
+                unb64(proof.mac),
+                unb64(proof.signature),
+            )
+        except (ValueError, base64.binascii.Error):  # type: ignore[attr-defined]
+            raise PairingRefused("malformed pairing proof") from None
+        if len(device_key) != 32 or not 1 <= len(proof.name) <= 100:
+            raise PairingRefused(
+                "a device needs a 32-byte Ed25519 key and a name of 1-100 characters"
+            )
+        message = transcript(self._daemon_key, device_key, proof.name, proof.secret_id)
+        if not (
+            hmac.compare_digest(prove(offer.secret, message), mac)
+            and verify(device_key, message, signature)
+        ):
+            offer.failures += 1
+            if offer.failures >= MAX_PROOF_FAILURES:
+                del self._offers[proof.secret_id]
+            raise PairingRefused("the pairing proof does not verify")
+        del self._offers[proof.secret_id]  # one use only
+        return offer.scope
+
+
+def payload(
+    offer: Offer, daemon_key: bytes, fingerprint: str, http: list[str], cert_sha256: str
+) -> dict[str, Any]:
+    return {
+        "v": PAYLOAD_VERSION,
+        "pk": b64(daemon_key),
+        "fp": fingerprint,
+        "http": http,
+        "quic": [],
+        "cert": cert_sha256,
+        "sid": offer.secret_id,
+        "secret": b64(offer.secret),
+        "scope": offer.scope.value,
+        "exp": int(offer.expires_at),
+    }
+
+
+def payload_link(data: dict[str, Any]) -> str:
+    raw = json.dumps(data, separators=(",", ":")).encode()
+    return "sidecode-trio://pair#" + b64(raw)
+
+
+def parse_link(link: str) -> dict[str, Any]:
+    """The payload of a pairing link, or of the JSON itself."""
+    text = link.strip()
+    raw = text if text.startswith("{") else unb64(text.partition("#")[2])
+    data = json.loads(raw)
+    if not isinstance(data, dict) or data.get("v") != PAYLOAD_VERSION:
+        raise ValueError("not a sidecode-trio pairing payload (version 1)")
+    return data

@@ -1,0 +1,31 @@
+"""The pairing payload as a terminal QR code, a link and an expiry line."""
+
+from __future__ import annotations
+
+import io
+import time
+from typing import Any
+
+import segno
+
+
+def qr_text(data: str) -> str:
+    buffer = io.StringIO()
+    segno.make(data, error="L").terminal(out=buffer, compact=True)
+    return buffer.getvalue()
+
+
+def render_pairing(offer: dict[str, Any]) -> str:
+    payload = offer["payload"]
+    minutes = max(0, round((offer["expires_at"] - time.time()) / 60))
+    return "\n".join(
+        [
+            "",
+            "Scan to pair a device (one use, expires in "
+            f"{minutes} min; grants '{payload['scope']}'):",
+            qr_text(offer["link"]),
+            f"or paste this link into the client: {offer['link']}",
+            f"daemon fingerprint: {payload['fp']}  (check it on the device)",
+            "",
+        ]
+    )
