@@ -8,10 +8,12 @@ import logging
 import os
 import shutil
 import sqlite3
+import ssl
 import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -64,6 +66,32 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
+    serve.add_argument(
+        "--https",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="serve HTTPS with the identity-signed certificate (default: when not on loopback)",
+    )
+
+    pair = commands.add_parser("pair", help="show a one-time pairing code for a new device")
+    _state_dir_flag(pair)
+    pair.add_argument(
+        "--scope",
+        choices=["approve", "chat", "admin"],
+        default="chat",
+        help="what the device may do: approve (a watch), chat (default), admin",
+    )
+    pair.add_argument("--ttl", type=float, default=300, metavar="SECONDS", help="valid for (300)")
+    pair.add_argument("--json", action="store_true", help="print the payload as JSON only")
+
+    devices = commands.add_parser("devices", help="list, revoke or re-scope paired devices")
+    _state_dir_flag(devices)
+    devices.add_argument("--json", action="store_true", help="print JSON")
+    devices.add_argument("--log", action="store_true", help="show the audit log instead")
+    devices.add_argument("action", nargs="?", choices=["revoke", "scope"], help="what to change")
+    devices.add_argument("device_id", nargs="?", help="the device (see the list)")
+    devices.add_argument("scope", nargs="?", choices=["approve", "chat", "admin"])
+
     sessions = commands.add_parser("sessions", help="list the sessions of the running daemon")
     _state_dir_flag(sessions)
     sessions.add_argument("--json", action="store_true", help="print JSON")
@@ -92,6 +120,10 @@ def main(argv: list[str] | None = None) -> int:
             return _serve(args)
         if args.command == "sessions":
             return _sessions(args)
+        if args.command == "pair":
+            return _pair(args)
+        if args.command == "devices":
+            return _devices(args)
         return _doctor(args)
     except SidecodeError as exc:
         print(f"sidecode-trio: {exc.message}", file=sys.stderr)
@@ -114,11 +146,12 @@ def _serve(args: argparse.Namespace) -> int:
         "allowed_roots": [str(Path(r).expanduser().resolve()) for r in args.allowed_roots or []],
         "ready_file": str(args.ready_file) if args.ready_file else None,
         "idle_timeout": args.idle_timeout,
+        "https": args.https,
     }
     config = load_config(overrides, args.config)
     from .daemon import serve
 
-    trio.run(lambda: serve(config, handle_signals=True))
+    trio.run(lambda: serve(config, handle_signals=True, show_pairing=True))
     return 0
 
 
@@ -134,19 +167,88 @@ def _daemon(state_dir: Path) -> tuple[str, str]:
         raise ConfigError(
             f"no daemon is running on {state_dir} (start one with 'sidecode-trio serve')"
         ) from None
-    return str(info["http"]), token
+    return _local_url(str(info["http"])), token
 
 
-def _get(url: str, token: str | None, timeout: float = 5.0) -> Any:
+def _call(
+    url: str, token: str | None, method: str = "GET", body: Any = None, timeout: float = 5.0
+) -> Any:
+    """One request to the local daemon with the local token (it is accepted from loopback)."""
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    request = urllib.request.Request(url, headers=headers)  # noqa: S310 - the daemon's own URL
+    data = None if body is None else json.dumps(body).encode()
+    if data is not None:
+        headers["Content-Type"] = "application/json"
+    request = urllib.request.Request(url, data, headers, method=method)  # noqa: S310 - ours
+    # The daemon's own certificate on this machine, at the address its 0600 daemon.json names;
+    # there is no CA to check it against (devices pin the identity key instead).
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
+        with urllib.request.urlopen(request, timeout=timeout, context=context) as response:  # noqa: S310
             return json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        detail = exc.read().decode(errors="replace")[:300]
+        raise SidecodeError(f"the daemon said {exc.code}: {detail}", code="refused") from None
     except (urllib.error.URLError, OSError, ValueError) as exc:
         raise SidecodeError(
             f"cannot reach the daemon at {url}: {exc}", code="unreachable"
         ) from None
+
+
+def _get(url: str, token: str | None, timeout: float = 5.0) -> Any:
+    return _call(url, token, timeout=timeout)
+
+
+def _local_url(url: str) -> str:
+    """The daemon's URL as seen from this machine (a wildcard bind is reached on loopback)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.hostname in ("0.0.0.0", "::"):  # noqa: S104 - recognising the wildcard
+        return f"{parts.scheme}://127.0.0.1:{parts.port}"
+    return url
+
+
+def _pair(args: argparse.Namespace) -> int:
+    url, token = _daemon(args.state_dir or default_state_dir())
+    offer = _call(f"{url}/v1/pairings", token, "POST", {"scope": args.scope, "ttl": args.ttl})
+    if args.json:
+        print(json.dumps(offer["payload"], indent=2))
+    else:
+        from .security.qr import render_pairing
+
+        print(render_pairing(offer))
+    return 0
+
+
+def _devices(args: argparse.Namespace) -> int:
+    url, token = _daemon(args.state_dir or default_state_dir())
+    if args.action == "revoke" and args.device_id:
+        reply = _call(f"{url}/v1/devices/{args.device_id}", token, "DELETE")
+        print(f"revoked {reply['device']['name']!r}; closed {reply['closed_streams']} stream(s)")
+        return 0
+    if args.action == "scope" and args.device_id and args.scope:
+        body = {"scope": args.scope}
+        device = _call(f"{url}/v1/devices/{args.device_id}", token, "PATCH", body)
+        print(f"{device['name']!r} now has scope {device['scope']}")
+        return 0
+    if args.action:
+        raise ConfigError("usage: devices revoke DEVICE_ID | devices scope DEVICE_ID SCOPE")
+    what = "audit" if args.log else "devices"
+    rows = _call(f"{url}/v1/{what}", token)["entries" if args.log else "devices"]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    elif args.log:
+        for e in rows:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["at"]))
+            print(f"{when}  {e['kind']:14} {e['device_id'] or '-':18} {e['detail']}")
+    elif not rows:
+        print("no paired devices (run 'sidecode-trio pair')")
+    for d in [] if args.json or args.log else rows:
+        seen = "never"
+        if d["last_seen"]:
+            seen = time.strftime("%Y-%m-%d %H:%M", time.localtime(d["last_seen"]))
+        state = "REVOKED" if d["revoked_at"] else d["scope"]
+        print(f"{d['id']:18} {state:8} {d['fingerprint']}  last seen {seen:16}  {d['name']}")
+    return 0
 
 
 def _sessions(args: argparse.Namespace) -> int:
@@ -254,6 +356,29 @@ def _check_daemon(state_dir: Path) -> dict[str, Any]:
     }
 
 
+def _check_identity(state_dir: Path) -> dict[str, Any]:
+    from cryptography import x509
+
+    from .security.identity import KEY_FILE, keyring_usable
+
+    key_file = state_dir / KEY_FILE
+    store = (
+        "file" if key_file.exists() else ("keyring" if keyring_usable() else "file (no keyring)")
+    )
+    report: dict[str, Any] = {"ok": True, "keystore": store}
+    try:
+        report["fingerprint"] = json.loads((state_dir / "daemon.json").read_text())["fingerprint"]
+    except (OSError, ValueError, KeyError):
+        report["fingerprint"] = None  # shown by a running daemon
+    if key_file.exists() and key_file.stat().st_mode & 0o077:
+        report.update(ok=False, detail=f"{key_file} is readable by others (want 0600)")
+    cert = state_dir / "tls" / "current.pem"
+    if cert.exists():
+        expires = x509.load_pem_x509_certificate(cert.read_bytes()).not_valid_after_utc
+        report["certificate_expires"] = expires.isoformat(timespec="minutes")
+    return report
+
+
 def _doctor(args: argparse.Namespace) -> int:
     state_dir = args.state_dir or default_state_dir()
     claude = args.claude
@@ -265,6 +390,7 @@ def _doctor(args: argparse.Namespace) -> int:
     report = {
         "claude": _check_claude(claude),
         "state_dir": _check_state(state_dir),
+        "identity": _check_identity(state_dir),
         "daemon": _check_daemon(state_dir),
     }
     ok = all(part["ok"] for part in report.values())

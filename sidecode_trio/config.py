@@ -46,10 +46,12 @@ class DaemonConfig:
     keystore: Literal["auto", "keyring", "file"] = "auto"  #: where the identity key lives
     pairing_ttl: float = 300.0  #: seconds a pairing code stays valid
 
+    https: bool | None = None  #: None: HTTPS exactly when the bind is not loopback
+
     @property
     def tls(self) -> bool:
         """Non-loopback binds serve HTTPS with the identity-signed certificate."""
-        return not is_loopback(self.host)
+        return self.https if self.https is not None else not is_loopback(self.host)
 
     @property
     def token_path(self) -> Path:

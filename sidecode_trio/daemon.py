@@ -68,6 +68,7 @@ class DaemonHandle:
     token: str
     stop: trio.Event = attrs.field(eq=False)
     fingerprint: str = ""
+    app: Any = attrs.field(default=None, eq=False, repr=False)  #: the HTTP app, for introspection
 
 
 def write_private(path: Path, text: str) -> None:
@@ -229,9 +230,8 @@ async def _serve(
                     print(render_pairing(guard.offer(Scope.ADMIN, config.pairing_ttl)), flush=True)
                 gc.freeze()  # start-up objects never become garbage; keep them out of GC passes
                 port = urlsplit(url).port or 0
-                task_status.started(
-                    DaemonHandle(url, port, token, stop, guard.identity.fingerprint)
-                )
+                fingerprint = guard.identity.fingerprint
+                task_status.started(DaemonHandle(url, port, token, stop, fingerprint, app))
                 await stop.wait()
                 housekeeping.cancel_scope.cancel()
             log.info("stopping: sessions first, so clients see how their turns ended")

@@ -106,3 +106,37 @@ def test_doctor_reports_a_missing_cli_and_loose_permissions(tmp_path: Path) -> N
     assert done.returncode == 1
     assert "not found on PATH" in done.stdout
     assert "readable by others" in done.stdout and "accessible to other users" in done.stdout
+
+
+@pytest.mark.trio
+async def test_pair_and_devices_commands(make_config: Callable[..., DaemonConfig]) -> None:
+    config = make_config()
+    async with running_daemon(config) as owner:
+        state = str(config.state_dir)
+        shown = await trio.to_thread.run_sync(
+            _cli, "pair", "--state-dir", state, "--scope", "approve"
+        )
+        assert shown.returncode == 0, shown.stderr
+        assert "sidecode-trio://pair#" in shown.stdout and "█" in shown.stdout
+        assert owner.handle.fingerprint in shown.stdout
+        raw = await trio.to_thread.run_sync(_cli, "pair", "--state-dir", state, "--json")
+        payload = json.loads(raw.stdout)
+        assert payload["scope"] == "chat" and payload["fp"] == owner.handle.fingerprint
+
+        from test_security import pc  # the example device client
+
+        credentials = await trio.to_thread.run_sync(pc.pair, payload, "tablet")
+        listed = await trio.to_thread.run_sync(_cli, "devices", "--state-dir", state)
+        assert "tablet" in listed.stdout and credentials["device"]["id"] in listed.stdout
+        device_id = credentials["device"]["id"]
+        devices = ("devices", "--state-dir", state)
+        changed = await trio.to_thread.run_sync(lambda: _cli(*devices, "scope", device_id, "admin"))
+        assert "now has scope admin" in changed.stdout
+        revoked = await trio.to_thread.run_sync(lambda: _cli(*devices, "revoke", device_id))
+        assert revoked.returncode == 0 and "revoked 'tablet'" in revoked.stdout
+        log = await trio.to_thread.run_sync(_cli, "devices", "--state-dir", state, "--log")
+        assert all(kind in log.stdout for kind in ("paired", "scope_changed", "revoked"))
+        doctor = await trio.to_thread.run_sync(_cli, "doctor", "--state-dir", state, "--json")
+        identity = json.loads(doctor.stdout)["identity"]
+        assert identity["fingerprint"] == owner.handle.fingerprint
+        assert identity["keystore"] == "file" and identity["certificate_expires"]

@@ -48,7 +48,7 @@ class Guard:
         self.pairings = Pairings(identity.public_key, clock)
         self.tickets = Tickets(clock)
         self.links = Links()
-        self._auth_failures = RateLimiter(limit=30, window=60.0, clock=clock)
+        self._auth_failures = RateLimiter(limit=120, window=60.0, clock=clock)
         self.urls: list[str] = []  #: where this daemon can be reached (for pairing payloads)
 
     # -- requests ----------------------------------------------------------------------------

@@ -70,7 +70,7 @@ def verify(public_key: bytes, message: bytes, signature: bytes) -> bool:
     return True
 
 
-def _keyring_usable() -> bool:
+def keyring_usable() -> bool:
     try:
         import keyring
         import keyring.backends.fail
@@ -124,7 +124,7 @@ def load_identity(state_dir: Path, keystore: Keystore = "auto") -> Identity:
     """The daemon's identity key, created on first use."""
     path = state_dir / KEY_FILE
     if keystore != "file" and not path.exists():
-        if _keyring_usable():
+        if keyring_usable():
             key = _from_keyring(state_dir)
             if key is not None:
                 return Identity(key, "keyring")

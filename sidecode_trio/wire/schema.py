@@ -105,6 +105,10 @@ DOCUMENTS: dict[str, tuple[type[Any], str]] = {
     ),
     "update-session.json": (rq.UpdateSession, "PATCH /v1/sessions/{id} body"),
     "error.json": (rq.ErrorReply, "Every error response"),
+    "daemon-info.json": (rq.DaemonInfo, "GET /v1/info reply (no credentials needed)"),
+    "pair-request.json": (rq.PairRequest, "POST /v1/pair body"),
+    "pair-reply.json": (rq.PairReply, "POST /v1/pair reply"),
+    "ticket-request.json": (rq.TicketRequest, "POST /v1/tickets body"),
 }
 
 

@@ -1,0 +1,351 @@
+"""Pairing, device credentials, scopes, revocation, certificate pinning and the keystore.
+
+The device side is ``examples/pair_client.py`` (PyNaCl + the standard library only), run in a
+worker thread because it is blocking code; the daemon serves HTTPS on 127.0.0.1 with its own
+identity-signed certificate.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import http.server
+import importlib.util
+import json
+import socket
+import ssl
+import sys
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import httpx
+import nacl.signing
+import pytest
+import trio
+
+from sidecode_trio.config import DaemonConfig
+from sidecode_trio.errors import ConfigError, Unauthorized
+from sidecode_trio.security.devices import DeviceStore, Scope
+from sidecode_trio.security.guard import Guard, is_loopback_peer
+from sidecode_trio.security.identity import load_identity
+from sidecode_trio.security.pairing import (
+    PairingProof,
+    PairingRefused,
+    Pairings,
+    RateLimited,
+    prove,
+    transcript,
+)
+from sidecode_trio.security.tls import CertificateStore, make_certificate
+
+from helpers import Client, running_daemon
+
+
+def _load_example() -> ModuleType:
+    path = Path(__file__).parent.parent / "examples" / "pair_client.py"
+    spec = importlib.util.spec_from_file_location("pair_client", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["pair_client"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+pc = _load_example()
+
+
+@pytest.fixture
+async def secure(make_config: Callable[..., DaemonConfig]) -> AsyncIterator[Client]:
+    async with running_daemon(make_config(https=True)) as client:
+        assert client.handle.url.startswith("https://127.0.0.1:")
+        yield client
+
+
+async def offer(owner: Client, scope: str = "chat", ttl: float = 300) -> dict[str, Any]:
+    response = await owner.http.post("/v1/pairings", json={"scope": scope, "ttl": ttl})
+    assert response.status_code == 201, response.text
+    return response.json()["payload"]  # type: ignore[no-any-return]
+
+
+async def paired(owner: Client, scope: str = "chat", name: str = "phone") -> Any:
+    payload = await offer(owner, scope)
+    credentials = await trio.to_thread.run_sync(pc.pair, payload, name)
+    return pc.Client(credentials)
+
+
+async def call(device: Any, method: str, path: str, body: Any = None) -> Any:
+    return await trio.to_thread.run_sync(device.call, method, path, body)
+
+
+async def test_pairing_round_trip_over_pinned_https(secure: Client, work_dir: Path) -> None:
+    info = (await secure.http.get("/v1/info")).json()
+    assert info["fingerprint"] == secure.handle.fingerprint
+    payload = await offer(secure)
+    assert (
+        payload["pk"] == info["public_key"] and payload["cert"] == info["certificates"][0]["sha256"]
+    )
+    link = (await secure.http.post("/v1/pairings", json={})).json()["link"]
+    assert pc.parse_payload(link)["pk"] == info["public_key"]
+
+    credentials = await trio.to_thread.run_sync(pc.pair, payload, "my phone")
+    assert credentials["scope"] == "chat"
+    device = pc.Client(credentials)
+    await secure.create(work_dir, "hello from the owner")
+    sessions = (await call(device, "GET", "/v1/sessions"))["sessions"]
+    assert [s["title"] for s in sessions] == ["hello from the owner"]
+    devices = (await secure.http.get("/v1/devices")).json()["devices"]
+    assert [(d["name"], d["scope"]) for d in devices] == [("my phone", "chat")]
+    assert devices[0]["last_seen"] is not None
+    kinds = [e["kind"] for e in (await secure.http.get("/v1/audit")).json()["entries"]]
+    assert "paired" in kinds
+
+
+async def test_used_and_wrong_secrets_are_refused(secure: Client) -> None:
+    payload = await offer(secure)
+    await trio.to_thread.run_sync(pc.pair, payload, "first")
+    with pytest.raises(RuntimeError, match=r"403.*pairing_refused"):
+        await trio.to_thread.run_sync(pc.pair, payload, "again")  # one use only
+    forged = {**(await offer(secure)), "secret": pc.b64(b"x" * 32)}
+    with pytest.raises(RuntimeError, match="does not verify"):
+        await trio.to_thread.run_sync(pc.pair, forged, "forger")
+    assert len((await secure.http.get("/v1/devices")).json()["devices"]) == 1
+
+
+async def test_failed_pairing_is_rate_limited(secure: Client) -> None:
+    body = {"secret_id": "nope", "device_public_key": pc.b64(b"k" * 32), "name": "x",
+            "mac": pc.b64(b"m" * 32), "signature": pc.b64(b"s" * 64)}  # fmt: skip
+    codes = [(await secure.http.post("/v1/pair", json=body)).status_code for _ in range(7)]
+    assert codes[:5] == [403] * 5 and codes[5:] == [429, 429]
+
+
+def test_pairing_secrets_expire_and_die_after_wrong_proofs() -> None:
+    now = [1000.0]
+    daemon = nacl.signing.SigningKey.generate()
+    pairings = Pairings(bytes(daemon.verify_key), lambda: now[0])
+
+    def proof(offer_id: str, secret: bytes, name: str = "dev") -> PairingProof:
+        key = nacl.signing.SigningKey.generate()
+        device = bytes(key.verify_key)
+        message = transcript(bytes(daemon.verify_key), device, name, offer_id)
+        mac, signature = prove(secret, message), key.sign(message).signature
+        return PairingProof(offer_id, pc.b64(device), name, pc.b64(mac), pc.b64(signature))
+
+    expiring = pairings.offer(Scope.APPROVE, ttl=300)
+    now[0] += 301
+    with pytest.raises(PairingRefused, match="expired"):
+        pairings.redeem(proof(expiring.secret_id, expiring.secret), "a")
+    guessed = pairings.offer(Scope.CHAT, ttl=300)
+    for _ in range(3):
+        with pytest.raises(PairingRefused):
+            pairings.redeem(proof(guessed.secret_id, b"wrong" * 7), "b")
+    with pytest.raises(PairingRefused, match="unknown, used or expired"):  # withdrawn
+        pairings.redeem(proof(guessed.secret_id, guessed.secret), "c")
+    good = pairings.offer(Scope.ADMIN, ttl=300)
+    assert pairings.redeem(proof(good.secret_id, good.secret), "d") is Scope.ADMIN
+    for _ in range(4):
+        with pytest.raises(PairingRefused):
+            pairings.redeem(proof("zz", b""), "e")
+    with pytest.raises(PairingRefused):
+        pairings.redeem(proof("zz", b""), "e")
+    with pytest.raises(RateLimited):
+        pairings.redeem(proof("zz", b""), "e")
+    now[0] += 61
+    with pytest.raises(PairingRefused):  # the window passed
+        pairings.redeem(proof("zz", b""), "e")
+
+
+async def test_every_route_is_refused_without_credentials(secure: Client) -> None:
+    open_routes = {("GET", "/v1/info"), ("POST", "/v1/pair")}
+    checked = 0
+    async with httpx.AsyncClient(base_url=secure.handle.url, verify=False) as anonymous:
+        for rule in secure.handle.app.url_map.iter_rules():
+            if rule.endpoint == "static":
+                continue
+            path = rule.rule.replace("<", "").replace(">", "")  # every parameter gets a value
+            for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
+                if (method, rule.rule) in open_routes:
+                    continue
+                for headers in ({}, {"Authorization": "Sidecode e30.AAAA"},
+                                {"Authorization": f"Bearer {secure.handle.token}x"}):  # fmt: skip
+                    response = await anonymous.request(method, path, headers=headers, json={})
+                    assert response.status_code == 401, (method, rule.rule, response.text)
+                    checked += 1
+    assert checked >= 3 * 15  # the test enumerated the app, not a fixed list
+
+
+async def test_scopes_limit_what_a_device_may_do(secure: Client, work_dir: Path) -> None:
+    watch = await paired(secure, "approve", "watch")
+    phone = await paired(secure, "chat", "phone")
+    laptop = await paired(secure, "admin", "laptop")
+    session = (await secure.create(work_dir))["session"]
+    sid = session["id"]
+    assert (await call(watch, "GET", f"/v1/sessions/{sid}"))["session"]["id"] == sid
+    with pytest.raises(RuntimeError, match=r"403.*scope_required"):
+        await call(watch, "POST", f"/v1/sessions/{sid}/messages", {"text": "hi"})
+    await call(phone, "PATCH", f"/v1/sessions/{sid}", {"permission_mode": "plan"})  # narrower
+    with pytest.raises(RuntimeError, match=r"403.*admin"):
+        await call(phone, "PATCH", f"/v1/sessions/{sid}", {"permission_mode": "acceptEdits"})
+    with pytest.raises(RuntimeError, match="403"):
+        await call(phone, "GET", "/v1/devices")
+    updated = await call(laptop, "PATCH", f"/v1/sessions/{sid}", {"permission_mode": "acceptEdits"})
+    assert updated["permission_mode"] == "acceptEdits"
+    assert len((await call(laptop, "GET", "/v1/devices"))["devices"]) == 3
+    watch_id = watch._device_id
+    await call(laptop, "PATCH", f"/v1/devices/{watch_id}", {"scope": "chat"})
+    await call(watch, "POST", f"/v1/sessions/{sid}/messages", {"text": "now I may"})
+
+
+async def test_revoked_device_stream_ends_within_a_second(secure: Client, work_dir: Path) -> None:
+    phone = await paired(secure)
+    session = (await secure.create(work_dir, "[[slow:400]]"))["session"]
+    seen: list[str] = []
+    started = threading.Event()
+
+    def follow() -> None:
+        for kind, _ in phone.follow(session["id"]):
+            seen.append(kind)
+            started.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(lambda: trio.to_thread.run_sync(follow, abandon_on_cancel=True))
+        with trio.fail_after(10):
+            while not started.is_set():
+                await trio.sleep(0.01)
+        device_id = phone._device_id
+        reply = await secure.http.delete(f"/v1/devices/{device_id}")
+        assert reply.status_code == 200 and reply.json()["closed_streams"] == 1
+        with trio.fail_after(1.0):  # the issue's bound: closed within a second
+            while nursery.child_tasks:
+                await trio.sleep(0.01)
+    with pytest.raises(RuntimeError, match="401"):
+        await call(phone, "GET", "/v1/sessions")
+
+
+async def test_stream_tickets_are_single_use_and_single_path(
+    secure: Client, work_dir: Path
+) -> None:
+    phone = await paired(secure, "approve")
+    session = (await secure.create(work_dir))["session"]
+    path = f"/v1/sessions/{session['id']}/events"
+    ticket = (await call(phone, "POST", "/v1/tickets", {"path": path}))["ticket"]
+    async with httpx.AsyncClient(base_url=secure.handle.url, verify=False) as browser:
+        wrong = await browser.get("/v1/events", params={"ticket": ticket})
+        assert wrong.status_code == 401  # bound to one path; and now spent
+        ticket = (await call(phone, "POST", "/v1/tickets", {"path": path}))["ticket"]
+        async with browser.stream("GET", path, params={"ticket": ticket}) as response:
+            assert response.status_code == 200
+        again = await browser.get(path, params={"ticket": ticket})
+        assert again.status_code == 401
+    with pytest.raises(RuntimeError, match="400"):
+        await call(phone, "POST", "/v1/tickets", {"path": "/v1/devices"})
+
+
+@pytest.fixture
+def impostor(tmp_path: Path) -> Iterator[Callable[[dict[str, Any]], str]]:
+    """An HTTPS server on 127.0.0.1 with its own certificate that answers /v1/info as told."""
+    servers: list[http.server.ThreadingHTTPServer] = []
+
+    def start(info: dict[str, Any]) -> str:
+        now = dt.datetime.now(dt.UTC)
+        cert = make_certificate(tmp_path / "impostor", "current", ["127.0.0.1"], now)
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                body = json.dumps(info).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert.cert_path, cert.key_path)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"https://127.0.0.1:{server.server_address[1]}"
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def _peer_hash(url: str) -> str:
+    host, port = url.removeprefix("https://").split(":")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    with (
+        socket.create_connection((host, int(port)), timeout=5) as raw,
+        context.wrap_socket(raw) as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return hashlib.sha256(der).hexdigest()
+
+
+async def test_a_pinned_client_rejects_another_certificate(
+    secure: Client, impostor: Callable[[dict[str, Any]], str]
+) -> None:
+    real_info = (await secure.http.get("/v1/info")).json()
+    pinned = pc.unb64(real_info["public_key"])
+    # a relay that replays the daemon's own (validly signed) info over its own certificate
+    relay = impostor(real_info)
+    with pytest.raises(pc.PinningError, match="not one the daemon vouches for"):
+        await trio.to_thread.run_sync(pc.Connection, relay, pinned)
+    # an impostor that signs its own certificate hash with another key
+    other = nacl.signing.SigningKey.generate()
+    forged = {"certificates": [{"sha256": "", "signature": ""}]}  # filled in below
+    fake_url = impostor(forged)
+    probe = await trio.to_thread.run_sync(_peer_hash, fake_url)
+    signature = other.sign(b"sidecode-trio cert v1\n" + bytes.fromhex(probe)).signature
+    forged["certificates"][0].update(sha256=probe, signature=pc.b64(signature))
+    with pytest.raises(pc.PinningError, match="not signed by the daemon"):
+        await trio.to_thread.run_sync(pc.Connection, fake_url, pinned)
+    # the real daemon passes the same check
+    conn = await trio.to_thread.run_sync(pc.Connection, secure.handle.url, pinned)
+    conn.close()
+
+
+def test_guard_refuses_the_local_token_from_elsewhere(tmp_path: Path) -> None:
+    assert is_loopback_peer("127.0.0.1") and is_loopback_peer("::1")
+    assert not is_loopback_peer("192.0.2.7") and not is_loopback_peer(None)
+    identity = load_identity(tmp_path, "file")
+    certs = CertificateStore(tmp_path / "tls", identity, ["127.0.0.1"])
+    certs.refresh()
+    devices = DeviceStore(tmp_path / "devices.sqlite3")
+    guard = Guard(identity, certs, devices, "t" * 43)
+    assert (
+        guard.authenticate("Bearer " + "t" * 43, None, "/v1/sessions", "127.0.0.1").scope
+        is Scope.ADMIN
+    )
+    with pytest.raises(Unauthorized, match="this computer only"):
+        guard.authenticate("Bearer " + "t" * 43, None, "/v1/sessions", "192.0.2.7")
+    assert [e.kind for e in devices.audit_log()] == ["auth_failed"]
+    devices.close()
+
+
+def test_keystore_falls_back_to_a_private_file_and_survives_restart(tmp_path: Path) -> None:
+    first = load_identity(tmp_path, "auto")  # no keyring backend on this machine or in CI
+    again = load_identity(tmp_path, "auto")
+    assert first.public_key == again.public_key and first.stored_in.endswith("identity.key")
+    assert (tmp_path / "identity.key").stat().st_mode & 0o777 == 0o600
+    with pytest.raises(ConfigError, match="no usable keyring"):
+        load_identity(tmp_path / "elsewhere", "keyring")
+
+
+async def test_state_files_are_private(make_config: Callable[..., DaemonConfig]) -> None:
+    config = make_config(https=True)
+    async with running_daemon(config):
+        pass
+    state = config.state_dir
+    assert state.stat().st_mode & 0o777 == 0o700
+    for name in ("token", "identity.key", "devices.sqlite3", "events.sqlite3", "tls/current.key"):
+        assert (state / name).stat().st_mode & 0o777 == 0o600, name
