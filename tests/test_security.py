@@ -349,3 +349,27 @@ async def test_state_files_are_private(make_config: Callable[..., DaemonConfig])
     assert state.stat().st_mode & 0o777 == 0o700
     for name in ("token", "identity.key", "devices.sqlite3", "events.sqlite3", "tls/current.key"):
         assert (state / name).stat().st_mode & 0o777 == 0o600, name
+
+
+def test_certificates_rotate_with_an_overlapping_next_one(tmp_path: Path) -> None:
+    identity = load_identity(tmp_path, "file")
+    store = CertificateStore(tmp_path / "tls", identity, ["127.0.0.1"])
+    start = dt.datetime.now(dt.UTC)
+    assert store.refresh(start) is False and store.next is None
+    first = store.current
+    assert first is not None
+    assert first.not_after - first.not_before <= dt.timedelta(days=14)  # WebTransport's limit
+    store.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    store.refresh(start + dt.timedelta(days=6, hours=1))
+    upcoming = store.next
+    assert upcoming is not None  # made a week ahead: clients learn its hash early
+    hashes = [c.sha256 for c in store.info()]
+    assert hashes == [first.sha256.hex(), upcoming.sha256.hex()]
+    for entry in store.info():
+        message = b"sidecode-trio cert v1\n" + bytes.fromhex(entry.sha256)
+        nacl.signing.VerifyKey(identity.public_key).verify(message, pc.unb64(entry.signature))
+    assert store.refresh(start + dt.timedelta(days=12, hours=2)) is True  # a day before expiry
+    assert store.current is not None and store.current.sha256 == upcoming.sha256
+    reloaded = CertificateStore(tmp_path / "tls", identity, ["127.0.0.1"])
+    reloaded.refresh(start + dt.timedelta(days=12, hours=2))
+    assert reloaded.current is not None and reloaded.current.sha256 == upcoming.sha256
