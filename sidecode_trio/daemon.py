@@ -224,6 +224,7 @@ async def _serve(
             _announce(config, url, guard)
             async with trio.open_nursery() as housekeeping:  # lives exactly until stop
                 housekeeping.start_soon(_rotate_certificates, guard.certificates)
+                housekeeping.start_soon(_keep_streams_alive, event_log, config.sse_keepalive)
                 if handle_signals:
                     housekeeping.start_soon(_stop_on_signal, stop)
                 if show_pairing and not guard.devices.active():
@@ -242,6 +243,12 @@ async def _serve(
         await event_log.flush()
         daemon.cancel_scope.cancel()
     log.info("stopped")
+
+
+async def _keep_streams_alive(event_log: EventLog, interval: float) -> None:
+    while True:
+        await trio.sleep(interval)
+        event_log.keepalive()
 
 
 async def _rotate_certificates(certificates: CertificateStore) -> None:

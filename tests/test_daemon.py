@@ -309,3 +309,15 @@ async def test_a_vanished_client_leaves_nothing_behind(daemon: Client, work_dir:
         await daemon.http.post(f"/v1/sessions/{session['id']}/interrupt")
         async with daemon.events(session["id"]) as stream:
             await stream.until_type("turn.interrupted")  # the session never noticed
+
+
+async def test_idle_streams_get_keepalive_comments(
+    make_config: Callable[..., DaemonConfig], work_dir: Path
+) -> None:
+    with trio.fail_after(10):
+        async with running_daemon(make_config(sse_keepalive=0.2)) as daemon:
+            session = (await daemon.create(work_dir))["session"]
+            for path in (f"/v1/sessions/{session['id']}/events", "/v1/events"):
+                async with open_sse(daemon, path) as stream:
+                    await stream.next()  # the snapshot, or the session list
+                    assert await stream.raw_frame() == ": keep-alive"

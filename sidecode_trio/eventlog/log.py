@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_INTERVAL: Final = 1.0  # seconds between PASSIVE WAL checkpoints, off the token path
 RETRY_DELAY: Final = 0.5  # seconds before retrying a failed commit (disk full, read-only)
+KEEPALIVE: Final = StoredEvent("", "", 0, 0.0, "", b"")  #: not an event: "say something"
 
 
 @attrs.frozen
@@ -151,6 +152,13 @@ class EventLog:
         self._pending.append((stored, event))
         self._wake.set()
         return cursor
+
+    def commit(self) -> None:
+        """Commit what is pending now, inline (the token path: no hop to the writer task).
+
+        On failure nothing is lost: the events stay pending and the writer task retries."""
+        if self.store_error is None:
+            self._commit_now()
 
     async def flush(self) -> None:
         """Wait until everything appended before this call is durable."""
@@ -276,6 +284,12 @@ class EventLog:
         sub = Subscription(self, session_id, max_queue)
         session.subscribers.add(sub)
         return catch_up, sub
+
+    def keepalive(self) -> None:
+        """Offer every live feed a keep-alive marker (cheaper than a timeout per event)."""
+        for session in self._sessions.values():
+            for sub in [s for s in session.subscribers if not s.offer(KEEPALIVE)]:
+                session.subscribers.discard(sub)
 
     def close_subscriptions(self) -> None:
         """End every live feed (shutdown): readers see the end of their channel."""

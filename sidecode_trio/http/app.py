@@ -22,7 +22,7 @@ from werkzeug.exceptions import HTTPException
 
 from ..errors import BadRequest, SidecodeError
 from ..eventlog.core import Position
-from ..eventlog.log import SnapshotRead
+from ..eventlog.log import KEEPALIVE, SnapshotRead
 from ..ops import Operations
 from ..security.auth import Principal
 from ..security.devices import Scope
@@ -209,7 +209,8 @@ def create_app(
                     events = catch_up.events
                     for start in range(0, len(events), sse.REPLAY_CHUNK):
                         yield sse.event_frames(events[start : start + sse.REPLAY_CHUNK])
-                async for chunk in _live(sub.receive, sse.event_frame, settings.keepalive):
+                # keep-alives arrive as KEEPALIVE markers from the log (see EventLog.keepalive)
+                async for chunk in _live(sub.receive, sse.event_frame, None, KEEPALIVE):
                     yield chunk
             finally:
                 forget()
@@ -263,26 +264,36 @@ def create_app(
 
 
 async def _live(
-    receive: trio.MemoryReceiveChannel[T], encode: Callable[[T], bytes], keepalive: float
+    receive: trio.MemoryReceiveChannel[T],
+    encode: Callable[[T], bytes],
+    keepalive: float | None,
+    marker: object = None,
 ) -> AsyncIterator[bytes]:
     """Live frames: wait for one, then take everything already queued and send it as one write.
 
     This opportunistic batching costs nothing while the client keeps up and turns a burst into
-    one write (per-write overhead dominates the SSE path: ``reference/sse-fanout.md``).
+    one write (per-write overhead dominates the SSE path: ``reference/sse-fanout.md``). A feed
+    whose producer sends ``marker`` now and then for keep-alives passes ``keepalive=None`` and
+    waits without a timeout (no cancel scope per event); others get a comment after
+    ``keepalive`` seconds of silence.
     """
     while True:
-        with trio.move_on_after(keepalive) as quiet:
-            try:
+        try:
+            if keepalive is None:
                 first = await receive.receive()
-            except (trio.EndOfChannel, trio.ClosedResourceError):
-                return  # dropped for lagging, or the daemon is stopping: the client reconnects
-        if quiet.cancelled_caught:
-            yield sse.KEEPALIVE
-            continue
-        frames = [encode(first)]
+            else:
+                with trio.move_on_after(keepalive) as quiet:
+                    first = await receive.receive()
+                if quiet.cancelled_caught:
+                    yield sse.KEEPALIVE
+                    continue
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            return  # dropped for lagging, revoked, or the daemon is stopping: clients reconnect
+        frames = [sse.KEEPALIVE if first is marker else encode(first)]
         while len(frames) < sse.REPLAY_CHUNK:
             try:
-                frames.append(encode(receive.receive_nowait()))
+                item = receive.receive_nowait()
             except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
                 break
+            frames.append(sse.KEEPALIVE if item is marker else encode(item))
         yield b"".join(frames)

@@ -328,6 +328,7 @@ class SessionSupervisor:
             if self._accept(event):
                 self._emit(event)
         self._refresh_status()
+        self._log.commit()  # durable, then delivered, with no hop to another task
 
     def _accept(self, event: ev.Event) -> bool:
         """Update the driver's own fields from ``event``; False to drop a redundant event."""
