@@ -24,6 +24,7 @@ import secrets
 import signal
 import socket
 import ssl
+import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import partial
@@ -55,6 +56,7 @@ from .sessions.supervisor import SupervisorSettings
 log = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE: Final = Grace(close_stdin=0.5, terminate=2.0)
+SIOCGIFADDR: Final = 0x8915  # Linux ioctl: an interface's IPv4 address
 ROTATION_CHECK: Final = 3600.0  # seconds between certificate expiry checks
 HTTP_GRACE: Final = 5.0  # seconds open requests get at shutdown (> the sessions' grace)
 
@@ -260,20 +262,34 @@ async def _rotate_certificates(certificates: CertificateStore) -> None:
             )
 
 
+def local_addresses() -> list[str]:
+    """This host's IPv4 addresses, read from its interfaces (Linux) or its name; no traffic."""
+    found: list[str] = []
+    try:
+        for _, name in socket.if_nameindex():
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+                request = struct.pack("256s", name.encode()[:15])
+                try:
+                    reply = fcntl.ioctl(probe.fileno(), SIOCGIFADDR, request)
+                except OSError:
+                    continue  # no IPv4 address on this interface
+                found.append(socket.inet_ntoa(reply[20:24]))
+    except (OSError, AttributeError):
+        pass
+    try:
+        infos = socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET)
+        found.extend(str(info[4][0]) for info in infos)
+    except OSError:
+        pass
+    return list(dict.fromkeys(found))
+
+
 def reachable_urls(url: str) -> list[str]:
     """The URLs a device may use: the bound one, or each address of this host for a wildcard."""
     parts = urlsplit(url)
     if parts.hostname not in ("0.0.0.0", "::"):  # noqa: S104 - recognising the wildcard
         return [url]
-    addresses: list[str] = []
-    try:
-        for *_, sockaddr in socket.getaddrinfo(socket.gethostname(), None, type=socket.SOCK_STREAM):
-            address = str(sockaddr[0])
-            if address not in addresses and not address.startswith("127."):
-                addresses.append(address)
-    except OSError:
-        pass
-    addresses.append("127.0.0.1")
+    addresses = [a for a in local_addresses() if not a.startswith("127.")] + ["127.0.0.1"]
     return [f"{parts.scheme}://{f'[{a}]' if ':' in a else a}:{parts.port}" for a in addresses]
 
 

@@ -140,3 +140,12 @@ async def test_pair_and_devices_commands(make_config: Callable[..., DaemonConfig
         identity = json.loads(doctor.stdout)["identity"]
         assert identity["fingerprint"] == owner.handle.fingerprint
         assert identity["keystore"] == "file" and identity["certificate_expires"]
+
+
+def test_pairing_urls_name_this_hosts_addresses() -> None:
+    from sidecode_trio.daemon import local_addresses, reachable_urls
+
+    assert reachable_urls("http://127.0.0.1:8765") == ["http://127.0.0.1:8765"]
+    urls = reachable_urls("https://0.0.0.0:9000")
+    assert urls[-1] == "https://127.0.0.1:9000" and all(u.endswith(":9000") for u in urls)
+    assert "127.0.0.1" in local_addresses()  # read from the interfaces, no traffic sent

@@ -26,6 +26,16 @@ def render_pairing(offer: dict[str, Any]) -> str:
             qr_text(offer["link"]),
             f"or paste this link into the client: {offer['link']}",
             f"daemon fingerprint: {payload['fp']}  (check it on the device)",
+            *(
+                [
+                    "note: the daemon listens on loopback only; start it with --host 0.0.0.0 so "
+                    "devices on your network can reach it"
+                ]
+                if all(
+                    "//127." in u or "//[::1]" in u or "//localhost" in u for u in payload["http"]
+                )
+                else []
+            ),
             "",
         ]
     )
