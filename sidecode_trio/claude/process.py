@@ -28,7 +28,7 @@ from .messages import new_request_id as _request_id
 
 log = logging.getLogger(__name__)
 
-READ_SIZE: Final = 256 * 1024
+READ_SIZE: Final = 64 * 1024  # larger reads allocate through mmap: ~16 us more per token
 STDERR_LINES: Final = 40  # kept for crash reports
 WRITE_TIMEOUT: Final = 10.0  # seconds a stdin write may block before the CLI is deemed stuck
 

@@ -112,6 +112,7 @@ class EventLog:
         self._sessions: dict[str, _Session] = {}
         self._new_rows: list[SessionRow] = []
         self._pending: list[tuple[StoredEvent, Event]] = []
+        self._compact_due: set[str] = set()
         self._wake = trio.Event()
         self._flushed = trio.Event()
         self._listeners: list[Callable[[set[str]], None]] = []
@@ -175,6 +176,7 @@ class EventLog:
                     await self._wake.wait()
                     self._wake = trio.Event()
                     await self._commit_pending()
+                    self._compact_pending()
             finally:
                 self._commit_now()  # last chance for events appended during shutdown
 
@@ -197,6 +199,8 @@ class EventLog:
         self.commits += 1
         self._new_rows, self._pending = [], []
         self._publish(batch)
+        if self._compact_due:
+            self._wake.set()  # the writer task compacts
         flushed, self._flushed = self._flushed, trio.Event()
         flushed.set()
         return True
@@ -212,15 +216,21 @@ class EventLog:
             if session.subscribers:
                 for sub in [s for s in session.subscribers if not s.offer(stored)]:
                     session.subscribers.discard(sub)
-        for session_id in touched:
-            self._maybe_compact(self._sessions[session_id])
+        self._compact_due.update(
+            s for s in touched if self._over_retention(self._sessions[s])
+        )  # compacted by the writer task, never inline on a session's stdout reader
         for listener in self._listeners:
             listener(touched)
 
-    def _maybe_compact(self, session: _Session) -> None:
+    def _over_retention(self, session: _Session) -> bool:
         retained = session.durable - session.low_water + 1
-        if retained <= math.ceil(self._limits.retain * 1.25):
-            return
+        return retained > math.ceil(self._limits.retain * 1.25)
+
+    def _compact_pending(self) -> None:
+        while self._compact_due:
+            self._compact(self._sessions[self._compact_due.pop()])
+
+    def _compact(self, session: _Session) -> None:
         low_water = session.durable - self._limits.retain + 1
         snap = session.fold.snapshot(session.epoch, session.durable)
         try:
