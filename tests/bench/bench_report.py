@@ -1,0 +1,413 @@
+"""Markdown tables of the benchmark's results (pure: a results dict in, text out).
+
+Every comparison row shows the daemon's figure, the baseline and a ratio oriented so that
+**higher is worse** for the daemon: figure / baseline for times, baseline / figure for rates.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, Final
+
+Row = Sequence[str]
+TARGETS: Final = {
+    "p99_20": 1000.0,  # µs
+    "p99_100": 4000.0,  # µs
+    "appends": 100_000.0,  # events/s
+    "deliveries": 20_000.0,  # events/s to 20 clients, all clients together
+    "replay": 25.0,  # ms
+}
+
+
+def table(headers: Row, rows: Sequence[Row]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def num(value: Any, digits: int = 0) -> str:
+    if not isinstance(value, int | float) or math.isnan(value):
+        return "n/a"
+    return f"{value:,.{digits}f}"
+
+
+def ratio(figure: Any, baseline: Any, rate: bool) -> str:
+    try:
+        value = baseline / figure if rate else figure / baseline
+    except (TypeError, ZeroDivisionError):
+        return "n/a"
+    return "n/a" if math.isnan(value) else f"{value:.2f}"
+
+
+def compare(label: Row, figure: Any, baseline: Any, *, rate: bool, digits: int = 0) -> list[str]:
+    how = "relay/daemon" if rate else "daemon/relay"
+    return [*label, num(figure, digits), num(baseline, digits), ratio(figure, baseline, rate), how]
+
+
+def met(value: Any, target: float, *, at_most: bool) -> str:
+    if not isinstance(value, int | float) or math.isnan(value):
+        return "not measured"
+    return "met" if (value <= target if at_most else value >= target) else "**not met**"
+
+
+def _get(results: dict[str, Any], *path: Any) -> Any:
+    node: Any = results
+    for key in path:
+        if not isinstance(node, dict) or key not in node:
+            return math.nan
+        node = node[key]
+    return node
+
+
+# -- sections ---------------------------------------------------------------------------------
+
+
+def machine(results: dict[str, Any]) -> str:
+    m = results["machine"]
+    keys = ["cpu", "cores", "kernel", "python", "trio", "hypercorn", "quart", "quart-trio"]
+    keys += ["h11", "sqlite"]
+    text = "## Machine\n\n" + table(keys, [[str(m.get(k, "?")) for k in keys]])
+    return text + f"\n{results['pinning']}\n"
+
+
+def latency(results: dict[str, Any]) -> str:
+    daemon, relay = results["latency"]["daemon"], results["latency"]["relay"]
+    rows = []
+    for n in sorted(daemon, key=int):
+        for name, key in (("p50", "p50"), ("p90", "p90"), ("p99", "p99"), ("max", "max")):
+            d, r = _get(daemon, n, "latency_us", key), _get(relay, n, "latency_us", key)
+            rows.append(compare([str(n), name], d, r, rate=False))
+        d, r = _get(daemon, n, "worst_client_us", "p99"), _get(relay, n, "worst_client_us", "p99")
+        rows.append(compare([str(n), "worst-client p99"], d, r, rate=False))
+        d, r = _get(daemon, n, "cpu_percent"), _get(relay, n, "cpu_percent")
+        rows.append(compare([str(n), "server CPU % of a core"], d, r, rate=False, digits=1))
+    headers = ["clients", "metric (µs)", "sidecode-trio", "raw relay", "ratio", "ratio is"]
+    plan = results["plan"]
+    intro = (
+        f"## 1. Token-path added latency: CLI stdout line → SSE receipt (µs)\n\n"
+        f"One session, `[[stamp:{plan['warmup'] + plan['measured']}:{plan['rate']}]]`: "
+        f"{plan['rate']} deltas/s, the first {plan['warmup']} per client not counted, "
+        f"{plan['measured']} measured per client. Every (delta, client) delivery counts; "
+        "worst-client = per delta, the slowest client. Latencies include the client's own "
+        "delay (from epoll returning to its recv of that socket, reported below), the same "
+        "for both servers. The two servers run alternately, one run each per fan-out; "
+        '"other load" below is CPU time on the server\'s core not used by the server (other '
+        "jobs on the machine): where it is high, that run's tail is noise.\n\n"
+    )
+    return intro + table(headers, rows) + "\n" + _latency_details(daemon, relay, results)
+
+
+def _cpu_per_event(run: dict[str, Any]) -> Any:
+    """Server CPU µs per SSE event delivered (one event to one client)."""
+    events = _get(run, "events")
+    return _get(run, "cpu_seconds") * 1e6 / events if events else math.nan
+
+
+def _busy(run: dict[str, Any], results: dict[str, Any], role: str) -> Any:
+    """How busy (%) the CPU of ``role`` ("daemon" or "client") was during ``run``."""
+    cpu = results.get("cpu_names", {}).get(role)
+    return _get(run, "cpu_busy", cpu) if cpu else math.nan
+
+
+def _foreign(run: dict[str, Any], results: dict[str, Any]) -> Any:
+    """Load on the server's CPU from anything but the server (other jobs on the machine)."""
+    other = _busy(run, results, "daemon") - _get(run, "cpu_percent")
+    return other if math.isnan(other) else max(0.0, other)
+
+
+def _latency_details(daemon: dict[Any, Any], relay: dict[Any, Any], results: dict[str, Any]) -> str:
+    rows = []
+    for n in sorted(daemon, key=int):
+        for name, run in (("sidecode-trio", daemon[n]), ("raw relay", relay.get(n, {}))):
+            events, deltas = _get(run, "events"), _get(run, "deltas")
+            rows.append(
+                [
+                    str(n),
+                    name,
+                    num(_get(run, "latency_us", "n")),
+                    num(deltas / events if events else math.nan, 2),
+                    f"{_get(run, 'completed')}/{n}",
+                    num(_get(run, "client_wait_us", "p50"), 1),
+                    num(_get(run, "client_wait_us", "p99"), 1),
+                    num(_cpu_per_event(run), 1),
+                    num(_busy(run, results, "client"), 1),
+                    num(_foreign(run, results), 1),
+                ]
+            )
+    headers = ["clients", "server", "deliveries measured", "deltas per SSE event"]
+    headers += ["streams that saw turn.completed", "client's own delay p50 (µs)", "p99"]
+    headers += ["server CPU µs per delivery", "client CPU busy %", "other load on server CPU %"]
+    return table(headers, rows)
+
+
+def log_rate(results: dict[str, Any]) -> str:
+    rows = []
+    for batch, pair in sorted(results["log"].items(), key=lambda item: int(item[0])):
+        figure, baseline = pair["figure"], pair["baseline"]
+        rows.append(
+            compare(
+                [str(batch), num(figure["events"]), num(figure["commits"])],
+                figure["events_per_s"],
+                baseline["events_per_s"],
+                rate=True,
+            )
+        )
+    headers = ["events per flush", "events", "writer commits", "EventLog append+flush ev/s"]
+    headers += ["raw sqlite3 executemany ev/s", "ratio", "ratio is"]
+    intro = (
+        "## 2. Durable log appends (events/s)\n\n"
+        "A fresh SQLite store per row; small `text.delta` events; `await flush()` after each "
+        "batch. Baseline: the same pre-encoded rows, one `BEGIN; executemany; COMMIT` per "
+        "batch.\n\n"
+    )
+    return intro + table(headers, rows)
+
+
+def throughput(results: dict[str, Any]) -> str:
+    d, r = results["throughput"]["daemon"], results["throughput"]["relay"]
+    clients = results["plan"]["max_clients"]
+    rows = [
+        compare(
+            ["SSE events/s per client"],
+            _get(d, "events_per_s") / clients,
+            _get(r, "events_per_s") / clients,
+            rate=True,
+        ),
+        compare(
+            ["SSE events/s, all clients"],
+            _get(d, "events_per_s"),
+            _get(r, "events_per_s"),
+            rate=True,
+        ),
+        compare(
+            ["deltas/s per client"],
+            _get(d, "deltas_per_s") / clients,
+            _get(r, "deltas_per_s") / clients,
+            rate=True,
+        ),
+        compare(
+            ["deltas/s, all clients"], _get(d, "deltas_per_s"), _get(r, "deltas_per_s"), rate=True
+        ),
+        compare(
+            ["deltas per SSE event"],
+            _deltas_per_event(d),
+            _deltas_per_event(r),
+            rate=False,
+            digits=1,
+        ),
+        compare(
+            ["latency p50 (µs, queue-bound)"],
+            _get(d, "latency_us", "p50"),
+            _get(r, "latency_us", "p50"),
+            rate=False,
+        ),
+        compare(
+            ["latency p99 (µs, queue-bound)"],
+            _get(d, "latency_us", "p99"),
+            _get(r, "latency_us", "p99"),
+            rate=False,
+        ),
+        compare(
+            ["server CPU % of a core"],
+            _get(d, "cpu_percent"),
+            _get(r, "cpu_percent"),
+            rate=False,
+            digits=1,
+        ),
+        compare(
+            ["server CPU µs per event delivered"],
+            _cpu_per_event(d),
+            _cpu_per_event(r),
+            rate=False,
+            digits=1,
+        ),
+        compare(
+            ["capacity: events/s at 100 % of a core, all clients"],
+            1e6 / _cpu_per_event(d),
+            1e6 / _cpu_per_event(r),
+            rate=True,
+        ),
+        compare(["window (s)"], _get(d, "window_s"), _get(r, "window_s"), rate=False, digits=2),
+        compare(
+            ["client CPU busy % (clients + fake CLI)"],
+            _busy(d, results, "client"),
+            _busy(r, results, "client"),
+            rate=False,
+            digits=1,
+        ),
+        compare(
+            ["other load on the server CPU %"],
+            _foreign(d, results),
+            _foreign(r, results),
+            rate=False,
+            digits=1,
+        ),
+    ]
+    plan = results["plan"]
+    intro = (
+        f"## 3. Most events/s delivered to {plan['max_clients']} clients\n\n"
+        f"`[[stamp:{plan['max_deltas']}:0]]` x {plan['max_turns']} turns queued at once (no "
+        "pacing; the daemon and the relay coalesce the deltas of each stdout read). Window: "
+        "from the CLI writing the first delta to the last delta received. The more the server "
+        "lags, the bigger its reads, the more deltas per event. When the client CPU (the "
+        "clients and the fake CLI share it) is near 100 %, the run is bound by them, not by "
+        "the server.\n\n"
+    )
+    headers = ["metric", "sidecode-trio", "raw relay", "ratio", "ratio is"]
+    return intro + table(headers, rows)
+
+
+def _deltas_per_event(run: dict[str, Any]) -> float:
+    events = _get(run, "events")
+    return float(_get(run, "deltas") / events) if events else math.nan
+
+
+def replay(results: dict[str, Any]) -> str:
+    rep = results["replay"]
+    relay = rep.get("relay", {})
+    rows = []
+    for path, label in (
+        ("memory", "in-memory tail (live daemon)"),
+        ("sqlite", "SQLite (restarted daemon)"),
+    ):
+        for key, name in (
+            ("total_ms", "all frames, median"),
+            ("total_ms_best", "all, best"),
+            ("total_ms_first", "all, first connection (cold)"),
+            ("ttfb_ms", "first byte, median"),
+            ("first_frame_ms", "first frame, median"),
+        ):
+            rows.append(
+                compare([label, name], _get(rep, path, key), _get(relay, key), rate=False, digits=2)
+            )
+    plan = results["plan"]
+    intro = (
+        f"## 4. Replay of {plan['replay_events']:,} missed events (ms from the request)\n\n"
+        f"One client, `Last-Event-ID` just before the {plan['replay_events']:,} events, "
+        f"{plan['replay_repeat']} fresh connections each. Baseline: the raw relay writing "
+        "pre-encoded frames of the same size from memory, 256 per write.\n\n"
+    )
+    headers = ["served from", "metric", "sidecode-trio", "raw relay", "ratio", "ratio is"]
+    return intro + table(headers, rows)
+
+
+def _target_row(name: str, unit: str, figure: Any, baseline: Any, key: str, at_most: bool) -> Row:
+    digits = 1 if unit == "ms" else 0
+    return [
+        name,
+        f"{num(figure, digits)} {unit}",
+        f"{num(baseline, digits)} {unit}",
+        met(figure, TARGETS[key], at_most=at_most),
+    ]
+
+
+def summary(results: dict[str, Any]) -> str:
+    lat, rep = results["latency"], results["replay"]
+    batch = results["plan"]["headline_batch"]
+    rows = [
+        _target_row(
+            f"p99 ≤ {bound} at {n} clients (200 deltas/s)",
+            "µs",
+            _get(lat, "daemon", n, "latency_us", "p99"),
+            _get(lat, "relay", n, "latency_us", "p99"),
+            key,
+            True,
+        )
+        for n, bound, key in ((20, "1 ms", "p99_20"), (100, "4 ms", "p99_100"))
+    ]
+    rows.append(
+        _target_row(
+            f"≥ 100,000 durable log appends/s ({batch} per flush; baseline: raw sqlite3)",
+            "/s",
+            _get(results, "log", batch, "figure", "events_per_s"),
+            _get(results, "log", batch, "baseline", "events_per_s"),
+            "appends",
+            False,
+        )
+    )
+    rows.append(
+        _target_row(
+            "≥ 20,000 events/s delivered to 20 clients (all clients together)",
+            "/s",
+            _get(results, "throughput", "daemon", "events_per_s"),
+            _get(results, "throughput", "relay", "events_per_s"),
+            "deliveries",
+            False,
+        )
+    )
+    for path, label in (("memory", "from memory"), ("sqlite", "from SQLite after a restart")):
+        rows.append(
+            _target_row(
+                f"10,000 events replayed in ≤ 25 ms ({label}, median)",
+                "ms",
+                _get(rep, path, "total_ms"),
+                _get(rep, "relay", "total_ms"),
+                "replay",
+                True,
+            )
+        )
+    rss = results.get("rss_mib", {})
+    text = "## Summary against the issue's targets\n\n"
+    text += table(["target", "sidecode-trio", "baseline (raw relay / raw sqlite3)", "status"], rows)
+    text += f"\nDaemon RSS at the end of its runs: {num(_get(rss, 'main'), 1)} MiB "
+    text += f"(restarted replay daemon: {num(_get(rss, 'replay'), 1)} MiB).\n"
+    return text
+
+
+def profile(results: dict[str, Any]) -> str:
+    prof = results.get("profile")
+    if not prof:
+        return ""
+    rows = [[name, f"{share:.1%}"] for name, share in prof["top"]]
+    layers = [[name, f"{share:.1%}"] for name, share in prof["layers"]]
+    stages = [[name, f"{share:.1%}"] for name, share in prof["stages"]]
+    return (
+        f"## Profile of the token path (py-spy, 20 clients, {prof['samples']:,} samples)\n\n"
+        "Self time of the daemon's non-idle samples (a separate paced run; py-spy pauses the "
+        "process to sample, so that run's latencies are not reported; "
+        f"{prof['idle']:,} samples of threads blocked on a lock were left out).\n\n"
+        + table(["function (leaf frame)", "self"], rows)
+        + "\nBy stage of the token path (where in the pipeline the time went):\n\n"
+        + table(["stage", "share"], stages)
+        + "\nBy the innermost Python frame's package (who asked for the time):\n\n"
+        + table(["layer", "self"], layers)
+    )
+
+
+def durations(results: dict[str, Any]) -> str:
+    rows = [[name, f"{seconds:.1f}"] for name, seconds in results["durations"].items()]
+    return "## Durations (s)\n\n" + table(["part", "seconds"], rows)
+
+
+def errors(results: dict[str, Any]) -> str:
+    if not results["errors"]:
+        return ""
+    return "## Errors\n\n" + "".join(f"- {error}\n" for error in results["errors"])
+
+
+SECTIONS: Final[list[Callable[[dict[str, Any]], str]]] = [
+    summary,
+    latency,
+    log_rate,
+    throughput,
+    replay,
+    profile,
+    machine,
+    durations,
+    errors,
+]
+
+
+def render(results: dict[str, Any]) -> str:
+    head = f"# sidecode-trio benchmark ({results['mode']} run, {results['date']})\n\n"
+    head += f"Code measured: `{results.get('code', 'unknown')}`.\n"
+    parts = [head]
+    for section in SECTIONS:
+        try:
+            text = section(results)
+        except (KeyError, TypeError, ValueError) as exc:
+            text = f"_({section.__name__}: not available: {exc!r})_\n"
+        if text:
+            parts.append(text)
+    return "\n".join(parts)

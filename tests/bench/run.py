@@ -1,0 +1,294 @@
+"""sidecode-trio's benchmark suite; the single entry point (``nox -s bench`` runs it).
+
+Usage: ``python tests/bench/run.py [--quick] [--profile] [--out PATH]`` (``--quick``: a smoke run of
+about a minute; the full run takes a few minutes on a 2-core machine). No timing assertions: the
+script reports and exits 0 unless something crashes.
+
+What is measured, each against a baseline in the same run (see each module's docstring):
+
+1. Token-path added latency, fake CLI stdout line → SSE receipt, with 1, 20 and 100 clients of one
+   session at 200 deltas/s (:mod:`bench_live`); baseline: a raw Trio relay (:mod:`bench_relay`).
+2. Durable log appends per second, ``EventLog.append`` + ``flush`` (:mod:`bench_lograte`);
+   baseline: raw ``sqlite3`` ``executemany``.
+3. The most events/s delivered to 20 clients, the fake CLI unpaced (:mod:`bench_live`); baseline:
+   the raw relay.
+4. Replay of 10,000 missed events, from memory and from SQLite (:mod:`bench_replay`); baseline:
+   the raw relay writing pre-encoded frames.
+
+The daemon under test is the real one, ``python -m sidecode_trio serve`` in a child process
+driving ``tests/fake_claude.py``; the clients are one separate process (:mod:`bench_client`).
+Where the machine allows, the daemon (and the relay) run on CPU 0 and the clients, the fake CLI
+and this orchestrator on CPU 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import os
+import platform
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from functools import partial
+from pathlib import Path
+from typing import Any, Final
+
+import attrs
+import trio
+from bench_harness import BENCH, KILLED, Layout, can_pin, pin, rss_mib
+from bench_live import LivePlan, latency, throughput, warm_up
+from bench_lograte import log_rates
+from bench_profile import profile_token_path
+from bench_replay import ReplayPlan, from_memory, from_relay, from_sqlite
+from bench_report import render
+from bench_targets import DaemonSession, Target, child_daemon, child_relay
+
+DEFAULT_OUT: Final = BENCH / "RESULTS.md"
+RUN_BUDGET: Final = {"quick": 240.0, "full": 900.0}  # seconds before the whole run is abandoned
+
+
+@attrs.frozen
+class Plan:
+    live: LivePlan
+    log_sizes: dict[int, int]  #: events per flush -> events appended
+    log_repeat: int  #: runs of each size; the median is reported
+    headline_batch: int
+    replay_events: int
+    replay_repeat: int
+
+
+def make_plan(quick: bool, client_cpu: int, dump_dir: Path | None) -> Plan:
+    live = LivePlan(
+        rate=200,
+        warmup=100 if quick else 300,
+        measured=1000 if quick else 3000,
+        fanouts=(1, 20, 100),
+        max_deltas=10_000,  # per turn: the fake CLI's text grows quadratically past ~20k
+        max_turns=3 if quick else 10,
+        client_cpu=client_cpu,
+        dump_dir=str(dump_dir.resolve()) if dump_dir else "",
+    )
+    big = 20_000 if quick else 100_000
+    sizes = {1: big // 10, 16: big, 256: big, 1000: big}
+    return Plan(live, sizes, 1 if quick else 3, 1000, 10_000, 3 if quick else 7)
+
+
+def machine_info() -> dict[str, str]:
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
+    models = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    info = {
+        "cpu": models[0] if models else platform.processor() or "?",
+        "cores": str(os.cpu_count()),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "sqlite": sqlite3.sqlite_version,
+    }
+    for package in ("trio", "hypercorn", "quart", "quart-trio", "h11"):
+        info[package] = importlib.metadata.version(package)
+    return info
+
+
+def code_version() -> str:
+    """The commit measured (read-only git queries), and whether the package had local edits."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=BENCH,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "sidecode_trio"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=BENCH.parent.parent,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    return f"{head}" + (" with uncommitted changes in sidecode_trio/" if dirty else "")
+
+
+def pinning_note(daemon_cpu: int, client_cpu: int, cli_cpu: int) -> str:
+    if daemon_cpu < 0:
+        return "Not pinned (`os.sched_setaffinity` unavailable or fewer than 2 CPUs)."
+    cli = f"CPU {cli_cpu} (its wrapper pins it)" if cli_cpu >= 0 else "no CPU in particular"
+    return (
+        f"Pinned with `os.sched_setaffinity`: the daemon and the relay on CPU {daemon_cpu}; the "
+        f"client process and the orchestrator on CPU {client_cpu}; the fake CLI on {cli}. The "
+        "in-process parts (log appends; replay from memory) run in the orchestrator, moved to "
+        f"CPU {daemon_cpu} meanwhile."
+    )
+
+
+class Runner:
+    """Runs the parts in order, keeping what each produced even when a later one fails."""
+
+    def __init__(self, args: argparse.Namespace, layout: Layout, plan: Plan, cpus: tuple[int, int]):
+        self.args, self.layout, self.plan = args, layout, plan
+        self.daemon_cpu, self.client_cpu = cpus
+        self.results: dict[str, Any] = {
+            "mode": "quick" if args.quick else "full",
+            "date": time.strftime("%Y-%m-%d %H:%M"),
+            "code": code_version(),
+            "machine": machine_info(),
+            "pinning": pinning_note(*cpus, layout.cli_cpu),
+            "cpu_names": {"daemon": f"cpu{cpus[0]}", "client": f"cpu{cpus[1]}"}
+            if cpus[0] >= 0
+            else {},
+            "plan": attrs.asdict(plan.live)
+            | {
+                "headline_batch": plan.headline_batch,
+                "replay_events": plan.replay_events,
+                "replay_repeat": plan.replay_repeat,
+            },
+            "latency": {"daemon": {}, "relay": {}},
+            "throughput": {},
+            "replay": {},
+            "rss_mib": {},
+            "durations": {},
+            "errors": [],
+        }
+
+    async def part(self, name: str, body: Callable[[], Awaitable[None]]) -> None:
+        print(f"[bench] {name} ...", file=sys.stderr, flush=True)
+        started = time.monotonic()
+        try:
+            await body()
+        except Exception as exc:  # report it, keep the other parts' results
+            traceback.print_exc()
+            self.results["errors"].append(f"{name}: {exc!r}")
+        finally:
+            self.results["durations"][name] = time.monotonic() - started
+
+    async def log_appends(self) -> None:
+        pin(0, self.daemon_cpu)
+        try:
+            self.results["log"] = await log_rates(
+                self.layout.root, self.plan.log_sizes, self.plan.log_repeat
+            )
+        finally:
+            pin(0, self.client_cpu)
+
+    async def live(self) -> None:
+        """Scenarios 1 and 3 (and 4's baseline), daemon and relay alternating run by run, so
+        that slow drifts of the machine land on both alike."""
+        async with AsyncExitStack() as stack:
+            targets: dict[str, Target] = {}
+            await self.part("start the relay", lambda: self.start_relay(stack, targets))
+            await self.part("start the daemon", lambda: self.start_daemon(stack, targets))
+            for key, target in targets.items():
+                await self.part(
+                    f"warm-up ({key})", partial(warm_up, target, self.layout, self.plan.live)
+                )
+            for clients in self.plan.live.fanouts:
+                for key, target in targets.items():
+                    await self.part(
+                        f"1. latency, {clients} clients ({key})",
+                        partial(self.latency, key, target, clients),
+                    )
+            for key, target in targets.items():
+                await self.part(f"3. max rate ({key})", partial(self.throughput, key, target))
+            if "relay" in targets:
+                await self.part("4. replay (relay)", partial(self.replay_relay, targets["relay"]))
+            if self.args.profile and "daemon" in targets:
+                await self.part("profile", partial(self.profile, targets["daemon"]))
+            if "daemon" in targets:
+                self.results["rss_mib"]["main"] = rss_mib(targets["daemon"].pid)
+
+    async def start_daemon(self, stack: AsyncExitStack, targets: dict[str, Target]) -> None:
+        daemon = await stack.enter_async_context(child_daemon(self.layout, "main", self.daemon_cpu))
+        targets["daemon"] = DaemonSession(
+            daemon, await daemon.create_session(str(self.layout.work))
+        )
+
+    async def start_relay(self, stack: AsyncExitStack, targets: dict[str, Target]) -> None:
+        relay = child_relay(self.layout, self.daemon_cpu, self.plan.replay_events)
+        targets["relay"] = await stack.enter_async_context(relay)
+
+    async def latency(self, key: str, target: Target, clients: int) -> None:
+        result = await latency(target, self.layout, self.plan.live, clients)
+        self.results["latency"][key][clients] = result
+
+    async def throughput(self, key: str, target: Target) -> None:
+        self.results["throughput"][key] = await throughput(target, self.layout, self.plan.live)
+
+    async def replay_relay(self, relay: Target) -> None:
+        result = await from_relay(self.layout, self.replay_plan, relay.port)
+        self.results["replay"]["relay"] = result
+
+    async def profile(self, target: Target) -> None:
+        raw = self.args.profile_raw or self.layout.root / "profile.raw"
+        self.results["profile"] = await profile_token_path(target, self.layout, self.plan.live, raw)
+
+    @property
+    def replay_plan(self) -> ReplayPlan:
+        plan = self.plan
+        return ReplayPlan(plan.replay_events, plan.replay_repeat, self.daemon_cpu, self.client_cpu)
+
+    async def replay(self) -> None:
+        replay = self.results["replay"]
+        replay["memory"], session_id, before = await from_memory(self.layout, self.replay_plan)
+        if "note" in replay["memory"]:
+            self.results["errors"].append("in-process daemon: " + replay["memory"].pop("note"))
+        replay["sqlite"] = await from_sqlite(self.layout, self.replay_plan, session_id, before)
+        self.results["rss_mib"]["replay"] = replay["sqlite"].pop("rss_mib")
+
+    async def run(self) -> dict[str, Any]:
+        started = time.monotonic()
+        pin(0, self.client_cpu)
+        with trio.move_on_after(RUN_BUDGET[self.results["mode"]]) as budget:
+            await self.part("2. log appends", self.log_appends)
+            await self.part("1, 3: live runs", self.live)
+            await self.part("4. replay (daemon)", self.replay)
+        if budget.cancelled_caught:
+            self.results["errors"].append("the run exceeded its time budget and was stopped")
+        self.results["errors"].extend(KILLED)
+        self.results["durations"]["total"] = time.monotonic() - started
+        return self.results
+
+
+async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+    cpus = (0, 1) if can_pin() else (-1, -1)
+    cli_cpu = {"client": cpus[1], "daemon": cpus[0], "none": -1}[args.cli_cpu]
+    with tempfile.TemporaryDirectory(prefix="sidecode-bench-") as tmp:
+        layout = Layout(Path(tmp), cli_cpu).create()
+        if args.dump_dir:
+            args.dump_dir.mkdir(parents=True, exist_ok=True)
+        plan = make_plan(args.quick, cpus[1], args.dump_dir)
+        return await Runner(args, layout, plan, cpus).run()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="sidecode-trio benchmark suite")
+    parser.add_argument("--quick", action="store_true", help="a ~1 minute smoke run")
+    parser.add_argument("--profile", action="store_true", help="also py-spy the token path")
+    parser.add_argument("--profile-raw", type=Path, help="keep py-spy's raw stacks here")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="markdown report file")
+    parser.add_argument("--dump-dir", type=Path, help="write every live run's deliveries (CSV)")
+    parser.add_argument(
+        "--cli-cpu",
+        choices=["client", "daemon", "none"],
+        default="client",
+        help="where the fake CLI runs: beside the clients (default), the daemon, or unpinned",
+    )
+    args = parser.parse_args(argv)
+    results = trio.run(main_async, args)
+    text = render(results)
+    print(text)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    print(f"[bench] written to {args.out}", file=sys.stderr)
+    return 1 if results["errors"] else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
