@@ -95,7 +95,7 @@ def check_token(token: str, devices: DeviceStore, cert_hashes: set[str], now: fl
         )
     except (ValueError, KeyError, TypeError):
         raise Unauthorized("malformed device token") from None
-    device = next((d for d in devices.all() if d.id == device_id), None)
+    device = devices.find(str(device_id))
     if device is None or device.revoked_at is not None:
         raise Unauthorized("unknown or revoked device")
     if not verify(unb64(device.public_key), AUTH_CONTEXT + payload.encode(), sig):

@@ -106,6 +106,9 @@ class DeviceStore:
         except KeyError:
             raise NotFound(f"unknown device {device_id!r}", code="unknown_device") from None
 
+    def find(self, device_id: str) -> Device | None:
+        return self._devices.get(device_id)
+
     def by_key(self, public_key: str) -> Device | None:
         return next((d for d in self._devices.values() if d.public_key == public_key), None)
 

@@ -93,8 +93,8 @@ class Guard:
     def _still_allowed(self, principal: Principal) -> bool:
         if principal.device_id is None:
             return True
-        device = next((d for d in self.devices.active() if d.id == principal.device_id), None)
-        return device is not None
+        device = self.devices.find(principal.device_id)
+        return device is not None and device.revoked_at is None
 
     # -- pairing and devices -----------------------------------------------------------------
 
