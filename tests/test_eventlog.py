@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 import trio
 
-from sidecode_trio.errors import BadRequest, NotFound
-from sidecode_trio.eventlog.core import Exact, NeedSnapshot, Position, decode_event, plan_read
+from sidecode_trio.errors import BadRequest, NotFound, StoreError
+from sidecode_trio.eventlog.core import (
+    Exact,
+    NeedSnapshot,
+    Position,
+    StoredEvent,
+    decode_event,
+    plan_read,
+)
 from sidecode_trio.eventlog.fold import SessionFold
 from sidecode_trio.eventlog.log import EventLog, LogLimits, Replay, SnapshotRead
-from sidecode_trio.eventlog.store import SQLiteStore
+from sidecode_trio.eventlog.store import SessionRow, SQLiteStore
 from sidecode_trio.wire import events as ev
 
 
@@ -162,3 +170,40 @@ def test_store_files_are_private(tmp_path: Path) -> None:
     store = SQLiteStore(tmp_path / "db")
     assert (tmp_path / "db").stat().st_mode & 0o777 == 0o600
     store.close()
+
+
+class FlakyStore(SQLiteStore):
+    """A store whose disk is full until told otherwise."""
+
+    failing = True
+
+    def commit(self, new_sessions: Sequence[SessionRow], events: Sequence[StoredEvent]) -> None:
+        if self.failing:
+            raise StoreError("database or disk is full")
+        super().commit(new_sessions, events)
+
+
+async def test_a_failing_store_gives_a_clear_error_and_loses_nothing(tmp_path: Path) -> None:
+    store = FlakyStore(tmp_path / "db")
+    log = EventLog(store)
+    log.load()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(log.run)
+        log.create("s")
+        _, sub = log.subscribe("s", None, 100)
+        log.append("s", ev.SessionCreated("/w", "t"))
+        log.append("s", ev.TextDelta("m", 0, "kept"))
+        with pytest.raises(StoreError, match="disk is full"):
+            await log.flush(patience=0.3)
+        assert log.statistics()["store_error"] is not None
+        with pytest.raises(trio.WouldBlock):
+            sub.receive.receive_nowait()  # nothing is delivered before it is durable
+        store.failing = False  # room again: the writer's retry commits everything
+        await log.flush()
+        assert log.statistics()["store_error"] is None
+        assert [sub.receive.receive_nowait().cursor for _ in range(2)] == [1, 2]
+        nursery.cancel_scope.cancel()
+    store.close()
+    reopened, log = await _open(tmp_path / "db")
+    assert log.snapshot("s").items[0].text == "kept"  # type: ignore[attr-defined]
+    reopened.close()

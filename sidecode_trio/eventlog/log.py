@@ -32,6 +32,7 @@ from .store import SessionRow, SQLiteStore
 log = logging.getLogger(__name__)
 
 CHECKPOINT_INTERVAL: Final = 1.0  # seconds between PASSIVE WAL checkpoints, off the token path
+FLUSH_PATIENCE: Final = 5.0  # seconds a write waits for a failing store before answering 503
 RETRY_DELAY: Final = 0.5  # seconds before retrying a failed commit (disk full, read-only)
 KEEPALIVE: Final = StoredEvent("", "", 0, 0.0, "", b"")  #: not an event: "say something"
 
@@ -161,10 +162,20 @@ class EventLog:
         if self.store_error is None:
             self._commit_now()
 
-    async def flush(self) -> None:
-        """Wait until everything appended before this call is durable."""
-        while self._pending or self._new_rows:
-            await self._flushed.wait()
+    async def flush(self, patience: float = FLUSH_PATIENCE) -> None:
+        """Wait until everything appended before this call is durable.
+
+        While the store is failing (disk full, read-only) the events stay pending and are
+        retried; after ``patience`` seconds of that, the caller gets :class:`StoreError` (a
+        client sees 503) rather than waiting indefinitely. Nothing is dropped either way."""
+        with trio.move_on_after(patience):
+            while self._pending or self._new_rows:
+                await self._flushed.wait()
+            return
+        raise StoreError(
+            f"the event store is failing ({self.store_error}); accepted and retrying",
+            code="store_unavailable",
+        )
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The writer task: commit, fold, fan out; and checkpoint the WAL once a second."""
