@@ -69,6 +69,7 @@ def make_config(
             allowed_roots=(work_dir,),
             claude_env=claude_env,
             sse_keepalive=5.0,
+            keystore="file",  # never touch the developer's real keychain
         )
         return attrs.evolve(config, **changes)
 

@@ -38,6 +38,8 @@ async def daemon_process(
         "--ready-file", str(ready), "--log-level", "warning",
     ]  # fmt: skip
     env = {**os.environ, **claude_env}
+    (tmp_path / "state").mkdir(mode=0o700, exist_ok=True)
+    (tmp_path / "state" / "config.toml").write_text('keystore = "file"\n')
     proc = await trio.lowlevel.open_process(argv, env=env)
     try:
         with trio.fail_after(15):

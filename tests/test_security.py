@@ -28,6 +28,7 @@ import trio
 
 from sidecode_trio.config import DaemonConfig
 from sidecode_trio.errors import ConfigError, Unauthorized
+from sidecode_trio.security import identity as identity_module
 from sidecode_trio.security.devices import DeviceStore, Scope
 from sidecode_trio.security.guard import Guard, is_loopback_peer
 from sidecode_trio.security.identity import load_identity
@@ -332,8 +333,11 @@ def test_guard_refuses_the_local_token_from_elsewhere(tmp_path: Path) -> None:
     devices.close()
 
 
-def test_keystore_falls_back_to_a_private_file_and_survives_restart(tmp_path: Path) -> None:
-    first = load_identity(tmp_path, "auto")  # no keyring backend on this machine or in CI
+def test_keystore_falls_back_to_a_private_file_and_survives_restart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(identity_module, "keyring_usable", lambda: False)  # a headless machine
+    first = load_identity(tmp_path, "auto")
     again = load_identity(tmp_path, "auto")
     assert first.public_key == again.public_key and first.stored_in.endswith("identity.key")
     assert (tmp_path / "identity.key").stat().st_mode & 0o777 == 0o600
