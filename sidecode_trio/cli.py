@@ -195,10 +195,6 @@ def _call(
         ) from None
 
 
-def _get(url: str, token: str | None, timeout: float = 5.0) -> Any:
-    return _call(url, token, timeout=timeout)
-
-
 def _local_url(url: str) -> str:
     """The daemon's URL as seen from this machine (a wildcard bind is reached on loopback)."""
     parts = urllib.parse.urlsplit(url)
@@ -253,7 +249,7 @@ def _devices(args: argparse.Namespace) -> int:
 
 def _sessions(args: argparse.Namespace) -> int:
     url, token = _daemon(args.state_dir or default_state_dir())
-    sessions = _get(f"{url}/v1/sessions", token)["sessions"]
+    sessions = _call(f"{url}/v1/sessions", token)["sessions"]
     if args.json:
         print(json.dumps(sessions, indent=2))
         return 0
@@ -338,7 +334,7 @@ def _check_daemon(state_dir: Path) -> dict[str, Any]:
     except ConfigError:
         return {"ok": True, "running": False, "detail": "not running"}
     try:
-        status = _get(f"{url}/v1/status", token, timeout=3)
+        status = _call(f"{url}/v1/status", token, timeout=3)
     except SidecodeError as exc:
         return {
             "ok": False,

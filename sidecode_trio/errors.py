@@ -11,8 +11,7 @@ client. A client error carries a stable ``code`` and the HTTP status that goes w
     │   ├── Unauthorized           401  missing or wrong credential
     │   ├── Forbidden              403  wrong Host header, path outside the allowed roots
     │   ├── NotFound               404  unknown session, unknown permission request
-    │   ├── Conflict               409  already answered, session busy in a way that matters
-    │   └── PayloadTooLarge        413  request body over the limit
+    │   └── Conflict               409  already answered, session busy in a way that matters
     ├── CLIError                   the Claude Code CLI could not be started or stopped answering
     └── StoreError                 the state directory or its database failed
 """
@@ -69,11 +68,6 @@ class NotFound(ClientError):
 class Conflict(ClientError):
     status = 409
     code = "conflict"
-
-
-class PayloadTooLarge(ClientError):
-    status = 413
-    code = "payload_too_large"
 
 
 class CLIError(SidecodeError):

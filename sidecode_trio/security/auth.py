@@ -22,7 +22,7 @@ import attrs
 
 from ..errors import Forbidden, Unauthorized
 from .devices import Device, DeviceStore, Scope
-from .identity import b64, unb64, verify
+from .identity import unb64, verify
 
 AUTH_CONTEXT: Final = b"sidecode-trio auth v1\n"
 MAX_TOKEN_LIFETIME: Final = 600.0
@@ -60,25 +60,6 @@ class Principal:
 
 
 LOCAL = Principal(None, "local owner", Scope.ADMIN)
-
-
-def make_token(
-    signing_key_sign: Callable[[bytes], bytes],
-    device_id: str,
-    cert_sha256: str,
-    now: float,
-    lifetime: float = 300.0,
-) -> str:
-    """A device token (what clients send; here for tests and the example client)."""
-    body = {
-        "dev": device_id,
-        "iat": int(now),
-        "exp": int(now + lifetime),
-        "cert": cert_sha256,
-        "n": secrets.token_hex(8),
-    }
-    payload = b64(json.dumps(body, separators=(",", ":")).encode())
-    return f"{payload}.{b64(signing_key_sign(AUTH_CONTEXT + payload.encode()))}"
 
 
 def check_token(token: str, devices: DeviceStore, cert_hashes: set[str], now: float) -> Device:

@@ -168,13 +168,3 @@ def payload(
 def payload_link(data: dict[str, Any]) -> str:
     raw = json.dumps(data, separators=(",", ":")).encode()
     return "sidecode-trio://pair#" + b64(raw)
-
-
-def parse_link(link: str) -> dict[str, Any]:
-    """The payload of a pairing link, or of the JSON itself."""
-    text = link.strip()
-    raw = text if text.startswith("{") else unb64(text.partition("#")[2])
-    data = json.loads(raw)
-    if not isinstance(data, dict) or data.get("v") != PAYLOAD_VERSION:
-        raise ValueError("not a sidecode-trio pairing payload (version 1)")
-    return data

@@ -47,10 +47,7 @@ class Certificate:
     key_path: Path
     not_before: dt.datetime
     not_after: dt.datetime
-
-    @property
-    def sha256(self) -> bytes:
-        return hashlib.sha256(self.der).digest()
+    sha256: bytes = attrs.field(repr=False)  #: of ``der``, computed once at load
 
 
 @attrs.frozen
@@ -115,12 +112,14 @@ def _write(path: Path, data: bytes) -> None:
 
 def _load(cert_path: Path, key_path: Path) -> Certificate:
     cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    der = cert.public_bytes(serialization.Encoding.DER)
     return Certificate(
-        der=cert.public_bytes(serialization.Encoding.DER),
+        der=der,
         cert_path=cert_path,
         key_path=key_path,
         not_before=cert.not_valid_before_utc,
         not_after=cert.not_valid_after_utc,
+        sha256=hashlib.sha256(der).digest(),
     )
 
 
@@ -134,6 +133,8 @@ class CertificateStore:
         self.current: Certificate | None = None
         self.next: Certificate | None = None
         self.context: ssl.SSLContext | None = None
+        self._info: list[CertificateInfo] | None = None
+        self._hashes: set[str] = set()
 
     def _try_load(self, name: str) -> Certificate | None:
         cert, key = self._dir / f"{name}.pem", self._dir / f"{name}.key"
@@ -165,22 +166,29 @@ class CertificateStore:
                 )
         if self.next is None and self.current.not_after - now < MAKE_NEXT_BEFORE:
             self.next = make_certificate(self._dir, "next", self._hosts, now)
+        self._info = None  # current or next may have changed
         changed = before is not None and before != self.current.sha256
         if changed and self.context is not None:
             self.context.load_cert_chain(self.current.cert_path, self.current.key_path)
         return changed
 
     def info(self) -> list[CertificateInfo]:
-        return [
-            CertificateInfo(
-                sha256=cert.sha256.hex(),
-                signature=b64(self._identity.sign(signed_message(cert.sha256))),
-                not_before=cert.not_before.timestamp(),
-                not_after=cert.not_after.timestamp(),
-            )
-            for cert in (self.current, self.next)
-            if cert is not None
-        ]
+        """The current and next certificates, signed (recomputed only when they change)."""
+        if self._info is None:
+            self._info = [
+                CertificateInfo(
+                    sha256=cert.sha256.hex(),
+                    signature=b64(self._identity.sign(signed_message(cert.sha256))),
+                    not_before=cert.not_before.timestamp(),
+                    not_after=cert.not_after.timestamp(),
+                )
+                for cert in (self.current, self.next)
+                if cert is not None
+            ]
+            self._hashes = {entry.sha256 for entry in self._info}
+        return self._info
 
     def hashes(self) -> set[str]:
-        return {cert.sha256.hex() for cert in (self.current, self.next) if cert is not None}
+        """Hex hashes of the certificates a device token may be bound to (every request)."""
+        self.info()
+        return self._hashes

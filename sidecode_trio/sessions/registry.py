@@ -159,10 +159,9 @@ class SessionRegistry:
         self._list_subscribers.add(send)
         return self.summaries(), receive
 
-    def unsubscribe_list(self, receive: trio.MemoryReceiveChannel[SessionInfo]) -> None:
-        receive.close()  # the send side sees BrokenResourceError and is dropped on next change
-
     def _on_commit(self, session_ids: set[str]) -> None:
+        if not self._list_subscribers:
+            return  # a new follower gets the whole list; nothing to compute per commit
         for session_id in session_ids:
             if session_id not in self._supervisors:
                 continue

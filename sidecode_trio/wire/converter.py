@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import cattrs
-from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
+from cattrs.errors import ClassValidationError, IterableValidationError
 from cattrs.gen import make_dict_unstructure_fn
 from cattrs.v import transform_error
 
@@ -78,8 +78,6 @@ def describe_error(exc: Exception) -> str:
     if isinstance(exc, ClassValidationError | IterableValidationError):
         messages = transform_error(exc, path="$")
         return "; ".join(messages)
-    if isinstance(exc, ForbiddenExtraKeysError):
-        return f"unknown field(s) {sorted(exc.extra_fields)} @ $"
     return f"bad value @ $: {exc}"
 
 
@@ -87,7 +85,7 @@ def structure(data: Any, cls: type[T]) -> T:
     """Structure ``data`` as ``cls``; raises ``ValueError`` with a path-bearing message."""
     try:
         return converter.structure(data, cls)
-    except (cattrs.BaseValidationError, ForbiddenExtraKeysError, ValueError, TypeError) as exc:
+    except (cattrs.BaseValidationError, ValueError, TypeError) as exc:
         raise ValueError(describe_error(exc)) from None
 
 
