@@ -92,3 +92,13 @@ def test_snapshot_matches_its_schema_and_round_trips() -> None:
 def test_unknown_event_type_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="unknown type 'nope'"):
         wire.structure({"type": "nope"}, ev.Event)
+
+
+def test_enums_come_back_as_enums_after_a_round_trip() -> None:
+    # A StrEnum is also a str; the strict str hook must not turn it into a plain string, or
+    # identity checks such as `status is SessionStatus.ERRORED` fail after a daemon restart.
+    stored = encode("s", "e", 1, 0.0, ev.StatusChanged(ev.SessionStatus.ERRORED))
+    event = decode_event(stored)
+    assert isinstance(event, ev.StatusChanged) and event.status is ev.SessionStatus.ERRORED
+    with pytest.raises(ValueError, match=r"\$\.status"):
+        wire.structure({"status": "sleepy"}, ev.StatusChanged)

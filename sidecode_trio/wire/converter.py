@@ -8,6 +8,7 @@ readable line with the JSON path of the bad value (``bad value @ $.port: expecte
 
 from __future__ import annotations
 
+import enum
 import json
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -36,6 +37,30 @@ converter.register_structure_hook(int, lambda v, _: _strict(v, int, "an integer"
 converter.register_structure_hook(float, lambda v, _: float(_strict(v, (int, float), "a number")))
 converter.register_structure_hook(bool, lambda v, _: _strict(v, bool, "true or false"))
 converter.register_unstructure_hook(Path, str)
+
+
+def _enum(value: Any, cls: type[enum.Enum]) -> enum.Enum:
+    try:
+        return cls(value)
+    except ValueError:
+        choices = ", ".join(repr(m.value) for m in cls)
+        raise ValueError(f"expected one of {choices}, got {value!r}") from None
+
+
+# A StrEnum is a str: without its own hook (more specific than str in its MRO) the str hook
+# above would claim it and hand back plain strings, and `status is SessionStatus.IDLE` would
+# be false after a round trip through the log.
+converter.register_structure_hook(enum.StrEnum, _enum)
+converter.register_structure_hook(enum.Enum, _enum)
+
+
+def _text_or_texts(value: Any, _: Any) -> str | list[str]:
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return list(value)
+    return _strict(value, str, "a string or a list of strings")  # type: ignore[no-any-return]
+
+
+converter.register_structure_hook_func(lambda t: t == str | list[str], _text_or_texts)
 
 
 def register_union(base: type[Any], classes: Mapping[str, type[Any]]) -> None:
