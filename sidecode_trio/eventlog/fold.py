@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
+
 from ..wire import events as ev
 from ..wire.snapshot import (
     AssistantItem,
@@ -58,6 +60,8 @@ class SessionFold:
         self.last_activity = 0.0
         self.cost_usd = 0.0
         self.turns = 0
+        self.archived = False
+        self.deleted = False
         self.active_turn: str | None = None
         self.queued: list[str] = []
         self.pending: dict[str, ev.PermissionRequested] = {}
@@ -84,7 +88,14 @@ class SessionFold:
             pending_permissions=len(self.pending),
             queued_messages=len(self.queued),
             turns=self.turns,
+            archived=self.archived,
+            deleted=self.deleted,
         )
+
+    def tool(self, tool_use_id: str) -> ToolItem | None:
+        position = self._tools.get(tool_use_id)
+        item = self._items[position] if position is not None else None
+        return item if isinstance(item, ToolItem) else None
 
     def snapshot(self, epoch: str, cursor: int) -> Snapshot:
         items = [item.freeze() if isinstance(item, _Text) else item for item in self._items]
@@ -106,6 +117,7 @@ class SessionFold:
         fold.permission_mode, fold.status, fold.cli = info.permission_mode, info.status, info.cli
         fold.created_at, fold.last_activity = info.created_at, info.last_activity
         fold.cost_usd, fold.turns = info.cost_usd, info.turns
+        fold.archived, fold.deleted = info.archived, info.deleted
         fold.active_turn = snap.active_turn
         fold.queued = list(snap.queued)
         fold.pending = {p.request_id: p for p in snap.pending_permissions}
@@ -152,7 +164,7 @@ class SessionFold:
         if position is not None:
             item = self._items[position]
             assert isinstance(item, UserItem)
-            self._items[position] = UserItem(item.message_id, item.text, state, item.client_id)
+            self._items[position] = attrs.evolve(item, state=state)
 
     def _end_turn(self, turn_id: str, state: MessageState, end: TurnEndItem) -> None:
         if self.active_turn == turn_id:
@@ -176,6 +188,11 @@ class SessionFold:
             self.model = e.model
         if e.permission_mode is not None:
             self.permission_mode = e.permission_mode
+        if e.archived is not None:
+            self.archived = e.archived
+
+    def _deleted(self, e: ev.SessionDeleted) -> None:
+        self.deleted = True
 
     def _status(self, e: ev.StatusChanged) -> None:
         self.status = e.status
@@ -184,7 +201,7 @@ class SessionFold:
         self.cli = e.state
 
     def _queued(self, e: ev.MessageQueued) -> None:
-        self._add(UserItem(e.message_id, e.text, MessageState.QUEUED, e.client_id))
+        self._add(UserItem(e.message_id, e.text, MessageState.QUEUED, e.client_id, e.images))
         self.queued.append(e.message_id)
 
     def _delivered(self, e: ev.MessageDelivered) -> None:
@@ -210,7 +227,7 @@ class SessionFold:
 
     def _tool_started(self, e: ev.ToolStarted) -> None:
         position = self._tools.get(e.tool_use_id)
-        item = ToolItem(e.tool_use_id, e.name, e.input, ToolStatus.RUNNING)
+        item = ToolItem(e.tool_use_id, e.name, e.input, ToolStatus.RUNNING, title=e.title)
         if position is None:
             self._add(item)
         else:
@@ -219,14 +236,14 @@ class SessionFold:
     def _tool_finished(self, e: ev.ToolFinished) -> None:
         status = ToolStatus.FAILED if e.is_error else ToolStatus.COMPLETED
         position = self._tools.get(e.tool_use_id)
+        done = {"status": status, "output": e.output, "result": e.result, "diff": e.diff}
+        done |= {"title": e.title, "truncated": e.truncated}
         if position is None:
-            self._add(ToolItem(e.tool_use_id, "unknown", {}, status, e.output, e.result))
+            self._add(ToolItem(e.tool_use_id, "unknown", {}, **done))
             return
         old = self._items[position]
         assert isinstance(old, ToolItem)
-        self._items[position] = ToolItem(
-            old.tool_use_id, old.name, old.input, status, e.output, e.result
-        )
+        self._items[position] = attrs.evolve(old, **done)
 
     def _permission_requested(self, e: ev.PermissionRequested) -> None:
         self.pending[e.request_id] = e
@@ -258,6 +275,7 @@ class SessionFold:
 _HANDLERS: dict[type[ev.Event], Any] = {
     ev.SessionCreated: SessionFold._created,
     ev.SessionUpdated: SessionFold._updated,
+    ev.SessionDeleted: SessionFold._deleted,
     ev.StatusChanged: SessionFold._status,
     ev.CLIStateChanged: SessionFold._cli,
     ev.MessageQueued: SessionFold._queued,

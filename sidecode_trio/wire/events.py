@@ -45,6 +45,27 @@ class Usage:
 
 
 @attrs.frozen
+class ImageRef:
+    """An image attached to a user message: what it was, not its bytes (those go to the CLI)."""
+
+    media_type: str
+    bytes: int
+    sha256: str
+
+
+@attrs.frozen
+class FileDiff:
+    """A file change as a unified diff (``--- a/path`` / ``+++ b/path`` headers, ``@@`` hunks)."""
+
+    path: str
+    unified: str
+    added: int
+    removed: int
+    created: bool = False  #: the file did not exist before
+    truncated: bool = False  #: ``unified`` was cut at a line boundary; the counts are exact
+
+
+@attrs.frozen
 class Event:
     """Base of every domain event. Never instantiated itself."""
 
@@ -68,6 +89,16 @@ class SessionUpdated(Event):
     title: str | None = None
     model: str | None = None
     permission_mode: str | None = None
+    archived: bool | None = None
+
+
+@attrs.frozen
+class SessionDeleted(Event):
+    """The session was deleted: its CLI is stopped and it leaves every list. The last event of a
+    session; with ``log_removed`` the daemon's log and the CLI's transcript are gone too."""
+
+    TYPE: ClassVar[str] = "session.deleted"
+    log_removed: bool = False
 
 
 @attrs.frozen
@@ -95,6 +126,7 @@ class MessageQueued(Event):
     message_id: str
     text: str
     client_id: str | None = None
+    images: list[ImageRef] = attrs.field(factory=list)
 
 
 @attrs.frozen
@@ -141,18 +173,25 @@ class ToolStarted(Event):
     tool_use_id: str
     name: str
     input: dict[str, Any]
+    title: str = ""  #: one line for a list: "Running `pytest -q`", "Editing app.py"
 
 
 @attrs.frozen
 class ToolFinished(Event):
-    """A tool ran or was refused. ``output`` is the text the model saw (bounded in size);
-    ``result`` is the CLI's structured ``tool_use_result`` where it gave one."""
+    """A tool ran or was refused. ``output`` is the text the model saw, cut to a bounded size
+    (``truncated``; ``output_chars`` is the full length, fetchable from the tool-output route);
+    ``result`` is the CLI's structured ``tool_use_result`` where it gave one (and small enough);
+    ``diff`` is the change a file tool made."""
 
     TYPE: ClassVar[str] = "tool.finished"
     tool_use_id: str
     is_error: bool
     output: str
     result: Any = None
+    title: str = ""  #: one line: "Ran `pytest -q`", "Edited app.py (+3 -1)" (U+2212 minus)
+    diff: FileDiff | None = None
+    truncated: bool = False
+    output_chars: int = 0
 
 
 @attrs.frozen
@@ -166,6 +205,10 @@ class PermissionRequested(Event):
     suggestions: list[Any] = attrs.field(factory=list)
     blocked_path: str | None = None
     requires_user_interaction: bool = False
+    summary: str = ""  #: what allowing does, in words: "Run `rm -rf build`", "Edit app.py"
+    suggestion_labels: list[str] = attrs.field(factory=list)  #: one per suggestion, same order
+    diff: FileDiff | None = None  #: for file edits: the change against the file as it is now
+    expires_at: float | None = None  #: when the timeout policy will deny it (None: it waits)
 
 
 @attrs.frozen
@@ -174,6 +217,8 @@ class PermissionResolved(Event):
     request_id: str
     outcome: PermissionOutcome
     message: str = ""
+    by: str = ""  #: who answered: a device's name, "timeout", or "" (the CLI withdrew it)
+    applied: list[str] = attrs.field(factory=list)  #: labels of the suggestions applied
 
 
 @attrs.frozen
@@ -226,6 +271,7 @@ EVENT_CLASSES: dict[str, type[Event]] = {
     for cls in (
         SessionCreated,
         SessionUpdated,
+        SessionDeleted,
         StatusChanged,
         CLIStateChanged,
         MessageQueued,

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 import attrs
 
 from .converter import register_union
-from .events import CLIState, PermissionRequested, SessionStatus, Usage
+from .events import CLIState, FileDiff, ImageRef, PermissionRequested, SessionStatus, Usage
 
 
 class MessageState(enum.StrEnum):
@@ -47,6 +47,8 @@ class SessionInfo:
     queued_messages: int = 0
     turns: int = 0  #: turns the CLI has started; > 0 means its transcript exists (resumable)
     source: str = "local"
+    archived: bool = False  #: hidden from the default list; still usable
+    deleted: bool = False  #: only in the list feed: drop this session
 
 
 @attrs.frozen
@@ -63,6 +65,7 @@ class UserItem(Item):
     text: str
     state: MessageState
     client_id: str | None = None
+    images: list[ImageRef] = attrs.field(factory=list)
 
 
 @attrs.frozen
@@ -84,6 +87,9 @@ class ToolItem(Item):
     status: ToolStatus
     output: str = ""
     result: Any = None
+    title: str = ""
+    diff: FileDiff | None = None
+    truncated: bool = False  #: ``output`` is cut; the tool-output route has all of it
 
 
 @attrs.frozen
