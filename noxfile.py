@@ -2,11 +2,15 @@
 
 The README's test command (also ``.ci/run``) runs ``tests lint typecheck e2e``; ``e2e`` installs
 each pinned Claude Code CLI from npm (no global ``claude`` is used) and runs the real binary
-against a mock Messages API on 127.0.0.1. ``bench`` is never part of the test run.
+against a mock Messages API on 127.0.0.1. ``bench`` is never part of the test run. ``tests``
+includes a headless Chromium talking WebTransport to the daemon; under ``CI=true`` it installs
+Debian's ``chromium`` package when it is missing (elsewhere that test skips without it).
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import nox
@@ -21,9 +25,19 @@ CLI_CACHE = Path(".nox") / "claude-cli"
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """Unit, property and integration tests (fake CLI, loopback only)."""
+    """Unit, property and integration tests (fake CLI, loopback only; headless Chromium)."""
+    _ensure_chromium(session)
     session.install("-e", ".[test]")
     session.run("pytest", "-m", "not e2e", *session.posargs)
+
+
+def _ensure_chromium(session: nox.Session) -> None:
+    """CI installs Debian's Chromium for tests/test_quic_browser.py (CI runs as root)."""
+    if os.environ.get("CI") != "true" or shutil.which("chromium"):
+        return
+    env = {"DEBIAN_FRONTEND": "noninteractive"}
+    session.run("apt-get", "update", "-qq", external=True, env=env)
+    session.run("apt-get", "install", "-y", "-qq", "chromium", external=True, env=env)
 
 
 @nox.session

@@ -14,6 +14,8 @@ What is measured, each against a baseline in the same run (see each module's doc
    the raw relay.
 4. Replay of 10,000 missed events, from memory and from SQLite (:mod:`bench_replay`); baseline:
    the raw relay writing pre-encoded frames.
+5. WebTransport against HTTP/SSE: small-operation round trip, streamed-event latency, one-way
+   large payload (:mod:`bench_wt`); baseline: the same daemon's HTTP/SSE.
 
 The daemon under test is the real one, ``python -m sidecode_trio serve`` in a child process
 driving ``tests/fake_claude.py``; the clients are one separate process (:mod:`bench_client`).
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import json
 import os
 import platform
 import sqlite3
@@ -38,6 +41,7 @@ from contextlib import AsyncExitStack
 from functools import partial
 from pathlib import Path
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 import attrs
 import trio
@@ -48,6 +52,8 @@ from bench_profile import profile_token_path
 from bench_replay import ReplayPlan, from_memory, from_relay, from_sqlite
 from bench_report import render
 from bench_targets import DaemonSession, Target, child_daemon, child_relay
+from bench_wt import compare as compare_webtransport
+from bench_wt import render as render_webtransport
 
 DEFAULT_OUT: Final = BENCH / "RESULTS.md"
 RUN_BUDGET: Final = {"quick": 240.0, "full": 900.0}  # seconds before the whole run is abandoned
@@ -242,6 +248,13 @@ class Runner:
         replay["sqlite"] = await from_sqlite(self.layout, self.replay_plan, session_id, before)
         self.results["rss_mib"]["replay"] = replay["sqlite"].pop("rss_mib")
 
+    async def webtransport(self) -> None:
+        async with child_daemon(self.layout, "wt", self.daemon_cpu) as daemon:
+            ready = json.loads((self.layout.root / "ready-wt.json").read_text())
+            port = urlsplit(ready["quic"]).port or 0
+            work, quick = str(self.layout.work), self.args.quick
+            self.results["webtransport"] = await compare_webtransport(daemon, port, work, quick)
+
     async def run(self) -> dict[str, Any]:
         started = time.monotonic()
         pin(0, self.client_cpu)
@@ -249,6 +262,7 @@ class Runner:
             await self.part("2. log appends", self.log_appends)
             await self.part("1, 3: live runs", self.live)
             await self.part("4. replay (daemon)", self.replay)
+            await self.part("5. WebTransport vs HTTP/SSE", self.webtransport)
         if budget.cancelled_caught:
             self.results["errors"].append("the run exceeded its time budget and was stopped")
         self.results["errors"].extend(KILLED)
@@ -282,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     results = trio.run(main_async, args)
-    text = render(results)
+    text = render(results) + render_webtransport(results.get("webtransport"))
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)

@@ -1,0 +1,453 @@
+"""One WebTransport session: the control protocol driven against the operations (Trio).
+
+The connection feeds the control stream's bytes to :meth:`Link.data_received` (synchronously);
+what the protocol asks for is done at once when it is synchronous (authenticate, subscribe,
+answer a protocol error) and in the link's nursery otherwise: one task per request in flight
+(at most ``max_calls``), one pump per subscription, and one writer. Everything outbound goes
+through the :class:`~.outbox.Outbox` and moves to the QUIC streams only while the connection
+holds less than ``high_water`` unacknowledged bytes (at once when there is room, else by the
+writer once acknowledgements make room), so a client that stops reading
+fills its outbox, overflows it, and is dropped with ``lagging``; it resumes exactly after
+reconnecting, like an SSE client.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator
+from typing import Final, Protocol
+
+import attrs
+import trio
+
+from ..errors import BadRequest, NotFound, SidecodeError, Unauthorized
+from ..eventlog.core import Position, StoredEvent
+from ..eventlog.log import KEEPALIVE, SnapshotRead, Subscription
+from ..ops import Operations
+from ..security.auth import Principal
+from ..security.guard import Guard
+from ..security.identity import b64, unb64, verify
+from ..security.pairing import RateLimited, RateLimiter
+from ..wire.snapshot import SessionInfo
+from . import frames as fr
+from .control import (
+    Action,
+    Authenticate,
+    Call,
+    Cancel,
+    Close,
+    ControlProtocol,
+    Open,
+    Phase,
+    Send,
+)
+from .frames import CloseCode
+from .outbox import ControlWrite, Limits, Outbox, Overflow, StreamWrite
+from .routes import OPEN_ROUTES, Requests
+
+log = logging.getLogger(__name__)
+
+MAX_DATAGRAM_ECHO: Final = 256  # bytes of a ping datagram echoed back
+SESSION_EVENTS: Final = ("v1", "sessions", "{}", "events")
+
+
+@attrs.frozen
+class LinkSettings:
+    max_frame: int = 1024 * 1024  #: longest frame a client may send (the HTTP body limit)
+    client_queue: int = 4096  #: events queued per subscription in the log before a drop
+    outbox: Limits = Limits()
+    high_water: int = 1024 * 1024  #: unacknowledged bytes per connection before writes wait
+    max_calls: int = 16  #: requests in flight per session
+    max_subscriptions: int = 64
+    linger: float = 2.0  #: seconds a closing session gets to deliver its last frames
+    heartbeat: float = 15.0  #: advertised: ping (datagram) at least this often when idle
+
+
+class Transport(Protocol):
+    """What a link needs from its QUIC connection (``endpoint._Connection``)."""
+
+    def buffered(self) -> int: ...
+    def write_control(self, data: bytes) -> None: ...
+    def open_stream(self) -> int: ...
+    def write_stream(self, stream_id: int, data: bytes, end: bool) -> None: ...
+    def send_datagram(self, data: bytes) -> None: ...
+    def close_session(self, code: CloseCode, message: str) -> None: ...
+    def close_now(self, code: CloseCode, message: str) -> None: ...
+
+
+class Link:
+    def __init__(
+        self,
+        transport: Transport,
+        requests: Requests,
+        ops: Operations,
+        guard: Guard,
+        limiter: RateLimiter,
+        settings: LinkSettings,
+        *,
+        nonce: bytes,
+        cert_sha256: bytes,
+        version: str,
+        remote: str | None,
+    ) -> None:
+        self._transport = transport
+        self._requests = requests
+        self._ops = ops
+        self._guard = guard
+        self._limiter = limiter
+        self._settings = settings
+        self._nonce, self._cert, self._remote = nonce, cert_sha256, remote
+        welcome = fr.welcome(
+            version,
+            b64(nonce),
+            cert_sha256.hex(),
+            settings.max_frame,
+            settings.outbox.inline_limit,
+            settings.heartbeat,
+        )
+        self.protocol = ControlProtocol(
+            welcome=welcome,
+            max_frame=settings.max_frame,
+            now=trio.current_time(),
+            open_routes=OPEN_ROUTES,
+        )
+        self.outbox = Outbox(settings.outbox)
+        self._calls_send, self._calls = trio.open_memory_channel[Call](settings.max_calls)
+        self._call_slots = trio.Semaphore(settings.max_calls)
+        self._subs: dict[int, tuple[int, trio.CancelScope]] = {}
+        self._next_lane = 1
+        self._streams: dict[int, int] = {}  # outbox ref -> QUIC stream id
+        self._kick = trio.Event()
+        self._closing: tuple[CloseCode, str] | None = None
+        self._forget_device: Callable[[], None] = lambda: None
+        self._lists: set[int] = set()  # subscriptions to the session list
+        self._stopping = False
+        self._nursery: trio.Nursery | None = None
+        self.close_code: CloseCode | None = None
+        self.peak_buffered = 0
+
+    def __repr__(self) -> str:
+        return f"<Link {self.protocol!r} subs={len(self._subs)} {self.outbox.statistics()}>"
+
+    # -- the link's tasks --------------------------------------------------------------------
+
+    def start(self, nursery: trio.Nursery) -> None:
+        """Run in the connection's nursery (set here, synchronously: the client's first frames
+        may arrive in the same packet as its CONNECT, before any task of ours has run)."""
+        self._nursery = nursery
+        nursery.start_soon(self._run)
+
+    async def _run(self) -> None:
+        """Until the connection is gone (its nursery is cancelled) or the link closed."""
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._writer)
+                nursery.start_soon(self._run_calls)
+                nursery.start_soon(self._handshake_timer)
+        finally:
+            self._forget_device()
+            self._calls_send.close()
+
+    async def _handshake_timer(self) -> None:
+        deadline = self.protocol.timer()
+        if deadline is None:
+            return
+        await trio.sleep_until(deadline)
+        self._act(self.protocol.handle_timer(trio.current_time()))
+
+    async def _run_calls(self) -> None:
+        async with trio.open_nursery() as nursery:
+            async for call in self._calls:
+                await self._call_slots.acquire()
+                nursery.start_soon(self._call, call)
+
+    async def _call(self, call: Call) -> None:
+        try:
+            request = call.request
+            who = call.principal and self._current(call.principal)
+            if call.principal is not None and who is None:
+                return  # revoked meanwhile: the link is closing
+            status, body = await self._requests(
+                who, request.method, request.path, request.body, self._remote
+            )
+            self._push(0, fr.reply_json(request.id, status, body))
+        finally:
+            self._call_slots.release()
+
+    async def _writer(self) -> None:
+        """Move the outbox to the QUIC streams while the connection has room; then close."""
+        deadline = math.inf
+        while True:
+            self._kick = trio.Event()
+            if self.outbox.pending and self._transport.buffered() < self._settings.high_water:
+                self._write_now()
+                continue
+            if self._closing is not None:
+                if deadline == math.inf:
+                    deadline = trio.current_time() + self._settings.linger
+                if not self.outbox.pending or trio.current_time() >= deadline:
+                    self._transport.close_session(*self._closing)
+                    return
+            with trio.move_on_at(deadline):
+                await self._kick.wait()
+
+    def _write(self, writes: list[ControlWrite | StreamWrite]) -> None:
+        for write in writes:
+            if isinstance(write, ControlWrite):
+                self._transport.write_control(write.data)
+                continue
+            if write.first:
+                self._streams[write.ref] = self._transport.open_stream()
+            stream_id = self._streams[write.ref]
+            self._transport.write_stream(stream_id, write.data, write.last)
+            if write.last:
+                del self._streams[write.ref]
+
+    # -- from the connection (synchronous) ---------------------------------------------------
+
+    def kick(self) -> None:
+        """Something changed: new frames queued, or acknowledgements made room."""
+        self._kick.set()
+
+    def data_received(self, data: bytes, ended: bool) -> None:
+        self._act(self.protocol.receive(data, ended))
+
+    def datagram_received(self, data: bytes) -> None:
+        if self.protocol.phase is Phase.READY and len(data) <= MAX_DATAGRAM_ECHO:
+            self._transport.send_datagram(data)  # a ping: echoed as is, for round-trip times
+
+    def peer_closed(self) -> None:
+        self.protocol.close(CloseCode.NORMAL, "closed by the client")
+        self.close_code = CloseCode.NORMAL
+        self._transport.close_now(CloseCode.NORMAL, "closed by the client")
+
+    def close(self, code: CloseCode, message: str) -> None:
+        """The daemon ends the session (revoked, stopping): last frame, then the close."""
+        self._act(self.protocol.close(code, message))
+
+    def stop(self) -> None:
+        """The daemon is stopping: end the session once its event streams have ended (the
+        log ends them after the sessions stopped, so clients see how their turns ended)."""
+        self._stopping = True
+        for sub in list(self._lists):
+            self._unsubscribe(sub, "stopping")
+        if not self._subs:
+            self.close(CloseCode.GOING_AWAY, "the daemon is stopping")
+
+    # -- protocol actions --------------------------------------------------------------------
+
+    def _act(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, Send):
+                self._push(0, action.payload)
+            elif isinstance(action, Close):
+                self._close(action.code, action.message)
+            elif isinstance(action, Authenticate):
+                self._act(self._authenticate(action.auth))
+            elif isinstance(action, Call):
+                try:
+                    self._calls_send.send_nowait(action)
+                except trio.WouldBlock:
+                    self._act(self.protocol.close(CloseCode.OVERLOADED, "too many requests"))
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass  # the link is ending
+            elif isinstance(action, Open):
+                self._subscribe(action.subscribe, action.principal)
+            elif isinstance(action, Cancel):
+                self._unsubscribe(action.sub, "unsubscribed")
+
+    def _push(self, lane: int, payload: bytes) -> None:
+        if self.close_code is CloseCode.LAGGING:
+            return
+        try:
+            self.outbox.push(lane, payload)
+        except Overflow as exc:
+            self._lagging(str(exc))
+            return
+        if self._closing is None:
+            self._write_now()  # a live event goes out at once when there is room: no task hop
+        if self.outbox.pending:
+            self._kick.set()  # the writer waits for room
+
+    def _write_now(self) -> None:
+        buffered = self._transport.buffered()
+        self.peak_buffered = max(self.peak_buffered, buffered)
+        room = self._settings.high_water - buffered
+        if room > 0:
+            self._write(self.outbox.pull(room))
+
+    def _lagging(self, why: str) -> None:
+        """The client does not read: drop the connection now (it resumes exactly later)."""
+        if self.close_code is CloseCode.LAGGING:
+            return
+        log.info("dropping a WebTransport client that does not keep up: %s", why)
+        self.protocol.close(CloseCode.LAGGING, why)
+        self.close_code = CloseCode.LAGGING
+        self._cancel_all()
+        self._transport.close_now(CloseCode.LAGGING, why)
+
+    def _close(self, code: CloseCode, message: str) -> None:
+        if self.close_code is not None:
+            return
+        self.close_code = code
+        self._closing = (code, message)
+        self._cancel_all()
+        self._calls_send.close()
+        self._kick.set()
+
+    def _cancel_all(self) -> None:
+        for sub in list(self._subs):
+            _, scope = self._subs.pop(sub)
+            scope.cancel()
+
+    # -- authentication ----------------------------------------------------------------------
+
+    def _authenticate(self, auth: fr.Auth) -> list[Action]:
+        client = self._remote or "?"
+        try:
+            self._limiter.check(client)
+        except RateLimited as exc:
+            return self.protocol.auth_failed(exc.message)
+        try:
+            principal = self._verify(auth)
+        except Unauthorized as exc:
+            self._limiter.fail(client)
+            self._guard.devices.audit("auth_failed", None, f"from {client} on WebTransport: {exc}")
+            return self.protocol.auth_failed(exc.message)
+        self._forget_device = self._guard.links.register(
+            principal, lambda: self.close(CloseCode.REVOKED, "this device was revoked")
+        )
+        self._guard.devices.touch(auth.device, time.time())
+        return self.protocol.authenticated(principal)
+
+    def _verify(self, auth: fr.Auth) -> Principal:
+        device = self._guard.devices.find(auth.device)
+        if device is None or device.revoked_at is not None:
+            raise Unauthorized("unknown or revoked device")
+        try:
+            signature = unb64(auth.signature)
+        except ValueError:
+            raise Unauthorized("malformed signature") from None
+        message = fr.auth_message(self._nonce, self._cert, device.id)
+        if not verify(unb64(device.public_key), message, signature):
+            raise Unauthorized("the signature does not verify (nonce, certificate, device id)")
+        return Principal(device.id, device.name, device.scope)
+
+    def _current(self, principal: Principal) -> Principal | None:
+        """The principal as the device store has it now (scope changes apply at once)."""
+        if principal.device_id is None:
+            return principal
+        device = self._guard.devices.find(principal.device_id)
+        if device is None or device.revoked_at is not None:
+            self.close(CloseCode.REVOKED, "this device was revoked")
+            return None
+        return Principal(device.id, device.name, device.scope)
+
+    # -- subscriptions -----------------------------------------------------------------------
+
+    def _subscribe(self, request: fr.Subscribe, principal: Principal) -> None:
+        who = self._current(principal)
+        if who is None:
+            return
+        if self._stopping:
+            self._push(0, fr.error_reply(request.id, 503, "going_away", "the daemon is stopping"))
+            return
+        if request.id in self._subs:
+            self._push(0, fr.error_reply(request.id, 409, "conflict", "this id is in use"))
+            return
+        if len(self._subs) >= self._settings.max_subscriptions:
+            text = f"at most {self._settings.max_subscriptions} subscriptions per session"
+            self._push(0, fr.error_reply(request.id, 429, "too_many_subscriptions", text))
+            return
+        lane, self._next_lane = self._next_lane, self._next_lane + 1
+        try:
+            start = self._open(request, who, lane)
+        except SidecodeError as exc:
+            self._push(0, fr.error_reply(request.id, exc.status, exc.code, exc.message))
+            return
+        scope = trio.CancelScope()
+        self._subs[request.id] = (lane, scope)
+        assert self._nursery is not None
+        self._nursery.start_soon(start, scope)
+
+    def _open(self, request: fr.Subscribe, who: Principal, lane: int) -> _Pump:
+        parts = tuple(request.path.split("?", 1)[0].strip("/").split("/"))
+        queue = self._settings.client_queue
+        if parts == ("v1", "events"):
+            infos, receive = self._ops.subscribe_sessions(who, queue)
+            self._push(lane, fr.reply(request.id, 200, {"subscribed": request.path}))
+            self._push(lane, fr.sessions(request.id, infos))
+            self._lists.add(request.id)
+            return _Pump(self, request.id, lane, sessions=receive)
+        if len(parts) == 4 and parts[:2] == SESSION_EVENTS[:2] and parts[3] == "events":
+            since = Position.parse(request.since) if request.since else None
+            catch_up, sub = self._ops.subscribe(who, parts[2], since, queue)
+            self._push(lane, fr.reply(request.id, 200, {"subscribed": request.path}))
+            if isinstance(catch_up, SnapshotRead):
+                snap = catch_up.snapshot
+                frame = fr.snapshot(request.id, snap.epoch, snap.cursor, catch_up.reason, snap)
+                self._push(lane, frame)
+            elif catch_up.events:
+                self.outbox.push_lazy(lane, _replay(request.id, catch_up.events))
+            return _Pump(self, request.id, lane, events=sub)
+        if parts[:1] != ("v1",):
+            raise BadRequest(f"not an event stream: {request.path!r}")
+        raise NotFound(f"no event stream {request.path!r}")
+
+    def _unsubscribe(self, sub: int, reason: str) -> None:
+        entry = self._subs.pop(sub, None)
+        self._lists.discard(sub)
+        if entry is None:
+            return
+        lane, scope = entry
+        scope.cancel()
+        self.outbox.clear(lane)
+        self._push(0, fr.ended(sub, reason))
+
+    def _pumped(self, sub: int, lane: int, lagged: bool) -> None:
+        """A subscription's feed ended on the daemon's side."""
+        if lagged:
+            self._lagging("a subscription's queue in the event log filled up")
+        elif sub in self._subs:
+            del self._subs[sub]
+            self._lists.discard(sub)
+            self._push(lane, fr.ended(sub, "closed"))
+            if self._stopping and not self._subs:
+                self.close(CloseCode.GOING_AWAY, "the daemon is stopping")
+
+
+def _replay(sub: int, events: list[StoredEvent]) -> Iterator[bytes]:
+    for stored in events:
+        yield fr.event(sub, stored)
+
+
+@attrs.frozen
+class _Pump:
+    """Moves one subscription's live feed into the outbox (never waits on the client)."""
+
+    link: Link
+    sub: int
+    lane: int
+    events: Subscription | None = None
+    sessions: trio.MemoryReceiveChannel[SessionInfo] | None = None
+
+    async def __call__(self, scope: trio.CancelScope) -> None:
+        lagged = False
+        try:
+            with scope:
+                if self.events is not None:
+                    async for stored in self.events.receive:
+                        if stored is not KEEPALIVE:
+                            self.link._push(self.lane, fr.event(self.sub, stored))
+                    lagged = self.events.lagged
+                elif self.sessions is not None:
+                    async for info in self.sessions:
+                        self.link._push(self.lane, fr.session(self.sub, info))
+                self.link._pumped(self.sub, self.lane, lagged)
+        finally:
+            if self.events is not None:
+                self.events.close()
+            if self.sessions is not None:
+                self.sessions.close()
