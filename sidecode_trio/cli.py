@@ -72,6 +72,12 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="serve HTTPS with the identity-signed certificate (default: when not on loopback)",
     )
+    serve.add_argument(
+        "--quic-port",
+        type=int,
+        metavar="N",
+        help="UDP port for WebTransport; 0 picks a free one, -1 turns it off (default: --port)",
+    )
 
     pair = commands.add_parser("pair", help="show a one-time pairing code for a new device")
     _state_dir_flag(pair)
@@ -82,6 +88,12 @@ def _parser() -> argparse.ArgumentParser:
         help="what the device may do: approve (a watch), chat (default), admin",
     )
     pair.add_argument("--ttl", type=float, default=300, metavar="SECONDS", help="valid for (300)")
+    pair.add_argument(
+        "--watchcode",
+        action="store_true",
+        help="make a device for the WatchCode watch/web apps: prints the relay URL and a secret",
+    )
+    pair.add_argument("--name", default="WatchCode", help="the device's name (--watchcode)")
     pair.add_argument("--json", action="store_true", help="print the payload as JSON only")
 
     devices = commands.add_parser("devices", help="list, revoke or re-scope paired devices")
@@ -147,6 +159,7 @@ def _serve(args: argparse.Namespace) -> int:
         "ready_file": str(args.ready_file) if args.ready_file else None,
         "idle_timeout": args.idle_timeout,
         "https": args.https,
+        "quic_port": args.quic_port,
     }
     config = load_config(overrides, args.config)
     from .daemon import serve
@@ -205,6 +218,19 @@ def _local_url(url: str) -> str:
 
 def _pair(args: argparse.Namespace) -> int:
     url, token = _daemon(args.state_dir or default_state_dir())
+    if args.watchcode:
+        body = {"name": args.name, "scope": args.scope}
+        made = _call(f"{url}/v1/devices/watchcode", token, "POST", body)
+        if args.json:
+            print(json.dumps(made, indent=2))
+            return 0
+        print(f"WatchCode device {made['device']['name']!r} ({made['device']['scope']}).")
+        print("In the WatchCode app's settings, enter:")
+        for relay in made["urls"]:
+            print(f"  relay URL: {relay}")
+        print(f"  secret:    {made['secret']}")
+        print("The secret is shown once; 'sidecode-trio devices revoke <id>' disables it.")
+        return 0
     offer = _call(f"{url}/v1/pairings", token, "POST", {"scope": args.scope, "ttl": args.ttl})
     if args.json:
         print(json.dumps(offer["payload"], indent=2))
@@ -352,6 +378,43 @@ def _check_daemon(state_dir: Path) -> dict[str, Any]:
     }
 
 
+def _check_keep_awake(state_dir: Path) -> dict[str, Any]:
+    """What keeps the host awake during a turn; a running daemon's live state if there is one."""
+    from .host.awake import choose_inhibitor
+
+    try:
+        setting = load_config({"state_dir": state_dir}).keep_awake
+    except ConfigError as exc:
+        return {"ok": False, "detail": exc.message}
+    inhibitor = choose_inhibitor(setting)
+    part: dict[str, Any] = {
+        "ok": True,
+        "setting": setting,
+        "inhibitor": inhibitor.name if inhibitor else None,
+        "command": " ".join(inhibitor.argv) if inhibitor else None,
+    }
+    if inhibitor is None and setting != "off":
+        part["detail"] = "no caffeinate or systemd-inhibit found: the computer may sleep mid-turn"
+    elif inhibitor is not None and shutil.which(inhibitor.argv[0]) is None:
+        part |= {"ok": False, "detail": f"{inhibitor.argv[0]} is not on PATH"}
+    live = _live_status(state_dir)
+    if live is not None and "keep_awake" in live:
+        state = live["keep_awake"]
+        part["phase"] = state.get("phase")
+        if state.get("error"):  # e.g. no logind in a container: a warning, not a failure
+            part["detail"] = state["error"]
+    return part
+
+
+def _live_status(state_dir: Path) -> dict[str, Any] | None:
+    try:
+        url, token = _daemon(state_dir)
+        status: dict[str, Any] = _call(f"{url}/v1/status", token, timeout=3)
+    except SidecodeError:
+        return None
+    return status
+
+
 def _check_identity(state_dir: Path) -> dict[str, Any]:
     from cryptography import x509
 
@@ -388,6 +451,7 @@ def _doctor(args: argparse.Namespace) -> int:
         "state_dir": _check_state(state_dir),
         "identity": _check_identity(state_dir),
         "daemon": _check_daemon(state_dir),
+        "keep_awake": _check_keep_awake(state_dir),
     }
     ok = all(part["ok"] for part in report.values())
     if args.json:

@@ -16,7 +16,9 @@ from typing import Any, Final, Literal
 
 import attrs
 
+from .claude.messages import PERMISSION_MODES
 from .errors import ConfigError
+from .host.awake import parse_setting
 from .wire.converter import structure
 
 DEFAULT_PORT: Final = 8765
@@ -40,11 +42,19 @@ class DaemonConfig:
     sse_keepalive: float = 15.0  #: seconds between SSE keep-alive comments
     client_queue: int = 4096  #: events buffered per client link before it is dropped
     retain_events: int = 50_000  #: events per session kept for exact replay
-    max_body: int = 1024 * 1024  #: bytes accepted in a request body
+    max_body: int = 24 * 1024 * 1024  #: bytes accepted in a request body (images are big)
     claude_env: dict[str, str] = attrs.field(factory=dict)  #: extra environment for the CLI
     claude_args: tuple[str, ...] = ()  #: extra arguments for the CLI
     keystore: Literal["auto", "keyring", "file"] = "auto"  #: where the identity key lives
     pairing_ttl: float = 300.0  #: seconds a pairing code stays valid
+    #: UDP port of the WebTransport endpoint: None = the HTTP port's number, 0 = any, -1 = off
+    quic_port: int | None = None
+    #: seconds a permission request waits for an answer before it is denied (None: it waits)
+    permission_timeout: float | None = None
+    #: permission modes a paired device may put a session in (the local owner may use any)
+    remote_modes: tuple[str, ...] = ("default", "acceptEdits", "plan", "dontAsk", "auto")
+    #: keep the computer awake while a session runs or waits: "auto", "off", or a command
+    keep_awake: str = "auto"
 
     https: bool | None = None  #: None: HTTPS exactly when the bind is not loopback
 
@@ -80,6 +90,10 @@ def _problems(config: DaemonConfig) -> list[str]:
     problems = []
     if not 0 <= config.port <= 65535:
         problems.append(f"bad value @ $.port: must be between 0 and 65535, got {config.port}")
+    if config.quic_port is not None and not -1 <= config.quic_port <= 65535:
+        problems.append(
+            f"bad value @ $.quic_port: -1 (off) or between 0 and 65535, got {config.quic_port}"
+        )
     if config.host not in LOOPBACK_NAMES:
         try:
             ipaddress.ip_address(config.host)
@@ -98,6 +112,18 @@ def _problems(config: DaemonConfig) -> list[str]:
         problems.append("bad value @ $.client_queue: must be at least 16")
     if config.retain_events < 100:
         problems.append("bad value @ $.retain_events: must be at least 100")
+    if config.permission_timeout is not None and config.permission_timeout <= 0:
+        problems.append("bad value @ $.permission_timeout: must be > 0 seconds (or absent)")
+    for i, mode in enumerate(config.remote_modes):
+        if mode not in PERMISSION_MODES:
+            problems.append(
+                f"bad value @ $.remote_modes[{i}]: {mode!r} is not one of "
+                + ", ".join(PERMISSION_MODES)
+            )
+    try:
+        parse_setting(config.keep_awake)
+    except ValueError as exc:
+        problems.append(f"bad value @ $.keep_awake: {exc}")
     if config.max_body < 1024:
         problems.append("bad value @ $.max_body: must be at least 1024 bytes")
     for i, root in enumerate(config.allowed_roots):

@@ -6,7 +6,8 @@
     ├── event-log writer          (group commit, fan-out, WAL checkpoints)
     └── services nursery
         ├── session registry      (one supervisor task per live session, each owning its CLI)
-        └── HTTP server           (hypercorn's trio worker; one task group per client link)
+        ├── HTTP server           (hypercorn's trio worker; one task group per client link)
+        └── QUIC endpoint         (WebTransport on one UDP socket; one nursery per connection)
 
 Shutdown: stop accepting connections; stop the sessions (each CLI: close stdin, SIGTERM, SIGKILL,
 bounded) so their last events are logged; commit; end the event streams (clients have seen how
@@ -25,7 +26,7 @@ import signal
 import socket
 import ssl
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
@@ -43,8 +44,10 @@ from .config import DaemonConfig
 from .errors import ConfigError
 from .eventlog.log import EventLog, LogLimits
 from .eventlog.store import SQLiteStore
+from .host.awake import KeepAwake, choose_inhibitor
 from .http.app import HTTPSettings, create_app
-from .ops import Operations
+from .ops import Operations, Policy
+from .quic.endpoint import Endpoint, session_urls, settings_for
 from .security.devices import DeviceStore, Scope
 from .security.guard import Guard
 from .security.identity import load_identity
@@ -52,6 +55,7 @@ from .security.qr import render_pairing
 from .security.tls import CertificateStore
 from .sessions.registry import SessionRegistry
 from .sessions.supervisor import SupervisorSettings
+from .wire.events import SessionStatus
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +64,7 @@ GC_GEN0_THRESHOLD: Final = 50_000
 SIOCGIFADDR: Final = 0x8915  # Linux ioctl: an interface's IPv4 address
 ROTATION_CHECK: Final = 3600.0  # seconds between certificate expiry checks
 HTTP_GRACE: Final = 5.0  # seconds open requests get at shutdown (> the sessions' grace)
+BUSY: Final = frozenset({SessionStatus.RUNNING, SessionStatus.REQUIRES_ACTION})  # keep awake
 
 
 @attrs.frozen
@@ -72,6 +77,8 @@ class DaemonHandle:
     stop: trio.Event = attrs.field(eq=False)
     fingerprint: str = ""
     app: Any = attrs.field(default=None, eq=False, repr=False)  #: the HTTP app, for introspection
+    quic_port: int = 0  #: the WebTransport endpoint's UDP port (0: not serving)
+    quic: Any = attrs.field(default=None, eq=False, repr=False)  #: the endpoint, for introspection
 
 
 def write_private(path: Path, text: str) -> None:
@@ -196,10 +203,19 @@ async def _serve(
             idle_timeout=config.idle_timeout,
             grace=SHUTDOWN_GRACE,
             extra_args=config.claude_args,
+            permission_timeout=config.permission_timeout,
         ),
         config.allowed_roots,
     )
-    ops = Operations(registry, event_log, guard)
+    awake = KeepAwake(choose_inhibitor(config.keep_awake))
+    event_log.on_commit(_busy_tracker(event_log, awake))
+    ops = Operations(
+        registry,
+        event_log,
+        guard,
+        Policy(frozenset(config.remote_modes)),
+        probes={"keep_awake": awake.status},
+    )
     hosts: set[str] = set()
     app = create_app(
         ops,
@@ -211,6 +227,7 @@ async def _serve(
 
     async with trio.open_nursery() as daemon:
         await daemon.start(event_log.run)
+        await daemon.start(awake.run)  # outlives the sessions: released when the daemon ends
         async with trio.open_nursery() as services:
             await services.start(registry.run)
             binds: list[str] = await services.start(
@@ -224,6 +241,11 @@ async def _serve(
             url = binds[0]
             hosts.update(_allowed_hosts(url))
             guard.urls = reachable_urls(url)
+            endpoint, quic_port = None, 0
+            if config.quic_port != -1:
+                endpoint = Endpoint(app, ops, guard, guard.certificates, settings_for(config))
+                quic_port = await services.start(partial(endpoint.run, shutdown_trigger=stop))
+                guard.pairings.quic_urls = session_urls(guard.urls, quic_port)
             _announce(config, url, guard)
             async with trio.open_nursery() as housekeeping:  # lives exactly until stop
                 housekeeping.start_soon(_rotate_certificates, guard.certificates)
@@ -238,7 +260,9 @@ async def _serve(
                 gc.set_threshold(GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])
                 port = urlsplit(url).port or 0
                 fingerprint = guard.identity.fingerprint
-                task_status.started(DaemonHandle(url, port, token, stop, fingerprint, app))
+                task_status.started(
+                    DaemonHandle(url, port, token, stop, fingerprint, app, quic_port, endpoint)
+                )
                 await stop.wait()
                 housekeeping.cancel_scope.cancel()
             log.info("stopping: sessions first, so clients see how their turns ended")
@@ -249,6 +273,23 @@ async def _serve(
         await event_log.flush()
         daemon.cancel_scope.cancel()
     log.info("stopped")
+
+
+def _busy_tracker(event_log: EventLog, awake: KeepAwake) -> Callable[[set[str]], None]:
+    """Keep the host awake while any session runs a turn or waits for an approval."""
+    busy: set[str] = set()
+
+    def track(session_ids: set[str]) -> None:
+        for session_id in session_ids:
+            if not event_log.has(session_id):
+                busy.discard(session_id)  # removed
+            elif event_log.fold(session_id).status in BUSY:
+                busy.add(session_id)
+            else:
+                busy.discard(session_id)
+        awake.set_busy(bool(busy))
+
+    return track
 
 
 async def _keep_streams_alive(event_log: EventLog, interval: float) -> None:
@@ -304,6 +345,7 @@ def _announce(config: DaemonConfig, url: str, guard: Guard) -> None:
         "state_dir": str(config.state_dir),
         "version": __version__,
         "fingerprint": guard.identity.fingerprint,
+        "quic": guard.pairings.quic_urls[0] if guard.pairings.quic_urls else None,
     }
     text = json.dumps(info)
     write_private(config.daemon_file, text)

@@ -70,6 +70,11 @@ class Conflict(ClientError):
     code = "conflict"
 
 
+class TooLarge(ClientError):
+    status = 413
+    code = "too_large"
+
+
 class CLIError(SidecodeError):
     """The ``claude`` process failed to start, exited, or refused a control request."""
 

@@ -70,6 +70,7 @@ def make_config(
             claude_env=claude_env,
             sse_keepalive=5.0,
             keystore="file",  # never touch the developer's real keychain
+            keep_awake="off",  # tests that want it pass their own inhibitor command
         )
         return attrs.evolve(config, **changes)
 

@@ -140,6 +140,17 @@ async def test_pair_and_devices_commands(make_config: Callable[..., DaemonConfig
         identity = json.loads(doctor.stdout)["identity"]
         assert identity["fingerprint"] == owner.handle.fingerprint
         assert identity["keystore"] == "file" and identity["certificate_expires"]
+        awake = json.loads(doctor.stdout)["keep_awake"]
+        assert awake["setting"] == "auto" and awake["phase"] == "off"  # the live daemon: off
+
+        watch = await trio.to_thread.run_sync(
+            lambda: _cli("pair", "--state-dir", state, "--watchcode", "--name", "wrist")
+        )
+        assert watch.returncode == 0, watch.stderr
+        secret = watch.stdout.split("secret:")[1].split()[0]
+        assert secret.startswith("wc_") and owner.handle.url in watch.stdout
+        reply = await owner.http.get("/api/sessions", headers={"x-watchcode-secret": secret})
+        assert reply.status_code == 200 and reply.json() == {"sessions": []}
 
 
 def test_pairing_urls_name_this_hosts_addresses() -> None:

@@ -177,10 +177,15 @@ class FlakyStore(SQLiteStore):
 
     failing = True
 
-    def commit(self, new_sessions: Sequence[SessionRow], events: Sequence[StoredEvent]) -> None:
+    def commit(
+        self,
+        new_sessions: Sequence[SessionRow],
+        events: Sequence[StoredEvent],
+        outputs: Sequence[tuple[str, str, str]] = (),
+    ) -> None:
         if self.failing:
             raise StoreError("database or disk is full")
-        super().commit(new_sessions, events)
+        super().commit(new_sessions, events, outputs)
 
 
 async def test_a_failing_store_gives_a_clear_error_and_loses_nothing(tmp_path: Path) -> None:

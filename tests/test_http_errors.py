@@ -60,7 +60,9 @@ async def test_malformed_bodies(daemon: Client, work_dir: Path) -> None:
     url = f"/v1/sessions/{session['id']}"
     assert error_of(await post(f"{url}/messages", json={"text": ""})) == (400, "bad_request")
     assert error_of(await post(f"{url}/messages", json={})) == (400, "invalid_field")
-    huge = {"text": "x" * (2 * 1024 * 1024)}
+    long = {"text": "x" * (2 * 1024 * 1024)}
+    assert error_of(await post(f"{url}/messages", json=long)) == (400, "too_long")
+    huge = {"text": "x" * (25 * 1024 * 1024)}  # over the 24 MiB body limit
     assert error_of(await post(f"{url}/messages", json=huge))[0] == 413
     answer = await post(f"{url}/permissions/r1", json={"behavior": "maybe"})
     assert error_of(answer) == (400, "invalid_field")

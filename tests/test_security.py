@@ -379,3 +379,23 @@ def test_certificates_rotate_with_an_overlapping_next_one(tmp_path: Path) -> Non
     reloaded = CertificateStore(tmp_path / "tls", identity, ["127.0.0.1"])
     reloaded.refresh(start + dt.timedelta(days=12, hours=2))
     assert reloaded.current is not None and reloaded.current.sha256 == upcoming.sha256
+
+
+async def test_remote_mode_policy_bounds_what_a_device_may_choose(
+    make_config: Callable[..., DaemonConfig], work_dir: Path
+) -> None:
+    async with running_daemon(make_config(https=True, remote_modes=("default", "plan"))) as owner:
+        admin = await paired(owner, "admin", "admin phone")
+        sid = (await owner.create(work_dir))["session"]["id"]
+        with pytest.raises(RuntimeError, match=r"403.*mode_not_allowed"):
+            await call(admin, "PATCH", f"/v1/sessions/{sid}", {"permission_mode": "acceptEdits"})
+        body = {"cwd": str(work_dir), "permission_mode": "bypassPermissions"}
+        with pytest.raises(RuntimeError, match=r"403.*mode_not_allowed"):
+            await call(admin, "POST", "/v1/sessions", body)
+        plan = await call(admin, "PATCH", f"/v1/sessions/{sid}", {"permission_mode": "plan"})
+        assert plan["permission_mode"] == "plan"
+        # the owner on this computer is not bound by the policy
+        mine = await owner.http.patch(
+            f"/v1/sessions/{sid}", json={"permission_mode": "acceptEdits"}
+        )
+        assert mine.status_code == 200 and mine.json()["permission_mode"] == "acceptEdits"

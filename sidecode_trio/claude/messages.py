@@ -77,10 +77,16 @@ def encode_line(message: Mapping[str, Any]) -> bytes:
     return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
 
 
-def user_message(text: str, message_uuid: str) -> dict[str, Any]:
+def user_message(
+    text: str, message_uuid: str, images: Sequence[Mapping[str, Any]] = ()
+) -> dict[str, Any]:
+    """A user turn; with images, ``content`` is a list of blocks (the images, then the text)."""
+    content: str | list[Any] = text
+    if images:
+        content = [*(dict(block) for block in images), {"type": "text", "text": text}]
     return {
         "type": "user",
-        "message": {"role": "user", "content": text},
+        "message": {"role": "user", "content": content},
         "parent_tool_use_id": None,
         "session_id": "default",
         "uuid": message_uuid,

@@ -8,12 +8,16 @@ treated as missing. Nothing here raises on input from the CLI.
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any, Final
 
+from ..views import diff as diffs
+from ..views import tools
 from ..wire import events as ev
 
-MAX_OUTPUT_CHARS: Final = 64 * 1024  # tool output kept in the event (the model saw it all)
+MAX_OUTPUT_CHARS: Final = 16 * 1024  # tool output kept in the event; all of it is stored aside
+MAX_TOOLS_REMEMBERED: Final = 1024  # tool calls whose input is kept to title their results
 MAX_RESULT_BYTES: Final = 256 * 1024  # structured tool results larger than this are dropped
 INTERRUPTED_REASONS: Final = frozenset({"aborted_streaming", "aborted_tools"})
 
@@ -83,6 +87,13 @@ class Translator:
         self.model: str | None = None
         self._open_block: dict[str, int] = {}  # API message id -> index of the streaming block
         self._blocks_seen: dict[str, int] = {}  # API message id -> blocks seen without streaming
+        self._tools: OrderedDict[str, tuple[str, dict[str, Any]]] = OrderedDict()  # id -> call
+        self._outputs: list[tuple[str, str]] = []  # (tool_use_id, whole output) when cut
+
+    def take_outputs(self) -> list[tuple[str, str]]:
+        """Whole outputs of tools whose event carries only the first part (then forgotten)."""
+        outputs, self._outputs = self._outputs, []
+        return outputs
 
     def feed(self, frame: Mapping[str, Any]) -> list[ev.Event]:
         kind = frame.get("type")
@@ -210,9 +221,10 @@ class Translator:
             elif kind == "tool_use":
                 tool_id = _str(block.get("id"))
                 if tool_id:
-                    out.append(
-                        ev.ToolStarted(tool_id, _str(block.get("name")), _dict(block.get("input")))
-                    )
+                    name, tool_input = _str(block.get("name")), _dict(block.get("input"))
+                    self._remember_tool(tool_id, name, tool_input)
+                    title = tools.started_title(name, tool_input)
+                    out.append(ev.ToolStarted(tool_id, name, tool_input, title))
         return out
 
     def _block_index(self, message_id: str) -> int:
@@ -231,18 +243,36 @@ class Translator:
         for block in _list(content):
             if isinstance(block, dict) and block.get("type") == "tool_result":
                 tool_id = _str(block.get("tool_use_id"))
-                if not tool_id:
-                    continue
-                output = _text_of(block.get("content"))[:MAX_OUTPUT_CHARS]
-                out.append(
-                    ev.ToolFinished(
-                        tool_use_id=tool_id,
-                        is_error=block.get("is_error") is True,
-                        output=output,
-                        result=_bounded_result(frame.get("tool_use_result")),
-                    )
-                )
+                if tool_id:
+                    out.append(self._tool_finished(tool_id, block, frame.get("tool_use_result")))
         return out
+
+    def _remember_tool(self, tool_id: str, name: str, tool_input: dict[str, Any]) -> None:
+        self._tools[tool_id] = (name, tool_input)
+        while len(self._tools) > MAX_TOOLS_REMEMBERED:
+            self._tools.popitem(last=False)
+
+    def _tool_finished(
+        self, tool_id: str, block: Mapping[str, Any], result: Any
+    ) -> ev.ToolFinished:
+        """A tool's result, paired with its call by ``tool_use_id`` (never by adjacency)."""
+        output = _text_of(block.get("content"))
+        is_error = block.get("is_error") is True
+        truncated = len(output) > MAX_OUTPUT_CHARS
+        if truncated:
+            self._outputs.append((tool_id, output))
+        name, tool_input = self._tools.pop(tool_id, ("", {}))
+        diff = None if is_error else diffs.from_result(name, tool_input, result)
+        return ev.ToolFinished(
+            tool_use_id=tool_id,
+            is_error=is_error,
+            output=output[:MAX_OUTPUT_CHARS] if truncated else output,
+            result=_bounded_result(result),
+            title=tools.finished_title(name, tool_input, result, is_error, output),
+            diff=diff,
+            truncated=truncated,
+            output_chars=len(output),
+        )
 
     # -- permission requests -----------------------------------------------------------------
 
@@ -251,16 +281,20 @@ class Translator:
         request_id = _str(frame.get("request_id"))
         if request.get("subtype") != "can_use_tool" or not request_id:
             return []
+        name, tool_input = _str(request.get("tool_name"), "unknown"), _dict(request.get("input"))
+        suggestions = _list(request.get("permission_suggestions"))
         return [
             ev.PermissionRequested(
                 request_id=request_id,
-                tool_name=_str(request.get("tool_name"), "unknown"),
-                input=_dict(request.get("input")),
+                tool_name=name,
+                input=tool_input,
                 tool_use_id=_str(request.get("tool_use_id")) or None,
                 description=_str(request.get("description")),
-                suggestions=_list(request.get("permission_suggestions")),
+                suggestions=suggestions,
                 blocked_path=_str(request.get("blocked_path")) or None,
                 requires_user_interaction=request.get("requires_user_interaction") is True,
+                summary=tools.permission_summary(name, tool_input),
+                suggestion_labels=[tools.suggestion_label(s) for s in suggestions],
             )
         ]
 

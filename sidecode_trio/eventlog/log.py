@@ -113,6 +113,7 @@ class EventLog:
         self._sessions: dict[str, _Session] = {}
         self._new_rows: list[SessionRow] = []
         self._pending: list[tuple[StoredEvent, Event]] = []
+        self._outputs: list[tuple[str, str, str]] = []  # (session id, key, text) to commit
         self._compact_due: set[str] = set()
         self._wake = trio.Event()
         self._flushed = trio.Event()
@@ -155,6 +156,38 @@ class EventLog:
         self._wake.set()
         return cursor
 
+    def put_output(self, session_id: str, key: str, text: str) -> None:
+        """Keep a tool's whole output (events carry a bounded part); committed with the next
+        batch of events, so it is durable no later than the event that mentions it."""
+        self._get(session_id)
+        self._outputs.append((session_id, key, text))
+        self._wake.set()
+
+    def output(self, session_id: str, key: str) -> str | None:
+        self._get(session_id)
+        for sid, k, text in reversed(self._outputs):  # not committed yet: still ours to give
+            if sid == session_id and k == key:
+                return text
+        return self._store.output(session_id, key)
+
+    def remove(self, session_id: str) -> None:
+        """Forget a session entirely: its stored events, snapshot and outputs (after a flush)."""
+        session = self._get(session_id)
+        if any(stored.session_id == session_id for stored, _ in self._pending):
+            raise StoreError("the session still has events being written; retry", code="busy")
+        self._store.remove(session_id)
+        for sub in session.subscribers:
+            sub.end()
+        del self._sessions[session_id]
+        self._compact_due.discard(session_id)
+
+    def end_subscriptions(self, session_id: str) -> None:
+        """End the live feeds of one session (it was deleted): readers see the channel end."""
+        session = self._get(session_id)
+        for sub in session.subscribers:
+            sub.end()
+        session.subscribers.clear()
+
     def commit(self) -> None:
         """Commit what is pending now, inline (the token path: no hop to the writer task).
 
@@ -169,7 +202,7 @@ class EventLog:
         retried; after ``patience`` seconds of that, the caller gets :class:`StoreError` (a
         client sees 503) rather than waiting indefinitely. Nothing is dropped either way."""
         with trio.move_on_after(patience):
-            while self._pending or self._new_rows:
+            while self._pending or self._new_rows or self._outputs:
                 await self._flushed.wait()
             return
         raise StoreError(
@@ -196,11 +229,11 @@ class EventLog:
             await trio.sleep(RETRY_DELAY)
 
     def _commit_now(self) -> bool:
-        if not (self._pending or self._new_rows):
+        if not (self._pending or self._new_rows or self._outputs):
             return True
-        rows, batch = self._new_rows, self._pending
+        rows, batch, outputs = self._new_rows, self._pending, self._outputs
         try:
-            self._store.commit(rows, [stored for stored, _ in batch])
+            self._store.commit(rows, [stored for stored, _ in batch], outputs)
         except StoreError as exc:
             if self.store_error is None:
                 log.error("%s; retrying every %.1fs, nothing is lost meanwhile", exc, RETRY_DELAY)
@@ -208,7 +241,7 @@ class EventLog:
             return False
         self.store_error = None
         self.commits += 1
-        self._new_rows, self._pending = [], []
+        self._new_rows, self._pending, self._outputs = [], [], []
         self._publish(batch)
         if self._compact_due:
             self._wake.set()  # the writer task compacts

@@ -40,6 +40,12 @@ CREATE TABLE IF NOT EXISTS snapshots (
     cursor INTEGER NOT NULL,
     data BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS outputs (
+    session_id TEXT NOT NULL,
+    key TEXT NOT NULL,
+    data TEXT NOT NULL,
+    PRIMARY KEY (session_id, key)
+) WITHOUT ROWID;
 """
 
 
@@ -88,8 +94,13 @@ class SQLiteStore:
 
     # -- writing -----------------------------------------------------------------------------
 
-    def commit(self, new_sessions: Sequence[SessionRow], events: Sequence[StoredEvent]) -> None:
-        """Write new sessions and a batch of events in one transaction."""
+    def commit(
+        self,
+        new_sessions: Sequence[SessionRow],
+        events: Sequence[StoredEvent],
+        outputs: Sequence[tuple[str, str, str]] = (),
+    ) -> None:
+        """Write new sessions, a batch of events and full tool outputs in one transaction."""
         try:
             self._db.execute("BEGIN")
             try:
@@ -101,6 +112,11 @@ class SQLiteStore:
                     "INSERT INTO events (session_id, cursor, at, type, data) VALUES (?,?,?,?,?)",
                     [(e.session_id, e.cursor, e.at, e.type, e.data) for e in events],
                 )
+                if outputs:
+                    self._db.executemany(
+                        "INSERT OR REPLACE INTO outputs (session_id, key, data) VALUES (?, ?, ?)",
+                        outputs,
+                    )
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
@@ -129,6 +145,21 @@ class SQLiteStore:
         except sqlite3.Error as exc:
             raise StoreError(f"cannot compact session {session_id}: {exc}") from exc
 
+    def remove(self, session_id: str) -> None:
+        """Delete everything stored for one session."""
+        try:
+            with self._db:
+                self._db.execute("BEGIN")
+                for table, column in (
+                    ("events", "session_id"),
+                    ("snapshots", "session_id"),
+                    ("outputs", "session_id"),
+                    ("sessions", "id"),
+                ):
+                    self._db.execute(f"DELETE FROM {table} WHERE {column} = ?", (session_id,))  # noqa: S608
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot remove session {session_id}: {exc}") from exc
+
     def checkpoint(self) -> None:
         """A PASSIVE WAL checkpoint on a short-lived connection (run it in a worker thread)."""
         try:
@@ -154,6 +185,15 @@ class SQLiteStore:
         except sqlite3.Error as exc:
             raise StoreError(f"cannot read sessions: {exc}") from exc
         return [SessionRow(*row) for row in rows]
+
+    def output(self, session_id: str, key: str) -> str | None:
+        try:
+            row = self._db.execute(
+                "SELECT data FROM outputs WHERE session_id = ? AND key = ?", (session_id, key)
+            ).fetchone()
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read the output {key} of {session_id}: {exc}") from exc
+        return None if row is None else str(row[0])
 
     def events(self, session_id: str, epoch: str, after: int) -> Iterable[StoredEvent]:
         try:

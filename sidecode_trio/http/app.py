@@ -15,7 +15,6 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
 import attrs
-import trio
 from quart import Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
@@ -27,9 +26,11 @@ from ..ops import Operations
 from ..security.auth import Principal
 from ..security.devices import Scope
 from ..security.guard import Guard
+from ..sessions.registry import SessionFilter
 from ..wire import converter as wire
+from ..wire import events as ev
 from ..wire import requests as rq
-from . import sse
+from . import sse, watchcode
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,38 @@ async def _body(cls: type[T]) -> T:
         raise BadRequest(str(exc), code="invalid_field") from None
 
 
+def _flag(name: str, default: bool | None = False) -> bool | None:
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return default
+    if raw.lower() in ("1", "true", "yes"):
+        return True
+    if raw.lower() in ("0", "false", "no"):
+        return False
+    if raw.lower() in ("any", "all") and default is not True:
+        return None
+    raise BadRequest(f"query parameter {name!r} must be true or false, got {raw!r}")
+
+
+def _session_filter() -> SessionFilter:
+    statuses = [s for s in request.args.get("status", "").split(",") if s]
+    try:
+        status = frozenset(ev.SessionStatus(s) for s in statuses)
+    except ValueError:
+        choices = ", ".join(s.value for s in ev.SessionStatus)
+        raise BadRequest(f"status must be a comma-separated list of {choices}") from None
+    limit = request.args.get("limit", type=int)
+    if limit is not None and limit < 1:
+        raise BadRequest("limit must be a positive integer")
+    return SessionFilter(
+        archived=_flag("archived", False),
+        status=status,
+        cwd=request.args.get("cwd") or None,
+        text=request.args.get("q", ""),
+        limit=limit,
+    )
+
+
 def _since() -> Position | None:
     """The client's position: ``Last-Event-ID`` wins over the ``since`` query parameter."""
     raw = request.headers.get("Last-Event-ID") or request.args.get("since")
@@ -83,6 +116,7 @@ def _sse_response(stream: AsyncIterator[bytes]) -> Response:
 
 
 OPEN_ROUTES = frozenset({("GET", "/v1/info"), ("POST", "/v1/pair")})
+VIEWS = ("full", "watch")
 
 
 def _who() -> Principal:
@@ -110,6 +144,8 @@ def create_app(
             return _error(403, "bad_host", f"Host {host!r} is not this daemon's address")
         if (request.method, request.path) in OPEN_ROUTES:
             return None
+        if request.path.startswith(watchcode.PREFIX):
+            return watchcode.authenticate(guard)
         ticket = request.args.get("ticket") if request.method == "GET" else None
         g.principal = guard.authenticate(
             request.headers.get("Authorization"), ticket, request.path, request.remote_addr
@@ -120,6 +156,8 @@ def create_app(
     async def on_error(exc: SidecodeError) -> Response:
         if exc.status >= 500:
             log.warning("%s: %s", exc.code, exc.message)
+        if request.path.startswith(watchcode.PREFIX):
+            return watchcode.error_response(exc)
         response = _error(exc.status, exc.code, exc.message)
         if exc.status == 401:
             response.headers["WWW-Authenticate"] = 'Sidecode realm="sidecode-trio"'
@@ -157,7 +195,7 @@ def create_app(
 
     @app.get("/v1/sessions")
     async def list_sessions() -> Response:
-        return _json(200, ops.list_sessions(_who()))
+        return _json(200, ops.list_sessions(_who(), _session_filter()))
 
     @app.post("/v1/sessions")
     async def create_session() -> Response:
@@ -172,6 +210,35 @@ def create_app(
     async def update_session(session_id: str) -> Response:
         body = await _body(rq.UpdateSession)
         return _json(200, await ops.update_session(_who(), session_id, body))
+
+    @app.delete("/v1/sessions/<session_id>")
+    async def delete_session(session_id: str) -> Response:
+        keep = request.args.get("log", "keep")
+        if keep not in ("keep", "remove"):
+            raise BadRequest("log must be 'keep' (the default) or 'remove'")
+        return _json(200, await ops.delete_session(_who(), session_id, keep == "remove"))
+
+    @app.get("/v1/sessions/<session_id>/tools/<tool_use_id>")
+    async def tool(session_id: str, tool_use_id: str) -> Response:
+        return _json(200, ops.tool(_who(), session_id, tool_use_id))
+
+    @app.get("/v1/sessions/<session_id>/tools/<tool_use_id>/output")
+    async def tool_output(session_id: str, tool_use_id: str) -> Response:
+        return _json(200, ops.tool_output(_who(), session_id, tool_use_id))
+
+    @app.get("/v1/folders")
+    async def folders() -> Response:
+        listing = await ops.browse(
+            _who(),
+            request.args.get("path") or None,
+            hidden=bool(_flag("hidden")),
+            files=bool(_flag("files")),
+        )
+        return _json(200, listing)
+
+    @app.get("/v1/folders/recent")
+    async def recent_folders() -> Response:
+        return _json(200, await ops.recent_folders(_who()))
 
     @app.post("/v1/sessions/<session_id>/messages")
     async def send_message(session_id: str) -> Response:
@@ -195,7 +262,13 @@ def create_app(
     @app.get("/v1/sessions/<session_id>/events")
     async def session_events(session_id: str) -> Response:
         who, since = _who(), _since()
+        view = request.args.get("view", "full")
+        if view not in VIEWS:
+            raise BadRequest(f"view must be one of {', '.join(VIEWS)}")
         ops.snapshot_position(who, session_id)  # 404/403 before the stream starts, not inside it
+        if view == "watch":
+            frames = watchcode.watch_stream(ops, guard, who, session_id, since, settings)
+            return _sse_response(frames)
 
         async def stream() -> AsyncIterator[bytes]:
             # Subscribed on the first iteration: a client gone before then leaves nothing behind.
@@ -210,7 +283,7 @@ def create_app(
                     for start in range(0, len(events), sse.REPLAY_CHUNK):
                         yield sse.event_frames(events[start : start + sse.REPLAY_CHUNK])
                 # keep-alives arrive as KEEPALIVE markers from the log (see EventLog.keepalive)
-                async for chunk in _live(sub.receive, sse.event_frame, None, KEEPALIVE):
+                async for chunk in sse.live(sub.receive, sse.event_frame, None, KEEPALIVE):
                     yield chunk
             finally:
                 forget()
@@ -229,7 +302,7 @@ def create_app(
             try:
                 yield sse.RETRY
                 yield sse.sessions_frame(infos)
-                async for chunk in _live(receive, sse.session_frame, settings.keepalive):
+                async for chunk in sse.live(receive, sse.session_frame, settings.keepalive):
                     yield chunk
             finally:
                 forget()
@@ -242,6 +315,11 @@ def create_app(
     @app.post("/v1/pairings")
     async def create_pairing() -> Response:
         return _json(201, ops.create_pairing(_who(), await _body(rq.PairingOfferRequest)))
+
+    @app.post("/v1/devices/watchcode")
+    async def add_watchcode_device() -> Response:
+        body = await _body(rq.WatchCodeDeviceRequest)
+        return _json(201, ops.add_watchcode_device(_who(), body))
 
     @app.get("/v1/devices")
     async def devices() -> Response:
@@ -260,40 +338,5 @@ def create_app(
     async def audit() -> Response:
         return _json(200, ops.audit(_who(), request.args.get("limit", 200, type=int)))
 
+    watchcode.add_routes(app, ops, guard, settings)
     return app
-
-
-async def _live(
-    receive: trio.MemoryReceiveChannel[T],
-    encode: Callable[[T], bytes],
-    keepalive: float | None,
-    marker: object = None,
-) -> AsyncIterator[bytes]:
-    """Live frames: wait for one, then take everything already queued and send it as one write.
-
-    This opportunistic batching costs nothing while the client keeps up and turns a burst into
-    one write (per-write overhead dominates the SSE path: ``reference/sse-fanout.md``). A feed
-    whose producer sends ``marker`` now and then for keep-alives passes ``keepalive=None`` and
-    waits without a timeout (no cancel scope per event); others get a comment after
-    ``keepalive`` seconds of silence.
-    """
-    while True:
-        try:
-            if keepalive is None:
-                first = await receive.receive()
-            else:
-                with trio.move_on_after(keepalive) as quiet:
-                    first = await receive.receive()
-                if quiet.cancelled_caught:
-                    yield sse.KEEPALIVE
-                    continue
-        except (trio.EndOfChannel, trio.ClosedResourceError):
-            return  # dropped for lagging, revoked, or the daemon is stopping: clients reconnect
-        frames = [sse.KEEPALIVE if first is marker else encode(first)]
-        while len(frames) < sse.REPLAY_CHUNK:
-            try:
-                item = receive.receive_nowait()
-            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
-                break
-            frames.append(sse.KEEPALIVE if item is marker else encode(item))
-        yield b"".join(frames)

@@ -1,5 +1,5 @@
 """The operation table: every client operation once, independent of the transport."""
 
-from .operations import Operations
+from .operations import Operations, Policy
 
-__all__ = ["Operations"]
+__all__ = ["Operations", "Policy"]

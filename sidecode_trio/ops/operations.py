@@ -13,22 +13,46 @@ also starts sessions, sends messages, switches the model and narrows the permiss
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Final
 
+import attrs
 import trio
 
 from .. import __version__
 from ..claude.messages import PERMISSION_MODES
-from ..errors import BadRequest
+from ..errors import BadRequest, Forbidden, NotFound
 from ..eventlog.core import Position
 from ..eventlog.log import EventLog, Replay, SnapshotRead, Subscription
 from ..security.auth import Principal
 from ..security.devices import Device, Scope
 from ..security.guard import Guard
 from ..security.pairing import PairingProof
-from ..sessions.registry import SessionRegistry
+from ..sessions import folders
+from ..sessions.registry import SessionFilter, SessionRegistry
+from ..sessions.supervisor import Prompt
+from ..views import tools
+from ..wire import events as ev
 from ..wire import requests as rq
-from ..wire.snapshot import SessionInfo, Snapshot
+from ..wire.snapshot import SessionInfo, Snapshot, ToolItem
+from . import images as image_check
+
+TITLE_MAX: Final = 200
+
+
+@attrs.frozen
+class Policy:
+    """What paired devices may do beyond their scope (the local owner is not bound by it)."""
+
+    remote_modes: frozenset[str] = frozenset({"default", "acceptEdits", "plan", "dontAsk", "auto"})
+
+    def check_mode(self, who: Principal, mode: str) -> None:
+        if who.device_id is not None and mode not in self.remote_modes:
+            raise Forbidden(
+                f"permission mode {mode!r} cannot be chosen from a paired device on this daemon "
+                f"(allowed: {', '.join(sorted(self.remote_modes))}; see remote_modes)",
+                code="mode_not_allowed",
+            )
 
 
 def _check_text(text: str, field: str) -> None:
@@ -44,10 +68,19 @@ def _check_mode(mode: str) -> None:
 
 
 class Operations:
-    def __init__(self, registry: SessionRegistry, log: EventLog, guard: Guard) -> None:
+    def __init__(
+        self,
+        registry: SessionRegistry,
+        log: EventLog,
+        guard: Guard,
+        policy: Policy = Policy(),
+        probes: Mapping[str, Callable[[], object]] | None = None,
+    ) -> None:
         self._registry = registry
         self._log = log
         self._guard = guard
+        self._policy = policy
+        self._probes = dict(probes or {})  #: more parts of /v1/status (e.g. keep-awake)
 
     # -- open to anyone ----------------------------------------------------------------------
 
@@ -62,6 +95,7 @@ class Operations:
                 rq.CertificateHash(c.sha256, c.signature, c.not_before, c.not_after)
                 for c in self._guard.certificates.info()
             ],
+            quic=list(self._guard.pairings.quic_urls),
         )
 
     def pair(self, request: rq.PairRequest, remote: str | None) -> rq.PairReply:
@@ -83,22 +117,38 @@ class Operations:
             "log": self._log.statistics(),
             "sessions": self._registry.statistics(),
             "links": self._guard.links.count(),
+            **{name: probe() for name, probe in self._probes.items()},
         }
 
-    def list_sessions(self, who: Principal) -> rq.SessionList:
+    def list_sessions(
+        self, who: Principal, query: SessionFilter = SessionFilter()
+    ) -> rq.SessionList:
         who.require(Scope.APPROVE)
-        return rq.SessionList(self._registry.summaries())
+        return rq.SessionList(self._registry.summaries(query))
 
     async def create_session(
         self, who: Principal, request: rq.CreateSession
     ) -> rq.SessionCreatedReply:
         who.require(Scope.CHAT)
+        prompt = None
         if request.prompt is not None:
             _check_text(request.prompt, "prompt")
+            prompt = _prompt(request.prompt, request.images)
+        elif request.images:
+            raise BadRequest("images need a prompt to go with them")
+        if request.title is not None:
+            _check_title(request.title)
         _check_mode(request.permission_mode)
         who.require_mode_change("default", request.permission_mode)
+        self._policy.check_mode(who, request.permission_mode)
+        _check_model(request.model)
         info, message_id = self._registry.create(
-            request.cwd, request.prompt, request.model, request.permission_mode, request.client_id
+            request.cwd,
+            prompt,
+            request.model,
+            request.permission_mode,
+            request.client_id,
+            request.title,
         )
         await self._log.flush()
         return rq.SessionCreatedReply(self._registry.info(info.id), message_id)
@@ -119,7 +169,8 @@ class Operations:
     ) -> rq.MessageAccepted:
         who.require(Scope.CHAT)
         _check_text(request.text, "text")
-        message_id, created = self._registry.send(session_id, request.text, request.client_id)
+        prompt = _prompt(request.text, request.images)
+        message_id, created = self._registry.send(session_id, prompt, request.client_id)
         await self._log.flush()
         return rq.MessageAccepted(message_id, created)
 
@@ -131,15 +182,43 @@ class Operations:
     async def answer_permission(
         self, who: Principal, session_id: str, request_id: str, request: rq.AnswerPermission
     ) -> None:
+        """Allow or deny. A plain yes/no needs ``approve``; changing what runs (edited input,
+        rules, mode switches) needs ``chat``, and a mode switch obeys the same rules as a
+        direct one (scope and policy)."""
         who.require(Scope.APPROVE)
         supervisor = self._registry.get(session_id)
+        pending = supervisor.pending(request_id)
+        allow = request.behavior == "allow"
+        if not allow and (request.suggestions or request.answers or request.updated_input):
+            raise BadRequest("suggestions, answers and updated_input go with 'allow' only")
+        if request.interrupt and allow:
+            raise BadRequest("interrupt goes with 'deny' (deny and stop the turn)")
+        updated_input = request.updated_input
+        if request.answers is not None:
+            updated_input = _answered_input(pending, request.answers)
+        elif updated_input is not None:
+            who.require(Scope.CHAT)
+        rules = [_suggestion(pending, i) for i in request.suggestions]
+        rules += request.updated_permissions or []
+        if rules:
+            who.require(Scope.CHAT)
+            current = self._registry.info(session_id).permission_mode
+            for rule in rules:
+                mode = rule.get("mode") if isinstance(rule, Mapping) else None
+                if isinstance(rule, Mapping) and rule.get("type") == "setMode":
+                    if not isinstance(mode, str) or mode not in PERMISSION_MODES:
+                        raise BadRequest(f"setMode needs a known mode, got {mode!r}")
+                    who.require_mode_change(current, mode)
+                    self._policy.check_mode(who, mode)
         await supervisor.answer_permission(
             request_id,
-            request.behavior == "allow",
+            allow,
             message=request.message,
-            updated_input=request.updated_input,
-            updated_permissions=request.updated_permissions,
+            updated_input=updated_input,
+            updated_permissions=rules,
+            applied=[tools.suggestion_label(rule) for rule in rules],
             interrupt=request.interrupt,
+            by=who.name,
         )
         await self._log.flush()
 
@@ -148,17 +227,76 @@ class Operations:
     ) -> SessionInfo:
         who.require(Scope.CHAT)
         supervisor = self._registry.get(session_id)
-        if request.permission_mode is None and request.model is None:
-            raise BadRequest("nothing to update: give permission_mode and/or model")
+        if all(getattr(request, f.name) is None for f in attrs.fields(rq.UpdateSession)):
+            raise BadRequest("nothing to update: give title, archived, permission_mode or model")
+        if request.title is not None:
+            _check_title(request.title)
         if request.permission_mode is not None:
             _check_mode(request.permission_mode)
             current = self._registry.info(session_id).permission_mode
             who.require_mode_change(current, request.permission_mode)
+            self._policy.check_mode(who, request.permission_mode)
             await supervisor.set_permission_mode(request.permission_mode)
         if request.model is not None:
             await supervisor.set_model(request.model)
+        if request.title is not None or request.archived is not None:
+            supervisor.set_labels(title=request.title, archived=request.archived)
         await self._log.flush()
         return self._registry.info(session_id)
+
+    async def delete_session(
+        self, who: Principal, session_id: str, remove_log: bool
+    ) -> rq.DeleteReply:
+        """Stop the session's CLI and drop it from every list; ``remove_log`` also deletes the
+        daemon's log of it and the CLI's transcript (otherwise both stay on disk)."""
+        who.require(Scope.CHAT)
+        await self._registry.delete(session_id, remove_log)
+        return rq.DeleteReply(session_id, remove_log)
+
+    def tool(self, who: Principal, session_id: str, tool_use_id: str) -> tools.ToolView:
+        """One tool call in full: typed details, diff, and the whole output."""
+        who.require(Scope.APPROVE)
+        item = self._tool_item(session_id, tool_use_id)
+        return tools.describe(
+            item.tool_use_id,
+            item.name,
+            item.input,
+            status=item.status.value,
+            output=self._whole_output(session_id, item),
+            result=item.result,
+            is_error=item.status.value == "failed",
+        )
+
+    def tool_output(self, who: Principal, session_id: str, tool_use_id: str) -> rq.ToolOutput:
+        who.require(Scope.APPROVE)
+        output = self._whole_output(session_id, self._tool_item(session_id, tool_use_id))
+        return rq.ToolOutput(tool_use_id, output, len(output))
+
+    def _whole_output(self, session_id: str, item: ToolItem) -> str:
+        """Events carry a bounded part of a long output; the log keeps all of it aside."""
+        if not item.truncated:
+            return item.output
+        return self._log.output(session_id, item.tool_use_id) or item.output
+
+    async def browse(
+        self, who: Principal, path: str | None, *, hidden: bool, files: bool
+    ) -> folders.FolderListing:
+        """A folder inside the allowed roots (the roots themselves for ``path=None``)."""
+        who.require(Scope.CHAT)  # it is for starting sessions
+        return await folders.browse_async(path, self._registry.roots, hidden=hidden, files=files)
+
+    async def recent_folders(self, who: Principal) -> rq.RecentFolders:
+        who.require(Scope.CHAT)
+        uses = self._registry.folder_uses()
+        found = await folders.recent_folders_async(uses, self._registry.roots)
+        return rq.RecentFolders(found)
+
+    def _tool_item(self, session_id: str, tool_use_id: str) -> ToolItem:
+        self._registry.get(session_id)
+        item = self._log.fold(session_id).tool(tool_use_id)
+        if item is None:
+            raise NotFound(f"unknown tool call {tool_use_id!r}", code="unknown_tool")
+        return item
 
     def subscribe_sessions(
         self, who: Principal, max_queue: int
@@ -190,6 +328,17 @@ class Operations:
             raise BadRequest("ttl must be between 10 and 3600 seconds")
         return self._guard.offer(Scope(request.scope), request.ttl)
 
+    def add_watchcode_device(
+        self, who: Principal, request: rq.WatchCodeDeviceRequest
+    ) -> rq.WatchCodeDeviceReply:
+        """A device for the WatchCode apps, which authenticate with a static secret."""
+        who.require(Scope.ADMIN)
+        name = request.name.strip()
+        if not name or len(name) > 100:
+            raise BadRequest("name must be 1 to 100 characters")
+        device, secret = self._guard.devices.add_secret(name, Scope(request.scope))
+        return rq.WatchCodeDeviceReply(_device(device), secret, list(self._guard.urls))
+
     def devices(self, who: Principal) -> rq.DeviceList:
         who.require(Scope.ADMIN)
         return rq.DeviceList([_device(d) for d in self._guard.devices.all()])
@@ -211,6 +360,52 @@ class Operations:
         return rq.AuditLog([rq.AuditView(e.at, e.kind, e.device_id, e.detail) for e in entries])
 
 
+def _check_title(title: str) -> None:
+    if not title.strip() or len(title) > TITLE_MAX or "\n" in title:
+        raise BadRequest(f"a title is one non-empty line of at most {TITLE_MAX} characters")
+
+
+def _check_model(model: str | None) -> None:
+    if model is not None and (not model or len(model) > 200 or any(c.isspace() for c in model)):
+        raise BadRequest("model must be a non-empty name without spaces")
+
+
+def _prompt(text: str, images: Sequence[rq.Image]) -> Prompt:
+    refs, blocks = image_check.prepare(images)
+    return Prompt(text, refs, blocks)
+
+
+def _suggestion(request: ev.PermissionRequested, index: int) -> Any:
+    if not 0 <= index < len(request.suggestions):
+        raise BadRequest(
+            f"suggestion {index} does not exist; this request has {len(request.suggestions)}",
+            code="unknown_suggestion",
+        )
+    return request.suggestions[index]
+
+
+def _answered_input(
+    request: ev.PermissionRequested, answers: Mapping[str, str | list[str]]
+) -> dict[str, Any]:
+    """``AskUserQuestion``'s input with the answers, in the shape the CLI expects: question text
+    to the chosen label (several labels of a multi-select joined with ", ")."""
+    if request.tool_name != "AskUserQuestion":
+        raise BadRequest("answers are for AskUserQuestion requests only")
+    questions = request.input.get("questions")
+    asked = {
+        q.get("question")
+        for q in (questions if isinstance(questions, list) else [])
+        if isinstance(q, dict)
+    }
+    unknown = [q for q in answers if q not in asked]
+    if unknown:
+        raise BadRequest(f"no such question: {unknown[0]!r}", code="unknown_question")
+    if not answers:
+        raise BadRequest("answers must answer at least one question")
+    chosen = {q: a if isinstance(a, str) else ", ".join(a) for q, a in answers.items()}
+    return {**request.input, "answers": chosen}
+
+
 def _device(device: Device) -> rq.DeviceView:
     return rq.DeviceView(
         id=device.id,
@@ -220,4 +415,5 @@ def _device(device: Device) -> rq.DeviceView:
         paired_at=device.paired_at,
         last_seen=device.last_seen,
         revoked_at=device.revoked_at,
+        kind=device.kind,
     )

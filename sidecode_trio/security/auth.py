@@ -77,7 +77,7 @@ def check_token(token: str, devices: DeviceStore, cert_hashes: set[str], now: fl
     except (ValueError, KeyError, TypeError):
         raise Unauthorized("malformed device token") from None
     device = devices.find(str(device_id))
-    if device is None or device.revoked_at is not None:
+    if device is None or device.revoked_at is not None or device.kind != "key":
         raise Unauthorized("unknown or revoked device")
     if not verify(unb64(device.public_key), AUTH_CONTEXT + payload.encode(), sig):
         raise Unauthorized("the device token's signature does not verify")

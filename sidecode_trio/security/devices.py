@@ -1,13 +1,18 @@
 """Paired devices and the audit log, in ``<state-dir>/devices.sqlite3`` (0600).
 
 A device is its Ed25519 public key, a name, a scope and its history (paired, last seen, revoked).
-Nothing secret is stored: devices prove themselves with signatures, never with a stored password.
+Devices prove themselves with signatures, never with a stored password. The one exception is a
+WatchCode-compatible device (``kind="secret"``): the WatchCode apps can only send a static
+secret, so such a device gets a random 256-bit secret, shown once; only its SHA-256 is stored, it
+is compared in constant time, and it is accepted on the WatchCode routes only.
 The audit log records pairings, revocations, scope changes and failed attempts (without secrets).
 """
 
 from __future__ import annotations
 
 import enum
+import hashlib
+import hmac
 import logging
 import os
 import secrets
@@ -48,6 +53,14 @@ class Device:
     paired_at: float
     last_seen: float | None = None
     revoked_at: float | None = None
+    kind: str = "key"  #: "key" (Ed25519, signed tokens) or "secret" (WatchCode-compatible)
+
+
+SECRET_PREFIX: Final = "sha256:"  # noqa: S105 - a label: a secret device stores its hash
+
+
+def secret_digest(secret: str) -> str:
+    return SECRET_PREFIX + hashlib.sha256(secret.encode()).hexdigest()
 
 
 @attrs.frozen
@@ -69,6 +82,7 @@ CREATE TABLE IF NOT EXISTS audit (
     detail TEXT NOT NULL
 );
 """
+MIGRATIONS = ("ALTER TABLE devices ADD COLUMN kind TEXT NOT NULL DEFAULT 'key'",)
 
 
 class DeviceStore:
@@ -79,6 +93,10 @@ class DeviceStore:
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.executescript(SCHEMA)
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(devices)")}
+            if "kind" not in columns:
+                for statement in MIGRATIONS:
+                    self._db.execute(statement)
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open the device store {path}: {exc}") from exc
         self._devices = {d.id: d for d in self._load()}
@@ -89,10 +107,10 @@ class DeviceStore:
 
     def _load(self) -> list[Device]:
         rows = self._db.execute(
-            "SELECT id, name, public_key, fingerprint, scope, paired_at, last_seen, revoked_at "
-            "FROM devices ORDER BY paired_at"
+            "SELECT id, name, public_key, fingerprint, scope, paired_at, last_seen, revoked_at, "
+            "kind FROM devices ORDER BY paired_at"
         ).fetchall()
-        return [Device(r[0], r[1], r[2], r[3], Scope(r[4]), r[5], r[6], r[7]) for r in rows]
+        return [Device(r[0], r[1], r[2], r[3], Scope(r[4]), r[5], r[6], r[7], r[8]) for r in rows]
 
     def all(self) -> list[Device]:
         return list(self._devices.values())
@@ -131,6 +149,40 @@ class DeviceStore:
         self._devices[device.id] = device
         self.audit("paired", device.id, f"{name!r} scope={scope.value} key={fingerprint}")
         return device
+
+    def add_secret(self, name: str, scope: Scope) -> tuple[Device, str]:
+        """A WatchCode-compatible device: returns it and its secret (shown once, stored hashed)."""
+        secret = "wc_" + secrets.token_urlsafe(32)
+        digest = secret_digest(secret)
+        device = Device(
+            f"dev_{secrets.token_hex(6)}",
+            name,
+            digest,
+            digest[len(SECRET_PREFIX) : len(SECRET_PREFIX) + 16],
+            scope,
+            time.time(),
+            kind="secret",
+        )
+        with self._db:
+            self._db.execute(
+                "INSERT INTO devices (id, name, public_key, fingerprint, scope, paired_at, kind) "
+                "VALUES (?, ?, ?, ?, ?, ?, 'secret')",
+                (device.id, name, digest, device.fingerprint, scope.value, device.paired_at),
+            )
+        self._devices[device.id] = device
+        self.audit("paired", device.id, f"{name!r} scope={scope.value} kind=watchcode-secret")
+        return device, secret
+
+    def by_secret(self, secret: str) -> Device | None:
+        """The unrevoked secret device holding ``secret`` (every candidate compared in constant
+        time, so the answer's timing does not depend on how much of a stored hash matched)."""
+        digest = secret_digest(secret).encode()
+        found = None
+        for device in self._devices.values():
+            candidate = device.kind == "secret" and device.revoked_at is None
+            if hmac.compare_digest(device.public_key.encode(), digest) and candidate:
+                found = device
+        return found
 
     def revoke(self, device_id: str) -> Device:
         device = self.get(device_id)

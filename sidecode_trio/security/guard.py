@@ -90,6 +90,18 @@ class Guard:
             raise Unauthorized("this stream ticket is unknown, used, expired or for another path")
         raise Unauthorized("credentials required: Authorization: Sidecode <device token>")
 
+    def authenticate_secret(self, secret: str, path: str, remote: str | None) -> Principal:
+        """A WatchCode-compatible device by its static secret (the WatchCode routes only)."""
+        client = remote or "?"
+        self._auth_failures.check(client)
+        device = self.devices.by_secret(secret) if secret else None
+        if device is None:
+            self._auth_failures.fail(client)
+            self.devices.audit("auth_failed", None, f"from {client} on {path}: bad secret")
+            raise Unauthorized("unknown or revoked WatchCode secret")
+        self.devices.touch(device.id, self._clock())
+        return Principal(device.id, device.name, device.scope)
+
     def _still_allowed(self, principal: Principal) -> bool:
         if principal.device_id is None:
             return True

@@ -57,6 +57,7 @@ class Offer:
     scope: Scope
     expires_at: float
     failures: int = 0
+    quic: list[str] = attrs.field(factory=list)  #: WebTransport URLs when the offer was made
 
 
 @attrs.frozen
@@ -97,10 +98,12 @@ class Pairings:
         self._clock = clock
         self._offers: dict[str, Offer] = {}
         self.limiter = RateLimiter(limit=5, window=60.0, clock=clock)
+        self.quic_urls: list[str] = []  #: where devices reach the daemon over WebTransport
 
     def offer(self, scope: Scope, ttl: float) -> Offer:
         self._expire()
         offer = Offer(secrets.token_hex(8), secrets.token_bytes(32), scope, self._clock() + ttl)
+        offer.quic = list(self.quic_urls)
         self._offers[offer.secret_id] = offer
         return offer
 
@@ -156,7 +159,7 @@ def payload(
         "pk": b64(daemon_key),
         "fp": fingerprint,
         "http": http,
-        "quic": [],
+        "quic": offer.quic,
         "cert": cert_sha256,
         "sid": offer.secret_id,
         "secret": b64(offer.secret),

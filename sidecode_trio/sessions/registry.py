@@ -17,14 +17,37 @@ from typing import Final
 import attrs
 import trio
 
+from ..claude.messages import transcript_path
 from ..errors import BadRequest, Forbidden, NotFound
 from ..eventlog.log import EventLog
 from ..wire import events as ev
 from ..wire.snapshot import SessionInfo
-from .supervisor import SessionSupervisor, SupervisorSettings
+from .supervisor import Prompt, SessionSupervisor, SupervisorSettings
 
 TITLE_CHARS: Final = 80
 ACTIVITY_REPORT_INTERVAL: Final = 10.0  # seconds: activity-only changes are reported this often
+
+
+@attrs.frozen
+class SessionFilter:
+    """Which sessions a list shows. The default hides archived ones."""
+
+    archived: bool | None = False  #: False: not archived; True: only archived; None: both
+    status: frozenset[ev.SessionStatus] = frozenset()  #: empty: any status
+    cwd: str | None = None  #: only sessions in this folder or below it
+    text: str = ""  #: only titles containing this (case-insensitive)
+    limit: int | None = None
+
+    def __call__(self, info: SessionInfo) -> bool:
+        if self.archived is not None and info.archived != self.archived:
+            return False
+        if self.status and info.status not in self.status:
+            return False
+        if self.cwd is not None:
+            base = self.cwd.rstrip("/") or "/"
+            if not (info.cwd == base or info.cwd.startswith(base.rstrip("/") + "/")):
+                return False
+        return not self.text or self.text.casefold() in info.title.casefold()
 
 
 def title_from(prompt: str | None, cwd: Path) -> str:
@@ -62,11 +85,17 @@ class SessionRegistry:
         self.stopped = trio.Event()  #: set once every supervisor (and so every CLI) has ended
         log.on_commit(self._on_commit)
 
+    @property
+    def roots(self) -> list[Path]:
+        return list(self._roots)
+
     # -- lifetime ----------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Load the sessions, recover them, and own their supervisors until cancelled."""
         for session_id in self._log.ids():
+            if self._log.fold(session_id).deleted:
+                continue  # deleted with its log kept: on disk, out of every list
             supervisor = SessionSupervisor(session_id, self._log, self._settings)
             supervisor.recover()
             self._supervisors[session_id] = supervisor
@@ -101,27 +130,45 @@ class SessionRegistry:
     def create(
         self,
         cwd: str,
-        prompt: str | None = None,
+        prompt: Prompt | str | None = None,
         model: str | None = None,
         permission_mode: str = "default",
         client_id: str | None = None,
+        title: str | None = None,
     ) -> tuple[SessionInfo, str | None]:
         """Create a session (and queue its first prompt). Returns its summary and message id."""
         real = resolve_cwd(cwd, self._roots)
+        prompt = Prompt(prompt) if isinstance(prompt, str) else prompt
         session_id = str(uuidlib.uuid4())
         self._log.create(session_id)
-        self._log.append(
-            session_id,
-            ev.SessionCreated(str(real), title_from(prompt, real), model, permission_mode),
-        )
+        title = title or title_from(prompt.text if prompt else None, real)
+        self._log.append(session_id, ev.SessionCreated(str(real), title, model, permission_mode))
         supervisor = SessionSupervisor(session_id, self._log, self._settings)
         supervisor.init_created(str(real), model, permission_mode)
         self._supervisors[session_id] = supervisor
         message_id = None
-        if prompt is not None and prompt.strip():
+        if prompt is not None and prompt.text.strip():
             message_id, _ = supervisor.send(prompt, client_id)
             self._wake(supervisor)
         return self.info(session_id), message_id
+
+    async def delete(self, session_id: str, remove_log: bool) -> None:
+        """Stop the session's CLI, record its end, and forget it (and maybe its logs)."""
+        supervisor = self.get(session_id)
+        if supervisor.closed:
+            raise NotFound(f"session {session_id} is being deleted", code="unknown_session")
+        supervisor.close()
+        await supervisor.wait_stopped()  # bounded: the CLI's shutdown grace
+        cwd = self._log.fold(session_id).cwd
+        self._log.append(session_id, ev.SessionDeleted(remove_log))
+        await self._log.flush()  # list followers hear of it (still registered for _on_commit)
+        self._supervisors.pop(session_id, None)
+        self._reported.pop(session_id, None)
+        self._log.end_subscriptions(session_id)
+        if remove_log:
+            self._log.remove(session_id)
+            env = {**os.environ, **self._settings.env}
+            await trio.to_thread.run_sync(_unlink, transcript_path(cwd, session_id, env))
 
     def get(self, session_id: str) -> SessionSupervisor:
         try:
@@ -129,9 +176,11 @@ class SessionRegistry:
         except KeyError:
             raise NotFound(f"unknown session {session_id!r}", code="unknown_session") from None
 
-    def send(self, session_id: str, text: str, client_id: str | None = None) -> tuple[str, bool]:
+    def send(
+        self, session_id: str, prompt: Prompt | str, client_id: str | None = None
+    ) -> tuple[str, bool]:
         supervisor = self.get(session_id)
-        result = supervisor.send(text, client_id)
+        result = supervisor.send(prompt, client_id)
         self._wake(supervisor)
         return result
 
@@ -139,9 +188,18 @@ class SessionRegistry:
         self.get(session_id)
         return self._log.info(session_id)
 
-    def summaries(self) -> list[SessionInfo]:
+    def summaries(self, query: SessionFilter = SessionFilter(archived=None)) -> list[SessionInfo]:
+        """Sessions matching ``query``, most recently active first."""
         infos = [self._log.info(session_id) for session_id in self._supervisors]
-        return sorted(infos, key=lambda info: info.last_activity, reverse=True)
+        infos = sorted(filter(query, infos), key=lambda info: info.last_activity, reverse=True)
+        return infos[: query.limit] if query.limit is not None else infos
+
+    def folder_uses(self) -> list[tuple[str, float]]:
+        """``(cwd, last activity)`` of every session: what "recent folders" is made of."""
+        return [
+            (fold.cwd, fold.last_activity)
+            for fold in (self._log.fold(session_id) for session_id in self._supervisors)
+        ]
 
     def statistics(self) -> dict[str, object]:
         return {
@@ -187,6 +245,13 @@ class SessionRegistry:
             except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
                 channel.close()  # lagging or gone: it reconnects and gets the full list
                 self._list_subscribers.discard(channel)
+
+
+def _unlink(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass  # the transcript is the CLI's; failing to remove it must not fail the delete
 
 
 def _with_activity(info: SessionInfo, last_activity: float) -> SessionInfo:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 import uuid as uuidlib
 from collections import OrderedDict, deque
 from collections.abc import Mapping, Sequence
@@ -26,11 +27,23 @@ from ..claude.process import ClaudeProcess, Grace
 from ..claude.translate import Translator, coalesce
 from ..errors import BadRequest, CLIError, Conflict, NotFound
 from ..eventlog.log import EventLog
+from ..views import diff as diffs
 from ..wire import events as ev
 
 log = logging.getLogger(__name__)
 
 RECENT_IDS: Final = 512  # client ids and answered requests remembered for idempotency
+MAX_DIFF_SOURCE: Final = 2 * 1024 * 1024  # bytes of a file read to show a proposed edit's diff
+FILE_TOOLS: Final = frozenset({"Edit", "MultiEdit", "Write"})
+
+
+@attrs.frozen
+class Prompt:
+    """A user message ready for the CLI: its text, and image blocks (kept in memory only)."""
+
+    text: str
+    images: Sequence[ev.ImageRef] = ()
+    blocks: Sequence[Mapping[str, Any]] = ()  #: the CLI's ``image`` content blocks
 
 
 @attrs.frozen
@@ -41,6 +54,7 @@ class SupervisorSettings:
     max_crashes: int = 3  #: consecutive crashes before queued messages are failed
     grace: Grace = Grace()
     extra_args: Sequence[str] = ()
+    permission_timeout: float | None = None  #: deny a request nobody answered (None: wait)
 
 
 class SessionSupervisor:
@@ -53,9 +67,10 @@ class SessionSupervisor:
         self._model = fold.model
         self._mode = fold.permission_mode
         self._status = fold.status
-        self._queue: deque[tuple[str, str]] = deque()  # (message id, text) not yet delivered
+        self._queue: deque[tuple[str, Prompt]] = deque()  # (message id, prompt) not delivered
         self._current: str | None = None  # delivered message whose turn has not ended
         self._pending: dict[str, ev.PermissionRequested] = {}
+        self._timers: dict[str, trio.CancelScope] = {}  # request id -> its timeout task
         self._answered: OrderedDict[str, str] = OrderedDict()  # request id -> outcome
         self._client_ids: OrderedDict[str, str] = OrderedDict()  # client id -> message id
         self._process: ClaudeProcess | None = None
@@ -63,8 +78,13 @@ class SessionSupervisor:
         self._errored = fold.status is ev.SessionStatus.ERRORED
         self._crashes = 0
         self._stopping = False
+        self._stop_reason = "daemon_stopped"
+        self._run_scope: trio.CancelScope | None = None
+        self._nursery: trio.Nursery | None = None
         self._wake = trio.Event()
         self.active = False  #: the run task is alive
+        self.closed = False  #: deleted: no more work is accepted
+        self._stopped = trio.Event()
 
     def __repr__(self) -> str:
         return (
@@ -124,18 +144,21 @@ class SessionSupervisor:
 
     # -- operations (called by ops/, from any task) ------------------------------------------
 
-    def send(self, text: str, client_id: str | None = None) -> tuple[str, bool]:
+    def send(self, prompt: Prompt | str, client_id: str | None = None) -> tuple[str, bool]:
         """Queue a user message. Returns ``(message_id, created)``; a repeated ``client_id`` is
         accepted once and answers with the first message's id."""
         if client_id is not None and client_id in self._client_ids:
             return self._client_ids[client_id], False
+        if self.closed:
+            raise NotFound(f"session {self.id} was deleted", code="unknown_session")
+        prompt = Prompt(prompt) if isinstance(prompt, str) else prompt
         message_id = str(uuidlib.uuid4())
         if client_id is not None:
             self._client_ids[client_id] = message_id
             while len(self._client_ids) > RECENT_IDS:
                 self._client_ids.popitem(last=False)
-        self._emit(ev.MessageQueued(message_id, text, client_id))
-        self._queue.append((message_id, text))
+        self._emit(ev.MessageQueued(message_id, prompt.text, client_id, list(prompt.images)))
+        self._queue.append((message_id, prompt))
         self._crashes = 0
         self._refresh_status()
         self._wake.set()
@@ -154,18 +177,9 @@ class SessionSupervisor:
             raise CLIError(f"interrupt failed: {exc.message}") from exc
         return True
 
-    async def answer_permission(
-        self,
-        request_id: str,
-        allow: bool,
-        *,
-        message: str = "",
-        updated_input: dict[str, Any] | None = None,
-        updated_permissions: list[Any] | None = None,
-        interrupt: bool = False,
-    ) -> None:
-        """Answer a pending tool permission request; the first answer wins."""
-        request = self._pending.pop(request_id, None)
+    def pending(self, request_id: str) -> ev.PermissionRequested:
+        """The pending request ``request_id``: 409 if it was answered, 404 if never seen."""
+        request = self._pending.get(request_id)
         if request is None:
             if request_id in self._answered:
                 raise Conflict(
@@ -173,9 +187,29 @@ class SessionSupervisor:
                     code="already_resolved",
                 )
             raise NotFound(f"unknown permission request {request_id!r}", code="unknown_request")
+        return request
+
+    async def answer_permission(
+        self,
+        request_id: str,
+        allow: bool,
+        *,
+        message: str = "",
+        updated_input: dict[str, Any] | None = None,
+        updated_permissions: Sequence[Any] = (),
+        applied: Sequence[str] = (),
+        interrupt: bool = False,
+        by: str = "",
+    ) -> None:
+        """Answer a pending tool permission request; the first answer wins."""
+        request = self.pending(request_id)
+        del self._pending[request_id]
+        timer = self._timers.pop(request_id, None)
+        if timer is not None:
+            timer.cancel()
         outcome = ev.PermissionOutcome.ALLOWED if allow else ev.PermissionOutcome.DENIED
         self._remember_answer(request_id, outcome.value)
-        self._emit(ev.PermissionResolved(request_id, outcome, message))
+        self._emit(ev.PermissionResolved(request_id, outcome, message, by, list(applied)))
         self._refresh_status()
         if allow:
             answer = msg.permission_allow(request.input, updated_input, updated_permissions)
@@ -184,6 +218,18 @@ class SessionSupervisor:
         process = self._process
         if process is not None:
             await process.send(msg.control_success(request_id, answer))
+
+    async def _expire(self, request_id: str, timeout: float, scope: trio.CancelScope) -> None:
+        with scope:
+            await trio.sleep(timeout)
+            self._timers.pop(request_id, None)
+            if request_id in self._pending:
+                note = f"no answer within {timeout:g} s (the daemon's permission_timeout)"
+                try:
+                    await self.answer_permission(request_id, False, message=note, by="timeout")
+                except CLIError:
+                    pass  # the CLI is gone: its exit withdrew the request
+                self._log.commit()
 
     async def set_permission_mode(self, mode: str) -> None:
         if mode not in msg.PERMISSION_MODES:
@@ -202,6 +248,14 @@ class SessionSupervisor:
         if process is not None:
             await process.request({"subtype": "set_model", "model": model})
         self._set_settings(model=model)
+
+    def set_labels(self, *, title: str | None = None, archived: bool | None = None) -> None:
+        """Rename and/or (un)archive: metadata only, the CLI is not involved."""
+        fold = self._log.fold(self.id)
+        title = title if title is not None and title != fold.title else None
+        archived = archived if archived is not None and archived != fold.archived else None
+        if title is not None or archived is not None:
+            self._emit(ev.SessionUpdated(title=title, archived=archived))
 
     def _set_settings(self, *, mode: str | None = None, model: str | None = None) -> None:
         mode = mode if mode is not None and mode != self._mode else None
@@ -225,13 +279,34 @@ class SessionSupervisor:
     async def run(self) -> None:
         """Live until the queue is empty and the CLI has been stopped; then the session sleeps."""
         self.active = True
+        self._stopped = trio.Event()
         try:
-            async with trio.open_nursery() as nursery:
-                await self._loop(nursery)
-                nursery.cancel_scope.cancel()
+            with trio.CancelScope() as self._run_scope:
+                if self.closed:
+                    self._run_scope.cancel()
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    await self._loop(nursery)
+                    nursery.cancel_scope.cancel()
         finally:
             self.active = False
+            self._nursery = self._run_scope = None
             self._on_shutdown()
+            self._stopped.set()
+
+    async def wait_stopped(self) -> None:
+        """Return once the run task (and so the CLI) is gone."""
+        while self.active:
+            await self._stopped.wait()
+
+    def close(self) -> None:
+        """Deleting the session: stop its CLI (bounded, as at shutdown) and fail what is queued.
+
+        The registry waits for :attr:`active` to drop before it writes the last event."""
+        self.closed = True
+        self._stop_reason = "session_deleted"
+        if self._run_scope is not None:
+            self._run_scope.cancel()
 
     async def _loop(self, nursery: trio.Nursery) -> None:
         while True:
@@ -290,16 +365,16 @@ class SessionSupervisor:
         finally:
             # -inf: this task is being cancelled, i.e. the daemon or the session is stopping it
             stopped = trio.current_effective_deadline() == -math.inf
-            self._on_exit(process, process.exit_code, stopped or self._stopping)
+            self._on_exit(process, process.exit_code, stopped or self._stopping or self.closed)
 
     async def _deliver(self) -> None:
-        message_id, text = self._queue.popleft()
+        message_id, prompt = self._queue.popleft()
         process = self._process
         assert process is not None
         self._current = message_id
         self._translator.delivered = message_id
         try:
-            await process.send(msg.user_message(text, message_id))
+            await process.send(msg.user_message(prompt.text, message_id, prompt.blocks))
         except CLIError:
             return  # the process died; _on_exit fails the current turn
         self._emit(ev.MessageDelivered(message_id))
@@ -325,10 +400,44 @@ class SessionSupervisor:
         for frame in frames:
             translated.extend(self._translator.feed(frame))
         for event in coalesce(translated):
+            if isinstance(event, ev.PermissionRequested):
+                event = self._prepare_request(event)
             if self._accept(event):
                 self._emit(event)
+        for tool_use_id, output in self._translator.take_outputs():
+            self._log.put_output(self.id, tool_use_id, output)
         self._refresh_status()
         self._log.commit()  # durable, then delivered, with no hop to another task
+
+    def _prepare_request(self, event: ev.PermissionRequested) -> ev.PermissionRequested:
+        """Add what a phone needs to decide: the diff of a file edit, and the deadline."""
+        diff = self._proposed_diff(event.tool_name, event.input)
+        timeout = self._settings.permission_timeout
+        expires_at = None
+        if timeout is not None and self._nursery is not None:
+            expires_at = time.time() + timeout
+            scope = trio.CancelScope()
+            self._timers[event.request_id] = scope
+            self._nursery.start_soon(self._expire, event.request_id, timeout, scope)
+        return attrs.evolve(event, diff=diff, expires_at=expires_at)
+
+    def _proposed_diff(self, tool: str, tool_input: Mapping[str, Any]) -> ev.FileDiff | None:
+        path = tool_input.get("file_path")
+        if tool not in FILE_TOOLS or not isinstance(path, str) or not path:
+            return None
+        full = path if os.path.isabs(path) else os.path.join(self._cwd, path)
+        original: str | None = None
+        try:
+            # Small and local: read inline, bounded (a phone shows the change, not the file).
+            if os.path.getsize(full) > MAX_DIFF_SOURCE:
+                return None
+            with open(full, encoding="utf-8", errors="replace", newline="") as file:
+                original = file.read()
+        except FileNotFoundError:
+            original = None
+        except OSError:
+            return None
+        return diffs.proposed(tool, tool_input, original)
 
     def _accept(self, event: ev.Event) -> bool:
         """Update the driver's own fields from ``event``; False to drop a redundant event."""
@@ -342,6 +451,9 @@ class SessionSupervisor:
             case ev.PermissionResolved():
                 if self._pending.pop(event.request_id, None) is None:
                     return False  # a cancel for a request already answered
+                timer = self._timers.pop(event.request_id, None)
+                if timer is not None:
+                    timer.cancel()
                 self._remember_answer(event.request_id, event.outcome.value)
             case ev.TurnCompleted() | ev.TurnFailed() | ev.TurnInterrupted():
                 if event.turn_id == self._current:
@@ -361,13 +473,16 @@ class SessionSupervisor:
         self._process = None
         crashed = not expected
         tail = " | ".join(list(process.stderr_tail)[-3:])
+        for scope in self._timers.values():
+            scope.cancel()
+        self._timers.clear()
         for request_id in list(self._pending):
             self._pending.pop(request_id)
             self._emit(
                 ev.PermissionResolved(request_id, ev.PermissionOutcome.WITHDRAWN, "claude exited")
             )
         if self._current is not None:
-            reason = "cli_exited" if crashed else "daemon_stopped"
+            reason = "cli_exited" if crashed else self._stop_reason
             detail = f"claude exited with code {code}" + (f": {tail}" if tail else "")
             self._emit(ev.TurnFailed(self._current, reason, detail))
             self._current = None
@@ -395,9 +510,11 @@ class SessionSupervisor:
         self._refresh_status()
 
     def _on_shutdown(self) -> None:
-        """The daemon is stopping: messages that will not run now are failed, explicitly."""
+        """The daemon is stopping (or the session is deleted): messages that will not run now
+        are failed, explicitly."""
         if self._queue:
-            self._fail_queue("daemon_stopped", "the daemon stopped before this message ran")
+            why = "session was deleted" if self.closed else "daemon stopped"
+            self._fail_queue(self._stop_reason, f"the {why} before this message ran")
 
 
 class _Started:

@@ -310,11 +310,15 @@ class WatchProjection:
         ]
 
     def _tool_finished(self, event: ev.ToolFinished, when: str) -> list[WatchEvent]:
-        call = self._calls.pop(event.tool_use_id, None) or _Call("", {})
+        call = self._calls.pop(event.tool_use_id, None)
         refused = self._refused.pop(event.tool_use_id, False)
-        title = tools.finished_title(
-            call.name, call.input, event.result, event.is_error, event.output, refused=refused
-        )
+        if call is None and event.title:
+            title = event.title  # started before this stream did: the daemon's own title
+        else:
+            call = call or _Call("", {})
+            title = tools.finished_title(
+                call.name, call.input, event.result, event.is_error, event.output, refused=refused
+            )
         return [
             WatchEvent(
                 "tool_result",

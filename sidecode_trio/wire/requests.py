@@ -6,10 +6,19 @@ from typing import Any, Final, Literal
 
 import attrs
 
+from ..sessions.folders import RecentFolder
 from .snapshot import SessionInfo
 
 PROTOCOL_VERSION: Final = 1
 MAX_TEXT_CHARS: Final = 200_000
+
+
+@attrs.frozen
+class Image:
+    """An image for a prompt: PNG, JPEG, GIF or WebP, base64 (at most 5 MB of base64 text)."""
+
+    media_type: str
+    data: str
 
 
 @attrs.frozen
@@ -19,27 +28,61 @@ class CreateSession:
     model: str | None = None
     permission_mode: str = "default"
     client_id: str | None = None
+    images: list[Image] = attrs.field(factory=list)
+    title: str | None = None
 
 
 @attrs.frozen
 class SendMessage:
     text: str
     client_id: str | None = None
+    images: list[Image] = attrs.field(factory=list)
 
 
 @attrs.frozen
 class AnswerPermission:
+    """Allow or deny a pending tool request.
+
+    ``suggestions`` applies some of the request's suggested rules or mode switches (by index);
+    ``answers`` answers an ``AskUserQuestion`` (question text -> the chosen label, or labels for
+    a multi-select); ``updated_input`` runs the tool with edited input; ``interrupt`` (deny
+    only) also stops the turn."""
+
     behavior: Literal["allow", "deny"]
     message: str = ""
     updated_input: dict[str, Any] | None = None
     updated_permissions: list[Any] | None = None
     interrupt: bool = False
+    suggestions: list[int] = attrs.field(factory=list)
+    answers: dict[str, str | list[str]] | None = None
 
 
 @attrs.frozen
 class UpdateSession:
     permission_mode: str | None = None
     model: str | None = None
+    title: str | None = None
+    archived: bool | None = None
+
+
+@attrs.frozen
+class DeleteReply:
+    id: str
+    log_removed: bool
+
+
+@attrs.frozen
+class RecentFolders:
+    folders: list[RecentFolder]
+
+
+@attrs.frozen
+class ToolOutput:
+    """The whole output of one tool call (events carry at most a bounded part of it)."""
+
+    tool_use_id: str
+    output: str
+    chars: int
 
 
 @attrs.frozen
@@ -93,6 +136,8 @@ class DaemonInfo:
     fingerprint: str
     certificates: list[CertificateHash]  #: the current one first, then the next (if made)
     name: str = "sidecode-trio"
+    #: WebTransport session URLs (``https://<address>:<udp port>/v1/wt``); empty when off
+    quic: list[str] = attrs.field(factory=list)
 
 
 @attrs.frozen
@@ -115,6 +160,22 @@ class DeviceView:
     paired_at: float
     last_seen: float | None = None
     revoked_at: float | None = None
+    kind: str = "key"  #: "key" (Ed25519) or "secret" (a WatchCode-compatible device)
+
+
+@attrs.frozen
+class WatchCodeDeviceRequest:
+    name: str = "WatchCode"
+    scope: Literal["approve", "chat", "admin"] = "chat"
+
+
+@attrs.frozen
+class WatchCodeDeviceReply:
+    """The secret is shown once: enter it in the WatchCode app as its relay secret."""
+
+    device: DeviceView
+    secret: str
+    urls: list[str]
 
 
 @attrs.frozen

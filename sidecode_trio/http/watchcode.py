@@ -1,0 +1,393 @@
+"""The compact watch view, and WatchCode-compatible routes so the WatchCode apps work unchanged.
+
+Two ways in, one projection (:class:`~..views.watch.WatchProjection`):
+
+* ``GET /v1/sessions/{id}/events?view=watch``: our own stream, in the watch view. Frames carry
+  ``id: <epoch>:<cursor>`` like the full view, so resume is exact; a fresh client (or one whose
+  position cannot be replayed) first gets one ``history`` frame.
+* ``/api/*``: the routes, bodies and SSE format of the WatchCode relay
+  (``reference/anchors-seeds.md`` §6.2): ``data:``-only frames of ``{type, content, summary,
+  detail, timestamp}``, first ``{"type":"status","content":"SSE stream opened"}``. A paired
+  device's credential travels in ``x-watchcode-secret`` (or ``?secret=`` for ``EventSource``).
+
+Where it stays compatible, this does better than the WatchCode relay: frames carry ``id:``
+lines (an ``EventSource`` resumes exactly with ``Last-Event-ID``); a watch that re-``connect``s
+within a minute after its stream broke (its Swift client retries that way, keeping the events it
+has) continues where it was instead of receiving the whole history again; several devices on one
+session do not kick each other out; and every buffer is the event log's bounded queue.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Final, Protocol
+
+import attrs
+from quart import Response, g, request
+from quart_trio import QuartTrio
+
+from ..errors import BadRequest, NotFound, SidecodeError
+from ..eventlog.core import Position, StoredEvent, decode_event
+from ..eventlog.log import KEEPALIVE, SnapshotRead
+from ..ops import Operations
+from ..security.auth import Principal
+from ..security.devices import Scope
+from ..security.guard import Guard
+from ..sessions.registry import SessionFilter
+from ..views.watch import WatchEvent, WatchProjection, iso_time
+from ..wire import converter as wire
+from ..wire import requests as rq
+from . import sse
+
+log = logging.getLogger(__name__)
+
+PREFIX: Final = "/api/"
+HISTORY_LIMIT: Final = 200  # watch events of history sent to a fresh client (a small screen)
+RESUME_WINDOW: Final = 60.0  # seconds after a broken stream in which a re-connect continues it
+MAX_CONNECTIONS: Final = 32  # per device; the oldest is forgotten beyond that
+CORS: Final = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Allow-Methods": "GET, POST, DELETE, OPTIONS",
+    "Access-Control-Allow-Headers": (
+        "Content-Type, Authorization, x-organization-uuid, x-watchcode-secret, Last-Event-ID"
+    ),
+}
+# WatchCode's clients know these types; ours that they do not ("permission") go out as status.
+WATCHCODE_TYPES: Final = frozenset(
+    {"user", "assistant", "tool_use", "tool_result", "status", "error"}
+)
+
+
+class Settings(Protocol):
+    """What the streams need from the HTTP settings."""
+
+    @property
+    def client_queue(self) -> int: ...
+
+
+def _error(status: int, message: str) -> Response:
+    return Response(
+        wire.dumps({"error": message}), status=status, mimetype="application/json", headers=CORS
+    )
+
+
+def authenticate(guard: Guard) -> Response | None:
+    """``before_request`` for ``/api/*``: CORS preflight, then the device's secret."""
+    if request.method == "OPTIONS":
+        return Response(b"", status=204, headers=CORS)
+    secret = request.headers.get("x-watchcode-secret") or request.args.get("secret")
+    try:
+        if secret:
+            g.principal = guard.authenticate_secret(secret, request.path, request.remote_addr)
+        else:  # our own device tokens work here too
+            g.principal = guard.authenticate(
+                request.headers.get("Authorization"), None, request.path, request.remote_addr
+            )
+    except SidecodeError as exc:
+        return _error(429 if exc.status == 429 else 401, "Unauthorized")
+    return None
+
+
+def error_response(exc: SidecodeError) -> Response:
+    """An error on ``/api/*`` in WatchCode's shape: ``{"error": "<message>"}``."""
+    return _error(exc.status, exc.message)
+
+
+# -- connections -------------------------------------------------------------------------------
+
+
+@attrs.define
+class Connection:
+    """WatchCode's "connection": a device following one session, resumable across streams."""
+
+    id: str
+    session_id: str
+    device_id: str | None
+    created_at: float
+    position: Position | None = None  #: the last event this connection's streams delivered
+    streams: int = 0
+    last_event: float | None = None
+    broken_at: float | None = None  #: when its last stream ended without a DELETE
+    closers: set[Callable[[], None]] = attrs.field(factory=set)
+
+
+class Connections:
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._by_id: dict[str, Connection] = {}
+
+    def connect(self, who: Principal, session_id: str) -> Connection:
+        """A new connection. If this device's stream on this session broke moments ago, the new
+        one continues from where that one was (the watch keeps what it already shows)."""
+        now = self._clock()
+        resumed = None
+        for old in list(self._by_id.values()):
+            if old.device_id != who.device_id or old.session_id != session_id or old.streams:
+                continue
+            if old.broken_at is not None and now - old.broken_at <= RESUME_WINDOW:
+                resumed = old.position if resumed is None else resumed
+                del self._by_id[old.id]
+        connection = Connection(secrets.token_hex(16), session_id, who.device_id, now, resumed)
+        self._by_id[connection.id] = connection
+        mine = [c for c in self._by_id.values() if c.device_id == who.device_id]
+        for stale in mine[: max(0, len(mine) - MAX_CONNECTIONS)]:
+            self.close(stale.id)
+        return connection
+
+    def find(self, who: Principal, session_id: str, connection_id: str | None) -> Connection:
+        if connection_id:
+            found = self._by_id.get(connection_id)
+            if found is not None and found.device_id == who.device_id:
+                return found
+        else:  # WatchCode's fallback: the first connection to that session
+            for connection in self._by_id.values():
+                if connection.session_id == session_id and connection.device_id == who.device_id:
+                    return connection
+        raise NotFound(f"No active connection for session {session_id}. POST /api/connect first.")
+
+    def close(self, connection_id: str) -> Connection | None:
+        connection = self._by_id.pop(connection_id, None)
+        if connection is not None:
+            for close in list(connection.closers):
+                close()
+        return connection
+
+    def visible_to(self, who: Principal) -> list[Connection]:
+        if who.scope is Scope.ADMIN:
+            return list(self._by_id.values())
+        return [c for c in self._by_id.values() if c.device_id == who.device_id]
+
+
+# -- the projected stream ----------------------------------------------------------------------
+
+
+def _data_frame(event: WatchEvent, position: Position | None, name: bytes | None) -> bytes:
+    head = b"id: %s\n" % str(position).encode() if position is not None else b""
+    if name is not None:
+        head += b"event: %s\n" % name
+    return head + b"data: %s\n\n" % wire.dumps(event)
+
+
+def _watchcode_event(event: WatchEvent) -> WatchEvent:
+    if event.type in WATCHCODE_TYPES:
+        return event
+    content = event.content if not event.summary else f"{event.content} {event.summary}"
+    return attrs.evolve(event, type="status", content=content)
+
+
+async def watch_stream(
+    ops: Operations,
+    guard: Guard,
+    who: Principal,
+    session_id: str,
+    since: Position | None,
+    settings: Settings,
+    *,
+    compatible: bool = False,
+    connection: Connection | None = None,
+) -> AsyncIterator[bytes]:
+    """A session's events in the watch view, resumable by ``(epoch, cursor)``.
+
+    ``compatible`` writes WatchCode's format (``data:`` frames only, history as single events,
+    the opening status); otherwise frames are named ``watch`` and history is one frame."""
+    projection = WatchProjection()
+    name = None if compatible else b"watch"
+
+    def frames(stored: StoredEvent) -> bytes:
+        position = Position(stored.epoch, stored.cursor)
+        watch = projection.feed(decode_event(stored), stored.at)
+        if connection is not None:
+            connection.position, connection.last_event = position, stored.at
+        if compatible:
+            watch = [_watchcode_event(w) for w in watch]
+        # Only the last frame of an event carries its id: a client cut off between two frames
+        # of one event resumes before it, not after it.
+        return b"".join(
+            _data_frame(w, position if i == len(watch) - 1 else None, name)
+            for i, w in enumerate(watch)
+        )
+
+    catch_up, sub = ops.subscribe(who, session_id, since, settings.client_queue)
+    forget = guard.links.register(who, sub.end)
+    if connection is not None:
+        connection.streams += 1
+        connection.closers.add(sub.end)
+    try:
+        if compatible:
+            opened = WatchEvent("status", "SSE stream opened", iso_time(time.time()))
+            yield _data_frame(opened, None, None)
+        else:
+            yield sse.RETRY
+        if isinstance(catch_up, SnapshotRead):
+            snap = catch_up.snapshot
+            position = Position(snap.epoch, snap.cursor)
+            history = projection.history(snap, snap.session.last_activity)[-HISTORY_LIMIT:]
+            if connection is not None:
+                connection.position = position
+            if compatible:
+                history = [_watchcode_event(w) for w in history]
+                yield (
+                    b"".join(
+                        _data_frame(w, position if i == len(history) - 1 else None, None)
+                        for i, w in enumerate(history)
+                    )
+                    or b": history is empty\n\n"
+                )
+            else:
+                body = {
+                    "reason": catch_up.reason,
+                    "session": wire.unstructure(snap.session),
+                    "events": wire.unstructure(history),
+                }
+                yield b"id: %s\nevent: history\ndata: %s\n\n" % (
+                    str(position).encode(),
+                    wire.dumps(body),
+                )
+        else:
+            for start in range(0, len(catch_up.events), sse.REPLAY_CHUNK):
+                chunk = b"".join(map(frames, catch_up.events[start : start + sse.REPLAY_CHUNK]))
+                if chunk:
+                    yield chunk
+        async for chunk in sse.live(sub.receive, frames, None, KEEPALIVE):
+            yield chunk
+    finally:
+        forget()
+        sub.close()
+        if connection is not None:
+            connection.streams -= 1
+            connection.closers.discard(sub.end)
+            connection.broken_at = time.time()
+
+
+# -- the /api routes ---------------------------------------------------------------------------
+
+
+def _session(info: Any) -> dict[str, Any]:
+    return {
+        "id": info.id,
+        "title": info.title or "Untitled",
+        "status": info.status.value,
+        "model": info.model or "default",
+        "environmentId": "local",
+        "createdAt": iso_time(info.created_at),
+        "updatedAt": iso_time(info.last_activity),
+        "provider": "claude-code",
+        "cwd": info.cwd,
+        "pendingPermissions": info.pending_permissions,
+    }
+
+
+async def _json_body() -> dict[str, Any]:
+    raw = await request.get_data(cache=False, as_text=False)
+    try:
+        data = json.loads(raw or b"{}")
+    except ValueError:
+        raise BadRequest("the body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise BadRequest("the body must be a JSON object")
+    return data
+
+
+def _text(body: dict[str, Any], key: str, what: str) -> str:
+    value = body.get(key)
+    if not isinstance(value, str) or not value:
+        raise BadRequest(f"{what} is required")
+    return value
+
+
+def _ok(body: Any, status: int = 200) -> Response:
+    return Response(wire.dumps(body), status=status, mimetype="application/json", headers=CORS)
+
+
+def add_routes(app: QuartTrio, ops: Operations, guard: Guard, settings: Settings) -> None:
+    connections = Connections()
+
+    def who() -> Principal:
+        principal: Principal = g.principal
+        return principal
+
+    @app.route("/api/<path:rest>", methods=["OPTIONS"])
+    async def api_preflight(rest: str) -> Response:
+        return Response(b"", status=204, headers=CORS)  # answered in authenticate() already
+
+    @app.get("/api/sessions")
+    async def api_sessions() -> Response:
+        infos = ops.list_sessions(who(), SessionFilter()).sessions
+        return _ok({"sessions": [_session(info) for info in infos]})
+
+    @app.post("/api/connect")
+    async def api_connect() -> Response:
+        body = await _json_body()
+        session_id = _text(body, "sessionId", "sessionId")
+        ops.snapshot_position(who(), session_id)  # 404 for an unknown session
+        connection = connections.connect(who(), session_id)
+        return _ok({"connectionId": connection.id, "status": "connected"})
+
+    @app.get("/api/sessions/<session_id>/events")
+    async def api_events(session_id: str) -> Response:
+        principal = who()
+        connection = connections.find(principal, session_id, request.args.get("connectionId"))
+        ops.snapshot_position(principal, connection.session_id)  # 404 now, not mid-stream
+        last = request.headers.get("Last-Event-ID")
+        since = Position.parse(last) if last else connection.position
+        stream = watch_stream(
+            ops,
+            guard,
+            principal,
+            connection.session_id,
+            since,
+            settings,
+            compatible=True,
+            connection=connection,
+        )
+        response = Response(
+            stream,
+            status=200,
+            mimetype="text/event-stream",
+            headers={**CORS, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+        response.timeout = None
+        return response
+
+    @app.post("/api/sessions/<session_id>/message")
+    async def api_message(session_id: str) -> Response:
+        body = await _json_body()
+        text = _text(body, "content", "content")
+        await ops.send_message(who(), session_id, rq.SendMessage(text))
+        return _ok({"status": "sent"})
+
+    @app.post("/api/sessions/<session_id>/control")
+    async def api_control(session_id: str) -> Response:
+        body = await _json_body()
+        kind = _text(body, "type", "type")
+        if kind != "interrupt":
+            raise BadRequest(f"unsupported control type {kind!r} (only 'interrupt')")
+        await ops.interrupt(who(), session_id)
+        return _ok({"status": "sent"})
+
+    @app.delete("/api/connections/<connection_id>")
+    async def api_disconnect(connection_id: str) -> Response:
+        found = connections.find(who(), "", connection_id)
+        connections.close(found.id)
+        return _ok({"status": "disconnected"})
+
+    @app.get("/api/status")
+    async def api_status() -> Response:
+        return _ok(
+            {
+                "connections": [
+                    {
+                        "connectionId": c.id,
+                        "sessionId": c.session_id,
+                        "sseClients": c.streams,
+                        "wsState": "open",
+                        "lastEvent": iso_time(c.last_event) if c.last_event else None,
+                    }
+                    for c in connections.visible_to(who())
+                ]
+            }
+        )
