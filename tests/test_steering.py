@@ -164,6 +164,11 @@ async def test_accept_edits_suggestion_switches_the_mode_for_every_client(
             assert reply.status_code == 200
             updated = await stream.until_type("session.updated")
             assert updated.body["permission_mode"] == "acceptEdits"
+            finished = await stream.until_type("tool.finished")
+            written = work_dir / "a.txt"
+            on_disk = diffs.from_texts(str(written), None, written.read_text())
+            assert finished.body["diff"]["unified"] == on_disk.unified
+            assert request["diff"]["unified"] == on_disk.unified  # what was shown is what ran
             await stream.until_type("turn.completed")
             await daemon.send(session["id"], "[[write:b.txt|two]]")
             ended = await stream.until_type("permission.requested", "turn.completed")
