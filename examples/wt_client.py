@@ -20,7 +20,6 @@ of the last event it printed. Credentials are kept in ``~/.config/sidecode-trio-
 from __future__ import annotations
 
 import argparse
-import base64
 import hashlib
 import hmac
 import json
@@ -35,18 +34,11 @@ import nacl.signing
 import trio
 
 from sidecode_trio.quic.client import DeviceSession, QuicClient, SessionClosed
+from sidecode_trio.security.identity import b64, unb64
 
 PAIR_CONTEXT = b"sidecode-trio pair v1\n"
 DEFAULT_STORE = Path.home() / ".config" / "sidecode-trio-wt.json"
 RECONNECT_DELAY = 1.0
-
-
-def b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
 def parse_payload(text: str) -> dict[str, Any]:

@@ -7,14 +7,12 @@ so the tests drive exactly what a user runs.
 from __future__ import annotations
 
 import datetime as dt
-import importlib.util
 import json
 import os
 import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import attrs
@@ -32,20 +30,9 @@ from sidecode_trio.quic.client import (
 )
 from sidecode_trio.quic.endpoint import Endpoint, unacknowledged
 
-from helpers import Client, running_daemon
+from helpers import Client, load_example, running_daemon
 
-
-def _load_example() -> ModuleType:
-    path = Path(__file__).parent.parent / "examples" / "wt_client.py"
-    spec = importlib.util.spec_from_file_location("wt_client", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["wt_client"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-wt = _load_example()
+wt = load_example("wt_client")
 
 
 async def offer(owner: Client, scope: str = "admin") -> dict[str, Any]:

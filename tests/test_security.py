@@ -10,15 +10,12 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import http.server
-import importlib.util
 import json
 import socket
 import ssl
-import sys
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import httpx
@@ -42,20 +39,9 @@ from sidecode_trio.security.pairing import (
 )
 from sidecode_trio.security.tls import CertificateStore, make_certificate
 
-from helpers import Client, running_daemon
+from helpers import Client, load_example, running_daemon
 
-
-def _load_example() -> ModuleType:
-    path = Path(__file__).parent.parent / "examples" / "pair_client.py"
-    spec = importlib.util.spec_from_file_location("pair_client", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["pair_client"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-pc = _load_example()
+pc = load_example("pair_client")
 
 
 @pytest.fixture

@@ -268,7 +268,7 @@ class Translator:
             is_error=is_error,
             output=output[:MAX_OUTPUT_CHARS] if truncated else output,
             result=_bounded_result(result),
-            title=tools.finished_title(name, tool_input, result, is_error, output),
+            title=tools.finished_title(name, tool_input, result, is_error, output, diff=diff),
             diff=diff,
             truncated=truncated,
             output_chars=len(output),

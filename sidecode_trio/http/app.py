@@ -66,16 +66,12 @@ async def _body(cls: type[T]) -> T:
         raise BadRequest(str(exc), code="invalid_field") from None
 
 
-def _flag(name: str, default: bool | None = False) -> bool | None:
-    raw = request.args.get(name)
-    if raw is None or raw == "":
-        return default
-    if raw.lower() in ("1", "true", "yes"):
+def _flag(name: str) -> bool:
+    raw = (request.args.get(name) or "false").lower()
+    if raw in ("1", "true", "yes"):
         return True
-    if raw.lower() in ("0", "false", "no"):
+    if raw in ("0", "false", "no"):
         return False
-    if raw.lower() in ("any", "all") and default is not True:
-        return None
     raise BadRequest(f"query parameter {name!r} must be true or false, got {raw!r}")
 
 
@@ -90,7 +86,7 @@ def _session_filter() -> SessionFilter:
     if limit is not None and limit < 1:
         raise BadRequest("limit must be a positive integer")
     return SessionFilter(
-        archived=_flag("archived", False),
+        archived=None if request.args.get("archived") == "all" else _flag("archived"),
         status=status,
         cwd=request.args.get("cwd") or None,
         text=request.args.get("q", ""),
@@ -231,8 +227,8 @@ def create_app(
         listing = await ops.browse(
             _who(),
             request.args.get("path") or None,
-            hidden=bool(_flag("hidden")),
-            files=bool(_flag("files")),
+            hidden=_flag("hidden"),
+            files=_flag("files"),
         )
         return _json(200, listing)
 

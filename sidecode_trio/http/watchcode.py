@@ -41,6 +41,7 @@ from ..sessions.registry import SessionFilter
 from ..views.watch import WatchEvent, WatchProjection, iso_time
 from ..wire import converter as wire
 from ..wire import requests as rq
+from ..wire.snapshot import SessionInfo
 from . import sse
 
 log = logging.getLogger(__name__)
@@ -266,7 +267,7 @@ async def watch_stream(
 # -- the /api routes ---------------------------------------------------------------------------
 
 
-def _session(info: Any) -> dict[str, Any]:
+def _session(info: SessionInfo) -> dict[str, Any]:
     return {
         "id": info.id,
         "title": info.title or "Untitled",

@@ -265,6 +265,7 @@ class Operations:
             output=self._whole_output(session_id, item),
             result=item.result,
             is_error=item.status.value == "failed",
+            diff=item.diff,  # computed once, when the result arrived
         )
 
     def tool_output(self, who: Principal, session_id: str, tool_use_id: str) -> rq.ToolOutput:

@@ -21,37 +21,22 @@ from functools import partial
 from pathlib import Path
 from typing import Final
 
-import attrs
 import trio
 
 from ..errors import BadRequest, Forbidden, NotFound
+from ..wire.requests import FolderEntry, FolderListing, RecentFolder
 
 MAX_SCANNED: Final = 20_000  #: directory entries read per listing, shown or not
 
-
-@attrs.frozen
-class FolderEntry:
-    name: str
-    path: str  #: absolute real path (a symlink's target)
-    kind: str  #: "dir" | "file"
-    hidden: bool
-    git: bool = False  #: a directory that holds a .git entry
-
-
-@attrs.frozen
-class FolderListing:
-    path: str | None  #: the real path listed; None for the list of roots
-    parent: str | None  #: the parent, if it is still inside a root
-    root: str | None  #: the (outermost) allowed root this path is under
-    entries: list[FolderEntry]
-    truncated: bool = False  #: there were more than ``limit`` entries
-
-
-@attrs.frozen
-class RecentFolder:
-    path: str
-    last_used: float
-    sessions: int
+__all__ = [
+    "FolderEntry",
+    "FolderListing",
+    "RecentFolder",
+    "browse",
+    "browse_async",
+    "recent_folders",
+    "recent_folders_async",
+]
 
 
 def browse(

@@ -563,19 +563,28 @@ def finished_title(
     output: str = "",
     *,
     refused: bool = False,
+    diff: Diff | None = None,
 ) -> str:
     """The title of a finished call: "Ran `pytest -q`", "Edited app.py (+3 \N{MINUS SIGN}1)",
-    "Failed: Run `pytest -q`", "Refused: Edit app.py"."""
+    "Failed: Run `pytest -q`", "Refused: Edit app.py". ``diff``: the call's
+    :func:`diffs.from_result`, when the caller has it already (it is not computed twice)."""
     detail = detail_of(name, input)
     output = _str(output)
     if refused or (is_error and looks_refused(result, output)):
         return f"Refused: {_action(detail)}"
     if is_error:
         return f"Failed: {_action(detail)}"
-    return _done(detail, name, input, result, output)
+    return _done(detail, name, input, result, output, diff)
 
 
-def _done(detail: ToolDetail, name: str, input: Mapping[str, Any], result: Any, output: str) -> str:
+def _done(
+    detail: ToolDetail,
+    name: str,
+    input: Mapping[str, Any],
+    result: Any,
+    output: str,
+    diff: Diff | None,
+) -> str:
     outcome = _map(result)
     match detail:
         case Bash(command=command, background=background):
@@ -589,7 +598,7 @@ def _done(detail: ToolDetail, name: str, input: Mapping[str, Any], result: Any, 
         case Write():
             return _wrote(detail, outcome)
         case Edit(file_path=path) | MultiEdit(file_path=path):
-            return _edited(basename(path), diffs.from_result(name, input, result))
+            return _edited(basename(path), diff or diffs.from_result(name, input, result))
         case NotebookEdit(notebook_path=path):
             return f"Edited {basename(path)}"
         case Grep(pattern=pattern):
@@ -716,17 +725,21 @@ def describe(
     is_error: bool = False,
     truncated: bool = False,
     refused: bool = False,
+    diff: Diff | None = None,
 ) -> ToolView:
     """The view of one call. ``is_error`` (or ``refused``) makes a finished call ``failed``; the
     diff comes from the CLI's result, so only a completed Write/Edit/MultiEdit has one."""
     failed = status != "running" and (is_error or refused or status == "failed")
     if failed:
         status = "failed"
+    if status == "completed" and diff is None:
+        diff = diffs.from_result(name, input, result)
+    elif status != "completed":
+        diff = None
     if status == "running":
         title = started_title(name, input)
     else:
-        title = finished_title(name, input, result, failed, output, refused=refused)
-    diff = diffs.from_result(name, input, result) if status == "completed" else None
+        title = finished_title(name, input, result, failed, output, refused=refused, diff=diff)
     return ToolView(
         tool_use_id,
         name,

@@ -312,12 +312,18 @@ class WatchProjection:
     def _tool_finished(self, event: ev.ToolFinished, when: str) -> list[WatchEvent]:
         call = self._calls.pop(event.tool_use_id, None)
         refused = self._refused.pop(event.tool_use_id, False)
-        if call is None and event.title:
-            title = event.title  # started before this stream did: the daemon's own title
+        if event.title and not refused:
+            title = event.title  # the daemon titled it once, with its diff; not per stream
         else:
             call = call or _Call("", {})
             title = tools.finished_title(
-                call.name, call.input, event.result, event.is_error, event.output, refused=refused
+                call.name,
+                call.input,
+                event.result,
+                event.is_error,
+                event.output,
+                refused=refused,
+                diff=event.diff,
             )
         return [
             WatchEvent(

@@ -6,7 +6,6 @@ from typing import Any, Final, Literal
 
 import attrs
 
-from ..sessions.folders import RecentFolder
 from .snapshot import SessionInfo
 
 PROTOCOL_VERSION: Final = 1
@@ -69,6 +68,31 @@ class UpdateSession:
 class DeleteReply:
     id: str
     log_removed: bool
+
+
+@attrs.frozen
+class FolderEntry:
+    name: str
+    path: str  #: absolute real path (a symlink's target)
+    kind: str  #: "dir" | "file"
+    hidden: bool
+    git: bool = False  #: a directory that holds a .git entry
+
+
+@attrs.frozen
+class FolderListing:
+    path: str | None  #: the real path listed; None for the list of roots
+    parent: str | None  #: the parent, if it is still inside a root
+    root: str | None  #: the (outermost) allowed root this path is under
+    entries: list[FolderEntry]
+    truncated: bool = False  #: there were more than ``limit`` entries
+
+
+@attrs.frozen
+class RecentFolder:
+    path: str
+    last_used: float
+    sessions: int
 
 
 @attrs.frozen
