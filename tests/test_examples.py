@@ -21,16 +21,21 @@ async def test_watch_client_follows_a_session(daemon: Client, work_dir: Path) ->
     argv = [
         sys.executable, str(EXAMPLES / "watch_client.py"), session["id"],
         "--url", daemon.handle.url, "--token", daemon.handle.token,
-        "--since", f"{(await daemon.snapshot(session['id']))['epoch']}:0",
+        f"--since={(await daemon.snapshot(session['id']))['epoch']}:0",
     ]  # fmt: skip
-    proc = await trio.lowlevel.open_process(argv, stdout=subprocess.PIPE)
+    proc = await trio.lowlevel.open_process(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     output = b""
     try:
-        assert proc.stdout is not None
+        assert proc.stdout is not None and proc.stderr is not None
         with trio.fail_after(15):
             while b"[turn.completed]" not in output:
                 chunk = await proc.stdout.receive_some(4096)
-                assert chunk, output
+                if not chunk:  # it exited: say why
+                    errors = await proc.stderr.receive_some(65536)
+                    code = await proc.wait()
+                    raise AssertionError(
+                        f"exit {code}: {output!r}\n{errors.decode(errors='replace')}"
+                    )
                 output += chunk
     finally:
         proc.kill()
