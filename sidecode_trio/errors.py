@@ -11,8 +11,12 @@ client. A client error carries a stable ``code`` and the HTTP status that goes w
     │   ├── Unauthorized           401  missing or wrong credential
     │   ├── Forbidden              403  wrong Host header, path outside the allowed roots
     │   ├── NotFound               404  unknown session, unknown permission request
-    │   └── Conflict               409  already answered, session busy in a way that matters
+    │   ├── Conflict               409  already answered, session busy in a way that matters
+    │   ├── TooLarge               413  a body or an image over its limit
+    │   └── Unsupported            422  this session or CLI cannot do that (a remote session's
+    │                                   mode, mirroring with a CLI that lacks the flag)
     ├── CLIError                   the Claude Code CLI could not be started or stopped answering
+    ├── UpstreamError              the Remote Control API failed or refused our credentials
     └── StoreError                 the state directory or its database failed
 """
 
@@ -75,6 +79,11 @@ class TooLarge(ClientError):
     code = "too_large"
 
 
+class Unsupported(ClientError):
+    status = 422
+    code = "unsupported"
+
+
 class CLIError(SidecodeError):
     """The ``claude`` process failed to start, exited, or refused a control request."""
 
@@ -87,3 +96,10 @@ class StoreError(SidecodeError):
 
     status = 503
     code = "store_unavailable"
+
+
+class UpstreamError(SidecodeError):
+    """The Remote Control API failed or refused our credentials (``upstream_unauthorized``)."""
+
+    status = 502
+    code = "upstream_error"
