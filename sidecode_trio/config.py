@@ -16,9 +16,12 @@ from typing import Any, Final, Literal
 
 import attrs
 
+from .bridge.settings import BridgeSettings
 from .claude.messages import PERMISSION_MODES
 from .errors import ConfigError
 from .host.awake import parse_setting
+from .notify.settings import DEFAULT_SUBJECT
+from .notify.settings import problems as notify_problems
 from .wire.converter import structure
 
 DEFAULT_PORT: Final = 8765
@@ -55,6 +58,19 @@ class DaemonConfig:
     remote_modes: tuple[str, ...] = ("default", "acceptEdits", "plan", "dontAsk", "auto")
     #: keep the computer awake while a session runs or waits: "auto", "off", or a command
     keep_awake: str = "auto"
+    #: notifications (PROTOCOL.md "Notifications"): a webhook to POST to, e.g. an ntfy topic URL
+    notify_webhook: str | None = None
+    notify_format: Literal["auto", "ntfy", "json"] = "auto"  #: auto: ntfy when the host says so
+    notify_headers: dict[str, str] = attrs.field(factory=dict)  #: e.g. Authorization for ntfy
+    notify_details: Literal["full", "minimal"] = "full"  #: minimal: no command, title or folder
+    notify_on: tuple[str, ...] = ("approval", "finished", "failed")
+    notify_hold: float = 1.0  #: seconds a burst of events is gathered into one notification
+    notify_cooldown: float = 30.0  #: at most one notification per session and kind this often
+    push_subject: str = DEFAULT_SUBJECT  #: the VAPID contact push services see (mailto:/https:)
+    push_allow_loopback: bool = False  #: accept push endpoints on this computer (tests)
+    #: relay the account's Claude Code Remote Control sessions (off: nothing goes to Anthropic)
+    remote_control: bool = False
+    remote: BridgeSettings = BridgeSettings()  #: the bridge's URLs and timings (``[remote]``)
 
     https: bool | None = None  #: None: HTTPS exactly when the bind is not loopback
 
@@ -124,6 +140,7 @@ def _problems(config: DaemonConfig) -> list[str]:
         parse_setting(config.keep_awake)
     except ValueError as exc:
         problems.append(f"bad value @ $.keep_awake: {exc}")
+    problems.extend(config.remote.problems())
     if config.max_body < 1024:
         problems.append("bad value @ $.max_body: must be at least 1024 bytes")
     for i, root in enumerate(config.allowed_roots):
@@ -131,6 +148,7 @@ def _problems(config: DaemonConfig) -> list[str]:
             problems.append(f"bad value @ $.allowed_roots[{i}]: {str(root)!r} is not absolute")
         elif not root.is_dir():
             problems.append(f"bad value @ $.allowed_roots[{i}]: {root} is not a directory")
+    problems.extend(notify_problems(config))
     return problems
 
 
@@ -148,6 +166,11 @@ def load_config(overrides: Mapping[str, Any], config_file: Path | None = None) -
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(f"unknown setting(s) @ $: {', '.join(unknown)} (in {path})")
+    remote = data.get("remote")
+    remote_known = {field.name for field in attrs.fields(BridgeSettings)}
+    remote_unknown = sorted(set(remote) - remote_known) if isinstance(remote, dict) else []
+    if remote_unknown:
+        raise ConfigError(f"unknown setting(s) @ $.remote: {', '.join(remote_unknown)} ({path})")
     data.update({k: v for k, v in overrides.items() if v is not None})
     data["state_dir"] = str(state_dir)
     if not data.get("allowed_roots"):

@@ -1399,3 +1399,23 @@ def test_projection_never_raises_on_untrusted_tool_json(
     finished = projection.feed(ev.ToolFinished(finished_id, is_error, output, result), T0)
     assert [e.type for e in started + asked + finished] == ["tool_use", "permission", "tool_result"]
     assert finished[0].ref == finished_id
+
+
+def test_a_remote_sessions_upstream_link_is_told_to_the_watch() -> None:
+    projection = WatchProjection()
+    out = feed_all(
+        projection,
+        ev.UpstreamConnected(),
+        ev.UpstreamDisconnected("closed", retry_in=4.2),
+        ev.UpstreamConnected(reconnect=True, recovered=3),
+        ev.UpstreamDisconnected("unfollowed"),
+        ev.UpstreamDisconnected(
+            "unauthorized", code="upstream_unauthorized", message="Log in to Claude again"
+        ),
+    )
+    assert [(o.type, o.content, o.detail) for o in out] == [
+        ("status", "Connected to Remote Control", None),
+        ("status", "Remote Control disconnected · retrying in 4 s", None),
+        ("status", "Reconnected to Remote Control · 3 missed events recovered", None),
+        ("error", "Log in to Claude again", "upstream_unauthorized"),
+    ]

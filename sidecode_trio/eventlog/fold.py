@@ -62,6 +62,9 @@ class SessionFold:
         self.turns = 0
         self.archived = False
         self.deleted = False
+        self.source = "local"
+        self.mirrored = False
+        self.mirror_name: str | None = None
         self.active_turn: str | None = None
         self.queued: list[str] = []
         self.pending: dict[str, ev.PermissionRequested] = {}
@@ -90,6 +93,9 @@ class SessionFold:
             turns=self.turns,
             archived=self.archived,
             deleted=self.deleted,
+            source=self.source,
+            mirrored=self.mirrored,
+            mirror_name=self.mirror_name,
         )
 
     def tool(self, tool_use_id: str) -> ToolItem | None:
@@ -118,6 +124,8 @@ class SessionFold:
         fold.created_at, fold.last_activity = info.created_at, info.last_activity
         fold.cost_usd, fold.turns = info.cost_usd, info.turns
         fold.archived, fold.deleted = info.archived, info.deleted
+        fold.source = info.source
+        fold.mirrored, fold.mirror_name = info.mirrored, info.mirror_name
         fold.active_turn = snap.active_turn
         fold.queued = list(snap.queued)
         fold.pending = {p.request_id: p for p in snap.pending_permissions}
@@ -179,6 +187,7 @@ class SessionFold:
     def _created(self, e: ev.SessionCreated) -> None:
         self.cwd, self.title, self.model = e.cwd, e.title, e.model
         self.permission_mode = e.permission_mode
+        self.source = e.source
         self.created_at = self.last_activity
 
     def _updated(self, e: ev.SessionUpdated) -> None:
@@ -271,6 +280,16 @@ class SessionFold:
     def _error(self, e: ev.SessionError) -> None:
         self._add(ErrorItem(e.code, e.message))
 
+    def _mirror(self, e: ev.SessionMirror) -> None:
+        self.mirrored = e.enabled
+        self.mirror_name = e.name if e.enabled else None
+
+    def _upstream_connected(self, e: ev.UpstreamConnected) -> None:
+        self.cli = ev.CLIState.RUNNING  # for a remote session, "cli" is its link upstream
+
+    def _upstream_disconnected(self, e: ev.UpstreamDisconnected) -> None:
+        self.cli = ev.CLIState.STOPPED if e.retry_in is None else ev.CLIState.STARTING
+
 
 _HANDLERS: dict[type[ev.Event], Any] = {
     ev.SessionCreated: SessionFold._created,
@@ -291,4 +310,7 @@ _HANDLERS: dict[type[ev.Event], Any] = {
     ev.TurnFailed: SessionFold._failed,
     ev.TurnInterrupted: SessionFold._interrupted,
     ev.SessionError: SessionFold._error,
+    ev.SessionMirror: SessionFold._mirror,
+    ev.UpstreamConnected: SessionFold._upstream_connected,
+    ev.UpstreamDisconnected: SessionFold._upstream_disconnected,
 }

@@ -24,6 +24,7 @@ import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
 from typing import Any, Final, Protocol
 
 import attrs
@@ -253,8 +254,10 @@ async def watch_stream(
                 chunk = b"".join(map(frames, catch_up.events[start : start + sse.REPLAY_CHUNK]))
                 if chunk:
                     yield chunk
-        async for chunk in sse.live(sub.receive, frames, None, KEEPALIVE):
-            yield chunk
+        live = sse.live(sub.receive, frames, None, KEEPALIVE)
+        async with aclosing(live):  # closed with this stream, not left to the GC (a warning)
+            async for chunk in live:
+                yield chunk
     finally:
         forget()
         sub.close()
@@ -268,15 +271,16 @@ async def watch_stream(
 
 
 def _session(info: SessionInfo) -> dict[str, Any]:
+    remote = info.source == "remote"  # relayed from Claude Code's Remote Control
     return {
         "id": info.id,
         "title": info.title or "Untitled",
         "status": info.status.value,
         "model": info.model or "default",
-        "environmentId": "local",
+        "environmentId": "remote" if remote else "local",
         "createdAt": iso_time(info.created_at),
         "updatedAt": iso_time(info.last_activity),
-        "provider": "claude-code",
+        "provider": "remote-control" if remote else "claude-code",
         "cwd": info.cwd,
         "pendingPermissions": info.pending_permissions,
     }
@@ -284,9 +288,10 @@ def _session(info: SessionInfo) -> dict[str, Any]:
 
 async def _json_body() -> dict[str, Any]:
     raw = await request.get_data(cache=False, as_text=False)
+    g.body_read = True  # the connection may carry another request (app.close_after_unread_body)
     try:
         data = json.loads(raw or b"{}")
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than ~1000
         raise BadRequest("the body is not valid JSON") from None
     if not isinstance(data, dict):
         raise BadRequest("the body must be a JSON object")

@@ -21,7 +21,8 @@ import trio
 
 from .. import __version__
 from ..claude.messages import PERMISSION_MODES
-from ..errors import BadRequest, Forbidden, NotFound
+from ..claude.probe import CLIProbe
+from ..errors import BadRequest, Forbidden, NotFound, Unsupported
 from ..eventlog.core import Position
 from ..eventlog.log import EventLog, Replay, SnapshotRead, Subscription
 from ..security.auth import Principal
@@ -75,12 +76,14 @@ class Operations:
         guard: Guard,
         policy: Policy = Policy(),
         probes: Mapping[str, Callable[[], object]] | None = None,
+        cli: CLIProbe | None = None,
     ) -> None:
         self._registry = registry
         self._log = log
         self._guard = guard
         self._policy = policy
         self._probes = dict(probes or {})  #: more parts of /v1/status (e.g. keep-awake)
+        self._cli = cli  #: what the sessions' claude can do (mirroring needs --remote-control)
 
     # -- open to anyone ----------------------------------------------------------------------
 
@@ -156,12 +159,13 @@ class Operations:
     def snapshot_position(self, who: Principal, session_id: str) -> Position:
         """The session's current ``(epoch, cursor)``; raises ``NotFound`` for an unknown id."""
         who.require(Scope.APPROVE)
-        self._registry.get(session_id)
+        self._registry.check(session_id)
         return self._log.position(session_id)
 
     def snapshot(self, who: Principal, session_id: str) -> Snapshot:
         who.require(Scope.APPROVE)
-        self._registry.get(session_id)
+        self._registry.check(session_id)
+        self._registry.follow(session_id)  # a remote session catches up while looked at
         return self._log.snapshot(session_id)
 
     async def send_message(
@@ -169,6 +173,13 @@ class Operations:
     ) -> rq.MessageAccepted:
         who.require(Scope.CHAT)
         _check_text(request.text, "text")
+        remote = self._registry.remote(session_id)
+        if remote is not None:
+            if request.images:
+                raise Unsupported("images cannot be sent to a Remote Control session from here")
+            message_id = await remote.send(request.text, request.client_id)
+            await self._log.flush()
+            return rq.MessageAccepted(message_id, True)
         prompt = _prompt(request.text, request.images)
         message_id, created = self._registry.send(session_id, prompt, request.client_id)
         await self._log.flush()
@@ -176,6 +187,11 @@ class Operations:
 
     async def interrupt(self, who: Principal, session_id: str) -> rq.InterruptReply:
         who.require(Scope.APPROVE)
+        remote = self._registry.remote(session_id)
+        if remote is not None:
+            interrupted = await remote.interrupt()
+            await self._log.flush()
+            return rq.InterruptReply(interrupted)
         interrupted = await self._registry.get(session_id).interrupt()
         return rq.InterruptReply(interrupted)
 
@@ -226,6 +242,12 @@ class Operations:
         self, who: Principal, session_id: str, request: rq.UpdateSession
     ) -> SessionInfo:
         who.require(Scope.CHAT)
+        remote = self._registry.remote(session_id)
+        only_archive = request == rq.UpdateSession(archived=request.archived)
+        if remote is not None and only_archive and request.archived is not None:
+            remote.set_archived(request.archived)  # the one label a remote session takes here
+            await self._log.flush()
+            return self._registry.info(session_id)
         supervisor = self._registry.get(session_id)
         if all(getattr(request, f.name) is None for f in attrs.fields(rq.UpdateSession)):
             raise BadRequest("nothing to update: give title, archived, permission_mode or model")
@@ -243,6 +265,30 @@ class Operations:
             supervisor.set_labels(title=request.title, archived=request.archived)
         await self._log.flush()
         return self._registry.info(session_id)
+
+    async def set_mirror(
+        self, who: Principal, session_id: str, request: rq.SetMirror
+    ) -> rq.MirrorReply:
+        """Mirror a local session to Claude Code's Remote Control, or stop: the CLI restarts
+        (resuming the session) with or without ``--remote-control``. ``chat`` scope: it is the
+        owner's own claude.ai account, but the conversation then leaves this machine."""
+        who.require(Scope.CHAT)
+        if self._registry.info(session_id).source != "local":
+            raise Unsupported("only a local session can be mirrored", code="unsupported")
+        if request.name is not None:
+            _check_title(request.name)
+        if request.enabled:
+            support = await self._cli.check_async() if self._cli is not None else None
+            if support is None or not support.remote_control:
+                why = support.error if support is not None and support.error else ""
+                raise Unsupported(
+                    "this daemon's claude CLI cannot mirror a session: "
+                    + (why or "its --help lists no --remote-control (update Claude Code)")
+                )
+        changed = await self._registry.set_mirror(session_id, request.enabled, request.name)
+        await self._log.flush()
+        info = self._registry.info(session_id)
+        return rq.MirrorReply(info.mirrored, info.mirror_name, changed, info)
 
     async def delete_session(
         self, who: Principal, session_id: str, remove_log: bool
@@ -293,7 +339,7 @@ class Operations:
         return rq.RecentFolders(found)
 
     def _tool_item(self, session_id: str, tool_use_id: str) -> ToolItem:
-        self._registry.get(session_id)
+        self._registry.check(session_id)
         item = self._log.fold(session_id).tool(tool_use_id)
         if item is None:
             raise NotFound(f"unknown tool call {tool_use_id!r}", code="unknown_tool")
@@ -309,7 +355,8 @@ class Operations:
         self, who: Principal, session_id: str, since: Position | None, max_queue: int
     ) -> tuple[Replay | SnapshotRead, Subscription]:
         who.require(Scope.APPROVE)
-        self._registry.get(session_id)
+        self._registry.check(session_id)
+        self._registry.follow(session_id)  # a remote session is followed upstream meanwhile
         return self._log.subscribe(session_id, since, max_queue)
 
     def ticket(self, who: Principal, request: rq.TicketRequest) -> rq.TicketReply:

@@ -10,19 +10,22 @@ from __future__ import annotations
 
 import os
 import uuid as uuidlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import attrs
 import trio
 
 from ..claude.messages import transcript_path
-from ..errors import BadRequest, Forbidden, NotFound
+from ..errors import BadRequest, Forbidden, NotFound, Unsupported
 from ..eventlog.log import EventLog
 from ..wire import events as ev
 from ..wire.snapshot import SessionInfo
 from .supervisor import Prompt, SessionSupervisor, SupervisorSettings
+
+if TYPE_CHECKING:
+    from ..bridge.remote import RemoteSession
 
 TITLE_CHARS: Final = 80
 ACTIVITY_REPORT_INTERVAL: Final = 10.0  # seconds: activity-only changes are reported this often
@@ -78,6 +81,9 @@ class SessionRegistry:
         self._settings = settings
         self._roots = [Path(os.path.realpath(root)) for root in roots]
         self._supervisors: dict[str, SessionSupervisor] = {}
+        self._remotes: dict[str, RemoteSession] = {}  #: Remote Control sessions (the bridge's)
+        #: makes the driver of a stored remote session (None: the bridge is off, they are hidden)
+        self.remote_factory: Callable[[str], RemoteSession] | None = None
         self._nursery: trio.Nursery | None = None
         self._list_subscribers: set[trio.MemorySendChannel[SessionInfo]] = set()
         self._reported: dict[str, tuple[SessionInfo, float]] = {}
@@ -96,12 +102,18 @@ class SessionRegistry:
         for session_id in self._log.ids():
             if self._log.fold(session_id).deleted:
                 continue  # deleted with its log kept: on disk, out of every list
+            if self._log.fold(session_id).source == "remote":
+                if self.remote_factory is not None:
+                    self._remotes[session_id] = self.remote_factory(session_id)
+                continue
             supervisor = SessionSupervisor(session_id, self._log, self._settings)
             supervisor.recover()
             self._supervisors[session_id] = supervisor
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                for supervisor in self._supervisors.values():
+                    self._wake(supervisor)  # a mirrored session's CLI starts again at once
                 task_status.started()
                 await self._stop.wait()
                 nursery.cancel_scope.cancel()  # each supervisor stops its CLI, shielded and bounded
@@ -171,10 +183,42 @@ class SessionRegistry:
             await trio.to_thread.run_sync(_unlink, transcript_path(cwd, session_id, env))
 
     def get(self, session_id: str) -> SessionSupervisor:
+        """The local session's supervisor; a remote session cannot do what needs one."""
         try:
             return self._supervisors[session_id]
         except KeyError:
+            if session_id in self._remotes:
+                raise Unsupported(
+                    f"session {session_id} is a Remote Control session: only sending messages, "
+                    "interrupting and archiving reach it from here"
+                ) from None
             raise NotFound(f"unknown session {session_id!r}", code="unknown_session") from None
+
+    def check(self, session_id: str) -> None:
+        """Raise ``NotFound`` unless the session (local or remote) is known."""
+        if session_id not in self._supervisors and session_id not in self._remotes:
+            raise NotFound(f"unknown session {session_id!r}", code="unknown_session")
+
+    # -- remote sessions (the Remote Control bridge) ------------------------------------------
+
+    def add_remote(self, session: RemoteSession) -> None:
+        self._remotes[session.id] = session
+
+    def remote(self, session_id: str) -> RemoteSession | None:
+        return self._remotes.get(session_id)
+
+    def remotes(self) -> list[RemoteSession]:
+        return list(self._remotes.values())
+
+    def follow(self, session_id: str) -> None:
+        """A client looks at ``session_id``: a remote one is followed upstream meanwhile."""
+        remote = self._remotes.get(session_id)
+        if remote is None:
+            return
+        remote.follow()
+        if not remote.active and remote.has_work() and self._nursery is not None:
+            remote.active = True
+            self._nursery.start_soon(remote.run)
 
     def send(
         self, session_id: str, prompt: Prompt | str, client_id: str | None = None
@@ -184,13 +228,24 @@ class SessionRegistry:
         self._wake(supervisor)
         return result
 
+    async def set_mirror(self, session_id: str, enabled: bool, name: str | None) -> bool:
+        """Restart the session's CLI with/without Remote Control and wait until it confirmed.
+        Returns False when nothing had to change."""
+        supervisor = self.get(session_id)
+        request = supervisor.request_mirror(enabled, name)
+        if request is None:
+            return False
+        self._wake(supervisor)
+        await request.wait()
+        return True
+
     def info(self, session_id: str) -> SessionInfo:
-        self.get(session_id)
+        self.check(session_id)
         return self._log.info(session_id)
 
     def summaries(self, query: SessionFilter = SessionFilter(archived=None)) -> list[SessionInfo]:
         """Sessions matching ``query``, most recently active first."""
-        infos = [self._log.info(session_id) for session_id in self._supervisors]
+        infos = [self._log.info(session_id) for session_id in [*self._supervisors, *self._remotes]]
         infos = sorted(filter(query, infos), key=lambda info: info.last_activity, reverse=True)
         return infos[: query.limit] if query.limit is not None else infos
 
@@ -205,6 +260,7 @@ class SessionRegistry:
         return {
             "sessions": len(self._supervisors),
             "live": sum(1 for s in self._supervisors.values() if s.active),
+            "remote": len(self._remotes),
             "list_subscribers": len(self._list_subscribers),
         }
 
@@ -221,7 +277,7 @@ class SessionRegistry:
         if not self._list_subscribers:
             return  # a new follower gets the whole list; nothing to compute per commit
         for session_id in session_ids:
-            if session_id not in self._supervisors:
+            if session_id not in self._supervisors and session_id not in self._remotes:
                 continue
             info = self._log.info(session_id)
             if self._worth_reporting(session_id, info):

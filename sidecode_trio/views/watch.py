@@ -32,6 +32,9 @@ Domain events map to watch events like this (:meth:`WatchProjection.feed`)::
     CLIStateChanged      error        only when it crashed: "Claude Code crashed (exit N)"
     StatusChanged        status       "Running" / "Waiting for approval" / "Idle" / "Error"
     SessionUpdated       status       "Mode: plan · Model: x · Renamed: y"
+    UpstreamConnected    status       "Connected to Remote Control" / "Reconnected …"
+    UpstreamDisconnected status       "Remote Control disconnected · retrying in 4 s";
+                         error        when the login was refused (detail = the code)
     anything else        -
 
 Turn ends carry ``ref`` = the turn id (the id of the user message that started the turn).
@@ -240,6 +243,8 @@ class WatchProjection:
             ev.CLIStateChanged: self._cli_state_changed,
             ev.StatusChanged: self._status_changed,
             ev.SessionUpdated: self._session_updated,
+            ev.UpstreamConnected: self._upstream_connected,
+            ev.UpstreamDisconnected: self._upstream_disconnected,
         }
 
     def feed(self, event: ev.Event, at: float) -> list[WatchEvent]:
@@ -407,6 +412,21 @@ class WatchProjection:
             if value is not None
         ]
         return [WatchEvent("status", " · ".join(changes), when)] if changes else []
+
+    def _upstream_connected(self, event: ev.UpstreamConnected, when: str) -> list[WatchEvent]:
+        text = "Reconnected to Remote Control" if event.reconnect else "Connected to Remote Control"
+        if event.recovered:
+            text += f" · {event.recovered} missed events recovered"
+        return [WatchEvent("status", text, when)]
+
+    def _upstream_disconnected(self, event: ev.UpstreamDisconnected, when: str) -> list[WatchEvent]:
+        if event.reason == "unfollowed":  # nobody watches it any more: nothing to tell a watch
+            return []
+        if event.code:
+            message = event.message or "Remote Control refused the connection"
+            return [WatchEvent("error", message, when, detail=event.code)]
+        retry = f" · retrying in {event.retry_in:.0f} s" if event.retry_in is not None else ""
+        return [WatchEvent("status", f"Remote Control disconnected{retry}", when)]
 
 
 def _user(message_id: str, text: str, when: str) -> WatchEvent:

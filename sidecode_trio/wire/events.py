@@ -79,6 +79,7 @@ class SessionCreated(Event):
     title: str
     model: str | None = None
     permission_mode: str = "default"
+    source: str = "local"  #: "remote": a Claude Code Remote Control session relayed by the bridge
 
 
 @attrs.frozen
@@ -266,6 +267,46 @@ class SessionError(Event):
     message: str
 
 
+@attrs.frozen
+class SessionMirror(Event):
+    """Mirroring the session to Claude Code's Remote Control (claude.ai) was turned on or off.
+
+    ``enabled`` is the setting every later CLI of this session starts with (``--remote-control
+    <name>``). ``confirmed``: a CLI started with that setting answered ``initialize`` (appended
+    each time the daemon restarts the CLI for it, after a daemon restart too); False: the setting
+    is recorded but no CLI proved it, and ``detail`` says why (e.g. the CLI failed to start)."""
+
+    TYPE: ClassVar[str] = "session.mirror"
+    enabled: bool
+    name: str | None = None  #: the Remote Control session name (when enabled)
+    confirmed: bool = False
+    detail: str = ""
+
+
+@attrs.frozen
+class UpstreamConnected(Event):
+    """A remote session's live link to the Remote Control API is up. After a reconnect,
+    ``recovered`` counts the events fetched from its history that the gap had missed."""
+
+    TYPE: ClassVar[str] = "upstream.connected"
+    reconnect: bool = False
+    recovered: int = 0
+
+
+@attrs.frozen
+class UpstreamDisconnected(Event):
+    """A remote session's live link dropped (``reason``: ``closed``, ``stalled``, ``error``,
+    ``unauthorized``, ``unfollowed``). ``retry_in`` is the delay before the next attempt in
+    seconds; ``None`` means the bridge is not retrying (nobody follows the session, or the
+    credentials were refused)."""
+
+    TYPE: ClassVar[str] = "upstream.disconnected"
+    reason: str
+    retry_in: float | None = None
+    code: str = ""  #: the error code when one applies, e.g. ``upstream_unauthorized``
+    message: str = ""
+
+
 EVENT_CLASSES: dict[str, type[Event]] = {
     cls.TYPE: cls
     for cls in (
@@ -287,6 +328,9 @@ EVENT_CLASSES: dict[str, type[Event]] = {
         TurnFailed,
         TurnInterrupted,
         SessionError,
+        SessionMirror,
+        UpstreamConnected,
+        UpstreamDisconnected,
     )
 }
 

@@ -49,6 +49,8 @@ class SessionInfo:
     source: str = "local"
     archived: bool = False  #: hidden from the default list; still usable
     deleted: bool = False  #: only in the list feed: drop this session
+    mirrored: bool = False  #: mirrored to Remote Control on demand (``session.mirror``)
+    mirror_name: str | None = None  #: its Remote Control session name
 
 
 @attrs.frozen
