@@ -78,6 +78,29 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help="UDP port for WebTransport; 0 picks a free one, -1 turns it off (default: --port)",
     )
+    serve.add_argument(
+        "--remote-control",
+        action="store_true",
+        default=None,
+        help="relay this account's Claude Code Remote Control sessions (uses your Claude login; "
+        "off by default)",
+    )
+    serve.add_argument(
+        "--notify-webhook",
+        metavar="URL",
+        help="POST a notification here when a session needs an approval, finishes or fails "
+        "(e.g. https://ntfy.sh/your-topic)",
+    )
+    serve.add_argument(
+        "--notify-format",
+        choices=["auto", "ntfy", "json"],
+        help="the webhook's format (default auto: ntfy when the URL's host says ntfy, else json)",
+    )
+    serve.add_argument(
+        "--notify-details",
+        choices=["full", "minimal"],
+        help="full (default): the command, session title and folder; minimal: only what happened",
+    )
 
     pair = commands.add_parser("pair", help="show a one-time pairing code for a new device")
     _state_dir_flag(pair)
@@ -108,6 +131,26 @@ def _parser() -> argparse.ArgumentParser:
     _state_dir_flag(sessions)
     sessions.add_argument("--json", action="store_true", help="print JSON")
 
+    attach = commands.add_parser(
+        "attach", help="follow a session in this terminal and answer its permission requests"
+    )
+    _state_dir_flag(attach)
+    attach.add_argument("session", help="the session's id, or a unique prefix of it")
+    attach.add_argument(
+        "--history", type=int, default=20, metavar="N", help="transcript items shown first (20)"
+    )
+    attach.add_argument(
+        "--color", action=argparse.BooleanOptionalAction, help="default: when printing to a TTY"
+    )
+
+    send = commands.add_parser("send", help="send a message to a session (for scripts)")
+    _state_dir_flag(send)
+    send.add_argument("session", help="the session's id, or a unique prefix of it")
+    send.add_argument("text", help="the message ('-' reads it from standard input)")
+    send.add_argument(
+        "--wait", action="store_true", help="wait for the turn to end and print its result"
+    )
+
     doctor = commands.add_parser(
         "doctor", help="check the claude CLI, the state directory and the daemon"
     )
@@ -136,6 +179,10 @@ def main(argv: list[str] | None = None) -> int:
             return _pair(args)
         if args.command == "devices":
             return _devices(args)
+        if args.command in ("attach", "send"):
+            from .term.main import run
+
+            return run(args, *_daemon(args.state_dir or default_state_dir()))
         return _doctor(args)
     except SidecodeError as exc:
         print(f"sidecode-trio: {exc.message}", file=sys.stderr)
@@ -160,6 +207,10 @@ def _serve(args: argparse.Namespace) -> int:
         "idle_timeout": args.idle_timeout,
         "https": args.https,
         "quic_port": args.quic_port,
+        "remote_control": args.remote_control,
+        "notify_webhook": args.notify_webhook,
+        "notify_format": args.notify_format,
+        "notify_details": args.notify_details,
     }
     config = load_config(overrides, args.config)
     from .daemon import serve
@@ -317,6 +368,20 @@ def _check_claude(claude: str) -> dict[str, Any]:
     }
 
 
+def _check_mirroring(claude: str, env: dict[str, str]) -> dict[str, Any]:
+    """Can a session be mirrored to Remote Control (``--remote-control`` in ``claude --help``)?
+    Optional: a CLI without it fails nothing, mirroring just answers ``unsupported``."""
+    from .claude.probe import CLIProbe
+
+    support = CLIProbe(claude, env).check()
+    part: dict[str, Any] = {"ok": True, "supported": support.remote_control}
+    if support.error:
+        part["detail"] = support.error
+    elif not support.remote_control:
+        part["detail"] = "this claude has no --remote-control: update Claude Code to mirror"
+    return part
+
+
 def _check_state(state_dir: Path) -> dict[str, Any]:
     problems = []
     if not state_dir.exists():
@@ -438,20 +503,50 @@ def _check_identity(state_dir: Path) -> dict[str, Any]:
     return report
 
 
+def _check_remote_control(state_dir: Path) -> dict[str, Any]:
+    """Is the bridge on, is there a Claude login for it (where; never the token itself), and
+    did the running daemon's last call upstream succeed?"""
+    from .bridge.credentials import discover, organization
+
+    try:
+        config = load_config({"state_dir": state_dir})
+    except ConfigError as exc:
+        return {"ok": False, "detail": exc.message}
+    env = {**os.environ, **config.claude_env}
+    source = discover(env, config.remote)
+    part: dict[str, Any] = {
+        "ok": True,
+        "enabled": config.remote_control,
+        "credentials": source.name if source else None,
+        "organization": organization(env, config.remote) is not None,
+    }
+    if source is None:
+        part["detail"] = "no Claude login found (run `claude` and log in)"
+        part["ok"] = not config.remote_control
+    live = _live_status(state_dir)
+    error = (live or {}).get("remote_control", {}).get("error")
+    if error:
+        part |= {"ok": False, "detail": f"{error['code']}: {error['message']}"}
+    return part
+
+
 def _doctor(args: argparse.Namespace) -> int:
     state_dir = args.state_dir or default_state_dir()
     claude = args.claude
-    if claude is None:
-        try:
-            claude = load_config({"state_dir": state_dir}).claude
-        except ConfigError:
-            claude = DaemonConfig(state_dir=state_dir).claude
+    env: dict[str, str] = {}
+    try:
+        config = load_config({"state_dir": state_dir})
+        claude, env = claude or config.claude, dict(config.claude_env)
+    except ConfigError:
+        claude = claude or DaemonConfig(state_dir=state_dir).claude
     report = {
         "claude": _check_claude(claude),
+        "mirroring": _check_mirroring(claude, env),
         "state_dir": _check_state(state_dir),
         "identity": _check_identity(state_dir),
         "daemon": _check_daemon(state_dir),
         "keep_awake": _check_keep_awake(state_dir),
+        "remote_control": _check_remote_control(state_dir),
     }
     ok = all(part["ok"] for part in report.values())
     if args.json:

@@ -25,6 +25,7 @@ plain text                     ``You said: <text>``, a few words per text delta
 ``[[ask:QUESTION|A,B]]``       same with ``AskUserQuestion`` (one single-select question)
 ``[[slow:N]]``                 N text deltas ``tick i `` 0.05 s apart (interruptible)
 ``[[fast:N]]``                 N text deltas ``tok `` as fast as possible
+``[[fast:N:CHARS]]``           the same with deltas of CHARS characters (``abc...``): bulk volume
 ``[[stamp:N:RATE]]``           N text deltas ``<time.monotonic_ns()>;`` stamped right before the
                                line is written, RATE deltas per second (0 = no pacing)
 ``[[error:STATUS]]``           synthetic API-error assistant + ``result`` (is_error, api_error)
@@ -45,6 +46,10 @@ Environment knobs:
 * ``FAKE_CLAUDE_AUTO_ALLOW_READONLY=1`` - auto-allow simple read-only Bash commands (``echo hi``,
   ``ls``...) like the real CLI does (``permission_decision`` ``config``/``subcommandResults``).
   Off by default: every Bash call asks.
+* ``FAKE_CLAUDE_REMOTE_CONTROL`` - ``absent``: an older CLI without ``--remote-control [name]``
+  (not in ``--help``; the flag is an unknown option); ``unavailable``: the flag is accepted but
+  ``initialize`` answers ``remote_control_available: false``. Unset: like 2.1.329, whose
+  ``initialize`` says ``true`` when started with ``--remote-control``.
 """
 
 from __future__ import annotations
@@ -55,6 +60,7 @@ import json
 import os
 import re
 import signal
+import string
 import subprocess
 import sys
 import threading
@@ -109,7 +115,7 @@ VALUE_FLAGS = frozenset({
     "--allowed-tools", "--disallowedTools", "--disallowed-tools", "--system-prompt",
     "--append-system-prompt", "--settings", "--mcp-config", "--add-dir", "--fallback-model",
     "--setting-sources", "--permission-prompts", "--max-budget-usd", "--effort", "--agents",
-    "--json-schema",
+    "--json-schema", "--remote-control-session-name-prefix",
 })  # fmt: skip
 
 _DIRECTIVE_RE = re.compile(
@@ -164,6 +170,9 @@ class Options:
     resume: str | None = None
     session_id: str | None = None
     version: bool = False
+    help: bool = False
+    remote_control: bool = False  #: ``--remote-control [name]``: mirror to claude.ai
+    remote_control_name: str | None = None
 
 
 def parse_argv(argv: list[str]) -> Options:
@@ -178,6 +187,11 @@ def parse_argv(argv: list[str]) -> Options:
         value: str | None = None
         if name in VALUE_FLAGS:
             value = inline if eq else (args.pop(0) if args else "")
+        elif name == "--remote-control":  # an optional value: a next word not starting with -
+            opts.remote_control = True
+            if eq or (args and not args[0].startswith("-")):
+                opts.remote_control_name = inline if eq else args.pop(0)
+            continue
         _apply_flag(opts, name, value)
     return opts
 
@@ -187,6 +201,8 @@ def _apply_flag(opts: Options, name: str, value: str | None) -> None:
         opts.print_mode = True
     elif name in ("-v", "--version"):
         opts.version = True
+    elif name in ("-h", "--help"):
+        opts.help = True
     elif name == "--verbose":
         opts.verbose = True
     elif name == "--include-partial-messages":
@@ -213,6 +229,8 @@ def _apply_flag(opts: Options, name: str, value: str | None) -> None:
 
 def validate(opts: Options) -> None:
     """Exit like the real CLI on a bad command line (messages from reference sections 1-2)."""
+    if opts.remote_control and os.environ.get("FAKE_CLAUDE_REMOTE_CONTROL") == "absent":
+        fail("error: unknown option '--remote-control'")
     if opts.output_format == "stream-json" and not opts.verbose:
         fail("Error: When using --print, --output-format=stream-json requires --verbose")
     if opts.input_format == "stream-json" and opts.output_format != "stream-json":
@@ -456,7 +474,9 @@ def _timing_reply(name: str, arg: str) -> Reply:
         ticks = tuple(f"tick {i} " for i in range(int(arg)))
         return Reply(blocks=(TextBlock(ticks),), interval_s=SLOW_DELTA_INTERVAL_S)
     if name == "fast":
-        return Reply(blocks=(TextBlock(tuple("tok " for _ in range(int(arg)))),), interval_s=0.0)
+        count, _, chars = arg.partition(":")
+        token = (string.ascii_lowercase * (int(chars) // 26 + 1))[: int(chars)] if chars else "tok "
+        return Reply(blocks=(TextBlock((token,) * int(count)),), interval_s=0.0)
     if name == "stamp":
         count, _, rate = arg.partition(":")
         return Reply(blocks=(TextBlock((), stamp=(int(count), float(rate or 0))),))
@@ -1568,7 +1588,9 @@ class Session:
             payload |= {"current_permission_mode": self.mode, "hook_on_failure_supported": True}
             payload |= {"hooks_when_unanswered_kept": 0, "other_hook_ask_outranks_host": True}
             payload |= {"feedback_mode": {"kind": "disabled"}, "analytics_disabled": True}
-            payload |= {"remote_control_available": False, "fast_mode_state": "off"}
+            available = self.opts.remote_control
+            available &= not os.environ.get("FAKE_CLAUDE_REMOTE_CONTROL")
+            payload |= {"remote_control_available": available, "fast_mode_state": "off"}
             payload["session_state"] = "idle" if self.current is None else "running"
             payload["capabilities"] = list(CAPABILITIES)
             response = {"subtype": "success", "request_id": request_id, "response": payload}
@@ -1650,6 +1672,34 @@ def _resolve_model(model: str | None) -> str:
     return model
 
 
+def help_text(remote_control: bool) -> str:
+    """``--help`` in the real CLI's commander layout, listing the options this fake knows."""
+    options = [
+        ("--input-format <format>", "Input format: text or stream-json"),
+        ("--include-partial-messages", "Include partial message chunks as they arrive"),
+        ("--model <model>", "Model for the current session"),
+        ("--output-format <format>", "Output format: text, json or stream-json"),
+        ("-p, --print", "Print response and exit (useful for pipes)"),
+        ("--permission-mode <mode>", f"Permission mode ({', '.join(MODES)})"),
+        ("--permission-prompt-tool <tool>", "MCP tool (or stdio) for permission prompts"),
+        ("-r, --resume [value]", "Resume a conversation by session ID"),
+        ("--session-id <uuid>", "Use a specific session ID for the conversation"),
+        ("--verbose", "Override verbose mode setting from config"),
+        ("-v, --version", "Output the version number"),
+        ("-h, --help", "Display help for command"),
+    ]
+    if remote_control:
+        options[5:5] = [
+            ("--remote-control [name]", "Start an interactive session with Remote Control"),
+            ("--remote-control-session-name-prefix <prefix>", "Prefix for session names"),
+        ]
+    lines = ["Usage: claude [options] [command] [prompt]", "", "Options:"]
+    for spec, text in options:
+        lines.append(f"  {spec:<36}  {text}" if len(spec) <= 36 else f"  {spec}\n      {text}")
+    commands = ["", "Commands:", f"  {'doctor':<36}  Check the health of the installation"]
+    return "\n".join(lines + commands)
+
+
 def _log_argv(argv: list[str]) -> None:
     log_path = os.environ.get("FAKE_CLAUDE_LOG")
     if log_path:
@@ -1663,6 +1713,9 @@ def main(argv: list[str] | None = None) -> int:
     opts = parse_argv(args)
     if opts.version:
         print(f"{VERSION} (Claude Code)")
+        return 0
+    if opts.help:
+        print(help_text(os.environ.get("FAKE_CLAUDE_REMOTE_CONTROL") != "absent"))
         return 0
     validate(opts)
     session = Session(opts, Output())

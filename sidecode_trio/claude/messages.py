@@ -30,6 +30,8 @@ class LaunchSpec:
     permission_mode: str = "default"
     env: Mapping[str, str] = attrs.field(factory=dict)
     extra_args: Sequence[str] = ()
+    remote_control: bool = False  #: mirror to Remote Control (``--remote-control[=name]``)
+    remote_control_name: str | None = None
 
     def argv(self) -> list[str]:
         args = [
@@ -53,6 +55,9 @@ class LaunchSpec:
             args.append(f"--resume={self.session_id}")
         else:
             args.append(f"--session-id={self.session_id}")
+        if self.remote_control:
+            name = self.remote_control_name
+            args.append(f"--remote-control={name}" if name else "--remote-control")
         args.extend(self.extra_args)
         return args
 

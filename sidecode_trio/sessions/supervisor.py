@@ -25,7 +25,7 @@ import trio
 from ..claude import messages as msg
 from ..claude.process import ClaudeProcess, Grace
 from ..claude.translate import Translator, coalesce
-from ..errors import BadRequest, CLIError, Conflict, NotFound
+from ..errors import BadRequest, CLIError, Conflict, NotFound, SidecodeError
 from ..eventlog.log import EventLog
 from ..views import diff as diffs
 from ..wire import events as ev
@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 RECENT_IDS: Final = 512  # client ids and answered requests remembered for idempotency
 MAX_DIFF_SOURCE: Final = 2 * 1024 * 1024  # bytes of a file read to show a proposed edit's diff
 FILE_TOOLS: Final = frozenset({"Edit", "MultiEdit", "Write"})
+MIRROR_CONFIRM_TIMEOUT: Final = 30.0  # seconds a restarted CLI has to answer ``initialize``
 
 
 @attrs.frozen
@@ -44,6 +45,26 @@ class Prompt:
     text: str
     images: Sequence[ev.ImageRef] = ()
     blocks: Sequence[Mapping[str, Any]] = ()  #: the CLI's ``image`` content blocks
+
+
+@attrs.define
+class MirrorRequest:
+    """A change of mirroring waiting for the supervisor's loop to restart the CLI for it."""
+
+    enabled: bool
+    name: str | None
+    done: trio.Event = attrs.field(factory=trio.Event)
+    error: SidecodeError | None = None
+
+    def finish(self, error: SidecodeError | None) -> None:
+        self.error = error
+        self.done.set()
+
+    async def wait(self) -> None:
+        """Until the CLI confirmed the change; raises why it could not."""
+        await self.done.wait()
+        if self.error is not None:
+            raise self.error
 
 
 @attrs.frozen
@@ -76,6 +97,10 @@ class SessionSupervisor:
         self._process: ClaudeProcess | None = None
         self._translator = Translator(fold.cost_usd)
         self._errored = fold.status is ev.SessionStatus.ERRORED
+        self._mirrored, self._mirror_name = fold.mirrored, fold.mirror_name
+        self._mirror_request: MirrorRequest | None = None
+        self._process_scope: trio.CancelScope | None = None
+        self._spawn_error = ""
         self._crashes = 0
         self._stopping = False
         self._stop_reason = "daemon_stopped"
@@ -141,6 +166,8 @@ class SessionSupervisor:
         if fold.cli is not ev.CLIState.STOPPED and fold.cli is not ev.CLIState.CRASHED:
             self._emit(ev.CLIStateChanged(ev.CLIState.STOPPED, detail="daemon restarted"))
         self._refresh_status()
+        if fold.mirrored:  # a mirror lives in a running CLI: start it again, and confirm it
+            self._mirror_request = MirrorRequest(True, fold.mirror_name)
 
     # -- operations (called by ops/, from any task) ------------------------------------------
 
@@ -271,8 +298,34 @@ class SessionSupervisor:
         while len(self._answered) > RECENT_IDS:
             self._answered.popitem(last=False)
 
+    def request_mirror(self, enabled: bool, name: str | None) -> MirrorRequest | None:
+        """Ask to restart the CLI with (or without) ``--remote-control``; only while idle, since
+        a restart would cut a turn short. None: it is so already, nothing to restart."""
+        if self.closed:
+            raise NotFound(f"session {self.id} was deleted", code="unknown_session")
+        if self._mirror_request is not None:
+            raise Conflict("mirroring is already being changed", code="mirror_in_progress")
+        if self._current is not None or self._queue or self._pending:
+            raise Conflict(
+                "the session is running a turn or waiting for a permission answer; change "
+                "mirroring when it is idle (a restart of the CLI would cut the turn short)",
+                code="session_busy",
+            )
+        name = (name or self._mirror_name or self._log.fold(self.id).title) if enabled else None
+        live = self._process is not None or not enabled
+        if enabled == self._mirrored and name == self._mirror_name and live:
+            return None
+        request = self._mirror_request = MirrorRequest(enabled, name)
+        self._wake.set()
+        return request
+
     def has_work(self) -> bool:
-        return bool(self._queue) or self._current is not None or self._process is not None
+        return (
+            bool(self._queue)
+            or self._current is not None
+            or self._process is not None
+            or self._mirror_request is not None
+        )
 
     # -- the supervisor task -----------------------------------------------------------------
 
@@ -310,6 +363,9 @@ class SessionSupervisor:
 
     async def _loop(self, nursery: trio.Nursery) -> None:
         while True:
+            if self._mirror_request is not None and self._current is None:
+                await self._apply_mirror(nursery, self._mirror_request)
+                continue
             if self._current is None and self._queue and not self._stopping:
                 if self._process is None and not await self._spawn(nursery):
                     continue
@@ -318,7 +374,9 @@ class SessionSupervisor:
             if self._process is None and self._current is None and not self._queue:
                 return
             idle = self._current is None and not self._queue and not self._pending
-            timeout = self._settings.idle_timeout if idle and self._process else math.inf
+            # a mirrored session's CLI is its link to claude.ai: it is not stopped when idle
+            stop_idle = idle and self._process is not None and not self._mirrored
+            timeout = self._settings.idle_timeout if stop_idle else math.inf
             with trio.move_on_after(timeout) as quiet:
                 await self._wake.wait()
             self._wake = trio.Event()
@@ -336,6 +394,8 @@ class SessionSupervisor:
             permission_mode=self._mode,
             env=self._settings.env,
             extra_args=self._settings.extra_args,
+            remote_control=self._mirrored,
+            remote_control_name=self._mirror_name,
         )
         self._emit(ev.CLIStateChanged(ev.CLIState.STARTING))
         self._translator = Translator(fold.cost_usd)
@@ -343,6 +403,7 @@ class SessionSupervisor:
         try:
             await nursery.start(self._run_process, process)
         except CLIError as exc:
+            self._spawn_error = exc.message
             self._emit(ev.CLIStateChanged(ev.CLIState.CRASHED, detail=exc.message))
             self._errored = True
             self._fail_queue("cli_unavailable", exc.message)
@@ -360,11 +421,13 @@ class SessionSupervisor:
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
+        scope = self._process_scope = trio.CancelScope()  # a restart may cut it short
         try:
-            await process.run(task_status=_Started(task_status, self, process))
+            with scope:
+                await process.run(task_status=_Started(task_status, self, process))
         finally:
             # -inf: this task is being cancelled, i.e. the daemon or the session is stopping it
-            stopped = trio.current_effective_deadline() == -math.inf
+            stopped = scope.cancel_called or trio.current_effective_deadline() == -math.inf
             self._on_exit(process, process.exit_code, stopped or self._stopping or self.closed)
 
     async def _deliver(self) -> None:
@@ -392,6 +455,58 @@ class SessionSupervisor:
                     self._wake = trio.Event()
         finally:
             self._stopping = False
+
+    # -- mirroring to Remote Control: a restart of the CLI, confirmed by its initialize ------
+
+    async def _apply_mirror(self, nursery: trio.Nursery, request: MirrorRequest) -> None:
+        error: SidecodeError | None = Conflict(
+            "the session stopped before mirroring changed", code="session_stopped"
+        )
+        try:
+            error = await self._restart_mirrored(nursery, request)
+        finally:
+            self._mirror_request = None
+            request.finish(error)
+
+    async def _restart_mirrored(
+        self, nursery: trio.Nursery, request: MirrorRequest
+    ) -> SidecodeError | None:
+        """Stop the CLI, start it with the new setting (resuming the session), and append the
+        ``session.mirror`` event once it answered ``initialize``; on failure, mirroring is off."""
+        if self._process is not None:
+            await self._stop_for_restart(self._process)
+        self._mirrored, self._mirror_name = request.enabled, request.name
+        self._spawn_error = ""
+        answer: dict[str, Any] = {}
+        detail = ""
+        process = self._process if await self._spawn(nursery) else None
+        if process is None:
+            detail = self._spawn_error or "claude could not be started"
+        else:
+            try:
+                answer = await process.request({"subtype": "initialize"}, MIRROR_CONFIRM_TIMEOUT)
+            except CLIError as exc:
+                tail = " | ".join(list(process.stderr_tail)[-2:])
+                detail = f"claude did not confirm: {exc.message}" + (f": {tail}" if tail else "")
+        if not detail:
+            note = ""
+            if request.enabled and answer.get("remote_control_available") is False:
+                note = "claude says Remote Control is not available for this login"
+            self._emit(ev.SessionMirror(request.enabled, request.name, True, note))
+            return None
+        if self._process is not None:
+            await self._stop_for_restart(self._process)
+        self._mirrored, self._mirror_name = False, None
+        self._emit(ev.SessionMirror(False, None, False, detail))
+        return CLIError(f"mirroring is off: {detail}", code="mirror_failed")
+
+    async def _stop_for_restart(self, process: ClaudeProcess) -> None:
+        await self._stop_idle(process)
+        if self._process is process and self._process_scope is not None:
+            self._process_scope.cancel()  # it ignored EOF: terminate it (bounded, in its task)
+            while self._process is process:
+                await self._wake.wait()
+                self._wake = trio.Event()
 
     # -- what the CLI says -------------------------------------------------------------------
 
@@ -478,6 +593,7 @@ class SessionSupervisor:
         self._timers.clear()
         for request_id in list(self._pending):
             self._pending.pop(request_id)
+            self._remember_answer(request_id, ev.PermissionOutcome.WITHDRAWN.value)  # 409, not 404
             self._emit(
                 ev.PermissionResolved(request_id, ev.PermissionOutcome.WITHDRAWN, "claude exited")
             )
@@ -512,6 +628,11 @@ class SessionSupervisor:
     def _on_shutdown(self) -> None:
         """The daemon is stopping (or the session is deleted): messages that will not run now
         are failed, explicitly."""
+        if self._mirror_request is not None:
+            self._mirror_request.finish(
+                Conflict("the session stopped before mirroring changed", code="session_stopped")
+            )
+            self._mirror_request = None
         if self._queue:
             why = "session was deleted" if self.closed else "daemon stopped"
             self._fail_queue(self._stop_reason, f"the {why} before this message ran")

@@ -65,6 +65,26 @@ class UpdateSession:
 
 
 @attrs.frozen
+class SetMirror:
+    """Mirror the session to Claude Code's Remote Control (claude.ai) or stop mirroring it.
+    ``name`` is the Remote Control session's name (default: the current one, else the title)."""
+
+    enabled: bool
+    name: str | None = None
+
+
+@attrs.frozen
+class MirrorReply:
+    """The state now in effect: the CLI was restarted with it and confirmed it (``changed``),
+    or it already was so and nothing was restarted."""
+
+    enabled: bool
+    name: str | None
+    changed: bool
+    session: SessionInfo
+
+
+@attrs.frozen
 class DeleteReply:
     id: str
     log_removed: bool
@@ -252,3 +272,49 @@ class TicketRequest:
 class TicketReply:
     ticket: str
     expires_at: float
+
+
+@attrs.frozen
+class PushKeys:
+    p256dh: str  #: base64url P-256 public key of the browser (65 bytes, uncompressed)
+    auth: str  #: base64url authentication secret (16 bytes)
+
+
+@attrs.frozen
+class PushSubscriptionRequest:
+    """A browser's ``PushSubscription.toJSON()``; ``expirationTime`` is ignored."""
+
+    endpoint: str
+    keys: PushKeys
+
+
+@attrs.frozen
+class PushSubscription:
+    id: str
+    device_id: str | None  #: None: the local owner's
+    endpoint: str
+    created_at: float
+    last_delivered: float | None = None
+    failures: int = 0  #: deliveries failed since the last one that worked
+
+
+@attrs.frozen
+class PushSubscriptionList:
+    public_key: str  #: the VAPID key to subscribe with (``applicationServerKey``), base64url
+    subscriptions: list[PushSubscription]
+
+
+@attrs.frozen
+class PushSubscriptionRemoved:
+    id: str
+    removed: bool = True
+
+
+@attrs.frozen
+class VapidKeyReply:
+    public_key: str  #: base64url uncompressed P-256 point: the ``applicationServerKey``
+
+
+@attrs.frozen
+class PushTestReply:
+    queued: int  #: pushes queued (one per subscription of the asking device)

@@ -1,0 +1,268 @@
+"""The Trio drivers of ``sidecode-trio attach`` and ``sidecode-trio send`` (thin: the printing
+is :mod:`.render`'s, the parsing :mod:`.sse`'s).
+
+``attach`` runs two tasks in one nursery: one follows the session's event stream, reconnecting
+with ``Last-Event-ID`` after a drop (so the daemon replays exactly what was missed), one reads
+keys from a terminal (cbreak mode: one key at a time, no echo; restored on every exit path,
+signals included) and makes the HTTP call each key asks for. ``send`` queues one message and,
+with ``--wait``, follows the stream from just before it until its turn ends.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import signal
+import termios
+import tty
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, aclosing, contextmanager
+from typing import Final, Protocol, TextIO
+from urllib.parse import quote
+
+import httpx
+import trio
+
+from ..errors import SidecodeError
+from ..wire import converter as wire
+from ..wire import events as ev
+from ..wire.snapshot import Snapshot
+from .client import DaemonAPI
+from .render import KEYS_HELP, Call, Renderer
+from .sse import Frame, SSEParser
+
+RETRY_FIRST: Final = 0.5  # seconds before the first reconnect; doubles up to RETRY_MAX
+RETRY_MAX: Final = 10.0
+FATAL: Final = frozenset({"unknown_session", "unauthorized", "forbidden", "scope_required"})
+QUIT_KEYS: Final = frozenset({"q", "\x04"})  # q, Ctrl-D
+TURN_ENDS: Final = (ev.TurnCompleted, ev.TurnFailed, ev.TurnInterrupted)
+
+Write = Callable[[str], None]
+
+
+class ByteStream(Protocol):
+    def aiter_bytes(self) -> AsyncIterator[bytes]: ...
+
+
+class EventSource(Protocol):
+    """Where event streams come from (:class:`DaemonAPI`; tests pass their own)."""
+
+    def events(
+        self, session_id: str, since: str | None
+    ) -> AbstractAsyncContextManager[ByteStream]: ...
+
+
+def writer(out: TextIO) -> Write:
+    def write(text: str) -> None:
+        if text:
+            out.write(text)
+            out.flush()
+
+    return write
+
+
+async def follow(
+    api: EventSource, session_id: str, since: str | None, on_drop: Callable[[str], None]
+) -> AsyncGenerator[Frame, None]:
+    """The session's frames, forever: after a drop, reconnect from the last id seen."""
+    delay = RETRY_FIRST
+    while True:
+        try:
+            async with api.events(session_id, since) as response:
+                delay = RETRY_FIRST
+                parser = SSEParser()
+                chunks = response.aiter_bytes()
+                try:
+                    async for chunk in chunks:
+                        for frame in parser.feed(chunk):
+                            since = frame.id or since
+                            yield frame
+                finally:
+                    if inspect.isasyncgen(chunks):  # the consumer may stop mid-stream
+                        await chunks.aclose()
+            why = "the daemon ended the stream"
+        except SidecodeError as exc:
+            if exc.code in FATAL:
+                raise
+            why = exc.message
+        except httpx.HTTPError as exc:
+            why = str(exc) or type(exc).__name__
+        on_drop(f"disconnected ({why}); reconnecting in {delay:g} s")
+        await trio.sleep(delay)
+        delay = min(delay * 2, RETRY_MAX)
+
+
+def decode(frame: Frame) -> Snapshot | ev.Event | None:
+    """A frame's snapshot or event; None for what this client does not know (a newer event)."""
+    try:
+        data = json.loads(frame.data)
+        if frame.event == "snapshot":
+            return wire.structure(data["snapshot"], Snapshot)
+        return wire.structure(data["event"], ev.Event)
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def snapshot_reason(frame: Frame) -> str:
+    try:
+        return str(json.loads(frame.data).get("reason", ""))
+    except ValueError:
+        return ""
+
+
+class Attach:
+    """One ``attach``: the renderer, where it writes, and why it stopped."""
+
+    def __init__(self, api: DaemonAPI, renderer: Renderer, write: Write, keys: bool) -> None:
+        self.api, self.renderer, self.write = api, renderer, write
+        self._help = keys  # shown once, under the first snapshot
+        self.stop = trio.Event()
+        self.error: SidecodeError | None = None
+
+    async def run(self, keys_fd: int | None) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._follow)
+            nursery.start_soon(self._signals)
+            if keys_fd is not None:
+                nursery.start_soon(self._keys, keys_fd, nursery)
+            await self.stop.wait()
+            nursery.cancel_scope.cancel()
+
+    async def _follow(self) -> None:
+        frames = follow(self.api, self.renderer.session_id, None, self._dropped)
+        try:
+            async with aclosing(frames):
+                async for frame in frames:
+                    item = decode(frame)
+                    if isinstance(item, Snapshot):
+                        self.write(self.renderer.snapshot(item, snapshot_reason(frame)))
+                        if self._help:
+                            self.write(self.renderer.note(KEYS_HELP))
+                            self._help = False
+                    elif item is not None:
+                        self.write(self.renderer.event(item))
+                    if self.renderer.ended:
+                        break
+        except SidecodeError as exc:
+            self.error = exc
+        self.stop.set()
+
+    def _dropped(self, why: str) -> None:
+        self.write(self.renderer.note(why))
+
+    async def _keys(self, fd: int, nursery: trio.Nursery) -> None:
+        while True:
+            await trio.lowlevel.wait_readable(fd)
+            data = os.read(fd, 64)
+            for key in data.decode(errors="ignore") if data else "\x04":
+                if key in QUIT_KEYS:
+                    self.stop.set()
+                    return
+                call = self.renderer.key(key)
+                if call is not None:
+                    nursery.start_soon(self._call, call)  # keys stay live while it is sent
+                elif key in "?h":
+                    self.write(self.renderer.note(KEYS_HELP))
+
+    async def _call(self, call: Call) -> None:
+        try:
+            await self.api.call(call.method, call.path, call.body)
+        except SidecodeError as exc:
+            self.write(self.renderer.note(f"{call.what}: {exc.message}"))
+
+    async def _signals(self) -> None:
+        # Ctrl-C, a closed terminal, kill: stop through the same path as 'q', so the terminal
+        # is restored by the code that changed it
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+            async for _ in signals:
+                self.stop.set()
+                return
+
+
+@contextmanager
+def cbreak(fd: int) -> Iterator[None]:
+    """Keys one at a time, not echoed; the terminal's settings come back on any exit."""
+    saved = termios.tcgetattr(fd)
+    try:
+        tty.setcbreak(fd, termios.TCSANOW)
+        yield
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+
+
+async def attach(
+    url: str,
+    token: str,
+    session: str,
+    out: TextIO,
+    *,
+    keys_fd: int | None,
+    color: bool,
+    history: int,
+) -> int:
+    api = DaemonAPI(url, token)
+    try:
+        session_id = await api.resolve(session)
+        renderer = Renderer(session_id, color=color, history=history)
+        run = Attach(api, renderer, writer(out), keys=keys_fd is not None)
+        if keys_fd is None:
+            await run.run(None)
+        else:
+            with cbreak(keys_fd):
+                await run.run(keys_fd)
+    finally:
+        await api.aclose()
+    if run.error is not None:
+        raise run.error
+    return 0
+
+
+async def send(
+    url: str, token: str, session: str, text: str, out: TextIO, err: TextIO, *, wait: bool
+) -> int:
+    """Queue ``text``; with ``wait``, print the turn's result. 0: accepted (or completed)."""
+    api = DaemonAPI(url, token)
+    try:
+        session_id = await api.resolve(session)
+        path = f"/v1/sessions/{quote(session_id, safe='')}"
+        body = {"text": text, "client_id": str(uuid.uuid4())}  # a retry cannot send it twice
+        if not wait:
+            reply = await api.call("POST", f"{path}/messages", body)
+            out.write(f"{reply['message_id']}\n")
+            return 0
+        snap = await api.call("GET", path)
+        since = f"{snap['epoch']}:{snap['cursor']}"  # everything after it is replayed
+        reply = await api.call("POST", f"{path}/messages", body)
+        return await _wait_for_turn(api, session_id, since, reply["message_id"], out, err)
+    finally:
+        await api.aclose()
+
+
+async def _wait_for_turn(
+    api: DaemonAPI, session_id: str, since: str, turn_id: str, out: TextIO, err: TextIO
+) -> int:
+    def note(text: str) -> None:
+        err.write(f"sidecode-trio: {text}\n")
+        err.flush()
+
+    frames = follow(api, session_id, since, note)
+    async with aclosing(frames):
+        async for frame in frames:
+            event = decode(frame)
+            if isinstance(event, ev.PermissionRequested):
+                note(f"waiting for a permission answer: {event.summary or event.tool_name}")
+            elif isinstance(event, TURN_ENDS) and event.turn_id == turn_id:
+                if isinstance(event, ev.TurnCompleted):
+                    out.write(event.result + ("\n" if not event.result.endswith("\n") else ""))
+                    return 0
+                if isinstance(event, ev.TurnFailed):
+                    note(f"the turn failed ({event.reason}): {event.message}")
+                else:
+                    note("the turn was interrupted")
+                return 1
+            elif isinstance(event, ev.SessionDeleted):
+                note("the session was deleted")
+                return 1
+    return 1  # not reached: follow() reconnects until the turn ends

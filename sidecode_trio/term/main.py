@@ -1,0 +1,41 @@
+"""``sidecode-trio attach`` and ``send`` from parsed arguments: terminal checks, then Trio."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from functools import partial
+
+import trio
+
+from ..errors import ConfigError
+from .attach import attach, send
+
+
+def wants_color(stream: object) -> bool:
+    isatty = getattr(stream, "isatty", None)
+    tty = bool(isatty()) if callable(isatty) else False
+    return tty and "NO_COLOR" not in os.environ and os.environ.get("TERM") != "dumb"
+
+
+def run(args: argparse.Namespace, url: str, token: str) -> int:
+    if args.command == "send":
+        text = sys.stdin.read() if args.text == "-" else args.text
+        if not text.strip():
+            raise ConfigError("the message is empty")
+        job = partial(send, url, token, args.session, text, sys.stdout, sys.stderr, wait=args.wait)
+        return trio.run(job)
+    keys = sys.stdin.fileno() if sys.stdin.isatty() else None  # keys only from a terminal
+    color = wants_color(sys.stdout) if args.color is None else args.color
+    job = partial(
+        attach,
+        url,
+        token,
+        args.session,
+        sys.stdout,
+        keys_fd=keys,
+        color=color,
+        history=args.history,
+    )
+    return trio.run(job)

@@ -1,0 +1,360 @@
+"""The terminal client (issue 7, part 3): ``sidecode-trio attach`` and ``sidecode-trio send``.
+
+Rendering and the SSE parser are fed in memory; reconnection is driven by a scripted stream;
+then ``attach`` runs as a real process in a pseudo-terminal against a real daemon (fake CLI,
+127.0.0.1, port 0), and ``send`` runs as a real process against the same kind of daemon.
+"""
+
+from __future__ import annotations
+
+import os
+import pty
+import sys
+import termios
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import trio
+
+from sidecode_trio.config import DaemonConfig
+from sidecode_trio.term.attach import decode, follow
+from sidecode_trio.term.render import Renderer
+from sidecode_trio.term.sse import Frame, SSEParser
+from sidecode_trio.wire import events as ev
+from sidecode_trio.wire.snapshot import (
+    AssistantItem,
+    MessageState,
+    SessionInfo,
+    Snapshot,
+    ToolItem,
+    ToolStatus,
+    UserItem,
+)
+
+from helpers import running_daemon
+
+SID = "0b5f8c2e-1111-4222-8333-944445555666"
+
+
+def info(**changes: Any) -> SessionInfo:
+    base = dict(
+        id=SID,
+        cwd="/work/app",
+        title="fix the tests",
+        model=None,
+        permission_mode="default",
+        status=ev.SessionStatus.RUNNING,
+        cli=ev.CLIState.RUNNING,
+        created_at=1.0,
+        last_activity=2.0,
+        cost_usd=0.25,
+    )
+    return SessionInfo(**{**base, **changes})
+
+
+def bash_request(request_id: str = "req-1", **extra: Any) -> ev.PermissionRequested:
+    return ev.PermissionRequested(
+        request_id,
+        "Bash",
+        {"command": "rm -rf build"},
+        summary="Run `rm -rf build`",
+        description="clean up",
+        **extra,
+    )
+
+
+# -- rendering (pure) ----------------------------------------------------------------------------
+
+
+def test_streamed_text_tools_and_turn_end() -> None:
+    r = Renderer(SID)
+    out = r.event(ev.MessageQueued("m1", "run the tests\nplease"))
+    out += r.event(ev.TextDelta("msg_1", 0, "I will "))
+    out += r.event(ev.TextDelta("msg_1", 0, "run them."))
+    assert out.endswith("I will run them.")  # streamed, on one open line
+    out += r.event(ev.AssistantText("msg_1", 0, "I will run them."))  # no duplicate
+    out += r.event(ev.ToolStarted("tu_1", "Bash", {"command": "pytest"}, "Running `pytest`"))
+    out += r.event(ev.ToolFinished("tu_1", True, "\nE   boom\nmore", title="Ran `pytest`"))
+    out += r.event(ev.AssistantText("msg_2", 0, "It failed."))  # never streamed: whole
+    out += r.event(ev.TurnCompleted("m1", cost_usd=0.0123, total_cost_usd=0.5, duration_ms=1500))
+    out += r.event(ev.StatusChanged(ev.SessionStatus.IDLE))
+    assert out.splitlines() == [
+        "> run the tests",
+        "  please",
+        "I will run them.",
+        "  ▸ Running `pytest`",
+        "  ✗ Ran `pytest`",
+        "    E boom",
+        "It failed.",
+        "✓ done in 1.5 s · $0.0123 (session $0.5000)",
+        "· status: idle",
+    ]
+    failed = r.event(ev.TurnFailed("m2", "cli_exited", "claude exited with code 1"))
+    assert failed == "✗ failed (cli_exited: claude exited with code 1) · $0.0000\n"
+    assert r.event(ev.TurnInterrupted("m3", total_cost_usd=0.5)).startswith("■ interrupted")
+    assert r.event(ev.MessageDelivered("m4")) == ""  # nothing new to say
+    assert "mirrored to Remote Control as 'box'" in r.event(ev.SessionMirror(True, "box", True))
+
+
+def test_a_line_interrupting_streamed_text_starts_on_a_new_line() -> None:
+    r = Renderer(SID)
+    out = r.event(ev.TextDelta("msg_1", 0, "Let me check"))
+    out += r.event(ev.ToolStarted("tu_1", "Read", {}, "Reading app.py"))
+    out += r.event(ev.TextDelta("msg_1", 1, "Done"))
+    assert out == "Let me check\n  ▸ Reading app.py\nDone"
+
+
+def test_permission_prompt_and_keys() -> None:
+    r = Renderer(SID)
+    first = bash_request(suggestions=[{"type": "addRules"}], suggestion_labels=["Bash(rm *)"])
+    out = r.event(first)
+    assert "┌ permission: Run `rm -rf build`" in out and "│ clean up" in out
+    assert "[a] allow  [A] allow always: Bash(rm *)  [d] deny  [i] interrupt" in out
+    path = f"/v1/sessions/{SID}/permissions/req-1"
+    allow = r.key("a")
+    assert allow is not None and (allow.method, allow.path, allow.body) == (
+        "POST",
+        path,
+        {"behavior": "allow"},
+    )
+    always = r.key("A")
+    assert always is not None and always.body == {"behavior": "allow", "suggestions": [0]}
+    deny = r.key("d")
+    assert deny is not None and deny.body == {"behavior": "deny"}
+    interrupt = r.key("i")
+    assert interrupt is not None and interrupt.path == f"/v1/sessions/{SID}/interrupt"
+    assert r.key("x") is None
+    r.event(bash_request("req-2"))  # a second request waits behind the first
+    resolved = r.event(ev.PermissionResolved("req-1", ev.PermissionOutcome.ALLOWED, by="phone"))
+    assert resolved.startswith("  → allowed by phone\n┌ permission")  # then the next one
+    second = r.key("a")
+    assert second is not None and second.path.endswith("/req-2")
+    assert r.key("A") is None  # no suggestion to remember
+    r.event(ev.PermissionResolved("req-2", ev.PermissionOutcome.WITHDRAWN))
+    assert r.key("a") is None and r.key("i") is not None
+
+
+def test_ask_user_question_is_answered_with_a_digit() -> None:
+    r = Renderer(SID)
+    question = {"question": "Which one?", "options": [{"label": "red"}, {"label": "blue"}]}
+    out = r.event(ev.PermissionRequested("q1", "AskUserQuestion", {"questions": [question]}))
+    assert "│ 1. red" in out and "│ 2. blue" in out and "[1-9] answer" in out
+    call = r.key("2")
+    assert call is not None and call.body == {
+        "behavior": "allow",
+        "answers": {"Which one?": "blue"},
+    }
+    assert r.key("3") is None and r.key("a") is None
+
+
+def test_snapshot_shows_recent_history_and_pending_requests() -> None:
+    items = [UserItem(f"m{i}", f"message {i}", MessageState.COMPLETED) for i in range(5)]
+    tool = ToolItem("tu", "Bash", {}, ToolStatus.COMPLETED, title="Ran `ls`")
+    partial = AssistantItem("msg_9", 0, "Half a sen", complete=False)
+    snap = Snapshot("ep", 40, info(), [*items, tool, partial], [bash_request()])
+    r = Renderer(SID, history=3)
+    out = r.snapshot(snap)
+    lines = out.splitlines()
+    assert lines[0] == "● fix the tests  /work/app"
+    assert lines[1] == "running · default · $0.2500"
+    assert "· 4 earlier items not shown" in lines
+    assert "> message 4" in lines and "  ✓ Ran `ls`" in lines and "> message 3" not in lines
+    assert "Half a sen" in lines and "┌ permission: Run `rm -rf build`" in lines
+    assert r.key("a") is not None  # the snapshot's pending request is answerable
+    # the half-written block continues where the snapshot left it (after the prompt's lines)
+    assert r.event(ev.TextDelta("msg_9", 0, "tence.")) == "tence."
+    resync = r.snapshot(snap, "compacted")
+    assert "resynchronised from the daemon's state (compacted)" in resync
+
+
+def test_colors_only_when_asked() -> None:
+    assert "\x1b[" not in Renderer(SID).event(ev.StatusChanged(ev.SessionStatus.IDLE))
+    colored = Renderer(SID, color=True).event(ev.StatusChanged(ev.SessionStatus.IDLE))
+    assert colored == "\x1b[2m· status: idle\x1b[0m\n"
+
+
+# -- the SSE parser and decoding (pure) ---------------------------------------------------------
+
+
+def test_sse_parser_handles_any_split_and_line_ending() -> None:
+    stream = (
+        b'retry: 2000\n\n: keep-alive\n\nid: e:1\nevent: text.delta\ndata: {"a":\r\ndata: 1}\r\n'
+        b"\r\nid: e:2\rdata: x\r\rdata: no id change\n\n"
+    )
+    for size in (1, 2, 3, 7, len(stream)):
+        parser = SSEParser()
+        frames: list[Frame] = []
+        for start in range(0, len(stream), size):
+            frames += parser.feed(stream[start : start + size])
+        assert frames == [
+            Frame("e:1", "text.delta", '{"a":\n1}'),
+            Frame("e:2", "message", "x"),
+            Frame("e:2", "message", "no id change"),
+        ], size
+
+
+def test_decode_skips_what_it_does_not_know() -> None:
+    envelope = '{"event": {"type": "session.status", "status": "idle"}}'
+    assert decode(Frame("e:1", "session.status", envelope)) == ev.StatusChanged(
+        ev.SessionStatus.IDLE
+    )
+    assert decode(Frame("e:2", "x.new", '{"event": {"type": "x.new"}}')) is None
+    assert decode(Frame("e:3", "x", "not json")) is None
+
+
+# -- reconnecting: the next request carries the last id seen ------------------------------------
+
+
+class ScriptedStreams:
+    """Each ``events()`` call plays the next script: its chunks, then a dropped connection."""
+
+    def __init__(self, scripts: list[list[bytes]]) -> None:
+        self.scripts = scripts
+        self.since: list[str | None] = []
+        self.chunks: list[bytes] = []
+
+    @asynccontextmanager
+    async def events(self, session_id: str, since: str | None) -> AsyncIterator[ScriptedStreams]:
+        self.since.append(since)
+        self.chunks = self.scripts.pop(0)
+        yield self
+
+    async def aiter_bytes(self) -> AsyncIterator[bytes]:
+        for chunk in self.chunks:
+            yield chunk
+        raise httpx.ReadError("connection reset")
+
+
+async def test_follow_resumes_from_the_last_id_after_a_drop(autojump_clock: Any) -> None:
+    streams = ScriptedStreams(
+        [
+            [b"id: ep:1\nevent: a\ndata: 1\n\nid: ep:2\nevent: a\ndata: 2\n\nid: ep:3\nda"],
+            [b"id: ep:3\nevent: a\ndata: 3\n\n"],
+        ]
+    )
+    drops: list[str] = []
+    seen: list[str | None] = []
+    with trio.fail_after(10):
+        frames = follow(streams, SID, None, drops.append)
+        async for frame in frames:
+            seen.append(frame.id)
+            if frame.id == "ep:3":
+                break
+        await frames.aclose()
+    assert seen == ["ep:1", "ep:2", "ep:3"]  # the half-received third frame was not applied
+    assert streams.since == [None, "ep:2"]
+    assert len(drops) == 1 and "connection reset" in drops[0] and "0.5 s" in drops[0]
+
+
+# -- attach in a pseudo-terminal, send as a script, against a live daemon --------------------
+
+
+def cli_argv(config: DaemonConfig, *args: str) -> list[str]:
+    return [sys.executable, "-m", "sidecode_trio", args[0], "--state-dir", str(config.state_dir)]
+
+
+class Terminal:
+    """The controlling side of a pseudo-terminal: everything the client printed, and keys."""
+
+    def __init__(self, master: int) -> None:
+        self.stream = trio.lowlevel.FdStream(master)
+        self.text = ""
+
+    async def expect(self, wanted: str, timeout: float = 15.0) -> None:
+        with trio.fail_after(timeout):
+            while wanted not in self.text:
+                try:
+                    data = await self.stream.receive_some(65536)
+                except OSError:  # EIO: the client exited and closed the terminal
+                    data = b""
+                if not data:
+                    raise AssertionError(f"{wanted!r} never came; got:\n{self.text}")
+                self.text += data.decode(errors="replace")
+
+    async def press(self, keys: str) -> None:
+        await self.stream.send_all(keys.encode())
+
+
+async def test_attach_in_a_pty_streams_and_answers_a_permission_with_a_key(
+    make_config: Callable[..., DaemonConfig], work_dir: Path
+) -> None:
+    config = make_config()
+    async with running_daemon(config) as client:
+        sid = (await client.create(work_dir, title="pty session"))["session"]["id"]
+        master, slave = pty.openpty()
+        before = termios.tcgetattr(slave)
+        argv = [*cli_argv(config, "attach"), sid[:8]]
+        env = {**os.environ, "TERM": "dumb"}
+        proc = await trio.lowlevel.open_process(
+            argv, stdin=slave, stdout=slave, stderr=slave, env=env, start_new_session=True
+        )
+        terminal = Terminal(master)
+        try:
+            with trio.fail_after(40):
+                await terminal.expect("● pty session")  # the snapshot: attached, keys live
+                await terminal.expect("keys: a allow")
+                await client.send(sid, "[[bash:echo from-the-tool]]")
+                await terminal.expect("I will run a command.")  # streamed text
+                await terminal.expect("[a] allow")
+                await terminal.press("a")
+                await terminal.expect("→ allowed by local owner")
+                await terminal.expect("✓ Ran")
+                await terminal.expect("TOOL RESULT SEEN")
+                await terminal.expect("✓ done")
+                await terminal.press("q")
+                assert await proc.wait() == 0
+            after = termios.tcgetattr(slave)
+            assert after == before  # echo and line mode are back
+            assert after[3] & termios.ECHO and after[3] & termios.ICANON
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                with trio.move_on_after(5):
+                    await proc.wait()
+            await terminal.stream.aclose()
+            os.close(slave)
+
+
+async def test_send_for_scripts(make_config: Callable[..., DaemonConfig], work_dir: Path) -> None:
+    config = make_config()
+    async with running_daemon(config) as client:
+        sid = (await client.create(work_dir))["session"]["id"]
+        with trio.fail_after(40):
+            waited = await trio.run_process(
+                [*cli_argv(config, "send"), sid[:6], "hello there", "--wait"],
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+            )
+            assert waited.returncode == 0, waited.stderr
+            assert waited.stdout.decode() == "You said: hello there\n"
+
+            queued = await trio.run_process(
+                [*cli_argv(config, "send"), sid, "and again"], capture_stdout=True, check=False
+            )
+            assert queued.returncode == 0
+            message_id = queued.stdout.decode().strip()
+            snap = await client.snapshot(sid)
+            assert message_id in [i.get("message_id") for i in snap["items"]]
+
+            unknown = await trio.run_process(
+                [*cli_argv(config, "send"), "ffffffff", "hi"],
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+            )
+            assert unknown.returncode == 2 and unknown.stdout == b""
+            assert unknown.stderr.decode() == "sidecode-trio: no session matches 'ffffffff'\n"
+
+
+async def test_send_without_a_daemon(tmp_path: Path) -> None:
+    with trio.fail_after(20):
+        done = await trio.run_process(
+            [sys.executable, "-m", "sidecode_trio", "send", "--state-dir", str(tmp_path), "x", "y"],
+            capture_stderr=True,
+            check=False,
+        )
+    assert done.returncode == 2 and b"no daemon is running" in done.stderr
