@@ -18,7 +18,7 @@ from ..errors import Unauthorized
 from .auth import LOCAL, Links, Principal, Tickets, check_token
 from .devices import Device, DeviceStore, Scope
 from .identity import Identity, fingerprint, unb64
-from .pairing import PairingProof, Pairings, RateLimiter, payload, payload_link
+from .pairing import PairingProof, Pairings, RateLimiter, payload, payload_link, web_link
 from .tls import CertificateStore
 
 
@@ -116,7 +116,8 @@ class Guard:
         current = self.certificates.current
         cert = current.sha256.hex() if current is not None else ""
         data = payload(offer, self.identity.public_key, self.identity.fingerprint, self.urls, cert)
-        return {"payload": data, "link": payload_link(data), "expires_at": offer.expires_at}
+        links = {"link": payload_link(data), "web_link": web_link(data) if self.urls else None}
+        return {"payload": data, **links, "expires_at": offer.expires_at}
 
     def pair(self, proof: PairingProof, remote: str | None) -> Device:
         try:

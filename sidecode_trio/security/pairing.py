@@ -171,3 +171,13 @@ def payload(
 def payload_link(data: dict[str, Any]) -> str:
     raw = json.dumps(data, separators=(",", ":")).encode()
     return "sidecode-trio://pair#" + b64(raw)
+
+
+def web_link(data: dict[str, Any]) -> str:
+    """The web app's pairing link: the payload rides in the URL fragment, which browsers never
+    send to a server. It names the first address another device can reach (loopback last)."""
+    urls: list[str] = list(data["http"])
+    remote = [u for u in urls if not any(h in u for h in ("//127.", "//[::1]", "//localhost"))]
+    base = (remote or urls)[0].rstrip("/")
+    raw = json.dumps(data, separators=(",", ":")).encode()
+    return f"{base}/app/#pair={b64(raw)}"

@@ -23,7 +23,9 @@ def render_pairing(offer: dict[str, Any]) -> str:
             "",
             "Scan to pair a device (one use, expires in "
             f"{minutes} min; grants '{payload['scope']}'):",
-            qr_text(offer["link"]),
+            # A phone's camera opens the web app's https link; native clients take either.
+            qr_text(offer.get("web_link") or offer["link"]),
+            *([f"or open in a browser: {offer['web_link']}"] if offer.get("web_link") else []),
             f"or paste this link into the client: {offer['link']}",
             f"daemon fingerprint: {payload['fp']}  (check it on the device)",
             *(

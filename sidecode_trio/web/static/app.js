@@ -1,0 +1,283 @@
+// The web app: pairing, the session drawer, starting a session, and routing between views.
+// Routes live in the fragment: #s=<session id>, #new; #pair=<payload> is a pairing link.
+
+import { forgetDevice, loadDevice, pair, payloadFromFragment } from "./auth.js";
+import { Client } from "./connection.js";
+import { ago, basename, el, formatCost, statusLabel } from "./render.js";
+import { SessionView } from "./session-view.js";
+
+const $ = (id) => document.getElementById(id);
+const views = ["pair-view", "new-view", "session-view", "empty-view"];
+const app = { client: null, device: null, sessions: new Map(), view: null, listFeed: null };
+window.sidecode = app; // for debugging from the console (and the browser tests)
+
+function show(id) {
+  for (const view of views) $(view).hidden = view !== id;
+  document.body.dataset.view = id;
+}
+
+function setDrawer(open) {
+  document.body.classList.toggle("drawer-open", open);
+  $("menu").setAttribute("aria-expanded", String(open));
+}
+
+// -- the connection indicator ----------------------------------------------------------------
+
+function onStatus({ state, transport, retryIn }) {
+  const conn = $("conn");
+  conn.dataset.state = state;
+  conn.dataset.transport = transport || "";
+  const label = state === "live" ? `live · ${transport === "webtransport" ? "WT" : "SSE"}`
+    : state === "offline" ? `offline · retry ${retryIn}s` : "connecting…";
+  conn.title = label;
+  $("conn-label").textContent = label;
+}
+
+// -- pairing ---------------------------------------------------------------------------------
+
+function defaultDeviceName() {
+  const ua = navigator.userAgent;
+  const os = /Android/.test(ua) ? "Android" : /iPhone|iPad/.test(ua) ? "iOS"
+    : /Mac OS/.test(ua) ? "macOS" : /Windows/.test(ua) ? "Windows" : /Linux/.test(ua) ? "Linux" : "";
+  return `Web app${os ? " on " + os : ""}`;
+}
+
+async function showPairing(payload) {
+  show("pair-view");
+  $("pair-fingerprint").textContent = payload.fp;
+  $("pair-scope").textContent = payload.scope;
+  $("pair-name").value = defaultDeviceName();
+  $("pair-error").textContent = "";
+  $("pair-form").onsubmit = async (event) => {
+    event.preventDefault();
+    $("pair-button").disabled = true;
+    try {
+      await pair(payload, $("pair-name").value.trim() || defaultDeviceName());
+      history.replaceState(null, "", location.pathname); // the secret leaves the address bar
+      if (app.client) location.reload(); // paired again from a running app: start afresh
+      else await start();
+    } catch (error) {
+      $("pair-error").textContent = String(error.message || error);
+      $("pair-button").disabled = false;
+    }
+  };
+}
+
+// -- the drawer ------------------------------------------------------------------------------
+
+function onListFrame(frame) {
+  if (frame.kind === "sessions") {
+    app.sessions = new Map(frame.sessions.map((s) => [s.id, s]));
+  } else if (frame.kind === "session") {
+    if (frame.session.deleted || frame.session.archived) app.sessions.delete(frame.session.id);
+    else app.sessions.set(frame.session.id, frame.session);
+  }
+  renderDrawer();
+}
+
+function renderDrawer() {
+  const current = currentSession();
+  const sorted = [...app.sessions.values()].sort((a, b) => b.last_activity - a.last_activity);
+  $("sessions").replaceChildren(...sorted.map((s) => {
+    const [status, label] = statusLabel(s);
+    return el("li", {},
+      el("a", { href: `#s=${encodeURIComponent(s.id)}`, class: s.id === current ? "current" : "",
+        "data-session": s.id, onclick: () => setDrawer(false) },
+      el("div", { class: "row" },
+        el("span", { class: "title" }, s.title || basename(s.cwd)),
+        el("span", { class: `pill ${status}`, "data-status": status }, label)),
+      el("div", { class: "row muted" },
+        el("span", {}, basename(s.cwd)),
+        el("span", {}, [formatCost(s.cost_usd), ago(s.last_activity)].filter(Boolean)
+          .join(" · ")))));
+  }));
+  $("sessions-empty").hidden = sorted.length > 0;
+}
+
+// -- starting a session ----------------------------------------------------------------------
+
+const newSession = { path: null };
+
+async function showNewSession() {
+  show("new-view");
+  closeSessionView();
+  $("new-error").textContent = "";
+  const recent = await app.client.request("GET", "/v1/folders/recent");
+  const folders = recent.status === 200 ? recent.body.folders : [];
+  $("recent").replaceChildren(...folders.map((f) => el("li", {},
+    el("button", { type: "button", class: "link", "data-path": f.path,
+      onclick: () => browse(f.path) }, f.path))));
+  $("recent-box").hidden = !folders.length;
+  await browse(newSession.path);
+}
+
+async function browse(path) {
+  const query = path ? `?path=${encodeURIComponent(path)}` : "";
+  const { status, body } = await app.client.request("GET", `/v1/folders${query}`);
+  if (status !== 200) {
+    $("new-error").textContent = body?.error?.message || `cannot list folders (${status})`;
+    return;
+  }
+  newSession.path = body.path ?? null;
+  $("folder-path").textContent = body.path || "allowed folders";
+  $("folder-up").disabled = !body.parent;
+  $("folder-up").onclick = () => browse(body.parent);
+  $("start").disabled = !body.path;
+  $("folders").replaceChildren(...body.entries.filter((e) => e.kind === "dir" || !e.kind)
+    .map((entry) => el("li", {}, el("button", { type: "button", class: "link folder",
+      "data-path": entry.path, onclick: () => browse(entry.path) },
+    `${entry.git ? "⎇ " : "📁 "}${entry.name}`))));
+}
+
+async function startSession(event) {
+  event.preventDefault();
+  if (!newSession.path) return;
+  const body = { cwd: newSession.path, client_id: crypto.randomUUID() };
+  const prompt = $("new-prompt").value.trim();
+  if (prompt) body.prompt = prompt;
+  if ($("new-mode").value) body.permission_mode = $("new-mode").value;
+  if ($("new-model").value) body.model = $("new-model").value;
+  $("start").disabled = true;
+  try {
+    const { status, body: reply } = await app.client.request("POST", "/v1/sessions", body);
+    if (status !== 201) throw new Error(reply?.error?.message || `status ${status}`);
+    $("new-prompt").value = "";
+    location.hash = `s=${encodeURIComponent(reply.session.id)}`;
+  } catch (error) {
+    $("new-error").textContent = String(error.message || error);
+  } finally {
+    $("start").disabled = false;
+  }
+}
+
+// -- routing ---------------------------------------------------------------------------------
+
+function currentSession() {
+  const match = /^#s=(.+)$/.exec(location.hash);
+  return match ? decodeURIComponent(match[1]) : null;
+}
+
+function closeSessionView() {
+  app.view?.close();
+  app.view = null;
+}
+
+function route() {
+  const id = currentSession();
+  const payload = location.hash.startsWith("#pair=") ? payloadFromFragment(location.hash) : null;
+  if (payload) {
+    closeSessionView();
+    showPairing(payload); // a pairing link opened in the running app: pair again
+  } else if (location.hash === "#new") {
+    showNewSession();
+  } else if (id) {
+    if (!app.view || app.view.id !== id) {
+      closeSessionView();
+      app.view = new SessionView($("session-view"), app.client, id, {
+        onGone: () => {
+          closeSessionView();
+          show("empty-view");
+          $("empty-text").textContent = "That session is gone.";
+        },
+      });
+    }
+    show("session-view");
+  } else {
+    closeSessionView();
+    show("empty-view");
+  }
+  renderDrawer();
+}
+
+// -- start -----------------------------------------------------------------------------------
+
+async function start() {
+  app.device = await loadDevice();
+  if (!app.device) {
+    show("empty-view");
+    $("empty-text").textContent =
+      "This browser is not paired. On the computer, run 'sidecode-trio pair' and open its link.";
+    document.body.dataset.paired = "false";
+    return;
+  }
+  document.body.dataset.paired = "true";
+  $("device-line").textContent = `${app.device.name} · ${app.device.scope}`;
+  // localStorage "sidecode-transport" = "sse" turns WebTransport off (troubleshooting, tests).
+  const preferWebTransport = localStorage.getItem("sidecode-transport") !== "sse";
+  app.client = new Client({ onStatus, preferWebTransport });
+  app.listFeed = app.client.follow("/v1/events", onListFrame);
+  window.addEventListener("hashchange", route);
+  route();
+  setInterval(renderDrawer, 30_000); // "n min ago" moves on
+  setupNotifications();
+}
+
+function wire() {
+  $("menu").onclick = () => setDrawer(!document.body.classList.contains("drawer-open"));
+  $("scrim").onclick = () => setDrawer(false);
+  document.addEventListener("keydown", (e) => { if (e.key === "Escape") setDrawer(false); });
+  $("new-session").onclick = () => { setDrawer(false); location.hash = "new"; };
+  $("new-form").onsubmit = startSession;
+  $("forget").onclick = async () => {
+    if (!confirm("Forget this device's key? You will need to pair again.")) return;
+    await forgetDevice();
+    location.reload();
+  };
+  $("conn").onclick = () => app.client?.wakeAll();
+}
+
+// -- notifications (push.js belongs to the notifications feature) ----------------------------
+
+async function setupNotifications() {
+  let push;
+  try {
+    push = await import("./push.js");
+  } catch {
+    return; // a daemon without notifications
+  }
+  const button = $("notify-toggle");
+  const refresh = async () => {
+    const state = await push.pushState().catch(() => "unsupported");
+    button.hidden = state === "unsupported";
+    button.dataset.state = state;
+    button.disabled = state === "denied";
+    button.textContent = {
+      enabled: "Notifications: on (turn off)",
+      disabled: "Notifications: off (turn on)",
+      denied: "Notifications: blocked in the browser",
+    }[state] || "";
+  };
+  button.onclick = async () => {
+    $("notify-error").textContent = "";
+    try {
+      if (button.dataset.state === "enabled") await push.disablePush();
+      else await push.enablePush();
+    } catch (error) {
+      $("notify-error").textContent = String(error.message || error);
+    }
+    await refresh();
+  };
+  await refresh();
+}
+
+async function registerServiceWorker() {
+  if (!("serviceWorker" in navigator)) return;
+  try {
+    await navigator.serviceWorker.register("sw.js", { type: "module", scope: "./" });
+  } catch (error) {
+    // A self-signed certificate the user clicked through is not enough for a service worker;
+    // the app still works online.
+    console.warn("no service worker (offline start and notifications disabled):", error);
+  }
+}
+
+wire();
+registerServiceWorker();
+let payload = null;
+try {
+  payload = payloadFromFragment(location.hash);
+} catch (error) {
+  $("empty-text").textContent = `This pairing link is damaged: ${error.message}`;
+}
+if (payload) showPairing(payload);
+else start();

@@ -1,0 +1,116 @@
+"""The web app's static shell: served without credentials, with the right types and headers,
+while every API route still needs them; the pairing offer carries the web app's link."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import httpx
+import trio
+
+from sidecode_trio import web
+from sidecode_trio.security.identity import unb64
+from sidecode_trio.security.qr import qr_text, render_pairing
+
+from helpers import Client
+
+STATIC = Path(web.__file__).parent / "static"
+
+
+def anonymous(owner: Client) -> httpx.AsyncClient:
+    return httpx.AsyncClient(base_url=owner.handle.url, timeout=10, follow_redirects=False)
+
+
+async def test_every_static_file_is_served_with_its_type_and_no_credentials(
+    daemon: Client,
+) -> None:
+    files = web.load_files()
+    on_disk = {str(p.relative_to(STATIC)) for p in STATIC.rglob("*") if p.is_file()}
+    assert set(files) == on_disk  # nothing shipped is left unservable
+    expected = {".js": "text/javascript", ".css": "text/css", ".png": "image/png"}
+    expected |= {".html": "text/html", ".svg": "image/svg+xml", ".md": "text/markdown"}
+    expected |= {".webmanifest": "application/manifest+json"}
+    with trio.fail_after(30):
+        async with anonymous(daemon) as http:
+            for name, static in files.items():
+                response = await http.get(f"/app/{name}")
+                assert response.status_code == 200, name
+                assert response.content == static.body
+                kind = response.headers["content-type"]
+                suffix = Path(name).suffix
+                wanted = expected.get(suffix, "text/plain")
+                assert kind.startswith(wanted), (name, kind)
+                assert response.headers["x-content-type-options"] == "nosniff"
+                assert "script-src 'self'" in response.headers["content-security-policy"]
+                assert response.headers["cache-control"] == "no-cache"
+                again = await http.get(f"/app/{name}", headers={"If-None-Match": static.etag})
+                assert again.status_code == 304 and again.content == b""
+
+
+async def test_the_shell_is_open_and_the_api_is_not(daemon: Client) -> None:
+    with trio.fail_after(10):
+        async with anonymous(daemon) as http:
+            index = await http.get("/app/")
+            assert index.status_code == 200
+            assert index.headers["content-type"] == "text/html; charset=utf-8"
+            assert '<script type="module" src="app.js">' in index.text
+            csp = index.headers["content-security-policy"]
+            # the WebTransport endpoint is reachable under the CSP; nothing else off-origin
+            quic_urls = (await http.get("/v1/info")).json()["quic"]
+            wt_origins = {re.sub(r"/v1/wt$", "", url) for url in quic_urls}
+            assert all(origin in csp for origin in wt_origins) and "connect-src 'self'" in csp
+            assert "unsafe-inline" not in csp and "unsafe-eval" not in csp
+            for path in ("/", "/app"):
+                moved = await http.get(path)
+                assert moved.status_code == 302 and moved.headers["location"] == "/app/"
+            assert (await http.get("/app/nope.js")).status_code == 404
+            assert (await http.get("/app/..%2Fpyproject.toml")).status_code == 404
+            assert (await http.get("/app/vendor/../../web/__init__.py")).status_code != 200
+            # the API keeps its credentials, including under the app's prefix for other methods
+            for method, path in [("GET", "/v1/sessions"), ("GET", "/v1/events")]:
+                refused = await http.request(method, path)
+                assert refused.status_code == 401, path
+                assert refused.json()["error"]["code"] == "unauthorized"
+            assert (await http.post("/app/index.html", json={})).status_code == 401
+
+
+async def test_the_pairing_offer_carries_a_web_link_with_the_payload_in_its_fragment(
+    daemon: Client,
+) -> None:
+    with trio.fail_after(10):
+        offer = (await daemon.http.post("/v1/pairings", json={"scope": "chat"})).json()
+    link = offer["web_link"]
+    base, _, fragment = link.partition("#pair=")
+    assert base == daemon.handle.url.rstrip("/") + "/app/"
+    assert json.loads(unb64(fragment)) == offer["payload"]
+    assert "?" not in link  # nothing of the payload goes to a server
+
+
+def test_the_service_worker_precaches_only_files_that_exist() -> None:
+    source = (STATIC / "sw.js").read_text()
+    shell = re.search(r"const SHELL = \[(.*?)\];", source, re.S)
+    assert shell is not None
+    names = re.findall(r'"([^"]+)"', shell.group(1))
+    files = web.load_files()
+    assert names and all(name == "./" or name in files for name in names)
+    assert 'import "./sw-push.js";' in source and "sw-push.js" in files
+
+
+def test_vendored_libraries_are_recorded_with_their_licences() -> None:
+    versions = (STATIC / "vendor" / "VERSIONS.md").read_text()
+    for vendored in (STATIC / "vendor").glob("*.*"):
+        if vendored.name != "VERSIONS.md":
+            assert vendored.name in versions, vendored.name
+    licences = {p.name for p in (STATIC / "vendor" / "licenses").iterdir()}
+    assert len(licences) == 4
+
+
+async def test_pair_prints_the_web_link_and_its_qr_code_carries_it(daemon: Client) -> None:
+    with trio.fail_after(10):
+        offer = (await daemon.http.post("/v1/pairings", json={"scope": "chat"})).json()
+    shown = render_pairing(offer)
+    assert f"or open in a browser: {offer['web_link']}" in shown
+    assert qr_text(offer["web_link"]) in shown  # a phone's camera opens the web app
+    assert offer["link"] in shown  # native clients keep their link

@@ -1,0 +1,397 @@
+"""The web app in a real browser: Playwright drives the system Chromium against a daemon on
+loopback that runs the fake CLI.
+
+The daemon's app is loaded from ``http://127.0.0.1:<port>/app/`` (loopback HTTP is a secure
+context, so WebCrypto, service workers and WebTransport all work). Playwright's synchronous API
+runs in a worker thread (it keeps its own event loop there) while the daemon runs under Trio;
+checks of the daemon's side go back through ``trio.from_thread``. Chromium is Debian's package
+(``nox -s tests`` installs it under CI); Playwright's own browsers are never downloaded. Without
+Chromium the tests skip, except under ``CI=true`` where that is a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from sidecode_trio.config import DaemonConfig
+
+from helpers import Client, running_daemon
+
+playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARTIFACTS = Path(__file__).parent / "artifacts"
+DOCS = Path(__file__).parent.parent / "docs"
+PHONE = {"width": 390, "height": 844}  # an iPhone 14-sized viewport, in CSS pixels
+STEP_TIMEOUT_MS = 15_000
+# docs/phone.png (the README's screenshot) is rewritten only on request, so that a test run on a
+# machine with other fonts leaves the checkout clean: SIDECODE_UPDATE_SCREENSHOTS=1 pytest ...
+UPDATE_DOCS = os.environ.get("SIDECODE_UPDATE_SCREENSHOTS") == "1"
+
+
+def chromium_or_skip() -> str:
+    if os.access(CHROMIUM, os.X_OK):
+        return CHROMIUM
+    if os.environ.get("CI") == "true":
+        pytest.fail("Chromium is missing in CI: the nox 'tests' session installs it (apt-get)")
+    pytest.skip("Chromium is not installed (apt-get install chromium) on this machine")
+
+
+@contextmanager
+def phone_page(chromium: str, problems: list[str], **options: Any) -> Iterator[Any]:
+    """A fresh browser profile with one phone-sized page; page errors and CSP refusals are
+    collected in ``problems``. ``options`` go to the browser context."""
+    args = ["--disable-gpu", "--disable-dev-shm-usage"]
+    if os.geteuid() == 0:
+        args.append("--no-sandbox")  # Chromium refuses to run as root with its sandbox
+    with playwright_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, headless=True, args=args)
+        try:
+            context = browser.new_context(
+                viewport=PHONE, device_scale_factor=2, is_mobile=True, has_touch=True, **options
+            )
+            page = context.new_page()
+            page.set_default_timeout(STEP_TIMEOUT_MS)
+            page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+
+            def on_console(message: Any) -> None:
+                if message.type == "error" and "Refused to" in message.text:
+                    problems.append(f"console: {message.text}")
+
+            page.on("console", on_console)
+            yield page
+        finally:
+            browser.close()
+
+
+def pair(page: Any, link: str, fingerprint: str) -> None:
+    page.goto(link)
+    page.wait_for_selector("#pair-view:not([hidden])")
+    assert page.text_content("#pair-fingerprint") == fingerprint
+    page.fill("#pair-name", "Test phone")
+    page.click("#pair-button")
+    page.wait_for_selector("body[data-paired='true']")
+    assert "#pair=" not in page.url  # the secret is gone from the address bar and history
+    page.wait_for_selector("#conn[data-state='live']")
+
+
+def start_session(page: Any, folder: Path, prompt: str) -> str:
+    page.click("#menu")
+    page.click("#new-session")
+    page.wait_for_selector("#new-view:not([hidden])")
+    page.click(f"#folders button[data-path='{folder}']")
+    page.wait_for_function(
+        "(p) => document.getElementById('folder-path').textContent === p", arg=str(folder)
+    )
+    page.fill("#new-prompt", prompt)
+    page.select_option("#new-mode", "default")
+    page.click("#start")
+    page.wait_for_selector("#session-view:not([hidden]) #transcript")
+    session_id: str = page.evaluate("() => window.sidecode.view.id")
+    return session_id
+
+
+def send(page: Any, text: str) -> None:
+    page.fill("#message", text)
+    page.click("#send")
+
+
+# The text of the transcript after the last user message: the current turn's answer.
+CURRENT_TURN = """() => {
+  const nodes = [...document.getElementById('transcript').children];
+  const last = nodes.map((n) => n.classList.contains('user')).lastIndexOf(true);
+  return nodes.slice(last + 1).map((n) => n.innerText).join('\\n');
+}"""
+
+
+def turn_text(page: Any) -> str:
+    return str(page.evaluate(CURRENT_TURN))
+
+
+def wait_text(page: Any, text: str) -> None:
+    """Wait until the current turn's answer shows ``text``."""
+    page.wait_for_function(f"(t) => ({CURRENT_TURN})().includes(t)", arg=text)
+
+
+def turn_ends(page: Any) -> int:
+    return int(page.evaluate("() => document.querySelectorAll('#transcript .turn-end').length"))
+
+
+def ticks(text: str) -> list[int]:
+    return [int(n) for n in re.findall(r"\btick (\d+)\b", text)]
+
+
+def wait_turn_ends(page: Any, count: int) -> None:
+    page.wait_for_function(
+        "(n) => document.querySelectorAll('#transcript .turn-end').length >= n", arg=count
+    )
+
+
+def transcript_stats(page: Any) -> dict[str, int]:
+    data = page.evaluate("() => ({...document.getElementById('transcript').dataset})")
+    return {key: int(value) for key, value in data.items()}
+
+
+def dom_items(page: Any) -> int:
+    return int(page.evaluate("() => document.getElementById('transcript').children.length"))
+
+
+def screenshot(page: Any, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / name), animations="disabled")
+
+
+async def run_in_browser(scenario: Callable[[], None]) -> None:
+    with trio.fail_after(120):  # each step has its own 15 s limit inside the browser
+        await trio.to_thread.run_sync(scenario)
+
+
+async def pairing_link(owner: Client, scope: str) -> tuple[str, str]:
+    offer = (await owner.http.post("/v1/pairings", json={"scope": scope})).json()
+    return offer["web_link"], offer["payload"]["fp"]
+
+
+async def test_phone_pairs_starts_a_session_approves_denies_interrupts_and_reloads(
+    make_config: Callable[..., DaemonConfig], work_dir: Path
+) -> None:
+    chromium = chromium_or_skip()
+    (work_dir / "notes.txt").write_text("hello world\n")
+    problems: list[str] = []
+    async with running_daemon(make_config()) as owner:
+        link, fingerprint = await pairing_link(owner, "admin")
+
+        def snapshot(session_id: str) -> dict[str, Any]:
+            return trio.from_thread.run(owner.snapshot, session_id)
+
+        def scenario() -> None:
+            with phone_page(chromium, problems) as page:
+                pair(page, link, fingerprint)
+                # prefer WebTransport: the pinned certificate works from the pairing payload
+                assert page.get_attribute("#conn", "data-transport") == "webtransport"
+
+                # start a session in a folder; its first answer streams in
+                session_id = start_session(page, work_dir, "Hello from the phone")
+                wait_text(page, "You said: Hello from the phone")
+                wait_turn_ends(page, 1)
+                page.click("#menu")
+                row = page.wait_for_selector(f"#sessions a[data-session='{session_id}']")
+                assert "idle" in row.inner_text()
+                page.click("#scrim", position={"x": PHONE["width"] - 20, "y": 400})
+
+                # token by token: part of the text shows while the block is still streaming
+                send(page, "[[slow:40]]")
+                page.wait_for_function(
+                    "() => [...document.querySelectorAll('#transcript .assistant.streaming')]"
+                    ".some((n) => n.innerText.includes('tick 3 ')"
+                    " && !n.innerText.includes('tick 39'))"
+                )
+                wait_turn_ends(page, 2)
+                assert ticks(turn_text(page)) == list(range(40))
+
+                # approve an edit from the card: the card shows the diff, then the tool row
+                send(page, "[[edit:notes.txt|hello world|goodbye world]]")
+                card = page.wait_for_selector("#permissions .card")
+                assert "goodbye world" in card.inner_text()  # the diff, before it runs
+                row = f"#sessions a[data-session='{session_id}'] [data-status='needs-approval']"
+                page.wait_for_selector(row, state="attached")  # the drawer says so too
+                assert page.text_content("#session-status") == "needs approval"
+                assert card.query_selector(".d2h-ins") is not None
+                screenshot(page, "phone.png")  # the README's picture: a card with its diff
+                if UPDATE_DOCS or not (DOCS / "phone.png").exists():
+                    DOCS.mkdir(exist_ok=True)
+                    shutil.copyfile(ARTIFACTS / "phone.png", DOCS / "phone.png")
+                card.query_selector("[data-action='allow']").click()
+                page.wait_for_selector("#permissions .card", state="detached")
+                wait_turn_ends(page, 3)
+                tool = page.wait_for_selector("#transcript .tool .diff")
+                added = tool.query_selector_all(".d2h-code-line.d2h-ins, .d2h-ins .d2h-code-line")
+                assert any("goodbye world" in line.inner_text() for line in added)
+                assert (work_dir / "notes.txt").read_text() == "goodbye world\n"
+                screenshot(page, "phone-diff.png")
+
+                # a tool row opens into its details (fetched from the tools route)
+                page.click("#transcript .tool summary")
+                page.wait_for_selector("#transcript .tool .tool-body .code")
+
+                # deny a command: nothing runs
+                send(page, "[[bash:echo no > denied.txt]]")
+                card = page.wait_for_selector("#permissions .card")
+                card.query_selector("[data-action='deny']").click()
+                page.wait_for_selector("#permissions .card", state="detached")
+                wait_turn_ends(page, 4)
+                assert not (work_dir / "denied.txt").exists()
+
+                # answer a question (AskUserQuestion)
+                send(page, "[[ask:Which colour?|Red,Blue]]")
+                card = page.wait_for_selector("#permissions .card")
+                card.query_selector("[data-option='Blue']").click()
+                card.query_selector("[data-action='answer']").click()
+                wait_turn_ends(page, 5)
+                wait_text(page, "Blue")
+
+                # interrupt a long turn
+                send(page, "[[slow:400]]")
+                wait_text(page, "tick 2 ")
+                page.click("#interrupt")
+                page.wait_for_selector("#transcript .turn-end.interrupted")
+
+                # reload mid-turn: the transcript continues, nothing twice
+                send(page, "[[slow:60]]")
+                wait_text(page, "tick 5 ")
+                page.reload()
+                page.wait_for_selector("#conn[data-state='live']")
+                page.wait_for_selector("#transcript .msg.user")
+                wait_turn_ends(page, 7)
+                text = turn_text(page)
+                assert ticks(text) == list(range(60)), text  # each once, in order
+                snap = snapshot(session_id)
+                assert dom_items(page) == len(snap["items"])
+                # the browser's fold (snapshot, then events) is the daemon's, item for item
+                assert page.evaluate("() => window.sidecode.view.state.items") == snap["items"]
+                users = page.evaluate(
+                    "() => [...document.querySelectorAll('#transcript .msg.user')]"
+                    ".map((n) => n.dataset.id)"
+                )
+                assert len(users) == len(set(users)) == 7
+                assert transcript_stats(page)["duplicates"] == 0
+                assert transcript_stats(page)["cursor"] == snap["cursor"]
+
+                # the WebTransport connection drops mid-turn: it resumes exactly, no snapshot
+                send(page, "[[slow:30]]")
+                wait_text(page, "tick 3 ")
+                page.evaluate("() => window.sidecode.client.drop()")
+                wait_turn_ends(page, 8)
+                assert ticks(turn_text(page)) == list(range(30))
+                stats = transcript_stats(page)
+                assert stats["snapshots"] == 1 and stats["duplicates"] == 0  # the reload's one
+                page.wait_for_selector("#conn[data-state='live'][data-transport='webtransport']")
+
+                # switch the permission mode and the model from the session header
+                page.select_option("#mode", "acceptEdits")
+                page.wait_for_function(
+                    "() => document.getElementById('mode').value === 'acceptEdits'"
+                    " && window.sidecode.view.state.info.permission_mode === 'acceptEdits'"
+                )
+                page.select_option("#model", "sonnet")
+                page.wait_for_function("() => window.sidecode.view.state.info.model === 'sonnet'")
+
+                page.click("#menu")
+                screenshot(page, "phone-drawer.png")
+
+        await run_in_browser(scenario)
+    assert problems == []
+
+
+async def test_over_sse_a_dropped_connection_resumes_exactly_and_an_image_is_attached(
+    make_config: Callable[..., DaemonConfig], work_dir: Path, tmp_path: Path
+) -> None:
+    chromium = chromium_or_skip()
+    image = tmp_path / "dot.png"
+    image.write_bytes((DOCS.parent / "sidecode_trio/web/static/icons/icon-192.png").read_bytes())
+    problems: list[str] = []
+    async with running_daemon(make_config(quic_port=-1)) as owner:  # no WebTransport: HTTP
+        link, fingerprint = await pairing_link(owner, "chat")
+        session_id = (await owner.create(work_dir, "first"))["session"]["id"]
+
+        def scenario() -> None:
+            with phone_page(chromium, problems) as page:
+                pair(page, link, fingerprint)
+                assert page.get_attribute("#conn", "data-transport") == "sse"
+                page.goto(link.split("#")[0] + f"#s={session_id}")
+                wait_text(page, "You said: first")
+
+                # the connection drops mid-turn; the app resumes from its (epoch, cursor)
+                send(page, "[[slow:60]]")
+                wait_text(page, "tick 5 ")
+                page.evaluate("() => window.sidecode.client.drop()")
+                wait_turn_ends(page, 2)
+                text = turn_text(page)
+                assert ticks(text) == list(range(60)), text
+                stats = transcript_stats(page)
+                assert stats["snapshots"] == 1 and stats["duplicates"] == 0
+
+                # markdown with a highlighted code block (the fake model echoes the text)
+                send(page, "**bold** and `inline`\n\n```python\nanswer = 42\n```")
+                wait_turn_ends(page, 3)
+                reply = page.locator("#transcript .msg.assistant").last
+                assert reply.locator("strong").inner_text() == "bold"
+                assert reply.locator("pre code.hljs .hljs-number").inner_text() == "42"
+
+                # a 'chat' device may not widen the mode: the daemon says why, the select resets
+                page.select_option("#mode", "acceptEdits")
+                page.wait_for_selector("#session-error:not([hidden])")
+                assert "admin" in page.text_content("#session-error")
+                page.wait_for_function("() => document.getElementById('mode').value === 'default'")
+
+                # allow always: the suggested rule is applied with the answer
+                send(page, "[[bash:echo hi > always.txt]]")
+                card = page.wait_for_selector("#permissions .card")
+                card.query_selector("[data-action='allow-always']").click()
+                page.wait_for_selector("#permissions .card", state="detached")
+                wait_turn_ends(page, 4)
+
+                # attach an image to a message
+                page.set_input_files("#attach-input", str(image))
+                page.wait_for_selector("#attachments .thumb img")
+                send(page, "what is this")
+                page.wait_for_selector("#transcript .msg.user .muted >> text=1 image(s)")
+                wait_turn_ends(page, 5)
+
+                # offline start: the service worker serves the shell, the app says it is offline
+                # and catches up when the network is back
+                page.evaluate("() => navigator.serviceWorker.ready")
+                page.context.set_offline(True)
+                page.reload()
+                page.wait_for_selector("#conn[data-state='offline']")
+                assert page.evaluate("() => !!navigator.serviceWorker.controller")
+                page.context.set_offline(False)
+                page.wait_for_selector("#conn[data-state='live']")
+                wait_turn_ends(page, 5)
+
+        await run_in_browser(scenario)
+        snap = await owner.snapshot(session_id)
+        async with owner.events(session_id) as events:
+            resolved = await events.until_type("permission.resolved")
+    assert resolved.body["outcome"] == "allowed" and resolved.body["applied"]
+    assert (work_dir / "always.txt").read_text() == "hi\n"
+    images = [item["images"] for item in snap["items"] if item["type"] == "user"]
+    assert images[-1] and images[-1][0]["media_type"] == "image/png"
+    assert problems == []
+
+
+async def test_over_https_once_the_certificate_is_accepted(
+    make_config: Callable[..., DaemonConfig], work_dir: Path
+) -> None:
+    """The phone's real path: the daemon's own HTTPS certificate, which the user accepted
+    (``ignore_https_errors``). Requests are bound to that certificate; WebTransport pins it."""
+    chromium = chromium_or_skip()
+    problems: list[str] = []
+    async with running_daemon(make_config(https=True)) as owner:
+        assert owner.handle.url.startswith("https://")
+        link, fingerprint = await pairing_link(owner, "chat")
+        assert link.startswith(owner.handle.url.rstrip("/") + "/app/#pair=")
+        session_id = (await owner.create(work_dir, "over https"))["session"]["id"]
+
+        def scenario() -> None:
+            with phone_page(chromium, problems, ignore_https_errors=True) as page:
+                pair(page, link, fingerprint)
+                assert page.get_attribute("#conn", "data-transport") == "webtransport"
+                page.goto(link.split("#")[0] + f"#s={session_id}")
+                wait_text(page, "You said: over https")
+                send(page, "[[bash:echo tls > tls.txt]]")
+                card = page.wait_for_selector("#permissions .card")
+                card.query_selector("[data-action='allow']").click()
+                wait_turn_ends(page, 2)
+
+        await run_in_browser(scenario)
+    assert (work_dir / "tls.txt").read_text() == "tls\n"
+    assert problems == []
