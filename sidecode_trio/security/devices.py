@@ -18,6 +18,8 @@ import os
 import secrets
 import sqlite3
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Final
 
@@ -101,9 +103,23 @@ class DeviceStore:
             raise StoreError(f"cannot open the device store {path}: {exc}") from exc
         self._devices = {d.id: d for d in self._load()}
         self._seen_written: dict[str, float] = {}
+        self._revoke_listeners: list[Callable[[str], None]] = []
+
+    def on_revoke(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener(device_id)`` when a device is revoked (e.g. to drop what it owns)."""
+        self._revoke_listeners.append(listener)
 
     def close(self) -> None:
         self._db.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One write transaction; a full or read-only disk is a 503 ``store_unavailable``."""
+        try:
+            with self._db:
+                yield
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot update the device store: {exc}") from exc
 
     def _load(self) -> list[Device]:
         rows = self._db.execute(
@@ -137,7 +153,7 @@ class DeviceStore:
         device = Device(
             f"dev_{secrets.token_hex(6)}", name, public_key, fingerprint, scope, time.time()
         )
-        with self._db:
+        with self._transaction():
             if existing is not None:  # a revoked key pairs anew: a new record, the old one goes
                 self._db.execute("DELETE FROM devices WHERE id = ?", (existing.id,))
                 self._devices.pop(existing.id, None)
@@ -163,7 +179,7 @@ class DeviceStore:
             time.time(),
             kind="secret",
         )
-        with self._db:
+        with self._transaction():
             self._db.execute(
                 "INSERT INTO devices (id, name, public_key, fingerprint, scope, paired_at, kind) "
                 "VALUES (?, ?, ?, ?, ?, ?, 'secret')",
@@ -189,17 +205,19 @@ class DeviceStore:
         if device.revoked_at is not None:
             return device
         device = attrs.evolve(device, revoked_at=time.time())
-        with self._db:
+        with self._transaction():
             self._db.execute(
                 "UPDATE devices SET revoked_at = ? WHERE id = ?", (device.revoked_at, device_id)
             )
         self._devices[device_id] = device
         self.audit("revoked", device_id, repr(device.name))
+        for listener in self._revoke_listeners:
+            listener(device_id)
         return device
 
     def set_scope(self, device_id: str, scope: Scope) -> Device:
         device = attrs.evolve(self.get(device_id), scope=scope)
-        with self._db:
+        with self._transaction():
             self._db.execute("UPDATE devices SET scope = ? WHERE id = ?", (scope.value, device_id))
         self._devices[device_id] = device
         self.audit("scope_changed", device_id, scope.value)

@@ -27,20 +27,29 @@ UNIONS: dict[type[Any], list[type[Any]]] = {
 }
 
 
-class _Builder:
-    def __init__(self) -> None:
+class SchemaBuilder:
+    """Definitions of the classes reached from the roots; ``prefix`` is where refs point (the
+    OpenAPI document keeps them under ``#/components/schemas/``)."""
+
+    def __init__(
+        self,
+        unions: dict[type[Any], list[type[Any]]] | None = None,
+        prefix: str = "#/$defs/",
+    ) -> None:
         self.defs: dict[str, Any] = {}
+        self.unions = UNIONS if unions is None else unions
+        self.prefix = prefix
 
     def ref(self, cls: type[Any]) -> dict[str, Any]:
         name = cls.__name__
         if name not in self.defs:
             self.defs[name] = {}  # placeholder against recursion
             self.defs[name] = self._define(cls)
-        return {"$ref": f"#/$defs/{name}"}
+        return {"$ref": f"{self.prefix}{name}"}
 
     def _define(self, cls: type[Any]) -> dict[str, Any]:
-        if cls in UNIONS:
-            return {"oneOf": [self.ref(member) for member in UNIONS[cls]]}
+        if cls in self.unions:
+            return {"oneOf": [self.ref(member) for member in self.unions[cls]]}
         hints = typing.get_type_hints(cls)
         properties: dict[str, Any] = {}
         required: list[str] = []
@@ -74,7 +83,7 @@ class _Builder:
             return {"type": "object", "additionalProperties": self.of(typing.get_args(hint)[1])}
         if isinstance(hint, type) and issubclass(hint, enum.Enum):
             return {"enum": [member.value for member in hint]}
-        if isinstance(hint, type) and (attrs.has(hint) or hint in UNIONS):
+        if isinstance(hint, type) and (attrs.has(hint) or hint in self.unions):
             return self.ref(hint)
         simple = {str: "string", int: "integer", float: "number", bool: "boolean"}
         if hint in simple:
@@ -83,7 +92,7 @@ class _Builder:
 
 
 def schema_for(root: type[Any], title: str) -> dict[str, Any]:
-    builder = _Builder()
+    builder = SchemaBuilder()
     top = builder.ref(root)
     return {
         "$schema": SCHEMA_URI,
@@ -109,6 +118,8 @@ DOCUMENTS: dict[str, tuple[type[Any], str]] = {
     "pair-request.json": (rq.PairRequest, "POST /v1/pair body"),
     "pair-reply.json": (rq.PairReply, "POST /v1/pair reply"),
     "ticket-request.json": (rq.TicketRequest, "POST /v1/tickets body"),
+    "push-subscription.json": (rq.PushSubscriptionRequest, "POST /v1/push/subscriptions body"),
+    "push-subscriptions.json": (rq.PushSubscriptionList, "GET /v1/push/subscriptions reply"),
 }
 
 

@@ -1,0 +1,55 @@
+"""The ``/v1/push/*`` routes: decode, call the :class:`~.service.Notifier`, encode.
+
+They sit behind the app's credential check like every v1 route (and so are served over
+WebTransport requests too); a subscription belongs to the device that made it.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+from quart import Response, g, request
+from quart_trio import QuartTrio
+
+from ..http.app import _body, _json, _who
+from ..wire import requests as rq
+from .service import Notifier
+
+#: requests that show a device is looking at a session (it sent, answered or interrupted)
+ACTING: Final = re.compile(r"^/v1/sessions/([^/]+)/(?:messages|interrupt|permissions/[^/]+)$")
+
+
+def add_routes(app: QuartTrio, notifier: Notifier) -> None:
+    @app.get("/v1/push/vapid")
+    async def push_vapid() -> Response:
+        _who()  # authenticated like the rest: the key is public, the route is not
+        return _json(200, rq.VapidKeyReply(notifier.vapid.public_key_b64))
+
+    @app.get("/v1/push/subscriptions")
+    async def push_subscriptions() -> Response:
+        return _json(200, notifier.subscriptions(_who()))
+
+    @app.post("/v1/push/subscriptions")
+    async def push_subscribe() -> Response:
+        body = await _body(rq.PushSubscriptionRequest)
+        return _json(201, notifier.subscribe(_who(), body))
+
+    @app.delete("/v1/push/subscriptions/<subscription_id>")
+    async def push_unsubscribe(subscription_id: str) -> Response:
+        return _json(200, notifier.unsubscribe(_who(), subscription_id))
+
+    @app.post("/v1/push/test")
+    async def push_test() -> Response:
+        return _json(202, notifier.send_test(_who()))
+
+    @app.before_request
+    async def note_activity() -> None:
+        # Before the operation runs (after the credential check, registered earlier): the
+        # events it causes must find the device already marked. HTTP requests only:
+        # WebTransport requests skip the app's hooks; the service worker covers that case for
+        # its own device (it stays quiet while the session is in front).
+        acting = ACTING.match(request.path) if request.method == "POST" else None
+        principal = getattr(g, "principal", None)
+        if acting and principal is not None:
+            notifier.acted(principal, acting[1])
