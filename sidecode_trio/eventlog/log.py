@@ -64,9 +64,14 @@ class Subscription:
         self.session_id = session_id
         self._send, self.receive = trio.open_memory_channel[StoredEvent](max_queue)
         self.lagged = False
+        #: if set, tried first: it takes an event (True) by writing it straight to the client's
+        #: socket while nothing is queued, sparing a task switch per client (http/direct.py)
+        self.direct: Callable[[StoredEvent], bool] | None = None
 
     def offer(self, event: StoredEvent) -> bool:
         """Queue ``event`` without blocking; on a full queue drop this subscriber."""
+        if self.direct is not None and self.direct(event):
+            return True
         try:
             self._send.send_nowait(event)
         except trio.WouldBlock:
@@ -78,10 +83,12 @@ class Subscription:
         return True
 
     def end(self) -> None:
+        self.direct = None  # nothing reaches the client after its feed ended (e.g. revoked)
         self._send.close()
 
     def close(self) -> None:
         self._log._unsubscribe(self)
+        self.direct = None
         self._send.close()
 
 
@@ -338,6 +345,11 @@ class EventLog:
         sub = Subscription(self, session_id, max_queue)
         session.subscribers.add(sub)
         return catch_up, sub
+
+    def subscriber_count(self, session_id: str) -> int:
+        """Live feeds of one session (a remote session is followed upstream while > 0)."""
+        session = self._sessions.get(session_id)
+        return 0 if session is None else len(session.subscribers)
 
     def keepalive(self) -> None:
         """Offer every live feed a keep-alive marker (cheaper than a timeout per event)."""

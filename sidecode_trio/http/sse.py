@@ -7,7 +7,7 @@ a raw newline, so ``data`` is always one line.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncGenerator, Callable, Iterable
 from typing import Final, TypeVar
 
 import trio
@@ -58,7 +58,7 @@ async def live(
     encode: Callable[[T], bytes],
     keepalive: float | None,
     marker: object = None,
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     """Live frames: wait for one, then take everything already queued and send it as one write.
 
     This opportunistic batching costs nothing while the client keeps up and turns a burst into

@@ -10,6 +10,8 @@ Modes:
 
 * ``live``: connect, read the response head, print ``ready`` on stdout, then record until every
   stream has shown ``--end-count`` end markers (``event: turn.completed``), ended, or timed out.
+* ``hold``: connect ``--clients`` streams, round robin over the comma-separated ``--path`` list,
+  read each response head, print ``ready``, then hold them open (unread) until stdin ends.
 * ``replay``: ``--repeat`` times: connect one socket, take ``t0``, send the request, and record
   until ``--frames`` event frames have arrived (time to first byte and to the last frame).
 
@@ -39,9 +41,9 @@ CONNECT_TIMEOUT: Final = 10.0
 Record = bench_sse.Record
 
 
-def _request(args: argparse.Namespace) -> bytes:
+def _request(args: argparse.Namespace, path: str = "") -> bytes:
     lines = [
-        f"GET {args.path} HTTP/1.1",
+        f"GET {path or args.path} HTTP/1.1",
         f"Host: {args.host}:{args.port}",
         "Accept: text/event-stream",
         "Cache-Control: no-cache",
@@ -136,6 +138,22 @@ def run_live(args: argparse.Namespace) -> dict[str, Any]:
     return bench_sse.analyse_live(heads + records, order, args.warmup, args.dump)
 
 
+def run_hold(args: argparse.Namespace) -> dict[str, Any]:
+    paths = args.path.split(",")
+    socks = [_connect(args) for _ in range(args.clients)]
+    try:
+        for number, sock in enumerate(socks):
+            sock.sendall(_request(args, paths[number % len(paths)]))
+        for sock in socks:
+            _read_head(sock)
+        print("ready", flush=True)
+        sys.stdin.read()  # until the orchestrator closes our stdin
+    finally:
+        for sock in socks:
+            sock.close()
+    return {"held": len(socks)}
+
+
 def _replay_once(args: argparse.Namespace, request: bytes) -> dict[str, Any]:
     sock = _connect(args)
     try:
@@ -155,7 +173,7 @@ def run_replay(args: argparse.Namespace) -> dict[str, Any]:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("mode", choices=["live", "replay"])
+    parser.add_argument("mode", choices=["live", "replay", "hold"])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--path", required=True)
@@ -176,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.cpu >= 0 and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {args.cpu})
-    result = run_live(args) if args.mode == "live" else run_replay(args)
+    modes = {"live": run_live, "replay": run_replay, "hold": run_hold}
+    result = modes[args.mode](args)
     sys.stdout.write(json.dumps(result) + "\n")
     sys.stdout.flush()
     return 0

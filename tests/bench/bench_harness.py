@@ -244,12 +244,14 @@ class LineReader:
         return line.decode()
 
 
-async def wait_for_file(path: Path, process: trio.Process, timeout: float) -> str:
+async def wait_for_file(
+    path: Path, process: trio.Process, timeout: float, poll: float = 0.02
+) -> str:
     with trio.fail_after(timeout):
         while not path.exists():
             if process.returncode is not None:
                 raise RuntimeError(f"the child exited with code {process.returncode}")
-            await trio.sleep(0.02)
+            await trio.sleep(poll)
     return path.read_text()
 
 

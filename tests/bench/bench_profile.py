@@ -39,9 +39,12 @@ LAYERS: Final = (
 STAGES: Final = (
     ("gc_collect", "cyclic GC"),
     ("SQLiteStore.commit", "SQLite group commit"),
+    ("_Sink.offer", "direct send() to each idle client, from the fan-out (http/direct.py)"),
     ("EventLog._publish", "fold + fan-out (offer to each subscriber)"),
     ("ClaudeProcess._read_stdout", "CLI stdout: read, frame, translate, append (encode)"),
     ("EventLog.run", "log writer task (other)"),
+    ("_live_fast", "SSE per client: writer task for what was queued (http/direct.py)"),
+    ("_pump", "SSE per client: generator and send() (direct path: watch view, TLS)"),
     ("_send_response", "SSE per client: generator, quart, hypercorn, h11, send()"),
     ("TCPServer", "hypercorn connection tasks (reads, idle timer)"),
     ("checkpoint", "WAL checkpoint (worker thread)"),

@@ -13,8 +13,11 @@ the way the daemon does it, so ``daemon / relay`` isolates the cost of the frame
   HTTP/1.1 chunk (``transfer-encoding: chunked``, as hypercorn does).
 * A CLI ``result`` line becomes an ``event: turn.completed`` frame.
 * ``GET /replay`` writes ``--replay-frames`` pre-encoded frames from memory, 256 per write.
+* ``GET /blob`` answers with the bytes of the file last named by ``blob <path>`` (the baseline of
+  the snapshot scenario: the same bytes, no work), on a kept-alive connection.
 
-Control on stdin, one command a line: ``go <text>`` (a user message to the CLI), ``quit``.
+Control on stdin, one command a line: ``go <text>`` (a user message to the CLI), ``blob <path>``,
+``quit``.
 On start it prints ``{"port": N}`` on stdout.
 """
 
@@ -117,6 +120,7 @@ class Relay:
         self.clients: set[trio.MemorySendChannel[bytes]] = set()
         self.message_id = "msg_relay"
         self.cli_stdin: trio.abc.SendStream | None = None
+        self.blob = b"null"
 
     def publish(self, frames: list[dict[str, Any]]) -> None:
         for frame in frames:
@@ -149,6 +153,9 @@ class Relay:
                 return
             head += more
         path = head.split(b" ", 2)[1]
+        if path.startswith(b"/blob"):
+            await self.serve_blobs(stream, head.partition(b"\r\n\r\n")[2])
+            return
         await stream.send_all(RESPONSE_HEAD + chunk(RETRY))
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_cancel_on_eof, stream, nursery.cancel_scope)
@@ -158,6 +165,18 @@ class Relay:
             else:
                 await self.follow(stream)
             nursery.cancel_scope.cancel()
+
+    async def serve_blobs(self, stream: trio.SocketStream, rest: bytes) -> None:
+        """Answer ``GET /blob`` requests (bodiless) on one connection until the client leaves."""
+        while True:
+            head = b"HTTP/1.1 200 \r\ncontent-type: application/json\r\n"
+            await stream.send_all(head + b"content-length: %d\r\n\r\n" % len(self.blob) + self.blob)
+            while b"\r\n\r\n" not in rest:
+                more = await stream.receive_some(65536)
+                if not more:
+                    return
+                rest += more
+            rest = rest.partition(b"\r\n\r\n")[2]
 
     async def write_replay(self, stream: trio.SocketStream) -> None:
         frames = self.replay
@@ -224,6 +243,9 @@ async def control(relay: Relay, stdin: trio.abc.ReceiveStream) -> None:
                 return
             if command == "go" and relay.cli_stdin is not None:
                 await relay.cli_stdin.send_all(user_line(arg))
+            elif command == "blob":
+                relay.blob = await trio.Path(arg).read_bytes()
+                print("ok", flush=True)
 
 
 def replay_frames(count: int, text_chars: int) -> list[bytes]:

@@ -7,6 +7,7 @@ Every comparison row shows the daemon's figure, the baseline and a ratio oriente
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
@@ -96,6 +97,38 @@ def latency(results: dict[str, Any]) -> str:
         "jobs on the machine): where it is high, that run's tail is noise.\n\n"
     )
     return intro + table(headers, rows) + "\n" + _latency_details(daemon, relay, results)
+
+
+def previous(results: dict[str, Any]) -> str:
+    """The token path of this code against an earlier version's, in the same run."""
+    now, before = results["latency"]["daemon"], results["latency"].get("previous") or {}
+    if not before:
+        return ""
+    rows = []
+    for n in sorted(before, key=int):
+        for name, key in (("p50", "p50"), ("p90", "p90"), ("p99", "p99")):
+            figure, baseline = _get(now, n, "latency_us", key), _get(before, n, "latency_us", key)
+            rows.append(
+                [str(n), f"{name} (µs)", num(figure), num(baseline), ratio(figure, baseline, False)]
+            )
+        figure, baseline = _cpu_per_event(now.get(n, {})), _cpu_per_event(before[n])
+        rows.append(
+            [
+                str(n),
+                "server CPU µs per delivery",
+                num(figure, 1),
+                num(baseline, 1),
+                ratio(figure, baseline, False),
+            ]
+        )
+    intro = (
+        "## 1b. The token path before and after, same run\n\n"
+        f"The daemon of `{results.get('previous_code')}` (the code before this change) joined "
+        "the runs of section 1, alternating with the others. Ratio: now / before (below 1: "
+        "faster now).\n\n"
+    )
+    headers = ["clients", "metric", "this code", "previous code", "ratio"]
+    return intro + table(headers, rows)
 
 
 def _cpu_per_event(run: dict[str, Any]) -> Any:
@@ -292,6 +325,74 @@ def replay(results: dict[str, Any]) -> str:
     return intro + table(headers, rows)
 
 
+def footprint(results: dict[str, Any]) -> str:
+    fp = results.get("footprint")
+    if not fp:
+        return ""
+    median = statistics.median
+    relay_start = median(fp["relay_startup_s"]) * 1e3
+    mem, snap = fp.get("memory", {}), fp.get("snapshot", {})
+    loaded = fp.get("startup_loaded_s") or [math.nan]
+    rows = [
+        compare(
+            ["start-up to ready, empty state (ms, median)"],
+            median(fp["startup_fresh_s"]) * 1e3,
+            relay_start,
+            rate=False,
+        ),
+        compare(
+            [f"start-up to ready, {_get(mem, 'sessions') + 1} stored sessions (ms, median)"],
+            median(loaded) * 1e3,
+            relay_start,
+            rate=False,
+        ),
+        compare(
+            ["RSS just started (MiB)"],
+            _get(fp, "rss_fresh_mib"),
+            _get(mem, "relay_idle_mib"),
+            rate=False,
+            digits=1,
+        ),
+        compare(
+            [f"RSS, {_get(mem, 'sessions')} idle sessions + {_get(mem, 'links')} open links (MiB)"],
+            _get(mem, "daemon_mib"),
+            _get(mem, "relay_mib"),
+            rate=False,
+            digits=1,
+        ),
+        compare(
+            [
+                f"snapshot of a long session ({num(_get(snap, 'events'))} events, "
+                f"{num(_get(snap, 'bytes') / 1024, 0)} KiB): GET, ms, median"
+            ],
+            _get(snap, "daemon_ms"),
+            _get(snap, "relay_ms"),
+            rate=False,
+            digits=2,
+        ),
+        compare(
+            ["snapshot GET, ms, best"],
+            _get(snap, "daemon_ms_best"),
+            _get(snap, "relay_ms_best"),
+            rate=False,
+            digits=2,
+        ),
+    ]
+    intro = (
+        "## 6-8. Start-up, memory with idle sessions and open links, a long session's snapshot"
+        "\n\nStart-up: spawning `python -m sidecode_trio serve` to its ready file (the "
+        "stored-sessions case is a restart holding the sessions below); baseline: spawning the "
+        "raw relay to its port. Memory: the daemon's VmRSS (its CLIs are other processes and "
+        "had stopped: `--idle-timeout 1`) with every session having run one turn and 100 SSE "
+        "streams held open; baseline: the relay's VmRSS holding 100 streams. Snapshot: "
+        "`GET /v1/sessions/{id}` on a kept-alive connection (fold → JSON), against the relay "
+        f"answering the same bytes; the session alternates a `Write` tool call and 300 text "
+        f"deltas per turn, {num(_get(snap, 'items'))} items in its snapshot.\n\n"
+    )
+    headers = ["metric", "sidecode-trio", "raw relay", "ratio", "ratio is"]
+    return intro + table(headers, rows)
+
+
 def _target_row(name: str, unit: str, figure: Any, baseline: Any, key: str, at_most: bool) -> Row:
     digits = 1 if unit == "ms" else 0
     return [
@@ -355,6 +456,95 @@ def summary(results: dict[str, Any]) -> str:
     return text
 
 
+def _pair(figure: Any, baseline: Any, unit: str, digits: int = 0, rate: bool = False) -> Row:
+    shown = [f"{num(value, digits)} {unit}" for value in (figure, baseline)]
+    return [*shown, ratio(figure, baseline, rate)]
+
+
+def performance(results: dict[str, Any]) -> str:
+    """One table for the README: each figure, its same-run baseline, the ratio (higher is
+    worse for the daemon: figure/baseline for times and sizes, baseline/figure for rates)."""
+    lat, rep, fp = results["latency"], results["replay"], results.get("footprint") or {}
+    rows: list[Row] = []
+    for n in sorted(lat["daemon"], key=int):
+        d, r = lat["daemon"][n], lat["relay"].get(n, {})
+        for key in ("p50", "p99"):
+            name = f"token path, CLI stdout → SSE, {n} client{'s' if n != 1 else ''}, {key}"
+            figure, base = _get(d, "latency_us", key), _get(r, "latency_us", key)
+            rows.append([name, *_pair(figure, base, "µs")])
+        name = f"token path, {n} client{'s' if n != 1 else ''}, server CPU per delivery"
+        rows.append([name, *_pair(_cpu_per_event(d), _cpu_per_event(r), "µs", 1)])
+    batch = results["plan"]["headline_batch"]
+    log = _get(results, "log", batch)
+    rows.append(
+        [
+            f"durable events/s (SQLite, {batch} per commit)",
+            *_pair(
+                _get(log, "figure", "events_per_s"),
+                _get(log, "baseline", "events_per_s"),
+                "/s",
+                rate=True,
+            ),
+        ]
+    )
+    for path, label in (("memory", "memory tail"), ("sqlite", "SQLite, after a restart")):
+        name = f"replay of {results['plan']['replay_events']:,} events ({label})"
+        rows.append(
+            [name, *_pair(_get(rep, path, "total_ms"), _get(rep, "relay", "total_ms"), "ms", 1)]
+        )
+    snap, mem = fp.get("snapshot", {}), fp.get("memory", {})
+    if snap:
+        name = (
+            f"snapshot of a long session ({num(_get(snap, 'events'))} events, "
+            f"{num(_get(snap, 'bytes') / 1024)} KiB), GET"
+        )
+        rows.append([name, *_pair(_get(snap, "daemon_ms"), _get(snap, "relay_ms"), "ms", 2)])
+    if mem:
+        name = f"RSS, {_get(mem, 'sessions')} idle sessions + {_get(mem, 'links')} open links"
+        rows.append([name, *_pair(_get(mem, "daemon_mib"), _get(mem, "relay_mib"), "MiB", 1)])
+    if fp:
+        relay_start = statistics.median(fp["relay_startup_s"]) * 1e3
+        for key, label in (("startup_fresh_s", "empty state"), ("startup_loaded_s", "restart")):
+            if fp.get(key):
+                figure = statistics.median(fp[key]) * 1e3
+                rows.append([f"start-up to ready ({label})", *_pair(figure, relay_start, "ms")])
+    wt = results.get("webtransport") or {}
+    if wt:
+        rt = wt["round_trip_us"]
+        rows.append(
+            [
+                "WebTransport round trip (baseline: HTTP/1.1 keep-alive), p50",
+                *_pair(rt["webtransport"]["p50"], rt["http"]["p50"], "µs"),
+            ]
+        )
+    m = results["machine"]
+    text = (
+        "## Performance (the README table)\n\n"
+        f"{m['cpu']}, {m['cores']} cores, Python {m['python']}, Linux {m['kernel']}; "
+        f"{results['mode']} run of `nox -s bench` on {results['date']}. Baseline: the same "
+        "work in the same run by a raw Trio relay of the same bytes (raw `sqlite3` for the "
+        "appends, HTTP/1.1 for WebTransport). Ratio: figure / baseline (rates: baseline / "
+        "figure); above 1 the daemon is slower.\n\n"
+    )
+    text += table(["measure", "sidecode-trio", "baseline", "ratio"], rows)
+    return text + _noise(results)
+
+
+def _noise(results: dict[str, Any]) -> str:
+    """How much other work shared the machine during the latency runs (a quiet run: ~0 %)."""
+    runs = [run for by_n in results["latency"].values() for run in by_n.values()]
+    other = [_foreign(run, results) for run in runs]
+    other = [value for value in other if not math.isnan(value)]
+    if not other:
+        return ""
+    return (
+        f"\nOther load on the server's CPU during the latency runs: {min(other):.0f} to "
+        f"{max(other):.0f} % of a core (a quiet machine: near 0). Where it is high, tails "
+        "(p99) are the machine's, not the daemon's; CPU per delivery and the ratios hold "
+        "better.\n"
+    )
+
+
 def profile(results: dict[str, Any]) -> str:
     prof = results.get("profile")
     if not prof:
@@ -387,11 +577,14 @@ def errors(results: dict[str, Any]) -> str:
 
 
 SECTIONS: Final[list[Callable[[dict[str, Any]], str]]] = [
+    performance,
     summary,
     latency,
+    previous,
     log_rate,
     throughput,
     replay,
+    footprint,
     profile,
     machine,
     durations,

@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager, suppress
 from typing import Protocol
 from urllib.parse import urlsplit
@@ -39,9 +40,10 @@ class Target(Protocol):
 class ChildDaemon:
     """``python -m sidecode_trio serve`` in a child process, and a few calls of its v1 API."""
 
-    def __init__(self, process: trio.Process, port: int, token: str) -> None:
+    def __init__(self, process: trio.Process, port: int, token: str, startup_s: float) -> None:
         self.process, self.port, self.token = process, port, token
         self.pid = process.pid
+        self.startup_s = startup_s  #: from spawning the process to its ready file (±2 ms)
 
     async def call(self, method: str, path: str, body: object = None, status: int = 200) -> object:
         return expect(*await http_call(self.port, self.token, method, path, body), status)
@@ -91,25 +93,35 @@ class DaemonSession:
 
 
 @asynccontextmanager
-async def child_daemon(layout: Layout, name: str, cpu: int) -> AsyncIterator[ChildDaemon]:
-    """The real daemon (state in ``layout.state(name)``), pinned to ``cpu``; stopped by SIGTERM."""
+async def child_daemon(
+    layout: Layout, name: str, cpu: int, extra: Sequence[str] = (), code: str = ""
+) -> AsyncIterator[ChildDaemon]:
+    """The real daemon (state in ``layout.state(name)``), pinned to ``cpu``; stopped by SIGTERM.
+    ``extra``: more ``serve`` flags; ``code``: a directory holding another ``sidecode_trio``
+    package to run instead (put first on ``PYTHONPATH``)."""
     state, ready = layout.state(name), layout.root / f"ready-{name}.json"
     ready.unlink(missing_ok=True)
     argv = [PYTHON, "-m", "sidecode_trio", "serve", "--state-dir", str(state), "--port", "0"]
     argv += ["--claude", str(layout.wrapper), "--allow-root", str(layout.work)]
-    argv += ["--ready-file", str(ready), "--log-level", "warning"]
+    argv += ["--ready-file", str(ready), "--log-level", "warning", *extra]
+    started = time.monotonic()
     with layout.log(f"daemon-{name}").open("ab") as log:
         async with child(
-            argv, env=layout.cli_env(), stdout=log, stderr=log, cwd=layout.root
+            argv,
+            env=layout.cli_env() | ({"PYTHONPATH": code} if code else {}),
+            stdout=log,
+            stderr=log,
+            cwd=layout.root,
         ) as proc:
             pin(proc.pid, cpu)
             try:
-                info = json.loads(await _wait_for_file(ready, proc, 60.0))
+                info = json.loads(await _wait_for_file(ready, proc, 60.0, poll=0.002))
+                startup = time.monotonic() - started
             except (RuntimeError, trio.TooSlowError) as exc:
                 tail = layout.log(f"daemon-{name}").read_text(errors="replace")[-1500:]
                 raise RuntimeError(f"the daemon did not start ({exc}): {tail}") from exc
             port = urlsplit(info["http"]).port or 0
-            yield ChildDaemon(proc, port, (state / "token").read_text().strip())
+            yield ChildDaemon(proc, port, (state / "token").read_text().strip(), startup)
 
 
 class ChildRelay:
@@ -117,9 +129,11 @@ class ChildRelay:
 
     name = "raw relay"
     token = ""
+    lines: LineReader  #: its stdout (replies to commands)
 
-    def __init__(self, process: trio.Process, port: int) -> None:
+    def __init__(self, process: trio.Process, port: int, startup_s: float) -> None:
         self.process, self.port, self.pid = process, port, process.pid
+        self.startup_s = startup_s  #: from spawning the process to its port on stdout
 
     def events_path(self) -> str:
         return "/events"
@@ -143,6 +157,7 @@ class ChildRelay:
 async def child_relay(layout: Layout, cpu: int, replay_frames: int) -> AsyncIterator[ChildRelay]:
     argv = [PYTHON, str(BENCH / "bench_relay.py"), "--cli", str(layout.wrapper)]
     argv += ["--cwd", str(layout.work), "--replay-frames", str(replay_frames), "--cpu", str(cpu)]
+    started = time.monotonic()
     with layout.log("relay").open("ab") as log:
         async with child(
             argv,
@@ -153,8 +168,10 @@ async def child_relay(layout: Layout, cpu: int, replay_frames: int) -> AsyncIter
             cwd=layout.root,
         ) as process:
             with trio.fail_after(30):
-                port = int(json.loads(await LineReader(process.stdout).line())["port"])
-            relay = ChildRelay(process, port)
+                lines = LineReader(process.stdout)
+                port = int(json.loads(await lines.line())["port"])
+            relay = ChildRelay(process, port, time.monotonic() - started)
+            relay.lines = lines
             try:
                 yield relay
             finally:

@@ -16,6 +16,12 @@ What is measured, each against a baseline in the same run (see each module's doc
    the raw relay writing pre-encoded frames.
 5. WebTransport against HTTP/SSE: small-operation round trip, streamed-event latency, one-way
    large payload (:mod:`bench_wt`); baseline: the same daemon's HTTP/SSE.
+6. Start-up time to ready, empty and with stored sessions; 7. daemon RSS with 50 idle sessions
+   and 100 open links; 8. a long session's snapshot, size and time (:mod:`bench_footprint`);
+   baseline: the raw relay (its start-up, its RSS holding 100 links, the same bytes served).
+
+``--only live,log,replay,wt,footprint`` runs some parts (for development; the report then has
+gaps).
 
 The daemon under test is the real one, ``python -m sidecode_trio serve`` in a child process
 driving ``tests/fake_claude.py``; the clients are one separate process (:mod:`bench_client`).
@@ -45,13 +51,14 @@ from urllib.parse import urlsplit
 
 import attrs
 import trio
+from bench_footprint import footprint
 from bench_harness import BENCH, KILLED, Layout, can_pin, pin, rss_mib
 from bench_live import LivePlan, latency, throughput, warm_up
 from bench_lograte import log_rates
 from bench_profile import profile_token_path
 from bench_replay import ReplayPlan, from_memory, from_relay, from_sqlite
 from bench_report import render
-from bench_targets import DaemonSession, Target, child_daemon, child_relay
+from bench_targets import ChildRelay, DaemonSession, Target, child_daemon, child_relay
 from bench_wt import compare as compare_webtransport
 from bench_wt import render as render_webtransport
 
@@ -156,7 +163,8 @@ class Runner:
                 "replay_events": plan.replay_events,
                 "replay_repeat": plan.replay_repeat,
             },
-            "latency": {"daemon": {}, "relay": {}},
+            "latency": {"daemon": {}, "relay": {}, "previous": {}},
+            "previous_code": args.previous_code or "",
             "throughput": {},
             "replay": {},
             "rss_mib": {},
@@ -187,25 +195,37 @@ class Runner:
     async def live(self) -> None:
         """Scenarios 1 and 3 (and 4's baseline), daemon and relay alternating run by run, so
         that slow drifts of the machine land on both alike."""
+        live = self.wants("live")
+        if not any(self.wants(part) for part in ("live", "replay", "footprint")):
+            return
         async with AsyncExitStack() as stack:
-            targets: dict[str, Target] = {}
+            targets: dict[str, Any] = {}
             await self.part("start the relay", lambda: self.start_relay(stack, targets))
             await self.part("start the daemon", lambda: self.start_daemon(stack, targets))
-            for key, target in targets.items():
+            if self.args.previous_code and live:
+                await self.part(
+                    "start the previous daemon", lambda: self.start_previous(stack, targets)
+                )
+            for key, target in targets.items() if live else ():
                 await self.part(
                     f"warm-up ({key})", partial(warm_up, target, self.layout, self.plan.live)
                 )
-            for clients in self.plan.live.fanouts:
+            for clients in self.plan.live.fanouts if live else ():
                 for key, target in targets.items():
                     await self.part(
                         f"1. latency, {clients} clients ({key})",
                         partial(self.latency, key, target, clients),
                     )
-            for key, target in targets.items():
-                await self.part(f"3. max rate ({key})", partial(self.throughput, key, target))
-            if "relay" in targets:
+            for key, target in targets.items() if live else ():
+                if key != "previous":
+                    await self.part(f"3. max rate ({key})", partial(self.throughput, key, target))
+            if "relay" in targets and self.wants("replay"):
                 await self.part("4. replay (relay)", partial(self.replay_relay, targets["relay"]))
-            if self.args.profile and "daemon" in targets:
+            if "relay" in targets and self.wants("footprint"):
+                await self.part(
+                    "6-8. start-up, memory, snapshot", partial(self.footprint, targets["relay"])
+                )
+            if self.args.profile and "daemon" in targets and live:
                 await self.part("profile", partial(self.profile, targets["daemon"]))
             if "daemon" in targets:
                 self.results["rss_mib"]["main"] = rss_mib(targets["daemon"].pid)
@@ -216,9 +236,20 @@ class Runner:
             daemon, await daemon.create_session(str(self.layout.work))
         )
 
+    async def start_previous(self, stack: AsyncExitStack, targets: dict[str, Target]) -> None:
+        previous = child_daemon(
+            self.layout, "previous", self.daemon_cpu, code=str(self.args.previous_code)
+        )
+        daemon = await stack.enter_async_context(previous)
+        targets["previous"] = DaemonSession(
+            daemon, await daemon.create_session(str(self.layout.work))
+        )
+
     async def start_relay(self, stack: AsyncExitStack, targets: dict[str, Target]) -> None:
         relay = child_relay(self.layout, self.daemon_cpu, self.plan.replay_events)
-        targets["relay"] = await stack.enter_async_context(relay)
+        started = await stack.enter_async_context(relay)
+        targets["relay"] = started
+        self.results["relay_startup_s"] = started.startup_s
 
     async def latency(self, key: str, target: Target, clients: int) -> None:
         result = await latency(target, self.layout, self.plan.live, clients)
@@ -226,6 +257,13 @@ class Runner:
 
     async def throughput(self, key: str, target: Target) -> None:
         self.results["throughput"][key] = await throughput(target, self.layout, self.plan.live)
+
+    def wants(self, part: str) -> bool:
+        return not self.args.only or part in self.args.only.split(",")
+
+    async def footprint(self, relay: ChildRelay) -> None:
+        cpus = (self.daemon_cpu, self.client_cpu)
+        self.results["footprint"] = await footprint(self.layout, relay, cpus, self.args.quick)
 
     async def replay_relay(self, relay: Target) -> None:
         result = await from_relay(self.layout, self.replay_plan, relay.port)
@@ -259,10 +297,13 @@ class Runner:
         started = time.monotonic()
         pin(0, self.client_cpu)
         with trio.move_on_after(RUN_BUDGET[self.results["mode"]]) as budget:
-            await self.part("2. log appends", self.log_appends)
+            if self.wants("log"):
+                await self.part("2. log appends", self.log_appends)
             await self.part("1, 3: live runs", self.live)
-            await self.part("4. replay (daemon)", self.replay)
-            await self.part("5. WebTransport vs HTTP/SSE", self.webtransport)
+            if self.wants("replay"):
+                await self.part("4. replay (daemon)", self.replay)
+            if self.wants("wt"):
+                await self.part("5. WebTransport vs HTTP/SSE", self.webtransport)
         if budget.cancelled_caught:
             self.results["errors"].append("the run exceeded its time budget and was stopped")
         self.results["errors"].extend(KILLED)
@@ -287,6 +328,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true", help="also py-spy the token path")
     parser.add_argument("--profile-raw", type=Path, help="keep py-spy's raw stacks here")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="markdown report file")
+    parser.add_argument(
+        "--previous-code",
+        type=Path,
+        help="a directory with another sidecode_trio package (e.g. `git archive HEAD "
+        "sidecode_trio | tar -x -C DIR`): its daemon joins the latency runs (before/after)",
+    )
+    parser.add_argument("--json", type=Path, help="also write the raw results (JSON) here")
+    parser.add_argument("--only", default="", help="comma list of live,log,replay,wt,footprint")
     parser.add_argument("--dump-dir", type=Path, help="write every live run's deliveries (CSV)")
     parser.add_argument(
         "--cli-cpu",
@@ -300,6 +349,8 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1, default=str))
     print(f"[bench] written to {args.out}", file=sys.stderr)
     return 1 if results["errors"] else 0
 
