@@ -118,7 +118,10 @@ class SQLiteStore:
                         outputs,
                     )
             except BaseException:
-                self._db.execute("ROLLBACK")
+                # SQLite has already rolled back after SQLITE_FULL or an I/O error: a second
+                # ROLLBACK would fail and hide why ("disk is full") behind "no transaction".
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
         except sqlite3.Error as exc:
