@@ -6,6 +6,7 @@ process a test starts is stopped by the daemon's own shutdown or by the test's `
 
 from __future__ import annotations
 
+import os
 import stat
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -14,12 +15,22 @@ from typing import Any
 
 import attrs
 import pytest
+from hypothesis import settings
 
 from sidecode_trio.config import DaemonConfig
 
 from helpers import Client, running_daemon
 
 TESTS = Path(__file__).parent
+
+# Hypothesis budgets, chosen with HYPOTHESIS_PROFILE: "ci" (the nox tests session) keeps the
+# default example counts but drops the per-example deadline (a shared 2-core runner is uneven)
+# and prints a reproduction blob; "thorough" runs 20 times more examples, for a long local run.
+# The fuzz tests scale their own budgets from the loaded profile (tests/test_fuzz_*.py).
+settings.register_profile("ci", deadline=None, print_blob=True)
+settings.register_profile("thorough", max_examples=2000, deadline=None)
+if os.environ.get("HYPOTHESIS_PROFILE"):
+    settings.load_profile(os.environ["HYPOTHESIS_PROFILE"])
 FAKE_CLAUDE = TESTS / "fake_claude.py"
 
 

@@ -4,6 +4,14 @@ Usage::
 
     python tests/record_frames.py --claude PATH --out tests/data/recorded/2.1.329 \\
         [--scenario NAME ...]
+    # a new release: install it from npm, record every scenario into
+    # tests/data/recorded/<version>/, then print how its frames differ from a pinned one
+    python tests/record_frames.py --version 2.1.340 --diff-against 2.1.329
+    # compare two recordings already on disk (no CLI runs)
+    python tests/record_frames.py --diff-only 2.1.197 2.1.329
+
+The diff is structural (``tests/contract.py``): frame kinds and their order, key sets and JSON
+types; never ids, timestamps, costs or text. ``--fail-on-diff`` exits 2 when there is one.
 
 For each scenario the CLI runs as::
 
@@ -43,6 +51,8 @@ from pathlib import Path
 from typing import IO, Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import contract
+from claude_install import InstallError, install
 from mock_anthropic import MockAnthropic
 
 Frame = dict[str, Any]
@@ -459,27 +469,69 @@ def write_recording(out: Path, recording: Recording) -> None:
     )
 
 
+CLI_CACHE = Path(__file__).resolve().parent.parent / ".nox" / "claude-cli"
+
+
+def recorded_dir(name: str) -> Path:
+    """A version (``2.1.329``: ``tests/data/recorded/2.1.329``) or a directory path."""
+    as_version = contract.RECORDED / name
+    return as_version if as_version.is_dir() else Path(name)
+
+
+def show_diff(old: Path, new: Path, only: list[str] | None = None) -> bool:
+    """Print the structural diff of two recording directories; True when they differ."""
+    lines = contract.diff_dirs(old, new, only)
+    print(f"--- frames of {old}\n+++ frames of {new}")
+    print("\n".join(lines) if lines else "no structural difference")
+    return bool(lines)
+
+
+def record(claude: Path, out: Path, names: list[str]) -> int:
+    failures = 0
+    for name in names:
+        recording = run_scenario(claude, name, SCENARIOS[name])
+        write_recording(out, recording)
+        status = "ok" if recording.error is None else f"FAILED: {recording.error}"
+        print(f"{name}: {len(recording.frames)} lines, exit {recording.exit_code}, {status}")
+        if recording.stderr.strip():
+            print(f"  stderr: {recording.stderr.strip()[:500]}", file=sys.stderr)
+        failures += recording.error is not None
+    return failures
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--claude", required=True, type=Path)
-    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--claude", type=Path, help="the CLI binary to record")
+    parser.add_argument("--version", help="install this CLI release from npm and record it")
+    parser.add_argument("--out", type=Path, help="default with --version: tests/data/recorded/V")
     parser.add_argument(
         "--scenario",
         action="append",
         choices=sorted(SCENARIOS),
         help="record only these (repeatable); default: all",
     )
+    parser.add_argument("--diff-against", metavar="VERSION_OR_DIR")
+    parser.add_argument("--diff-only", nargs=2, metavar=("OLD", "NEW"))
+    parser.add_argument("--fail-on-diff", action="store_true")
     args = parser.parse_args(argv)
-    failures = 0
-    for name in args.scenario or list(SCENARIOS):
-        recording = run_scenario(args.claude, name, SCENARIOS[name])
-        write_recording(args.out, recording)
-        status = "ok" if recording.error is None else f"FAILED: {recording.error}"
-        print(f"{name}: {len(recording.frames)} lines, exit {recording.exit_code}, {status}")
-        if recording.stderr.strip():
-            print(f"  stderr: {recording.stderr.strip()[:500]}", file=sys.stderr)
-        failures += recording.error is not None
-    return 1 if failures else 0
+    if args.diff_only:
+        differs = show_diff(recorded_dir(args.diff_only[0]), recorded_dir(args.diff_only[1]))
+        return 2 if differs and args.fail_on_diff else 0
+    claude = args.claude
+    if args.version and claude is None:
+        try:
+            claude = install(args.version, CLI_CACHE / args.version)
+        except (InstallError, subprocess.TimeoutExpired) as exc:
+            parser.error(f"cannot install claude {args.version}: {exc}")
+    out = args.out or (contract.RECORDED / args.version if args.version else None)
+    if claude is None or out is None:
+        parser.error("give --claude and --out, or --version")
+    names = args.scenario or list(SCENARIOS)
+    if record(claude, out, names):
+        return 1
+    if args.diff_against and show_diff(recorded_dir(args.diff_against), out, names):
+        return 2 if args.fail_on_diff else 0
+    return 0
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from typing import Final
 import attrs
 
 from ..errors import BadRequest
-from ..wire.converter import JSON_ENCODER, converter
+from ..wire.converter import converter, json_bytes
 from ..wire.events import Event
 
 EPOCH_BYTES: Final = 9  # 12 url-safe characters
@@ -43,7 +43,8 @@ class Position:
     def parse(cls, text: str) -> Position:
         """Parse ``"<epoch>:<cursor>"`` (the SSE ``id`` / ``Last-Event-ID`` form)."""
         epoch, sep, cursor = text.strip().rpartition(":")
-        if not sep or not epoch or not cursor.isdigit() or len(cursor) > 18:
+        # isascii: str.isdigit() also accepts digits int() refuses, such as "²"
+        if not sep or not epoch or not (cursor.isascii() and cursor.isdigit()) or len(cursor) > 18:
             raise BadRequest(f"bad event id {text[:80]!r}: expected '<epoch>:<cursor>'")
         return cls(epoch, int(cursor))
 
@@ -71,7 +72,7 @@ def encode(session_id: str, epoch: str, cursor: int, at: float, event: Event) ->
         "at": at,
         "event": converter.unstructure(event, unstructure_as=Event),
     }
-    data = JSON_ENCODER.encode(envelope).encode()
+    data = json_bytes(envelope)
     return StoredEvent(session_id, epoch, cursor, at, event.TYPE, data)
 
 

@@ -127,7 +127,7 @@ class ControlProtocol:
         self.frames += 1
         try:
             data = json.loads(payload)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # or nested too deep
             return self._bad("bad_frame", f"a frame is not JSON: {exc}")
         if not isinstance(data, dict):
             return self._bad("bad_frame", "a frame must be a JSON object")

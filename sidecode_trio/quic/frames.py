@@ -148,7 +148,7 @@ wire.register_union(ClientMessage, CLIENT_MESSAGES)
 
 
 def _encode(body: dict[str, Any]) -> bytes:
-    return wire.JSON_ENCODER.encode(body).encode()
+    return wire.json_bytes(body)
 
 
 def welcome(

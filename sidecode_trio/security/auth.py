@@ -74,7 +74,7 @@ def check_token(token: str, devices: DeviceStore, cert_hashes: set[str], now: fl
             float(body["exp"]),
             body["cert"],
         )
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):  # or nested too deep
         raise Unauthorized("malformed device token") from None
     device = devices.find(str(device_id))
     if device is None or device.revoked_at is not None or device.kind != "key":

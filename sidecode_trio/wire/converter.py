@@ -120,8 +120,22 @@ def unstructure(value: Any) -> Any:
 
 # Built once: json.dumps(..., separators=...) constructs a new encoder on every call (~1 µs).
 JSON_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+ASCII_ENCODER = json.JSONEncoder(separators=(",", ":"))
+
+
+def json_bytes(value: Any) -> bytes:
+    """Compact UTF-8 JSON of plain data.
+
+    A lone surrogate (``"\\ud800"``: JSON from the CLI or a client may carry one as an escape, and
+    ``json.loads`` keeps it) has no UTF-8 form; such a value is written with ASCII escapes
+    instead, which every JSON parser reads back as the same string (found by fuzzing)."""
+    text = JSON_ENCODER.encode(value)
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        return ASCII_ENCODER.encode(value).encode()
 
 
 def dumps(value: Any) -> bytes:
     """Compact JSON bytes of an attrs value (or plain data)."""
-    return JSON_ENCODER.encode(converter.unstructure(value)).encode()
+    return json_bytes(converter.unstructure(value))
