@@ -28,11 +28,14 @@ def tests(session: nox.Session) -> None:
     """Unit, property and integration tests (fake CLI, loopback only; headless Chromium)."""
     _ensure_chromium(session)
     session.install("-e", ".[test]")
-    session.run("pytest", "-m", "not e2e", *session.posargs)
+    # Hypothesis budgets (tests/conftest.py): bounded and deadline-free unless the caller sets one
+    profile = {"HYPOTHESIS_PROFILE": os.environ.get("HYPOTHESIS_PROFILE", "ci")}
+    session.run("pytest", "-m", "not e2e", *session.posargs, env=profile)
 
 
 def _ensure_chromium(session: nox.Session) -> None:
-    """CI installs Debian's Chromium for tests/test_quic_browser.py (CI runs as root)."""
+    """CI installs Debian's Chromium for the browser tests (test_quic_browser, test_webapp_browser
+    through Playwright's executable_path: Playwright's own browsers are never downloaded)."""
     if os.environ.get("CI") != "true" or shutil.which("chromium"):
         return
     env = {"DEBIAN_FRONTEND": "noninteractive"}
@@ -68,7 +71,25 @@ def e2e(session: nox.Session, cli: str) -> None:
 
 
 @nox.session
-def bench(session: nox.Session) -> None:
-    """Benchmarks with baselines measured in the same run (``-- --quick`` for a short run)."""
+def contract(session: nox.Session) -> None:
+    """Record the CLI's frames for the fixed scenarios and diff them against a pinned release.
+
+    Needs npm and the network, so it is not part of CI. ``nox -s contract -- 2.1.340`` installs
+    that release, records it into tests/data/recorded/2.1.340/ and prints its structural diff
+    against the newest pinned CLI; with no argument it re-records the newest pinned one (a diff
+    there means the recorder or the mock changed). Review the diff, then commit the recording
+    and add the version to CLAUDE_VERSIONS.
+    """
     session.install("-e", ".[test]")
+    version = session.posargs[0] if session.posargs else CLAUDE_VERSIONS[0]
+    out = Path(session.create_tmp()) / "recorded" / version if not session.posargs else None
+    args = ["--version", version, "--diff-against", CLAUDE_VERSIONS[0]]
+    session.run("python", "tests/record_frames.py", *args, *(["--out", str(out)] if out else []))
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Benchmarks with baselines measured in the same run (``-- --quick`` for a short run;
+    ``-- --profile`` adds a py-spy profile of the token path)."""
+    session.install("-e", ".[test]", "py-spy>=0.3")  # py-spy: the --profile sampler
     session.run("python", "tests/bench/run.py", *session.posargs)

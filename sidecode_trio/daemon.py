@@ -35,17 +35,25 @@ from urllib.parse import urlsplit
 
 import attrs
 import hypercorn.config
-import hypercorn.trio
 import trio
 
 from . import __version__
+from .bridge.remote import Bridge
+from .claude.probe import CLIProbe
 from .claude.process import Grace
 from .config import DaemonConfig
-from .errors import ConfigError
+from .errors import ConfigError, StoreError
 from .eventlog.log import EventLog, LogLimits
 from .eventlog.store import SQLiteStore
 from .host.awake import KeepAwake, choose_inhibitor
 from .http.app import HTTPSettings, create_app
+from .http.direct import DirectEvents
+from .http.direct import serve as serve_http
+from .notify import routes as notify_routes
+from .notify.service import Notifier
+from .notify.settings import settings_for as notify_settings
+from .notify.subscriptions import SubscriptionStore
+from .notify.vapid import load_vapid
 from .ops import Operations, Policy
 from .quic.endpoint import Endpoint, session_urls, settings_for
 from .security.devices import DeviceStore, Scope
@@ -91,8 +99,13 @@ def write_private(path: Path, text: str) -> None:
 
 
 def prepare_state_dir(state_dir: Path) -> None:
-    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(state_dir, 0o700)
+    """Create the state directory (0700); one we cannot write (a read-only mount) is a clear
+    error, not a traceback."""
+    try:
+        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(state_dir, 0o700)
+    except OSError as exc:
+        raise StoreError(f"cannot use the state directory {state_dir}: {exc.strerror}") from exc
 
 
 def load_token(path: Path) -> str:
@@ -149,10 +162,14 @@ async def serve(
         devices = DeviceStore(config.state_dir / "devices.sqlite3")
         store = SQLiteStore(config.db_path)
         guard = Guard(identity, certificates, devices, token)
+        pushes = SubscriptionStore(config.state_dir / "push.sqlite3")
         try:
-            await _serve(config, store, guard, token, handle_signals, show_pairing, task_status)
+            await _serve(
+                config, store, guard, pushes, token, handle_signals, show_pairing, task_status
+            )
         finally:
             store.close()
+            pushes.close()
             devices.close()
             config.daemon_file.unlink(missing_ok=True)
 
@@ -188,6 +205,7 @@ async def _serve(
     config: DaemonConfig,
     store: SQLiteStore,
     guard: Guard,
+    pushes: SubscriptionStore,
     token: str,
     handle_signals: bool,
     show_pairing: bool,
@@ -208,21 +226,41 @@ async def _serve(
         config.allowed_roots,
     )
     awake = KeepAwake(choose_inhibitor(config.keep_awake))
+    cli = CLIProbe(config.claude, config.claude_env)  # probed on first use, cached per binary
     event_log.on_commit(_busy_tracker(event_log, awake))
+    notifier = Notifier(
+        notify_settings(config),
+        event_log,
+        pushes,
+        load_vapid(config.state_dir, config.keystore),
+        guard.devices,
+        lambda: guard.urls[0] if guard.urls else None,
+    )
+    event_log.on_commit(notifier.touched)  # only notes the ids: the notifier reads on its own
+    guard.devices.on_revoke(notifier.device_revoked)
+    bridge = None
+    if config.remote_control:  # off by default: with it on, sessions are read from Anthropic
+        bridge = Bridge(config.remote, event_log, registry, {**os.environ, **config.claude_env})
+        registry.remote_factory = bridge.session_for
     ops = Operations(
         registry,
         event_log,
         guard,
         Policy(frozenset(config.remote_modes)),
-        probes={"keep_awake": awake.status},
+        probes={
+            "keep_awake": awake.status,
+            "notify": notifier.statistics,
+            "claude": cli.status,
+            "remote_control": bridge.status if bridge else lambda: {"enabled": False},
+        },
+        cli=cli,
     )
     hosts: set[str] = set()
-    app = create_app(
-        ops,
-        guard,
-        HTTPSettings(config.sse_keepalive, config.client_queue, config.max_body),
-        lambda: None if config.tls else hosts,
-    )
+    settings = HTTPSettings(config.sse_keepalive, config.client_queue, config.max_body)
+    app = create_app(ops, guard, settings, lambda: None if config.tls else hosts)
+    notify_routes.add_routes(app, notifier)
+    # session event streams skip the ASGI layers (the token path; see http/direct.py)
+    direct = DirectEvents(ops, guard, settings, lambda: None if config.tls else hosts)
     stop = trio.Event()
 
     async with trio.open_nursery() as daemon:
@@ -230,11 +268,14 @@ async def _serve(
         await daemon.start(awake.run)  # outlives the sessions: released when the daemon ends
         async with trio.open_nursery() as services:
             await services.start(registry.run)
+            if bridge is not None:
+                await services.start(bridge.run, stop)
             binds: list[str] = await services.start(
                 partial(
-                    hypercorn.trio.serve,
+                    serve_http,
                     app,
                     _http_config(config, guard.certificates),
+                    direct,
                     shutdown_trigger=stop.wait,
                 )
             )
@@ -250,6 +291,8 @@ async def _serve(
             async with trio.open_nursery() as housekeeping:  # lives exactly until stop
                 housekeeping.start_soon(_rotate_certificates, guard.certificates)
                 housekeeping.start_soon(_keep_streams_alive, event_log, config.sse_keepalive)
+                # notifications end at stop: the turns a shutdown fails are not news
+                await housekeeping.start(notifier.run)
                 if handle_signals:
                     housekeeping.start_soon(_stop_on_signal, stop)
                 if show_pairing and not guard.devices.active():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import socket
 import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -138,10 +139,21 @@ class SSEStream:
 
 @asynccontextmanager
 async def open_sse(
-    client: Client, path: str, headers: dict[str, str] | None = None
+    client: Client,
+    path: str,
+    headers: dict[str, str] | None = None,
+    receive_buffer: int | None = None,
 ) -> AsyncIterator[SSEStream]:
+    """``receive_buffer``: a small fixed TCP receive buffer (a slow phone's window), set before
+    connecting; loopback would otherwise autotune it to megabytes."""
     url = httpx.URL(client.handle.url)
-    stream = await trio.open_tcp_stream(url.host, url.port or 80)
+    if receive_buffer is None:
+        stream = await trio.open_tcp_stream(url.host, url.port or 80)
+    else:
+        sock = trio.socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+        await sock.connect((url.host, url.port or 80))
+        stream = trio.SocketStream(sock)
     try:
         conn = h11.Connection(h11.CLIENT)
         request_headers = [

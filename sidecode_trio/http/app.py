@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
 from typing import Any, TypeVar
 
 import attrs
@@ -19,9 +20,9 @@ from quart import Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
+from .. import web
 from ..errors import BadRequest, SidecodeError
 from ..eventlog.core import Position
-from ..eventlog.log import KEEPALIVE, SnapshotRead
 from ..ops import Operations
 from ..security.auth import Principal
 from ..security.devices import Scope
@@ -30,7 +31,7 @@ from ..sessions.registry import SessionFilter
 from ..wire import converter as wire
 from ..wire import events as ev
 from ..wire import requests as rq
-from . import sse, watchcode
+from . import direct, sse, watchcode
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +55,10 @@ def _error(status: int, code: str, message: str) -> Response:
 
 async def _body(cls: type[T]) -> T:
     raw = await request.get_data(cache=False, as_text=False)
+    g.body_read = True
     try:
         data = json.loads(raw or b"{}")
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # nesting deeper than ~1000
         raise BadRequest(f"the body is not valid JSON: {exc}", code="invalid_json") from None
     if not isinstance(data, dict):
         raise BadRequest("the body must be a JSON object", code="invalid_json")
@@ -75,6 +77,16 @@ def _flag(name: str) -> bool:
     raise BadRequest(f"query parameter {name!r} must be true or false, got {raw!r}")
 
 
+def _limit(default: int | None) -> int | None:
+    """``?limit=N``: a positive integer; anything else is refused rather than ignored."""
+    raw = request.args.get("limit")
+    if raw is None:
+        return default
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 9 or int(raw) < 1:
+        raise BadRequest(f"limit must be a positive integer, got {raw[:40]!r}")
+    return int(raw)
+
+
 def _session_filter() -> SessionFilter:
     statuses = [s for s in request.args.get("status", "").split(",") if s]
     try:
@@ -82,9 +94,7 @@ def _session_filter() -> SessionFilter:
     except ValueError:
         choices = ", ".join(s.value for s in ev.SessionStatus)
         raise BadRequest(f"status must be a comma-separated list of {choices}") from None
-    limit = request.args.get("limit", type=int)
-    if limit is not None and limit < 1:
-        raise BadRequest("limit must be a positive integer")
+    limit = _limit(None)
     return SessionFilter(
         archived=None if request.args.get("archived") == "all" else _flag("archived"),
         status=status,
@@ -112,7 +122,6 @@ def _sse_response(stream: AsyncIterator[bytes]) -> Response:
 
 
 OPEN_ROUTES = frozenset({("GET", "/v1/info"), ("POST", "/v1/pair")})
-VIEWS = ("full", "watch")
 
 
 def _who() -> Principal:
@@ -140,6 +149,8 @@ def create_app(
             return _error(403, "bad_host", f"Host {host!r} is not this daemon's address")
         if (request.method, request.path) in OPEN_ROUTES:
             return None
+        if web.is_public(request.method, request.path):
+            return None  # the web app's static shell; its API calls carry device tokens
         if request.path.startswith(watchcode.PREFIX):
             return watchcode.authenticate(guard)
         ticket = request.args.get("ticket") if request.method == "GET" else None
@@ -147,6 +158,19 @@ def create_app(
             request.headers.get("Authorization"), ticket, request.path, request.remote_addr
         )
         return None
+
+    @app.after_request
+    async def close_after_unread_body(response: Response) -> Response:
+        # A reply decided without reading the request's body (a 401, 404 or 405, a preflight, a
+        # body sent where none is expected) leaves it on a kept-alive connection, and hypercorn
+        # then never serves that connection's next request: the client hangs (found by
+        # schemathesis). Such a connection is closed instead.
+        declared = request.content_length or "chunked" in request.headers.get(
+            "Transfer-Encoding", ""
+        )
+        if declared and not g.get("body_read"):
+            response.headers["Connection"] = "close"
+        return response
 
     @app.errorhandler(SidecodeError)
     async def on_error(exc: SidecodeError) -> Response:
@@ -207,6 +231,11 @@ def create_app(
         body = await _body(rq.UpdateSession)
         return _json(200, await ops.update_session(_who(), session_id, body))
 
+    @app.put("/v1/sessions/<session_id>/mirror")
+    async def set_mirror(session_id: str) -> Response:
+        body = await _body(rq.SetMirror)
+        return _json(200, await ops.set_mirror(_who(), session_id, body))
+
     @app.delete("/v1/sessions/<session_id>")
     async def delete_session(session_id: str) -> Response:
         keep = request.args.get("log", "keep")
@@ -259,33 +288,9 @@ def create_app(
     async def session_events(session_id: str) -> Response:
         who, since = _who(), _since()
         view = request.args.get("view", "full")
-        if view not in VIEWS:
-            raise BadRequest(f"view must be one of {', '.join(VIEWS)}")
-        ops.snapshot_position(who, session_id)  # 404/403 before the stream starts, not inside it
-        if view == "watch":
-            frames = watchcode.watch_stream(ops, guard, who, session_id, since, settings)
-            return _sse_response(frames)
-
-        async def stream() -> AsyncIterator[bytes]:
-            # Subscribed on the first iteration: a client gone before then leaves nothing behind.
-            catch_up, sub = ops.subscribe(who, session_id, since, settings.client_queue)
-            forget = guard.links.register(who, sub.end)  # revoking the device ends this stream
-            try:
-                yield sse.RETRY
-                if isinstance(catch_up, SnapshotRead):
-                    yield sse.snapshot_frame(catch_up.snapshot, catch_up.reason)
-                else:
-                    events = catch_up.events
-                    for start in range(0, len(events), sse.REPLAY_CHUNK):
-                        yield sse.event_frames(events[start : start + sse.REPLAY_CHUNK])
-                # keep-alives arrive as KEEPALIVE markers from the log (see EventLog.keepalive)
-                async for chunk in sse.live(sub.receive, sse.event_frame, None, KEEPALIVE):
-                    yield chunk
-            finally:
-                forget()
-                sub.close()
-
-        return _sse_response(stream())
+        # The same stream is served by http/direct.py for plain HTTP/1.1 GETs (the token path).
+        frames = direct.open_events(ops, guard, settings, who, session_id, since, view)
+        return _sse_response(frames)
 
     @app.get("/v1/events")
     async def sessions_events() -> Response:
@@ -298,8 +303,10 @@ def create_app(
             try:
                 yield sse.RETRY
                 yield sse.sessions_frame(infos)
-                async for chunk in sse.live(receive, sse.session_frame, settings.keepalive):
-                    yield chunk
+                live = sse.live(receive, sse.session_frame, settings.keepalive)
+                async with aclosing(live):  # closed with this stream, not left to the GC
+                    async for chunk in live:
+                        yield chunk
             finally:
                 forget()
                 receive.close()
@@ -332,7 +339,8 @@ def create_app(
 
     @app.get("/v1/audit")
     async def audit() -> Response:
-        return _json(200, ops.audit(_who(), request.args.get("limit", 200, type=int)))
+        return _json(200, ops.audit(_who(), _limit(200) or 200))
 
     watchcode.add_routes(app, ops, guard, settings)
+    web.add_routes(app, lambda: guard.pairings.quic_urls)
     return app
