@@ -37,7 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     _state_dir_flag(serve)
     serve.add_argument("--config", type=Path, help="config file (default: STATE_DIR/config.toml)")
     serve.add_argument(
-        "--host", help="address to listen on (loopback only for now; default 127.0.0.1)"
+        "--host", help="address to listen on (0.0.0.0 or :: for every interface; default 127.0.0.1)"
     )
     serve.add_argument(
         "--port", type=int, help=f"TCP port; 0 picks a free one (default {DEFAULT_PORT})"

@@ -188,7 +188,7 @@ def parse_frame(text: str | bytes) -> list[dict[str, Any]]:
     are not objects are dropped (the caller counts whole frames, not items)."""
     try:
         data = json.loads(text)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise MalformedUpstream("a frame is not JSON") from None
     if isinstance(data, Mapping):
         return [dict(data)]

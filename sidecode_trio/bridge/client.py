@@ -76,7 +76,7 @@ class RemoteControlClient:
             return None
         try:
             return response.json()
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: absurdly deep JSON
             raise UpstreamError("the Remote Control API answered with something not JSON") from None
 
     async def _pages(self, build: PagedBuild) -> list[Any]:

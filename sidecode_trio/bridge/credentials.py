@@ -363,7 +363,7 @@ class Credentials:
             raise UpstreamError(f"the OAuth refresh failed (HTTP {response.status_code})")
         try:
             body = response.json()
-        except ValueError:
+        except (ValueError, RecursionError):
             raise UpstreamError("the OAuth refresh answered with something not JSON") from None
         tokens, org = parse_refresh(body, self._clock(), self._tokens)
         rotated = tokens.refresh_token != self._tokens.refresh_token

@@ -101,14 +101,14 @@ def decode(frame: Frame) -> Snapshot | ev.Event | None:
         if frame.event == "snapshot":
             return wire.structure(data["snapshot"], Snapshot)
         return wire.structure(data["event"], ev.Event)
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):
         return None
 
 
 def snapshot_reason(frame: Frame) -> str:
     try:
         return str(json.loads(frame.data).get("reason", ""))
-    except ValueError:
+    except (ValueError, AttributeError, RecursionError):
         return ""
 
 
