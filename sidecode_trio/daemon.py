@@ -46,6 +46,7 @@ from .errors import ConfigError, StoreError
 from .eventlog.log import EventLog, LogLimits
 from .eventlog.store import SQLiteStore
 from .host.awake import KeepAwake, choose_inhibitor
+from .host.private import write_atomic
 from .http.app import HTTPSettings, create_app
 from .http.direct import DirectEvents
 from .http.direct import serve as serve_http
@@ -89,15 +90,6 @@ class DaemonHandle:
     quic: Any = attrs.field(default=None, eq=False, repr=False)  #: the endpoint, for introspection
 
 
-def write_private(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically, readable by the owner only."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
-
-
 def prepare_state_dir(state_dir: Path) -> None:
     """Create the state directory (0700); one we cannot write (a read-only mount) is a clear
     error, not a traceback."""
@@ -118,7 +110,7 @@ def load_token(path: Path) -> str:
         if len(token) >= 32:
             return token
     token = secrets.token_urlsafe(32)
-    write_private(path, token + "\n")
+    write_atomic(path, token + "\n")
     return token
 
 
@@ -391,9 +383,9 @@ def _announce(config: DaemonConfig, url: str, guard: Guard) -> None:
         "quic": guard.pairings.quic_urls[0] if guard.pairings.quic_urls else None,
     }
     text = json.dumps(info)
-    write_private(config.daemon_file, text)
+    write_atomic(config.daemon_file, text)
     if config.ready_file is not None:
-        write_private(config.ready_file, text)
+        write_atomic(config.ready_file, text)
     log.info("listening on %s (pid %d, state in %s)", url, os.getpid(), config.state_dir)
     log.info(
         "identity %s (key in %s); %d paired device(s)",

@@ -25,7 +25,6 @@ from __future__ import annotations
 import getpass
 import json
 import logging
-import os
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -37,6 +36,7 @@ import httpx
 import trio
 
 from ..errors import UpstreamError
+from ..host.private import write_atomic
 from .settings import BridgeSettings
 
 log = logging.getLogger(__name__)
@@ -183,19 +183,7 @@ class FileSource:
 
     def save(self, tokens: Tokens) -> None:
         """Merge into the current file and replace it atomically (0600)."""
-        merged = merge_blob(self._read(), tokens)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            with os.fdopen(fd, "w") as handle:
-                json.dump(merged, handle, indent=2)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.chmod(tmp, 0o600)
-            os.replace(tmp, self.path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        write_atomic(self.path, json.dumps(merge_blob(self._read(), tokens), indent=2))
 
 
 class KeychainSource:

@@ -18,6 +18,7 @@ from pathlib import Path
 import attrs
 
 from ..errors import StoreError
+from ..host.private import secure_file
 from .core import StoredEvent
 
 SCHEMA = """
@@ -60,18 +61,11 @@ class SessionRow:
     snapshot: bytes | None
 
 
-def _secure_file(path: Path) -> None:
-    """Create ``path`` 0600 if missing, and make it 0600 if it exists."""
-    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
-    os.close(fd)
-    os.chmod(path, 0o600)
-
-
 class SQLiteStore:
     def __init__(self, path: Path) -> None:
         self.path = path
         try:
-            _secure_file(path)
+            secure_file(path)
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import sqlite3
 from pathlib import Path
 from typing import Final
@@ -18,6 +17,7 @@ from typing import Final
 import attrs
 
 from ..errors import StoreError
+from ..host.private import open_store
 
 log = logging.getLogger(__name__)
 
@@ -52,14 +52,7 @@ def subscription_id(endpoint: str) -> str:
 
 class SubscriptionStore:
     def __init__(self, path: Path) -> None:
-        try:
-            os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
-            os.chmod(path, 0o600)
-            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.executescript(SCHEMA)
-        except (sqlite3.Error, OSError) as exc:
-            raise StoreError(f"cannot open the push subscription store {path}: {exc}") from exc
+        self._db = open_store(path, SCHEMA, "push subscription store")
 
     def close(self) -> None:
         self._db.close()

@@ -14,7 +14,6 @@ import enum
 import hashlib
 import hmac
 import logging
-import os
 import secrets
 import sqlite3
 import time
@@ -26,6 +25,7 @@ from typing import Final
 import attrs
 
 from ..errors import NotFound, StoreError
+from ..host.private import open_store
 
 log = logging.getLogger(__name__)
 
@@ -89,12 +89,8 @@ MIGRATIONS = ("ALTER TABLE devices ADD COLUMN kind TEXT NOT NULL DEFAULT 'key'",
 
 class DeviceStore:
     def __init__(self, path: Path) -> None:
+        self._db = open_store(path, SCHEMA, "device store")
         try:
-            os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
-            os.chmod(path, 0o600)
-            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.executescript(SCHEMA)
             columns = {row[1] for row in self._db.execute("PRAGMA table_info(devices)")}
             if "kind" not in columns:
                 for statement in MIGRATIONS:

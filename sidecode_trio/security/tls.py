@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from ..host.private import write_atomic
 from .identity import Identity, b64
 
 LIFETIME: Final = dt.timedelta(days=13)
@@ -93,21 +94,13 @@ def make_certificate(
     )
     directory.mkdir(mode=0o700, exist_ok=True)
     key_path, cert_path = directory / f"{name}.key", directory / f"{name}.pem"
-    _write(key_path, key.private_bytes(
+    write_atomic(key_path, key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     ))  # fmt: skip
-    _write(cert_path, cert.public_bytes(serialization.Encoding.PEM))
+    write_atomic(cert_path, cert.public_bytes(serialization.Encoding.PEM))
     return _load(cert_path, key_path)
-
-
-def _write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-    os.replace(tmp, path)
 
 
 def _load(cert_path: Path, key_path: Path) -> Certificate:

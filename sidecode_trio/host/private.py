@@ -1,0 +1,51 @@
+"""Files only the owner may read: written atomically, created 0600, and SQLite stores opened so.
+
+Every secret or private record the daemon keeps on disk (the access token, TLS keys, the ready
+file, the Claude login it writes back, the device and push stores) goes through here, so the
+mode and the atomic replace are decided once.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+
+from ..errors import StoreError
+
+
+def write_atomic(path: Path, data: bytes | str) -> None:
+    """Replace ``path`` with ``data`` in one step, readable by the owner only: a reader sees the
+    old file or the new one, never a part, and a crash leaves no half-written file behind."""
+    raw = data.encode() if isinstance(data, str) else data
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(raw)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o600)  # O_CREAT's mode does not apply to a leftover temp file
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def secure_file(path: Path) -> None:
+    """Create ``path`` 0600 if missing, and make it 0600 if it exists."""
+    os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
+    os.chmod(path, 0o600)
+
+
+def open_store(path: Path, schema: str, what: str) -> sqlite3.Connection:
+    """A small private SQLite store (WAL, autocommit) with ``schema`` applied; ``what`` names it
+    in the :class:`StoreError` raised when it cannot be opened."""
+    try:
+        secure_file(path)
+        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.executescript(schema)
+    except (sqlite3.Error, OSError) as exc:
+        raise StoreError(f"cannot open the {what} {path}: {exc}") from exc
+    return db
