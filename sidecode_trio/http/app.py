@@ -45,15 +45,17 @@ class HTTPSettings:
     max_body: int = 1024 * 1024
 
 
-def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> Response:
+def json_reply(status: int, body: Any, headers: dict[str, str] | None = None) -> Response:
+    """A reply of ``body`` (a wire class, or plain JSON data) with ``status``."""
     return Response(wire.dumps(body), status=status, mimetype="application/json", headers=headers)
 
 
 def _error(status: int, code: str, message: str) -> Response:
-    return _json(status, rq.ErrorReply(rq.ErrorDetail(code, message)))
+    return json_reply(status, rq.ErrorReply(rq.ErrorDetail(code, message)))
 
 
-async def _body(cls: type[T]) -> T:
+async def read_body(cls: type[T]) -> T:
+    """The request's JSON body as ``cls``; 400 ``invalid_json`` / ``invalid_field`` otherwise."""
     raw = await request.get_data(cache=False, as_text=False)
     g.body_read = True
     try:
@@ -124,7 +126,8 @@ def _sse_response(stream: AsyncIterator[bytes]) -> Response:
 OPEN_ROUTES = frozenset({("GET", "/v1/info"), ("POST", "/v1/pair")})
 
 
-def _who() -> Principal:
+def current_principal() -> Principal:
+    """Who sent this request (set by the app's credential check, which runs first)."""
     principal: Principal = g.principal
     return principal
 
@@ -201,92 +204,94 @@ def create_app(
 
     @app.get("/v1/info")
     async def info() -> Response:
-        return _json(200, ops.info())
+        return json_reply(200, ops.info())
 
     @app.post("/v1/pair")
     async def pair() -> Response:
-        return _json(201, ops.pair(await _body(rq.PairRequest), request.remote_addr))
+        return json_reply(201, ops.pair(await read_body(rq.PairRequest), request.remote_addr))
 
     # -- sessions ----------------------------------------------------------------------------
 
     @app.get("/v1/status")
     async def status() -> Response:
-        return _json(200, ops.statistics(_who()))
+        return json_reply(200, ops.statistics(current_principal()))
 
     @app.get("/v1/sessions")
     async def list_sessions() -> Response:
-        return _json(200, ops.list_sessions(_who(), _session_filter()))
+        return json_reply(200, ops.list_sessions(current_principal(), _session_filter()))
 
     @app.post("/v1/sessions")
     async def create_session() -> Response:
-        reply = await ops.create_session(_who(), await _body(rq.CreateSession))
-        return _json(201, reply, {"Location": f"/v1/sessions/{reply.session.id}"})
+        reply = await ops.create_session(current_principal(), await read_body(rq.CreateSession))
+        return json_reply(201, reply, {"Location": f"/v1/sessions/{reply.session.id}"})
 
     @app.get("/v1/sessions/<session_id>")
     async def get_session(session_id: str) -> Response:
-        return _json(200, ops.snapshot(_who(), session_id))
+        return json_reply(200, ops.snapshot(current_principal(), session_id))
 
     @app.patch("/v1/sessions/<session_id>")
     async def update_session(session_id: str) -> Response:
-        body = await _body(rq.UpdateSession)
-        return _json(200, await ops.update_session(_who(), session_id, body))
+        body = await read_body(rq.UpdateSession)
+        return json_reply(200, await ops.update_session(current_principal(), session_id, body))
 
     @app.put("/v1/sessions/<session_id>/mirror")
     async def set_mirror(session_id: str) -> Response:
-        body = await _body(rq.SetMirror)
-        return _json(200, await ops.set_mirror(_who(), session_id, body))
+        body = await read_body(rq.SetMirror)
+        return json_reply(200, await ops.set_mirror(current_principal(), session_id, body))
 
     @app.delete("/v1/sessions/<session_id>")
     async def delete_session(session_id: str) -> Response:
         keep = request.args.get("log", "keep")
         if keep not in ("keep", "remove"):
             raise BadRequest("log must be 'keep' (the default) or 'remove'")
-        return _json(200, await ops.delete_session(_who(), session_id, keep == "remove"))
+        return json_reply(
+            200, await ops.delete_session(current_principal(), session_id, keep == "remove")
+        )
 
     @app.get("/v1/sessions/<session_id>/tools/<tool_use_id>")
     async def tool(session_id: str, tool_use_id: str) -> Response:
-        return _json(200, ops.tool(_who(), session_id, tool_use_id))
+        return json_reply(200, ops.tool(current_principal(), session_id, tool_use_id))
 
     @app.get("/v1/sessions/<session_id>/tools/<tool_use_id>/output")
     async def tool_output(session_id: str, tool_use_id: str) -> Response:
-        return _json(200, ops.tool_output(_who(), session_id, tool_use_id))
+        return json_reply(200, ops.tool_output(current_principal(), session_id, tool_use_id))
 
     @app.get("/v1/folders")
     async def folders() -> Response:
         listing = await ops.browse(
-            _who(),
+            current_principal(),
             request.args.get("path") or None,
             hidden=_flag("hidden"),
             files=_flag("files"),
         )
-        return _json(200, listing)
+        return json_reply(200, listing)
 
     @app.get("/v1/folders/recent")
     async def recent_folders() -> Response:
-        return _json(200, await ops.recent_folders(_who()))
+        return json_reply(200, await ops.recent_folders(current_principal()))
 
     @app.post("/v1/sessions/<session_id>/messages")
     async def send_message(session_id: str) -> Response:
-        body = await _body(rq.SendMessage)
-        return _json(202, await ops.send_message(_who(), session_id, body))
+        body = await read_body(rq.SendMessage)
+        return json_reply(202, await ops.send_message(current_principal(), session_id, body))
 
     @app.post("/v1/sessions/<session_id>/interrupt")
     async def interrupt(session_id: str) -> Response:
-        return _json(200, await ops.interrupt(_who(), session_id))
+        return json_reply(200, await ops.interrupt(current_principal(), session_id))
 
     @app.post("/v1/sessions/<session_id>/permissions/<request_id>")
     async def answer_permission(session_id: str, request_id: str) -> Response:
-        body = await _body(rq.AnswerPermission)
-        await ops.answer_permission(_who(), session_id, request_id, body)
-        return _json(200, {"ok": True})
+        body = await read_body(rq.AnswerPermission)
+        await ops.answer_permission(current_principal(), session_id, request_id, body)
+        return json_reply(200, {"ok": True})
 
     @app.post("/v1/tickets")
     async def ticket() -> Response:
-        return _json(201, ops.ticket(_who(), await _body(rq.TicketRequest)))
+        return json_reply(201, ops.ticket(current_principal(), await read_body(rq.TicketRequest)))
 
     @app.get("/v1/sessions/<session_id>/events")
     async def session_events(session_id: str) -> Response:
-        who, since = _who(), _since()
+        who, since = current_principal(), _since()
         view = request.args.get("view", "full")
         # The same stream is served by http/direct.py for plain HTTP/1.1 GETs (the token path).
         frames = direct.open_events(ops, guard, settings, who, session_id, since, view)
@@ -294,7 +299,7 @@ def create_app(
 
     @app.get("/v1/events")
     async def sessions_events() -> Response:
-        who = _who()
+        who = current_principal()
         who.require(Scope.APPROVE)
 
         async def stream() -> AsyncIterator[bytes]:
@@ -317,29 +322,31 @@ def create_app(
 
     @app.post("/v1/pairings")
     async def create_pairing() -> Response:
-        return _json(201, ops.create_pairing(_who(), await _body(rq.PairingOfferRequest)))
+        return json_reply(
+            201, ops.create_pairing(current_principal(), await read_body(rq.PairingOfferRequest))
+        )
 
     @app.post("/v1/devices/watchcode")
     async def add_watchcode_device() -> Response:
-        body = await _body(rq.WatchCodeDeviceRequest)
-        return _json(201, ops.add_watchcode_device(_who(), body))
+        body = await read_body(rq.WatchCodeDeviceRequest)
+        return json_reply(201, ops.add_watchcode_device(current_principal(), body))
 
     @app.get("/v1/devices")
     async def devices() -> Response:
-        return _json(200, ops.devices(_who()))
+        return json_reply(200, ops.devices(current_principal()))
 
     @app.patch("/v1/devices/<device_id>")
     async def update_device(device_id: str) -> Response:
-        body = await _body(rq.DeviceUpdate)
-        return _json(200, ops.set_device_scope(_who(), device_id, body))
+        body = await read_body(rq.DeviceUpdate)
+        return json_reply(200, ops.set_device_scope(current_principal(), device_id, body))
 
     @app.delete("/v1/devices/<device_id>")
     async def revoke_device(device_id: str) -> Response:
-        return _json(200, ops.revoke_device(_who(), device_id))
+        return json_reply(200, ops.revoke_device(current_principal(), device_id))
 
     @app.get("/v1/audit")
     async def audit() -> Response:
-        return _json(200, ops.audit(_who(), _limit(200) or 200))
+        return json_reply(200, ops.audit(current_principal(), _limit(200) or 200))
 
     watchcode.add_routes(app, ops, guard, settings)
     web.add_routes(app, lambda: guard.pairings.quic_urls)

@@ -12,7 +12,7 @@ from typing import Final
 from quart import Response, g, request
 from quart_trio import QuartTrio
 
-from ..http.app import _body, _json, _who
+from ..http.app import current_principal, json_reply, read_body
 from ..wire import requests as rq
 from .service import Notifier
 
@@ -23,25 +23,25 @@ ACTING: Final = re.compile(r"^/v1/sessions/([^/]+)/(?:messages|interrupt|permiss
 def add_routes(app: QuartTrio, notifier: Notifier) -> None:
     @app.get("/v1/push/vapid")
     async def push_vapid() -> Response:
-        _who()  # authenticated like the rest: the key is public, the route is not
-        return _json(200, rq.VapidKeyReply(notifier.vapid.public_key_b64))
+        current_principal()  # authenticated like the rest: the key is public, the route is not
+        return json_reply(200, rq.VapidKeyReply(notifier.vapid.public_key_b64))
 
     @app.get("/v1/push/subscriptions")
     async def push_subscriptions() -> Response:
-        return _json(200, notifier.subscriptions(_who()))
+        return json_reply(200, notifier.subscriptions(current_principal()))
 
     @app.post("/v1/push/subscriptions")
     async def push_subscribe() -> Response:
-        body = await _body(rq.PushSubscriptionRequest)
-        return _json(201, notifier.subscribe(_who(), body))
+        body = await read_body(rq.PushSubscriptionRequest)
+        return json_reply(201, notifier.subscribe(current_principal(), body))
 
     @app.delete("/v1/push/subscriptions/<subscription_id>")
     async def push_unsubscribe(subscription_id: str) -> Response:
-        return _json(200, notifier.unsubscribe(_who(), subscription_id))
+        return json_reply(200, notifier.unsubscribe(current_principal(), subscription_id))
 
     @app.post("/v1/push/test")
     async def push_test() -> Response:
-        return _json(202, notifier.send_test(_who()))
+        return json_reply(202, notifier.send_test(current_principal()))
 
     @app.before_request
     async def note_activity() -> None:
