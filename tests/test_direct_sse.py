@@ -22,6 +22,7 @@ import trio
 
 from sidecode_trio.config import DaemonConfig
 from sidecode_trio.daemon import HTTP_GRACE
+from sidecode_trio.http import direct
 
 from helpers import Client, SSEStream, running_daemon
 
@@ -286,3 +287,34 @@ async def test_a_connection_still_silent_is_closed_at_shutdown(
             with trio.fail_after(HTTP_GRACE - 1):  # before the grace would force it
                 assert await silent.receive_some(1024) == b""
         await silent.aclose()
+
+
+async def test_an_idle_keep_alive_connection_is_closed_at_shutdown(
+    make_config: Callable[..., DaemonConfig],
+) -> None:
+    """After one request (answered by hypercorn) the idle connection does not hold the shutdown:
+    hypercorn 0.18's own keep-alive timer never fires under Trio, so the direct server ends it."""
+    async with running_daemon(make_config()) as client:
+        conn = await connect(client)
+        with trio.fail_after(20):
+            await conn.send("/v1/status", headers_for(client))
+            status, _, body = await conn.reply()
+            assert status == 200, body
+            client.handle.stop.set()
+            with trio.fail_after(HTTP_GRACE - 1):  # before the grace would force it
+                assert await conn.stream.receive_some(1024) == b""
+        await conn.stream.aclose()
+
+
+async def test_an_idle_keep_alive_connection_ends_by_itself(
+    make_config: Callable[..., DaemonConfig], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(direct, "IDLE_READ_TIMEOUT", 0.2)
+    async with running_daemon(make_config()) as client:
+        conn = await connect(client)
+        with trio.fail_after(20):
+            await conn.send("/v1/status", headers_for(client))
+            assert (await conn.reply())[0] == 200
+            assert await conn.stream.receive_some(1024) == b""  # closed by the server
+            assert (await client.http.get("/v1/status")).status_code == 200  # others unaffected
+        await conn.stream.aclose()

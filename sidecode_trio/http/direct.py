@@ -63,6 +63,7 @@ EVENTS_PATH: Final = re.compile(r"/v1/sessions/([^/%?#]+)/events")
 CLAIMED_PREFIX: Final = b"GET /v1/sessions/"
 HEAD_LIMIT: Final = 16 * 1024  # hypercorn's h11_max_incomplete_size default
 HEAD_TIMEOUT: Final = 5.0  # seconds for a request head (hypercorn's keep_alive_timeout default)
+IDLE_READ_TIMEOUT: Final = 60.0  # an idle keep-alive connection (or a stalled upload) ends
 RECEIVE_SIZE: Final = 65536
 SSE_HEADERS: Final = (
     b"HTTP/1.1 200 \r\n"
@@ -421,17 +422,33 @@ async def _watch_peer(
 
 class _Prefixed:
     """A connection's stream for hypercorn, giving back first the bytes already read from it
-    (everything else, TLS details included, is the stream's own)."""
+    (everything else, TLS details included, is the stream's own).
 
-    def __init__(self, stream: trio.abc.Stream, prefix: bytes) -> None:
-        self._stream, self._prefix = stream, prefix
+    It also ends idle connections. Hypercorn reads only between requests or while a request
+    body arrives (during a response it waits for the response to end), and its own keep-alive
+    timer never fires under Trio (0.18), so an idle keep-alive connection would stay open for
+    good and hold up a clean stop for the whole grace period. A read that waits longer than
+    ``IDLE_READ_TIMEOUT``, or any read once the server stops, ends the connection instead.
+    """
+
+    def __init__(self, stream: trio.abc.Stream, prefix: bytes, server: _Connections) -> None:
+        self._stream, self._prefix, self._server = stream, prefix, server
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
         if self._prefix:
             data, self._prefix = self._prefix, b""
             await trio.lowlevel.checkpoint()
             return data
-        return await self._stream.receive_some(max_bytes)
+        reads = self._server.reads
+        with trio.move_on_after(IDLE_READ_TIMEOUT) as waiting:
+            if self._server.stopping:
+                waiting.cancel()
+            reads.add(waiting)
+            try:
+                return await self._stream.receive_some(max_bytes)
+            finally:
+                reads.discard(waiting)
+        raise trio.ClosedResourceError("idle, or the server is stopping")  # hypercorn closes
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)
@@ -487,11 +504,14 @@ class _Connections:
         self._app, self._config, self._context, self._state = app, config, context, state
         self._direct = direct
         self._waiting: set[trio.CancelScope] = set()  # connections whose request head is due
+        self.reads: set[trio.CancelScope] = set()  # hypercorn's connections waiting for bytes
+        self.stopping = False
 
     def stop_waiting(self) -> None:
-        """Shutting down: connections still waiting for a request go to hypercorn, which
-        closes idle connections at once."""
-        for scope in self._waiting:
+        """Shutting down: connections waiting for a request (ours or hypercorn's) end now;
+        a request already received is still answered."""
+        self.stopping = True
+        for scope in (*self._waiting, *self.reads):
             scope.cancel()
 
     async def handle(self, stream: trio.abc.Stream) -> None:
@@ -530,7 +550,10 @@ class _Connections:
         await self._hypercorn(stream, head)
 
     async def _hypercorn(self, stream: trio.abc.Stream, prefix: bytes) -> None:
-        prefixed: Any = _Prefixed(stream, prefix)
+        if self.stopping and not prefix:  # nothing asked of a server that is going away
+            await trio.aclose_forcefully(stream)
+            return
+        prefixed: Any = _Prefixed(stream, prefix, self)
         await TCPServer(self._app, self._config, self._context, self._state, prefixed).run()
 
 
