@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
 from sidecode_trio.config import DaemonConfig
 
@@ -101,6 +102,52 @@ async def test_interrupt_mid_stream(daemon: Client, work_dir: Path) -> None:
             assert ended.type == "turn.interrupted"
         reply = await daemon.http.post(f"/v1/sessions/{session['id']}/interrupt")
         assert reply.json() == {"interrupted": False}  # nothing running any more
+
+
+def held_claude(fake_claude: Path, gate: Path) -> Path:
+    """A ``claude`` that starts only once ``gate`` exists (stdin fills up meanwhile)."""
+    held = gate.with_name("held-claude")
+    held.write_text(
+        f'#!/bin/sh\nwhile [ ! -e "{gate}" ]; do sleep 0.02; done\nexec "{fake_claude}" "$@"\n'
+    )
+    held.chmod(0o755)
+    return held
+
+
+async def test_interrupt_before_the_cli_began_the_turn(
+    make_config: Callable[..., DaemonConfig], fake_claude: Path, tmp_path: Path, work_dir: Path
+) -> None:
+    """Stop pressed while the CLI has not begun the turn yet (it is still starting, the message
+    waits in its stdin): the turn still ends interrupted, not completed. A CLI that reads the
+    interrupt before it begins the turn acks it and forgets it (1 run in 3 before the daemon
+    sent it again when the turn began)."""
+    gate = tmp_path / "gate"
+    async with running_daemon(make_config(claude=str(held_claude(fake_claude, gate)))) as daemon:
+        with trio.fail_after(20):
+            created = await daemon.create(work_dir, "[[slow:400]]")
+            sid = created["session"]["id"]
+            async with daemon.events(sid) as stream:
+                await stream.until_type("message.delivered")
+                async with trio.open_nursery() as nursery:
+                    replies: list[object] = []
+
+                    async def stop() -> None:
+                        reply = await daemon.http.post(f"/v1/sessions/{sid}/interrupt")
+                        replies.append(reply.json())
+
+                    nursery.start_soon(stop)
+                    # the request waits in the daemon for the CLI's answer (in its stdin)
+                    await trio.testing.wait_all_tasks_blocked(0.05)
+                    gate.touch()
+                end = await stream.until_type("turn.interrupted", "turn.completed", "turn.failed")
+                assert replies == [{"interrupted": True}]
+                assert (end.type, end.body["turn_id"]) == (
+                    "turn.interrupted",
+                    created["message_id"],
+                )
+                sent = await daemon.send(sid, "this one runs")
+                end = await stream.until_type("turn.interrupted", "turn.completed", "turn.failed")
+            assert (end.type, end.body["turn_id"]) == ("turn.completed", sent["message_id"])
 
 
 async def test_interrupt_while_a_permission_is_pending(daemon: Client, work_dir: Path) -> None:

@@ -193,6 +193,7 @@ class Operations:
             await self._log.flush()
             return rq.InterruptReply(interrupted)
         interrupted = await self._registry.get(session_id).interrupt()
+        await self._log.flush()  # a message stopped before it ran has its end event committed
         return rq.InterruptReply(interrupted)
 
     async def answer_permission(

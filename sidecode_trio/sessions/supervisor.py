@@ -90,6 +90,8 @@ class SessionSupervisor:
         self._status = fold.status
         self._queue: deque[tuple[str, Prompt]] = deque()  # (message id, prompt) not delivered
         self._current: str | None = None  # delivered message whose turn has not ended
+        self._began = False  # the CLI has begun the current turn (its system/init arrived)
+        self._interrupt_on_start = False  # asked to stop before the CLI began the turn
         self._pending: dict[str, ev.PermissionRequested] = {}
         self._timers: dict[str, trio.CancelScope] = {}  # request id -> its timeout task
         self._answered: OrderedDict[str, str] = OrderedDict()  # request id -> outcome
@@ -192,10 +194,23 @@ class SessionSupervisor:
         return message_id, True
 
     async def interrupt(self) -> bool:
-        """Interrupt the running turn. Returns False when nothing was running."""
+        """Interrupt the running turn. Returns False when nothing was running.
+
+        A message still waiting for delivery (the CLI is starting, or the loop has not sent it
+        yet) already shows the session as running: interrupting it means it never runs, and it
+        ends with ``turn.interrupted`` like a turn stopped half-way. Later messages stay queued,
+        as they do behind an interrupted turn."""
         process = self._process
+        if self._current is None and self._queue:
+            message_id, _ = self._queue.popleft()
+            self._emit(ev.TurnInterrupted(message_id))
+            self._refresh_status()
+            return True
         if self._current is None or process is None:
             return False
+        # The CLI acks an interrupt that finds it idle and forgets it: one sent before the CLI
+        # has read the message would be lost, so it is sent again when the turn begins.
+        self._interrupt_on_start = not self._began
         try:
             await process.request({"subtype": "interrupt"})
         except CLIError as exc:
@@ -203,6 +218,14 @@ class SessionSupervisor:
                 return True  # the CLI exited meanwhile: the turn ended anyway
             raise CLIError(f"interrupt failed: {exc.message}") from exc
         return True
+
+    async def _interrupt_again(self, process: ClaudeProcess | None) -> None:
+        if process is None or process is not self._process:
+            return
+        try:
+            await process.request({"subtype": "interrupt"})
+        except CLIError:
+            pass  # the CLI exited: the turn ends with it
 
     def pending(self, request_id: str) -> ev.PermissionRequested:
         """The pending request ``request_id``: 409 if it was answered, 404 if never seen."""
@@ -369,7 +392,8 @@ class SessionSupervisor:
             if self._current is None and self._queue and not self._stopping:
                 if self._process is None and not await self._spawn(nursery):
                     continue
-                await self._deliver()
+                if self._queue:  # an interrupt may have taken it while the CLI started
+                    await self._deliver()
                 continue
             if self._process is None and self._current is None and not self._queue:
                 return
@@ -435,6 +459,7 @@ class SessionSupervisor:
         process = self._process
         assert process is not None
         self._current = message_id
+        self._began = self._interrupt_on_start = False
         self._translator.delivered = message_id
         try:
             await process.send(msg.user_message(prompt.text, message_id, prompt.blocks))
@@ -561,6 +586,11 @@ class SessionSupervisor:
                 self._errored = False
                 if event.model:
                     self._model = event.model
+                if event.turn_id == self._current:
+                    self._began = True
+                    if self._interrupt_on_start and self._nursery is not None:
+                        self._interrupt_on_start = False
+                        self._nursery.start_soon(self._interrupt_again, self._process)
             case ev.PermissionRequested():
                 self._pending[event.request_id] = event
             case ev.PermissionResolved():
