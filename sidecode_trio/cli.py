@@ -73,6 +73,13 @@ def _parser() -> argparse.ArgumentParser:
         help="serve HTTPS with the identity-signed certificate (default: when not on loopback)",
     )
     serve.add_argument(
+        "--public-url",
+        action="append",
+        metavar="URL",
+        help="where devices reach this daemon through a reverse proxy or tunnel with a real "
+        "certificate, e.g. https://laptop.tailnet.ts.net (repeatable; first in pairing offers)",
+    )
+    serve.add_argument(
         "--quic-port",
         type=int,
         metavar="N",
@@ -207,6 +214,7 @@ def _serve(args: argparse.Namespace) -> int:
         "idle_timeout": args.idle_timeout,
         "https": args.https,
         "quic_port": args.quic_port,
+        "public_urls": args.public_url,
         "remote_control": args.remote_control,
         "notify_webhook": args.notify_webhook,
         "notify_format": args.notify_format,

@@ -13,6 +13,7 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final, Literal
+from urllib.parse import urlsplit
 
 import attrs
 
@@ -73,6 +74,10 @@ class DaemonConfig:
     remote: BridgeSettings = BridgeSettings()  #: the bridge's URLs and timings (``[remote]``)
 
     https: bool | None = None  #: None: HTTPS exactly when the bind is not loopback
+    #: where devices reach the daemon through a reverse proxy or tunnel with a real certificate
+    #: (e.g. ``https://laptop.tailnet.ts.net``): listed first in pairing offers, its host name
+    #: accepted in ``Host`` on a loopback bind
+    public_urls: tuple[str, ...] = ()
 
     @property
     def tls(self) -> bool:
@@ -91,6 +96,22 @@ class DaemonConfig:
     def daemon_file(self) -> Path:
         """Where a running daemon says how to reach it (read by ``sessions`` and ``doctor``)."""
         return self.state_dir / "daemon.json"
+
+
+def public_host(url: str) -> str | None:
+    """The ``Host`` header a request through ``url`` carries, or None if ``url`` is not the
+    base URL of a host (``https://name[:port]``, nothing after it but ``/``)."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return None
+    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
+        return None
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return host if port is None else f"{host}:{port}"
 
 
 def is_loopback(host: str) -> bool:
@@ -117,6 +138,12 @@ def _problems(config: DaemonConfig) -> list[str]:
             problems.append(
                 f"bad value @ $.host: {config.host!r} is not an IP address "
                 "(e.g. 127.0.0.1, ::1, 0.0.0.0 for every interface) or localhost"
+            )
+    for i, url in enumerate(config.public_urls):
+        if public_host(url) is None:
+            problems.append(
+                f"bad value @ $.public_urls[{i}]: {url!r} is not an http(s) URL of a host "
+                "(no path, query or fragment), e.g. https://laptop.tailnet.ts.net"
             )
     if not 10 <= config.pairing_ttl <= 3600:
         problems.append("bad value @ $.pairing_ttl: between 10 and 3600 seconds")

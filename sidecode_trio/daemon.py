@@ -26,7 +26,7 @@ import signal
 import socket
 import ssl
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
@@ -41,7 +41,7 @@ from . import __version__
 from .bridge.remote import Bridge
 from .claude.probe import CLIProbe
 from .claude.process import Grace
-from .config import DaemonConfig
+from .config import DaemonConfig, public_host
 from .errors import ConfigError, StoreError
 from .eventlog.log import EventLog, LogLimits
 from .eventlog.store import SQLiteStore
@@ -135,6 +135,11 @@ def single_instance(state_dir: Path) -> Iterator[IO[str]]:
 def _allowed_hosts(url: str) -> set[str]:
     port = urlsplit(url).port
     return {f"{name}:{port}" for name in ("127.0.0.1", "localhost", "[::1]")}
+
+
+def _public_hosts(urls: Sequence[str]) -> set[str]:
+    """The ``Host`` headers requests through the configured proxies carry."""
+    return {host.lower() for url in urls if (host := public_host(url)) is not None}
 
 
 async def serve(
@@ -272,13 +277,15 @@ async def _serve(
                 )
             )
             url = binds[0]
-            hosts.update(_allowed_hosts(url))
-            guard.urls = reachable_urls(url)
+            hosts.update(_allowed_hosts(url), _public_hosts(config.public_urls))
+            direct_urls = reachable_urls(url)
+            guard.urls = [*config.public_urls, *direct_urls]
             endpoint, quic_port = None, 0
             if config.quic_port != -1:
                 endpoint = Endpoint(app, ops, guard, guard.certificates, settings_for(config))
                 quic_port = await services.start(partial(endpoint.run, shutdown_trigger=stop))
-                guard.pairings.quic_urls = session_urls(guard.urls, quic_port)
+                # a proxy carries HTTP, not QUIC: WebTransport goes to this host directly
+                guard.pairings.quic_urls = session_urls(direct_urls, quic_port)
             _announce(config, url, guard)
             async with trio.open_nursery() as housekeeping:  # lives exactly until stop
                 housekeeping.start_soon(_rotate_certificates, guard.certificates)

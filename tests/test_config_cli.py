@@ -34,6 +34,9 @@ def test_defaults_and_overrides(tmp_path: Path) -> None:
         ({"idle_timeout": 0}, "bad value @ $.idle_timeout"),
         ({"allowed_roots": ["relative"]}, "@ $.allowed_roots[0]"),
         ({"allowed_roots": ["/definitely/not/here"]}, "is not a directory"),
+        ({"public_urls": ["laptop.ts.net"]}, "bad value @ $.public_urls[0]"),
+        ({"public_urls": ["https://ok.example", "https://x.example/app"]}, "$.public_urls[1]"),
+        ({"public_urls": ["ftp://x.example"]}, "$.public_urls[0]"),
     ],
 )
 def test_bad_values_name_their_path(

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
+import trio
 
-from helpers import Client
+from sidecode_trio.config import DaemonConfig
+
+from helpers import Client, running_daemon
 
 pytestmark = pytest.mark.trio
 
@@ -97,3 +101,24 @@ async def test_unknown_session_and_request(daemon: Client, work_dir: Path) -> No
     assert error_of(response) == (404, "unknown_request")
     assert error_of(await daemon.http.get("/v1/nothing-here"))[0] == 404
     assert error_of(await daemon.http.delete("/v1/sessions"))[0] == 405
+
+
+async def test_a_public_url_is_accepted_as_host_and_offered_first(
+    make_config: Callable[..., DaemonConfig],
+) -> None:
+    """Behind a reverse proxy with a real certificate (Caddy, ``tailscale serve``), requests
+    carry the proxy's name in ``Host``; pairing offers name it first, the web link too, and
+    WebTransport still goes to this host directly."""
+    public = "https://laptop.tailnet.ts.net"
+    async with running_daemon(make_config(public_urls=(public,))) as daemon:
+        with trio.fail_after(10):
+            proxied = await daemon.http.get(
+                "/v1/sessions", headers={"Host": "Laptop.tailnet.ts.net"}
+            )
+            assert proxied.status_code == 200
+            other = await daemon.http.get("/v1/sessions", headers={"Host": "evil.example"})
+            assert error_of(other) == (403, "bad_host")
+            offer = (await daemon.http.post("/v1/pairings", json={"scope": "chat"})).json()
+    assert offer["payload"]["http"][0] == public
+    assert offer["web_link"].startswith(f"{public}/app/#pair=")
+    assert all("ts.net" not in url for url in offer["payload"]["quic"])
