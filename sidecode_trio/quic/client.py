@@ -486,11 +486,15 @@ class DeviceSession:
     def unsubscribe(self, subscription: Subscription) -> None:
         self.client.send({"type": "unsubscribe", "id": subscription.id})
 
-    async def ping(self) -> float:
-        """One datagram round trip, in seconds."""
-        started = trio.current_time()
-        token = started.hex().encode()
-        self.client.send_datagram(token)
-        while await self.client.receive_datagram() != token:
-            pass
-        return trio.current_time() - started
+    async def ping(self, resend_after: float = 0.25) -> float:
+        """One datagram round trip, in seconds. Datagrams are unreliable (nothing retransmits
+        them): one that is lost is sent again after ``resend_after`` seconds, and the round
+        trip counts from the copy that came back."""
+        while True:
+            started = trio.current_time()
+            token = started.hex().encode()
+            self.client.send_datagram(token)
+            with trio.move_on_after(resend_after):
+                while await self.client.receive_datagram() != token:
+                    pass
+                return trio.current_time() - started
