@@ -166,6 +166,26 @@ async def test_interrupt_while_a_permission_is_pending(daemon: Client, work_dir:
         assert (await daemon.snapshot(session["id"]))["pending_permissions"] == []
 
 
+async def test_a_retried_create_with_its_client_id_is_the_same_session(
+    daemon: Client, work_dir: Path
+) -> None:
+    """A client that lost the reply (or got a 503 while the disk was full, whose work still runs
+    once the store recovers) sends the create again: same session, same first message."""
+    body = {"cwd": str(work_dir), "prompt": "hello", "client_id": "phone-create-1"}
+    with trio.fail_after(20):
+        first = await daemon.http.post("/v1/sessions", json=body)
+        again = await daemon.http.post("/v1/sessions", json=body)
+        other = await daemon.http.post("/v1/sessions", json={**body, "client_id": "phone-2"})
+        listed = (await daemon.http.get("/v1/sessions")).json()["sessions"]
+    assert (first.status_code, again.status_code, other.status_code) == (201, 200, 201)
+    assert first.json()["created"] and not again.json()["created"]
+    assert again.json()["session"]["id"] == first.json()["session"]["id"]
+    assert again.json()["message_id"] == first.json()["message_id"]
+    assert sorted(s["id"] for s in listed) == sorted(
+        r.json()["session"]["id"] for r in (first, other)
+    )
+
+
 async def test_messages_sent_during_a_turn_are_queued(
     daemon: Client, work_dir: Path, cli_log: Path
 ) -> None:

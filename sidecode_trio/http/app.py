@@ -223,7 +223,8 @@ def create_app(
     @app.post("/v1/sessions")
     async def create_session() -> Response:
         reply = await ops.create_session(current_principal(), await read_body(rq.CreateSession))
-        return json_reply(201, reply, {"Location": f"/v1/sessions/{reply.session.id}"})
+        status = 201 if reply.created else 200  # 200: a retry, answered with the same session
+        return json_reply(status, reply, {"Location": f"/v1/sessions/{reply.session.id}"})
 
     @app.get("/v1/sessions/<session_id>")
     async def get_session(session_id: str) -> Response:

@@ -145,7 +145,7 @@ class Operations:
         who.require_mode_change("default", request.permission_mode)
         self._policy.check_mode(who, request.permission_mode)
         _check_model(request.model)
-        info, message_id = self._registry.create(
+        info, message_id, created = self._registry.create(
             request.cwd,
             prompt,
             request.model,
@@ -154,7 +154,7 @@ class Operations:
             request.title,
         )
         await self._log.flush()
-        return rq.SessionCreatedReply(self._registry.info(info.id), message_id)
+        return rq.SessionCreatedReply(self._registry.info(info.id), message_id, created)
 
     def snapshot_position(self, who: Principal, session_id: str) -> Position:
         """The session's current ``(epoch, cursor)``; raises ``NotFound`` for an unknown id."""

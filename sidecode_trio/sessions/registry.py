@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import uuid as uuidlib
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
@@ -22,7 +23,7 @@ from ..errors import BadRequest, Forbidden, NotFound, Unsupported
 from ..eventlog.log import EventLog
 from ..wire import events as ev
 from ..wire.snapshot import SessionInfo
-from .supervisor import Prompt, SessionSupervisor, SupervisorSettings
+from .supervisor import RECENT_IDS, Prompt, SessionSupervisor, SupervisorSettings
 
 if TYPE_CHECKING:
     from ..bridge.remote import RemoteSession
@@ -81,6 +82,8 @@ class SessionRegistry:
         self._settings = settings
         self._roots = [Path(os.path.realpath(root)) for root in roots]
         self._supervisors: dict[str, SessionSupervisor] = {}
+        #: client id of a create -> (session id, first message id): a retried create is one
+        self._created: OrderedDict[str, tuple[str, str | None]] = OrderedDict()
         self._remotes: dict[str, RemoteSession] = {}  #: Remote Control sessions (the bridge's)
         #: makes the driver of a stored remote session (None: the bridge is off, they are hidden)
         self.remote_factory: Callable[[str], RemoteSession] | None = None
@@ -147,8 +150,13 @@ class SessionRegistry:
         permission_mode: str = "default",
         client_id: str | None = None,
         title: str | None = None,
-    ) -> tuple[SessionInfo, str | None]:
-        """Create a session (and queue its first prompt). Returns its summary and message id."""
+    ) -> tuple[SessionInfo, str | None, bool]:
+        """Create a session (and queue its first prompt). Returns its summary, the message id
+        and whether it is new: a ``client_id`` seen before returns that session again (a
+        client retrying after a lost reply or a 503 must not start a second one)."""
+        known = self._created.get(client_id) if client_id is not None else None
+        if known is not None and known[0] in self._supervisors:
+            return self.info(known[0]), known[1], False
         real = resolve_cwd(cwd, self._roots)
         prompt = Prompt(prompt) if isinstance(prompt, str) else prompt
         session_id = str(uuidlib.uuid4())
@@ -162,7 +170,11 @@ class SessionRegistry:
         if prompt is not None and prompt.text.strip():
             message_id, _ = supervisor.send(prompt, client_id)
             self._wake(supervisor)
-        return self.info(session_id), message_id
+        if client_id is not None:
+            self._created[client_id] = (session_id, message_id)
+            while len(self._created) > RECENT_IDS:
+                self._created.popitem(last=False)
+        return self.info(session_id), message_id, True
 
     async def delete(self, session_id: str, remove_log: bool) -> None:
         """Stop the session's CLI, record its end, and forget it (and maybe its logs)."""

@@ -101,6 +101,7 @@ class Op:
     tag: str = ""  #: "watchcode" (``/api/*``: WatchCode's error shape) or "web" (the web app)
     media: str = JSON  #: the success reply's content type (``stream`` means SSE)
     bare: tuple[int, ...] = ()  #: other statuses, without a JSON body (redirects, 304, web 404)
+    again: int | None = None  #: the status of a retry (a repeated ``client_id``): the same reply
 
     @property
     def watchcode(self) -> bool:
@@ -203,7 +204,7 @@ OPERATIONS: Final[tuple[Op, ...]] = (
            LIMIT,
        )),
     Op("POST", "/v1/sessions", "Start a session (and its first message)", 201,
-       rq.SessionCreatedReply, rq.CreateSession, (*BODY_ERRORS, 502, 503)),
+       rq.SessionCreatedReply, rq.CreateSession, (*BODY_ERRORS, 502, 503), again=200),
     Op("GET", "/v1/sessions/{session_id}", "A session's snapshot", 200, Snapshot, errors=(404,)),
     Op("PATCH", "/v1/sessions/{session_id}", "Change mode or model, rename, archive", 200,
        SessionInfo, rq.UpdateSession, (*BODY_ERRORS, 404, 422, 502)),
@@ -376,6 +377,8 @@ class _Document:
             media = SSE if op.stream else op.media
             success["content"] = {media: {"schema": self.schema(op.reply)}}
         responses: dict[str, Any] = {str(op.status): success}
+        if op.again is not None:
+            responses[str(op.again)] = {**success, "description": "A retry: the earlier result"}
         for status in op.bare:
             responses[str(status)] = {"description": BARE_TEXT[status]}
         common = OPEN_ERRORS if not op.security else COMMON_ERRORS

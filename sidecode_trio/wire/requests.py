@@ -133,6 +133,7 @@ class ToolOutput:
 class SessionCreatedReply:
     session: SessionInfo
     message_id: str | None = None
+    created: bool = True  #: False when ``client_id`` repeated an earlier create (nothing new)
 
 
 @attrs.frozen
