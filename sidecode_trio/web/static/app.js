@@ -96,7 +96,7 @@ function renderDrawer() {
 
 // -- starting a session ----------------------------------------------------------------------
 
-const newSession = { path: null };
+const newSession = { path: null, clientId: null };
 
 async function showNewSession() {
   show("new-view");
@@ -119,6 +119,7 @@ async function browse(path) {
     return;
   }
   newSession.path = body.path ?? null;
+  newSession.clientId = null; // another folder is another session
   $("folder-path").textContent = body.path || "allowed folders";
   $("folder-up").disabled = !body.parent;
   $("folder-up").onclick = () => browse(body.parent);
@@ -132,7 +133,10 @@ async function browse(path) {
 async function startSession(event) {
   event.preventDefault();
   if (!newSession.path) return;
-  const body = { cwd: newSession.path, client_id: crypto.randomUUID() };
+  // one id per session being started: a retry after an error (a 503 whose work still ran, a
+  // lost reply) gets the same session back instead of a second one
+  newSession.clientId ??= crypto.randomUUID();
+  const body = { cwd: newSession.path, client_id: newSession.clientId };
   const prompt = $("new-prompt").value.trim();
   if (prompt) body.prompt = prompt;
   if ($("new-mode").value) body.permission_mode = $("new-mode").value;
@@ -140,7 +144,10 @@ async function startSession(event) {
   $("start").disabled = true;
   try {
     const { status, body: reply } = await app.client.request("POST", "/v1/sessions", body);
-    if (status !== 201) throw new Error(reply?.error?.message || `status ${status}`);
+    if (status !== 201 && status !== 200) {
+      throw new Error(reply?.error?.message || `status ${status}`);
+    }
+    newSession.clientId = null;
     $("new-prompt").value = "";
     location.hash = `s=${encodeURIComponent(reply.session.id)}`;
   } catch (error) {
