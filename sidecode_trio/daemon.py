@@ -46,7 +46,7 @@ from .errors import ConfigError, StoreError
 from .eventlog.log import EventLog, LogLimits
 from .eventlog.store import SQLiteStore
 from .host.awake import KeepAwake, choose_inhibitor
-from .host.private import write_atomic
+from .host.private import read_private, write_atomic
 from .http.app import HTTPSettings, create_app
 from .http.direct import DirectEvents
 from .http.direct import serve as serve_http
@@ -102,13 +102,9 @@ def prepare_state_dir(state_dir: Path) -> None:
 
 def load_token(path: Path) -> str:
     """The local access token, created on first use; the file is kept 0600."""
-    if path.exists():
-        if path.stat().st_mode & 0o077:
-            log.warning("%s was readable by others; restricting it to 0600", path)
-            os.chmod(path, 0o600)
-        token = path.read_text().strip()
-        if len(token) >= 32:
-            return token
+    token = read_private(path)
+    if token is not None and len(token) >= 32:
+        return token
     token = secrets.token_urlsafe(32)
     write_atomic(path, token + "\n")
     return token

@@ -7,11 +7,14 @@ mode and the atomic replace are decided once.
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 from pathlib import Path
 
 from ..errors import StoreError
+
+log = logging.getLogger(__name__)
 
 
 def write_atomic(path: Path, data: bytes | str) -> None:
@@ -30,6 +33,25 @@ def write_atomic(path: Path, data: bytes | str) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def read_private(path: Path) -> str | None:
+    """The text of the owner-only file ``path`` (stripped), or None when there is none. A file
+    others could read is restricted to 0600 first, with a warning."""
+    try:
+        if path.stat().st_mode & 0o077:
+            log.warning("%s was readable by others; restricting it to 0600", path)
+            os.chmod(path, 0o600)
+        return path.read_text().strip()
+    except FileNotFoundError:
+        return None
+
+
+def create_private(path: Path, text: str) -> None:
+    """Create ``path`` (0600) holding ``text``; fails if it exists (another process won)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text + "\n")
 
 
 def secure_file(path: Path) -> None:

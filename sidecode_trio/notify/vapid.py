@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Final
 from urllib.parse import urlsplit
@@ -22,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from ..errors import ConfigError
+from ..host.private import create_private, read_private
 from ..security.identity import KEYRING_SERVICE, Keystore, b64, keyring_usable, unb64
 
 log = logging.getLogger(__name__)
@@ -88,20 +88,17 @@ def _from_keyring(state_dir: Path) -> ec.EllipticCurvePrivateKey | None:
 
 
 def _from_file(path: Path) -> ec.EllipticCurvePrivateKey:
-    if path.exists():
-        if path.stat().st_mode & 0o077:
-            os.chmod(path, 0o600)
+    stored = read_private(path)
+    if stored is not None:
         try:
-            return _from_scalar(unb64(path.read_text().strip()))
+            return _from_scalar(unb64(stored))
         except ValueError:
             raise ConfigError(
                 f"{path} does not hold a P-256 key; move it away to make a new one "
                 "(installed web apps then subscribe again)"
             ) from None
     key = ec.generate_private_key(ec.SECP256R1())
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(b64(_scalar(key)) + "\n")
+    create_private(path, b64(_scalar(key)))
     return key
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
-import os
 from pathlib import Path
 from typing import Final, Literal
 
@@ -19,6 +18,7 @@ import nacl.exceptions
 import nacl.signing
 
 from ..errors import ConfigError
+from ..host.private import create_private, read_private
 
 log = logging.getLogger(__name__)
 
@@ -104,19 +104,16 @@ def _from_keyring(state_dir: Path) -> nacl.signing.SigningKey | None:
 
 
 def _from_file(path: Path) -> nacl.signing.SigningKey:
-    if path.exists():
-        if path.stat().st_mode & 0o077:
-            os.chmod(path, 0o600)
-        seed = unb64(path.read_text().strip())
+    stored = read_private(path)
+    if stored is not None:
+        seed = unb64(stored)
         if len(seed) != 32:
             raise ConfigError(
                 f"{path} does not hold an Ed25519 key; move it away to make a new one"
             )
         return nacl.signing.SigningKey(seed)
     key = nacl.signing.SigningKey.generate()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(b64(bytes(key)) + "\n")
+    create_private(path, b64(bytes(key)))
     return key
 
 
