@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import socket
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -16,6 +17,7 @@ from typing import Any
 import attrs
 import h11
 import httpx
+import pytest
 import trio
 
 from sidecode_trio.config import DaemonConfig
@@ -222,3 +224,24 @@ def load_example(name: str) -> ModuleType:
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+def chromium_or_skip() -> str:
+    """The system Chromium the browser tests drive: skipped where it is missing, except in CI
+    (the nox ``tests`` session installs Debian's ``chromium`` there)."""
+    if os.access(CHROMIUM, os.X_OK):
+        return CHROMIUM
+    if os.environ.get("CI") == "true":
+        pytest.fail("Chromium is missing in CI: the nox 'tests' session installs it (apt-get)")
+    pytest.skip("Chromium is not installed (apt-get install chromium) on this machine")
+
+
+def chromium_args(*extra: str) -> list[str]:
+    """Flags for a headless Chromium in a container (no sandbox as root: it refuses to run)."""
+    args = ["--disable-gpu", "--disable-dev-shm-usage", *extra]
+    if os.geteuid() == 0:
+        args.append("--no-sandbox")
+    return args

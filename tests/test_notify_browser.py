@@ -9,8 +9,6 @@ Playwright's synchronous API runs in a worker thread; the daemon runs under Trio
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import time
 from collections.abc import Callable
 from typing import Any
@@ -20,10 +18,9 @@ import trio
 
 from sidecode_trio.config import DaemonConfig
 
-from helpers import running_daemon
+from helpers import chromium_args, chromium_or_skip, running_daemon
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 PAYLOAD = {
     "v": 1, "kind": "approval", "session_id": "s1", "request_id": "r1",
@@ -36,18 +33,8 @@ NOTIFICATIONS = """async () => (await (await navigator.serviceWorker.ready).getN
                   actions: n.actions.map((a) => a.action)}))"""
 
 
-def chromium_or_skip() -> str:
-    if os.access(CHROMIUM, os.X_OK):
-        return CHROMIUM
-    if os.environ.get("CI") == "true":
-        pytest.fail("Chromium is missing in CI: the nox 'tests' session installs it (apt-get)")
-    pytest.skip("Chromium is not installed (apt-get install chromium) on this machine")
-
-
 def show_a_push(chromium: str, url: str) -> list[dict[str, Any]]:
-    args = ["--disable-gpu", "--disable-dev-shm-usage"]
-    if os.geteuid() == 0:
-        args.append("--no-sandbox")  # Chromium refuses to run as root with its sandbox
+    args = chromium_args()
     with playwright_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=chromium, headless=True, args=args)
         try:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 from collections.abc import Callable
@@ -20,16 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import h11
-import pytest
 import trio
 from test_quic import paired
 
 from sidecode_trio.config import DaemonConfig
 
-from helpers import running_daemon
+from helpers import chromium_or_skip, running_daemon
 
 PAGE = Path(__file__).parent / "browser" / "wt_page.html"
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # The baseline flags: WebTransport needs nothing more (--disable-quic must not be among them).
 FLAGS = (
     "--headless",
@@ -40,14 +37,6 @@ FLAGS = (
     "--disable-sync",
     "--disable-dev-shm-usage",
 )
-
-
-def chromium_or_skip() -> str:
-    if os.access(CHROMIUM, os.X_OK):
-        return CHROMIUM
-    if os.environ.get("CI") == "true":
-        pytest.fail("Chromium is missing in CI: the nox 'tests' session installs it (apt-get)")
-    pytest.skip("Chromium is not installed (apt-get install chromium) on this machine")
 
 
 class PageServer:

@@ -24,11 +24,10 @@ import trio
 
 from sidecode_trio.config import DaemonConfig
 
-from helpers import Client, running_daemon
+from helpers import Client, chromium_args, chromium_or_skip, running_daemon
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).parent / "artifacts"
 DOCS = Path(__file__).parent.parent / "docs"
 PHONE = {"width": 390, "height": 844}  # an iPhone 14-sized viewport, in CSS pixels
@@ -38,21 +37,11 @@ STEP_TIMEOUT_MS = 15_000
 UPDATE_DOCS = os.environ.get("SIDECODE_UPDATE_SCREENSHOTS") == "1"
 
 
-def chromium_or_skip() -> str:
-    if os.access(CHROMIUM, os.X_OK):
-        return CHROMIUM
-    if os.environ.get("CI") == "true":
-        pytest.fail("Chromium is missing in CI: the nox 'tests' session installs it (apt-get)")
-    pytest.skip("Chromium is not installed (apt-get install chromium) on this machine")
-
-
 @contextmanager
 def phone_page(chromium: str, problems: list[str], **options: Any) -> Iterator[Any]:
     """A fresh browser profile with one phone-sized page; page errors and CSP refusals are
     collected in ``problems``. ``options`` go to the browser context."""
-    args = ["--disable-gpu", "--disable-dev-shm-usage"]
-    if os.geteuid() == 0:
-        args.append("--no-sandbox")  # Chromium refuses to run as root with its sandbox
+    args = chromium_args()
     with playwright_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=chromium, headless=True, args=args)
         try:
