@@ -247,12 +247,21 @@ async def read_turn(stream: SSEStream, pause: float) -> tuple[list[int], str]:
         await trio.sleep(pause)
 
 
-async def test_a_slow_reader_gets_every_event_in_order(daemon: Client, work_dir: Path) -> None:
+async def test_a_slow_reader_gets_every_event_in_order(
+    make_config: Callable[..., DaemonConfig], work_dir: Path
+) -> None:
     """Events written straight from the publisher and events the writer sends after a full
-    socket buffer interleave without a gap, a duplicate or a swap."""
+    socket buffer interleave without a gap, a duplicate or a swap. The client queue is made
+    larger than the turn, so how far the slow reader falls behind (the machine's load) cannot
+    get it dropped: that policy has its own tests (test_faults_stall)."""
+    deltas = 50_000
+    async with running_daemon(make_config(client_queue=2 * deltas)) as daemon:
+        await _slow_and_quick_readers(daemon, work_dir, deltas)
+
+
+async def _slow_and_quick_readers(daemon: Client, work_dir: Path, deltas: int) -> None:
     session_id = (await daemon.create(work_dir))["session"]["id"]
     path = f"/v1/sessions/{session_id}/events"
-    deltas = 50_000
     with trio.fail_after(90):
         quick, slow = (
             await open_windowed(daemon, path, 1 << 20),
