@@ -1,4 +1,4 @@
-"""The ``sidecode-trio`` command: ``serve``, ``sessions`` and ``doctor``."""
+"""The ``sidecode-trio`` command: ``serve``, ``sessions``, ``service`` and ``doctor``."""
 
 from __future__ import annotations
 
@@ -166,6 +166,34 @@ def _parser() -> argparse.ArgumentParser:
         "--claude", metavar="PATH", help="the claude CLI to check (default: claude on PATH)"
     )
     doctor.add_argument("--json", action="store_true", help="print JSON")
+
+    service = commands.add_parser(
+        "service", help="run the daemon at login (systemd user unit / macOS LaunchAgent)"
+    )
+    actions = service.add_subparsers(dest="service_command", required=True)
+    install = actions.add_parser(
+        "install",
+        help="install (or update) and start the service; serve flags go after --",
+        description="e.g. sidecode-trio service install -- --host 0.0.0.0 --port 8765",
+    )
+    _state_dir_flag(install)
+    install.add_argument("--dry-run", action="store_true", help="show the diff, change nothing")
+    install.add_argument(
+        "serve_args", nargs=argparse.REMAINDER, help="-- then the flags 'serve' should run with"
+    )
+    uninstall = actions.add_parser("uninstall", help="stop and remove it (state is kept)")
+    _state_dir_flag(uninstall)
+    uninstall.add_argument(
+        "--purge", action="store_true", help="also delete the state directory (sessions, devices)"
+    )
+    status = actions.add_parser("status", help="installed, enabled, running, last exit")
+    status.add_argument("--json", action="store_true", help="print JSON")
+    actions.add_parser("restart", help="restart it (e.g. after pip install -U); sessions resume")
+    logs = actions.add_parser("logs", help="show the service's log")
+    logs.add_argument("-n", "--lines", type=int, default=200, help="how many lines (200)")
+    logs.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
+    for sub in (status, actions.choices["restart"], logs):
+        sub.set_defaults(state_dir=None)
     return parser
 
 
@@ -186,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
             return _pair(args)
         if args.command == "devices":
             return _devices(args)
+        if args.command == "service":
+            return _service(args)
         if args.command in ("attach", "send"):
             from .term.main import run
 
@@ -225,6 +255,14 @@ def _serve(args: argparse.Namespace) -> int:
 
     trio.run(lambda: serve(config, handle_signals=True, show_pairing=True))
     return 0
+
+
+def _service(args: argparse.Namespace) -> int:
+    from .host.service_command import run
+
+    parser = _parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return run(args, commands.choices["serve"])
 
 
 # -- talking to a running daemon ------------------------------------------------------------
@@ -538,6 +576,12 @@ def _check_remote_control(state_dir: Path) -> dict[str, Any]:
     return part
 
 
+def _check_service(state_dir: Path) -> dict[str, Any]:
+    from .host.service_command import doctor_part
+
+    return doctor_part(state_dir)
+
+
 def _doctor(args: argparse.Namespace) -> int:
     state_dir = args.state_dir or default_state_dir()
     claude = args.claude
@@ -555,6 +599,7 @@ def _doctor(args: argparse.Namespace) -> int:
         "daemon": _check_daemon(state_dir),
         "keep_awake": _check_keep_awake(state_dir),
         "remote_control": _check_remote_control(state_dir),
+        "service": _check_service(state_dir),
     }
     ok = all(part["ok"] for part in report.values())
     if args.json:

@@ -17,6 +17,7 @@ client. A client error carries a stable ``code`` and the HTTP status that goes w
     │                                   mode, mirroring with a CLI that lacks the flag)
     ├── CLIError                   the Claude Code CLI could not be started or stopped answering
     ├── UpstreamError              the Remote Control API failed or refused our credentials
+    ├── ServiceError               systemctl/launchctl refused, or the login service is not ours
     └── StoreError                 the state directory or its database failed
 """
 
@@ -103,3 +104,9 @@ class UpstreamError(SidecodeError):
 
     status = 502
     code = "upstream_error"
+
+
+class ServiceError(SidecodeError):
+    """Installing or driving the login service failed (``sidecode-trio service ...``)."""
+
+    code = "service_error"
