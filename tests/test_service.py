@@ -396,6 +396,7 @@ def test_a_manager_that_refuses_is_a_clear_error(
     assert cli.main(["service", "install"]) == 2
     err = capsys.readouterr().err
     assert "Failed to connect to bus" in err and "loginctl enable-linger" in err
+    assert not (systemd.home / ".config" / "systemd" / "user" / service.UNIT_NAME).exists()
     # with nothing installed, status and doctor need no user manager to say so
     assert cli.main(["service", "status"]) == 0
     assert "not installed" in capsys.readouterr().out

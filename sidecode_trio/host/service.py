@@ -617,8 +617,16 @@ class ServiceManager:
             if self.host.system == "darwin":
                 spec.log_file.parent.mkdir(parents=True, exist_ok=True)
             write_atomic(self.host.service_file, new)
-        for command in commands:
-            self._run(command)
+        try:
+            for command in commands:
+                self._run(command)
+        except ServiceError:
+            if changed:  # leave the file as it was, so a failed install changes nothing on disk
+                if old is None:
+                    self.host.service_file.unlink()
+                else:
+                    write_atomic(self.host.service_file, old)
+            raise
         return result
 
     def uninstall(self, *, purge: bool = False, state_dir: Path | None = None) -> list[str]:
