@@ -20,8 +20,16 @@ import pytest
 import trio
 
 from sidecode_trio.daemon import DaemonHandle
+from sidecode_trio.host.service import (
+    STOP_GRACE,
+    Host,
+    make_spec,
+    parse_unit,
+    render_unit,
+    split_words,
+)
 
-from helpers import Client, cli_argvs, pid_alive
+from helpers import Client, SSEEvent, cli_argvs, pid_alive
 
 pytestmark = pytest.mark.trio
 
@@ -151,3 +159,103 @@ async def test_sigterm_stops_a_running_turn_within_seconds(
     finally:
         if cli_pid is not None and pid_alive(cli_pid):
             os.kill(cli_pid, signal.SIGKILL)
+
+
+async def test_service_restart_resumes_every_session(
+    tmp_path: Path, fake_claude: Path, work_dir: Path, claude_env: dict[str, str], cli_log: Path
+) -> None:
+    """What ``service restart`` does after ``pip install -U``, with the command and environment
+    the generated unit holds and nothing else: systemd's ``KillMode=mixed`` SIGTERMs the daemon,
+    then starts the same ExecStart. A running turn ends (recorded, not lost), an idle mirrored
+    session comes back mirrored, and every session resumes its CLI in the same epoch."""
+    state_dir, ready = tmp_path / "state", tmp_path / "ready.json"
+    state_dir.mkdir(mode=0o700)
+    (state_dir / "config.toml").write_text('keystore = "file"\nkeep_awake = "off"\n')
+    host = Host("linux", tmp_path, os.getuid(), "alice", tmp_path / ".config")
+    flags = ["--port", "0", "--claude", str(fake_claude), "--allow-root", str(work_dir),
+             "--ready-file", str(ready), "--log-level", "warning"]  # fmt: skip
+    repo = str(Path(__file__).resolve().parent.parent)  # the project runs from its checkout
+    spec = make_spec(host, state_dir, flags, {"PATH": os.environ["PATH"], "PYTHONPATH": repo})
+    unit = parse_unit(render_unit(spec))["Service"]
+    argv = split_words(unit["ExecStart"][0])
+    unit_env = dict(w.split("=", 1) for e in unit["Environment"] for w in split_words(e))
+    env = {**claude_env, **unit_env}  # a service gets no login shell's environment
+
+    @asynccontextmanager
+    async def service_process() -> AsyncIterator[tuple[trio.Process, Client]]:
+        ready.unlink(missing_ok=True)
+        proc = await trio.lowlevel.open_process(argv, env=env)
+        try:
+            with trio.fail_after(15):
+                while not ready.exists():
+                    assert proc.poll() is None, "the daemon exited during start-up"
+                    await trio.sleep(0.05)
+            info = json.loads(ready.read_text())
+            token = (state_dir / "token").read_text().strip()
+            handle = DaemonHandle(info["http"], httpx.URL(info["http"]).port or 0, token,
+                                  trio.Event())  # fmt: skip
+            headers = {"Authorization": f"Bearer {token}"}
+            async with httpx.AsyncClient(base_url=info["http"], headers=headers, timeout=10) as h:
+                yield proc, Client(handle, h)
+        finally:  # on a failure too, let the daemon stop its claude processes first
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGTERM)
+                with trio.move_on_after(STOP_GRACE):
+                    await proc.wait()
+            if proc.returncode is None:
+                proc.kill()
+            with trio.move_on_after(5):
+                await proc.wait()
+
+    def session_argvs() -> list[list[str]]:
+        return [a for a in cli_argvs(cli_log) if "-p" in a]
+
+    with trio.fail_after(90):
+        async with service_process() as (proc, client):
+            mirrored = (await client.create(work_dir, "hello", title="mirrored"))["session"]["id"]
+            async with client.events(mirrored) as stream:
+                await stream.until_type("turn.completed")
+                reply = await client.http.put(
+                    f"/v1/sessions/{mirrored}/mirror", json={"enabled": True, "name": "kept"}
+                )
+                assert reply.status_code == 200, reply.text
+                await stream.until(lambda e: e.type == "session.mirror" and e.body["confirmed"])
+            busy = (await client.create(work_dir, "[[slow:400]]"))["session"]
+            async with client.events(busy["id"]) as stream:
+                await stream.until_type("text.delta")
+                last_seen = stream.last_id
+            epochs = {s: (await client.snapshot(s))["epoch"] for s in (mirrored, busy["id"])}
+            proc.send_signal(signal.SIGTERM)  # systemctl --user restart, KillMode=mixed
+            with trio.fail_after(STOP_GRACE):
+                assert await proc.wait() == 0
+        before = len(session_argvs())
+        async with service_process() as (proc, client):
+            listed = {s["id"] for s in (await client.http.get("/v1/sessions")).json()["sessions"]}
+            assert listed == {mirrored, busy["id"]}
+            async with client.events(busy["id"], last_seen) as stream:
+                ended = await stream.until_type("turn.failed")
+                assert stream.seen[0].event != "snapshot", "same epoch: the replay is exact"
+            assert ended.body["reason"] == "daemon_stopped"  # SIGTERM ends a turn cleanly
+            for sid, epoch in epochs.items():
+                assert (await client.snapshot(sid))["epoch"] == epoch
+
+            def confirmed_twice(event: SSEEvent) -> bool:
+                confirmed = [e for e in stream.seen if e.type == "session.mirror"]
+                return (
+                    event.type == "session.mirror"
+                    and sum(e.body["confirmed"] for e in confirmed) == 2
+                )
+
+            async with client.events(mirrored) as stream:
+                await stream.until(confirmed_twice)  # before the restart, and again after it
+            resumed = session_argvs()[before:]
+            assert any(f"--resume={mirrored}" in a and "--remote-control=kept" in a
+                       for a in resumed)  # fmt: skip
+            async with client.events(busy["id"], from_start=False) as stream:
+                await client.send(busy["id"], "still there?")
+                done = await stream.until_type("turn.completed")
+                assert done.body["result"] == "You said: still there?"
+            assert f"--resume={busy['id']}" in session_argvs()[-1]
+            proc.send_signal(signal.SIGTERM)
+            with trio.fail_after(STOP_GRACE):
+                assert await proc.wait() == 0
