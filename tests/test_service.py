@@ -12,6 +12,7 @@ import getpass
 import json
 import os
 import plistlib
+import shlex
 import shutil
 import subprocess
 import sys
@@ -473,3 +474,16 @@ def test_doctor_flags_a_foreground_daemon_and_a_fight(systemd: Fakes) -> None:
     assert not fight["ok"] and fight["last_exit"] == "exited 2"
     assert "not run by the service" in fight["detail"]
     assert cli.main(["service", "status"]) == 1
+
+
+def test_readme_shows_the_commands_per_platform() -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme.split("## Run it at login\n", 1)[1].split("\n## ", 1)[0]
+    blocks = section.split("```sh\n")[1:]
+    assert len(blocks) == 2  # Linux, macOS
+    for block in blocks:
+        lines = [ln.split("#")[0].strip() for ln in block.split("```")[0].splitlines()]
+        ours = [shlex.split(ln)[1:] for ln in lines if ln.startswith("sidecode-trio ")]
+        assert ours and ours[0][:2] == ["service", "install"]
+        for argv in ours:  # each is a command line the CLI accepts
+            assert cli._parser().parse_args(argv).command == "service"
