@@ -346,6 +346,20 @@ def test_uninstall_keeps_state_and_purge_deletes_it(
     assert not systemd.state_dir.exists() and not unit.exists()
 
 
+def test_uninstall_removes_a_unit_edited_beyond_reading(
+    systemd: Fakes, capsys: pytest.CaptureFixture[str]
+) -> None:
+    unit = systemd.home / ".config" / "systemd" / "user" / service.UNIT_NAME
+    assert cli.main(["service", "install"]) == 0
+    unit.write_text("[Service]\nExecStart=/usr/bin/sleep 1000\n")  # no --state-dir
+    assert cli.main(["service", "status"]) == 2
+    assert "names no --state-dir" in capsys.readouterr().err
+    assert cli.main(["service", "uninstall"]) == 0
+    assert (
+        not unit.exists() and ["systemctl", "--user", "disable", "--now", *UNIT] in systemd.calls()
+    )
+
+
 def test_purge_refuses_what_is_not_a_quiet_state_dir(systemd: Fakes, tmp_path: Path) -> None:
     home_like = tmp_path / "project"
     home_like.mkdir()

@@ -533,6 +533,7 @@ class Status:
     daemon_pid: int | None
     conflict: str | None
     linger: bool | None  #: Linux: does the user manager run while logged out (None: unknown)
+    user: str
 
 
 class ServiceManager:
@@ -589,11 +590,6 @@ class ServiceManager:
         problem = conflict(spec.state_dir, daemon_pid(spec.state_dir), state)
         if problem:
             raise ServiceError(f"not installing a second daemon: {problem}")
-        if old is not None and old != new:
-            previous = parse_installed(old, self.host).state_dir
-            other = daemon_pid(previous) if previous != spec.state_dir else None
-            if other is not None and other != state.pid:
-                raise ServiceError(f"a daemon (pid {other}) runs on {previous}; stop it first")
         changed = old != new
         commands = install_commands(self.host, changed, state)
         warnings = []
@@ -633,8 +629,11 @@ class ServiceManager:
         """Stop and remove the service; with ``purge`` also its state directory. Returns what
         was done, one line each."""
         done: list[str] = []
-        spec = self.installed_spec() if self.host.service_file.exists() else None
-        if spec is not None:
+        try:
+            spec = self.installed_spec()
+        except ServiceError:  # edited by hand beyond reading: still ours to remove
+            spec = None
+        if self.host.service_file.exists():
             for command in stop_commands(self.host):
                 self._run(command, check=False)  # not loaded / not running is fine
             self.host.service_file.unlink()
@@ -668,7 +667,7 @@ class ServiceManager:
             if done.returncode == 0 and "Linger=" in done.stdout:
                 linger = "Linger=yes" in done.stdout
         problem = conflict(spec.state_dir, pid, state) if spec else None
-        return Status(self.host.service_file, state, spec, pid, problem, linger)
+        return Status(self.host.service_file, state, spec, pid, problem, linger, self.host.user)
 
     def logs(self, lines: int, follow: bool) -> int:
         spec = self.installed_spec()

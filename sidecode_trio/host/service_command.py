@@ -156,7 +156,7 @@ def _status(status: Status, as_json: bool) -> int:
     if status.conflict:
         print(f"PROBLEM: {status.conflict}")
     if status.linger is False:
-        print(_linger_hint(Host.current().user))
+        print(_linger_hint(status.user))
     return 0 if status.conflict is None else 1
 
 
