@@ -47,10 +47,10 @@ from .eventlog.log import EventLog, LogLimits
 from .eventlog.store import SQLiteStore
 from .host.awake import KeepAwake, choose_inhibitor
 from .host.private import read_private, write_atomic
+from .http import push as notify_routes
 from .http.app import HTTPSettings, create_app
 from .http.direct import DirectEvents
 from .http.direct import serve as serve_http
-from .notify import routes as notify_routes
 from .notify.service import Notifier
 from .notify.settings import settings_for as notify_settings
 from .notify.subscriptions import SubscriptionStore

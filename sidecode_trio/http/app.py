@@ -27,6 +27,7 @@ from ..ops import Operations
 from ..security.auth import Principal
 from ..security.devices import Scope
 from ..security.guard import Guard
+from ..security.routes import OPEN_ROUTES
 from ..sessions.registry import SessionFilter
 from ..wire import converter as wire
 from ..wire import events as ev
@@ -121,9 +122,6 @@ def _sse_response(stream: AsyncIterator[bytes]) -> Response:
     )
     response.timeout = None  # an event stream lives as long as the client wants
     return response
-
-
-OPEN_ROUTES = frozenset({("GET", "/v1/info"), ("POST", "/v1/pair")})
 
 
 def current_principal() -> Principal:

@@ -27,10 +27,10 @@ from urllib.parse import urlsplit
 import httpx
 import trio
 
-from ..config import is_loopback
 from ..errors import BadRequest, NotFound
 from ..eventlog.core import Position, decode_event
 from ..eventlog.log import EventLog, SnapshotRead
+from ..host.addresses import is_loopback
 from ..security.auth import Principal
 from ..security.devices import DeviceStore, Scope
 from ..wire import requests as rq
