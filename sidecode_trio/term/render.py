@@ -17,6 +17,7 @@ from urllib.parse import quote
 
 import attrs
 
+from ..printable import escape
 from ..wire import events as ev
 from ..wire.snapshot import (
     AssistantItem,
@@ -50,11 +51,12 @@ class Style:
     color: bool = False
 
     def __call__(self, name: str, text: str) -> str:
+        text = escape(text)  # names, titles and paths from the daemon never drive the terminal
         return f"\x1b[{_COLORS[name]}m{text}\x1b[0m" if self.color and text else text
 
 
 def _cut(text: str, limit: int = ROW_CHARS) -> str:
-    line = " ".join(text.split())
+    line = escape(" ".join(text.split()))
     return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
