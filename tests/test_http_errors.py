@@ -160,3 +160,16 @@ async def test_the_host_check_holds_with_https(make_config: Callable[..., Daemon
                 assert error_of(refused) == (403, "bad_host"), host
             session = (await secure.http.get("/v1/sessions")).json()
             assert "sessions" in session
+
+
+async def test_the_host_names_of_a_wildcard_bind_are_its_addresses() -> None:
+    """Under ``--https --host 0.0.0.0`` the accepted ``Host`` values are those of the URLs the
+    pairing offers name (each address of this host), loopback names and the public URLs; a
+    default port may be left out."""
+    from sidecode_trio.daemon import _public_hosts, reachable_urls
+
+    served = reachable_urls("https://0.0.0.0:9000")
+    hosts = _public_hosts(served)
+    assert "127.0.0.1:9000" in hosts and all(h.endswith(":9000") for h in hosts)
+    public = _public_hosts(["https://Laptop.example", "https://box.example:443", "http://[::1]:80"])
+    assert public == {"laptop.example", "box.example:443", "box.example", "[::1]:80", "[::1]"}

@@ -140,6 +140,8 @@ async def test_a_request_path_cannot_drive_the_terminal_or_forge_a_log_line(
     assert b"\x1b" not in text and b"\x07" not in text
     assert not any(line.startswith(b"FORGED-LINE") for line in text.splitlines())
     assert b"PWNED\\x07\\x0aFORGED-LINE" in text  # logged, escaped
+    # stdout and stderr were a file: no device was paired, yet no pairing code went there
+    assert b"pair#" not in text and b"#pair=" not in text and b"sidecode-trio pair" in text
 
 
 async def test_the_log_formatter_escapes_messages_and_arguments() -> None:
