@@ -3,7 +3,8 @@
 Every route but ``GET /v1/info`` and ``POST /v1/pair`` needs credentials, checked by the
 :class:`~..security.guard.Guard` before the route runs: a paired device's signed token, a one-time
 stream ticket, or (from this computer only) the local access token. On a loopback bind every
-request must also name the bound address in ``Host`` (a guard against DNS rebinding). Errors are
+request must also name one of its addresses in ``Host`` (a guard against DNS rebinding; with TLS
+too: loopback names, the served addresses and the ``--public-url`` names). Errors are
 always ``{"error": {"code", "message"}}`` with the matching status.
 """
 
@@ -136,8 +137,9 @@ def create_app(
     settings: HTTPSettings,
     allowed_hosts: Callable[[], set[str] | None],
 ) -> QuartTrio:
-    """The v1 app. ``allowed_hosts()`` is the set of acceptable ``Host`` headers on a loopback
-    bind (DNS-rebinding guard), or None when any host is fine (TLS and device keys protect it)."""
+    """The v1 app. ``allowed_hosts()`` is the set of acceptable ``Host`` headers (a guard against
+    DNS rebinding: loopback names, the served addresses, the configured public names), or None
+    when any host is fine."""
     app = QuartTrio("sidecode_trio")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body
     app.config["BODY_TIMEOUT"] = 30
@@ -171,6 +173,9 @@ def create_app(
         )
         if declared and not g.get("body_read"):
             response.headers["Connection"] = "close"
+        # Every reply says what it is; a browser must not guess HTML into a JSON error that
+        # echoes a path or a name.
+        response.headers["X-Content-Type-Options"] = "nosniff"
         return response
 
     @app.errorhandler(SidecodeError)
