@@ -9,15 +9,19 @@ import subprocess
 import sys
 import threading
 
+import attrs
+import nacl.signing
 import pytest
 import trio
 
 from sidecode_trio.errors import ConfigError
 from sidecode_trio.rtc.broker import _parse_url
+from sidecode_trio.rtc.signaling import Answer, Offer, Refused, SignalingRefused, sign_fingerprints
 
 pytest.importorskip("aiortc")
 
 from sidecode_trio.rtc.peer import STUN_RETRY, open_asyncio_thread
+from sidecode_trio.rtc.rendezvous import _checked_answer
 
 
 def test_importing_the_rtc_package_does_not_import_aiortc_or_paho() -> None:
@@ -90,3 +94,23 @@ def test_rendezvous_urls_are_parsed(url: str, expected: tuple[str, str, int, str
 def test_a_bad_rendezvous_url_is_a_config_error(url: str) -> None:
     with pytest.raises(ConfigError, match="rendezvous URL"):
         _parse_url(url)
+
+
+def test_the_phone_refuses_an_answer_whose_fingerprints_the_daemon_did_not_sign() -> None:
+    daemon = nacl.signing.SigningKey.generate()
+    offer_sdp = "v=0\r\na=fingerprint:sha-256 01:02\r\n"
+    offer = Offer("cid", offer_sdp, ["sha-256 01:02"], "unused")
+    answer_sdp = "v=0\r\na=fingerprint:sha-256 AA:BB\r\n"
+    fps, sig = sign_fingerprints(daemon, "daemon", "cid", answer_sdp, offer_sdp)
+    good = Answer("cid", answer_sdp, fps, sig)
+    assert _checked_answer(good, bytes(daemon.verify_key), offer) == good
+    swapped = attrs.evolve(good, sdp=answer_sdp.replace("AA:BB", "AA:BC"))  # a MITM's cert
+    stranger = nacl.signing.SigningKey.generate()
+    _, stranger_sig = sign_fingerprints(stranger, "daemon", "cid", answer_sdp, offer_sdp)
+    for bad in (swapped, attrs.evolve(good, fp_sig=stranger_sig)):
+        with pytest.raises(SignalingRefused) as caught:
+            _checked_answer(bad, bytes(daemon.verify_key), offer)
+        assert caught.value.code == "fingerprint"
+    with pytest.raises(SignalingRefused) as caught:
+        _checked_answer(Refused("cid", "replayed", "no"), bytes(daemon.verify_key), offer)
+    assert caught.value.code == "replayed"
