@@ -85,6 +85,7 @@ MOSQUITTO_CONF = f"""\
 per_listener_settings false
 allow_anonymous true
 persistence false
+set_tcp_nodelay true
 log_dest stdout
 listener 1883 {INET_IP}
 """

@@ -11,6 +11,7 @@ and the Debian packages mosquitto, coturn, iptables, conntrack, tcpdump; skips o
 from __future__ import annotations
 
 import secrets
+import socket
 import time
 from typing import Any
 
@@ -161,3 +162,12 @@ async def test_a_revoked_device_is_not_answered(lab: netlab.Lab) -> None:
             await w.phone_broker.publish(w.topics.to_daemon, hello)
             assert (await w.refusals.receive()).code == "not_paired"
             assert w.answerer.answered == 0
+
+
+async def test_the_broker_connection_disables_nagle(lab: netlab.Lab) -> None:
+    """With Nagle on, each signaling hop waited ~40 ms for a delayed ACK (rtc/broker.py)."""
+    with trio.fail_after(30):
+        async with open_mqtt(netlab.MQTT_URL, lab.enter("phone")) as client:
+            sock = client._client.socket()
+            assert isinstance(sock, socket.socket)
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
