@@ -27,18 +27,21 @@ if netlab.missing() is not None:
     pytest.skip(netlab.missing() or "", allow_module_level=True)
 
 from sidecode_trio.rtc.broker import open_mqtt
-from sidecode_trio.rtc.ice import turn_server
+from sidecode_trio.rtc.ice import IceServer, turn_server
 from sidecode_trio.rtc.peer import PeerConnection
+from sidecode_trio.rtc.rendezvous import MAX_PENDING_PER_DEVICE
 from sidecode_trio.rtc.signaling import (
+    Answer,
     Hello,
     IceConfig,
+    Message,
     Offer,
     Refused,
     new_cid,
     sign_fingerprints,
 )
 
-from rtclab import STUN, connect, echo_once, peer_certificate, selected_pair, world
+from rtclab import STUN, World, connect, echo_once, peer_certificate, selected_pair, world
 
 
 @pytest.fixture(scope="module")
@@ -103,33 +106,89 @@ async def test_symmetric_nats_fall_back_to_turn_and_the_relay_sees_only_dtls(
     assert not any(marker in payload for *_, payload in packets)  # never in the clear
 
 
+async def ask_ice(w: World) -> list[IceServer]:
+    box, daemon = w.phone_box(), bytes(w.daemon_key.verify_key)
+    cid = new_cid()
+    await w.phone_broker.publish(w.topics.to_daemon, box.seal(daemon, Hello(cid), time.time()))
+    _, raw = await w.phone_broker.receive()
+    ice = box.open(raw, time.time()).message
+    assert isinstance(ice, IceConfig)
+    assert ice.cid == cid
+    return ice.servers
+
+
+async def send_offer(w: World, sdp: str, signer: nacl.signing.SigningKey | None = None) -> str:
+    """Publish a sealed offer of ``sdp`` whose fingerprints ``signer`` signed; returns its cid."""
+    box, daemon = w.phone_box(), bytes(w.daemon_key.verify_key)
+    cid = new_cid()
+    fps, fp_sig = sign_fingerprints(signer or w.device_key, "device", cid, sdp)
+    sealed = box.seal(daemon, Offer(cid, sdp, fps, fp_sig), time.time())
+    await w.phone_broker.publish(w.topics.to_daemon, sealed)
+    return cid
+
+
+async def reply(w: World) -> Message:
+    _, raw = await w.phone_broker.receive()
+    return w.phone_box().open(raw, time.time()).message
+
+
 async def test_an_offer_with_a_wrong_fingerprint_signature_is_refused(lab: netlab.Lab) -> None:
     with trio.fail_after(30):
         async with world(lab, [STUN]) as w:
-            box, daemon = w.phone_box(), bytes(w.daemon_key.verify_key)
-            cid = new_cid()
-            await w.phone_broker.publish(
-                w.topics.to_daemon, box.seal(daemon, Hello(cid), time.time())
-            )
-            _, raw = await w.phone_broker.receive()
-            ice = box.open(raw, time.time()).message
-            assert isinstance(ice, IceConfig)
-            peer, sdp = await PeerConnection.offer(w.phone, ice.servers)
+            peer, sdp = await PeerConnection.offer(w.phone, await ask_ice(w))
             try:
                 stranger = nacl.signing.SigningKey.generate()  # not the paired device key
-                fps, fp_sig = sign_fingerprints(stranger, "device", cid, sdp)
-                offer = Offer(cid, sdp, fps, fp_sig)
-                await w.phone_broker.publish(
-                    w.topics.to_daemon, box.seal(daemon, offer, time.time())
-                )
-                _, raw = await w.phone_broker.receive()
-                reply = box.open(raw, time.time()).message
-                assert isinstance(reply, Refused)
-                assert reply.code == "fingerprint"
+                cid = await send_offer(w, sdp, signer=stranger)
+                refused = await reply(w)
+                assert isinstance(refused, Refused)
+                assert (refused.cid, refused.code) == (cid, "fingerprint")
                 assert (await w.refusals.receive()).code == "fingerprint"
                 assert w.answerer.answered == 0
             finally:
                 await peer.aclose()
+
+
+async def test_a_signed_offer_aiortc_cannot_parse_is_refused_and_the_daemon_keeps_answering(
+    lab: netlab.Lab,
+) -> None:
+    junk = "\r\n".join(  # aiortc raises KeyError on it, not ValueError
+        [
+            "v=0",
+            "m=application 9 UDP/DTLS/SCTP webrtc-datachannel",
+            "a=ice-ufrag:abcd",
+            "a=ice-pwd:abcdefghijklmnopqrstuvwx",
+            "a=fingerprint:sha-256 AA:BB",
+            "a=setup:bogus",
+            "",
+        ]
+    )
+    with trio.fail_after(30):
+        async with world(lab, [STUN]) as w:
+            cid = await send_offer(w, junk)
+            refused = await reply(w)
+            assert isinstance(refused, Refused)
+            assert (refused.cid, refused.code) == (cid, "rtc_failed")
+            daemon, phone = await connect(w)
+            try:
+                await echo_once(daemon, phone, b"still answering")
+            finally:
+                await phone.connection.aclose()
+
+
+async def test_a_device_gets_a_few_attempts_at_once_and_then_busy(lab: netlab.Lab) -> None:
+    with trio.fail_after(30):
+        async with world(lab, [STUN]) as w:
+            servers = await ask_ice(w)
+            peers = [await PeerConnection.offer(w.phone, servers) for _ in range(5)]
+            try:
+                for _peer, sdp in peers:  # offers whose answers the phone never applies
+                    await send_offer(w, sdp)
+                replies = [await reply(w) for _ in peers]
+                assert sum(isinstance(r, Answer) for r in replies) == MAX_PENDING_PER_DEVICE
+                assert [r.code for r in replies if isinstance(r, Refused)] == ["busy"]
+            finally:
+                for peer, _sdp in peers:
+                    await peer.aclose()
 
 
 async def test_a_replayed_offer_is_refused(lab: netlab.Lab) -> None:

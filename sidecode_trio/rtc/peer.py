@@ -263,7 +263,7 @@ class PeerConnection:
 
         try:
             return await aio.run(make)
-        except (ValueError, TypeError) as exc:  # aiortc's word for an SDP it cannot use
+        except Exception as exc:  # aiortc's parser raises several kinds on an SDP it cannot use
             raise RtcError(f"cannot answer this offer: {exc}") from None
 
     async def accept_answer(self, answer_sdp: str) -> None:
@@ -276,7 +276,7 @@ class PeerConnection:
 
         try:
             await self._aio.run(apply)
-        except (ValueError, TypeError) as exc:
+        except Exception as exc:  # as in answer(): a bad SDP, whatever aiortc calls it
             raise RtcError(f"cannot use this answer: {exc}") from None
 
     def local_fingerprints(self) -> list[str]:

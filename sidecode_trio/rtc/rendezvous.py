@@ -21,6 +21,7 @@ sender is unauthenticated, so it gets nothing back. A paired device whose offer 
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Final
@@ -52,6 +53,8 @@ log = logging.getLogger(__name__)
 
 OPEN_TIMEOUT: Final = 30.0  # seconds from answer to open DataChannel before giving up
 CIDS_KEPT: Final = 10_000  # connection ids remembered (a reused cid is refused)
+MAX_PENDING_PER_DEVICE: Final = 4  # attempts answered but not yet open, per device
+_DATACHANNEL = re.compile(r"^m=application \d+ \S*DTLS/SCTP", re.M)
 
 
 @attrs.frozen
@@ -89,6 +92,7 @@ class Answerer:
         self._clock = clock
         self._on_refused = on_refused or (lambda _exc: None)
         self._cids: dict[str, None] = {}
+        self._pending: dict[bytes, int] = {}  # device -> attempts answered, not yet open
         self.answered = 0
 
     async def serve(
@@ -122,13 +126,18 @@ class Answerer:
         await self._broker.publish(topics.to_device, sealed)
 
     def _check_offer(self, sender: bytes, offer: Offer) -> None:
-        """Refuse a reused connection id, or fingerprints the device did not sign."""
+        """Refuse a reused connection id, an offer without a DataChannel, fingerprints the device
+        did not sign, or one attempt too many from this device."""
         if offer.cid in self._cids:
             raise SignalingRefused("this connection id was already used", code="replayed")
         self._cids[offer.cid] = None
         if len(self._cids) > CIDS_KEPT:
             del self._cids[next(iter(self._cids))]
+        if not _DATACHANNEL.search(offer.sdp):
+            raise SignalingRefused("the offer has no DataChannel", code="malformed")
         check_fingerprints(sender, "device", offer.cid, offer.sdp, offer.fps, offer.fp_sig)
+        if self._pending.get(sender, 0) >= MAX_PENDING_PER_DEVICE:
+            raise SignalingRefused("too many connection attempts at once", code="busy")
 
     async def _answer(
         self,
@@ -143,6 +152,31 @@ class Answerer:
             self._on_refused(exc)
             await self._reply(opened, topics, Refused(offer.cid, exc.code, exc.message))
             return
+        device = opened.sender
+        self._pending[device] = self._pending.get(device, 0) + 1
+        pending = True
+
+        def settled() -> None:  # the attempt opened or failed: it no longer counts
+            nonlocal pending
+            if pending:
+                pending = False
+                self._pending[device] -= 1
+                if not self._pending[device]:
+                    del self._pending[device]
+
+        try:
+            await self._answer_pending(opened, offer, topics, on_link, settled)
+        finally:
+            settled()
+
+    async def _answer_pending(
+        self,
+        opened: Opened,
+        offer: Offer,
+        topics: Topics,
+        on_link: Callable[[Link], Awaitable[None]],
+        settled: Callable[[], None],
+    ) -> None:
         try:
             peer, answer_sdp = await PeerConnection.answer(self._aio, self._ice, offer.sdp)
         except RtcError as exc:
@@ -154,6 +188,7 @@ class Answerer:
             self.answered += 1
             with trio.move_on_after(OPEN_TIMEOUT):
                 channel = await peer.channel()
+                settled()
                 await on_link(Link(opened.sender, offer.cid, peer, channel))
         except RtcError as exc:
             log.info("rtc: link %s failed: %s", offer.cid, exc.message)

@@ -77,7 +77,8 @@ FP_CONTEXT: Final = "sidecode-dtls-fp/1"
 class SignalingRefused(ClientError):
     """A signaling message or a fingerprint statement we refuse. ``code`` says why:
     ``malformed``, ``not_paired``, ``forged``, ``wrong_recipient``, ``stale``, ``replayed``,
-    ``replay_window_full``, ``fingerprint``."""
+    ``replay_window_full``, ``fingerprint``; the answerer adds ``busy`` (too many attempts at
+    once from one device)."""
 
     status = 403
     code = "signaling_refused"
