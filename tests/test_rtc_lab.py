@@ -26,7 +26,7 @@ pytest.importorskip("paho.mqtt")
 if netlab.missing() is not None:
     pytest.skip(netlab.missing() or "", allow_module_level=True)
 
-from sidecode_trio.rtc.broker import open_mqtt
+from sidecode_trio.rtc.broker import INBOX_SIZE, open_mqtt
 from sidecode_trio.rtc.ice import IceServer, turn_server
 from sidecode_trio.rtc.peer import PeerConnection
 from sidecode_trio.rtc.rendezvous import MAX_PENDING_PER_DEVICE
@@ -230,3 +230,22 @@ async def test_the_broker_connection_disables_nagle(lab: netlab.Lab) -> None:
             sock = client._client.socket()
             assert isinstance(sock, socket.socket)
             assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+
+
+async def test_a_flood_on_the_rendezvous_is_dropped_past_the_inbox_not_queued(
+    lab: netlab.Lab,
+) -> None:
+    flood = INBOX_SIZE + 50
+    with trio.fail_after(30):
+        async with (
+            open_mqtt(netlab.MQTT_URL, lab.enter("home")) as daemon,
+            open_mqtt(netlab.MQTT_URL, lab.enter("inet")) as stranger,
+        ):
+            await daemon.subscribe("flood/x")
+            for i in range(flood):
+                await stranger.publish("flood/x", str(i).encode())
+            while daemon.dropped < flood - INBOX_SIZE:  # delivery is asynchronous: wait for it
+                await trio.sleep(0.01)
+            kept = [int((await daemon.receive())[1]) for _ in range(INBOX_SIZE)]
+            assert kept == list(range(INBOX_SIZE))  # the oldest are kept, in order
+            assert daemon.dropped == flood - INBOX_SIZE

@@ -5,6 +5,7 @@ returns results, raises errors and cancels across the thread boundary."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import subprocess
 import sys
 import threading
@@ -15,10 +16,11 @@ import pytest
 import trio
 
 from sidecode_trio.errors import ConfigError
-from sidecode_trio.rtc.broker import _parse_url
+from sidecode_trio.rtc.broker import RendezvousError, _parse_url, open_mqtt
 from sidecode_trio.rtc.signaling import Answer, Offer, Refused, SignalingRefused, sign_fingerprints
 
 pytest.importorskip("aiortc")
+pytest.importorskip("paho.mqtt")
 
 from sidecode_trio.rtc.peer import STUN_RETRY, open_asyncio_thread
 from sidecode_trio.rtc.rendezvous import _checked_answer
@@ -114,3 +116,12 @@ def test_the_phone_refuses_an_answer_whose_fingerprints_the_daemon_did_not_sign(
     with pytest.raises(SignalingRefused) as caught:
         _checked_answer(Refused("cid", "replayed", "no"), bytes(daemon.verify_key), offer)
     assert caught.value.code == "replayed"
+
+
+async def test_an_unreachable_rendezvous_is_a_clear_error() -> None:
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    with trio.fail_after(30), pytest.raises(RendezvousError, match="cannot reach"):
+        async with open_mqtt(f"mqtt://127.0.0.1:{port}"):
+            pass
