@@ -22,7 +22,7 @@ from sidecode_trio.rtc.signaling import Answer, Offer, Refused, SignalingRefused
 pytest.importorskip("aiortc")
 pytest.importorskip("paho.mqtt")
 
-from sidecode_trio.rtc.peer import STUN_RETRY, open_asyncio_thread
+from sidecode_trio.rtc.peer import STUN_RETRY, RtcError, open_asyncio_thread
 from sidecode_trio.rtc.rendezvous import _checked_answer
 
 
@@ -124,4 +124,13 @@ async def test_an_unreachable_rendezvous_is_a_clear_error() -> None:
         port = closed.getsockname()[1]
     with trio.fail_after(30), pytest.raises(RendezvousError, match="cannot reach"):
         async with open_mqtt(f"mqtt://127.0.0.1:{port}"):
+            pass
+
+
+async def test_a_failing_thread_setup_is_a_clear_error_not_a_hang() -> None:
+    def fails() -> None:
+        raise OSError("no such network namespace")
+
+    with trio.fail_after(30), pytest.raises(RtcError, match="no such network namespace"):
+        async with open_asyncio_thread(fails):
             pass

@@ -77,11 +77,20 @@ class AsyncioThread:
         self._thread_setup = thread_setup
         self._token = trio.lowlevel.current_trio_token()
         self._thread = threading.Thread(target=self._main, name="aiortc", daemon=True)
+        self._ready = threading.Event()
+        self._setup_failed: Exception | None = None
 
     def _main(self) -> None:
         asyncio.set_event_loop(self.loop)
-        if self._thread_setup is not None:
-            self._thread_setup()
+        try:
+            if self._thread_setup is not None:
+                self._thread_setup()
+        except Exception as exc:
+            self._setup_failed = exc
+            self.loop.close()
+            return
+        finally:
+            self._ready.set()
         self.loop.run_forever()
         pending = asyncio.all_tasks(self.loop)  # drain on stop
         for task in pending:
@@ -124,6 +133,10 @@ async def open_asyncio_thread(
     await trio.to_thread.run_sync(_import_aiortc)  # 0.2 s of imports, off the Trio thread
     aio = AsyncioThread(thread_setup)
     aio._thread.start()
+    await trio.to_thread.run_sync(aio._ready.wait)
+    if aio._setup_failed is not None:
+        await trio.to_thread.run_sync(aio._thread.join)
+        raise RtcError(f"cannot start the aiortc thread: {aio._setup_failed}")
     try:
         yield aio
     finally:
@@ -235,7 +248,11 @@ class PeerConnection:
             peer = cls(aio, RTCPeerConnection(_configuration(servers)))
             peer._attach()
             peer._channel_seen(peer.pc.createDataChannel(CHANNEL_LABEL))
-            await peer.pc.setLocalDescription(await peer.pc.createOffer())
+            try:
+                await peer.pc.setLocalDescription(await peer.pc.createOffer())
+            except BaseException:
+                await peer.pc.close()
+                raise
             return peer, peer.pc.localDescription.sdp
 
         return await aio.run(make)

@@ -105,7 +105,11 @@ class Answerer:
         async with trio.open_nursery() as nursery:
             task_status.started()
             while True:
-                _topic, raw = await self._broker.receive()
+                try:
+                    _topic, raw = await self._broker.receive()
+                except trio.EndOfChannel:  # the broker connection was closed: nothing more
+                    nursery.cancel_scope.cancel()
+                    return
                 try:
                     opened = self._box.open(raw, self._clock())
                 except SignalingRefused as exc:
