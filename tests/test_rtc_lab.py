@@ -19,13 +19,6 @@ import nacl.signing
 import pytest
 import trio
 
-import netlab
-
-pytest.importorskip("aiortc")
-pytest.importorskip("paho.mqtt")
-if netlab.missing() is not None:
-    pytest.skip(netlab.missing() or "", allow_module_level=True)
-
 from sidecode_trio.rtc.broker import INBOX_SIZE, open_mqtt
 from sidecode_trio.rtc.ice import IceServer, turn_server
 from sidecode_trio.rtc.peer import PeerConnection
@@ -41,7 +34,10 @@ from sidecode_trio.rtc.signaling import (
     sign_fingerprints,
 )
 
+import netlab
 from rtclab import STUN, World, connect, echo_once, peer_certificate, selected_pair, world
+
+netlab.skip_unless_possible()
 
 
 @pytest.fixture(scope="module")

@@ -17,13 +17,13 @@ import trio
 
 from sidecode_trio.errors import ConfigError
 from sidecode_trio.rtc.broker import RendezvousError, _parse_url, open_mqtt
-from sidecode_trio.rtc.signaling import Answer, Offer, Refused, SignalingRefused, sign_fingerprints
-
-pytest.importorskip("aiortc")
-pytest.importorskip("paho.mqtt")
-
 from sidecode_trio.rtc.peer import STUN_RETRY, RtcError, open_asyncio_thread
 from sidecode_trio.rtc.rendezvous import _checked_answer
+from sidecode_trio.rtc.signaling import Answer, Offer, Refused, SignalingRefused, sign_fingerprints
+
+import netlab
+
+netlab.skip_unless_possible(lab=False)
 
 
 def test_importing_the_rtc_package_does_not_import_aiortc_or_paho() -> None:
