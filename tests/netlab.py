@@ -11,7 +11,8 @@ cone NAT; with ``--random-fully`` a symmetric one. Both drop unsolicited packets
 as home routers do (without that, a conntrack clash turns the cone NAT symmetric for the peer
 that punches second: ``reference/webrtc-anywhere.md`` §5). The "public" addresses are TEST-NET-3
 and exist only inside these namespaces, which are never connected to the host's network: all
-traffic stays in them. Names carry a random tag, so labs of parallel runs do not collide.
+traffic stays in them. Names carry the test process's pid and a random tag, so labs of parallel
+runs do not collide, and a lab left behind by a killed run is swept by the next one.
 
 Python code joins a namespace per thread: :meth:`Lab.enter` returns a function that moves the
 calling thread into it (``setns``), used as the ``thread_setup`` of the aiortc thread and of the
@@ -29,6 +30,7 @@ from __future__ import annotations
 import ctypes
 import importlib.util
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -129,7 +131,7 @@ class Lab:
     """The namespaces and the services in ``inet``. Use :func:`open_lab`."""
 
     def __init__(self, workdir: Path) -> None:
-        tag = secrets.token_hex(3)
+        tag = f"{os.getpid()}x{secrets.token_hex(2)}"
         self.workdir = workdir
         self.ns = {role: f"sc{tag}-{role}" for role in ("inet", "nath", "home", "natp", "phone")}
         self._procs: list[subprocess.Popen[bytes]] = []
@@ -186,6 +188,7 @@ class Lab:
     # --- topology ----------------------------------------------------------------------------
 
     def up(self) -> None:
+        sweep_stale_labs()
         ns = self.ns
         for name in ns.values():
             self.ip("netns", "add", name)
@@ -358,6 +361,27 @@ class Lab:
         for name in reversed(self._made):  # veths and the bridge go with their namespaces
             subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True)
         self._made.clear()
+
+
+_LAB_NAME = re.compile(r"^sc(\d+)x[0-9a-f]+-(inet|nath|home|natp|phone)\b")
+
+
+def sweep_stale_labs() -> None:
+    """Remove the namespaces (and the services inside) of labs whose test process died without
+    cleaning up (SIGKILL): its pid is in the name. Labs of live processes are left alone."""
+    listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    for line in listing.splitlines():
+        match = _LAB_NAME.match(line)
+        if match is None or Path(f"/proc/{match[1]}").exists():
+            continue
+        name = line.split()[0]
+        pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True)
+        for pid in pids.stdout.split():
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass
+        subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True)
 
 
 @contextmanager
