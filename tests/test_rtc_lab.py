@@ -21,7 +21,7 @@ import trio
 
 from sidecode_trio.rtc.broker import INBOX_SIZE, open_mqtt
 from sidecode_trio.rtc.ice import IceServer, turn_server
-from sidecode_trio.rtc.peer import PeerConnection
+from sidecode_trio.rtc.peer import PeerConnection, RtcError
 from sidecode_trio.rtc.rendezvous import MAX_PENDING_PER_DEVICE
 from sidecode_trio.rtc.signaling import (
     Answer,
@@ -64,6 +64,21 @@ async def test_a_phone_reaches_the_daemon_through_two_cone_nats_with_stun(lab: n
                 assert daemon_cert in daemon.connection.local_fingerprints()
             finally:
                 await phone.connection.aclose()
+
+
+async def test_symmetric_nats_defeat_stun_alone(lab: netlab.Lab) -> None:
+    """The lab's symmetric variant is real: without TURN, ICE fails (after ~13 s of checks), so
+    the TURN test below shows a relay that was needed, not merely preferred."""
+    lab.nat("nath", "symmetric")
+    lab.nat("natp", "symmetric")
+    try:
+        with trio.fail_after(60):
+            async with world(lab, [STUN]) as w:
+                with pytest.raises(RtcError, match="failed before its channel opened"):
+                    await w.dial()
+    finally:
+        lab.nat("nath", "cone")
+        lab.nat("natp", "cone")
 
 
 async def test_symmetric_nats_fall_back_to_turn_and_the_relay_sees_only_dtls(
