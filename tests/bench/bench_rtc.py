@@ -10,7 +10,8 @@ reports and exits 0.
    check, its own gathering, signing, one broker round trip), answer -> open (ICE checks, DTLS,
    SCTP). Two paths: STUN through two cone NATs, and TURN (on the daemon's side only) through two
    symmetric NATs. No latency is emulated (``tc netem`` is missing from this kernel), so these
-   are the costs of the stacks and the round trips, not WAN timings.
+   are the costs of the stacks and the round trips, not WAN timings. Then ``PINGS`` sequential
+   4-byte round trips over each link (phone -> daemon -> phone, through the Trio bridge).
 2. **Memory per link**: VmRSS of this process (which holds both the daemon side and the phone
    side) before and after opening ``--links`` links at once, divided by the number of links; each
    link is two RTCPeerConnections (one per side), its DataChannels, ICE sockets and DTLS state.
@@ -48,6 +49,8 @@ from sidecode_trio.rtc.signaling import (  # noqa: E402
 
 import netlab  # noqa: E402
 from rtclab import STUN, World, echo_once, selected_pair, world  # noqa: E402
+
+PINGS = 50  # sequential round trips per link: phone -> daemon -> phone, 4-byte messages
 
 
 def rss_mib() -> float:
@@ -103,6 +106,10 @@ async def setup_times(lab: netlab.Lab, path: str, runs: int) -> None:
                 daemon = await w.links.receive()
                 await echo_once(daemon, phone, b"ping")
                 pairs.add(await selected_pair(w.home, daemon.connection))
+                for _ in range(PINGS):
+                    sent = time.perf_counter()
+                    await echo_once(daemon, phone, b"ping")
+                    results.setdefault("ping RTT", []).append(1000 * (time.perf_counter() - sent))
                 await phone.connection.aclose()
             for step, value in ms.items():
                 results.setdefault(step, []).append(value)
