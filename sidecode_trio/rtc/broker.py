@@ -176,7 +176,10 @@ class MqttRendezvous:
 
     async def _wait_ack(self, mid: int, what: str) -> None:
         event = self._waiting[mid] = trio.Event()
-        await event.wait()
+        try:
+            await event.wait()
+        finally:  # cancelled: forget it, or a later packet id's ack would find a stale event
+            self._waiting.pop(mid, None)
         if self._failed is not None:
             raise RendezvousError(f"{what}: {self._failed}")
 
