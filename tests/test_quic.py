@@ -6,6 +6,7 @@ so the tests drive exactly what a user runs.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
 import os
@@ -29,6 +30,7 @@ from sidecode_trio.quic.client import (
     SessionClosed,
 )
 from sidecode_trio.quic.endpoint import Endpoint, unacknowledged
+from sidecode_trio.security.pairing import RateLimiter
 
 from helpers import Client, load_example, running_daemon
 
@@ -412,3 +414,65 @@ async def test_new_connections_get_the_rotated_certificate_announced_ahead(
         assert session.welcome["cert"] == announced[1]
         await session.client.aclose()
         nursery.cancel_scope.cancel()
+
+
+async def _refused_auth(owner: Client, device_id: str) -> str:
+    """Authenticate a fresh WebTransport session as ``device_id`` with a junk signature; the
+    error frame's message (the session is then closed as unauthorized)."""
+    async with trio.open_nursery() as nursery:
+        client = await raw_session(nursery, owner)
+        client.send({"type": "hello", "versions": [1]})
+        assert (await client.receive())["type"] == "welcome"
+        client.send({"type": "auth", "device": device_id, "signature": "A" * 86})
+        refused = await client.receive()
+        assert refused["code"] == "unauthorized", refused
+        with pytest.raises(SessionClosed) as closed:
+            await client.receive()
+        assert closed.value.code == fr.CloseCode.UNAUTHORIZED
+        nursery.cancel_scope.cancel()
+    return str(refused["message"])
+
+
+async def test_a_watchcode_device_id_is_just_unauthorized_on_every_transport(
+    daemon: Client,
+) -> None:
+    created = await daemon.http.post("/v1/devices/watchcode", json={"name": "wrist"})
+    assert created.status_code == 201, created.text
+    device_id = created.json()["device"]["id"]
+    with trio.fail_after(20):
+        assert "unknown or revoked" in await _refused_auth(daemon, device_id)
+    payload = base64.urlsafe_b64encode(
+        json.dumps({"dev": device_id, "iat": 1, "exp": 2, "cert": ""}).encode()
+    ).decode()
+    response = await daemon.http.get(
+        "/v1/sessions", headers={"Authorization": f"Sidecode {payload}.AAAA"}
+    )
+    assert response.status_code == 401, response.text
+    audit = (await daemon.http.get("/v1/audit")).json()["entries"]
+    failed = [e["detail"] for e in audit if e["kind"] == "auth_failed"]
+    assert any("on WebTransport" in detail for detail in failed), failed
+    assert any("on /v1/sessions" in detail for detail in failed), failed
+
+
+async def test_failures_on_both_transports_count_in_one_limit_and_never_lock_out_a_key(
+    daemon: Client,
+) -> None:
+    device = await paired(daemon)
+    guard = endpoint(daemon)._guard
+    guard.auth_failures = RateLimiter(limit=4, window=3600.0, clock=trio.current_time)
+    wrong = {"Authorization": "Bearer wrong"}
+    with trio.fail_after(30):
+        for _ in range(2):
+            assert (await daemon.http.get("/v1/sessions", headers=wrong)).status_code == 401
+        for _ in range(2):
+            assert "does not verify" in await _refused_auth(daemon, device.device_id)
+        # the limit is the address's, whichever transport spent it
+        assert "too many failed attempts" in await _refused_auth(daemon, device.device_id)
+        assert (await daemon.http.get("/v1/sessions", headers=wrong)).status_code == 429
+        # credentials that verify still work from that address, on both transports
+        assert (await daemon.http.get("/v1/sessions")).status_code == 200
+        async with trio.open_nursery() as nursery:
+            session = await device.connect(nursery)
+            assert (await session.request("GET", "/v1/sessions")) == {"sessions": []}
+            await session.client.aclose()
+            nursery.cancel_scope.cancel()

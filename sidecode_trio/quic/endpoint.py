@@ -53,7 +53,6 @@ from ..config import DaemonConfig
 from ..errors import ConfigError
 from ..ops import Operations
 from ..security.guard import Guard
-from ..security.pairing import RateLimiter
 from ..security.tls import CertificateStore
 from . import routing
 from .frames import PATH, CloseCode
@@ -137,7 +136,6 @@ class Endpoint:
         self._cids: dict[bytes, _Connection] = {}
         self._connections: set[_Connection] = set()
         self._configuration: tuple[bytes, QuicConfiguration] | None = None
-        self._auth_failures = RateLimiter(limit=120, window=60.0, clock=trio.current_time)
         self._all_closed = trio.Event()
         self.stopping = False
         self.port = 0
@@ -280,7 +278,6 @@ class Endpoint:
             self._requests,
             self._ops,
             self._guard,
-            self._auth_failures,
             self.settings.link,
             nonce=secrets.token_bytes(32),
             cert_sha256=cert,
