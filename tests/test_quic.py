@@ -476,3 +476,24 @@ async def test_failures_on_both_transports_count_in_one_limit_and_never_lock_out
             assert (await session.request("GET", "/v1/sessions")) == {"sessions": []}
             await session.client.aclose()
             nursery.cancel_scope.cancel()
+
+
+async def test_before_authentication_frames_are_small(daemon: Client) -> None:
+    device = await paired(daemon)
+    big = {"cwd": "/nowhere", "prompt": "x" * (64 * 1024)}
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            client = await raw_session(nursery, daemon)
+            client.send({"type": "hello", "versions": [1]})
+            assert (await client.receive())["type"] == "welcome"
+            client.send(
+                {"type": "request", "id": 1, "method": "POST", "path": "/v1/pair", "body": big}
+            )
+            with pytest.raises(SessionClosed) as closed:
+                await client.receive()
+            assert closed.value.code == fr.CloseCode.FRAME_TOO_LARGE
+            session = await device.connect(nursery)  # once authenticated, the big limit
+            status, body = await session.call("POST", "/v1/sessions", big)
+            assert (status, body["error"]["code"]) == (403, "path_not_allowed"), body
+            await session.client.aclose()
+            nursery.cancel_scope.cancel()

@@ -25,6 +25,7 @@ import trio
 from ..errors import BadRequest, NotFound, SidecodeError, Unauthorized
 from ..eventlog.core import Position, StoredEvent
 from ..eventlog.log import KEEPALIVE, SnapshotRead, Subscription
+from ..http.bodies import OPEN_BODY_LIMIT
 from ..ops import Operations
 from ..security.auth import Principal
 from ..security.guard import Guard
@@ -109,6 +110,7 @@ class Link:
             max_frame=settings.max_frame,
             now=trio.current_time(),
             open_routes=OPEN_ROUTES,
+            open_frame=OPEN_BODY_LIMIT + 1024,  # an open route's body and the frame around it
         )
         self.outbox = Outbox(settings.outbox)
         self._calls_send, self._calls = trio.open_memory_channel[Call](settings.max_calls)
