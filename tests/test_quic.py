@@ -9,16 +9,24 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+import math
 import os
 import socket
+import ssl
 import sys
 from collections.abc import Callable
+from contextlib import ExitStack
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import attrs
 import pytest
 import trio
+from aioquic.h3.connection import H3_ALPN
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
+from aioquic.quic.events import ConnectionTerminated, HandshakeCompleted, QuicEvent
 
 from sidecode_trio.config import DaemonConfig
 from sidecode_trio.quic import frames as fr
@@ -497,3 +505,116 @@ async def test_before_authentication_frames_are_small(daemon: Client) -> None:
             assert (status, body["error"]["code"]) == (403, "path_not_allowed"), body
             await session.client.aclose()
             nursery.cancel_scope.cancel()
+
+
+class BareQuic:
+    """A QUIC client that does no more than a QUIC handshake (or only sends its INITIAL): what
+    an attacker holding the endpoint's connection slots does."""
+
+    def __init__(self, port: int) -> None:
+        configuration = QuicConfiguration(is_client=True, alpn_protocols=H3_ALPN)
+        configuration.verify_mode = ssl.CERT_NONE
+        self.quic = QuicConnection(configuration=configuration)
+        self.quic.connect(("127.0.0.1", port), now=trio.current_time())
+        self.sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.closed_with: int | None = None
+        self.close = self.sock.close
+
+    def initial(self) -> bytes:
+        """The first datagram (a real, padded INITIAL)."""
+        return self.quic.datagrams_to_send(now=trio.current_time())[0][0]
+
+    async def _flush(self) -> None:
+        for data, addr in self.quic.datagrams_to_send(now=trio.current_time()):
+            await self.sock.sendto(data, addr)
+
+    async def run_until(self, done: Callable[[QuicEvent], bool]) -> None:
+        """Drive the connection until an event satisfies ``done``."""
+        while True:
+            await self._flush()
+            timer = self.quic.get_timer()
+            with trio.move_on_at(timer if timer is not None else math.inf):
+                data, addr = await self.sock.recvfrom(65536)
+                self.quic.receive_datagram(data, addr, now=trio.current_time())
+            if timer is not None and trio.current_time() >= timer:
+                self.quic.handle_timer(now=trio.current_time())
+            while (event := self.quic.next_event()) is not None:
+                if isinstance(event, ConnectionTerminated):
+                    self.closed_with = event.error_code
+                if done(event):
+                    await self._flush()
+                    return
+
+
+async def test_handshakes_that_never_authenticate_give_their_slots_back(
+    daemon: Client,
+) -> None:
+    quic = endpoint(daemon)
+    device = await paired(daemon)
+    await until(lambda: not quic.statistics()["open"])
+    port = daemon.handle.quic_port
+
+    def bare_clients(count: int, closing: ExitStack) -> list[BareQuic]:
+        clients = [BareQuic(port) for _ in range(count)]
+        for bare in clients:
+            closing.callback(bare.close)
+        return clients
+
+    with trio.fail_after(60), ExitStack() as closing:
+        # one address holds at most max_per_address connections
+        quic.settings = attrs.evolve(quic.settings, max_per_address=3, auth_timeout=60.0)
+        held = bare_clients(3, closing)
+        for bare in held:
+            await bare.run_until(lambda e: isinstance(e, HandshakeCompleted))
+        (extra,) = bare_clients(1, closing)
+        await extra.sock.sendto(extra.initial(), ("127.0.0.1", port))
+        await until(lambda: quic.counts["refused"] == 1)
+        for bare in held:
+            bare.quic.close()
+            await bare.run_until(lambda e: isinstance(e, ConnectionTerminated))
+        await until(lambda: not quic.statistics()["open"])
+        # a connection that does not authenticate in time is closed (before: at the idle
+        # timeout, 60 s, or never with pings)
+        quic.settings = attrs.evolve(quic.settings, auth_timeout=1.0)
+        idle = bare_clients(3, closing)
+        async with trio.open_nursery() as nursery:  # each driven as a real client would be
+            for bare in idle:
+                await bare.run_until(lambda e: isinstance(e, HandshakeCompleted))
+                nursery.start_soon(bare.run_until, lambda e: isinstance(e, ConnectionTerminated))
+        assert [bare.closed_with for bare in idle] == [fr.CloseCode.UNAUTHORIZED] * 3
+        assert quic.counts["unauthenticated"] == 3
+        await until(lambda: not quic.statistics()["open"])
+        # one that authenticated is kept past its deadline
+        quic.settings = attrs.evolve(quic.settings, auth_timeout=3.0)
+        async with trio.open_nursery() as nursery:
+            session = await device.connect(nursery)
+            (connection,) = quic._connections
+            await until(lambda: connection._auth_by == math.inf)  # the deadline came
+            assert quic.counts["unauthenticated"] == 3
+            assert await session.request("GET", "/v1/sessions") == {"sessions": []}
+            await session.client.aclose()
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_flood_of_initials_gets_retries_not_slots(daemon: Client) -> None:
+    quic = endpoint(daemon)
+    device = await paired(daemon)
+    await until(lambda: not quic.statistics()["open"])
+    port = daemon.handle.quic_port
+    with trio.fail_after(60):
+        with trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as flood:
+            for _ in range(400):
+                seen = quic.counts["datagrams"]
+                bare = BareQuic(port)
+                bare.close()  # only its INITIAL is sent, from the flood's socket
+                await flood.sendto(bare.initial(), ("127.0.0.1", port))
+                await until(partial(lambda seen: quic.counts["datagrams"] > seen, seen))
+        pending = quic.settings.retry_above
+        assert len(quic._connections) <= pending  # before: every slot, for 10 s
+        assert quic.counts["retries"] >= 400 - pending and quic.counts["refused"] == 0
+        async with trio.open_nursery() as nursery:  # a real client answers the Retry
+            session = await device.connect(nursery)
+            assert await session.request("GET", "/v1/sessions") == {"sessions": []}
+            await session.client.aclose()
+            nursery.cancel_scope.cancel()
+        assert quic.counts["retries"] > 400 - pending
