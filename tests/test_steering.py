@@ -599,3 +599,9 @@ async def test_no_device_may_write_the_users_global_settings() -> None:
         )
     with pytest.raises(Forbidden, match="admin"):
         check_permission_update(Policy(), phone, "not understood", "default")
+    for relaxing in ("removeRules", "replaceRules"):  # dropping deny rules lets more run
+        with pytest.raises(Forbidden, match="admin"):
+            check_permission_update(
+                Policy(), phone, {"type": relaxing, "behavior": "deny"}, "default"
+            )
+    check_permission_update(Policy(), phone, {"type": "addRules", "behavior": "deny"}, "default")

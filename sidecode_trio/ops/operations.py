@@ -6,9 +6,10 @@ class from :mod:`..wire.requests`), checks the principal's scope, and returns a 
 their events are durable before replying, so a reply never acknowledges something a crash could
 lose.
 
-Scopes: ``approve`` reads everything and can answer permission requests and interrupt; ``chat``
-also starts sessions, sends messages, switches the model and narrows the permission mode;
-``admin`` also widens the permission mode and manages devices.
+Scopes: ``approve`` reads everything and can answer permission requests (with the options
+offered) and interrupt; ``chat`` also starts sessions, sends messages, switches the model,
+narrows the permission mode and puts its own words in answers; ``admin`` also widens the
+permission mode, applies rules that allow, and manages devices.
 """
 
 from __future__ import annotations
@@ -57,8 +58,9 @@ class Policy:
 
 
 def check_permission_update(policy: Policy, who: Principal, rule: Any, current: str) -> None:
-    """One permission update: allowing is widening (``admin``); a device never writes the
-    user's global settings; a mode switch is checked like a direct one."""
+    """One permission update: a rule that allows, or that removes or replaces deny/ask rules,
+    widens (``admin``); a device never writes the user's global settings; a mode switch is
+    checked like a direct one."""
     if not isinstance(rule, Mapping):
         who.require(Scope.ADMIN)  # not understood: it may widen
         return
@@ -67,7 +69,10 @@ def check_permission_update(policy: Policy, who: Principal, rule: Any, current: 
             "a paired device cannot change the user's global settings (userSettings)",
             code="destination_not_allowed",
         )
-    if rule.get("type") in ("addRules", "replaceRules") and rule.get("behavior") == "allow":
+    kind, behavior = rule.get("type"), rule.get("behavior")
+    allows = kind in ("addRules", "replaceRules") and behavior == "allow"
+    relaxes = kind in ("removeRules", "replaceRules") and behavior in ("deny", "ask")
+    if allows or relaxes:  # lets more run without asking: widening
         who.require(Scope.ADMIN)
     if rule.get("type") == "setMode":
         mode = rule.get("mode")
