@@ -30,7 +30,6 @@ import trio
 from ..errors import BadRequest, NotFound
 from ..eventlog.core import Position, decode_event
 from ..eventlog.log import EventLog, SnapshotRead
-from ..host.addresses import is_loopback
 from ..security.auth import Principal
 from ..security.devices import DeviceStore, Scope
 from ..wire import requests as rq
