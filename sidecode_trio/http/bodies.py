@@ -14,7 +14,7 @@ body directly; they are never gated and their size is the frame limit's business
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Any
 
 import trio
 from quart.wrappers.request import Request
@@ -22,7 +22,9 @@ from quart_trio.asgi import TrioASGIHTTPConnection
 from quart_trio.wrappers.request import TrioBody, TrioRequest
 from werkzeug.exceptions import RequestEntityTooLarge
 
-OPEN_BODY_LIMIT: Final = 16 * 1024  #: bytes of body accepted before (or without) authentication
+from ..security.routes import OPEN_BODY_LIMIT
+
+__all__ = ["OPEN_BODY_LIMIT", "GatedBody", "GatedHTTPConnection", "GatedRequest", "admit"]
 
 
 class GatedBody(TrioBody):

@@ -25,11 +25,11 @@ import trio
 from ..errors import BadRequest, NotFound, SidecodeError, Unauthorized
 from ..eventlog.core import Position, StoredEvent
 from ..eventlog.log import KEEPALIVE, SnapshotRead, Subscription
-from ..http.bodies import OPEN_BODY_LIMIT
 from ..ops import Operations
 from ..security.auth import Principal
 from ..security.guard import Guard
 from ..security.identity import b64, unb64, verify
+from ..security.routes import OPEN_BODY_LIMIT
 from ..wire.snapshot import SessionInfo
 from . import frames as fr
 from .control import (
