@@ -264,7 +264,7 @@ class SessionSupervisor:
         if allow:
             answer = msg.permission_allow(request.input, updated_input, updated_permissions)
         else:
-            answer = msg.permission_deny(message or "denied from a paired device", interrupt)
+            answer = msg.permission_deny(message or denial_text(by), interrupt)
         process = self._process
         if process is not None:
             await process.send(msg.control_success(request_id, answer))
@@ -679,3 +679,9 @@ class _Started:
     def started(self, value: object = None) -> None:
         self._supervisor._process = self._process
         self._inner.started()
+
+
+def denial_text(by: str) -> str:
+    """What Claude is told when a denial comes without a message: the same "denied by <who>"
+    the transcript shows (``PermissionResolved.by``), never a guess at who answered."""
+    return f"denied by {by}" if by else "denied"
