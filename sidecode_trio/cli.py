@@ -290,7 +290,8 @@ def _pair(args: argparse.Namespace) -> int:
         for relay in made["urls"]:
             print(f"  relay URL: {relay}")
         print(f"  secret:    {made['secret']}")
-        print(f"The secret is shown once; 'sidecode-trio devices revoke {device['id']}' disables it.")
+        revoke = f"sidecode-trio devices revoke {device['id']}"
+        print(f"The secret is shown once; '{revoke}' disables it.")
         if device["scope"] == "approve":  # the watch app's mic posts /message: 403, unseen
             print("Scope 'approve' cannot send messages: the watch app's mic will do nothing.")
         return 0
