@@ -406,3 +406,47 @@ async def test_a_quick_retry_repeats_only_the_last_rewind_seconds(
             await trio.aclose_forcefully(again.stream)
     assert texts(old.events, "user") == ["one", "two"]
     assert texts(again.events, "user") == ["two"]  # the recent turn again; "one" not repeated
+
+
+async def test_a_watchcode_stream_held_five_minutes_of_mixed_activity(
+    make_config: Any, work_dir: Path, mock_clock: Any
+) -> None:
+    """One /api stream through more than five minutes of the daemon's (Trio) time: turns,
+    interrupted turns and silences longer than the 60 s idle timeout, nothing lost or repeated.
+    Trio's clock runs 20 times faster than the wall clock, so this takes seconds."""
+    mock_clock.rate = 20
+    wait = 600.0  # Trio seconds (30 s of wall time): a deadline only
+    async with running_daemon(make_config()) as daemon:
+        secret = await watch_device(daemon)
+        sid = (await daemon.create(work_dir, "turn 0"))["session"]["id"]
+        async with relay(daemon, secret) as http:
+            cid = await connect(http, sid)
+            async with stream_of(daemon, secret, sid, cid) as stream:
+                opened, sent, turn = trio.current_time(), ["turn 0"], 0
+                await stream.until(lambda e: e.data["content"] == "You said: turn 0", wait)
+                while trio.current_time() - opened < 330:
+                    turn += 1
+                    await trio.sleep(45 + 10 * (turn % 3))  # silences of 45-65 s: keep-alives
+                    text = f"turn {turn}" if turn % 3 else "[[slow:400]]"
+                    body = {"content": text, "connectionId": cid}
+                    assert (await http.post(f"/api/sessions/{sid}/message", json=body)).is_success
+                    sent.append(text)
+                    if turn % 3:
+                        said = f"You said: {text}"
+                        await stream.until(lambda e, said=said: e.data["content"] == said, wait)
+                    else:  # a long turn, interrupted from the watch
+                        await stream.until(lambda e: e.data["content"] == "Running", wait)
+                        body = {"type": "interrupt", "connectionId": cid}
+                        await http.post(f"/api/sessions/{sid}/control", json=body)
+                        await stream.until(lambda e: e.data["content"] == "Interrupted", wait)
+                    await stream.until(lambda e: e.data["content"] == "Idle", wait)
+                held = trio.current_time() - opened
+                seen = [e.data for e in stream.seen]
+    assert held > 300 and turn >= 5
+    assert [d["content"] for d in seen if d["type"] == "user"] == sent  # each once, in order
+    replies = [d["content"] for d in seen if d["type"] == "assistant"]
+    said = [reply for reply in replies if reply.startswith("You said: ")]
+    assert said == [f"You said: {text}" for text in sent if not text.startswith("[[")]
+    statuses = [d["content"] for d in seen if d["type"] == "status"]
+    assert statuses.count("Interrupted") == sum(text.startswith("[[") for text in sent)
+    assert [d for d in seen if d["content"] == "SSE stream opened"] == [seen[0]]  # one stream
