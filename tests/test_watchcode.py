@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import socket
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ import trio
 from sidecode_trio.http import direct, watchcode
 from sidecode_trio.http.watchcode import REWIND
 
-from helpers import Client, SSEStream, open_sse, running_daemon
+from helpers import Client, SSEEvent, SSEStream, open_sse, running_daemon
 
 pytestmark = pytest.mark.trio
 
@@ -408,6 +408,10 @@ async def test_a_quick_retry_repeats_only_the_last_rewind_seconds(
     assert texts(again.events, "user") == ["two"]  # the recent turn again; "one" not repeated
 
 
+def reply_to(text: str) -> Callable[[SSEEvent], bool]:
+    return lambda event: event.data["content"] == f"You said: {text}"
+
+
 async def test_a_watchcode_stream_held_five_minutes_of_mixed_activity(
     make_config: Any, work_dir: Path, mock_clock: Any
 ) -> None:
@@ -432,8 +436,7 @@ async def test_a_watchcode_stream_held_five_minutes_of_mixed_activity(
                     assert (await http.post(f"/api/sessions/{sid}/message", json=body)).is_success
                     sent.append(text)
                     if turn % 3:
-                        said = f"You said: {text}"
-                        await stream.until(lambda e, said=said: e.data["content"] == said, wait)
+                        await stream.until(reply_to(text), wait)
                     else:  # a long turn, interrupted from the watch
                         await stream.until(lambda e: e.data["content"] == "Running", wait)
                         body = {"type": "interrupt", "connectionId": cid}
@@ -450,3 +453,26 @@ async def test_a_watchcode_stream_held_five_minutes_of_mixed_activity(
     statuses = [d["content"] for d in seen if d["type"] == "status"]
     assert statuses.count("Interrupted") == sum(text.startswith("[[") for text in sent)
     assert [d for d in seen if d["content"] == "SSE stream opened"] == [seen[0]]  # one stream
+
+
+async def test_tool_rows_and_status_read_like_watchcode(daemon: Client, work_dir: Path) -> None:
+    """The collapsed tool row shows ``tool_result.summary``: WatchCode summarised the output
+    there; and ``wsState`` is the WebSocket readyState number (1: open), as WatchCode gave it."""
+    for n in range(8):
+        (work_dir / f"a-file-with-a-longer-name-{n}.txt").write_text("x\n")
+    secret = await watch_device(daemon)
+    sid = (await daemon.create(work_dir, "[[bash:ls]]"))["session"]["id"]
+    with trio.fail_after(20):
+        async with relay(daemon, secret) as http:
+            cid = await connect(http, sid)
+            async with stream_of(daemon, secret, sid, cid) as stream:
+                request = (await daemon.snapshot(sid))["pending_permissions"]
+                while not request:
+                    await trio.sleep(0.02)
+                    request = (await daemon.snapshot(sid))["pending_permissions"]
+                await daemon.answer(sid, request[0]["request_id"], behavior="allow")
+                result = (await stream.until(lambda e: e.data["type"] == "tool_result")).data
+                status = (await http.get("/api/status")).json()["connections"]
+    assert result["summary"] == "8 lines of output"  # ls of the eight files
+    assert result["detail"] and result["detail"] != result["summary"]  # our title ("Ran `ls`")
+    assert [c["wsState"] for c in status] == [1]

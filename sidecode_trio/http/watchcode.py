@@ -40,7 +40,7 @@ from ..security.auth import Principal
 from ..security.devices import Scope
 from ..security.guard import Guard
 from ..sessions.registry import SessionFilter
-from ..views.watch import WatchEvent, WatchProjection, iso_time
+from ..views.watch import WatchEvent, WatchProjection, iso_time, summarize_tool_result
 from ..wire import converter as wire
 from ..wire import requests as rq
 from ..wire.snapshot import SessionInfo
@@ -54,6 +54,7 @@ RETRY_WINDOW: Final = 30.0  # seconds after a stream ended in which a re-connect
 REWIND: Final = 90.0  # a retry repeats what was written this long before it (see Connections)
 MARKS: Final = 4096  # written positions remembered per connection
 MAX_CONNECTIONS: Final = 32  # per device; the oldest is forgotten beyond that
+WS_OPEN: Final = 1  # WebSocket.readyState OPEN: WatchCode's wsState (the daemon's feed is open)
 MAX_LATEST: Final = 1024  # (device, session) pairs whose latest connection is remembered
 CORS: Final = {
     "Access-Control-Allow-Origin": "*",
@@ -239,6 +240,12 @@ def _data_frame(event: WatchEvent, position: Position | None, name: bytes | None
 
 
 def _watchcode_event(event: WatchEvent) -> WatchEvent:
+    if event.type == "tool_result":
+        # WatchCode's collapsed tool row shows the result's summary: a summary of the *output*
+        # ("12 lines of output"), as its relay made it; our title ("Ran `ls`") goes in detail.
+        return attrs.evolve(
+            event, summary=summarize_tool_result(event.content), detail=event.summary
+        )
     if event.type in WATCHCODE_TYPES:
         return event
     content = event.content if not event.summary else f"{event.content} {event.summary}"
@@ -455,7 +462,7 @@ def add_routes(app: QuartTrio, ops: Operations, guard: Guard, settings: Settings
                         "connectionId": c.id,
                         "sessionId": c.session_id,
                         "sseClients": c.streams,
-                        "wsState": "open",
+                        "wsState": WS_OPEN,
                         "lastEvent": iso_time(c.last_event) if c.last_event else None,
                     }
                     for c in connections.visible_to(who())
