@@ -260,6 +260,10 @@ class WallClock:
         monkeypatch.setattr(watchcode, "wall_clock", lambda: self.now, raising=False)
 
 
+def idle(event: SSEEvent) -> bool:
+    return event.type == "session.status" and event.body["status"] == "idle"
+
+
 def texts(events: list[dict[str, Any]], kind: str) -> list[str]:
     return [e["content"] for e in events if e["type"] == kind]
 
@@ -290,7 +294,7 @@ async def test_a_broken_stream_retried_like_the_watch_loses_and_repeats_nothing(
                         await old.until("status", "Waiting for approval")
                     else:
                         await old.until("assistant", "You said: two")
-                        await v1.until_type("turn.completed")
+                        await v1.until(idle)
                         await old.until("status", "Idle", 2)
                 clock.now += 1000  # the break: what is written from now on, the watch never gets
                 if how == "reset":
@@ -301,7 +305,7 @@ async def test_a_broken_stream_retried_like_the_watch_loses_and_repeats_nothing(
                     request = await v1.until_type("permission.requested")
                     await daemon.answer(sid, request.body["request_id"], behavior="allow")
                 if moment != "after":
-                    await v1.until_type("turn.completed")
+                    await v1.until(idle)  # "three" must not join this turn
                 if how == "silent-then-reset":  # the dead socket resets only now (the lost turn)
                     old.reset()
                     await wait_streams(http, old_cid, 0)
