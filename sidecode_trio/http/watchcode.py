@@ -12,9 +12,10 @@ Two ways in, one projection (:class:`~..views.watch.WatchProjection`):
 
 Where it stays compatible, this does better than the WatchCode relay: frames carry ``id:``
 lines (an ``EventSource`` resumes exactly with ``Last-Event-ID``); a watch that re-``connect``s
-within a minute after its stream broke (its Swift client retries that way, keeping the events it
-has) continues where it was instead of receiving the whole history again; several devices on one
-session do not kick each other out; and every buffer is the event log's bounded queue.
+after its stream broke (its Swift client retries that way, keeping the events it has) gets at
+most the last :data:`REWIND` seconds again, never the whole history, and loses nothing (see
+:class:`Connections`); several devices on one session do not kick each other out; and every
+buffer is the event log's bounded queue. ``protocol/PROTOCOL.md`` §9 lists every difference.
 """
 
 from __future__ import annotations
