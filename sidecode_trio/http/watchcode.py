@@ -344,16 +344,19 @@ async def watch_stream(
 # -- the /api routes ---------------------------------------------------------------------------
 
 
-def _session(info: SessionInfo) -> dict[str, Any]:
+def _session(info: SessionInfo, upstream: tuple[str | None, str | None]) -> dict[str, Any]:
+    """WatchCode's session row. A relayed Remote Control session has the times upstream gives
+    (as WatchCode showed and sorted by them), not when the daemon first saw it."""
     remote = info.source == "remote"  # relayed from Claude Code's Remote Control
+    created, updated = upstream
     return {
         "id": info.id,
         "title": info.title or "Untitled",
         "status": info.status.value,
         "model": info.model or "default",
         "environmentId": "remote" if remote else "local",
-        "createdAt": iso_time(info.created_at),
-        "updatedAt": iso_time(info.last_activity),
+        "createdAt": created or iso_time(info.created_at),
+        "updatedAt": updated or iso_time(info.last_activity),
         "provider": "remote-control" if remote else "claude-code",
         "cwd": info.cwd,
         "pendingPermissions": info.pending_permissions,
@@ -397,7 +400,8 @@ def add_routes(app: QuartTrio, ops: Operations, guard: Guard, settings: Settings
     @app.get("/api/sessions")
     async def api_sessions() -> Response:
         infos = ops.list_sessions(who(), SessionFilter()).sessions
-        return _ok({"sessions": [_session(info) for info in infos]})
+        rows = [_session(info, ops.upstream_times(info.id)) for info in infos]
+        return _ok({"sessions": rows})
 
     @app.post("/api/connect")
     async def api_connect() -> Response:
