@@ -480,3 +480,24 @@ async def test_tool_rows_and_status_read_like_watchcode(daemon: Client, work_dir
     assert result["summary"] == "8 lines of output"  # ls of the eight files
     assert result["detail"] and result["detail"] != result["summary"]  # our title ("Ran `ls`")
     assert [c["wsState"] for c in status] == [1]
+
+
+async def test_a_replayed_answer_says_what_it_answered(daemon: Client, work_dir: Path) -> None:
+    """Resumed (``Last-Event-ID``) after the prompt, the "Allowed" line still carries the
+    request's summary, as the live one does."""
+    secret = await watch_device(daemon)
+    sid = (await daemon.create(work_dir, "[[write:x.txt|hi]]"))["session"]["id"]
+    with trio.fail_after(20):
+        async with relay(daemon, secret) as http:
+            cid = await connect(http, sid)
+            async with stream_of(daemon, secret, sid, cid) as stream:
+                asked = await stream.until(lambda e: e.data["content"].startswith("Allow Write?"))
+                await stream.until(lambda e: e.id is not None)  # where it is now (history's end)
+                last = stream.last_id
+            assert last is not None
+            pending = (await daemon.snapshot(sid))["pending_permissions"]
+            await daemon.answer(sid, pending[0]["request_id"], behavior="allow")
+            async with stream_of(daemon, secret, sid, cid, **{"Last-Event-ID": last}) as stream:
+                allowed = await until_content(stream, "status", "Allowed")
+    assert allowed["summary"] and allowed["summary"] == pending[0]["summary"]
+    assert asked.data["content"].endswith(allowed["summary"])

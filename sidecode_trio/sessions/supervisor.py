@@ -259,7 +259,11 @@ class SessionSupervisor:
             timer.cancel()
         outcome = ev.PermissionOutcome.ALLOWED if allow else ev.PermissionOutcome.DENIED
         self._remember_answer(request_id, outcome.value)
-        self._emit(ev.PermissionResolved(request_id, outcome, message, by, list(applied)))
+        self._emit(
+            ev.PermissionResolved(
+                request_id, outcome, message, by, list(applied), summary=request.summary
+            )
+        )
         self._refresh_status()
         if allow:
             answer = msg.permission_allow(request.input, updated_input, updated_permissions)
@@ -622,10 +626,15 @@ class SessionSupervisor:
             scope.cancel()
         self._timers.clear()
         for request_id in list(self._pending):
-            self._pending.pop(request_id)
+            withdrawn = self._pending.pop(request_id)
             self._remember_answer(request_id, ev.PermissionOutcome.WITHDRAWN.value)  # 409, not 404
             self._emit(
-                ev.PermissionResolved(request_id, ev.PermissionOutcome.WITHDRAWN, "claude exited")
+                ev.PermissionResolved(
+                    request_id,
+                    ev.PermissionOutcome.WITHDRAWN,
+                    "claude exited",
+                    summary=withdrawn.summary,
+                )
             )
         if self._current is not None:
             reason = "cli_exited" if crashed else self._stop_reason
