@@ -501,3 +501,31 @@ async def test_a_replayed_answer_says_what_it_answered(daemon: Client, work_dir:
                 allowed = await until_content(stream, "status", "Allowed")
     assert allowed["summary"] and allowed["summary"] == pending[0]["summary"]
     assert asked.data["content"].endswith(allowed["summary"])
+
+
+async def test_history_is_what_live_frames_were_with_their_times(
+    daemon: Client, work_dir: Path
+) -> None:
+    """A fresh connect's history shows a finished turn as a live watch saw it: its Running and
+    permission lines, and each frame at its own event's time (not one time for all)."""
+    secret = await watch_device(daemon)
+    sid = (await daemon.create(work_dir, "[[write:x.txt|hi]]"))["session"]["id"]
+    with trio.fail_after(20):
+        async with daemon.events(sid) as v1:
+            request = await v1.until_type("permission.requested")
+            await trio.sleep(0.01)  # the answer comes later than the question
+            await daemon.answer(sid, request.body["request_id"], behavior="allow")
+            await v1.until(idle)
+        async with relay(daemon, secret) as http:
+            cid = await connect(http, sid)
+            async with stream_of(daemon, secret, sid, cid) as stream:
+                await until_content(stream, "status", "Idle")
+                history = [e.data for e in stream.seen[1:]]
+    statuses = [d["content"] for d in history if d["type"] == "status"]
+    assert "Running" in statuses and "Allowed" in statuses
+    assert any(s.startswith("Allow Write?") for s in statuses)
+    asked = next(d for d in history if d["content"].startswith("Allow Write?"))
+    allowed = next(d for d in history if d["content"] == "Allowed")
+    assert asked["timestamp"] < allowed["timestamp"]  # their own times, in order
+    kinds = [d["type"] for d in history]
+    assert kinds.count("user") == 1 and kinds.count("tool_result") == 1

@@ -51,6 +51,9 @@ log = logging.getLogger(__name__)
 
 PREFIX: Final = "/api/"
 HISTORY_LIMIT: Final = 200  # watch events of history sent to a fresh client (a small screen)
+#: a fresh /api client's history is the log replayed (the frames live clients got, with their
+#: times) while the session has at most this many events; beyond, it is built from a snapshot
+HISTORY_REPLAY_EVENTS: Final = 10_000
 RETRY_WINDOW: Final = 30.0  # seconds after a stream ended in which a re-connect is a retry
 REWIND: Final = 90.0  # a retry repeats what was written this long before it (see Connections)
 MARKS: Final = 4096  # written positions remembered per connection
@@ -286,6 +289,11 @@ async def watch_stream(
             for i, w in enumerate(watch)
         )
 
+    from_start = False
+    if compatible and since is None:  # the history as the live frames were, while not too long
+        current = ops.snapshot_position(who, session_id)
+        if current.cursor <= HISTORY_REPLAY_EVENTS:
+            since, from_start = Position(current.epoch, 0), True
     catch_up, sub = ops.subscribe(who, session_id, since, settings.client_queue)
     forget = guard.links.register(who, sub.end)
     if connection is not None:
@@ -323,6 +331,12 @@ async def watch_stream(
                     str(position).encode(),
                     wire.dumps(body),
                 )
+        elif from_start:  # each frame with its event's time, Running and permission lines too
+            kept: deque[bytes] = deque(maxlen=HISTORY_LIMIT)
+            for stored in catch_up.events:
+                if chunk := frames(stored):
+                    kept.append(chunk)
+            yield b"".join(kept) or b": history is empty\n\n"
         else:
             for start in range(0, len(catch_up.events), sse.REPLAY_CHUNK):
                 chunk = b"".join(map(frames, catch_up.events[start : start + sse.REPLAY_CHUNK]))
