@@ -21,6 +21,7 @@ import httpx
 import pytest
 import trio
 
+from sidecode_trio.eventlog.core import Position
 from sidecode_trio.http import direct, watchcode
 from sidecode_trio.http.watchcode import REWIND
 
@@ -529,3 +530,18 @@ async def test_history_is_what_live_frames_were_with_their_times(
     assert asked["timestamp"] < allowed["timestamp"]  # their own times, in order
     kinds = [d["type"] for d in history]
     assert kinds.count("user") == 1 and kinds.count("tool_result") == 1
+
+
+async def test_a_connection_remembers_only_the_marks_a_retry_can_need(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = WallClock(monkeypatch)
+    start = Position("e", 3)
+    connection = watchcode.Connection("c", "s", "d", clock.now, start)
+    assert connection.written_before(clock.now) == start  # nothing written yet
+    for cursor in range(4, 1004):  # one event a second for 1000 s
+        clock.now += 1
+        connection.mark(Position("e", cursor))
+    assert len(connection.marks) <= REWIND + 2  # not 1000
+    assert connection.written_before(clock.now + 5 - REWIND) == Position("e", 1003 - 85)
+    assert connection.written_before(clock.now - 10_000) == start

@@ -56,10 +56,10 @@ HISTORY_LIMIT: Final = 200  # watch events of history sent to a fresh client (a 
 HISTORY_REPLAY_EVENTS: Final = 10_000
 RETRY_WINDOW: Final = 30.0  # seconds after a stream ended in which a re-connect is a retry
 REWIND: Final = 90.0  # a retry repeats what was written this long before it (see Connections)
-MARKS: Final = 4096  # written positions remembered per connection
+MARKS: Final = 1024  # written positions remembered per connection (those of the last REWIND)
 MAX_CONNECTIONS: Final = 32  # per device; the oldest is forgotten beyond that
 WS_OPEN: Final = 1  # WebSocket.readyState OPEN: WatchCode's wsState (the daemon's feed is open)
-MAX_LATEST: Final = 1024  # (device, session) pairs whose latest connection is remembered
+MAX_LATEST: Final = 256  # (device, session) pairs whose latest connection is remembered
 CORS: Final = {
     "Access-Control-Allow-Origin": "*",
     "Access-Control-Allow-Methods": "GET, POST, DELETE, OPTIONS",
@@ -140,8 +140,13 @@ class Connection:
     closers: set[Callable[[], None]] = attrs.field(factory=set)
 
     def mark(self, position: Position) -> None:
+        now = wall_clock()
         self.position = position
-        self.marks.append((wall_clock(), position))
+        self.marks.append((now, position))
+        # A retry (later than now) steps back to the last mark at least REWIND old: of the
+        # marks that old, only the newest can be that one.
+        while len(self.marks) > 1 and self.marks[1][0] <= now - REWIND:
+            self.marks.popleft()
 
     def written_before(self, cutoff: float) -> Position | None:
         """The last position written at or before ``cutoff``, else where the stream began."""
@@ -218,6 +223,7 @@ class Connections:
         if found is None or found.device_id != who.device_id:
             raise NotFound(f"No active connection {connection_id}")
         found.deleted = True
+        found.marks.clear()  # never a retry's starting point now
         self.close(found.id)
 
     def close(self, connection_id: str) -> Connection | None:
