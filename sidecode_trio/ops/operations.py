@@ -156,6 +156,12 @@ class Operations:
         who.require(Scope.APPROVE)
         return rq.SessionList(self._registry.summaries(query))
 
+    def upstream_times(self, session_id: str) -> tuple[str | None, str | None]:
+        """A Remote Control session's ``created_at``/``updated_at`` as upstream lists them
+        ((None, None) for a local session, or before the first listing)."""
+        remote = self._registry.remote(session_id)
+        return remote.upstream_times if remote is not None else (None, None)
+
     async def create_session(
         self, who: Principal, request: rq.CreateSession
     ) -> rq.SessionCreatedReply:

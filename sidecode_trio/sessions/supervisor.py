@@ -268,12 +268,16 @@ class SessionSupervisor:
             timer.cancel()
         outcome = ev.PermissionOutcome.ALLOWED if allow else ev.PermissionOutcome.DENIED
         self._remember_answer(request_id, outcome.value)
-        self._emit(ev.PermissionResolved(request_id, outcome, message, by, list(applied)))
+        self._emit(
+            ev.PermissionResolved(
+                request_id, outcome, message, by, list(applied), summary=request.summary
+            )
+        )
         self._refresh_status()
         if allow:
             answer = msg.permission_allow(request.input, updated_input, updated_permissions)
         else:
-            answer = msg.permission_deny(message or "denied from a paired device", interrupt)
+            answer = msg.permission_deny(message or denial_text(by), interrupt)
         process = self._process
         if process is not None:
             await process.send(msg.control_success(request_id, answer))
@@ -631,10 +635,15 @@ class SessionSupervisor:
             scope.cancel()
         self._timers.clear()
         for request_id in list(self._pending):
-            self._pending.pop(request_id)
+            withdrawn = self._pending.pop(request_id)
             self._remember_answer(request_id, ev.PermissionOutcome.WITHDRAWN.value)  # 409, not 404
             self._emit(
-                ev.PermissionResolved(request_id, ev.PermissionOutcome.WITHDRAWN, "claude exited")
+                ev.PermissionResolved(
+                    request_id,
+                    ev.PermissionOutcome.WITHDRAWN,
+                    "claude exited",
+                    summary=withdrawn.summary,
+                )
             )
         if self._current is not None:
             reason = "cli_exited" if crashed else self._stop_reason
@@ -697,3 +706,9 @@ class _Started:
     def started(self, value: object = None) -> None:
         self._supervisor._process = self._process
         self._inner.started()
+
+
+def denial_text(by: str) -> str:
+    """What Claude is told when a denial comes without a message: the same "denied by <who>"
+    the transcript shows (``PermissionResolved.by``), never a guess at who answered."""
+    return f"denied by {by}" if by else "denied"

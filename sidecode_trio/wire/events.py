@@ -218,6 +218,7 @@ class PermissionResolved(Event):
     message: str = ""
     by: str = ""  #: who answered: a device's name, "timeout", or "" (the CLI withdrew it)
     applied: list[str] = attrs.field(factory=list)  #: labels of the suggestions applied
+    summary: str = ""  #: the request's ``summary``, so an answer read alone says what it answered
 
 
 @attrs.frozen
