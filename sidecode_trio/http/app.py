@@ -24,6 +24,7 @@ from werkzeug.exceptions import HTTPException
 from .. import web
 from ..errors import BadRequest, SidecodeError
 from ..eventlog.core import Position
+from ..feed import SessionListFeed
 from ..ops import Operations
 from ..security.auth import Principal
 from ..security.devices import Scope
@@ -319,18 +320,14 @@ def create_app(
         who.require(Scope.APPROVE)
 
         async def stream() -> AsyncIterator[bytes]:
-            infos, receive = ops.subscribe_sessions(who, settings.client_queue)
-            forget = guard.links.register(who, receive.close)
-            try:
+            with SessionListFeed.open(ops, guard.links, who, settings.client_queue) as fd:
                 yield sse.RETRY
-                yield sse.sessions_frame(infos)
-                live = sse.live(receive, sse.session_frame, settings.keepalive)
+                yield sse.encode_list(fd.catch_up())
+                live = fd.live(settings.keepalive)
                 async with aclosing(live):  # closed with this stream, not left to the GC
-                    async for chunk in live:
-                        yield chunk
-            finally:
-                forget()
-                receive.close()
+                    async for each in live:
+                        if chunk := sse.encode_list(each):
+                            yield chunk
 
         return _sse_response(stream())
 
