@@ -28,7 +28,7 @@ from ..feed import SessionListFeed
 from ..ops import Operations
 from ..security.auth import Principal
 from ..security.devices import Scope
-from ..security.guard import Guard
+from ..security.guard import Credentials, Guard, check_host
 from ..security.routes import OPEN_ROUTES
 from ..sessions.registry import SessionFilter
 from ..wire import converter as wire
@@ -126,6 +126,16 @@ def _sse_response(stream: AsyncIterator[bytes]) -> Response:
     return response
 
 
+def request_credentials() -> Credentials:
+    """What this request offers (a ticket counts on a GET only: an ``EventSource``'s)."""
+    return Credentials(
+        request.path,
+        request.remote_addr,
+        authorization=request.headers.get("Authorization"),
+        ticket=request.args.get("ticket") if request.method == "GET" else None,
+    )
+
+
 def current_principal() -> Principal:
     """Who sent this request (set by the app's credential check, which runs first)."""
     principal: Principal = g.principal
@@ -153,10 +163,10 @@ def create_app(
         # one for open routes (and whatever else gets this far without them).
         limit = bodies.OPEN_BODY_LIMIT
         try:
-            hosts = allowed_hosts()
-            host = (request.headers.get("Host") or "").lower()
-            if hosts is not None and host not in hosts:
-                return _error(403, "bad_host", f"Host {host!r} is not this daemon's address")
+            try:
+                check_host((request.headers.get("Host") or "").lower(), allowed_hosts())
+            except SidecodeError as exc:
+                return _error(exc.status, exc.code, exc.message)  # the v1 shape, even on /api
             if (request.method, request.path) in OPEN_ROUTES:
                 return None
             if web.is_public(request.method, request.path):
@@ -166,10 +176,7 @@ def create_app(
                 if refused is None and g.get("principal") is not None:
                     limit = settings.max_body
                 return refused
-            ticket = request.args.get("ticket") if request.method == "GET" else None
-            g.principal = guard.authenticate(
-                request.headers.get("Authorization"), ticket, request.path, request.remote_addr
-            )
+            g.principal = guard.admit(request_credentials())
             limit = settings.max_body
             return None
         finally:

@@ -16,10 +16,11 @@ has nothing queued, the log's fan-out writes each event with one non-blocking ``
 fit (``reference/sse-fanout.md``, mode A0 against A2). Under TLS, and for the watch view, the
 task writes every chunk.
 
-Quart's ``before_request``/``after_request`` hooks do not run for claimed requests: what they
-check is repeated in :meth:`DirectEvents.check` (in the same order, the same errors), and a new
-hook that matters to this route must be added there as well (``tests/test_direct_sse.py``
-compares the two paths' errors).
+Quart's ``before_request``/``after_request`` hooks do not run for claimed requests:
+:meth:`DirectEvents.check` makes the same checks through the same functions (``security.guard``'s
+``check_host`` and ``Guard.admit``, in the same order, the same errors), and a new hook that
+matters to this route must be added there as well (``tests/test_direct_sse.py`` compares the two
+paths' errors).
 """
 
 from __future__ import annotations
@@ -45,13 +46,13 @@ from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState
 from hypercorn.utils import ShutdownError, raise_shutdown, repr_socket_addr, wrap_app
 
-from ..errors import BadRequest, Forbidden, SidecodeError, Unauthorized
+from ..errors import BadRequest, SidecodeError, Unauthorized
 from ..eventlog.core import Position, StoredEvent
 from ..eventlog.log import KEEPALIVE
 from ..feed import SessionFeed, parse_events_path
 from ..ops import Operations
 from ..security.auth import Principal
-from ..security.guard import Guard
+from ..security.guard import Credentials, Guard, check_host
 from ..wire import converter as wire
 from ..wire import requests as rq
 from . import sse, watchcode
@@ -174,13 +175,11 @@ class DirectEvents:
 
     def check(self, req: EventsRequest) -> tuple[Principal, Position | None, str]:
         """The checks of the Quart app's ``before_request`` and route, in the same order."""
-        hosts = self._allowed_hosts()
-        host = req.headers.get("host", "").lower()
-        if hosts is not None and host not in hosts:
-            raise Forbidden(f"Host {host!r} is not this daemon's address", code="bad_host")
-        ticket = req.query.get("ticket")
-        authorization = req.headers.get("authorization")
-        who = self._guard.authenticate(authorization, ticket, req.path, req.remote)
+        check_host(req.headers.get("host", "").lower(), self._allowed_hosts())
+        offered = Credentials(
+            req.path, req.remote, req.headers.get("authorization"), req.query.get("ticket")
+        )
+        who = self._guard.admit(offered)
         raw = req.headers.get("last-event-id") or req.query.get("since")
         since = Position.parse(raw) if raw else None
         view = req.query.get("view", "full")

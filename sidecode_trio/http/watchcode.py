@@ -40,7 +40,7 @@ from ..feed import SessionFeed
 from ..ops import Operations
 from ..security.auth import Principal
 from ..security.devices import Scope
-from ..security.guard import Guard
+from ..security.guard import Credentials, Guard
 from ..sessions.registry import SessionFilter
 from ..views.watch import WatchEvent, WatchProjection, iso_time, summarize_tool_result
 from ..wire import converter as wire
@@ -92,13 +92,11 @@ def authenticate(guard: Guard) -> Response | None:
     if request.method == "OPTIONS":
         return Response(b"", status=204, headers=CORS)
     secret = request.headers.get("x-watchcode-secret") or request.args.get("secret")
+    offered = Credentials(  # our own device tokens work here too
+        request.path, request.remote_addr, request.headers.get("Authorization"), secret=secret
+    )
     try:
-        if secret:
-            g.principal = guard.authenticate_secret(secret, request.path, request.remote_addr)
-        else:  # our own device tokens work here too
-            g.principal = guard.authenticate(
-                request.headers.get("Authorization"), None, request.path, request.remote_addr
-            )
+        g.principal = guard.admit(offered)
     except SidecodeError as exc:
         return _error(429 if exc.status == 429 else 401, "Unauthorized")
     return None

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from collections.abc import Callable
 from contextlib import aclosing
 from typing import Final, Protocol
@@ -23,14 +22,14 @@ from typing import Final, Protocol
 import attrs
 import trio
 
-from ..errors import BadRequest, NotFound, SidecodeError, Unauthorized
+from ..errors import BadRequest, NotFound, SidecodeError
 from ..eventlog.core import Position, StoredEvent
 from ..eventlog.log import KEEPALIVE
 from ..feed import End, Item, SessionChanged, SessionFeed, SessionListFeed, parse_events_path
 from ..ops import Operations
 from ..security.auth import Principal
 from ..security.guard import Guard
-from ..security.identity import b64, unb64, verify
+from ..security.identity import b64
 from ..security.routes import OPEN_BODY_LIMIT
 from . import frames as fr
 from .control import (
@@ -305,39 +304,24 @@ class Link:
     # -- authentication ----------------------------------------------------------------------
 
     def _authenticate(self, auth: fr.Auth) -> list[Action]:
+        message = fr.auth_message(self._nonce, self._cert, auth.device)
         try:
-            principal = self._verify(auth)
-        except Unauthorized as exc:
-            error = self._guard.refused(self._remote, f"device {auth.device}", "WebTransport", exc)
-            return self.protocol.auth_failed(error.message)
+            principal = self._guard.admit_signed(
+                auth.device, auth.signature, message, self._remote, "WebTransport"
+            )
+        except SidecodeError as exc:  # Unauthorized, or RateLimited past the limit
+            return self.protocol.auth_failed(exc.message)
         self._forget_device = self._guard.links.register(
             principal, lambda: self.close(CloseCode.REVOKED, "this device was revoked")
         )
-        self._guard.devices.touch(auth.device, time.time())
         return self.protocol.authenticated(principal)
 
-    def _verify(self, auth: fr.Auth) -> Principal:
-        device = self._guard.devices.find(auth.device)
-        if device is None or device.revoked_at is not None or device.kind != "key":
-            raise Unauthorized("unknown or revoked device")  # a WatchCode secret has no key
-        try:
-            signature, public_key = unb64(auth.signature), unb64(device.public_key)
-        except ValueError:
-            raise Unauthorized("malformed signature") from None
-        message = fr.auth_message(self._nonce, self._cert, device.id)
-        if not verify(public_key, message, signature):
-            raise Unauthorized("the signature does not verify (nonce, certificate, device id)")
-        return Principal(device.id, device.name, device.scope)
-
     def _current(self, principal: Principal) -> Principal | None:
-        """The principal as the device store has it now (scope changes apply at once)."""
-        if principal.device_id is None:
-            return principal
-        device = self._guard.devices.find(principal.device_id)
-        if device is None or device.revoked_at is not None:
+        """The principal as the device store has it now; a revoked device closes the link."""
+        who = self._guard.current(principal)
+        if who is None:
             self.close(CloseCode.REVOKED, "this device was revoked")
-            return None
-        return Principal(device.id, device.name, device.scope)
+        return who
 
     # -- subscriptions -----------------------------------------------------------------------
 
