@@ -71,6 +71,7 @@ class Transport(Protocol):
     def write_control(self, data: bytes) -> None: ...
     def open_stream(self) -> int: ...
     def write_stream(self, stream_id: int, data: bytes, end: bool) -> None: ...
+    def transmit_now(self) -> None: ...
     def send_datagram(self, data: bytes) -> None: ...
     def close_session(self, code: CloseCode, message: str) -> None: ...
     def close_now(self, code: CloseCode, message: str) -> None: ...
@@ -204,6 +205,11 @@ class Link:
                 del self._streams[write.ref]
 
     # -- from the connection (synchronous) ---------------------------------------------------
+
+    def transmit_now(self) -> None:
+        """What was just written goes on the wire now, from the caller (see _OutboxDirect)."""
+        if not self.outbox.pending:  # all of it reached the QUIC streams
+            self._transport.transmit_now()
 
     def kick(self) -> None:
         """Something changed: new frames queued, or acknowledgements made room."""
@@ -451,6 +457,7 @@ class _OutboxDirect:
             return False  # not caught up: queued in the log, whose bound drops a lagging client
         if event is not KEEPALIVE:  # the session has its own heartbeat
             self.link._push(self.lane, fr.event(self.sub, event))
+            self.link.transmit_now()
         return True
 
     async def flush(self) -> None:
