@@ -57,6 +57,7 @@ from .notify.settings import settings_for as notify_settings
 from .notify.subscriptions import SubscriptionStore
 from .notify.vapid import load_vapid
 from .ops import Operations, Policy
+from .ops.front import Front, routes
 from .quic.endpoint import Endpoint, session_urls, settings_for
 from .security.devices import DeviceStore, Scope
 from .security.guard import Guard
@@ -293,7 +294,9 @@ async def _serve(
             guard.urls = [*config.public_urls, *direct_urls]
             endpoint, quic_port = None, 0
             if config.quic_port != -1:
-                endpoint = Endpoint(app, ops, guard, guard.certificates, settings_for(config))
+                front = Front(routes(ops, notifier))  # the operation table, without HTTP
+                requests = front.dispatch
+                endpoint = Endpoint(requests, ops, guard, guard.certificates, settings_for(config))
                 quic_port = await services.start(partial(endpoint.run, shutdown_trigger=stop))
                 # a proxy carries HTTP, not QUIC: WebTransport goes to this host directly
                 guard.pairings.quic_urls = session_urls(direct_urls, quic_port)

@@ -262,6 +262,19 @@ def test_the_feed_is_the_only_subscriber_of_the_event_log() -> None:
     assert not [m for m in _graph()[f"{feed}.session"] if _area(m) in TRANSPORTS]
 
 
+def test_only_http_imports_the_http_framework() -> None:
+    """WebTransport (and any later transport) dispatches into the operation table
+    (ops/front.py), never through Quart's request machinery."""
+    users = sorted(
+        f"{module} -> {name}"
+        for module in _graph()
+        if _area(module) not in {"http", "web"} and module != f"{TOP}.daemon"  # it configures
+        for name in _imported(module)  # the HTTP server it starts
+        if name.split(".")[0] in {"quart", "quart_trio", "hypercorn", "werkzeug"}
+    )
+    assert users == []
+
+
 def test_notify_imports_no_transport() -> None:
     crossing = [
         f"{module} -> {target}"

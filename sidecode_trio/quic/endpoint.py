@@ -49,7 +49,6 @@ from aioquic.quic.packet import (
     pull_quic_header,
 )
 from aioquic.quic.retry import QuicRetryTokenHandler
-from quart_trio import QuartTrio
 
 from .. import __version__
 from ..config import DaemonConfig
@@ -128,13 +127,13 @@ def unacknowledged(quic: QuicConnection) -> int:
 class Endpoint:
     def __init__(
         self,
-        app: QuartTrio,
+        requests: Requests,
         ops: Operations,
         guard: Guard,
         certificates: CertificateStore,
         settings: QuicSettings,
     ) -> None:
-        self._requests = Requests(app)
+        self._requests = requests
         self._ops = ops
         self._guard = guard
         self.certificates = certificates
