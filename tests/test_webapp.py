@@ -5,16 +5,22 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import pytest
 import trio
 
 from sidecode_trio import web
+from sidecode_trio.config import DaemonConfig
+from sidecode_trio.errors import Forbidden
+from sidecode_trio.security.auth import Principal
+from sidecode_trio.security.devices import Scope
 from sidecode_trio.security.identity import unb64
 from sidecode_trio.security.qr import qr_text, render_pairing
 
-from helpers import Client
+from helpers import Client, running_daemon
 
 STATIC = Path(web.__file__).parent / "static"
 
@@ -114,3 +120,25 @@ async def test_pair_prints_the_web_link_and_its_qr_code_carries_it(daemon: Clien
     assert f"or open in a browser: {offer['web_link']}" in shown
     assert qr_text(offer["web_link"]) in shown  # a phone's camera opens the web app
     assert offer["link"] in shown  # native clients keep their link
+
+
+async def test_info_says_which_modes_a_paired_device_may_choose(
+    make_config: Callable[..., DaemonConfig],
+) -> None:
+    """The app offers only what the daemon allows: ``remote_modes``, narrowest first."""
+    async with running_daemon(make_config(remote_modes=("default", "plan", "acceptEdits"))) as d:
+        with trio.fail_after(10):
+            async with anonymous(d) as http:
+                info = (await http.get("/v1/info")).json()
+    assert info["remote_modes"] == ["plan", "default", "acceptEdits"]
+
+
+def test_a_chat_device_comes_back_from_plan_but_does_not_widen_past_default() -> None:
+    chat = Principal("dev_1", "phone", Scope.CHAT)
+    chat.require_mode_change("default", "plan")
+    chat.require_mode_change("plan", "default")  # back from plan: was refused (needed admin)
+    chat.require_mode_change("plan", "dontAsk")
+    for wanted in ("acceptEdits", "auto", "bypassPermissions"):
+        with pytest.raises(Forbidden, match="admin"):
+            chat.require_mode_change("plan", wanted)
+    Principal("dev_2", "laptop", Scope.ADMIN).require_mode_change("plan", "acceptEdits")

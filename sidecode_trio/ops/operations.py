@@ -25,7 +25,7 @@ from ..claude.probe import CLIProbe
 from ..errors import BadRequest, Forbidden, NotFound, Unsupported
 from ..eventlog.core import Position
 from ..eventlog.log import EventLog, Replay, SnapshotRead, Subscription
-from ..security.auth import Principal
+from ..security.auth import MODE_RANK, Principal
 from ..security.devices import Device, Scope
 from ..security.guard import Guard
 from ..security.pairing import PairingProof
@@ -99,6 +99,7 @@ class Operations:
                 for c in self._guard.certificates.info()
             ],
             quic=list(self._guard.pairings.quic_urls),
+            remote_modes=sorted(self._policy.remote_modes, key=lambda m: MODE_RANK.get(m, 99)),
         )
 
     def pair(self, request: rq.PairRequest, remote: str | None) -> rq.PairReply:
