@@ -23,6 +23,8 @@ plain text                     ``You said: <text>``, a few words per text delta
 ``[[write:PATH|CONTENT]]``     same with ``Write`` (relative PATH joined to the cwd)
 ``[[edit:PATH|OLD|NEW]]``      same with ``Edit`` (old_string/new_string)
 ``[[ask:QUESTION|A,B]]``       same with ``AskUserQuestion`` (one single-select question)
+``[[plan:MARKDOWN]]``          same with ``ExitPlanMode`` ``{"plan": MARKDOWN}`` (``\\n``: a
+                               newline); allowed without a ``setMode``, it leaves plan for default
 ``[[slow:N]]``                 N text deltas ``tick i `` 0.05 s apart (interruptible)
 ``[[fast:N]]``                 N text deltas ``tok `` as fast as possible
 ``[[fast:N:CHARS]]``           the same with deltas of CHARS characters (``abc...``): bulk volume
@@ -119,7 +121,7 @@ VALUE_FLAGS = frozenset({
 })  # fmt: skip
 
 _DIRECTIVE_RE = re.compile(
-    r"\[\[(bash|write|edit|ask|slow|fast|stamp|error|crash|sleep)(?::(.*?))?\]\]", re.DOTALL
+    r"\[\[(bash|write|edit|ask|plan|slow|fast|stamp|error|crash|sleep)(?::(.*?))?\]\]", re.DOTALL
 )
 _INTERRUPT_PREFIX_RE = re.compile(r"^(?:\s*\[Request interrupted by user[^\]]*\])+\s*")
 _CLI_INJECTED_RE = re.compile(
@@ -466,6 +468,8 @@ def _directive_reply(name: str, arg: str | None, cwd: str) -> Reply:
         )
     if name == "ask":
         return _tool_reply("AskUserQuestion", _ask_input(arg))
+    if name == "plan":
+        return _tool_reply("ExitPlanMode", {"plan": arg.replace("\\n", "\n")})
     return _timing_reply(name, arg)
 
 
@@ -652,6 +656,8 @@ def run_tool(name: str, tool_input: JsonObject, cwd: str, stop: threading.Event)
         return run_edit(tool_input)
     if name == "AskUserQuestion":
         return run_ask(tool_input)
+    if name == "ExitPlanMode":
+        return ToolOutcome("User has approved your plan. You can now start coding.", False, {})
     return _tool_error(f"No such tool available: {name}")
 
 
@@ -1122,6 +1128,8 @@ class Turn:
             updated = response.get("updatedInput")
             final = updated if isinstance(updated, dict) else tool_input
             self.s.apply_permission_updates(response.get("updatedPermissions"))
+            if tool.name == "ExitPlanMode" and self.s.mode == "plan":
+                self.s.set_mode("default")  # an approved plan leaves plan mode
             return self.execute(tool, final, {"decision": "accept", "source": "user_temporary"})
         if pending.error is None and behavior == "deny":
             if response.get("interrupt"):
@@ -1407,7 +1415,7 @@ class Session:
         """A ``permission_decision`` when mode/rules settle the call without asking, else None."""
         by_config: JsonObject = {"decision": "accept", "source": "config"}
         with self.out.lock:
-            if name == "AskUserQuestion":
+            if name in ("AskUserQuestion", "ExitPlanMode"):
                 return None
             if self.mode == "bypassPermissions" or (
                 self.mode == "acceptEdits" and name in ("Write", "Edit")

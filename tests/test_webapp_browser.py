@@ -384,3 +384,65 @@ async def test_over_https_once_the_certificate_is_accepted(
         await run_in_browser(scenario)
     assert (work_dir / "tls.txt").read_text() == "tls\n"
     assert problems == []
+
+
+def open_session(page: Any, link: str, session_id: str) -> None:
+    page.goto(link.split("#")[0] + f"#s={session_id}")
+    page.wait_for_selector("#session-view:not([hidden]) #transcript")
+
+
+def wait_mode(page: Any, mode: str) -> None:
+    page.wait_for_function(
+        "(m) => window.sidecode.view.state.info?.permission_mode === m", arg=mode
+    )
+
+
+PLAN = "[[plan:# Refactor the parser\\n\\n1. **Split** the module\\n2. Add tests]]"
+
+
+async def test_a_plan_is_shown_as_markdown_with_the_choices_the_cli_offers(
+    make_config: Callable[..., DaemonConfig], work_dir: Path
+) -> None:
+    chromium = chromium_or_skip()
+    problems: list[str] = []
+    async with running_daemon(make_config(quic_port=-1)) as owner:
+        link, fingerprint = await pairing_link(owner, "admin")
+        session_id = (await owner.create(work_dir, "hi", permission_mode="plan"))["session"]["id"]
+
+        def scenario() -> None:
+            with phone_page(chromium, problems) as page:
+                pair(page, link, fingerprint)
+                open_session(page, link, session_id)
+                wait_turn_ends(page, 1)
+
+                # keep planning, saying what to change: the plan is refused, plan mode stays
+                send(page, PLAN)
+                card = page.wait_for_selector("#permissions .plan-card")
+                assert card.query_selector(".plan h1").inner_text() == "Refactor the parser"
+                assert card.query_selector(".plan li strong").inner_text() == "Split"
+                buttons = card.query_selector_all("button")
+                actions = [b.get_attribute("data-action") for b in buttons]
+                assert actions == ["plan-accept-edits", "plan-default", "plan-keep-planning"]
+                assert "{" not in card.inner_text()  # no raw JSON
+                card.query_selector("textarea.reason").fill("also update the docs")
+                card.query_selector("[data-action='plan-keep-planning']").click()
+                page.wait_for_selector("#permissions .card", state="detached")
+                wait_turn_ends(page, 2)
+                wait_mode(page, "plan")
+
+                # approve and accept edits: the session leaves plan for acceptEdits
+                send(page, PLAN)
+                card = page.wait_for_selector("#permissions .plan-card")
+                screenshot(page, "phone-plan.png")
+                card.query_selector("[data-action='plan-accept-edits']").click()
+                page.wait_for_selector("#permissions .card", state="detached")
+                wait_turn_ends(page, 3)
+                wait_mode(page, "acceptEdits")
+                # the transcript's tool row shows the plan too, rendered
+                page.wait_for_selector("#transcript .tool .plan h1")
+
+        await run_in_browser(scenario)
+        snap = await owner.snapshot(session_id)
+    denied = [i for i in snap["items"] if i["type"] == "tool" and i["name"] == "ExitPlanMode"]
+    assert "also update the docs" in denied[0]["output"]
+    assert problems == []

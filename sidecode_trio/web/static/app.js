@@ -181,6 +181,7 @@ function route() {
     if (!app.view || app.view.id !== id) {
       closeSessionView();
       app.view = new SessionView($("session-view"), app.client, id, {
+        scope: app.device.scope,
         onGone: () => {
           closeSessionView();
           show("empty-view");

@@ -323,6 +323,7 @@ export class Client {
     this.subs = new Set();
     this.wakers = new Set();
     this.lastStatus = null;
+    this.info = null;
     const wake = () => this.wakeAll();
     if (typeof window !== "undefined") {
       window.addEventListener("online", wake);
@@ -351,6 +352,7 @@ export class Client {
     const device = await loadDevice();
     if (!device) throw new Error("not paired");
     const { info, hashes } = await daemonInfo(device);
+    this.info = info; // remote_modes: what a paired device may choose (modes.js)
     const urls = info.quic && info.quic.length ? info.quic : device.daemon.quic;
     const wtAllowed = this.preferWT && urls.length && hashes.length
       && Date.now() - this.wtFailedAt > WT_RETRY_AFTER;

@@ -2,6 +2,7 @@
 
 import { basename, codeBlock, el, formatCost, renderDiff, renderMarkdown, statusLabel }
   from "./render.js";
+import { MODE_LABELS, allowedModes } from "./modes.js";
 import { SessionState } from "./state.js";
 
 const MODES = ["default", "acceptEdits", "plan", "auto", "dontAsk", "bypassPermissions"];
@@ -10,7 +11,8 @@ const MAX_IMAGE_BYTES = 3_750_000;
 const MAX_IMAGES = 4;
 
 export class SessionView {
-  constructor(root, client, sessionId, { onGone }) {
+  constructor(root, client, sessionId, { onGone, scope = "chat" }) {
+    this.scope = scope;
     this.root = root;
     this.client = client;
     this.id = sessionId;
@@ -195,6 +197,11 @@ export class SessionView {
     if (wasOpen) this.loadTool(item.tool_use_id, body);
     const row = el("div", { class: `tool ${item.status}`, "data-tool": item.tool_use_id }, details);
     if (item.diff) row.append(renderDiff(item.diff, this.state.info?.cwd)); // no click needed
+    if (item.name === "ExitPlanMode" && item.input?.plan && item.status !== "running") {
+      const plan = el("div", { class: "markdown plan" });
+      renderMarkdown(plan, item.input.plan);
+      row.append(plan);
+    }
     return row;
   }
 
@@ -230,9 +237,18 @@ export class SessionView {
     }
   }
 
+  /** The modes this device may switch to from the session's current one. */
+  modes(current = this.state.info?.permission_mode || "default") {
+    return allowedModes(this.scope, this.client.info?.remote_modes, current);
+  }
+
   card(request) {
     const card = el("div", { class: "card permission", "data-request": request.request_id });
     const answer = (body) => this.answer(request.request_id, body, card);
+    if (request.tool_name === "ExitPlanMode") {
+      this.planCard(request, card, answer);
+      return card;
+    }
     card.append(el("div", { class: "card-title" }, request.summary || request.tool_name));
     if (request.description) card.append(el("div", { class: "muted" }, request.description));
     if (request.tool_name === "AskUserQuestion") {
@@ -251,6 +267,38 @@ export class SessionView {
         onclick: () => answer({ behavior: "deny", message: "Denied from the web app" }) }, "Deny"));
     card.append(buttons);
     return card;
+  }
+
+  /** ExitPlanMode: the plan itself, as markdown, and the CLI's choices after a plan: approve
+   * and accept edits, approve and keep asking, or keep planning (with what to change). */
+  planCard(request, card, answer) {
+    card.classList.add("plan-card");
+    const plan = el("div", { class: "markdown plan", id: `plan-${request.request_id}` });
+    renderMarkdown(plan, request.input?.plan || "(the plan is empty)");
+    card.append(el("div", { class: "card-title" }, "Claude's plan is ready"), plan);
+    const setMode = (mode) => [{ type: "setMode", mode, destination: "session" }];
+    // from plan: what this device may switch to once the plan is approved
+    const modes = this.modes("plan");
+    const feedback = el("textarea", { class: "reason", rows: 2, "aria-label": "What to change",
+      placeholder: "What should change? (optional)" });
+    card.append(el("div", { class: "card-buttons plan-choices" },
+      modes.includes("acceptEdits") ? el("button", { class: "primary",
+        "data-action": "plan-accept-edits",
+        onclick: () => answer({ behavior: "allow", updated_permissions: setMode("acceptEdits") }) },
+      "Yes, and accept edits") : null,
+      el("button", { class: modes.includes("acceptEdits") ? "" : "primary",
+        "data-action": "plan-default",
+        onclick: () => answer(modes.includes("default")
+          ? { behavior: "allow", updated_permissions: setMode("default") }
+          : { behavior: "allow" }) },
+      "Yes, and ask before edits"),
+      el("button", { "data-action": "plan-keep-planning", onclick: () => {
+        const text = feedback.value.trim();
+        answer({ behavior: "deny", message: text
+          ? `Keep planning. The user wants changes: ${text}`
+          : "Keep planning: the user did not approve this plan yet." });
+      } }, "No, keep planning")),
+    el("label", { class: "reason-label" }, feedback));
   }
 
   questionForm(request, answer) {
