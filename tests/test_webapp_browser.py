@@ -315,25 +315,39 @@ async def test_over_sse_a_dropped_connection_resumes_exactly_and_an_image_is_att
                 assert reply.locator("strong").inner_text() == "bold"
                 assert reply.locator("pre code.hljs .hljs-number").inner_text() == "42"
 
-                # a 'chat' device may not widen the mode: the daemon says why, the select resets
-                page.select_option("#mode", "acceptEdits")
-                page.wait_for_selector("#session-error:not([hidden])")
-                assert "admin" in page.text_content("#session-error")
-                page.wait_for_function("() => document.getElementById('mode').value === 'default'")
+                # a 'chat' device is offered only the modes it may choose, and can come back
+                # from plan (it used to be offered acceptEdits, auto and bypass, then refused)
+                options = page.eval_on_selector_all(
+                    "#mode option", "(os) => os.map((o) => o.value)"
+                )
+                assert options == ["plan", "dontAsk", "default"]
+                page.select_option("#mode", "plan")
+                wait_mode(page, "plan")
+                page.select_option("#mode", "default")
+                wait_mode(page, "default")
+                assert page.is_hidden("#session-error")
+
+                # a Write card offers no 'Always: accept edits' a chat device could not apply
+                send(page, "[[write:chat.txt|hi]]")
+                card = page.wait_for_selector("#permissions .card")
+                assert card.query_selector("[data-action='allow-always']") is None
+                card.query_selector("[data-action='allow']").click()
+                page.wait_for_selector("#permissions .card", state="detached")
+                wait_turn_ends(page, 4)
 
                 # allow always: the suggested rule is applied with the answer
                 send(page, "[[bash:echo hi > always.txt]]")
                 card = page.wait_for_selector("#permissions .card")
                 card.query_selector("[data-action='allow-always']").click()
                 page.wait_for_selector("#permissions .card", state="detached")
-                wait_turn_ends(page, 4)
+                wait_turn_ends(page, 5)
 
                 # attach an image to a message
                 page.set_input_files("#attach-input", str(image))
                 page.wait_for_selector("#attachments .thumb img")
                 send(page, "what is this")
                 page.wait_for_selector("#transcript .msg.user .muted >> text=1 image(s)")
-                wait_turn_ends(page, 5)
+                wait_turn_ends(page, 6)
 
                 # offline start: the service worker serves the shell, the app says it is offline
                 # and catches up when the network is back
@@ -344,13 +358,15 @@ async def test_over_sse_a_dropped_connection_resumes_exactly_and_an_image_is_att
                 assert page.evaluate("() => !!navigator.serviceWorker.controller")
                 page.context.set_offline(False)
                 page.wait_for_selector("#conn[data-state='live']")
-                wait_turn_ends(page, 5)
+                wait_turn_ends(page, 6)
 
         await run_in_browser(scenario)
         snap = await owner.snapshot(session_id)
         async with owner.events(session_id) as events:
-            resolved = await events.until_type("permission.resolved")
-    assert resolved.body["outcome"] == "allowed" and resolved.body["applied"]
+            resolved = await events.until(
+                lambda e: e.type == "permission.resolved" and bool(e.body["applied"])
+            )
+    assert resolved.body["outcome"] == "allowed"
     assert (work_dir / "always.txt").read_text() == "hi\n"
     images = [item["images"] for item in snap["items"] if item["type"] == "user"]
     assert images[-1] and images[-1][0]["media_type"] == "image/png"
@@ -445,4 +461,65 @@ async def test_a_plan_is_shown_as_markdown_with_the_choices_the_cli_offers(
         snap = await owner.snapshot(session_id)
     denied = [i for i in snap["items"] if i["type"] == "tool" and i["name"] == "ExitPlanMode"]
     assert "also update the docs" in denied[0]["output"]
+    assert problems == []
+
+
+async def test_controls_follow_the_device_scope_and_the_daemon_remote_modes(
+    make_config: Callable[..., DaemonConfig], work_dir: Path
+) -> None:
+    chromium = chromium_or_skip()
+    problems: list[str] = []
+    config = make_config(quic_port=-1, remote_modes=("default", "plan", "acceptEdits"))
+    async with running_daemon(config) as owner:
+        admin_link, fingerprint = await pairing_link(owner, "admin")
+        chat_link, _ = await pairing_link(owner, "chat")
+        watch_link, _ = await pairing_link(owner, "approve")
+        sid = (await owner.create(work_dir, "hi"))["session"]["id"]
+        planning = (await owner.create(work_dir, "hi", permission_mode="plan"))["session"]["id"]
+
+        def options(page: Any, selector: str) -> list[str]:
+            return list(page.eval_on_selector_all(selector, "(os) => os.map((o) => o.value)"))
+
+        def scenario() -> None:
+            with phone_page(chromium, problems) as page:  # admin: what remote_modes allows
+                pair(page, admin_link, fingerprint)
+                open_session(page, admin_link, sid)
+                wait_turn_ends(page, 1)
+                assert options(page, "#mode option") == ["plan", "default", "acceptEdits"]
+                send(page, "[[write:a.txt|a]]")
+                card = page.wait_for_selector("#permissions .card")
+                assert "accept" in card.query_selector("[data-action='allow-always']").inner_text()
+                page.click("#menu")
+                page.click("#new-session")
+                page.wait_for_selector("#new-view:not([hidden])")
+                assert options(page, "#new-mode option") == ["plan", "default", "acceptEdits"]
+
+            with phone_page(chromium, problems) as page:  # chat: a plan is approved into default
+                pair(page, chat_link, fingerprint)
+                open_session(page, chat_link, planning)
+                wait_turn_ends(page, 1)
+                assert options(page, "#mode option") == ["plan", "default"]
+                send(page, PLAN)
+                card = page.wait_for_selector("#permissions .plan-card")
+                assert card.query_selector("[data-action='plan-accept-edits']") is None
+                card.query_selector("[data-action='plan-default']").click()
+                wait_mode(page, "default")
+                page.click("#menu")
+                page.click("#new-session")
+                page.wait_for_selector("#new-view:not([hidden])")
+                assert options(page, "#new-mode option") == ["plan", "default"]
+
+            with phone_page(chromium, problems) as page:  # approve: answer and stop, no more
+                pair(page, watch_link, fingerprint)
+                open_session(page, watch_link, sid)
+                card = page.wait_for_selector("#permissions .card")
+                assert card.query_selector("[data-action='allow-always']") is None
+                assert page.query_selector("#mode") is None
+                assert page.is_visible("#mode-label") and page.is_hidden("#message")
+                assert page.is_hidden("#new-session")
+                card.query_selector("[data-action='allow']").click()
+                wait_turn_ends(page, 2)
+
+        await run_in_browser(scenario)
+    assert (work_dir / "a.txt").read_text() == "a"
     assert problems == []

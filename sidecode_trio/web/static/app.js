@@ -4,6 +4,7 @@
 import { forgetDevice, loadDevice, pair, payloadFromFragment } from "./auth.js";
 import { Client } from "./connection.js";
 import { ago, basename, el, formatCost, statusLabel } from "./render.js";
+import { MODE_LABELS, allowedModes } from "./modes.js";
 import { SessionView } from "./session-view.js";
 
 const $ = (id) => document.getElementById(id);
@@ -102,6 +103,11 @@ async function showNewSession() {
   show("new-view");
   closeSessionView();
   $("new-error").textContent = "";
+  // only the modes this device may start a session in (its scope and the daemon's remote_modes)
+  const modes = allowedModes(app.device.scope, app.client.info?.remote_modes, "default");
+  const chosen = $("new-mode").value || "default";
+  $("new-mode").replaceChildren(...modes.map((m) => el("option",
+    { value: m, selected: m === chosen }, MODE_LABELS[m] || m)));
   const recent = await app.client.request("GET", "/v1/folders/recent");
   const folders = recent.status === 200 ? recent.body.folders : [];
   $("recent").replaceChildren(...folders.map((f) => el("li", {},
@@ -139,7 +145,8 @@ async function startSession(event) {
   const body = { cwd: newSession.path, client_id: newSession.clientId };
   const prompt = $("new-prompt").value.trim();
   if (prompt) body.prompt = prompt;
-  if ($("new-mode").value) body.permission_mode = $("new-mode").value;
+  const mode = $("new-mode").value;
+  if (mode && mode !== "default") body.permission_mode = mode;
   if ($("new-model").value) body.model = $("new-model").value;
   $("start").disabled = true;
   try {
@@ -210,6 +217,9 @@ async function start() {
   }
   document.body.dataset.paired = "true";
   $("device-line").textContent = `${app.device.name} · ${app.device.scope}`;
+  const mayChat = app.device.scope === "chat" || app.device.scope === "admin";
+  document.body.dataset.scope = app.device.scope;
+  $("new-session").hidden = !mayChat; // an approve-only device answers, it does not start
   // localStorage "sidecode-transport" = "sse" turns WebTransport off (troubleshooting, tests).
   const preferWebTransport = localStorage.getItem("sidecode-transport") !== "sse";
   app.client = new Client({ onStatus, preferWebTransport });

@@ -5,7 +5,6 @@ import { basename, codeBlock, el, formatCost, renderDiff, renderMarkdown, status
 import { MODE_LABELS, allowedModes } from "./modes.js";
 import { SessionState } from "./state.js";
 
-const MODES = ["default", "acceptEdits", "plan", "auto", "dontAsk", "bypassPermissions"];
 const MODELS = ["", "opus", "sonnet", "haiku"];
 const MAX_IMAGE_BYTES = 3_750_000;
 const MAX_IMAGES = 4;
@@ -61,6 +60,11 @@ export class SessionView {
         this.fileInput, this.input, this.interruptButton,
         el("button", { type: "submit", id: "send", class: "primary" }, "Send")));
     this.error = el("div", { class: "error-line", id: "session-error", hidden: true });
+    if (!this.mayChat()) { // an approve-only device (a watch's scope): answer and stop only
+      this.input.hidden = true;
+      composer.querySelector("#send").hidden = true;
+      composer.querySelector("#attach").hidden = true;
+    }
     this.root.replaceChildren(this.head, this.transcript, this.cards, this.error, composer);
   }
 
@@ -132,14 +136,21 @@ export class SessionView {
       info.permission_mode, info.model, this.headRefresh]);
     if (shown === this.headShown) return;
     this.headShown = shown;
-    const mode = el("select", { id: "mode", "aria-label": "Permission mode",
+    const current = info.permission_mode || "default";
+    const choices = this.modes(current);
+    const modeChoices = choices.includes(current) ? choices : [current, ...choices];
+    // a device that may not change the mode sees it, not a control that would be refused
+    const mode = choices.length ? el("select", { id: "mode", "aria-label": "Permission mode",
       onchange: (e) => this.patch({ permission_mode: e.target.value }) },
-    MODES.map((m) => el("option", { value: m, selected: m === info.permission_mode }, m)));
+    modeChoices.map((m) => el("option", { value: m, selected: m === current },
+      MODE_LABELS[m] || m)))
+      : el("span", { class: "pill mode", id: "mode-label" }, MODE_LABELS[current] || current);
     const models = MODELS.includes(info.model || "") ? MODELS : [info.model, ...MODELS];
-    const model = el("select", { id: "model", "aria-label": "Model",
+    const model = this.mayChat() ? el("select", { id: "model", "aria-label": "Model",
       onchange: (e) => e.target.value && this.patch({ model: e.target.value }) },
     models.map((m) => el("option", { value: m, selected: m === (info.model || "") },
-      m || "model: default")));
+      m || "model: default")))
+      : el("span", { class: "pill mode" }, info.model || "default model");
     this.head.replaceChildren(
       el("div", { class: "head-line" },
         el("span", { class: `pill ${status}`, id: "session-status" }, label),
@@ -237,6 +248,20 @@ export class SessionView {
     }
   }
 
+  /** Whether this device may send messages, start sessions, apply rules ("chat" or "admin"). */
+  mayChat() {
+    return this.scope === "chat" || this.scope === "admin";
+  }
+
+  /** The indexes of a request's suggestions this device may apply: rules need chat, a mode
+   * switch must be one this device may make (scope and the daemon's remote_modes). */
+  usableSuggestions(request) {
+    if (!this.mayChat()) return [];
+    const modes = this.modes();
+    return (request.suggestions || []).map((rule, i) => [rule, i]).filter(([rule]) =>
+      rule?.type !== "setMode" || modes.includes(rule.mode)).map(([, i]) => i);
+  }
+
   /** The modes this device may switch to from the session's current one. */
   modes(current = this.state.info?.permission_mode || "default") {
     return allowedModes(this.scope, this.client.info?.remote_modes, current);
@@ -260,9 +285,11 @@ export class SessionView {
     const buttons = el("div", { class: "card-buttons" },
       el("button", { class: "primary", "data-action": "allow",
         onclick: () => answer({ behavior: "allow" }) }, "Allow"),
-      (request.suggestion_labels || []).map((label, i) => el("button", {
-        "data-action": "allow-always", title: label,
-        onclick: () => answer({ behavior: "allow", suggestions: [i] }) }, `Always: ${label}`)),
+      this.usableSuggestions(request).map((i) => {
+        const label = (request.suggestion_labels || [])[i] || `rule ${i + 1}`;
+        return el("button", { "data-action": "allow-always", title: label,
+          onclick: () => answer({ behavior: "allow", suggestions: [i] }) }, `Always: ${label}`);
+      }),
       el("button", { class: "danger", "data-action": "deny",
         onclick: () => answer({ behavior: "deny", message: "Denied from the web app" }) }, "Deny"));
     card.append(buttons);
