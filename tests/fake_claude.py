@@ -22,7 +22,8 @@ plain text                     ``You said: <text>``, a few words per text delta
                                ``/bin/sh -c`` in the cwd; then ``TOOL RESULT SEEN: <result>``
 ``[[write:PATH|CONTENT]]``     same with ``Write`` (relative PATH joined to the cwd)
 ``[[edit:PATH|OLD|NEW]]``      same with ``Edit`` (old_string/new_string)
-``[[ask:QUESTION|A,B]]``       same with ``AskUserQuestion`` (one single-select question)
+``[[ask:QUESTION|A,B=DESC]]``  same with ``AskUserQuestion`` (one single-select question; an
+                               option may carry a description after ``=``)
 ``[[plan:MARKDOWN]]``          same with ``ExitPlanMode`` ``{"plan": MARKDOWN}`` (``\\n``: a
                                newline); allowed without a ``setMode``, it leaves plan for default
 ``[[slow:N]]``                 N text deltas ``tick i `` 0.05 s apart (interruptible)
@@ -438,8 +439,8 @@ def _ask_input(arg: str) -> JsonObject:
     question, _, options = arg.rpartition("|")
     if not question:
         raise ValueError("ask needs QUESTION|OPTIONS")
-    labels = [o.strip() for o in options.split(",") if o.strip()]
-    options_json = [{"label": label, "description": ""} for label in labels]
+    labels = [o.strip().partition("=") for o in options.split(",") if o.strip()]
+    options_json = [{"label": label, "description": text} for label, _, text in labels]
     item = {"question": question, "header": "Question", "options": options_json}
     return {"questions": [item | {"multiSelect": False}]}
 

@@ -215,6 +215,7 @@ async def test_phone_pairs_starts_a_session_approves_denies_interrupts_and_reloa
                 send(page, "[[bash:echo no > denied.txt]]")
                 card = page.wait_for_selector("#permissions .card")
                 card.query_selector("[data-action='deny']").click()
+                card.query_selector("[data-action='deny-confirm']").click()
                 page.wait_for_selector("#permissions .card", state="detached")
                 wait_turn_ends(page, 4)
                 assert not (work_dir / "denied.txt").exists()
@@ -522,4 +523,64 @@ async def test_controls_follow_the_device_scope_and_the_daemon_remote_modes(
 
         await run_in_browser(scenario)
     assert (work_dir / "a.txt").read_text() == "a"
+    assert problems == []
+
+
+async def test_questions_show_descriptions_take_a_free_answer_and_deny_gives_a_reason(
+    make_config: Callable[..., DaemonConfig], work_dir: Path
+) -> None:
+    chromium = chromium_or_skip()
+    problems: list[str] = []
+    async with running_daemon(make_config(quic_port=-1)) as owner:
+        link, fingerprint = await pairing_link(owner, "chat")
+        sid = (await owner.create(work_dir, "hi"))["session"]["id"]
+
+        def scenario() -> None:
+            with phone_page(chromium, problems) as page:
+                pair(page, link, fingerprint)
+                open_session(page, link, sid)
+                wait_turn_ends(page, 1)
+
+                # the question once, each option's description visible, Answer only when chosen
+                send(page, "[[ask:Which colour?|Red=warm like fire,Blue=cool like the sea]]")
+                card = page.wait_for_selector("#permissions .card")
+                assert card.inner_text().count("Which colour?") == 1
+                assert card.query_selector("[data-option='Blue'] .option-desc").is_visible()
+                assert "cool like the sea" in card.inner_text()
+                answer = card.query_selector("[data-action='answer']")
+                assert answer.is_disabled()
+                card.query_selector("[data-option='Red']").click()
+                assert answer.is_enabled()
+                # "Other…": a free answer replaces the choice
+                card.query_selector("[data-option='__other']").click()
+                assert answer.is_disabled()  # nothing typed yet
+                card.query_selector("input.other-text").fill("Teal, please")
+                assert answer.is_enabled()
+                answer.click()
+                page.wait_for_selector("#permissions .card", state="detached")
+                wait_turn_ends(page, 2)
+
+                # deny with a reason: the model is told why, the turn goes on
+                send(page, "[[bash:echo no > no.txt]]")
+                card = page.wait_for_selector("#permissions .card")
+                card.query_selector("[data-action='deny']").click()
+                card.query_selector("textarea.reason").fill("not in this folder")
+                card.query_selector("[data-action='deny-confirm']").click()
+                page.wait_for_selector("#permissions .card", state="detached")
+                wait_turn_ends(page, 3)
+                page.wait_for_selector("#transcript .turn-end.completed >> nth=2")
+
+                # deny and stop: the turn ends interrupted
+                send(page, "[[bash:echo no > stop.txt]]")
+                card = page.wait_for_selector("#permissions .card")
+                card.query_selector("[data-action='deny']").click()
+                card.query_selector("[data-action='deny-stop']").click()
+                page.wait_for_selector("#transcript .turn-end.interrupted")
+
+        await run_in_browser(scenario)
+        snap = await owner.snapshot(sid)
+    tools = [i for i in snap["items"] if i["type"] == "tool"]
+    assert '"Which colour?"="Teal, please"' in tools[0]["output"]
+    assert "not in this folder" in tools[1]["output"]
+    assert not (work_dir / "no.txt").exists() and not (work_dir / "stop.txt").exists()
     assert problems == []

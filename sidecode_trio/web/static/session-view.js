@@ -274,14 +274,18 @@ export class SessionView {
       this.planCard(request, card, answer);
       return card;
     }
-    card.append(el("div", { class: "card-title" }, request.summary || request.tool_name));
-    if (request.description) card.append(el("div", { class: "muted" }, request.description));
-    if (request.tool_name === "AskUserQuestion") {
+    if (request.tool_name === "AskUserQuestion") { // the question is the card: said once
+      card.append(el("div", { class: "card-title" }, "Claude asks"));
       card.append(this.questionForm(request, answer));
       return card;
     }
+    card.append(el("div", { class: "card-title" }, request.summary || request.tool_name));
+    if (request.description && request.description !== request.summary) {
+      card.append(el("div", { class: "muted" }, request.description));
+    }
     if (request.diff) card.append(renderDiff(request.diff, this.state.info?.cwd));
     else if (request.input?.command) card.append(codeBlock(request.input.command, "bash"));
+    const deny = this.denyPanel(answer);
     const buttons = el("div", { class: "card-buttons" },
       el("button", { class: "primary", "data-action": "allow",
         onclick: () => answer({ behavior: "allow" }) }, "Allow"),
@@ -290,9 +294,8 @@ export class SessionView {
         return el("button", { "data-action": "allow-always", title: label,
           onclick: () => answer({ behavior: "allow", suggestions: [i] }) }, `Always: ${label}`);
       }),
-      el("button", { class: "danger", "data-action": "deny",
-        onclick: () => answer({ behavior: "deny", message: "Denied from the web app" }) }, "Deny"));
-    card.append(buttons);
+      deny.open);
+    card.append(buttons, deny.panel);
     return card;
   }
 
@@ -328,37 +331,121 @@ export class SessionView {
     el("label", { class: "reason-label" }, feedback));
   }
 
+  /** Deny with an optional reason, or deny and stop the turn (the API's `interrupt`). */
+  denyPanel(answer, { allowStop = true } = {}) {
+    const reason = el("textarea", { class: "reason", rows: 2, "aria-label": "Reason (optional)",
+      placeholder: "Tell Claude why (optional)" });
+    const message = () => reason.value.trim() || "Denied from the web app";
+    const panel = el("div", { class: "deny-panel", hidden: true },
+      el("label", { class: "reason-label" }, reason),
+      el("div", { class: "card-buttons" },
+        el("button", { class: "danger", "data-action": "deny-confirm",
+          onclick: () => answer({ behavior: "deny", message: message() }) }, "Deny"),
+        allowStop ? el("button", { class: "danger", "data-action": "deny-stop",
+          onclick: () => answer({ behavior: "deny", message: message(), interrupt: true }) },
+        "Deny and stop") : null));
+    const open = el("button", { class: "danger", "data-action": "deny", "aria-expanded": "false",
+      onclick: () => {
+        panel.hidden = !panel.hidden;
+        open.setAttribute("aria-expanded", String(!panel.hidden));
+        if (!panel.hidden) reason.focus();
+      } }, "Deny…");
+    return { open, panel };
+  }
+
+  /** AskUserQuestion: each question once (its header as a chip), options with their
+   * descriptions visible (touch has no hover), "Other…" for a free answer; Answer is enabled
+   * once every question has one. */
   questionForm(request, answer) {
     const form = el("div", { class: "questions" });
-    const chosen = {};
+    const chosen = new Map(); // question -> label, list of labels, or {other: text}
     const questions = request.input?.questions || [];
-    for (const q of questions) {
+    const submit = el("button", { class: "primary", "data-action": "answer", disabled: true },
+      "Answer");
+    const value = (q) => {
+      const got = chosen.get(q.question);
+      if (got === undefined || got === null) return null;
+      if (Array.isArray(got)) return got.length ? got : null;
+      return got;
+    };
+    const refresh = () => { submit.disabled = !questions.every((q) => value(q) !== null); };
+    questions.forEach((q, qi) => {
       const multi = !!q.multiSelect;
-      chosen[q.question] = multi ? [] : null;
-      const options = (q.options || []).map((o) => el("button", {
-        class: "option", "data-option": o.label, title: o.description || "",
-        onclick: (e) => {
+      const headingId = `${request.request_id}-q${qi}`;
+      const other = el("input", { class: "other-text", type: "text", hidden: true,
+        "aria-label": `Your answer: ${q.question}`, placeholder: "Your answer",
+        oninput: () => {
+          const text = other.value.trim();
           if (multi) {
-            const list = chosen[q.question];
-            const at = list.indexOf(o.label);
-            if (at >= 0) list.splice(at, 1); else list.push(o.label);
-            e.target.classList.toggle("chosen", at < 0);
+            const list = (chosen.get(q.question) || []).filter((x) => !x.startsWith("\u0000"));
+            chosen.set(q.question, text ? [...list, "\u0000" + text] : list);
           } else {
-            chosen[q.question] = o.label;
-            for (const b of e.target.parentNode.children) b.classList.toggle("chosen", b === e.target);
+            chosen.set(q.question, text || null);
           }
-        } }, o.label));
-      form.append(el("div", { class: "question" }, q.question), el("div", { class: "options" },
-        options));
-    }
-    form.append(el("div", { class: "card-buttons" },
-      el("button", { class: "primary", "data-action": "answer", onclick: () => {
-        const answers = Object.fromEntries(Object.entries(chosen).filter(([, v]) =>
-          v !== null && (!Array.isArray(v) || v.length)));
-        answer({ behavior: "allow", answers });
-      } }, "Answer"),
-      el("button", { class: "danger", "data-action": "deny",
-        onclick: () => answer({ behavior: "deny" }) }, "Skip")));
+          refresh();
+        } });
+      const group = el("div", { class: "options", role: multi ? "group" : "radiogroup",
+        "aria-labelledby": headingId });
+      const pick = (button, label) => {
+        if (multi) {
+          const list = chosen.get(q.question) || [];
+          const at = list.indexOf(label);
+          if (at >= 0) list.splice(at, 1); else list.push(label);
+          chosen.set(q.question, list);
+          button.setAttribute("aria-checked", String(at < 0));
+        } else {
+          chosen.set(q.question, label);
+          for (const b of group.querySelectorAll(".option")) {
+            b.setAttribute("aria-checked", String(b === button));
+          }
+          other.hidden = true;
+        }
+        refresh();
+      };
+      for (const o of q.options || []) {
+        const button = el("button", { type: "button", class: "option", "data-option": o.label,
+          role: multi ? "checkbox" : "radio", "aria-checked": "false",
+          onclick: () => pick(button, o.label) },
+        el("span", { class: "option-label" }, o.label),
+        o.description ? el("span", { class: "option-desc" }, o.description) : null);
+        group.append(button);
+      }
+      const otherButton = el("button", { type: "button", class: "option other",
+        "data-option": "__other", role: multi ? "checkbox" : "radio", "aria-checked": "false",
+        onclick: () => {
+          if (multi) {
+            const on = otherButton.getAttribute("aria-checked") !== "true";
+            otherButton.setAttribute("aria-checked", String(on));
+            other.hidden = !on;
+            if (!on) { other.value = ""; other.dispatchEvent(new Event("input")); }
+          } else {
+            for (const b of group.querySelectorAll(".option")) {
+              b.setAttribute("aria-checked", String(b === otherButton));
+            }
+            other.hidden = false;
+            chosen.set(q.question, other.value.trim() || null);
+            refresh();
+          }
+          if (!other.hidden) other.focus();
+        } }, el("span", { class: "option-label" }, "Other…"));
+      group.append(otherButton);
+      form.append(
+        el("div", { class: "question", id: headingId },
+          q.header ? el("span", { class: "chip" }, q.header) : null,
+          el("span", {}, q.question),
+          multi ? el("span", { class: "muted" }, " (choose any)") : null),
+        group, other);
+    });
+    submit.addEventListener("click", () => {
+      const answers = {};
+      for (const q of questions) {
+        const got = value(q);
+        answers[q.question] = Array.isArray(got) ? got.map((x) => x.replace(/^\u0000/, "")) : got;
+      }
+      answer({ behavior: "allow", answers });
+    });
+    const deny = this.denyPanel(answer);
+    form.append(el("div", { class: "card-buttons" }, submit, deny.open), deny.panel);
     return form;
   }
 
