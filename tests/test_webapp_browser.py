@@ -46,7 +46,7 @@ def phone_page(chromium: str, problems: list[str], **options: Any) -> Iterator[A
         browser = pw.chromium.launch(executable_path=chromium, headless=True, args=args)
         try:
             context = browser.new_context(
-                viewport=PHONE, device_scale_factor=2, is_mobile=True, has_touch=True, **options
+                viewport=PHONE, device_scale_factor=3, is_mobile=True, has_touch=True, **options
             )
             page = context.new_page()
             page.set_default_timeout(STEP_TIMEOUT_MS)
@@ -584,3 +584,87 @@ async def test_questions_show_descriptions_take_a_free_answer_and_deny_gives_a_r
     assert "not in this folder" in tools[1]["output"]
     assert not (work_dir / "no.txt").exists() and not (work_dir / "stop.txt").exists()
     assert problems == []
+
+
+# Every visible control a finger can reach, with its size: buttons, links, form fields, summary
+# rows, anything focusable. Links inside running text (markdown) are exempt (WCAG 2.5.8).
+SMALL_TARGETS = """(min) => {
+  const picked = document.querySelectorAll(
+    'button, a[href], select, input:not([type=hidden]), textarea, summary, [role=button],'
+    + ' [tabindex]:not([tabindex="-1"])');
+  const small = [];
+  for (const node of picked) {
+    if (node.closest('.markdown') && node.matches('a')) continue;
+    if (node.closest('[inert]')) continue;
+    const box = node.getBoundingClientRect();
+    if (!box.width || !box.height) continue; // not rendered
+    if (box.right <= 0 || box.left >= innerWidth) continue; // off screen (a closed drawer)
+    const style = getComputedStyle(node);
+    if (style.visibility === 'hidden') continue;
+    if (box.width < min || box.height < min) {
+      const name = node.id ? '#' + node.id : node.className ? '.' + node.className : '';
+      small.push(`${node.tagName.toLowerCase()}${name} "${(node.innerText || node.ariaLabel
+        || '').trim().slice(0, 24)}" ${Math.round(box.width)}x${Math.round(box.height)}`);
+    }
+  }
+  return small;
+}"""
+
+
+def small_targets(page: Any) -> list[str]:
+    return list(page.evaluate(SMALL_TARGETS, 44))
+
+
+async def test_every_tap_target_is_at_least_44_px_on_every_screen(
+    make_config: Callable[..., DaemonConfig], work_dir: Path, tmp_path: Path
+) -> None:
+    chromium = chromium_or_skip()
+    image = tmp_path / "dot.png"
+    image.write_bytes((DOCS.parent / "sidecode_trio/web/static/icons/icon-192.png").read_bytes())
+    (work_dir / "sub").mkdir()
+    problems: list[str] = []
+    async with running_daemon(make_config(quic_port=-1)) as owner:
+        link, fingerprint = await pairing_link(owner, "admin")
+        sid = (await owner.create(work_dir, "hi"))["session"]["id"]
+        screens: dict[str, list[str]] = {}
+
+        def scenario() -> None:
+            with phone_page(chromium, problems) as page:
+                page.goto(link)
+                page.wait_for_selector("#pair-view:not([hidden])")
+                screens["pairing"] = small_targets(page)
+                pair(page, link, fingerprint)
+                screens["home"] = small_targets(page)
+                page.click("#menu")
+                page.wait_for_selector("#sessions a")
+                screens["drawer"] = small_targets(page)
+                page.click("#new-session")
+                page.wait_for_selector("#folders button")
+                screens["new session"] = small_targets(page)
+
+                open_session(page, link, sid)
+                wait_turn_ends(page, 1)
+                send(page, "[[write:a.txt|a]]")
+                card = page.wait_for_selector("#permissions .card")
+                card.query_selector("[data-action='deny']").click()
+                page.set_input_files("#attach-input", str(image))
+                page.wait_for_selector("#attachments .thumb img")
+                screens["permission card"] = small_targets(page)
+                card.query_selector("[data-action='allow']").click()
+                wait_turn_ends(page, 2)
+                page.click("#transcript .tool summary")
+                page.wait_for_selector("#transcript .tool .tool-body .code")
+                send(page, "[[ask:Which?|A=first,B=second]]")
+                card = page.wait_for_selector("#permissions .card")
+                card.query_selector("[data-option='__other']").click()
+                screens["question"] = small_targets(page)
+                card.query_selector("[data-option='A']").click()
+                card.query_selector("[data-action='answer']").click()
+                wait_turn_ends(page, 3)
+                send(page, PLAN)
+                page.wait_for_selector("#permissions .plan-card")
+                screens["plan"] = small_targets(page)
+
+        await run_in_browser(scenario)
+    assert {name: small for name, small in screens.items() if small} == {}
+    assert len(screens) == 7 and problems == []

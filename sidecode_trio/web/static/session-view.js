@@ -534,9 +534,9 @@ export class SessionView {
   renderAttachments() {
     this.attachments.replaceChildren(...this.images.map((image, i) => el("span",
       { class: "thumb" }, el("img", { src: image.url, alt: image.name }),
-      el("button", { type: "button", "aria-label": "Remove", onclick: () => {
+      el("button", { type: "button", "aria-label": `Remove ${image.name}`, onclick: () => {
         this.images.splice(i, 1);
         this.renderAttachments();
-      } }, "×"))));
+      } }, el("span", { "aria-hidden": "true" }, "×")))));
   }
 }
