@@ -668,3 +668,53 @@ async def test_every_tap_target_is_at_least_44_px_on_every_screen(
         await run_in_browser(scenario)
     assert {name: small for name, small in screens.items() if small} == {}
     assert len(screens) == 7 and problems == []
+
+
+async def test_home_is_the_session_list_with_live_status_and_an_approval_badge(
+    make_config: Callable[..., DaemonConfig], work_dir: Path
+) -> None:
+    chromium = chromium_or_skip()
+    problems: list[str] = []
+    async with running_daemon(make_config(quic_port=-1)) as owner:
+        link, fingerprint = await pairing_link(owner, "chat")
+
+        def create(prompt: str) -> str:
+            reply = trio.from_thread.run(owner.create, work_dir, prompt)
+            return str(reply["session"]["id"])
+
+        def scenario() -> None:
+            with phone_page(chromium, problems) as page:
+                pair(page, link, fingerprint)
+                # no sessions: a clear empty state that offers a new one
+                page.wait_for_selector("#home-view:not([hidden]) #home-empty:not([hidden])")
+                assert page.is_visible("#home-empty-new")
+                first = create("first one")
+                page.wait_for_selector(f"#home-sessions a[data-session='{first}']")
+                assert page.is_hidden("#home-empty")
+                second = create("[[bash:echo hi > x.txt]]")
+                # newest activity first; the waiting one says so, on ☰ and in the page title
+                waiting = (
+                    f"#home-sessions a[data-session='{second}'] [data-status='needs-approval']"
+                )
+                page.wait_for_selector(waiting)
+                order = page.eval_on_selector_all(
+                    "#home-sessions a", "(as) => as.map((a) => a.dataset.session)"
+                )
+                assert order == [second, first]
+                assert page.text_content("#menu-badge") == "1" and page.is_visible("#menu-badge")
+                assert page.title().startswith("(1) needs approval")
+                assert "waiting for approval" in page.get_attribute("#menu", "aria-label")
+                # live: once answered, the badge and the title clear
+                page.click(f"#home-sessions a[data-session='{second}']")
+                card = page.wait_for_selector("#permissions .card")
+                card.query_selector("[data-action='allow']").click()
+                page.wait_for_selector("#menu-badge", state="hidden")
+                page.wait_for_function("() => document.title === 'sidecode'")
+                page.click("#home-link")
+                page.wait_for_selector("#home-view:not([hidden])")
+                page.wait_for_selector(
+                    f"#home-sessions a[data-session='{second}'] [data-status='idle']"
+                )
+
+        await run_in_browser(scenario)
+    assert problems == []

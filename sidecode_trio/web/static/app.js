@@ -3,12 +3,13 @@
 
 import { forgetDevice, loadDevice, pair, payloadFromFragment } from "./auth.js";
 import { Client } from "./connection.js";
-import { ago, basename, el, formatCost, statusLabel } from "./render.js";
+import { ago, basename, el, formatCost, sessionTitle, statusIcon, statusLabel }
+  from "./render.js";
 import { MODE_LABELS, allowedModes } from "./modes.js";
 import { SessionView } from "./session-view.js";
 
 const $ = (id) => document.getElementById(id);
-const views = ["pair-view", "new-view", "session-view", "empty-view"];
+const views = ["pair-view", "new-view", "session-view", "home-view", "empty-view"];
 const app = { client: null, device: null, sessions: new Map(), view: null, listFeed: null };
 window.sidecode = app; // for debugging from the console (and the browser tests)
 
@@ -69,6 +70,7 @@ async function showPairing(payload) {
 function onListFrame(frame) {
   if (frame.kind === "sessions") {
     app.sessions = new Map(frame.sessions.map((s) => [s.id, s]));
+    app.listed = true;
   } else if (frame.kind === "session") {
     if (frame.session.deleted || frame.session.archived) app.sessions.delete(frame.session.id);
     else app.sessions.set(frame.session.id, frame.session);
@@ -76,23 +78,36 @@ function onListFrame(frame) {
   renderDrawer();
 }
 
+/** One session as a row (the drawer and the home list share it). */
+function sessionRow(s, current, onclick) {
+  const [status, label] = statusLabel(s);
+  return el("li", { class: status === "needs-approval" ? "waiting" : "" },
+    el("a", { href: `#s=${encodeURIComponent(s.id)}`, class: s.id === current ? "current" : "",
+      "data-session": s.id, "aria-current": s.id === current ? "page" : null, onclick },
+    el("div", { class: "row" },
+      el("span", { class: "title" }, sessionTitle(s)),
+      el("span", { class: `pill ${status}`, "data-status": status }, statusIcon(status), label)),
+    el("div", { class: "row muted" },
+      el("span", { class: "where" }, basename(s.cwd)),
+      el("span", {}, [formatCost(s.cost_usd), ago(s.last_activity)].filter(Boolean)
+        .join(" · ")))));
+}
+
 function renderDrawer() {
   const current = currentSession();
   const sorted = [...app.sessions.values()].sort((a, b) => b.last_activity - a.last_activity);
-  $("sessions").replaceChildren(...sorted.map((s) => {
-    const [status, label] = statusLabel(s);
-    return el("li", {},
-      el("a", { href: `#s=${encodeURIComponent(s.id)}`, class: s.id === current ? "current" : "",
-        "data-session": s.id, onclick: () => setDrawer(false) },
-      el("div", { class: "row" },
-        el("span", { class: "title" }, s.title || basename(s.cwd)),
-        el("span", { class: `pill ${status}`, "data-status": status }, label)),
-      el("div", { class: "row muted" },
-        el("span", {}, basename(s.cwd)),
-        el("span", {}, [formatCost(s.cost_usd), ago(s.last_activity)].filter(Boolean)
-          .join(" · ")))));
-  }));
+  $("sessions").replaceChildren(...sorted.map((s) => sessionRow(s, current,
+    () => setDrawer(false))));
   $("sessions-empty").hidden = sorted.length > 0;
+  $("home-sessions").replaceChildren(...sorted.map((s) => sessionRow(s, null)));
+  $("home-empty").hidden = sorted.length > 0 || !app.listed;
+  // while any session waits for an answer: a badge on ☰ and the count in the page's title
+  const waiting = sorted.filter((s) => statusLabel(s)[0] === "needs-approval").length;
+  $("menu-badge").hidden = !waiting;
+  $("menu-badge").textContent = waiting ? String(waiting) : "";
+  $("menu").setAttribute("aria-label", waiting
+    ? `Sessions (${waiting} waiting for approval)` : "Sessions");
+  document.title = waiting ? `(${waiting}) needs approval · sidecode` : "sidecode";
 }
 
 // -- starting a session ----------------------------------------------------------------------
@@ -191,17 +206,23 @@ function route() {
         scope: app.device.scope,
         onGone: () => {
           closeSessionView();
-          show("empty-view");
-          $("empty-text").textContent = "That session is gone.";
+          history.replaceState(null, "", location.pathname);
+          showHome("That session is gone.");
         },
       });
     }
     show("session-view");
   } else {
     closeSessionView();
-    show("empty-view");
+    showHome();
   }
   renderDrawer();
+}
+
+function showHome(note = "") {
+  show("home-view");
+  $("home-note").textContent = note;
+  $("home-note").hidden = !note;
 }
 
 // -- start -----------------------------------------------------------------------------------
@@ -219,7 +240,9 @@ async function start() {
   $("device-line").textContent = `${app.device.name} · ${app.device.scope}`;
   const mayChat = app.device.scope === "chat" || app.device.scope === "admin";
   document.body.dataset.scope = app.device.scope;
-  $("new-session").hidden = !mayChat; // an approve-only device answers, it does not start
+  for (const id of ["new-session", "home-new", "home-empty-new"]) {
+    $(id).hidden = !mayChat; // an approve-only device answers, it does not start
+  }
   // localStorage "sidecode-transport" = "sse" turns WebTransport off (troubleshooting, tests).
   const preferWebTransport = localStorage.getItem("sidecode-transport") !== "sse";
   app.client = new Client({ onStatus, preferWebTransport });
@@ -235,6 +258,9 @@ function wire() {
   $("scrim").onclick = () => setDrawer(false);
   document.addEventListener("keydown", (e) => { if (e.key === "Escape") setDrawer(false); });
   $("new-session").onclick = () => { setDrawer(false); location.hash = "new"; };
+  $("home-new").onclick = () => { location.hash = "new"; };
+  $("home-empty-new").onclick = () => { location.hash = "new"; };
+  $("home-link").onclick = () => setDrawer(false);
   $("new-form").onsubmit = startSession;
   $("forget").onclick = async () => {
     if (!confirm("Forget this device's key? You will need to pair again.")) return;

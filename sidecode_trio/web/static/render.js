@@ -77,6 +77,20 @@ export function ago(seconds) {
 
 export const basename = (path) => (path || "").replace(/\/+$/, "").split("/").pop() || path;
 
+/** A session's title without the directives and markup of its first prompt ("[[slow:40]]",
+ * "/model x", "<command-name>…"): what a person would call it; the folder when nothing is left. */
+export function sessionTitle(info) {
+  const raw = (info.title || "").replace(/\[\[[^\]]*\]\]/g, " ")
+    .replace(/<[^>]+>/g, " ").replace(/^\s*\/\S+/, " ").replace(/[`*_#>]+/g, "")
+    .replace(/\s+/g, " ").trim();
+  return raw || basename(info.cwd) || "session";
+}
+
+/** A status shown by a symbol as well as its colour (and its words). */
+export function statusIcon(status) {
+  return { "needs-approval": "⚠ ", running: "● ", errored: "✕ ", idle: "" }[status] ?? "";
+}
+
 /** What the drawer calls a session's status. */
 export function statusLabel(info) {
   if (info.status === "requires_action" || info.pending_permissions > 0) {
