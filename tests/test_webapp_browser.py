@@ -718,3 +718,56 @@ async def test_home_is_the_session_list_with_live_status_and_an_approval_badge(
 
         await run_in_browser(scenario)
     assert problems == []
+
+
+async def test_connection_state_is_honest_and_offline_sends_are_queued_then_delivered(
+    make_config: Callable[..., DaemonConfig], work_dir: Path
+) -> None:
+    chromium = chromium_or_skip()
+    problems: list[str] = []
+    async with running_daemon(make_config(quic_port=-1)) as owner:
+        link, fingerprint = await pairing_link(owner, "chat")
+        sid = (await owner.create(work_dir, "online first"))["session"]["id"]
+
+        def scenario() -> None:
+            with phone_page(chromium, problems) as page:
+                # unpaired: a screen that says so and how to pair, not "connecting…" forever
+                page.goto(link.split("#")[0])
+                page.wait_for_selector("#unpaired-view:not([hidden])")
+                assert "sidecode-trio pair" in page.inner_text("#unpaired-view")
+                assert page.get_attribute("#conn", "data-state") == "unpaired"
+                assert page.text_content("#conn-label") == "not paired"
+
+                pair(page, link, fingerprint)
+                open_session(page, link, sid)
+                wait_turn_ends(page, 1)
+                page.evaluate("() => navigator.serviceWorker.ready")
+
+                # the network goes: the indicator says so at once
+                page.context.set_offline(True)
+                page.wait_for_selector("#conn[data-state='offline']")
+                # a message written now is kept, visibly, with its client_id; no raw error
+                send(page, "written offline")
+                queued = page.wait_for_selector("#outbox .outgoing")
+                client_id = queued.get_attribute("data-client-id")
+                assert client_id and page.is_hidden("#session-error")
+                # ... and survives a reload while offline (the shell comes from the cache)
+                page.goto(link.split("#")[0])
+                page.wait_for_selector("#home-view:not([hidden])")
+                page.wait_for_selector("#home-stale:not([hidden])")  # last known, marked
+                page.wait_for_selector(f"#home-sessions a[data-session='{sid}']")
+                page.click(f"#home-sessions a[data-session='{sid}']")
+                page.wait_for_selector(f"#outbox [data-client-id='{client_id}']")
+
+                # the network is back: it is delivered once, the outbox empties
+                page.context.set_offline(False)
+                page.wait_for_selector("#conn[data-state='live']")
+                wait_text(page, "You said: written offline")
+                page.wait_for_selector("#outbox .outgoing", state="detached")
+                page.wait_for_selector("#home-stale", state="hidden")
+
+        await run_in_browser(scenario)
+        snap = await owner.snapshot(sid)
+    users = [i for i in snap["items"] if i["type"] == "user" and i["text"] == "written offline"]
+    assert len(users) == 1
+    assert problems == []

@@ -9,8 +9,12 @@ import { MODE_LABELS, allowedModes } from "./modes.js";
 import { SessionView } from "./session-view.js";
 
 const $ = (id) => document.getElementById(id);
-const views = ["pair-view", "new-view", "session-view", "home-view", "empty-view"];
-const app = { client: null, device: null, sessions: new Map(), view: null, listFeed: null };
+const views = ["pair-view", "unpaired-view", "new-view", "session-view", "home-view",
+  "empty-view"];
+const SESSIONS_KEY = "sidecode-sessions"; // the last known list, shown while offline
+const OUTBOX_KEY = "sidecode-outbox"; // messages written offline, sent on reconnect
+const app = { client: null, device: null, sessions: new Map(), view: null, listFeed: null,
+  listed: false, stale: false, live: false, outbox: [], flushing: false };
 window.sidecode = app; // for debugging from the console (and the browser tests)
 
 function show(id) {
@@ -30,9 +34,62 @@ function onStatus({ state, transport, retryIn }) {
   conn.dataset.state = state;
   conn.dataset.transport = transport || "";
   const label = state === "live" ? `live · ${transport === "webtransport" ? "WT" : "SSE"}`
-    : state === "offline" ? `offline · retry ${retryIn}s` : "connecting…";
+    : state === "offline" ? (retryIn ? `offline · retry ${retryIn}s` : "offline")
+      : state === "unpaired" ? "not paired" : "connecting…";
   conn.title = label;
+  conn.setAttribute("aria-label", `Connection: ${label}`);
   $("conn-label").textContent = label;
+  app.live = state === "live";
+  if (app.live) flushOutbox();
+  renderDrawer();
+}
+
+// -- the outbox: messages written while offline -------------------------------------------
+
+function loadOutbox() {
+  try {
+    return JSON.parse(localStorage.getItem(OUTBOX_KEY) || "[]");
+  } catch {
+    return [];
+  }
+}
+
+function saveOutbox() {
+  // images stay in memory only (a few MB each); text survives a reload
+  const durable = app.outbox.filter((entry) => !entry.body.images);
+  localStorage.setItem(OUTBOX_KEY, JSON.stringify(durable));
+  app.view?.renderOutbox(app.outbox.filter((entry) => entry.session === app.view.id));
+}
+
+/** Keep a message that could not be sent; it goes out, with the same client_id (so the
+ * daemon queues it once however often it is tried), when the connection is back. */
+function queueMessage(session, body) {
+  app.outbox.push({ session, body, at: Date.now() });
+  saveOutbox();
+}
+
+async function flushOutbox() {
+  if (app.flushing || !app.outbox.length) return;
+  app.flushing = true;
+  try {
+    for (const entry of [...app.outbox]) {
+      const path = `/v1/sessions/${encodeURIComponent(entry.session)}/messages`;
+      let reply;
+      try {
+        reply = await app.client.request("POST", path, entry.body);
+      } catch {
+        break; // still offline: keep them all, in order
+      }
+      app.outbox = app.outbox.filter((e) => e !== entry);
+      if (reply.status !== 202 && app.view?.id === entry.session) {
+        app.view.showError(`not sent: ${reply.body?.error?.message || reply.status}`);
+        app.view.restoreDraft(entry.body.text);
+      }
+      saveOutbox();
+    }
+  } finally {
+    app.flushing = false;
+  }
 }
 
 // -- pairing ---------------------------------------------------------------------------------
@@ -71,10 +128,14 @@ function onListFrame(frame) {
   if (frame.kind === "sessions") {
     app.sessions = new Map(frame.sessions.map((s) => [s.id, s]));
     app.listed = true;
+    app.stale = false;
   } else if (frame.kind === "session") {
     if (frame.session.deleted || frame.session.archived) app.sessions.delete(frame.session.id);
     else app.sessions.set(frame.session.id, frame.session);
   }
+  try {
+    localStorage.setItem(SESSIONS_KEY, JSON.stringify([...app.sessions.values()]));
+  } catch { /* storage full or off: the list is only a convenience offline */ }
   renderDrawer();
 }
 
@@ -101,6 +162,12 @@ function renderDrawer() {
   $("sessions-empty").hidden = sorted.length > 0;
   $("home-sessions").replaceChildren(...sorted.map((s) => sessionRow(s, null)));
   $("home-empty").hidden = sorted.length > 0 || !app.listed;
+  // shown from the last visit until the daemon sends the list: marked as such while offline
+  const stale = app.stale && !app.live;
+  $("home-stale").hidden = !stale;
+  $("drawer-stale").hidden = !stale;
+  $("home-sessions").classList.toggle("stale", stale);
+  $("sessions-empty").hidden = sorted.length > 0 || !app.listed;
   // while any session waits for an answer: a badge on ☰ and the count in the page's title
   const waiting = sorted.filter((s) => statusLabel(s)[0] === "needs-approval").length;
   $("menu-badge").hidden = !waiting;
@@ -204,6 +271,8 @@ function route() {
       closeSessionView();
       app.view = new SessionView($("session-view"), app.client, id, {
         scope: app.device.scope,
+        queueMessage: (body) => queueMessage(id, body),
+        outbox: () => app.outbox.filter((entry) => entry.session === id),
         onGone: () => {
           closeSessionView();
           history.replaceState(null, "", location.pathname);
@@ -227,13 +296,26 @@ function showHome(note = "") {
 
 // -- start -----------------------------------------------------------------------------------
 
+function onPairingLink() {
+  try {
+    const payload = payloadFromFragment(location.hash);
+    if (payload) {
+      window.removeEventListener("hashchange", onPairingLink);
+      showPairing(payload);
+    }
+  } catch (error) {
+    $("empty-text").textContent = `This pairing link is damaged: ${error.message}`;
+    show("empty-view");
+  }
+}
+
 async function start() {
   app.device = await loadDevice();
   if (!app.device) {
-    show("empty-view");
-    $("empty-text").textContent =
-      "This browser is not paired. On the computer, run 'sidecode-trio pair' and open its link.";
+    show("unpaired-view");
+    onStatus({ state: "unpaired" });
     document.body.dataset.paired = "false";
+    window.addEventListener("hashchange", onPairingLink); // a pairing link opened here
     return;
   }
   document.body.dataset.paired = "true";
@@ -245,6 +327,12 @@ async function start() {
   }
   // localStorage "sidecode-transport" = "sse" turns WebTransport off (troubleshooting, tests).
   const preferWebTransport = localStorage.getItem("sidecode-transport") !== "sse";
+  try {
+    const known = JSON.parse(localStorage.getItem(SESSIONS_KEY) || "[]");
+    app.sessions = new Map(known.map((s) => [s.id, s]));
+    app.stale = known.length > 0;
+  } catch { /* nothing known */ }
+  app.outbox = loadOutbox();
   app.client = new Client({ onStatus, preferWebTransport });
   app.listFeed = app.client.follow("/v1/events", onListFrame);
   window.addEventListener("hashchange", route);

@@ -10,8 +10,10 @@ const MAX_IMAGE_BYTES = 3_750_000;
 const MAX_IMAGES = 4;
 
 export class SessionView {
-  constructor(root, client, sessionId, { onGone, scope = "chat" }) {
+  constructor(root, client, sessionId, { onGone, scope = "chat", queueMessage = null,
+    outbox = () => [] }) {
     this.scope = scope;
+    this.queueMessage = queueMessage;
     this.root = root;
     this.client = client;
     this.id = sessionId;
@@ -22,6 +24,7 @@ export class SessionView {
     this.onGone = onGone;
     this.stats = { snapshots: 0, duplicates: 0 }; // shown as data-* for diagnosis
     this.build();
+    this.renderOutbox(outbox());
     this.follow = client.follow(`/v1/sessions/${encodeURIComponent(sessionId)}/events`,
       (frame) => this.onFrame(frame), () => this.state.position);
   }
@@ -60,12 +63,14 @@ export class SessionView {
         this.fileInput, this.input, this.interruptButton,
         el("button", { type: "submit", id: "send", class: "primary" }, "Send")));
     this.error = el("div", { class: "error-line", id: "session-error", hidden: true });
+    this.outboxBox = el("div", { class: "outbox", id: "outbox" });
     if (!this.mayChat()) { // an approve-only device (a watch's scope): answer and stop only
       this.input.hidden = true;
       composer.querySelector("#send").hidden = true;
       composer.querySelector("#attach").hidden = true;
     }
-    this.root.replaceChildren(this.head, this.transcript, this.cards, this.error, composer);
+    this.root.replaceChildren(this.head, this.transcript, this.outboxBox, this.cards, this.error,
+      composer);
   }
 
   showError(message) {
@@ -481,6 +486,12 @@ export class SessionView {
         if (status === 202) { this.showError(""); return; }
         throw Object.assign(new Error(reply?.error?.message || `status ${status}`), { final: true });
       } catch (error) {
+        if (!error.final && (error.network || attempt === 2) && this.queueMessage) {
+          // offline: keep it, visibly, and send it (same client_id) when the link is back
+          this.showError("");
+          this.queueMessage(body);
+          return;
+        }
         if (error.final || attempt === 2) {
           this.input.value = text;
           this.images = images;
@@ -491,6 +502,18 @@ export class SessionView {
         await new Promise((r) => setTimeout(r, 500 * (attempt + 1)));
       }
     }
+  }
+
+  /** Messages written offline, waiting for the connection (app.js keeps and sends them). */
+  renderOutbox(entries) {
+    this.outboxBox.replaceChildren(...entries.map((entry) => el("div",
+      { class: "msg user outgoing", "data-client-id": entry.body.client_id },
+      el("div", { class: "bubble" }, entry.body.text),
+      el("div", { class: "outgoing-note" }, "⏳ waiting for the connection: sent when it is back"))));
+  }
+
+  restoreDraft(text) {
+    if (text && !this.input.value) this.input.value = text;
   }
 
   async interrupt() {
