@@ -110,7 +110,7 @@ def test_vendored_libraries_are_recorded_with_their_licences() -> None:
         if vendored.name != "VERSIONS.md":
             assert vendored.name in versions, vendored.name
     licences = {p.name for p in (STATIC / "vendor" / "licenses").iterdir()}
-    assert len(licences) == 4
+    assert len(licences) == 3
 
 
 async def test_pair_prints_the_web_link_and_its_qr_code_carries_it(daemon: Client) -> None:

@@ -193,7 +193,7 @@ async def test_phone_pairs_starts_a_session_approves_denies_interrupts_and_reloa
                 row = f"#sessions a[data-session='{session_id}'] [data-status='needs-approval']"
                 page.wait_for_selector(row, state="attached")  # the drawer says so too
                 assert page.text_content("#session-status") == "needs approval"
-                assert card.query_selector(".d2h-ins") is not None
+                assert card.query_selector(".dl.ins") is not None
                 screenshot(page, "phone.png")  # the README's picture: a card with its diff
                 if UPDATE_DOCS or not (DOCS / "phone.png").exists():
                     DOCS.mkdir(exist_ok=True)
@@ -202,7 +202,7 @@ async def test_phone_pairs_starts_a_session_approves_denies_interrupts_and_reloa
                 page.wait_for_selector("#permissions .card", state="detached")
                 wait_turn_ends(page, 3)
                 tool = page.wait_for_selector("#transcript .tool .diff")
-                added = tool.query_selector_all(".d2h-code-line.d2h-ins, .d2h-ins .d2h-code-line")
+                added = tool.query_selector_all(".dl.ins")
                 assert any("goodbye world" in line.inner_text() for line in added)
                 assert (work_dir / "notes.txt").read_text() == "goodbye world\n"
                 screenshot(page, "phone-diff.png")
@@ -770,4 +770,61 @@ async def test_connection_state_is_honest_and_offline_sends_are_queued_then_deli
         snap = await owner.snapshot(sid)
     users = [i for i in snap["items"] if i["type"] == "user" and i["text"] == "written offline"]
     assert len(users) == 1
+    assert problems == []
+
+
+async def test_a_diff_fits_a_phone_highlighted_with_one_filename_and_long_diffs_folded(
+    make_config: Callable[..., DaemonConfig], work_dir: Path
+) -> None:
+    chromium = chromium_or_skip()
+    problems: list[str] = []
+    old = [f"x{i} = {i}" for i in range(200)]
+    new = [f"def f{i}(): return {i}" for i in range(60)] + old[60:140]
+    new += [f"y{i} = {i}" for i in range(140, 199)]
+    new += ["LONG = '" + "word " * 60 + "'"]
+    (work_dir / "big.py").write_text("\n".join(old) + "\n")
+    measured: dict[str, Any] = {}
+    async with running_daemon(make_config(quic_port=-1)) as owner:
+        link, fingerprint = await pairing_link(owner, "chat")
+        sid = (await owner.create(work_dir, "hi"))["session"]["id"]
+
+        def scenario() -> None:
+            with phone_page(chromium, problems) as page:
+                pair(page, link, fingerprint)
+                open_session(page, link, sid)
+                wait_turn_ends(page, 1)
+                send(page, "[[write:big.py|" + "\n".join(new) + "\n]]")
+                card = page.wait_for_selector("#permissions .card .diff")
+                card = page.wait_for_selector("#permissions .card")
+                # one filename, in the title
+                assert card.query_selector(".card-title").inner_text() == "Write big.py"
+                assert card.inner_text().count("big.py") == 1
+                # a compact gutter: one number column, narrow
+                gutter = card.eval_on_selector(".dl .ln", "(n) => n.getBoundingClientRect().width")
+                measured["gutter"] = gutter
+                assert gutter < 30
+                # highlighted as Python
+                assert card.query_selector(".diff[data-language='py'] .dl.ins .hljs-keyword")
+                # a long diff folds its later hunks; one opens (and is highlighted) on a tap
+                fold = card.query_selector("details.hunk.folded")
+                assert fold is not None and fold.query_selector(".dl") is None
+                fold.query_selector("summary").click()
+                card.wait_for_selector("details.hunk.folded[open] .dl.ins")
+                # long lines wrap (nothing cut); the toggle scrolls them instead
+                body = card.query_selector(".diff-body")
+                assert body.evaluate("(b) => b.scrollWidth <= b.clientWidth + 1")
+                long_row = card.query_selector_all(".dl.ins")[-1]
+                assert "word word" in long_row.inner_text()
+                assert long_row.evaluate("(r) => r.getBoundingClientRect().height > 40")
+                card.query_selector(".diff-wrap").click()
+                assert body.evaluate("(b) => b.scrollWidth > b.clientWidth")
+                screenshot(page, "phone-diff-card.png")
+                card.query_selector("[data-action='allow']").click()
+                wait_turn_ends(page, 2)
+                # the transcript's tool row keeps the diff, without naming the file again
+                row = page.wait_for_selector("#transcript .tool .diff")
+                assert row.query_selector(".diff-path").inner_text() == ""
+
+        await run_in_browser(scenario)
+    assert (work_dir / "big.py").read_text() == "\n".join(new) + "\n"
     assert problems == []

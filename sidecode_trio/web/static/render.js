@@ -1,6 +1,6 @@
 // Turning transcript pieces into DOM: markdown (marked + DOMPurify), highlighted code
-// (highlight.js) and diffs (diff2html). The libraries are vendored classic scripts that set
-// window.marked, window.DOMPurify, window.hljs and window.Diff2Html.
+// (highlight.js) and diffs (our own phone-sized view, highlighted by file type). The libraries
+// are vendored classic scripts that set window.marked, window.DOMPurify and window.hljs.
 
 export function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
@@ -32,22 +32,106 @@ export function renderMarkdown(target, text) {
   }
 }
 
-/** A unified diff as a line-by-line diff view. */
-export function renderDiff(fileDiff, cwd) {
-  const box = el("div", { class: "diff" });
-  const inside = cwd && fileDiff.path.startsWith(cwd.replace(/\/?$/, "/"));
-  const path = inside ? fileDiff.path.slice(cwd.replace(/\/?$/, "/").length) : fileDiff.path;
-  const header = el("div", { class: "diff-head" },
-    el("span", { class: "diff-path", title: fileDiff.path, text: path }),
-    el("span", { class: "added", text: `+${fileDiff.added}` }),
-    el("span", { class: "removed", text: `−${fileDiff.removed}` }),
-    fileDiff.truncated ? el("span", { class: "muted", text: "(truncated)" }) : null);
+// -- diffs -----------------------------------------------------------------------------------
+
+const FOLD_LINES = 80; // a diff longer than this shows its first hunk; the others fold
+const SPECIAL_FILES = { makefile: "makefile", dockerfile: "dockerfile", "cmakelists.txt": "cmake" };
+
+/** The highlight.js language for a file, by name or extension; null when unknown. */
+export function languageOf(path) {
+  const name = basename(path || "").toLowerCase();
+  if (SPECIAL_FILES[name]) return SPECIAL_FILES[name];
+  const ext = name.includes(".") ? name.split(".").pop() : "";
+  return ext && window.hljs?.getLanguage(ext) ? ext : null;
+}
+
+/** A unified diff's hunks: [{header, oldStart, newStart, lines: [{kind, no, code}]}], where kind
+ * is "ins", "del" or "ctx" and `no` the line's number on its side (the new one for context). */
+export function parseUnified(text) {
+  const hunks = [];
+  let hunk = null;
+  let oldNo = 0;
+  let newNo = 0;
+  for (const line of (text || "").split("\n")) {
+    const head = /^@@ -(\d+)(?:,\d+)? \+(\d+)(?:,\d+)? @@/.exec(line);
+    if (head) {
+      oldNo = Number(head[1]);
+      newNo = Number(head[2]);
+      hunk = { header: line, oldStart: oldNo, newStart: newNo, lines: [] };
+      hunks.push(hunk);
+    } else if (hunk && line.startsWith("+")) {
+      hunk.lines.push({ kind: "ins", no: newNo++, code: line.slice(1) });
+    } else if (hunk && line.startsWith("-")) {
+      hunk.lines.push({ kind: "del", no: oldNo++, code: line.slice(1) });
+    } else if (hunk && line.startsWith(" ")) {
+      hunk.lines.push({ kind: "ctx", no: newNo++, code: line.slice(1) });
+      oldNo++;
+    } // "--- a", "+++ b" before the first hunk, "\ No newline at end of file": not lines
+  }
+  return hunks;
+}
+
+function highlightLine(code, language) {
+  const node = el("code", { class: "dc" });
+  if (language && code) {
+    node.innerHTML = window.hljs.highlight(code, { language, ignoreIllegals: true }).value;
+  } else {
+    node.textContent = code;
+  }
+  return node;
+}
+
+function hunkRows(hunk, language) {
+  const sign = { ins: "+", del: "−", ctx: " " };
+  return hunk.lines.map((line) => el("div", { class: `dl ${line.kind}` },
+    el("span", { class: "ln", "aria-hidden": "true" }, String(line.no)),
+    el("span", { class: "sg" }, sign[line.kind]),
+    highlightLine(line.code, language)));
+}
+
+/** A unified diff for a phone: one narrow gutter (the line's own number), wrapped lines (a
+ * toggle scrolls them instead), syntax highlighting by file type, and a long diff folded by
+ * hunk (a folded hunk is highlighted when it is opened). `showPath` names the file in the
+ * head; a card or tool row that already says which file leaves it out. */
+export function renderDiff(fileDiff, cwd, { showPath = true } = {}) {
+  const root = cwd ? cwd.replace(/\/?$/, "/") : null;
+  const path = root && fileDiff.path.startsWith(root) ? fileDiff.path.slice(root.length)
+    : fileDiff.path;
+  const language = languageOf(fileDiff.path);
+  const box = el("div", { class: "diff wrap", "data-language": language || "" });
+  const toggle = el("button", { type: "button", class: "diff-wrap", "aria-pressed": "true",
+    title: "Wrap long lines", onclick: () => {
+      const wrapped = box.classList.toggle("wrap");
+      toggle.setAttribute("aria-pressed", String(wrapped));
+    } }, "⤶ wrap");
+  box.append(el("div", { class: "diff-head" },
+    showPath ? el("span", { class: "diff-path", title: fileDiff.path, text: path })
+      : el("span", { class: "diff-path" }),
+    el("span", { class: "added", "aria-label": `${fileDiff.added} added` }, `+${fileDiff.added}`),
+    el("span", { class: "removed", "aria-label": `${fileDiff.removed} removed` },
+      `−${fileDiff.removed}`),
+    fileDiff.truncated ? el("span", { class: "muted", text: "(truncated)" }) : null,
+    toggle));
+  const hunks = parseUnified(fileDiff.unified);
+  const total = hunks.reduce((n, h) => n + h.lines.length, 0);
   const body = el("div", { class: "diff-body" });
-  body.innerHTML = window.DOMPurify.sanitize(window.Diff2Html.html(fileDiff.unified, {
-    drawFileList: false, outputFormat: "line-by-line", matching: "lines",
-    diffStyle: "word", renderNothingWhenEmpty: false, colorScheme: "auto",
-  }));
-  box.append(header, body);
+  hunks.forEach((hunk, i) => {
+    const label = `lines ${hunk.newStart}–${hunk.newStart + Math.max(0, hunk.lines.filter(
+      (l) => l.kind !== "del").length - 1)} · ${hunk.lines.length} rows`;
+    if (total > FOLD_LINES && i > 0) {
+      const rows = el("div", { class: "hunk-rows" });
+      const fold = el("details", { class: "hunk folded" },
+        el("summary", {}, `▸ ${label}`), rows);
+      fold.addEventListener("toggle", () => {
+        if (fold.open && !rows.childElementCount) rows.append(...hunkRows(hunk, language));
+      });
+      body.append(fold);
+    } else {
+      body.append(el("div", { class: "hunk" },
+        el("div", { class: "hunk-head" }, label), ...hunkRows(hunk, language)));
+    }
+  });
+  box.append(body);
   return box;
 }
 

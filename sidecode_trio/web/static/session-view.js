@@ -212,7 +212,8 @@ export class SessionView {
     });
     if (wasOpen) this.loadTool(item.tool_use_id, body);
     const row = el("div", { class: `tool ${item.status}`, "data-tool": item.tool_use_id }, details);
-    if (item.diff) row.append(renderDiff(item.diff, this.state.info?.cwd)); // no click needed
+    // no click needed; the row's title already names the file
+    if (item.diff) row.append(renderDiff(item.diff, this.state.info?.cwd, { showPath: false }));
     if (item.name === "ExitPlanMode" && item.input?.plan && item.status !== "running") {
       const plan = el("div", { class: "markdown plan" });
       renderMarkdown(plan, item.input.plan);
@@ -284,11 +285,18 @@ export class SessionView {
       card.append(this.questionForm(request, answer));
       return card;
     }
-    card.append(el("div", { class: "card-title" }, request.summary || request.tool_name));
-    if (request.description && request.description !== request.summary) {
-      card.append(el("div", { class: "muted" }, request.description));
+    if (request.diff) { // the file is named once: in the title, relative to the session
+      const cwd = (this.state.info?.cwd || "").replace(/\/?$/, "/");
+      const path = request.diff.path.startsWith(cwd) ? request.diff.path.slice(cwd.length)
+        : request.diff.path;
+      card.append(el("div", { class: "card-title" }, `${request.tool_name} ${path}`));
+    } else {
+      card.append(el("div", { class: "card-title" }, request.summary || request.tool_name));
+      if (request.description && request.description !== request.summary) {
+        card.append(el("div", { class: "muted" }, request.description));
+      }
     }
-    if (request.diff) card.append(renderDiff(request.diff, this.state.info?.cwd));
+    if (request.diff) card.append(renderDiff(request.diff, this.state.info?.cwd, { showPath: false }));
     else if (request.input?.command) card.append(codeBlock(request.input.command, "bash"));
     const deny = this.denyPanel(answer);
     const buttons = el("div", { class: "card-buttons" },

@@ -9,7 +9,7 @@ const SHELL = [
   "push.js", "style.css", "manifest.webmanifest", "icons/icon.svg", "icons/icon-192.png",
   "icons/icon-512.png", "vendor/marked.umd.js", "vendor/purify.min.js",
   "vendor/highlight.min.js", "vendor/highlight-github.min.css",
-  "vendor/highlight-github-dark.min.css", "vendor/diff2html.min.js", "vendor/diff2html.min.css",
+  "vendor/highlight-github-dark.min.css",
 ];
 
 self.addEventListener("install", (event) => {
