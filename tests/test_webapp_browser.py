@@ -347,7 +347,8 @@ async def test_over_sse_a_dropped_connection_resumes_exactly_and_an_image_is_att
                 page.set_input_files("#attach-input", str(image))
                 page.wait_for_selector("#attachments .thumb img")
                 send(page, "what is this")
-                page.wait_for_selector("#transcript .msg.user .muted >> text=1 image(s)")
+                # the sent image shows as a thumbnail (the daemon keeps only its hash)
+                page.wait_for_selector("#transcript .msg.user .sent-images img.sent-thumb[src]")
                 wait_turn_ends(page, 6)
 
                 # offline start: the service worker serves the shell, the app says it is offline
@@ -827,4 +828,83 @@ async def test_a_diff_fits_a_phone_highlighted_with_one_filename_and_long_diffs_
 
         await run_in_browser(scenario)
     assert (work_dir / "big.py").read_text() == "\n".join(new) + "\n"
+    assert problems == []
+
+
+async def test_sessions_are_managed_from_the_phone_titles_costs_images_and_code(
+    make_config: Callable[..., DaemonConfig], work_dir: Path
+) -> None:
+    chromium = chromium_or_skip()
+    problems: list[str] = []
+    async with running_daemon(make_config(quic_port=-1)) as owner:
+        link, fingerprint = await pairing_link(owner, "chat")
+        sid = (await owner.create(work_dir, "[[slow:2]] Fix the `parser` bug"))["session"]["id"]
+        other = (await owner.create(work_dir, "to delete"))["session"]["id"]
+
+        def info(session_id: str) -> dict[str, Any]:
+            snap = trio.from_thread.run(owner.snapshot, session_id)
+            return dict(snap["session"])
+
+        def scenario() -> None:
+            with phone_page(
+                chromium, problems, permissions=["clipboard-read", "clipboard-write"]
+            ) as page:
+                pair(page, link, fingerprint)
+                # a clean title: no directives or markup from the first prompt
+                row = page.wait_for_selector(f"#home-sessions a[data-session='{sid}'] .title")
+                assert row.inner_text() == "Fix the parser bug"
+                open_session(page, link, sid)
+                wait_turn_ends(page, 1)
+                assert page.inner_text("#session-title") == "Fix the parser bug"
+                # costs as people write them
+                cost = page.inner_text("#session-cost")
+                assert re.fullmatch(r"<\$0\.01|\$\d+\.\d\d", cost), cost
+                assert "0.0000" not in page.inner_text("#transcript")
+
+                # code blocks have a copy button that copies
+                send(page, "Here:\n\n```python\nanswer = 42\n```")
+                wait_turn_ends(page, 2)
+                page.evaluate(  # headless Chromium has no system clipboard: record the call
+                    "() => { window.copied = [];"
+                    " navigator.clipboard.writeText = async (t) => { window.copied.push(t); }; }"
+                )
+                page.locator("#transcript .msg.assistant pre .copy").last.click()
+                page.wait_for_selector("#transcript pre .copy >> text=Copied")
+                assert page.evaluate("() => window.copied") == ["answer = 42\n"]
+
+                # rename
+                page.click("#session-menu")
+                page.fill("#rename-input", "Parser fix")
+                page.click("#rename-save")
+                page.wait_for_function(
+                    "() => document.getElementById('session-title')?.innerText === 'Parser fix'"
+                )
+                # mirror to Remote Control, and back
+                page.click("#mirror-toggle")
+                page.wait_for_selector("#mirror-toggle[aria-checked='true']")
+                assert info(sid)["mirrored"] is True
+                page.click("#mirror-toggle")
+                page.wait_for_selector("#mirror-toggle[aria-checked='false']")
+                # archive: it leaves the list; unarchive brings it back
+                page.click("#archive-toggle")
+                page.wait_for_selector("#archive-toggle >> text=Unarchive")
+                assert info(sid)["archived"] is True
+                page.click("#archive-toggle")
+                page.wait_for_selector("#archive-toggle >> text=Archive")
+
+                # delete takes a second, deliberate tap
+                open_session(page, link, other)
+                wait_turn_ends(page, 1)
+                page.click("#session-menu")
+                page.click("#delete")
+                page.click("#delete-confirm")
+                page.wait_for_selector("#home-view:not([hidden])")
+                page.wait_for_selector(
+                    f"#home-sessions a[data-session='{other}']", state="detached"
+                )
+
+        await run_in_browser(scenario)
+        sessions = (await owner.http.get("/v1/sessions")).json()["sessions"]
+    assert [s["title"] for s in sessions if s["id"] == sid] == ["Parser fix"]
+    assert other not in [s["id"] for s in sessions]
     assert problems == []

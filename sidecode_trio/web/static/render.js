@@ -30,6 +30,7 @@ export function renderMarkdown(target, text) {
   for (const block of target.querySelectorAll("pre code")) {
     window.hljs.highlightElement(block);
   }
+  addCopyButtons(target);
 }
 
 // -- diffs -----------------------------------------------------------------------------------
@@ -145,9 +146,30 @@ export function codeBlock(text, language) {
   return el("pre", { class: "code" }, code);
 }
 
+/** A cost as people write it: "$0.42", "<$0.01" for a few tenths of a cent, nothing at 0. */
 export function formatCost(usd) {
-  if (usd === null || usd === undefined) return "";
-  return usd < 0.01 ? `$${usd.toFixed(4)}` : `$${usd.toFixed(2)}`;
+  if (usd === null || usd === undefined || !(usd > 0)) return "";
+  return usd < 0.01 ? "<$0.01" : `$${usd.toFixed(2)}`;
+}
+
+/** A "Copy" button on each code block (touch has no easy select-all inside a scroller). */
+export function addCopyButtons(target) {
+  for (const pre of target.querySelectorAll("pre")) {
+    if (pre.querySelector(":scope > .copy")) continue;
+    const button = el("button", { type: "button", class: "copy", "aria-label": "Copy code",
+      onclick: async () => {
+        const code = pre.querySelector("code") || pre;
+        try {
+          await navigator.clipboard.writeText(code.innerText);
+          button.textContent = "Copied";
+        } catch {
+          button.textContent = "Copy failed";
+        }
+        setTimeout(() => { button.textContent = "Copy"; }, 1500);
+      } }, "Copy");
+    pre.classList.add("has-copy");
+    pre.append(button);
+  }
 }
 
 export function ago(seconds) {

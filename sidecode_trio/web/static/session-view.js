@@ -1,7 +1,8 @@
 // One session on screen: the transcript (streamed), the permission cards and the composer.
 
-import { basename, codeBlock, el, formatCost, renderDiff, renderMarkdown, statusLabel }
-  from "./render.js";
+import { basename, codeBlock, el, formatCost, renderDiff, renderMarkdown, sessionTitle,
+  statusIcon, statusLabel } from "./render.js";
+import { imageThumb, rememberThumb } from "./thumbs.js";
 import { MODE_LABELS, allowedModes } from "./modes.js";
 import { SessionState } from "./state.js";
 
@@ -138,7 +139,7 @@ export class SessionView {
     this.interruptButton.hidden = !running;
     // Rebuilt only when something shown changes: an open <select> survives streaming text.
     const shown = JSON.stringify([label, info.title, info.cwd, info.cost_usd,
-      info.permission_mode, info.model, this.headRefresh]);
+      info.permission_mode, info.model, info.archived, info.mirrored, this.headRefresh]);
     if (shown === this.headShown) return;
     this.headShown = shown;
     const current = info.permission_mode || "default";
@@ -156,12 +157,71 @@ export class SessionView {
     models.map((m) => el("option", { value: m, selected: m === (info.model || "") },
       m || "model: default")))
       : el("span", { class: "pill mode" }, info.model || "default model");
+    const more = this.mayChat() ? el("button", { type: "button", class: "icon", id: "session-menu",
+      "aria-label": "Session options", "aria-expanded": String(!!this.actionsOpen),
+      "aria-controls": "session-actions", onclick: () => this.toggleActions() }, "⋯") : null;
     this.head.replaceChildren(
       el("div", { class: "head-line" },
-        el("span", { class: `pill ${status}`, id: "session-status" }, label),
-        el("span", { class: "cwd", title: info.cwd }, info.title || basename(info.cwd)),
-        el("span", { class: "cost" }, formatCost(info.cost_usd))),
-      el("div", { class: "head-line" }, mode, model));
+        el("span", { class: `pill ${status}`, id: "session-status" }, statusIcon(status), label),
+        el("h2", { class: "cwd", title: `${info.title || ""}\n${info.cwd}`, id: "session-title" },
+          sessionTitle(info)),
+        info.mirrored ? el("span", { class: "pill mirrored", title: "Mirrored to Remote Control" },
+          "⇄ mirrored") : null,
+        el("span", { class: "cost", id: "session-cost" }, formatCost(info.cost_usd)),
+        more),
+      el("div", { class: "head-line" }, mode, model),
+      this.actionsOpen ? this.actionsPanel(info) : null);
+  }
+
+  toggleActions() {
+    this.actionsOpen = !this.actionsOpen;
+    this.headRefresh = (this.headRefresh || 0) + 1;
+    this.renderHead();
+    if (this.actionsOpen) this.head.querySelector("#rename-input")?.focus();
+  }
+
+  /** Rename, mirror to Remote Control, archive, delete: what the API offers for a session. */
+  actionsPanel(info) {
+    const name = el("input", { id: "rename-input", value: sessionTitle(info), maxlength: 200,
+      "aria-label": "Session title" });
+    const confirmDelete = el("button", { type: "button", class: "danger", id: "delete-confirm",
+      hidden: true, onclick: () => this.remove() }, "Delete for good");
+    return el("div", { class: "session-actions", id: "session-actions" },
+      el("form", { class: "rename", onsubmit: (e) => {
+        e.preventDefault();
+        const title = name.value.trim();
+        if (title) this.patch({ title });
+      } }, name, el("button", { type: "submit", id: "rename-save" }, "Rename")),
+      el("button", { type: "button", id: "mirror-toggle", role: "switch",
+        "aria-checked": String(!!info.mirrored), onclick: () => this.mirror(!info.mirrored) },
+      info.mirrored ? "⇄ Mirrored to Remote Control: on" : "⇄ Mirror to Remote Control: off"),
+      el("div", { class: "card-buttons" },
+        el("button", { type: "button", id: "archive-toggle",
+          onclick: () => this.patch({ archived: !info.archived }) },
+        info.archived ? "Unarchive" : "Archive"),
+        el("button", { type: "button", class: "danger", id: "delete", onclick: () => {
+          confirmDelete.hidden = false;
+          confirmDelete.focus();
+        } }, "Delete…"),
+        confirmDelete));
+  }
+
+  async mirror(enabled) {
+    const path = `/v1/sessions/${encodeURIComponent(this.id)}/mirror`;
+    const { status, body } = await this.client.request("PUT", path, { enabled });
+    if (status !== 200) this.showError(body?.error?.message || `mirror failed (${status})`);
+    else {
+      this.showError("");
+      if (this.state.info) Object.assign(this.state.info, { mirrored: body.enabled });
+      this.renderHead();
+    }
+  }
+
+  async remove() {
+    const path = `/v1/sessions/${encodeURIComponent(this.id)}`;
+    const { status, body } = await this.client.request("DELETE", path);
+    if (status !== 200) this.showError(body?.error?.message || `delete failed (${status})`);
+    else location.hash = "";
   }
 
   // -- transcript items ------------------------------------------------------------------------
@@ -170,9 +230,9 @@ export class SessionView {
     switch (item.type) {
       case "user":
         return el("div", { class: `msg user ${item.state}`, "data-id": item.message_id },
-          el("div", { class: "bubble" }, item.text),
-          (item.images || []).length
-            ? el("div", { class: "muted" }, `${item.images.length} image(s) attached`) : null);
+          (item.images || []).length ? el("div", { class: "sent-images" },
+            item.images.map((image) => imageThumb(image))) : null,
+          item.text ? el("div", { class: "bubble" }, item.text) : null);
       case "assistant":
         return this.renderAssistant(item, previous);
       case "tool":
@@ -555,8 +615,9 @@ export class SessionView {
         reader.onerror = () => reject(reader.error);
         reader.readAsDataURL(file);
       });
-      this.images.push({ media_type: file.type, data, name: file.name,
-        url: URL.createObjectURL(file) });
+      const url = URL.createObjectURL(file);
+      this.images.push({ media_type: file.type, data, name: file.name, url });
+      rememberThumb(file, url); // the daemon keeps only a hash: the thumbnail stays here
     }
     this.fileInput.value = "";
     this.renderAttachments();
