@@ -192,7 +192,7 @@ async def test_phone_pairs_starts_a_session_approves_denies_interrupts_and_reloa
                 assert "goodbye world" in card.inner_text()  # the diff, before it runs
                 row = f"#sessions a[data-session='{session_id}'] [data-status='needs-approval']"
                 page.wait_for_selector(row, state="attached")  # the drawer says so too
-                assert page.text_content("#session-status") == "needs approval"
+                assert page.text_content("#session-status") == "⚠ needs approval"
                 assert card.query_selector(".dl.ins") is not None
                 screenshot(page, "phone.png")  # the README's picture: a card with its diff
                 if UPDATE_DOCS or not (DOCS / "phone.png").exists():
@@ -679,9 +679,15 @@ async def test_home_is_the_session_list_with_live_status_and_an_approval_badge(
     async with running_daemon(make_config(quic_port=-1)) as owner:
         link, fingerprint = await pairing_link(owner, "chat")
 
+        async def create_settled(prompt: str) -> str:
+            """A new session whose first turn has completed (so its activity is over)."""
+            session_id = str((await owner.create(work_dir, prompt))["session"]["id"])
+            async with owner.events(session_id) as events:
+                await events.until_type("turn.completed", "permission.requested")
+            return session_id
+
         def create(prompt: str) -> str:
-            reply = trio.from_thread.run(owner.create, work_dir, prompt)
-            return str(reply["session"]["id"])
+            return str(trio.from_thread.run(create_settled, prompt))
 
         def scenario() -> None:
             with phone_page(chromium, problems) as page:
@@ -702,7 +708,8 @@ async def test_home_is_the_session_list_with_live_status_and_an_approval_badge(
                     "#home-sessions a", "(as) => as.map((a) => a.dataset.session)"
                 )
                 assert order == [second, first]
-                assert page.text_content("#menu-badge") == "1" and page.is_visible("#menu-badge")
+                assert page.get_attribute("#menu-badge", "data-count") == "1"
+                assert page.is_visible("#menu-badge")
                 assert page.title().startswith("(1) needs approval")
                 assert "waiting for approval" in page.get_attribute("#menu", "aria-label")
                 # live: once answered, the badge and the title clear
@@ -908,3 +915,87 @@ async def test_sessions_are_managed_from_the_phone_titles_costs_images_and_code(
     assert [s["title"] for s in sessions if s["id"] == sid] == ["Parser fix"]
     assert other not in [s["id"] for s in sessions]
     assert problems == []
+
+
+AXE = Path(__file__).parent / "vendor" / "axe-core" / "axe.min.js"
+
+
+def axe_serious(page: Any) -> list[str]:
+    """axe-core's serious and critical violations on the page as it is (injected through the
+    DevTools protocol, which the page's CSP does not govern)."""
+    if not page.evaluate("() => !!window.axe"):
+        page.evaluate(AXE.read_text())
+    results = page.evaluate(
+        "async () => (await axe.run(document, {resultTypes: ['violations']})).violations"
+        ".filter((v) => v.impact === 'serious' || v.impact === 'critical')"
+        ".map((v) => `${v.id}: ${v.nodes.slice(0, 3).map((n) => n.target.join(' ')).join(', ')}`)"
+    )
+    return list(results)
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+async def test_axe_finds_nothing_serious_on_the_main_screens(
+    make_config: Callable[..., DaemonConfig], work_dir: Path, scheme: str
+) -> None:
+    chromium = chromium_or_skip()
+    problems: list[str] = []
+    found: dict[str, list[str]] = {}
+    async with running_daemon(make_config(quic_port=-1)) as owner:
+        link, fingerprint = await pairing_link(owner, "admin")
+        sid = (await owner.create(work_dir, "hi"))["session"]["id"]
+
+        def scenario() -> None:
+            with phone_page(chromium, problems, color_scheme=scheme) as page:
+                page.goto(link.split("#")[0])
+                page.wait_for_selector("#unpaired-view:not([hidden])")
+                found["unpaired"] = axe_serious(page)
+                page.goto(link)
+                page.wait_for_selector("#pair-view:not([hidden])")
+                found["pairing"] = axe_serious(page)
+                pair(page, link, fingerprint)
+                page.wait_for_selector(f"#home-sessions a[data-session='{sid}']")
+                found["home"] = axe_serious(page)
+                # the closed drawer is out of the accessibility tree; open, the page behind is
+                inert = "() => ['drawer', 'main'].map((id) => document.getElementById(id).inert)"
+                assert page.evaluate(inert) == [True, False]
+                page.click("#menu")
+                page.wait_for_selector("#sessions a")
+                assert page.evaluate(inert) == [False, True]
+                found["drawer"] = axe_serious(page)
+                page.click("#new-session")
+                page.wait_for_selector("#folders button")
+                found["new session"] = axe_serious(page)
+                open_session(page, link, sid)
+                wait_turn_ends(page, 1)
+                send(page, "Here:\n\n```python\nanswer = 42\n```")
+                wait_turn_ends(page, 2)
+                send(page, "[[write:a.py|x = 1\n]]")
+                card = page.wait_for_selector("#permissions .card")
+                card.query_selector("[data-action='deny']").click()
+                page.click("#session-menu")
+                found["permission card"] = axe_serious(page)
+                # a card is a headed region, announced once through the alert region
+                assert card.evaluate("(c) => c.matches('section[aria-labelledby]')")
+                assert card.query_selector("h3.card-title").inner_text() == "Write a.py"
+                page.wait_for_function(
+                    "() => document.getElementById('announcer').textContent"
+                    " === 'Needs your answer: Write a.py'"
+                )
+                card.query_selector("[data-action='allow']").click()
+                wait_turn_ends(page, 3)
+                # a tool's state is a symbol and a word, not a colour only
+                status = page.locator("#transcript .tool .tool-status").last
+                assert status.inner_text() == "✓" and status.get_attribute("aria-label") == "done"
+                send(page, "[[ask:Which?|A=first,B=second]]")
+                page.wait_for_selector("#permissions .card .option")
+                found["question"] = axe_serious(page)
+                page.click("#permissions [data-option='A']")
+                page.click("#permissions [data-action='answer']")
+                wait_turn_ends(page, 4)
+                send(page, PLAN)
+                page.wait_for_selector("#permissions .plan-card")
+                found["plan"] = axe_serious(page)
+
+        await run_in_browser(scenario)
+    assert {screen: v for screen, v in found.items() if v} == {}
+    assert len(found) == 8 and problems == []

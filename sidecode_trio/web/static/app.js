@@ -3,7 +3,7 @@
 
 import { forgetDevice, loadDevice, pair, payloadFromFragment } from "./auth.js";
 import { Client } from "./connection.js";
-import { ago, basename, el, formatCost, sessionTitle, statusIcon, statusLabel }
+import { ago, announce, basename, el, formatCost, sessionTitle, statusIcon, statusLabel }
   from "./render.js";
 import { MODE_LABELS, allowedModes } from "./modes.js";
 import { SessionView } from "./session-view.js";
@@ -22,10 +22,20 @@ function show(id) {
   document.body.dataset.view = id;
 }
 
+const wideScreen = matchMedia("(min-width: 900px)"); // there the drawer is a fixed column
+
+/** Open or close the drawer. Closed (on a phone) it is inert: out of the accessibility tree
+ * and the focus order; open, the page behind it is inert instead. */
 function setDrawer(open) {
-  document.body.classList.toggle("drawer-open", open);
-  $("menu").setAttribute("aria-expanded", String(open));
+  const docked = wideScreen.matches;
+  document.body.classList.toggle("drawer-open", open && !docked);
+  $("menu").setAttribute("aria-expanded", String(open && !docked));
+  $("drawer").inert = !open && !docked;
+  $("main").inert = open && !docked;
+  if (open && !docked) ($("drawer").querySelector("a.current, a, button") || $("drawer")).focus();
+  else if (!docked && $("drawer").contains(document.activeElement)) $("menu").focus();
 }
+wideScreen.addEventListener("change", () => setDrawer(false));
 
 // -- the connection indicator ----------------------------------------------------------------
 
@@ -171,7 +181,11 @@ function renderDrawer() {
   // while any session waits for an answer: a badge on ☰ and the count in the page's title
   const waiting = sorted.filter((s) => statusLabel(s)[0] === "needs-approval").length;
   $("menu-badge").hidden = !waiting;
-  $("menu-badge").textContent = waiting ? String(waiting) : "";
+  $("menu-badge").dataset.count = waiting ? String(waiting) : ""; // drawn by CSS: not in the name
+  if (waiting > (app.waiting || 0) && !app.view) {
+    announce(`${waiting} session${waiting > 1 ? "s" : ""} waiting for approval`);
+  }
+  app.waiting = waiting;
   $("menu").setAttribute("aria-label", waiting
     ? `Sessions (${waiting} waiting for approval)` : "Sessions");
   document.title = waiting ? `(${waiting}) needs approval · sidecode` : "sidecode";
@@ -404,6 +418,7 @@ async function registerServiceWorker() {
 }
 
 wire();
+setDrawer(false);
 registerServiceWorker();
 let payload = null;
 try {

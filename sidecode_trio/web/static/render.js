@@ -19,6 +19,14 @@ export function el(tag, attrs = {}, ...children) {
   return node;
 }
 
+/** Say something to a screen reader once, through the page's alert region (index.html). */
+export function announce(text) {
+  const region = document.getElementById("announcer");
+  if (!region) return;
+  region.textContent = "";
+  setTimeout(() => { region.textContent = text; }, 50);
+}
+
 /** Markdown to sanitized HTML in `target`, with code blocks highlighted. */
 export function renderMarkdown(target, text) {
   const html = window.marked.parse(text || "", { gfm: true, breaks: false, async: false });

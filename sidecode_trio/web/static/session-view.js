@@ -1,11 +1,13 @@
 // One session on screen: the transcript (streamed), the permission cards and the composer.
 
-import { basename, codeBlock, el, formatCost, renderDiff, renderMarkdown, sessionTitle,
+import { announce, basename, codeBlock, el, formatCost, renderDiff, renderMarkdown, sessionTitle,
   statusIcon, statusLabel } from "./render.js";
 import { imageThumb, rememberThumb } from "./thumbs.js";
 import { MODE_LABELS, allowedModes } from "./modes.js";
 import { SessionState } from "./state.js";
 
+// a tool's state by symbol and word, not colour only
+const TOOL_STATUS = { running: ["…", "running"], completed: ["✓", "done"], failed: ["✕", "failed"] };
 const MODELS = ["", "opus", "sonnet", "haiku"];
 const MAX_IMAGE_BYTES = 3_750_000;
 const MAX_IMAGES = 4;
@@ -262,7 +264,9 @@ export class SessionView {
   renderTool(item, previous) {
     const wasOpen = !!previous?.querySelector("details")?.open;
     const summary = el("summary", {},
-      el("span", { class: `tool-status ${item.status}` }),
+      el("span", { class: `tool-status ${item.status}`, role: "img",
+        "aria-label": TOOL_STATUS[item.status]?.[1] || item.status },
+      TOOL_STATUS[item.status]?.[0] || "•"),
       el("span", { class: "tool-name" }, item.name),
       el("span", { class: "tool-title" }, item.title || ""));
     const body = el("div", { class: "tool-body" });
@@ -309,7 +313,9 @@ export class SessionView {
     }
     for (const [requestId, request] of this.state.pending) {
       if (!this.cards.querySelector(`[data-request="${CSS.escape(requestId)}"]`)) {
-        this.cards.append(this.card(request));
+        const card = this.card(request);
+        this.cards.append(card);
+        announce(`Needs your answer: ${card.querySelector(".card-title").textContent}`);
       }
     }
   }
@@ -334,14 +340,16 @@ export class SessionView {
   }
 
   card(request) {
-    const card = el("div", { class: "card permission", "data-request": request.request_id });
+    const titleId = `card-title-${request.request_id}`;
+    const card = el("section", { class: "card permission", "data-request": request.request_id,
+      "aria-labelledby": titleId });
     const answer = (body) => this.answer(request.request_id, body, card);
     if (request.tool_name === "ExitPlanMode") {
       this.planCard(request, card, answer);
       return card;
     }
     if (request.tool_name === "AskUserQuestion") { // the question is the card: said once
-      card.append(el("div", { class: "card-title" }, "Claude asks"));
+      card.append(el("h3", { class: "card-title", id: titleId }, "Claude asks"));
       card.append(this.questionForm(request, answer));
       return card;
     }
@@ -349,9 +357,9 @@ export class SessionView {
       const cwd = (this.state.info?.cwd || "").replace(/\/?$/, "/");
       const path = request.diff.path.startsWith(cwd) ? request.diff.path.slice(cwd.length)
         : request.diff.path;
-      card.append(el("div", { class: "card-title" }, `${request.tool_name} ${path}`));
+      card.append(el("h3", { class: "card-title", id: titleId }, `${request.tool_name} ${path}`));
     } else {
-      card.append(el("div", { class: "card-title" }, request.summary || request.tool_name));
+      card.append(el("h3", { class: "card-title", id: titleId }, request.summary || request.tool_name));
       if (request.description && request.description !== request.summary) {
         card.append(el("div", { class: "muted" }, request.description));
       }
@@ -376,9 +384,10 @@ export class SessionView {
    * and accept edits, approve and keep asking, or keep planning (with what to change). */
   planCard(request, card, answer) {
     card.classList.add("plan-card");
+    const titleId = card.getAttribute("aria-labelledby");
     const plan = el("div", { class: "markdown plan", id: `plan-${request.request_id}` });
     renderMarkdown(plan, request.input?.plan || "(the plan is empty)");
-    card.append(el("div", { class: "card-title" }, "Claude's plan is ready"), plan);
+    card.append(el("h3", { class: "card-title", id: titleId }, "Claude's plan is ready"), plan);
     const setMode = (mode) => [{ type: "setMode", mode, destination: "session" }];
     // from plan: what this device may switch to once the plan is approved
     const modes = this.modes("plan");
