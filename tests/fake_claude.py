@@ -29,6 +29,8 @@ plain text                     ``You said: <text>``, a few words per text delta
 ``[[slow:N]]``                 N text deltas ``tick i `` 0.05 s apart (interruptible)
 ``[[fast:N]]``                 N text deltas ``tok `` as fast as possible
 ``[[fast:N:CHARS]]``           the same with deltas of CHARS characters (``abc...``): bulk volume
+``[[doc:KB:RATE]]``            a markdown document of about KB kilobytes (headings, paragraphs,
+                               code blocks, lists) in 24-character deltas, RATE per second
 ``[[stamp:N:RATE]]``           N text deltas ``<time.monotonic_ns()>;`` stamped right before the
                                line is written, RATE deltas per second (0 = no pacing)
 ``[[error:STATUS]]``           synthetic API-error assistant + ``result`` (is_error, api_error)
@@ -122,7 +124,8 @@ VALUE_FLAGS = frozenset({
 })  # fmt: skip
 
 _DIRECTIVE_RE = re.compile(
-    r"\[\[(bash|write|edit|ask|plan|slow|fast|stamp|error|crash|sleep)(?::(.*?))?\]\]", re.DOTALL
+    r"\[\[(bash|write|edit|ask|plan|doc|slow|fast|stamp|error|crash|sleep)(?::(.*?))?\]\]",
+    re.DOTALL,
 )
 _INTERRUPT_PREFIX_RE = re.compile(r"^(?:\s*\[Request interrupted by user[^\]]*\])+\s*")
 _CLI_INJECTED_RE = re.compile(
@@ -485,11 +488,37 @@ def _timing_reply(name: str, arg: str) -> Reply:
     if name == "stamp":
         count, _, rate = arg.partition(":")
         return Reply(blocks=(TextBlock((), stamp=(int(count), float(rate or 0))),))
+    if name == "doc":
+        size, _, rate = arg.partition(":")
+        text = markdown_document(int(size) * 1024)
+        chunks = tuple(text[i : i + 24] for i in range(0, len(text), 24))
+        return Reply(blocks=(TextBlock(chunks),), interval_s=1 / float(rate or 100))
     if name == "error":
         return Reply(error_status=int(arg))
     if name == "sleep":
         return Reply(blocks=(TextBlock(("slept",)),), delay_s=float(arg))
     raise ValueError(f"unknown directive {name}")
+
+
+def markdown_document(size: int) -> str:
+    """About ``size`` characters of the markdown a long answer has (for ``[[doc]]``)."""
+    parts: list[str] = []
+    total = 0
+    section = 0
+    while total < size:
+        part = (
+            f"## Step {section}\n\nThe parser reads **token {section}** and checks"
+            f" `state_{section}` before it moves on; a failure here means the input was cut"
+            " short, so it says where and stops.\n\n"
+            f"```python\ndef step_{section}(state, token):\n    if token is None:\n"
+            f"        raise ValueError('cut short at {section}')\n"
+            "    return state + [token]\n```\n\n"
+            f"- keeps the order of step {section}\n- never reads past the end\n\n"
+        )
+        parts.append(part)
+        total += len(part)
+        section += 1
+    return "".join(parts)
 
 
 def reply_for_prompt(raw: str, cwd: str) -> Reply:
