@@ -407,7 +407,8 @@ async def test_over_https_once_the_certificate_is_accepted(
 
 def open_session(page: Any, link: str, session_id: str) -> None:
     page.goto(link.split("#")[0] + f"#s={session_id}")
-    page.wait_for_selector("#session-view:not([hidden]) #transcript")
+    # a locator, not wait_for_selector: an element handle would keep the old view alive
+    page.locator("#session-view:not([hidden]) #transcript").wait_for()
 
 
 def wait_mode(page: Any, mode: str) -> None:
@@ -1050,7 +1051,13 @@ async def test_streaming_cost_is_measured_under_a_4x_cpu_throttle(
                 page.evaluate(LIVE_REGION_WRITES)
                 start = metrics()
                 send(page, "[[doc:46:160]]")
-                page.wait_for_selector("#transcript .assistant.streaming")
+                # a finished code block is highlighted once and then left alone while the rest
+                # streams in (it used to be re-parsed and re-highlighted every frame)
+                page.wait_for_function(
+                    "() => { const pre = document.querySelector("
+                    "'#transcript .assistant.streaming pre code.hljs');"
+                    " if (pre) window.firstBlock = pre; return !!pre; }"
+                )
                 page.wait_for_function(  # ~12 s of streaming: this step may take longer
                     "() => document.querySelectorAll('#transcript .turn-end').length >= 2",
                     timeout=120_000,
@@ -1073,6 +1080,7 @@ async def test_streaming_cost_is_measured_under_a_4x_cpu_throttle(
                 report["long_tasks"] = len(long_tasks)
                 report["longest_task_ms"] = round(max(long_tasks, default=0))
                 report["live_region_writes"] = page.evaluate("() => window.liveWrites")
+                assert page.evaluate("() => window.firstBlock.isConnected")
                 # the whole answer arrived, every section rendered
                 sections = page.locator("#transcript .assistant").last.locator("h2").count()
                 assert sections >= 40 and "Step 0" in text

@@ -41,6 +41,76 @@ export function renderMarkdown(target, text) {
   addCopyButtons(target);
 }
 
+/** Markdown that grows while it streams, rendered incrementally: blocks that are finished
+ * (another block has started after them) are parsed, sanitized and highlighted once and never
+ * touched again; only the block still being written is re-rendered, without highlighting. */
+export class StreamingMarkdown {
+  constructor(target) {
+    this.done = el("div", { class: "md-done" });
+    this.live = el("div", { class: "md-live" });
+    target.replaceChildren(this.done, this.live);
+    this.committed = ""; // the text the finished blocks were made of
+    this.tail = null;
+    this.stats = { commits: 0, tailRenders: 0 };
+  }
+
+  update(text, complete) {
+    if (!text.startsWith(this.committed)) { // replaced, not extended: start again
+      this.committed = "";
+      this.seen = undefined;
+      this.done.replaceChildren();
+    }
+    const rest = text.slice(this.committed.length);
+    let finished = rest;
+    // a block can only have finished if a line ended since the last look
+    const grown = rest.slice(this.seen === undefined ? 0 : Math.max(0, this.seen - 1));
+    this.seen = rest.length;
+    if (!complete && !grown.includes("\n")) {
+      finished = "";
+    } else if (!complete) {
+      const tokens = window.marked.lexer(rest, { gfm: true });
+      let last = tokens.length - 1;
+      while (last >= 0 && tokens[last].type === "space") last -= 1;
+      finished = tokens.slice(0, Math.max(0, last)).map((t) => t.raw).join("");
+      if (!rest.startsWith(finished)) finished = ""; // the lexer rewrote something: wait
+    }
+    if (finished) {
+      this.done.append(markdownFragment(finished, true));
+      this.committed += finished;
+      this.seen = rest.length - finished.length;
+      this.stats.commits += 1;
+    }
+    const tail = rest.slice(finished.length);
+    if (tail !== this.tail) {
+      this.live.replaceChildren(tail ? markdownFragment(tail, false) : "");
+      this.tail = tail;
+      this.stats.tailRenders += 1;
+    }
+  }
+}
+
+/** Sanitized DOM for `text`; `highlight`: colour its code blocks and give them Copy. */
+export function markdownFragment(text, highlight) {
+  const html = window.marked.parse(text, { gfm: true, breaks: false, async: false });
+  const fragment = window.DOMPurify.sanitize(html, { USE_PROFILES: { html: true },
+    RETURN_DOM_FRAGMENT: true });
+  for (const link of fragment.querySelectorAll("a[href]")) {
+    link.target = "_blank";
+    link.rel = "noopener noreferrer";
+  }
+  if (highlight) {
+    for (const block of fragment.querySelectorAll("pre code")) window.hljs.highlightElement(block);
+    addCopyButtons(fragment);
+  }
+  return fragment;
+}
+
+/** Say something politely (after what is being read), through the page's status region. */
+export function announcePolitely(text) {
+  const region = document.getElementById("polite");
+  if (region) region.textContent = text;
+}
+
 // -- diffs -----------------------------------------------------------------------------------
 
 const FOLD_LINES = 80; // a diff longer than this shows its first hunk; the others fold

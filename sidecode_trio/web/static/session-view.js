@@ -1,7 +1,7 @@
 // One session on screen: the transcript (streamed), the permission cards and the composer.
 
-import { announce, basename, codeBlock, el, formatCost, renderDiff, renderMarkdown, sessionTitle,
-  statusIcon, statusLabel } from "./render.js";
+import { StreamingMarkdown, announce, announcePolitely, basename, codeBlock, el, formatCost,
+  renderDiff, renderMarkdown, sessionTitle, statusIcon, statusLabel } from "./render.js";
 import { imageThumb, rememberThumb } from "./thumbs.js";
 import { MODE_LABELS, allowedModes } from "./modes.js";
 import { SessionState } from "./state.js";
@@ -10,6 +10,7 @@ import { SessionState } from "./state.js";
 const TOOL_STATUS = { running: ["…", "running"], completed: ["✓", "done"], failed: ["✕", "failed"] };
 const MODELS = ["", "opus", "sonnet", "haiku"];
 const MAX_IMAGE_BYTES = 3_750_000;
+const MIN_FRAME_MS = 50;
 const MAX_IMAGES = 4;
 
 export class SessionView {
@@ -32,16 +33,23 @@ export class SessionView {
       (frame) => this.onFrame(frame), () => this.state.position);
   }
 
+  /** Stop following and let go of everything this view drew (a closed view keeps nothing). */
   close() {
+    this.closed = true;
     this.follow.close();
     this.root.replaceChildren();
+    this.nodes = [];
+    this.state = new SessionState(this.id);
   }
 
   // -- layout ----------------------------------------------------------------------------------
 
   build() {
     this.head = el("div", { class: "session-head" });
-    this.transcript = el("div", { class: "transcript", id: "transcript", "aria-live": "polite" });
+    // not a live region: rewritten on every streamed frame, it would be read out each time;
+    // a finished answer is announced once, politely (renderAssistant)
+    this.transcript = el("div", { class: "transcript", id: "transcript" });
+    this.transcript.addEventListener("scroll", () => this.onScroll(), { passive: true });
     this.cards = el("div", { class: "cards", id: "permissions" });
     this.input = el("textarea", { id: "message", rows: 1, placeholder: "Message Claude…",
       enterkeyhint: "send", "aria-label": "Message" });
@@ -99,16 +107,23 @@ export class SessionView {
   scheduleRender() {
     if (this.renderQueued) return;
     this.renderQueued = true;
-    requestAnimationFrame(() => {
+    // at most one render per MIN_FRAME_MS while text streams in (a first token still shows at
+    // the next frame): fewer, cheaper frames for the same text
+    const wait = Math.max(0, MIN_FRAME_MS - (performance.now() - (this.renderedAt || 0)));
+    const go = () => requestAnimationFrame(() => {
       this.renderQueued = false;
-      this.render();
+      this.renderedAt = performance.now();
+      if (!this.closed) this.render();
     });
+    if (wait > 0) setTimeout(go, wait);
+    else go();
   }
 
   render() {
     const s = this.state;
-    const nearBottom = this.transcript.scrollHeight - this.transcript.scrollTop
-      - this.transcript.clientHeight < 80;
+    // whether to follow the text: known from the last scroll, not measured here (a measure
+    // before the changes forces a second layout in every frame)
+    const nearBottom = this.pinned !== false;
     if (s.reset) {
       this.transcript.replaceChildren();
       this.nodes = [];
@@ -131,6 +146,11 @@ export class SessionView {
     this.transcript.dataset.snapshots = String(this.stats.snapshots);
     this.transcript.dataset.duplicates = String(this.stats.duplicates);
     if (nearBottom) this.transcript.scrollTop = this.transcript.scrollHeight;
+  }
+
+  onScroll() {
+    const t = this.transcript;
+    this.pinned = t.scrollHeight - t.scrollTop - t.clientHeight < 80;
   }
 
   renderHead() {
@@ -255,9 +275,15 @@ export class SessionView {
     const node = previous && previous.classList.contains("assistant") ? previous
       : el("div", { class: "msg assistant", "data-id": `${item.message_id}:${item.index}` },
         el("div", { class: "markdown" }));
+    const wasStreaming = node.classList.contains("streaming");
     node.classList.toggle("streaming", !item.complete);
     node.classList.toggle("api-error", !!item.is_api_error);
-    renderMarkdown(node.firstChild, item.text);
+    node.markdown ??= new StreamingMarkdown(node.firstChild);
+    node.markdown.update(item.text || "", item.complete);
+    if (wasStreaming && item.complete) {
+      const words = (item.text || "").replace(/[#*`_>|-]+/g, " ").replace(/\s+/g, " ").trim();
+      announcePolitely(`Claude: ${words.slice(0, 160)}${words.length > 160 ? "…" : ""}`);
+    }
     return node;
   }
 
