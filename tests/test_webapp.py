@@ -51,7 +51,8 @@ async def test_every_static_file_is_served_with_its_type_and_no_credentials(
                 assert response.headers["x-content-type-options"] == "nosniff"
                 assert "script-src 'self'" in response.headers["content-security-policy"]
                 assert response.headers["cache-control"] == "no-cache"
-                again = await http.get(f"/app/{name}", headers={"If-None-Match": static.etag})
+                etag = response.headers["etag"]
+                again = await http.get(f"/app/{name}", headers={"If-None-Match": etag})
                 assert again.status_code == 304 and again.content == b""
 
 
@@ -61,7 +62,7 @@ async def test_the_shell_is_open_and_the_api_is_not(daemon: Client) -> None:
             index = await http.get("/app/")
             assert index.status_code == 200
             assert index.headers["content-type"] == "text/html; charset=utf-8"
-            assert '<script type="module" src="app.js">' in index.text
+            assert re.search(r'<script type="module" src="app\.js\?v=[0-9a-f]{12}">', index.text)
             csp = index.headers["content-security-policy"]
             # the WebTransport endpoint is reachable under the CSP; nothing else off-origin
             quic_urls = (await http.get("/v1/info")).json()["quic"]
@@ -142,3 +143,42 @@ def test_a_chat_device_comes_back_from_plan_but_does_not_widen_past_default() ->
         with pytest.raises(Forbidden, match="admin"):
             chat.require_mode_change("plan", wanted)
     Principal("dev_2", "laptop", Scope.ADMIN).require_mode_change("plan", "acceptEdits")
+
+
+async def test_the_shell_is_served_gzipped_and_versioned_files_are_cached_for_a_year(
+    daemon: Client,
+) -> None:
+    files = web.load_files()
+    build = files["app.js"].build
+    plain = sum(len(f.body) for f in files.values())
+    sent = 0
+    with trio.fail_after(30):
+        async with anonymous(daemon) as http:
+            index = await http.get("/app/", headers={"Accept-Encoding": "gzip"})
+            assert index.headers["content-encoding"] == "gzip"
+            assert index.headers["cache-control"] == "no-cache"  # the page itself: revalidated
+            assert index.headers["vary"] == "Accept-Encoding"
+            # every local reference of the page and its modules carries the build
+            refs = re.findall(r'(?:src|href)="([^"#]+)"', index.text)
+            assert refs and all(ref.endswith(f"?v={build}") for ref in refs), refs
+            assert f'from "./render.js?v={build}"' in files["session-view.js"].body.decode()
+            for name, static in files.items():
+                response = await http.get(
+                    f"/app/{name}?v={build}", headers={"Accept-Encoding": "gzip, br"}
+                )
+                assert response.status_code == 200 and response.content == static.body, name
+                if name != web.INDEX:
+                    assert response.headers["cache-control"] == web.IMMUTABLE, name
+                compressible = static.content_type.startswith(web.COMPRESSIBLE)
+                if compressible and len(static.body) > 1024:
+                    assert response.headers["content-encoding"] == "gzip", name
+                gzipped = response.headers.get("content-encoding") == "gzip"
+                sent += len(static.gzipped or b"") if gzipped else len(static.body)
+            # an old build's URL, or none, is revalidated rather than trusted for a year
+            stale = await http.get("/app/app.js?v=000000000000")
+            assert stale.headers["cache-control"] == "no-cache"
+            # a client that takes no gzip gets the plain bytes
+            for refuse in ("identity", "gzip;q=0", ""):
+                raw = await http.get("/app/app.js", headers={"Accept-Encoding": refuse})
+                assert "content-encoding" not in raw.headers and raw.content == files["app.js"].body
+    assert sent < plain * 0.45, (sent, plain)  # ~378 KB -> ~139 KB

@@ -1109,3 +1109,43 @@ async def test_streaming_cost_is_measured_under_a_4x_cpu_throttle(
     print("streaming cost:", json.dumps(report))
     assert report["follows_open"] == 2  # the list and the one open session
     assert problems == []
+
+
+async def test_the_app_shell_arrives_gzipped_with_year_long_caching(
+    make_config: Callable[..., DaemonConfig],
+) -> None:
+    """What a phone downloads at first start: every script and style gzipped and marked
+    immutable (the URLs carry the build). The transfer size is printed."""
+    chromium = chromium_or_skip()
+    problems: list[str] = []
+    seen: dict[str, dict[str, str]] = {}
+    transferred: list[float] = []
+    async with running_daemon(make_config(quic_port=-1)) as owner:
+        link, _ = await pairing_link(owner, "chat")
+
+        def scenario() -> None:
+            with phone_page(chromium, problems) as page:
+                cdp = page.context.new_cdp_session(page)
+                cdp.send("Network.enable")
+                cdp.on(
+                    "Network.loadingFinished",
+                    lambda e: transferred.append(float(e["encodedDataLength"])),
+                )
+
+                def on_response(response: Any) -> None:
+                    if "/app/" in response.url:
+                        seen[response.url.split("/app/")[1]] = response.all_headers()
+
+                page.on("response", on_response)
+                page.goto(link.split("#")[0])
+                page.wait_for_selector("#unpaired-view:not([hidden])")
+                page.evaluate("() => navigator.serviceWorker.ready")
+
+        await run_in_browser(scenario)
+    assets = {name: h for name, h in seen.items() if re.search(r"\.(js|css)\?v=", name)}
+    assert len(assets) >= 10, sorted(seen)
+    for name, headers in assets.items():
+        assert headers.get("content-encoding") == "gzip", name
+        assert "immutable" in headers["cache-control"], name
+    print(f"app shell: {len(seen)} responses, {sum(transferred) / 1024:.0f} KiB transferred")
+    assert problems == []

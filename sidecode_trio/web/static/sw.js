@@ -43,7 +43,8 @@ async function networkFirst(request) {
     if (response.ok) await cache.put(key, response.clone());
     return response;
   } catch (error) {
-    const cached = await cache.match(key, { ignoreSearch: request.mode === "navigate" });
+    // offline: any build's copy of the file (a page asks for "app.js?v=<build>")
+    const cached = await cache.match(key, { ignoreSearch: true });
     if (cached) return cached;
     throw error;
   }
