@@ -33,13 +33,13 @@ ARTIFACTS = Path(__file__).parent / "artifacts"
 DOCS = Path(__file__).parent.parent / "docs"
 PHONE = {"width": 390, "height": 844}  # an iPhone 14-sized viewport, in CSS pixels
 STEP_TIMEOUT_MS = 15_000
-# docs/phone.png (the README's screenshot) is rewritten only on request, so that a test run on a
-# machine with other fonts leaves the checkout clean: SIDECODE_UPDATE_SCREENSHOTS=1 pytest ...
+# docs/phone-*.png (the README's screenshots) are rewritten only on request, so that a test run on
+# a machine with other fonts leaves the checkout clean: SIDECODE_UPDATE_SCREENSHOTS=1 pytest ...
 UPDATE_DOCS = os.environ.get("SIDECODE_UPDATE_SCREENSHOTS") == "1"
 
 
 @contextmanager
-def phone_page(chromium: str, problems: list[str], **options: Any) -> Iterator[Any]:
+def phone_page(chromium: str, problems: list[str], scale: int = 3, **options: Any) -> Iterator[Any]:
     """A fresh browser profile with one phone-sized page; page errors and CSP refusals are
     collected in ``problems``. ``options`` go to the browser context."""
     args = chromium_args()
@@ -47,7 +47,7 @@ def phone_page(chromium: str, problems: list[str], **options: Any) -> Iterator[A
         browser = pw.chromium.launch(executable_path=chromium, headless=True, args=args)
         try:
             context = browser.new_context(
-                viewport=PHONE, device_scale_factor=3, is_mobile=True, has_touch=True, **options
+                viewport=PHONE, device_scale_factor=scale, is_mobile=True, has_touch=True, **options
             )
             page = context.new_page()
             page.set_default_timeout(STEP_TIMEOUT_MS)
@@ -195,10 +195,7 @@ async def test_phone_pairs_starts_a_session_approves_denies_interrupts_and_reloa
                 page.wait_for_selector(row, state="attached")  # the drawer says so too
                 assert page.text_content("#session-status") == "⚠ needs approval"
                 assert card.query_selector(".dl.ins") is not None
-                screenshot(page, "phone.png")  # the README's picture: a card with its diff
-                if UPDATE_DOCS or not (DOCS / "phone.png").exists():
-                    DOCS.mkdir(exist_ok=True)
-                    shutil.copyfile(ARTIFACTS / "phone.png", DOCS / "phone.png")
+                screenshot(page, "phone.png")
                 card.query_selector("[data-action='allow']").click()
                 page.wait_for_selector("#permissions .card", state="detached")
                 wait_turn_ends(page, 3)
@@ -865,6 +862,7 @@ async def test_sessions_are_managed_from_the_phone_titles_costs_images_and_code(
                 open_session(page, link, sid)
                 wait_turn_ends(page, 1)
                 assert page.inner_text("#session-title") == "Fix the parser bug"
+                assert "null" not in page.inner_text(".session-head")
                 # costs as people write them
                 cost = page.inner_text("#session-cost")
                 assert re.fullmatch(r"<\$0\.01|\$\d+\.\d\d", cost), cost
@@ -1148,4 +1146,75 @@ async def test_the_app_shell_arrives_gzipped_with_year_long_caching(
         assert headers.get("content-encoding") == "gzip", name
         assert "immutable" in headers["cache-control"], name
     print(f"app shell: {len(seen)} responses, {sum(transferred) / 1024:.0f} KiB transferred")
+    assert problems == []
+
+
+PARSER = """def parse(tokens):
+    state = []
+    for token in tokens:
+        state = step(state, token)
+    return state
+"""
+PLAN_TEXT = (
+    "## Stop the parser at the end of input\\n\\n"
+    "1. **`step()`** raises `ValueError` when a token is missing, naming where\\n"
+    "2. **`parse()`** stops at the first error and keeps what it read\\n"
+    "3. Tests: a cut-short input, an empty one, a normal one\\n\\n"
+    "Touches `parser.py` and `tests/test_parser.py`; nothing else changes."
+)
+
+
+def stage(page: Any, text: str) -> None:
+    """Show the last message as the words a person would type (the fake CLI is driven by
+    directives like ``[[edit:...]]``); only the bubble's text changes, through the DOM."""
+    page.evaluate(
+        "(t) => { const b = [...document.querySelectorAll('#transcript .msg.user .bubble')]"
+        ".pop(); if (b) b.textContent = t; }",
+        text,
+    )
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+async def test_readme_screenshots_of_the_plan_card_and_a_diff(
+    make_config: Callable[..., DaemonConfig], work_dir: Path, scheme: str
+) -> None:
+    """The README's pictures, from the app as it is: a plan card and an edit's diff, light and
+    dark (docs/ is rewritten with SIDECODE_UPDATE_SCREENSHOTS=1, or when a file is missing)."""
+    chromium = chromium_or_skip()
+    problems: list[str] = []
+    (work_dir / "parser.py").write_text(PARSER)
+    shots = [f"phone-plan-{scheme}.png", f"phone-diff-{scheme}.png"]
+    async with running_daemon(make_config(quic_port=-1)) as owner:
+        link, fingerprint = await pairing_link(owner, "admin")
+        first = "Make the parser stop cleanly when the input is cut short"
+        sid = (await owner.create(work_dir, first, permission_mode="plan"))["session"]["id"]
+
+        def scenario() -> None:
+            with phone_page(chromium, problems, scale=2, color_scheme=scheme) as page:
+                pair(page, link, fingerprint)
+                open_session(page, link, sid)
+                wait_turn_ends(page, 1)
+                send(page, f"[[plan:{PLAN_TEXT}]]")
+                page.wait_for_selector("#permissions .plan-card")
+                stage(page, "Plan it first, then we'll see")
+                screenshot(page, shots[0])
+                page.click("#permissions [data-action='plan-default']")
+                wait_turn_ends(page, 2)
+                old = "    for token in tokens:\n        state = step(state, token)"
+                new = (
+                    "    for at, token in enumerate(tokens):\n        try:\n"
+                    "            state = step(state, token)\n        except ValueError as error:\n"
+                    "            raise ValueError(f'cut short at token {at}') from error"
+                )
+                send(page, f"[[edit:parser.py|{old}|{new}]]")
+                page.wait_for_selector("#permissions .card .diff .dl.ins")
+                stage(page, "Go ahead with step 2")
+                screenshot(page, shots[1])
+
+        await run_in_browser(scenario)
+    for name in shots:
+        assert (ARTIFACTS / name).stat().st_size > 10_000
+        if UPDATE_DOCS or not (DOCS / name).exists():
+            DOCS.mkdir(exist_ok=True)
+            shutil.copyfile(ARTIFACTS / name, DOCS / name)
     assert problems == []

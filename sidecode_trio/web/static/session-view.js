@@ -191,8 +191,8 @@ export class SessionView {
           "⇄ mirrored") : null,
         el("span", { class: "cost", id: "session-cost" }, formatCost(info.cost_usd)),
         more),
-      el("div", { class: "head-line" }, mode, model),
-      this.actionsOpen ? this.actionsPanel(info) : null);
+      ...[el("div", { class: "head-line" }, mode, model),
+        this.actionsOpen ? this.actionsPanel(info) : null].filter(Boolean));
   }
 
   toggleActions() {
