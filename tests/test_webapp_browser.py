@@ -810,6 +810,11 @@ async def test_a_diff_fits_a_phone_highlighted_with_one_filename_and_long_diffs_
                 gutter = card.eval_on_selector(".dl .ln", "(n) => n.getBoundingClientRect().width")
                 measured["gutter"] = gutter
                 assert gutter < 30
+                # a long hunk shows its start, the rest on a tap
+                first = card.query_selector(".hunk:not(.folded)")
+                assert len(first.query_selector_all(".dl")) == 30
+                first.query_selector(".hunk-more").click()
+                assert len(first.query_selector_all(".dl")) == 123
                 # highlighted as Python
                 assert card.query_selector(".diff[data-language='py'] .dl.ins .hljs-keyword")
                 # a long diff folds its later hunks; one opens (and is highlighted) on a tap

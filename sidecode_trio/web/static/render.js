@@ -114,6 +114,7 @@ export function announcePolitely(text) {
 // -- diffs -----------------------------------------------------------------------------------
 
 const FOLD_LINES = 80; // a diff longer than this shows its first hunk; the others fold
+const HUNK_START = 30; // a single hunk longer than FOLD_LINES shows this many rows at first
 const SPECIAL_FILES = { makefile: "makefile", dockerfile: "dockerfile", "cmakelists.txt": "cmake" };
 
 /** The highlight.js language for a file, by name or extension; null when unknown. */
@@ -205,6 +206,14 @@ export function renderDiff(fileDiff, cwd, { showPath = true } = {}) {
         if (fold.open && !rows.childElementCount) rows.append(...hunkRows(hunk, language));
       });
       body.append(fold);
+    } else if (hunk.lines.length > FOLD_LINES) { // one long hunk: its start, then the rest
+      const shown = { ...hunk, lines: hunk.lines.slice(0, HUNK_START) };
+      const more = el("button", { type: "button", class: "hunk-more", onclick: () => {
+        more.replaceWith(...hunkRows({ ...hunk, lines: hunk.lines.slice(HUNK_START) },
+          language));
+      } }, `▾ ${hunk.lines.length - HUNK_START} more rows`);
+      body.append(el("div", { class: "hunk" },
+        el("div", { class: "hunk-head" }, label), ...hunkRows(shown, language), more));
     } else {
       body.append(el("div", { class: "hunk" },
         el("div", { class: "hunk-head" }, label), ...hunkRows(hunk, language)));
