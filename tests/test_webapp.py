@@ -162,6 +162,8 @@ async def test_the_shell_is_served_gzipped_and_versioned_files_are_cached_for_a_
             refs = re.findall(r'(?:src|href)="([^"#]+)"', index.text)
             assert refs and all(ref.endswith(f"?v={build}") for ref in refs), refs
             assert f'from "./render.js?v={build}"' in files["session-view.js"].body.decode()
+            # the service worker keeps the very URLs the page asks for: nothing is fetched twice
+            assert f'"app.js?v={build}", "auth.js?v={build}"' in files["sw.js"].body.decode()
             for name, static in files.items():
                 response = await http.get(
                     f"/app/{name}?v={build}", headers={"Accept-Encoding": "gzip, br"}

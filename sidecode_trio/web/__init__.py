@@ -51,6 +51,8 @@ IMMUTABLE: Final = "public, max-age=31536000, immutable"
 _HTML_REF: Final = re.compile(
     rb'((?:src|href)=")([A-Za-z0-9_./-]+\.(?:js|css|svg|png|webmanifest))(")'
 )
+_SHELL_LIST: Final = re.compile(rb"const SHELL = \[[^\]]*\]")
+_SHELL_ENTRY: Final = re.compile(rb'(")([A-Za-z0-9_./-]+\.(?:js|css|svg|png|webmanifest))(")')
 _JS_IMPORT: Final = re.compile(rb'((?:\bfrom|\bimport)\s*\(?\s*")(\./[A-Za-z0-9_./-]+\.js)(")')
 
 
@@ -72,12 +74,17 @@ def content_type(name: str) -> str | None:
 
 
 def versioned(body: bytes, build: str, kind: str) -> bytes:
-    """``body`` with its local references to other shipped files marked ``?v=<build>``."""
+    """``body`` with its local references to other shipped files marked ``?v=<build>`` (and,
+    in the service worker, the files it keeps: the same URLs the page asks for, so installing
+    it downloads nothing twice)."""
     mark = b"?v=" + build.encode()
     if kind.startswith("text/html"):
         return _HTML_REF.sub(lambda m: m[1] + m[2] + mark + m[3], body)
     if kind.startswith("text/javascript"):
-        return _JS_IMPORT.sub(lambda m: m[1] + m[2] + mark + m[3], body)
+        body = _JS_IMPORT.sub(lambda m: m[1] + m[2] + mark + m[3], body)
+        return _SHELL_LIST.sub(
+            lambda m: _SHELL_ENTRY.sub(lambda e: e[1] + e[2] + mark + e[3], m[0]), body
+        )
     return body
 
 
