@@ -172,6 +172,7 @@ function renderDrawer() {
   $("sessions-empty").hidden = sorted.length > 0;
   $("home-sessions").replaceChildren(...sorted.map((s) => sessionRow(s, null)));
   $("home-empty").hidden = sorted.length > 0 || !app.listed;
+  $("home-loading").hidden = app.listed || sorted.length > 0; // not "no sessions": not known yet
   // shown from the last visit until the daemon sends the list: marked as such while offline
   const stale = app.stale && !app.live;
   $("home-stale").hidden = !stale;
