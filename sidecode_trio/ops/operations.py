@@ -27,7 +27,7 @@ from ..errors import BadRequest, Forbidden, NotFound, Unsupported
 from ..eventlog.core import Position
 from ..eventlog.log import EventLog, Replay, SnapshotRead, Subscription
 from ..printable import check_device_name
-from ..security.auth import Principal
+from ..security.auth import MODE_RANK, Principal
 from ..security.devices import Device, Scope
 from ..security.guard import Guard
 from ..security.pairing import PairingProof
@@ -83,6 +83,16 @@ def check_permission_update(policy: Policy, who: Principal, rule: Any, current: 
         policy.check_mode(who, mode)
 
 
+def _is_session_mode_switch(rule: Any) -> bool:
+    """``{"type": "setMode", "destination": "session", ...}``: no rule is written; the mode it
+    names is checked as a direct switch would be (:func:`check_permission_update`)."""
+    return (
+        isinstance(rule, Mapping)
+        and rule.get("type") == "setMode"
+        and rule.get("destination") == "session"
+    )
+
+
 def _check_text(text: str, field: str) -> None:
     if not text.strip():
         raise BadRequest(f"{field} must not be empty")
@@ -126,6 +136,7 @@ class Operations:
                 for c in self._guard.certificates.info()
             ],
             quic=list(self._guard.pairings.quic_urls),
+            remote_modes=sorted(self._policy.remote_modes, key=lambda m: MODE_RANK.get(m, 99)),
         )
 
     def pair(self, request: rq.PairRequest, remote: str | None) -> rq.PairReply:
@@ -237,7 +248,9 @@ class Operations:
         label not offered) or changes what runs (edited input, rules, mode switches) needs
         ``chat``; a rule that allows something needs ``admin``, and a mode switch obeys the same
         rules as a direct one (scope and policy). Paired devices may apply only the request's
-        own suggestions (by index), never one for the user's global settings."""
+        own suggestions (by index), never one for the user's global settings, or switch this
+        session's mode (``setMode`` to ``session``: what approving a plan does), which is checked
+        like a direct mode switch."""
         who.require(Scope.APPROVE)
         supervisor = self._registry.get(session_id)
         pending = supervisor.pending(request_id)
@@ -259,9 +272,14 @@ class Operations:
             )
         elif updated_input is not None:
             who.require(Scope.CHAT)
-        if request.updated_permissions and who.device_id is not None:
+        if (
+            request.updated_permissions
+            and who.device_id is not None
+            and not all(map(_is_session_mode_switch, request.updated_permissions))
+        ):
             raise Forbidden(
-                "a paired device may apply only this request's own suggestions (by index)",
+                "a paired device may apply only this request's own suggestions (by index) "
+                "and switch this session's mode",
                 code="suggestions_only",
             )
         rules = [_suggestion(pending, i) for i in request.suggestions]
