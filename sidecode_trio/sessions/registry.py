@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Final
 import attrs
 import trio
 
+from ..claude.leash import reap
 from ..claude.messages import transcript_path
 from ..errors import BadRequest, Forbidden, NotFound, Unsupported
 from ..eventlog.log import EventLog
@@ -101,7 +102,12 @@ class SessionRegistry:
     # -- lifetime ----------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Load the sessions, recover them, and own their supervisors until cancelled."""
+        """Load the sessions, recover them, and own their supervisors until cancelled.
+
+        First of all, any CLI a dead daemon left running is stopped: no session resumes while
+        an orphan still writes to its transcript."""
+        if self._settings.records is not None:
+            await reap(self._settings.records)
         for session_id in self._log.ids():
             if self._log.fold(session_id).deleted:
                 continue  # deleted with its log kept: on disk, out of every list

@@ -23,6 +23,7 @@ import attrs
 import trio
 
 from ..claude import messages as msg
+from ..claude.leash import Records
 from ..claude.process import ClaudeProcess, Grace
 from ..claude.translate import Translator, coalesce
 from ..errors import BadRequest, CLIError, Conflict, NotFound, SidecodeError
@@ -76,6 +77,8 @@ class SupervisorSettings:
     grace: Grace = Grace()
     extra_args: Sequence[str] = ()
     permission_timeout: float | None = None  #: deny a request nobody answered (None: wait)
+    #: where each running CLI is recorded, so a daemon started after a crash stops it first
+    records: Records | None = None
 
 
 class SessionSupervisor:
@@ -613,6 +616,9 @@ class SessionSupervisor:
         return True
 
     def _on_exit(self, process: ClaudeProcess, code: int | None, expected: bool) -> None:
+        records, pid = self._settings.records, process.pid
+        if records is not None and pid is not None:
+            records.remove(self.id, pid)  # it is reaped: nothing left to stop after a crash
         if self._process is not process:
             return
         self._process = None
@@ -678,4 +684,7 @@ class _Started:
 
     def started(self, value: object = None) -> None:
         self._supervisor._process = self._process
+        records, pid = self._supervisor._settings.records, self._process.pid
+        if records is not None and pid is not None:
+            records.add(self._supervisor.id, pid)
         self._inner.started()
