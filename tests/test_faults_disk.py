@@ -24,6 +24,7 @@ import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -145,13 +146,17 @@ async def test_a_failing_store_answers_503_loses_nothing_and_recovers(
                 error = await until_store_error(client, present=True)
                 assert error is not None and words in error
                 durable = (await client.snapshot(session_id))["cursor"]
-                late = await client.http.post(
-                    f"/v1/sessions/{session_id}/messages", json={"text": "while broken"}
-                )  # waits for the store (FLUSH_PATIENCE), then says why
+                path = f"/v1/sessions/{session_id}/messages"
+                late = await client.http.post(path, json={"text": "while broken"})
+                # waits for the store (FLUSH_PATIENCE), then says why: and it is not done
                 assert refused(late) == (503, "store_unavailable")
-                assert "accepted and retrying" in late.json()["error"]["message"]
-                new = await client.http.post("/v1/sessions", json={"cwd": str(work_dir)})
+                assert "will not run" in late.json()["error"]["message"]
+                keyed = await client.http.post(path, json={"text": "keyed", "client_id": "k1"})
+                assert refused(keyed) == (503, "store_unavailable")
+                body = {"cwd": str(work_dir), "prompt": "new", "client_id": "c1"}
+                new = await client.http.post("/v1/sessions", json=body)
                 assert refused(new) == (503, "store_unavailable")
+                assert "not created" in new.json()["error"]["message"]
                 paired = await pair(client)
                 if how == "read_only" or paired != "paired":  # a pinned page count may still
                     assert "503" in paired and "store_unavailable" in paired, paired  # have room
@@ -161,27 +166,58 @@ async def test_a_failing_store_answers_503_loses_nothing_and_recovers(
 
                 stores.heal()
                 assert await until_store_error(client, present=False) is None
-                # everything accepted meanwhile is written and runs, once, in order
+
+                def queued(f: Follower) -> dict[str, str]:
+                    return {
+                        b["text"]: b["message_id"] for _, t, b in f.types if t == "message.queued"
+                    }
+
+                # what was accepted runs; what was refused is written as refused, and never ran
                 await follower.read_until(
-                    lambda f: any(
-                        b.get("text") == "while broken" and f.ends_of(b["message_id"])
-                        for _, t, b in f.types
-                        if t == "message.queued"
-                    ),
+                    lambda f: len(queued(f)) == 4 and all(f.ends_of(m) for m in queued(f).values()),
                     timeout=30,
                 )
-                texts = [b["text"] for _, t, b in follower.types if t == "message.queued"]
-                assert texts == ["before", "[[fast:3000:200]]", "while broken"]
-                assert all(
-                    f == ["turn.completed"]
-                    for f in (
-                        follower.ends_of(b["message_id"])
-                        for _, t, b in follower.types
-                        if t == "message.queued"
-                    )
+                ids = queued(follower)
+                assert list(ids) == ["before", "[[fast:3000:200]]", "while broken", "keyed"]
+                ends = {text: follower.ends_of(m) for text, m in ids.items()}
+                assert ends["before"] == ends["[[fast:3000:200]]"] == ["turn.completed"]
+                assert ends["while broken"] == ends["keyed"] == ["turn.failed"]
+                reasons = {
+                    b["turn_id"]: b["reason"] for _, t, b in follower.types if t == "turn.failed"
+                }
+                assert reasons == {
+                    ids["while broken"]: "store_unavailable",
+                    ids["keyed"]: "store_unavailable",
+                }
+                assert not any(
+                    t == "message.delivered" and b["message_id"] in reasons
+                    for _, t, b in follower.types
                 )
+                assert [
+                    s["id"] for s in (await client.http.get("/v1/sessions")).json()["sessions"]
+                ] == [session_id]
+
+                # a retry, with or without the same client id, runs once
+                again = (await client.send(session_id, "while broken"))["message_id"]
+                keyed_again = await client.send(session_id, "keyed", client_id="k1")
+                assert keyed_again["created"] is True
+                repeat = await client.send(session_id, "keyed", client_id="k1")
+                assert (repeat["message_id"], repeat["created"]) == (
+                    keyed_again["message_id"],
+                    False,
+                )
+                await follower.read_until(
+                    lambda f: bool(f.ends_of(again) and f.ends_of(keyed_again["message_id"])),
+                    timeout=30,
+                )
+                assert follower.ends_of(again) == ["turn.completed"]
+                assert follower.ends_of(keyed_again["message_id"]) == ["turn.completed"]
+                recreated = await client.create(work_dir, "new", client_id="c1")
+                assert recreated["created"] is True
                 listed = (await client.http.get("/v1/sessions")).json()["sessions"]
-                assert len(listed) == 2  # the session created while broken was kept
+                assert sorted(s["id"] for s in listed) == sorted(
+                    [session_id, recreated["session"]["id"]]
+                )
                 await follower.check_fold(client)
                 assert await pair(client) == "paired"
                 check_log_integrity(config.db_path)
@@ -264,16 +300,18 @@ async def test_a_full_tmpfs_under_a_daemon_process(kit: Kit) -> None:
                     filler = fill(state)
                     replies: list[Any] = []
 
-                    async def post(text: str) -> None:
+                    async def post(text: str, **extra: str) -> None:
                         path = f"/v1/sessions/{session_id}/messages"
-                        replies.append(await client.http.post(path, json={"text": text}))
+                        body = {"text": text, **extra}
+                        replies.append(await client.http.post(path, json=body))
 
                     async with trio.open_nursery() as posts:  # both wait 5 s, then 503
                         posts.start_soon(post, "[[fast:2000:200]]")
-                        posts.start_soon(post, "while full")
+                        posts.start_soon(partial(post, "while full", client_id="k1"))
                     for late in replies:
                         assert refused(late) == (503, "store_unavailable")
                         assert "disk is full" in late.json()["error"]["message"]
+                        assert "will not run" in late.json()["error"]["message"]
                     error = await until_store_error(client, present=True)
                     assert error is not None and "disk is full" in error
                     assert (await client.http.get(f"/v1/sessions/{session_id}")).status_code == 200
@@ -281,17 +319,49 @@ async def test_a_full_tmpfs_under_a_daemon_process(kit: Kit) -> None:
                     assert "503" in paired and "store_unavailable" in paired, paired
                     filler.unlink()  # space again
                     assert await until_store_error(client, present=False) is None
-                    await follower.read_until(
-                        lambda f: any(
-                            b.get("text") == "while full" and f.ends_of(b["message_id"])
+
+                    def queued(f: Follower) -> dict[str, str]:
+                        return {
+                            b["text"]: b["message_id"]
                             for _, t, b in f.types
                             if t == "message.queued"
+                        }
+
+                    # wait for exactly what is asserted: both refused messages, and their ends
+                    await follower.read_until(
+                        lambda f: (
+                            len(queued(f)) == 3 and all(f.ends_of(m) for m in queued(f).values())
                         ),
                         timeout=30,
                     )
+                    ids = queued(follower)
                     texts = [b["text"] for _, t, b in follower.types if t == "message.queued"]
                     assert texts[0] == "before"  # and each refused message, once
                     assert sorted(texts[1:]) == ["[[fast:2000:200]]", "while full"]
+                    refusals = {
+                        b["turn_id"]: b["reason"]
+                        for _, t, b in follower.types
+                        if t == "turn.failed"
+                    }
+                    assert refusals == {
+                        ids["[[fast:2000:200]]"]: "store_unavailable",
+                        ids["while full"]: "store_unavailable",
+                    }
+                    assert not any(  # refused: they never ran
+                        t in ("message.delivered", "turn.started")
+                        and (b.get("message_id") or b.get("turn_id")) in refusals
+                        for _, t, b in follower.types
+                    )
+                    # the client retries, as a 503 invites: each runs once
+                    first = (await client.send(session_id, "[[fast:2000:200]]"))["message_id"]
+                    keyed = await client.send(session_id, "while full", client_id="k1")
+                    assert keyed["created"] is True
+                    await follower.read_until(
+                        lambda f: bool(f.ends_of(first) and f.ends_of(keyed["message_id"])),
+                        timeout=30,
+                    )
+                    assert follower.ends_of(first) == ["turn.completed"]
+                    assert follower.ends_of(keyed["message_id"]) == ["turn.completed"]
                     await follower.check_fold(client)
                     assert await pair(client) == "paired"
                     pids = [
