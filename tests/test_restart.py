@@ -311,3 +311,51 @@ async def test_a_daemon_starting_stops_an_orphan_before_resuming_its_session(
             orphan.kill()
             with trio.move_on_after(5):
                 await orphan.wait()
+
+
+# -- client ids survive a restart (issue 13, item 2) ------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["kill", "term"])
+async def test_a_retried_send_or_create_after_a_restart_runs_once(
+    tmp_path: Path, fake_claude: Path, work_dir: Path, claude_env: dict[str, str], how: str
+) -> None:
+    start = partial(daemon_process, tmp_path, fake_claude, work_dir, claude_env)
+    with trio.fail_after(60):
+        async with start() as (proc, client):
+            created = await client.create(work_dir, "first", client_id="create-1")
+            bare = await client.create(work_dir, None, client_id="create-2")  # no prompt
+            session_id = created["session"]["id"]
+            sent = await client.send(session_id, "second", client_id="send-1")
+            async with client.events(session_id) as stream:
+                await stream.until(
+                    lambda e: e.type == "turn.completed" and e.body["turn_id"] == sent["message_id"]
+                )
+            if how == "kill":
+                proc.kill()
+            else:
+                proc.send_signal(signal.SIGTERM)
+            await proc.wait()
+        async with start() as (proc, client):
+            before = await client.snapshot(session_id)
+            again = await client.http.post(
+                "/v1/sessions",
+                json={"cwd": str(work_dir), "prompt": "first", "client_id": "create-1"},
+            )
+            assert again.json()["created"] is False
+            assert again.json()["session"]["id"] == session_id
+            assert again.json()["message_id"] == created["message_id"]
+            bare_again = await client.http.post(
+                "/v1/sessions", json={"cwd": str(work_dir), "client_id": "create-2"}
+            )
+            assert bare_again.json()["created"] is False
+            assert bare_again.json()["session"]["id"] == bare["session"]["id"]
+            resent = await client.send(session_id, "second", client_id="send-1")
+            assert (resent["message_id"], resent["created"]) == (sent["message_id"], False)
+            listed = (await client.http.get("/v1/sessions")).json()["sessions"]
+            assert len(listed) == 2  # no second session
+            after = await client.snapshot(session_id)
+            assert after["cursor"] == before["cursor"]  # nothing queued, nothing ran
+            assert after["session"]["turns"] == 2
+            fresh = await client.send(session_id, "third", client_id="send-2")
+            assert fresh["created"] is True
