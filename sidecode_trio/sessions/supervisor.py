@@ -431,7 +431,8 @@ class SessionSupervisor:
                     continue
                 if self._process is None and not await self._spawn(nursery):
                     continue
-                if self._queue:  # an interrupt may have taken it while the CLI started
+                # an interrupt or a 503 may have taken it while the CLI started
+                if self._queue and self._log.durable(self.id, self._queue[0][2]):
                     await self._deliver()
                 continue
             if self._process is None and self._current is None and not self._queue:
@@ -486,6 +487,9 @@ class SessionSupervisor:
             self._fail_queue("cli_unavailable", exc.message)
             return False
         self._emit(ev.CLIStateChanged(ev.CLIState.RUNNING, pid=process.pid))
+        records, pid = self._settings.records, process.pid
+        if records is not None and pid is not None:  # off the loop: it reads /proc or runs ps
+            await trio.to_thread.run_sync(records.add, self.id, pid)
         return True
 
     def _transcript_exists(self) -> bool:
@@ -734,7 +738,4 @@ class _Started:
 
     def started(self, value: object = None) -> None:
         self._supervisor._process = self._process
-        records, pid = self._supervisor._settings.records, self._process.pid
-        if records is not None and pid is not None:
-            records.add(self._supervisor.id, pid)
         self._inner.started()
