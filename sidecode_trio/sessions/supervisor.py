@@ -488,8 +488,8 @@ class SessionSupervisor:
             return False
         self._emit(ev.CLIStateChanged(ev.CLIState.RUNNING, pid=process.pid))
         records, pid = self._settings.records, process.pid
-        if records is not None and pid is not None:  # off the loop: it reads /proc or runs ps
-            await trio.to_thread.run_sync(records.add, self.id, pid)
+        if records is not None and pid is not None:  # off the loop (it reads /proc or runs ps),
+            nursery.start_soon(trio.to_thread.run_sync, records.add, self.id, pid)  # no await
         return True
 
     def _transcript_exists(self) -> bool:
