@@ -298,20 +298,28 @@ async def test_a_full_tmpfs_under_a_daemon_process(kit: Kit) -> None:
                     await follower.connect(client, from_start=True)
                     await follower.read_until(lambda f: bool(f.ends_of(created["message_id"])))
                     filler = fill(state)
-                    replies: list[Any] = []
+                    replies: dict[str, Any] = {}
 
                     async def post(text: str, **extra: str) -> None:
                         path = f"/v1/sessions/{session_id}/messages"
                         body = {"text": text, **extra}
-                        replies.append(await client.http.post(path, json=body))
+                        replies[text] = await client.http.post(path, json=body)
 
-                    async with trio.open_nursery() as posts:  # both wait 5 s, then 503
+                    async with trio.open_nursery() as posts:  # each waits 5 s, then 503
                         posts.start_soon(post, "[[fast:2000:200]]")
                         posts.start_soon(partial(post, "while full", client_id="k1"))
-                    for late in replies:
+                    # SQLite may still commit into WAL pages it has (after a checkpoint reset):
+                    # a message that became durable is accepted (202) and runs; one refused
+                    # (503) is not done. Which it is depends on timing; what each means does not.
+                    refused_texts = set()
+                    for text, late in replies.items():
+                        if late.status_code == 202:
+                            continue
+                        refused_texts.add(text)
                         assert refused(late) == (503, "store_unavailable")
                         assert "disk is full" in late.json()["error"]["message"]
                         assert "will not run" in late.json()["error"]["message"]
+                    print("refused:", sorted(refused_texts))
                     error = await until_store_error(client, present=True)
                     assert error is not None and "disk is full" in error
                     assert (await client.http.get(f"/v1/sessions/{session_id}")).status_code == 200
@@ -327,7 +335,7 @@ async def test_a_full_tmpfs_under_a_daemon_process(kit: Kit) -> None:
                             if t == "message.queued"
                         }
 
-                    # wait for exactly what is asserted: both refused messages, and their ends
+                    # wait for exactly what is asserted: both messages queued, and both ended
                     await follower.read_until(
                         lambda f: (
                             len(queued(f)) == 3 and all(f.ends_of(m) for m in queued(f).values())
@@ -336,32 +344,39 @@ async def test_a_full_tmpfs_under_a_daemon_process(kit: Kit) -> None:
                     )
                     ids = queued(follower)
                     texts = [b["text"] for _, t, b in follower.types if t == "message.queued"]
-                    assert texts[0] == "before"  # and each refused message, once
+                    assert texts[0] == "before"  # and each message, once
                     assert sorted(texts[1:]) == ["[[fast:2000:200]]", "while full"]
-                    refusals = {
+                    failed = {
                         b["turn_id"]: b["reason"]
                         for _, t, b in follower.types
                         if t == "turn.failed"
                     }
-                    assert refusals == {
-                        ids["[[fast:2000:200]]"]: "store_unavailable",
-                        ids["while full"]: "store_unavailable",
-                    }
+                    assert failed == {ids[text]: "store_unavailable" for text in refused_texts}
+                    for text in set(replies) - refused_texts:  # accepted: ran once
+                        assert follower.ends_of(ids[text]) == ["turn.completed"]
                     assert not any(  # refused: they never ran
                         t in ("message.delivered", "turn.started")
-                        and (b.get("message_id") or b.get("turn_id")) in refusals
+                        and (b.get("message_id") or b.get("turn_id")) in failed
                         for _, t, b in follower.types
                     )
-                    # the client retries, as a 503 invites: each runs once
-                    first = (await client.send(session_id, "[[fast:2000:200]]"))["message_id"]
+                    # the client retries what was refused, as a 503 invites: each runs once
+                    retried = []
+                    if "[[fast:2000:200]]" in refused_texts:
+                        retried.append(
+                            (await client.send(session_id, "[[fast:2000:200]]"))["message_id"]
+                        )
                     keyed = await client.send(session_id, "while full", client_id="k1")
-                    assert keyed["created"] is True
+                    assert keyed["created"] is ("while full" in refused_texts)
+                    if keyed["created"]:
+                        retried.append(keyed["message_id"])
+                    else:
+                        assert keyed["message_id"] == ids["while full"]
                     await follower.read_until(
-                        lambda f: bool(f.ends_of(first) and f.ends_of(keyed["message_id"])),
-                        timeout=30,
+                        lambda f: all(f.ends_of(m) for m in retried), timeout=30
                     )
-                    assert follower.ends_of(first) == ["turn.completed"]
-                    assert follower.ends_of(keyed["message_id"]) == ["turn.completed"]
+                    assert [follower.ends_of(m) for m in retried] == [["turn.completed"]] * len(
+                        retried
+                    )
                     await follower.check_fold(client)
                     assert await pair(client) == "paired"
                     pids = [

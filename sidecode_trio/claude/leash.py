@@ -34,8 +34,6 @@ from typing import Final
 import attrs
 import trio
 
-from ..host.private import write_atomic
-
 log = logging.getLogger(__name__)
 
 SHELL: Final = "/bin/sh"
@@ -158,9 +156,15 @@ class Records:
         if found is None:
             return  # already gone
         data = json.dumps({"session_id": session_id, "pid": pid, "start": found.start})
+        path = self._path(session_id)
+        tmp = path.with_name(f".{path.name}.tmp")
         try:
             self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-            write_atomic(self._path(session_id), data)
+            # no fsync: what would lose the file (the host going down) ends the CLI too
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(data)
+            os.replace(tmp, path)
         except OSError as exc:
             log.warning("cannot record claude pid %d for %s: %s", pid, session_id, exc)
 

@@ -488,8 +488,10 @@ class SessionSupervisor:
             return False
         self._emit(ev.CLIStateChanged(ev.CLIState.RUNNING, pid=process.pid))
         records, pid = self._settings.records, process.pid
-        if records is not None and pid is not None:  # off the loop (it reads /proc or runs ps),
-            nursery.start_soon(trio.to_thread.run_sync, records.add, self.id, pid)  # no await
+        if records is not None and pid is not None:
+            # inline, with no await between the start and the first delivery; small (a /proc
+            # read and a tiny file, no fsync; on macOS one ps), and only once per CLI start
+            records.add(self.id, pid)
         return True
 
     def _transcript_exists(self) -> bool:
