@@ -48,6 +48,8 @@ Environment knobs:
   themselves).
 * ``FAKE_CLAUDE_LOG`` - a file to append ``{"argv": [...]}`` to at start-up, then every stdin line
   received (verbatim), so tests can assert what the daemon sent.
+* ``FAKE_CLAUDE_KEEP_GOING=1`` - when stdout breaks (its reader died), go on with the turn and
+  write the transcript, unheard, as the real CLI does; by default the fake exits at once.
 * ``FAKE_CLAUDE_AUTO_ALLOW_READONLY=1`` - auto-allow simple read-only Bash commands (``echo hi``,
   ``ls``...) like the real CLI does (``permission_decision`` ``config``/``subcommandResults``).
   Off by default: every Bash call asks.
@@ -280,6 +282,7 @@ class Output:
     def __init__(self) -> None:
         self.lock = threading.RLock()
         self._stream = sys.stdout.buffer
+        self._reader_gone = False
 
     def write(self, frame: JsonObject) -> None:
         line = json.dumps(frame, separators=(",", ":"), ensure_ascii=False)
@@ -288,11 +291,15 @@ class Output:
     def write_line(self, line: str) -> None:
         data = line.encode("utf-8", "backslashreplace")
         with self.lock:
+            if self._reader_gone:
+                return
             try:
                 self._stream.write(data)
                 self._stream.flush()
             except (BrokenPipeError, ValueError):
-                os._exit(1)
+                if not os.environ.get("FAKE_CLAUDE_KEEP_GOING"):
+                    os._exit(1)
+                self._reader_gone = True  # like the real CLI: the turn goes on, unread
 
     def write_unless(self, stop: threading.Event, frame: JsonObject) -> bool:
         """Write ``frame`` unless ``stop`` is set (checked under the lock); True if written."""

@@ -23,7 +23,7 @@ import trio
 from .. import __version__
 from ..claude.messages import PERMISSION_MODES
 from ..claude.probe import CLIProbe
-from ..errors import BadRequest, Forbidden, NotFound, Unsupported
+from ..errors import BadRequest, Forbidden, NotFound, StoreError, Unsupported
 from ..eventlog.core import Position
 from ..eventlog.log import EventLog, Replay, SnapshotRead, Subscription
 from ..printable import check_device_name
@@ -122,6 +122,13 @@ class Operations:
         self._probes = dict(probes or {})  #: more parts of /v1/status (e.g. keep-awake)
         self._cli = cli  #: what the sessions' claude can do (mirroring needs --remote-control)
 
+    def _not_done(self, what: str) -> StoreError:
+        """The 503 of a send or create: it was taken back, so a retry is safe (PROTOCOL §4)."""
+        return StoreError(
+            f"the event store is failing ({self._log.store_error}); {what}: retry later",
+            code="store_unavailable",
+        )
+
     # -- open to anyone ----------------------------------------------------------------------
 
     def info(self) -> rq.DaemonInfo:
@@ -197,7 +204,11 @@ class Operations:
             request.client_id,
             request.title,
         )
-        await self._log.flush()
+        try:
+            await self._log.flush()
+        except StoreError as exc:
+            if created and await self._registry.refuse_create(info.id, message_id):
+                raise self._not_done("the session was not created") from exc
         return rq.SessionCreatedReply(self._registry.info(info.id), message_id, created)
 
     def snapshot_position(self, who: Principal, session_id: str) -> Position:
@@ -226,7 +237,11 @@ class Operations:
             return rq.MessageAccepted(message_id, True)
         prompt = _prompt(request.text, request.images)
         message_id, created = self._registry.send(session_id, prompt, request.client_id)
-        await self._log.flush()
+        try:
+            await self._log.flush()
+        except StoreError as exc:
+            if self._registry.withdraw(session_id, message_id):
+                raise self._not_done("the message was not queued and will not run") from exc
         return rq.MessageAccepted(message_id, created)
 
     async def interrupt(self, who: Principal, session_id: str) -> rq.InterruptReply:
