@@ -14,8 +14,7 @@ from typing import Final, Protocol
 import trio
 
 from ..eventlog.core import Position, StoredEvent
-from ..eventlog.log import KEEPALIVE, SnapshotRead, Subscription
-from ..ops import Operations
+from ..eventlog.log import KEEPALIVE, Replay, SnapshotRead, Subscription
 from ..security.auth import Links, Principal
 from ..wire.snapshot import SessionInfo
 from .items import KEEPALIVE_ITEM, End, Events, KeepAlive, SessionChanged, Sessions, Snapshot
@@ -25,6 +24,24 @@ log = logging.getLogger(__name__)
 BATCH: Final = 256  # events per item when replaying or draining a burst: one write each
 #: not an event: queued to wake the writer after a direct write left something unsent
 _WAKE: Final = StoredEvent("", "", 0, 0.0, "", b"")
+
+
+class Source(Protocol):
+    """Where a session feed subscribes (``ops.Operations``: the scope check, then the log)."""
+
+    def snapshot_position(self, who: Principal, session_id: str) -> Position: ...
+
+    def subscribe(
+        self, who: Principal, session_id: str, since: Position | None, max_queue: int
+    ) -> tuple[Replay | SnapshotRead, Subscription]: ...
+
+
+class ListSource(Protocol):
+    """Where a session-list feed subscribes (``ops.Operations``)."""
+
+    def subscribe_sessions(
+        self, who: Principal, max_queue: int
+    ) -> tuple[list[SessionInfo], trio.MemoryReceiveChannel[SessionInfo]]: ...
 
 
 class Direct(Protocol):
@@ -57,7 +74,7 @@ class SessionFeed:
     @classmethod
     def open(
         cls,
-        ops: Operations,
+        ops: Source,
         links: Links | None,
         who: Principal,
         session_id: str,
@@ -207,7 +224,7 @@ class SessionListFeed:
 
     @classmethod
     def open(
-        cls, ops: Operations, links: Links | None, who: Principal, max_queue: int
+        cls, ops: ListSource, links: Links | None, who: Principal, max_queue: int
     ) -> SessionListFeed:
         """Subscribe ``who`` to the list; raises (403) at once."""
         infos, receive = ops.subscribe_sessions(who, max_queue)
