@@ -154,7 +154,7 @@ class SessionRegistry:
         self._list_subscribers.clear()
 
     def _wake(self, supervisor: SessionSupervisor) -> None:
-        if not supervisor.active and supervisor.has_work() and self._nursery is not None:
+        if not supervisor.active and supervisor.wants_run() and self._nursery is not None:
             supervisor.active = True  # set now so a second call in the same tick starts nothing
             self._nursery.start_soon(supervisor.run)
 
