@@ -64,6 +64,11 @@ def new_core(**settings: Any) -> SessionCore:
     return core
 
 
+def state(core: SessionCore) -> State:
+    """Read afresh (mypy would keep the state narrowed across the inputs that change it)."""
+    return core.state
+
+
 def kinds(outputs: list[sc.Output]) -> list[str]:
     return [o.TYPE if isinstance(o, ev.Event) else type(o).__name__ for o in outputs]
 
@@ -76,7 +81,7 @@ def running(core: SessionCore, text: str = "hi", message_id: str = MID) -> None:
     assert kinds(core.started(123, 0.0)) == ["cli.state"]
     (write,) = core.poll(0)
     assert isinstance(write, Write) and write.delivers == message_id
-    assert core.state is State.DELIVERED
+    assert state(core) is State.DELIVERED
 
 
 def test_a_full_turn_from_recorded_frames() -> None:
@@ -93,27 +98,27 @@ def test_a_full_turn_from_recorded_frames() -> None:
         ev.CLIStateChanged(ev.CLIState.STARTING),
         Spawn(None, "default", False, None),
     ]
-    assert core.state is State.SPAWNING
+    assert state(core) is State.SPAWNING
     assert core.started(123, 0.0) == [ev.CLIStateChanged(ev.CLIState.RUNNING, pid=123)]
     (write,) = core.poll(0)
-    assert write == Write(write.frame, MID) and write.frame["uuid"] == MID
+    assert isinstance(write, Write) and write.delivers == MID and write.frame["uuid"] == MID
     assert core.delivered(MID) == [ev.MessageDelivered(MID)]
     out = core.frames(turn_frames("text", MID), 1.0)
     names = kinds(out)
     assert names[0] == "turn.started" and names[-2:] == ["turn.completed", "session.status"]
     assert set(names[1:-2]) == {"text.delta", "assistant.text"}
     assert out[-1] == ev.StatusChanged(ev.SessionStatus.IDLE)
-    assert core.state is State.READY
+    assert state(core) is State.READY
     assert core.poll(1.0) == []  # idle: the CLI is stopped after idle_timeout
     assert core.deadline(1.0) == 1.0 + 600.0
     assert core.poll(601.0) == [CloseStdin()]
-    assert core.state is State.STOPPING
+    assert state(core) is State.STOPPING
     assert core.exited(0, [], cancelled=False) == [
         ev.CLIStateChanged(ev.CLIState.STOPPED, exit_code=0)
     ]
-    assert core.poll(602.0) == [] and core.state is State.ENDING
+    assert core.poll(602.0) == [] and state(core) is State.ENDING
     assert core.run_ended(cancelled=False) == (False, [])
-    assert core.state is State.ASLEEP
+    assert state(core) is State.ASLEEP
 
 
 def test_status_is_refreshed_at_the_turn_end() -> None:
@@ -131,7 +136,7 @@ def test_interrupt_before_the_cli_began_the_turn_is_sent_again_on_init() -> None
     assert [o for o in out if not isinstance(o, ev.Event)] == [
         Control({"subtype": "interrupt"}, "interrupt_again")
     ]
-    assert core.state is State.TURN
+    assert state(core) is State.TURN
     # once only: another init of the same turn sends nothing
     assert core.interrupt() == (True, [Control({"subtype": "interrupt"})])
     assert core.frames(until(turn_frames("text", MID), "system")[-1:], 1.0) == []
@@ -199,7 +204,7 @@ def test_an_unanswered_permission_is_denied_by_the_timeout() -> None:
     assert resolved.outcome is ev.PermissionOutcome.DENIED and resolved.by == "timeout"
     assert "permission_timeout" in resolved.message
     assert core.deadline(130.0) == float("inf")  # the timer is gone with the request
-    assert core.state is State.TURN  # the CLI goes on with the denial
+    assert state(core) is State.TURN  # the CLI goes on with the denial
 
 
 def test_a_file_edit_request_waits_for_its_source_and_keeps_the_order() -> None:
@@ -237,7 +242,7 @@ def test_a_crash_mid_turn_fails_the_turn_and_withdraws_the_request() -> None:
         ev.SessionError("cli_exited", "claude exited unexpectedly (code 1): boom"),
         ev.StatusChanged(ev.SessionStatus.ERRORED),
     ]
-    assert core.state is State.AWAKE
+    assert state(core) is State.AWAKE
     with pytest.raises(Conflict):  # answered after the exit: 409, not 404
         core.answer(request.request_id, True)
 
@@ -280,10 +285,10 @@ def test_mirroring_on_then_off() -> None:
     ]
     out = core.started(5, 0.0)
     assert out[-1] == Control({"subtype": "initialize"}, "confirm_mirror", 30.0)
-    assert core.state is State.CONFIRMING
+    assert state(core) is State.CONFIRMING
     out = core.mirror_answer({}, 1.0)
     assert out == [ev.SessionMirror(True, "my title", True, ""), MirrorDone(None)]
-    assert core.state is State.READY and core.mirrored
+    assert state(core) is State.READY and core.mirrored
     assert core.deadline(1.0) == float("inf")  # a mirrored CLI is not stopped when idle
     assert core.request_mirror(True, None, "x") is False  # so already
     assert core.request_mirror(False, None, None) is True
@@ -322,11 +327,11 @@ def test_a_send_while_the_run_task_ends_is_started() -> None:
     """The race issue 13 reported: a send that arrives while the run task is ending finds it
     still active (so the registry starts no other); the ending task goes on with it."""
     core = new_core()
-    assert core.poll(0) == [] and core.state is State.ENDING
+    assert core.poll(0) == [] and state(core) is State.ENDING
     core.send(MID, Prompt("late"))
     go_on, out = core.run_ended(cancelled=False)
     assert (go_on, out) == (True, [])  # not failed "daemon_stopped", not left unstarted
-    assert core.state is State.AWAKE
+    assert state(core) is State.AWAKE
     core.stored(MID)
     assert kinds(core.poll(0)) == ["cli.state", "Spawn"]
 
@@ -335,7 +340,7 @@ def test_the_daemon_stopping_fails_what_is_queued() -> None:
     core = new_core()
     core.send(MID, Prompt("a"))
     go_on, out = core.run_ended(cancelled=True)
-    assert not go_on and core.state is State.ASLEEP
+    assert not go_on and state(core) is State.ASLEEP
     assert out[0] == ev.TurnFailed(
         MID, "daemon_stopped", "the daemon stopped before this message ran"
     )
