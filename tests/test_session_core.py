@@ -7,13 +7,17 @@ the frames ``tests/data/recorded/`` captured from the real CLI (see ``test_trans
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 
 from sidecode_trio.errors import Conflict, NotFound
 from sidecode_trio.eventlog.fold import SessionFold
+from sidecode_trio.eventlog.log import EventLog
+from sidecode_trio.eventlog.store import SQLiteStore
 from sidecode_trio.sessions import core as sc
 from sidecode_trio.sessions.core import (
     CloseStdin,
@@ -27,6 +31,7 @@ from sidecode_trio.sessions.core import (
     State,
     Write,
 )
+from sidecode_trio.sessions.supervisor import SessionSupervisor, SupervisorSettings
 from sidecode_trio.wire import events as ev
 
 RECORDED = Path(__file__).parent / "data" / "recorded"
@@ -367,3 +372,40 @@ def test_an_input_the_table_does_not_allow_is_an_error() -> None:
         core.started(1, 0.0)  # never spawned
     assert "AWAKE" in repr(core)
     assert core.statistics()["state"] == "awake"
+
+
+# -- the driver: the same race, with a real store and the fake CLI ------------------------------
+
+
+async def test_the_driver_runs_a_send_that_races_the_end_of_its_task(
+    tmp_path: Path, work_dir: Path, fake_claude: Path, claude_env: dict[str, str]
+) -> None:
+    """The loop has decided to end; a send arrives before the task is gone (the registry saw it
+    active, so it started no other). Before the core, it was failed ``daemon_stopped``."""
+    sid = str(uuid.uuid4())  # the CLI wants a UUID
+    store = SQLiteStore(tmp_path / "events.sqlite3")
+    log = EventLog(store)
+    log.load()
+    log.create(sid)
+    log.append(sid, ev.SessionCreated(str(work_dir), "t"))
+    log.commit()
+    settings = SupervisorSettings(claude=str(fake_claude), env=claude_env, idle_timeout=0.01)
+    supervisor = SessionSupervisor(sid, log, settings)
+    loop = supervisor._loop
+    late: list[str] = []
+
+    async def loop_then_send(*args: Any) -> None:
+        await loop(*args)
+        if not late:
+            late.append(supervisor.send("late")[0])
+            log.commit()
+
+    supervisor._loop = loop_then_send  # type: ignore[method-assign]
+    try:
+        with trio.fail_after(20):
+            await supervisor.run()  # returns once the late message ran and the CLI stopped
+        fold = log.fold(sid)
+        assert (fold.turns, fold.queued, fold.status) == (1, [], ev.SessionStatus.IDLE)
+        assert not supervisor.active and supervisor.core.state is State.ASLEEP
+    finally:
+        store.close()
