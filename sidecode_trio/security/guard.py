@@ -164,12 +164,14 @@ class Guard:
     def pair(self, proof: PairingProof, remote: str | None) -> Device:
         check_device_name(proof.name)  # before the offer is spent: the phone may try again
         try:
-            scope = self.pairings.redeem(proof, remote or "?")
+            redeemed = self.pairings.redeem(proof, remote or "?")
         except Exception as exc:
             self.devices.audit("pair_failed", None, f"from {remote or '?'}: {exc}")
             raise
         key = proof.device_public_key
-        return self.devices.add(proof.name, key, fingerprint(unb64(key)), scope)
+        return self.devices.add(
+            proof.name, key, fingerprint(unb64(key)), redeemed.scope, redeemed.rendezvous
+        )
 
     def revoke(self, device_id: str) -> tuple[Device, int]:
         device = self.devices.revoke(device_id)
