@@ -89,6 +89,7 @@ class DaemonHandle:
     app: Any = attrs.field(default=None, eq=False, repr=False)  #: the HTTP app, for introspection
     quic_port: int = 0  #: the WebTransport endpoint's UDP port (0: not serving)
     quic: Any = attrs.field(default=None, eq=False, repr=False)  #: the endpoint, for introspection
+    rtc: Any = attrs.field(default=None, eq=False, repr=False)  #: the WebRTC task (rtc/service.py)
 
 
 def prepare_state_dir(state_dir: Path) -> None:
@@ -157,6 +158,10 @@ async def serve(
     task_status: trio.TaskStatus[DaemonHandle] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the daemon until ``DaemonHandle.stop`` is set (or SIGINT/SIGTERM, if handled)."""
+    if config.rtc.enabled:  # before anything starts: a clear error without the rtc extra
+        from .rtc.service import check_available
+
+        check_available()
     prepare_state_dir(config.state_dir)
     with single_instance(config.state_dir):
         token = load_token(config.token_path)
@@ -305,6 +310,13 @@ async def _serve(
                 await housekeeping.start(notifier.run)
                 if handle_signals:
                     housekeeping.start_soon(_stop_on_signal, stop)
+                rtc = None
+                if config.rtc.enabled:  # aiortc and paho are imported only on this path
+                    from .rtc.service import RtcService
+
+                    guard.pairings.rendezvous_url = config.rtc.rendezvous
+                    rtc = RtcService(config.rtc, guard.identity.signing_key, guard.devices)
+                    housekeeping.start_soon(rtc.supervise)  # a broker down at start is retried
                 if show_pairing and not guard.devices.active():
                     _offer_pairing(guard, config.pairing_ttl)
                 gc.freeze()  # start-up objects never become garbage; keep them out of GC passes
@@ -314,7 +326,7 @@ async def _serve(
                 port = urlsplit(url).port or 0
                 fingerprint = guard.identity.fingerprint
                 task_status.started(
-                    DaemonHandle(url, port, token, stop, fingerprint, app, quic_port, endpoint)
+                    DaemonHandle(url, port, token, stop, fingerprint, app, quic_port, endpoint, rtc)
                 )
                 await stop.wait()
                 housekeeping.cancel_scope.cancel()

@@ -112,10 +112,15 @@ class DeviceStore:
         )
         self._seen_written: dict[str, float] = {}
         self._revoke_listeners: list[Callable[[str], None]] = []
+        self._rendezvous_listeners: list[Callable[[str], None]] = []
 
     def on_revoke(self, listener: Callable[[str], None]) -> None:
         """Call ``listener(device_id)`` when a device is revoked (e.g. to drop what it owns)."""
         self._revoke_listeners.append(listener)
+
+    def on_rendezvous(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener(device_id)`` when a device gets a (new) rendezvous secret."""
+        self._rendezvous_listeners.append(listener)
 
     def close(self) -> None:
         self._db.close()
@@ -167,6 +172,7 @@ class DeviceStore:
         if existing is not None and existing.revoked_at is None:
             if rendezvous is not None:  # a new pairing: the device computed a new secret
                 self._set_rendezvous(existing.id, rendezvous)
+                self._rendezvous_changed(existing.id)
             return existing  # the same key pairing again: keep one record
         device = Device(
             f"dev_{secrets.token_hex(6)}", name, public_key, fingerprint, scope, time.time()
@@ -190,6 +196,7 @@ class DeviceStore:
         self._devices[device.id] = device
         if rendezvous is not None:
             self._rendezvous[device.id] = rendezvous
+            self._rendezvous_changed(device.id)
         self.audit("paired", device.id, f"{name!r} scope={scope.value} key={fingerprint}")
         return device
 
@@ -235,6 +242,10 @@ class DeviceStore:
                 (device_id, secret),
             )
         self._rendezvous[device_id] = secret
+
+    def _rendezvous_changed(self, device_id: str) -> None:
+        for listener in self._rendezvous_listeners:
+            listener(device_id)
 
     def rendezvous(self, device_id: str) -> bytes | None:
         """The active device's rendezvous secret (its broker topics), None if it has none."""
