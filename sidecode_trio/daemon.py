@@ -251,6 +251,12 @@ async def _serve(
     if config.remote_control:  # off by default: with it on, sessions are read from Anthropic
         bridge = Bridge(config.remote, event_log, registry, {**os.environ, **config.claude_env})
         registry.remote_factory = bridge.session_for
+    rtc = None
+    if config.rtc.enabled:  # aiortc and paho are imported only when its task starts
+        from .rtc.service import RtcService
+
+        guard.pairings.rendezvous_url = config.rtc.rendezvous
+        rtc = RtcService(config.rtc, guard.identity.signing_key, guard.devices)
     ops = Operations(
         registry,
         event_log,
@@ -261,6 +267,7 @@ async def _serve(
             "notify": notifier.statistics,
             "claude": cli.status,
             "remote_control": bridge.status if bridge else lambda: {"enabled": False},
+            "rtc": rtc.status if rtc else lambda: {"enabled": False},
         },
         cli=cli,
     )
@@ -310,13 +317,8 @@ async def _serve(
                 await housekeeping.start(notifier.run)
                 if handle_signals:
                     housekeeping.start_soon(_stop_on_signal, stop)
-                rtc = None
-                if config.rtc.enabled:  # aiortc and paho are imported only on this path
-                    from .rtc.service import RtcService
-
-                    guard.pairings.rendezvous_url = config.rtc.rendezvous
-                    rtc = RtcService(config.rtc, guard.identity.signing_key, guard.devices)
-                    housekeeping.start_soon(rtc.supervise)  # a broker down at start is retried
+                if rtc is not None:  # a broker down at start is retried, never fatal
+                    housekeeping.start_soon(rtc.supervise)
                 if show_pairing and not guard.devices.active():
                     _offer_pairing(guard, config.pairing_ttl)
                 gc.freeze()  # start-up objects never become garbage; keep them out of GC passes
