@@ -40,6 +40,7 @@ import trio
 
 from . import __version__
 from .bridge.remote import Bridge
+from .claude.leash import Records
 from .claude.probe import CLIProbe
 from .claude.process import Grace
 from .config import DaemonConfig, public_host
@@ -231,6 +232,7 @@ async def _serve(
             grace=SHUTDOWN_GRACE,
             extra_args=config.claude_args,
             permission_timeout=config.permission_timeout,
+            records=Records(config.state_dir / "cli"),
         ),
         config.allowed_roots,
     )

@@ -78,6 +78,7 @@ class SessionCreated(Event):
     model: str | None = None
     permission_mode: str = "default"
     source: str = "local"  #: "remote": a Claude Code Remote Control session relayed by the bridge
+    client_id: str | None = None  #: the create's ``client_id``: a retried create is one
 
 
 @attrs.frozen
@@ -237,7 +238,8 @@ class TurnCompleted(Event):
 @attrs.frozen
 class TurnFailed(Event):
     """The turn ended in error. ``reason``: ``api_error``, ``max_turns``, ``cli_exited``,
-    ``daemon_restarted``, ``error_during_execution``, ... (open set)."""
+    ``daemon_restarted``, ``error_during_execution``, ``store_unavailable`` (refused with a 503:
+    it never ran), ... (open set)."""
 
     TYPE: ClassVar[str] = "turn.failed"
     turn_id: str
