@@ -109,6 +109,12 @@ def _parser() -> argparse.ArgumentParser:
         help="full (default): the command, session title and folder; minimal: only what happened",
     )
 
+    serve.add_argument(
+        "--web-origin",
+        metavar="URL",
+        help="where the exported web app is hosted (sidecode-trio web export): pairing links "
+        "open it there, e.g. https://you.github.io/sidecode/",
+    )
     _rtc_flags(serve)
 
     pair = commands.add_parser("pair", help="show a one-time pairing code for a new device")
@@ -160,6 +166,17 @@ def _parser() -> argparse.ArgumentParser:
     send.add_argument(
         "--wait", action="store_true", help="wait for the turn to end and print its result"
     )
+
+    web = commands.add_parser("web", help="the phone web app")
+    web_actions = web.add_subparsers(dest="web_command", required=True)
+    export = web_actions.add_parser(
+        "export",
+        help="write the app as a static bundle for any HTTPS host (GitHub Pages, ...)",
+        description="Writes the web app, as the daemon serves it, into DIR (absent, empty, or "
+        "an earlier export). It holds no secret and no daemon address: devices learn their "
+        "daemon from the pairing link. Then run serve --web-origin URL-OF-DIR.",
+    )
+    export.add_argument("dir", type=Path, help="where to write it")
 
     doctor = commands.add_parser(
         "doctor", help="check the claude CLI, the state directory and the daemon"
@@ -254,6 +271,8 @@ def main(argv: list[str] | None = None) -> int:
             return _devices(args)
         if args.command == "service":
             return _service(args)
+        if args.command == "web":
+            return _web_export(args.dir)
         if args.command in ("attach", "send"):
             from .term.main import run
 
@@ -286,11 +305,21 @@ def _serve(args: argparse.Namespace) -> int:
         "notify_format": args.notify_format,
         "notify_details": args.notify_details,
         "rtc": _rtc_overrides(args),
+        "web_origin": args.web_origin,
     }
     config = load_config(overrides, args.config)
     from .daemon import serve
 
     trio.run(lambda: serve(config, handle_signals=True, show_pairing=True))
+    return 0
+
+
+def _web_export(target: Path) -> int:
+    from .web.export import export
+
+    written = export(target)
+    print(f"wrote {len(written)} files to {target}; host them on any HTTPS origin, then run")
+    print("  sidecode-trio serve --web-origin https://<where they are served>/")
     return 0
 
 

@@ -81,6 +81,8 @@ class DaemonConfig:
     #: (e.g. ``https://laptop.tailnet.ts.net``): listed first in pairing offers, its host name
     #: accepted in ``Host`` on a loopback bind
     public_urls: tuple[str, ...] = ()
+    #: where the exported web app is hosted (``web export``); pairing links open it there
+    web_origin: str | None = None
 
     @property
     def tls(self) -> bool:
@@ -117,6 +119,18 @@ def public_host(url: str) -> str | None:
     return host if port is None else f"{host}:{port}"
 
 
+def _web_origin_ok(url: str) -> bool:
+    """An https URL of a page (a static host), or http on loopback (a secure context too)."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        return False
+    if parts.query or parts.fragment or parts.username or not parts.hostname:
+        return False
+    return parts.scheme == "https" or (parts.scheme == "http" and is_loopback(parts.hostname))
+
+
 def _problems(config: DaemonConfig) -> list[str]:
     problems = []
     if not 0 <= config.port <= 65535:
@@ -139,6 +153,11 @@ def _problems(config: DaemonConfig) -> list[str]:
                 f"bad value @ $.public_urls[{i}]: {url!r} is not an http(s) URL of a host "
                 "(no path, query or fragment), e.g. https://laptop.tailnet.ts.net"
             )
+    if config.web_origin is not None and not _web_origin_ok(config.web_origin):
+        problems.append(
+            f"bad value @ $.web_origin: {config.web_origin!r} is not an https:// URL (http:// "
+            "only on loopback), without query or fragment, e.g. https://me.github.io/sidecode/"
+        )
     if not 10 <= config.pairing_ttl <= 3600:
         problems.append("bad value @ $.pairing_ttl: between 10 and 3600 seconds")
     if config.idle_timeout <= 0:

@@ -253,6 +253,7 @@ async def _serve(
     if config.remote_control:  # off by default: with it on, sessions are read from Anthropic
         bridge = Bridge(config.remote, event_log, registry, {**os.environ, **config.claude_env})
         registry.remote_factory = bridge.session_for
+    guard.pairings.web_origin = config.web_origin
     rtc = None
     if config.rtc.enabled:  # aiortc and paho are imported only when its task starts
         from .rtc.service import RtcService

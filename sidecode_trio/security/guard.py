@@ -158,7 +158,9 @@ class Guard:
         current = self.certificates.current
         cert = current.sha256.hex() if current is not None else ""
         data = payload(offer, self.identity.public_key, self.identity.fingerprint, self.urls, cert)
-        links = {"link": payload_link(data), "web_link": web_link(data) if self.urls else None}
+        origin = self.pairings.web_origin
+        web = web_link(data, origin) if self.urls or origin else None
+        links = {"link": payload_link(data), "web_link": web}
         return {"payload": data, **links, "expires_at": offer.expires_at}
 
     def pair(self, proof: PairingProof, remote: str | None) -> Device:

@@ -117,6 +117,7 @@ class Pairings:
         self.limiter = RateLimiter(limit=5, window=60.0, clock=clock)
         self.quic_urls: list[str] = []  #: where devices reach the daemon over WebTransport
         self.rendezvous_url: str | None = None  #: the signaling broker (``serve --rendezvous``)
+        self.web_origin: str | None = None  #: where the web app is hosted (``--web-origin``)
 
     def offer(self, scope: Scope, ttl: float) -> Offer:
         self._expire()
@@ -197,11 +198,15 @@ def payload_link(data: dict[str, Any]) -> str:
     return "sidecode-trio://pair#" + b64(raw)
 
 
-def web_link(data: dict[str, Any]) -> str:
+def web_link(data: dict[str, Any], origin: str | None = None) -> str:
     """The web app's pairing link: the payload rides in the URL fragment, which browsers never
-    send to a server. It names the first address another device can reach (loopback last)."""
+    send to a server. It opens the app at ``origin`` (``serve --web-origin``: an exported
+    bundle on a static HTTPS host) or else at the first address another device can reach
+    (loopback last)."""
+    raw = json.dumps(data, separators=(",", ":")).encode()
+    if origin:
+        return f"{origin.rstrip('/')}/#pair={b64(raw)}"
     urls: list[str] = list(data["http"])
     remote = [u for u in urls if not any(h in u for h in ("//127.", "//[::1]", "//localhost"))]
     base = (remote or urls)[0].rstrip("/")
-    raw = json.dumps(data, separators=(",", ":")).encode()
     return f"{base}/app/#pair={b64(raw)}"
