@@ -652,6 +652,31 @@ def _check_remote_control(state_dir: Path) -> dict[str, Any]:
     return part
 
 
+def _check_reachability(state_dir: Path) -> dict[str, Any]:
+    """Which paths a device would get: direct addresses, NAT type (STUN), rendezvous, TURN."""
+    from .rtc.reach import check
+
+    try:
+        config = load_config({"state_dir": state_dir})
+    except ConfigError as exc:
+        return {"ok": False, "detail": exc.message}
+    live = _daemon_file(state_dir)
+    direct = list(config.public_urls)
+    if live is not None:
+        from .daemon import reachable_urls
+
+        direct += reachable_urls(live)
+    return trio.run(check, config.rtc, direct)
+
+
+def _daemon_file(state_dir: Path) -> str | None:
+    """The URL the running daemon bound (a wildcard kept: it serves every address)."""
+    try:
+        return str(json.loads((state_dir / "daemon.json").read_text())["http"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def _check_service(state_dir: Path) -> dict[str, Any]:
     from .service_command import doctor_part
 
@@ -675,6 +700,7 @@ def _doctor(args: argparse.Namespace) -> int:
         "daemon": _check_daemon(state_dir),
         "keep_awake": _check_keep_awake(state_dir),
         "remote_control": _check_remote_control(state_dir),
+        "reachability": _check_reachability(state_dir),
         "service": _check_service(state_dir),
     }
     ok = all(part["ok"] for part in report.values())
