@@ -254,6 +254,9 @@ export async function connectBroker(url, { timeout = 10_000 } = {}) {
     client.once("connect", resolve);
     client.once("error", reject);
     client.once("close", () => reject(new Error(`cannot reach the rendezvous ${url}`)));
+  }).catch((error) => {
+    client.end(true);
+    throw error;
   });
   const queue = [];
   let wake = null;
@@ -270,4 +273,75 @@ export async function connectBroker(url, { timeout = 10_000 } = {}) {
     },
     close: () => client.endAsync(),
   };
+}
+
+// -- dialling the daemon -------------------------------------------------------------------------
+
+const GATHER_DEADLINE = 2000; // ms: non-trickle gathering, bounded (UDP blocked: ~40 s otherwise)
+const RELAY_GRACE = 250; // ms after the first relay candidate
+const REPLY_TIMEOUT = 15_000; // ms for each of the daemon's replies
+
+async function nextFor(broker, box, cid, deadline) {
+  for (;;) {
+    const left = deadline - Date.now();
+    if (left <= 0) throw new Error("the daemon did not answer through the rendezvous");
+    const [, text] = await Promise.race([
+      broker.next(), new Promise((resolve) => setTimeout(() => resolve([null, null]), left)),
+    ]);
+    if (text === null) continue;
+    try {
+      const { message } = box.open(text);
+      if (message.cid === cid) return message;
+    } catch {
+      // not for us, or not authentic: ignored, as the daemon ignores ours
+    }
+  }
+}
+
+function gathered(pc) {
+  return new Promise((resolve) => {
+    if (pc.iceGatheringState === "complete") resolve();
+    pc.addEventListener("icegatheringstatechange", () => pc.iceGatheringState === "complete" && resolve());
+    pc.addEventListener("icecandidate", (e) => e.candidate?.type === "relay" && setTimeout(resolve, RELAY_GRACE));
+    setTimeout(resolve, GATHER_DEADLINE);
+  });
+}
+
+/** One attempt to reach the daemon (PROTOCOL.md §13): hello → ice, offer → answer, both
+ * fingerprint statements checked before the answer is applied. `broker` is subscribed to
+ * `topics.toDevice`. Resolves {pc, channel, cid, fps} once the DataChannel is open (`fps`: the
+ * daemon's signed fingerprints; Chromium keeps only one of them in pc.remoteDescription). */
+export async function dial({ box, daemonKey, topics: t, broker, policy = "all" }) {
+  const cid = newCid();
+  await broker.publish(t.toDaemon, box.seal(daemonKey, { type: "hello", cid }));
+  const ice = await nextFor(broker, box, cid, Date.now() + REPLY_TIMEOUT);
+  if (ice.type !== "ice") throw new Error(`the daemon answered hello with ${ice.type}`);
+  const iceServers = ice.servers.map((s) => ({
+    urls: s.urls, ...(s.username ? { username: s.username, credential: s.credential } : {}),
+  }));
+  const pc = new RTCPeerConnection({ iceServers, iceTransportPolicy: policy });
+  try {
+    const channel = pc.createDataChannel("sidecode", { ordered: true });
+    channel.binaryType = "arraybuffer";
+    const opened = new Promise((resolve, reject) => {
+      channel.onopen = resolve;
+      pc.onconnectionstatechange = () =>
+        pc.connectionState === "failed" && reject(new Error("the peer connection failed"));
+    });
+    await pc.setLocalDescription(await pc.createOffer());
+    await gathered(pc);
+    const sdp = pc.localDescription.sdp;
+    const { fps, fp_sig } = await signFingerprints(box, "device", cid, sdp);
+    await broker.publish(t.toDaemon, box.seal(daemonKey, { type: "offer", cid, sdp, fps, fp_sig }));
+    const answer = await nextFor(broker, box, cid, Date.now() + REPLY_TIMEOUT);
+    if (answer.type === "refused") throw new SignalingRefused(answer.code, `the daemon refused: ${answer.message}`);
+    if (answer.type !== "answer") throw new Error(`the daemon answered the offer with ${answer.type}`);
+    await checkFingerprints(daemonKey, "daemon", cid, answer.sdp, answer.fps, answer.fp_sig, sdp);
+    await pc.setRemoteDescription({ type: "answer", sdp: answer.sdp });
+    await opened;
+    return { pc, channel, cid, fps: answer.fps };
+  } catch (error) {
+    pc.close();
+    throw error;
+  }
 }
