@@ -48,10 +48,13 @@ DIAL = """async ([seed, daemonPk, secret, wsUrl]) => {
   const m = await import('/rtc-signal.js');
   const box = new m.SignalingBox(m.unb64url(seed), (pk) => m.b64url(pk) === daemonPk);
   const t = await m.topics(m.unb64url(secret));
+  const t0 = performance.now();
   const broker = await m.connectBroker(wsUrl);
+  const t1 = performance.now();
   await broker.subscribe(t.toDevice);
   const daemonKey = m.unb64url(daemonPk);
   const { pc, channel, fps } = await m.dial({ box, daemonKey, topics: t, broker });
+  const t2 = performance.now();
   // the certificate DTLS pinned is the one the daemon signed (getStats: remote certificate)
   const stats = [...(await pc.getStats()).values()];
   const transport = stats.find((s) => s.type === 'transport' && s.remoteCertificateId);
@@ -77,7 +80,7 @@ DIAL = """async ([seed, daemonPk, secret, wsUrl]) => {
   pc.close();
   await broker.close();
   return { frames, pinned: `${cert.fingerprintAlgorithm} ${cert.fingerprint.toUpperCase()}`,
-           signed: fps };
+           signed: fps, connectMs: t1 - t0, dialMs: t2 - t1 };
 }"""
 
 
@@ -222,6 +225,7 @@ async def test_chromium_dials_the_daemon_through_the_broker_and_is_held_not_serv
                 nursery.cancel_scope.cancel()
     finally:
         devices.close()
+    print(f"broker connect {result['connectMs']:.0f} ms, hello to open {result['dialMs']:.0f} ms")
     pings = result["frames"][:3]
     assert [f["type"] for f in pings] == ["ping"] * 3 and [f["n"] for f in pings] == [1, 2, 3]
     close = result["frames"][3]
