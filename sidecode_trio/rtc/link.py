@@ -18,12 +18,12 @@ DataChannel message:
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
 from typing import Any, Final, Protocol
 
 import attrs
 import trio
 
+CLOSE_GRACE: Final = 2.0  # seconds the device gets to read our close frame and close first
 UNSUPPORTED: Final = (
     "this daemon does not carry requests over WebRTC yet (the link's serving lands with the "
     "transport-neutral feed): use a direct address, or update the daemon"
@@ -86,31 +86,25 @@ def close_frame(closed: Closed) -> str:
     return json.dumps({"type": "close", "code": closed.code, "message": closed.message})
 
 
-async def hold(
-    channel: Channel,
-    interval: float,
-    misses: int,
-    on_ping: Callable[[LinkKeeper], Awaitable[None] | None] | None = None,
-) -> Closed:
+async def hold(channel: Channel, interval: float, misses: int) -> Closed:
     """Hold ``channel`` until it dies, closes, or sends a frame we cannot serve; returns why.
     The caller closes the peer connection afterwards."""
     keeper = LinkKeeper(misses)
     ended: list[Closed] = []
+    pings = trio.CancelScope()
     async with trio.open_nursery() as nursery:
 
         async def pinging() -> None:
-            while True:
-                frame = keeper.ping()
-                if isinstance(frame, Closed):
-                    ended.append(frame)
-                    nursery.cancel_scope.cancel()
-                    return
-                await channel.send(frame)
-                if on_ping is not None:
-                    result = on_ping(keeper)
-                    if result is not None:
-                        await result
-                await trio.sleep(interval)
+            with pings:
+                while True:
+                    frame = keeper.ping()
+                    if isinstance(frame, Closed):  # dead: say so (best effort) and stop
+                        ended.append(frame)
+                        await channel.send(close_frame(frame))
+                        nursery.cancel_scope.cancel()
+                        return
+                    await channel.send(frame)
+                    await trio.sleep(interval)
 
         nursery.start_soon(pinging)
         while True:
@@ -121,8 +115,21 @@ async def hold(
                 break
             closed = keeper.received(frame)
             if closed is not None:
+                pings.cancel()  # nothing after the close frame
                 await channel.send(close_frame(closed))
                 ended.append(closed)
+                await _drain(channel)
                 break
         nursery.cancel_scope.cancel()
     return ended[0]
+
+
+async def _drain(channel: Channel) -> None:
+    """Let the device read the close frame: wait (a little) for it to close the channel, since
+    closing the peer connection at once could drop the frame still queued in aiortc."""
+    with trio.move_on_after(CLOSE_GRACE):
+        while True:
+            try:
+                await channel.receive()
+            except (trio.EndOfChannel, trio.ClosedResourceError):
+                return
