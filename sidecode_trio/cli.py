@@ -662,11 +662,15 @@ def _check_reachability(state_dir: Path) -> dict[str, Any]:
         return {"ok": False, "detail": exc.message}
     live = _daemon_file(state_dir)
     direct = list(config.public_urls)
+    settings = config.rtc
     if live is not None:
         from .daemon import reachable_urls
+        from .rtc.reach import live_settings
 
         direct += reachable_urls(live)
-    return trio.run(check, config.rtc, direct)
+        # serve's flags are not in the config file: probe what the running daemon uses
+        settings = live_settings((_live_status(state_dir) or {}).get("rtc"), settings)
+    return trio.run(check, settings, direct)
 
 
 def _daemon_file(state_dir: Path) -> str | None:

@@ -19,6 +19,7 @@ import nacl.signing
 import pytest
 import trio
 
+from sidecode_trio.cli import main
 from sidecode_trio.config import DaemonConfig
 from sidecode_trio.rtc import rendezvous as rendezvous_module
 from sidecode_trio.rtc.broker import open_mqtt
@@ -100,12 +101,16 @@ async def receive_json(link: Link) -> dict[str, Any]:
 
 
 async def test_a_paired_device_dials_the_daemon_which_pings_refuses_and_drops_on_revoke(
-    make_config: Callable[..., DaemonConfig], broker: str, monkeypatch: pytest.MonkeyPatch
+    make_config: Callable[..., DaemonConfig],
+    broker: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     # a link must outlive the answer's open deadline (it used to be cancelled with it)
     monkeypatch.setattr(rendezvous_module, "OPEN_TIMEOUT", 0.3)
     rtc = RtcSettings(rendezvous=broker, stun=(), ping_interval=0.2, ping_misses=3)
-    async with running_daemon(make_config(https=True, rtc=rtc)) as owner:
+    config = make_config(https=True, rtc=rtc)
+    async with running_daemon(config) as owner:
         service = owner.handle.rtc
         offer = (await owner.http.post("/v1/pairings", json={"scope": "chat"})).json()
         assert offer["payload"]["rv"] == broker  # the payload names the broker
@@ -162,3 +167,10 @@ async def test_a_paired_device_dials_the_daemon_which_pings_refuses_and_drops_on
                     await link.connection.aclose()
                 status = (await owner.http.get("/v1/status")).json()
                 assert status["rtc"]["devices"] == 0 and status["rtc"]["connected"] is True
+
+        # doctor probes what the running daemon uses (its flags are in no config file)
+        capsys.readouterr()
+        argv = ["doctor", "--state-dir", str(config.state_dir), "--json"]
+        await trio.to_thread.run_sync(main, argv)
+        reach = json.loads(capsys.readouterr().out)["reachability"]
+        assert reach["rtc"] is True and reach["rendezvous"] == {"reachable": True}, reach

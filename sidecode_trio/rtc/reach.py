@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import importlib.util
 import secrets
 import socket
 import struct
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Final, Literal
 from urllib.parse import urlsplit
 
@@ -234,6 +236,24 @@ def probe_turn(url: str, secret: bytes, user: str, now: float) -> dict[str, Any]
 # --- the report --------------------------------------------------------------------------------
 
 
+def live_settings(status: dict[str, Any] | None, configured: RtcSettings) -> RtcSettings:
+    """The settings a running daemon reports (``/v1/status`` ``rtc``), else ``configured``."""
+    if not isinstance(status, dict) or not status.get("enabled"):
+        return configured
+    given = status.get("settings") or {}
+    try:
+        secret_file = given.get("turn_secret_file")
+        return attrs.evolve(
+            configured,
+            rendezvous=str(status["rendezvous"]),
+            stun=tuple(str(u) for u in given.get("stun", configured.stun)),
+            turn=tuple(str(u) for u in given.get("turn", ())),
+            turn_secret_file=Path(secret_file) if secret_file else None,
+        )
+    except (KeyError, TypeError, AttributeError):
+        return configured
+
+
 def _on_own_thread(fn: Callable[[], dict[str, Any]], setup: Callable[[], None] | None) -> Any:
     """Run ``fn`` on a new thread (``setup`` first: the lab's namespace); never a reused one."""
     result: list[dict[str, Any]] = []
@@ -282,6 +302,10 @@ async def check(
         report["detail"] = "the WebRTC path is off (serve --rendezvous URL turns it on)"
         return report
     assert settings.rendezvous is not None
+    if importlib.util.find_spec("paho") is None:
+        report |= {"paths": paths, "ok": False}
+        report["detail"] = "--rendezvous needs the rtc extra: pip install 'sidecode-trio[rtc]'"
+        return report
     stun = list(settings.stun)
     report["stun"] = await trio.to_thread.run_sync(
         _on_own_thread, lambda: probe_nat(stun), thread_setup
@@ -292,11 +316,15 @@ async def check(
         paths.append("peer-to-peer")
     turn: dict[str, Any] = {"configured": bool(settings.turn)}
     if settings.turn and settings.turn_secret_file is not None:
-        secret = read_secret(settings.turn_secret_file)
         udp = next((u for u in settings.turn if "transport=tcp" not in u), settings.turn[0])
-        turn |= await trio.to_thread.run_sync(
-            _on_own_thread, lambda: probe_turn(udp, secret, "doctor", clock()), thread_setup
-        )
+        try:
+            secret = read_secret(settings.turn_secret_file)
+        except OSError as exc:
+            turn |= {"accepted": False, "detail": f"cannot read the secret: {exc.strerror}"}
+        else:
+            turn |= await trio.to_thread.run_sync(
+                _on_own_thread, lambda: probe_turn(udp, secret, "doctor", clock()), thread_setup
+            )
         if turn["accepted"] and report["rendezvous"]["reachable"]:
             paths.append("relayed")
     report["turn"] = turn

@@ -174,6 +174,12 @@ class RtcService:
             "refused": self.refused,
             "turn": bool(self._settings.turn),
             "error": self.error,
+            # what doctor needs to probe the same paths (a file's path, never the secret)
+            "settings": {
+                "stun": list(self._settings.stun),
+                "turn": list(self._settings.turn),
+                "turn_secret_file": str(self._settings.turn_secret_file or "") or None,
+            },
         }
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
