@@ -23,6 +23,8 @@ from . import __version__
 from .config import DEFAULT_PORT, DaemonConfig, default_state_dir, load_config
 from .errors import ConfigError, SidecodeError
 from .printable import configure_logging, escape
+from .rtc.settings import add_flags as add_rtc_flags
+from .rtc.settings import overrides as rtc_overrides
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -115,7 +117,7 @@ def _parser() -> argparse.ArgumentParser:
         help="where the exported web app is hosted (sidecode-trio web export): pairing links "
         "open it there, e.g. https://you.github.io/sidecode/",
     )
-    _rtc_flags(serve)
+    add_rtc_flags(serve)
 
     pair = commands.add_parser("pair", help="show a one-time pairing code for a new device")
     _state_dir_flag(pair)
@@ -217,41 +219,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _rtc_flags(serve: argparse.ArgumentParser) -> None:
-    rtc = serve.add_argument_group("from anywhere (WebRTC; README 'Use it from anywhere')")
-    rtc.add_argument(
-        "--rendezvous",
-        metavar="URL",
-        help="the MQTT broker signaling goes through (wss://host:port/path, mqtts://...); "
-        "turns the WebRTC path on (off by default; needs the rtc extra)",
-    )
-    rtc.add_argument(
-        "--stun",
-        metavar="URL",
-        action="append",
-        help="a STUN server, stun:host:port (repeatable; default: public Google and Cloudflare)",
-    )
-    rtc.add_argument(
-        "--turn", metavar="URL", action="append", help="a coturn URL, turn:host:3478 (repeatable)"
-    )
-    rtc.add_argument(
-        "--turn-secret-file",
-        metavar="FILE",
-        help="coturn's static-auth-secret (use-auth-secret), in a file only you can read (0600)",
-    )
-
-
-def _rtc_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    return {
-        "rendezvous": args.rendezvous,
-        "stun": args.stun,
-        "turn": args.turn,
-        "turn_secret_file": str(Path(args.turn_secret_file).expanduser().resolve())
-        if args.turn_secret_file
-        else None,
-    }
-
-
 def _state_dir_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--state-dir", type=Path, help=f"where state is kept (default {default_state_dir()})"
@@ -304,7 +271,7 @@ def _serve(args: argparse.Namespace) -> int:
         "notify_webhook": args.notify_webhook,
         "notify_format": args.notify_format,
         "notify_details": args.notify_details,
-        "rtc": _rtc_overrides(args),
+        "rtc": rtc_overrides(args),
         "web_origin": args.web_origin,
     }
     config = load_config(overrides, args.config)

@@ -15,10 +15,11 @@ already sees, and without one no device behind a NAT could be reached without TU
 
 from __future__ import annotations
 
+import argparse
 import os
 import stat
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 from urllib.parse import urlsplit
 
 import attrs
@@ -99,3 +100,39 @@ def secret_file_problem(path: Path) -> str | None:
 def read_secret(path: Path) -> bytes:
     """The secret in ``path`` (checked by :func:`secret_file_problem` at load), stripped."""
     return path.read_bytes().strip()
+
+
+def add_flags(serve: argparse.ArgumentParser) -> None:
+    """``serve``'s flags for the WebRTC path (they override the ``[rtc]`` table)."""
+    rtc = serve.add_argument_group("from anywhere (WebRTC; README 'Use it from anywhere')")
+    rtc.add_argument(
+        "--rendezvous",
+        metavar="URL",
+        help="the MQTT broker signaling goes through (wss://host:port/path, mqtts://...); "
+        "turns the WebRTC path on (off by default; needs the rtc extra)",
+    )
+    rtc.add_argument(
+        "--stun",
+        metavar="URL",
+        action="append",
+        help="a STUN server, stun:host:port (repeatable; default: public Google and Cloudflare)",
+    )
+    rtc.add_argument(
+        "--turn", metavar="URL", action="append", help="a coturn URL, turn:host:3478 (repeatable)"
+    )
+    rtc.add_argument(
+        "--turn-secret-file",
+        metavar="FILE",
+        help="coturn's static-auth-secret (use-auth-secret), in a file only you can read (0600)",
+    )
+
+
+def overrides(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "rendezvous": args.rendezvous,
+        "stun": args.stun,
+        "turn": args.turn,
+        "turn_secret_file": str(Path(args.turn_secret_file).expanduser().resolve())
+        if args.turn_secret_file
+        else None,
+    }
