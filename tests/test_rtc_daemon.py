@@ -6,6 +6,7 @@ lands), and on revoke drops the device's subscription and closes its links."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -33,7 +34,9 @@ import netlab
 from helpers import load_example, running_daemon
 
 netlab.skip_unless_possible(lab=False)
-if shutil.which("mosquitto") is None:
+if shutil.which("mosquitto") is None:  # CI installs it: a skip there would hide a lost test
+    if os.environ.get("CI") == "true":
+        pytest.fail("mosquitto is missing in CI")
     pytest.skip("needs mosquitto (apt-get install mosquitto)", allow_module_level=True)
 
 pc = load_example("pair_client")
@@ -173,4 +176,4 @@ async def test_a_paired_device_dials_the_daemon_which_pings_refuses_and_drops_on
         argv = ["doctor", "--state-dir", str(config.state_dir), "--json"]
         await trio.to_thread.run_sync(main, argv)
         reach = json.loads(capsys.readouterr().out)["reachability"]
-        assert reach["rtc"] is True and reach["rendezvous"] == {"reachable": True}, reach
+        assert reach["rtc"] is True and reach["rendezvous"]["reachable"] is True, reach

@@ -311,6 +311,10 @@ async def check(
         _on_own_thread, lambda: probe_nat(stun), thread_setup
     )
     report["rendezvous"] = await _rendezvous(settings.rendezvous, thread_setup)
+    if not settings.rendezvous.startswith(("ws://", "wss://")):
+        report["rendezvous"]["note"] = (
+            "browsers reach a broker only over ws:// or wss://: the web app cannot use this URL"
+        )
     punchable = report["stun"]["nat"] in ("none", "cone")
     if report["rendezvous"]["reachable"] and punchable:
         paths.append("peer-to-peer")
