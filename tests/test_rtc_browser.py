@@ -168,22 +168,22 @@ def test_js_and_python_seal_and_open_each_other_and_refuse_tampering_and_replay(
         sealed = page.evaluate(
             "(pk) => box.seal(m.unb64url(pk), {type: 'hello', cid: 'c1'})", b64(daemon_pk)
         )
-        opened = daemon.open(sealed.encode(), trio_now())
+        opened = daemon.open(sealed.encode(), wall())
         assert opened.sender == device_pk and opened.message == Hello("c1")
         with pytest.raises(SignalingRefused) as replay:
-            daemon.open(sealed.encode(), trio_now())
+            daemon.open(sealed.encode(), wall())
         assert replay.value.code == "replayed"
         envelope = json.loads(sealed)
         box = bytearray(unb64(envelope["box"]))
         box[40] ^= 1
         tampered = json.dumps({**envelope, "box": b64(bytes(box))}).encode()
         with pytest.raises(SignalingRefused) as forged:
-            daemon.open(tampered, trio_now())
+            daemon.open(tampered, wall())
         assert forged.value.code == "forged"
 
         # Python seals, JS opens (an ice reply, nested lists and nulls included)
         ice = IceConfig("c1", [IceServer(["stun:h:3478"]), IceServer(["turn:h"], "u", "p")])
-        reply = daemon.seal(device_pk, ice, trio_now()).decode()
+        reply = daemon.seal(device_pk, ice, wall()).decode()
         got = page.evaluate("(e) => box.open(e).message", reply)
         assert got == {"type": "ice", "cid": "c1", "servers": [
             {"urls": ["stun:h:3478"], "username": None, "credential": None},
@@ -197,11 +197,11 @@ def test_js_and_python_seal_and_open_each_other_and_refuse_tampering_and_replay(
             "forged"
         )
         stranger = SignalingBox(nacl.signing.SigningKey.generate(), lambda _k: True)
-        from_stranger = stranger.seal(device_pk, Hello("c2"), trio_now()).decode()
+        from_stranger = stranger.seal(device_pk, Hello("c2"), wall()).decode()
         assert refusal(page, "box.open(arg)", from_stranger) == "not_paired"
-        stale = daemon.seal(device_pk, Hello("c3"), trio_now() - 600).decode()
+        stale = daemon.seal(device_pk, Hello("c3"), wall() - 600).decode()
         assert refusal(page, "box.open(arg)", stale) == "stale"
-        to_other = daemon.seal(daemon_pk, Hello("c4"), trio_now()).decode()  # meant for another
+        to_other = daemon.seal(daemon_pk, Hello("c4"), wall()).decode()  # meant for another
         assert refusal(page, "box.open(arg)", to_other) in ("forged", "wrong_recipient")
         assert refusal(page, "box.open(arg)", '{"v":2}') == "malformed"
 
@@ -241,7 +241,7 @@ def test_js_and_python_seal_and_open_each_other_and_refuse_tampering_and_replay(
     assert problems == []
 
 
-def trio_now() -> float:
+def wall() -> float:
     return time.time()
 
 
