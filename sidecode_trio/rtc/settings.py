@@ -15,14 +15,16 @@ already sees, and without one no device behind a NAT could be reached without TU
 
 from __future__ import annotations
 
-import argparse
 import os
 import stat
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
 
 import attrs
+
+if TYPE_CHECKING:
+    import argparse  # only the CLI passes a parser; the daemon imports these settings too
 
 #: public STUN servers used when ``--stun`` is not given (two operators: either may go away)
 DEFAULT_STUN: Final = ("stun:stun.l.google.com:19302", "stun:stun.cloudflare.com:3478")
