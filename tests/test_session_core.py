@@ -231,6 +231,32 @@ def test_a_file_edit_request_waits_for_its_source_and_keeps_the_order() -> None:
     assert core.status is ev.SessionStatus.RUNNING
 
 
+def test_a_cli_that_ignores_eof_is_terminated_after_the_grace() -> None:
+    core = new_core(idle_timeout=10.0, stop_grace=5.0)
+    running(core)
+    core.frames(turn_frames("text", MID), 0.0)
+    assert core.deadline(0.0) == 10.0
+    assert core.poll(10.0) == [CloseStdin()]
+    assert core.deadline(10.0) == 15.0
+    assert core.poll(14.0) == []
+    assert core.poll(15.0) == [sc.Terminate()]
+    assert kinds(core.exited(-15, [], cancelled=False)) == ["cli.state"]  # asked: no crash
+
+
+def test_an_exit_while_a_diff_is_read_releases_then_withdraws_the_request() -> None:
+    core = new_core()
+    running(core, "write")
+    frame = {
+        "type": "control_request",
+        "request_id": "r-1",
+        "request": {"subtype": "can_use_tool", "tool_name": "Edit", "input": {"file_path": "a"}},
+    }
+    assert kinds(core.frames([frame], 1.0)) == ["ReadSource"]
+    out = core.exited(1, [], cancelled=False)
+    assert kinds(out)[:3] == ["permission.requested", "permission.resolved", "turn.failed"]
+    assert core.source_read("r-1", Source("x"), 2.0) == []  # too late: ignored
+
+
 def test_a_crash_mid_turn_fails_the_turn_and_withdraws_the_request() -> None:
     core = new_core()
     request = permission(core)

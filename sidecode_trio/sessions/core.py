@@ -512,9 +512,8 @@ class SessionCore:
         out: list[Output] = []
         for request_id, due in list(self._expiry.items()):
             if due <= now and request_id in self._pending:
-                note = f"no answer within {self.settings.permission_timeout:g} s " + (
-                    "(the daemon's permission_timeout)"
-                )
+                timeout = self.settings.permission_timeout
+                note = f"no answer within {timeout:g} s (the daemon's permission_timeout)"
                 out.extend(self.answer(request_id, False, message=note, by="timeout"))
         if self.state is State.STOPPING:
             if self._stop_deadline is not None and self._stop_deadline <= now:
