@@ -12,7 +12,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import attrs
@@ -27,8 +27,7 @@ from .notify.settings import DEFAULT_SUBJECT
 from .notify.settings import problems as notify_problems
 from .rtc.settings import RtcSettings
 from .wire.converter import structure
-
-DEFAULT_PORT: Final = 8765
+from .wire.requests import DEFAULT_PORT as DEFAULT_PORT
 
 
 def default_state_dir() -> Path:

@@ -40,6 +40,9 @@ import trio
 
 from . import __version__
 from .bridge.remote import Bridge
+from .channel.frames import NONCE_BYTES
+from .channel.link import Link, LinkSettings
+from .channel.routes import Requests
 from .claude.leash import Records
 from .claude.probe import CLIProbe
 from .claude.process import Grace
@@ -198,6 +201,35 @@ class _HTTPConfig(hypercorn.config.Config):
         return context
 
 
+def rtc_sessions(
+    requests: Requests, ops: Operations, guard: Guard, settings: LinkSettings
+) -> Callable[[Any, bytes, bytes, str], Link]:
+    """How the WebRTC task serves a link: the shared session driver over the same front door,
+    feed and guard as WebTransport, with WebTransport's limits except that nothing goes
+    ``large`` (a DataChannel has no streams of ours); ``high_water`` bounds aiortc's
+    ``bufferedAmount``."""
+    from .rtc.link import NO_LARGE
+
+    config = attrs.evolve(settings, outbox=attrs.evolve(settings.outbox, inline_limit=NO_LARGE))
+
+    def make(transport: Any, cert: bytes, peer_key: bytes, remote: str) -> Link:
+        return Link(
+            transport,
+            requests,
+            ops,
+            guard,
+            config,
+            nonce=secrets.token_bytes(NONCE_BYTES),
+            cert_sha256=cert,
+            version=__version__,
+            remote=remote,
+            kind="WebRTC",
+            peer_key=peer_key,
+        )
+
+    return make
+
+
 def _http_config(config: DaemonConfig, certificates: CertificateStore) -> hypercorn.config.Config:
     http_config = _HTTPConfig(certificates)
     host = f"[{config.host}]" if ":" in config.host else config.host
@@ -308,9 +340,11 @@ async def _serve(
             )
             guard.urls = [*config.public_urls, *direct_urls]
             endpoint, quic_port = None, 0
+            front = Front(routes(ops, notifier))  # the operation table, without HTTP
+            requests = front.dispatch
+            if rtc is not None:  # a DataChannel serves the same session as WebTransport
+                rtc.serve_with(rtc_sessions(requests, ops, guard, settings_for(config).link))
             if config.quic_port != -1:
-                front = Front(routes(ops, notifier))  # the operation table, without HTTP
-                requests = front.dispatch
                 endpoint = Endpoint(requests, ops, guard, guard.certificates, settings_for(config))
                 quic_port = await services.start(partial(endpoint.run, shutdown_trigger=stop))
                 # a proxy carries HTTP, not QUIC: WebTransport goes to this host directly

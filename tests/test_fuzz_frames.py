@@ -18,11 +18,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sidecode_trio.claude.framing import LineFramer
-from sidecode_trio.claude.translate import Translator, coalesce
-from sidecode_trio.eventlog.core import encode
-from sidecode_trio.quic import frames as fr
-from sidecode_trio.quic.control import (
+from sidecode_trio.channel import frames as fr
+from sidecode_trio.channel.control import (
     Authenticate,
     Call,
     Cancel,
@@ -32,6 +29,9 @@ from sidecode_trio.quic.control import (
     Phase,
     Send,
 )
+from sidecode_trio.claude.framing import LineFramer
+from sidecode_trio.claude.translate import Translator, coalesce
+from sidecode_trio.eventlog.core import encode
 from sidecode_trio.security.auth import Principal
 from sidecode_trio.security.devices import Scope
 from sidecode_trio.wire import events as ev

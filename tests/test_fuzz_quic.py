@@ -10,9 +10,9 @@ import random
 import pytest
 import trio
 
-from sidecode_trio.quic import frames as fr
+from sidecode_trio.channel import frames as fr
+from sidecode_trio.channel.control import MAX_ERRORS
 from sidecode_trio.quic.client import QuicClient, SessionClosed
-from sidecode_trio.quic.control import MAX_ERRORS
 
 from helpers import Client
 

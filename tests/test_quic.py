@@ -28,8 +28,8 @@ from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.events import ConnectionTerminated, HandshakeCompleted, QuicEvent
 
+from sidecode_trio.channel import frames as fr
 from sidecode_trio.config import DaemonConfig
-from sidecode_trio.quic import frames as fr
 from sidecode_trio.quic.client import (
     DeviceSession,
     PinError,

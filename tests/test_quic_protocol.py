@@ -16,10 +16,8 @@ from aioquic.h3.events import (
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sidecode_trio.quic import frames as fr
-from sidecode_trio.quic import routing
-from sidecode_trio.quic.client import _parse_close
-from sidecode_trio.quic.control import (
+from sidecode_trio.channel import frames as fr
+from sidecode_trio.channel.control import (
     Authenticate,
     Call,
     Cancel,
@@ -29,9 +27,11 @@ from sidecode_trio.quic.control import (
     Phase,
     Send,
 )
+from sidecode_trio.channel.frames import CloseCode
+from sidecode_trio.channel.outbox import ControlWrite, Limits, Outbox, Overflow, StreamWrite
+from sidecode_trio.quic import routing
+from sidecode_trio.quic.client import _parse_close
 from sidecode_trio.quic.endpoint import close_capsule, session_urls
-from sidecode_trio.quic.frames import CloseCode
-from sidecode_trio.quic.outbox import ControlWrite, Limits, Outbox, Overflow, StreamWrite
 from sidecode_trio.security.auth import Principal
 from sidecode_trio.security.devices import Scope
 

@@ -18,7 +18,7 @@ import pytest
 from sidecode_trio.cli import main
 from sidecode_trio.config import load_config
 from sidecode_trio.errors import ConfigError
-from sidecode_trio.rtc.link import UNSUPPORTED, Closed, LinkKeeper
+from sidecode_trio.rtc.link import Closed, LinkKeeper, dtls_sha256
 from sidecode_trio.rtc.service import RtcService, check_available
 from sidecode_trio.rtc.settings import DEFAULT_STUN, RtcSettings
 from sidecode_trio.security.devices import DeviceStore, Scope
@@ -147,7 +147,7 @@ def test_a_daemon_with_the_path_off_imports_neither_aiortc_nor_paho(tmp_path: Pa
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
-def test_the_link_keeper_pings_closes_dead_links_and_refuses_requests() -> None:
+def test_the_link_keeper_pings_closes_dead_links_and_refuses_text_that_is_not_a_pong() -> None:
     keeper = LinkKeeper(misses=2)
     assert keeper.ping() == '{"type": "ping", "n": 1}'
     assert keeper.received('{"type": "pong", "n": 1}') is None
@@ -155,6 +155,15 @@ def test_the_link_keeper_pings_closes_dead_links_and_refuses_requests() -> None:
     assert keeper.received('{"type": "pong", "n": 7}') is None  # a pong never sent: ignored
     assert keeper.pongs == 1
     assert keeper.ping() == Closed("timeout", "2 pings went unanswered")
+    # requests are framed binary messages; a text one is a client bug, said so
     refused = LinkKeeper(misses=2).received('{"type": "request", "id": 1, "path": "/v1/info"}')
-    assert refused == Closed("unsupported", UNSUPPORTED)
-    assert LinkKeeper(misses=2).received(b"\xff not json") == Closed("unsupported", UNSUPPORTED)
+    assert refused is not None and refused.code == "bad_frame"
+    assert "binary messages" in refused.message
+    assert LinkKeeper(misses=2).received("\ufffd not json") == refused
+
+
+def test_auth_on_a_datachannel_signs_the_daemons_dtls_certificate_hash() -> None:
+    fps = ["sha-1 00:11", "sha-256 AB:CD:EF"]
+    assert dtls_sha256(fps) == bytes.fromhex("abcdef")
+    with pytest.raises(ValueError, match="no sha-256"):
+        dtls_sha256(["sha-1 00:11"])

@@ -1,7 +1,8 @@
 """The daemon's WebRTC task against a real mosquitto on loopback (issue 17 #2): a device paired
 over HTTPS dials through the broker knowing only its pairing; the daemon answers, holds the link
-with application pings, closes a dead one, refuses requests with ``unsupported`` (until the feed
-lands), and on revoke drops the device's subscription and closes its links."""
+with application pings, closes a dead one, refuses a request sent as text (frames go in binary
+messages: test_rtc_link.py drives the protocol), and on revoke drops the device's subscription
+and closes its links."""
 
 from __future__ import annotations
 
@@ -103,7 +104,7 @@ async def receive_json(link: Link) -> dict[str, Any]:
     return message
 
 
-async def test_a_paired_device_dials_the_daemon_which_pings_refuses_and_drops_on_revoke(
+async def test_a_paired_device_dials_the_daemon_which_pings_refuses_text_and_drops_on_revoke(
     make_config: Callable[..., DaemonConfig],
     broker: str,
     monkeypatch: pytest.MonkeyPatch,
@@ -142,7 +143,7 @@ async def test_a_paired_device_dials_the_daemon_which_pings_refuses_and_drops_on
                 finally:
                     await link.connection.aclose()
 
-                # 2. a request is refused with a reason, not pretended
+                # 2. a request sent as a text message is refused with a reason
                 link = await dial_once()
                 try:
                     assert (await receive_json(link))["type"] == "ping"
@@ -151,8 +152,8 @@ async def test_a_paired_device_dials_the_daemon_which_pings_refuses_and_drops_on
                     close = await receive_json(link)
                     while close["type"] == "ping":
                         close = await receive_json(link)
-                    assert close["type"] == "close" and close["code"] == "unsupported"
-                    assert "does not carry requests over WebRTC yet" in close["message"]
+                    assert close["type"] == "close" and close["code"] == "bad_frame"
+                    assert "frames go in binary messages" in close["message"]
                 finally:
                     await link.connection.aclose()
 

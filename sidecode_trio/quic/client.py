@@ -23,9 +23,6 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Final
 
-import attrs
-import nacl.exceptions
-import nacl.signing
 import trio
 from aioquic.buffer import Buffer, BufferReadError  # type: ignore[attr-defined]
 from aioquic.h3.connection import H3_ALPN, FrameType, H3Connection, H3Stream
@@ -41,30 +38,16 @@ from aioquic.quic.connection import QuicConnection
 from aioquic.quic.events import ConnectionTerminated, HandshakeCompleted
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from ..security.identity import b64, unb64
-from ..security.tls import signed_message
-from . import frames as fr
+from ..channel import frames as fr
+from ..channel.client import DeviceSession as _DeviceSession
+from ..channel.client import PinError as PinError
+from ..channel.client import RequestFailed as RequestFailed
+from ..channel.client import SessionClosed as SessionClosed
+from ..channel.client import Subscription as Subscription
+from ..channel.client import verify_certificate as verify_certificate
 from .endpoint import CLOSE_CAPSULE
 
 CONNECT_TIMEOUT: Final = 10.0
-
-
-class PinError(Exception):
-    """The server's certificate is not one the pinned daemon key vouches for."""
-
-
-class SessionClosed(Exception):
-    def __init__(self, code: int, reason: str) -> None:
-        super().__init__(f"session closed: {code:#x} {reason}")
-        self.code = code
-        self.reason = reason
-
-
-class RequestFailed(Exception):
-    def __init__(self, status: int, body: Any) -> None:
-        super().__init__(f"{status}: {body}")
-        self.status = status
-        self.body = body
 
 
 def peer_certificate_sha256(quic: QuicConnection) -> bytes:
@@ -76,19 +59,6 @@ def peer_certificate_sha256(quic: QuicConnection) -> bytes:
     if certificate is None:
         raise PinError("the server presented no certificate")
     return hashlib.sha256(certificate.public_bytes(Encoding.DER)).digest()
-
-
-def verify_certificate(cert_sha256: bytes, info: dict[str, Any], daemon_key: bytes) -> None:
-    """Raise :class:`PinError` unless ``info`` lists the hash, signed by ``daemon_key``."""
-    for entry in info.get("certificates", []):
-        if entry.get("sha256") == cert_sha256.hex():
-            try:
-                signature = unb64(entry["signature"])
-                nacl.signing.VerifyKey(daemon_key).verify(signed_message(cert_sha256), signature)
-            except (nacl.exceptions.BadSignatureError, ValueError, KeyError) as exc:
-                raise PinError("the certificate is not signed by the daemon's key") from exc
-            return
-    raise PinError("the certificate is not one the daemon's key vouches for")
 
 
 class QuicClient:
@@ -344,35 +314,11 @@ def _parse_close(capsules: bytes) -> tuple[int, str] | None:
 # -- the protocol over it ---------------------------------------------------------------------
 
 
-@attrs.define
-class Subscription:
-    id: int
-    receive: trio.MemoryReceiveChannel[dict[str, Any]]
-    last_id: str | None = None  #: ``"<epoch>:<cursor>"`` of the last event or snapshot seen
+class DeviceSession(_DeviceSession):
+    """The control protocol over a WebTransport session (``channel/client.py``), with the
+    certificate check and datagram pings WebTransport adds."""
 
-    async def next(self) -> dict[str, Any]:
-        """The next frame of this subscription (``event``, ``snapshot``, ``sessions``, ...)."""
-        try:
-            message = await self.receive.receive()
-        except trio.EndOfChannel:
-            raise SessionClosed(0, "the subscription ended") from None
-        if message.get("type") in ("event", "snapshot"):
-            self.last_id = message["id"]
-        return message
-
-
-class DeviceSession:
-    """The control protocol, client side: one reader task sorts frames by request and
-    subscription; callers await replies and subscription frames."""
-
-    def __init__(self, client: QuicClient) -> None:
-        self.client = client
-        self.welcome: dict[str, Any] = {}
-        self._next_id = 1
-        self._replies: dict[int, trio.MemorySendChannel[dict[str, Any]]] = {}
-        self._subs: dict[int, trio.MemorySendChannel[dict[str, Any]]] = {}
-        self.errors: list[dict[str, Any]] = []
-        self.closing: dict[str, Any] | None = None
+    client: QuicClient
 
     @classmethod
     async def open(
@@ -380,71 +326,8 @@ class DeviceSession:
     ) -> DeviceSession:
         """Say hello and start the reader; returns once ``welcome`` arrived."""
         session = cls(client)
-        client.send({"type": "hello", "versions": list(fr.VERSIONS), "client": client_name})
-        welcome = await client.receive()
-        if welcome.get("type") != "welcome":
-            raise SessionClosed(0, f"expected welcome, got {welcome}")
-        session.welcome = welcome
-        nursery.start_soon(session._read)
+        await session.start(nursery, client_name)
         return session
-
-    async def _read(self) -> None:
-        try:
-            while True:
-                message = await self.client.receive()
-                kind = message.get("type")
-                if kind == "reply" and message["id"] in self._replies:
-                    self._replies.pop(message["id"]).send_nowait(message)
-                elif kind == "reply" and message["id"] in self._subs:
-                    self._subs[message["id"]].send_nowait(message)
-                elif "sub" in message and message["sub"] in self._subs:
-                    self._subs[message["sub"]].send_nowait(message)
-                    if kind == "end":
-                        self._subs.pop(message["sub"]).close()
-                elif kind == "close":
-                    self.closing = message
-                elif kind == "ready" or (kind == "error" and message.get("id") is None):
-                    if 0 in self._replies:  # the answer to authenticate()
-                        self._replies.pop(0).send_nowait(message)
-                    else:
-                        self.errors.append(message)
-                elif kind == "error" and message.get("id") in self._replies:
-                    self._replies.pop(message["id"]).send_nowait(message)
-                else:
-                    self.errors.append(message)
-        except SessionClosed:
-            pass
-        finally:
-            for channel in [*self._replies.values(), *self._subs.values()]:
-                channel.close()
-
-    def _new_id(self) -> int:
-        self._next_id += 1
-        return self._next_id
-
-    async def request(self, method: str, path: str, body: Any = None) -> Any:
-        """An HTTP API request over the session; the reply body, or :class:`RequestFailed`."""
-        status, reply = await self.call(method, path, body)
-        if status >= 400:
-            raise RequestFailed(status, reply)
-        return reply
-
-    async def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        request_id = self._new_id()
-        send, receive = trio.open_memory_channel[dict[str, Any]](1)
-        self._replies[request_id] = send
-        message: dict[str, Any] = {"type": "request", "id": request_id, "method": method}
-        message["path"] = path
-        if body is not None:
-            message["body"] = body
-        self.client.send(message)
-        try:
-            reply = await receive.receive()
-        except trio.EndOfChannel:
-            raise SessionClosed(*(self.client.closed or (0, "closed"))) from None
-        if reply.get("type") == "error":
-            return 400, {"error": {"code": reply["code"], "message": reply["message"]}}
-        return int(reply["status"]), reply["body"]
 
     async def verify_identity(self, daemon_key: bytes) -> dict[str, Any]:
         """Check the connection's certificate against ``/v1/info`` and the pinned key."""
@@ -453,38 +336,6 @@ class DeviceSession:
         if self.welcome.get("cert") != self.client.cert_sha256.hex():
             raise PinError("the daemon names another certificate than the one it presented")
         return info
-
-    async def authenticate(self, device_id: str, key: nacl.signing.SigningKey) -> dict[str, Any]:
-        nonce = unb64(self.welcome["nonce"])
-        message = fr.auth_message(nonce, self.client.cert_sha256, device_id)
-        signature = b64(key.sign(message).signature)
-        send, receive = trio.open_memory_channel[dict[str, Any]](1)
-        self._replies[0] = send  # the ready (or error) frame has no id: see _read
-        self.client.send({"type": "auth", "device": device_id, "signature": signature})
-        try:
-            reply = await receive.receive()
-        except trio.EndOfChannel:
-            raise SessionClosed(*(self.client.closed or (0, "closed"))) from None
-        if reply.get("type") != "ready":
-            raise RequestFailed(401, reply)
-        return reply
-
-    async def subscribe(self, path: str, since: str | None = None) -> Subscription:
-        sub_id = self._new_id()
-        send, receive = trio.open_memory_channel[dict[str, Any]](math.inf)
-        self._subs[sub_id] = send
-        message: dict[str, Any] = {"type": "subscribe", "id": sub_id, "path": path}
-        if since is not None:
-            message["since"] = since
-        self.client.send(message)
-        subscription = Subscription(sub_id, receive, since)
-        first = await subscription.next()
-        if first.get("type") != "reply" or first.get("status") != 200:
-            raise RequestFailed(int(first.get("status", 400)), first.get("body", first))
-        return subscription
-
-    def unsubscribe(self, subscription: Subscription) -> None:
-        self.client.send({"type": "unsubscribe", "id": subscription.id})
 
     async def ping(self, resend_after: float = 0.25) -> float:
         """One datagram round trip, in seconds. Datagrams are unreliable (nothing retransmits

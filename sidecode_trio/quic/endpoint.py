@@ -51,16 +51,16 @@ from aioquic.quic.packet import (
 from aioquic.quic.retry import QuicRetryTokenHandler
 
 from .. import __version__
+from ..channel.frames import PATH, CloseCode
+from ..channel.link import Link, LinkSettings
+from ..channel.outbox import Limits
+from ..channel.routes import Requests
 from ..config import DaemonConfig
 from ..errors import ConfigError
 from ..ops import Operations
 from ..security.guard import Guard
 from ..security.tls import CertificateStore
 from . import routing
-from .frames import PATH, CloseCode
-from .link import Link, LinkSettings
-from .outbox import Limits
-from .routes import Requests
 
 log = logging.getLogger(__name__)
 

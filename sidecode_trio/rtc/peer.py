@@ -158,9 +158,12 @@ class TrioDataChannel:
     def __init__(self, aio: AsyncioThread, channel: RTCDataChannel) -> None:
         self._aio, self._channel, self._since = aio, channel, 0
         self._tx, self._rx = trio.open_memory_channel[bytes | str](math.inf)
+        self._handing = 0  # bytes given to send_nowait that aiortc has not taken yet
+        self.on_room: Callable[[], None] = lambda: None  #: told when queued bytes left
         channel.bufferedAmountLowThreshold = SEND_HIGH // 4
         channel.on("message", lambda message: aio.to_trio(self._tx.send_nowait, message))
         channel.on("close", lambda: aio.to_trio(self._tx.close))
+        channel.on("bufferedamountlow", lambda: aio.to_trio(self._room))
 
     @property
     def label(self) -> str:
@@ -172,6 +175,29 @@ class TrioDataChannel:
         if self._since >= SEND_SYNC_EVERY:
             self._since = 0
             await self._aio.run(self._wait_low)
+
+    def send_nowait(self, message: bytes | str) -> None:
+        """Queue ``message`` without waiting: the caller bounds what it queues by
+        :meth:`buffered` (the framed protocol's outbox does, see ``channel/link.py``)."""
+        self._handing += len(message)
+        self._aio.call_soon(self._send_on_loop, message)
+
+    def _send_on_loop(self, message: bytes | str) -> None:  # on the asyncio thread
+        if self._channel.readyState == "open":
+            self._channel.send(message)
+        self._aio.to_trio(self._handed, len(message))
+
+    def _handed(self, size: int) -> None:
+        self._handing -= size
+        self.on_room()
+
+    def _room(self) -> None:
+        self.on_room()
+
+    def buffered(self) -> int:
+        """Bytes queued and not yet sent: the back-pressure signal (``bufferedAmount``, read
+        across threads: an int, possibly a moment old, plus what is on its way to aiortc)."""
+        return self._handing + self._channel.bufferedAmount
 
     async def _wait_low(self) -> None:  # on the asyncio thread
         if self._channel.bufferedAmount <= SEND_HIGH:
@@ -299,6 +325,10 @@ class PeerConnection:
     def local_fingerprints(self) -> list[str]:
         """Our DTLS certificate's fingerprints, as written in our SDP."""
         return sdp_fingerprints(self.pc.localDescription.sdp)
+
+    def remote_fingerprints(self) -> list[str]:
+        """The peer's DTLS certificate's fingerprints, as written in its SDP (checked: signed)."""
+        return sdp_fingerprints(self.pc.remoteDescription.sdp)
 
     async def channel(self) -> TrioDataChannel:
         """The DataChannel once it is open (ICE, DTLS and SCTP done); :class:`RtcError` if the

@@ -11,7 +11,7 @@ aiortc nor paho: :mod:`.peer` and :mod:`.broker` import them when the task start
     ├── subscriptions                                 (each active device's to_daemon topic;
     │                                                  added on pairing, dropped on revoke)
     └── Answerer.serve nursery                        (one task per attempt; an open link is
-        └── per-link cancel scope                      held there, see link.py, and cancelled
+        └── per-link cancel scope                      served there, see link.py, and cancelled
                                                        when its device is revoked)
 """
 
@@ -32,7 +32,7 @@ from ..security.devices import DeviceStore
 from ..security.identity import b64, unb64
 from .broker import Rendezvous as _Broker  # paho and aiortc are imported when used, not here
 from .ice import IceServer, turn_server
-from .link import Closed, hold
+from .link import Closed, DataChannelTransport, Session, dtls_sha256, serve
 from .rendezvous import Link as _Link
 from .settings import RtcSettings, read_secret
 from .signaling import SignalingBox, SignalingRefused, Topics, topics
@@ -41,6 +41,12 @@ log = logging.getLogger(__name__)
 
 EXTRA_MODULES: Final = ("aiortc", "paho")
 RETRY_MAX: Final = 60.0  # seconds between attempts to reach an unreachable broker, at most
+
+#: Builds the session driver (``channel/link.py``) for one link: its transport, the daemon's
+#: DTLS certificate hash (what ``auth`` signs), the pinned device key and a
+#: name for the audit log. The daemon binds it to its operations, front door and guard
+#: (``daemon.rtc_sessions``).
+MakeLink = Callable[[DataChannelTransport, bytes, bytes, str], Session]
 
 
 def check_available() -> None:
@@ -61,11 +67,13 @@ class RtcService:
         settings: RtcSettings,
         key: nacl.signing.SigningKey,
         devices: DeviceStore,
+        make_link: MakeLink | None = None,
         clock: Callable[[], float] = time.time,
         thread_setup: Callable[[], None] | None = None,
     ) -> None:
         assert settings.rendezvous is not None
         self._settings, self._key, self._devices = settings, key, devices
+        self._make_link = make_link  #: set by the daemon once its front door exists
         self._clock, self._thread_setup = clock, thread_setup
         self._turn_secret = (
             read_secret(settings.turn_secret_file) if settings.turn_secret_file else None
@@ -73,12 +81,16 @@ class RtcService:
         self._subscribed: dict[str, tuple[bytes, Topics]] = {}  # device id -> (key, topics)
         self._links: dict[str, set[trio.CancelScope]] = {}  # device id -> its open links
         self._changes_tx, self._changes_rx = trio.open_memory_channel[str](math.inf)
-        self.closed: list[Closed] = []  #: why each held link ended (statistics, tests)
+        self.closed: list[Closed] = []  #: why each link ended (statistics, tests)
         self.refused = 0
         self.ready = trio.Event()  #: set once subscribed and answering (the first time)
         self.error: str | None = None  #: why the last attempt to reach the broker failed
         devices.on_rendezvous(self._changes_tx.send_nowait)
         devices.on_revoke(self._revoked)
+
+    def serve_with(self, make_link: MakeLink) -> None:
+        """How links are served (the daemon's operations exist after this task is made)."""
+        self._make_link = make_link
 
     # --- ICE ---------------------------------------------------------------------------------
 
@@ -225,14 +237,20 @@ class RtcService:
         device = self._devices.by_key(b64(link.peer_key))
         if device is None or device.revoked_at is not None:
             return
+        cert = dtls_sha256(link.connection.local_fingerprints())
+        remote = f"webrtc device {device.id}"
+        make_link = self._make_link
+        assert make_link is not None, "serve_with() was not called"
+
+        def make(transport: DataChannelTransport) -> Session:
+            return make_link(transport, cert, link.peer_key, remote)
+
         with trio.CancelScope() as scope:
             self._links.setdefault(device.id, set()).add(scope)
             try:
-                log.info(
-                    "rtc: link %s open for device %s (held: see rtc/link.py)", link.cid, device.id
-                )
-                closed = await hold(
-                    link.channel, self._settings.ping_interval, self._settings.ping_misses
+                log.info("rtc: link %s open for device %s", link.cid, device.id)
+                closed = await serve(
+                    link.channel, make, self._settings.ping_interval, self._settings.ping_misses
                 )
                 self.closed.append(closed)
                 log.info("rtc: link %s closed (%s): %s", link.cid, closed.code, closed.message)

@@ -183,19 +183,29 @@ class Guard:
     # -- links -------------------------------------------------------------------------------
 
     def admit_signed(
-        self, device_id: str, signature: str, message: bytes, remote: str | None, where: str
+        self,
+        device_id: str,
+        signature: str,
+        message: bytes,
+        remote: str | None,
+        where: str,
+        pinned: bytes | None = None,
     ) -> Principal:
         """A link that proves a paired device's key once: ``signature`` (base64url) over
-        ``message``, which binds it to this link (its nonce and certificate). Failures count
-        and are audited like a request's."""
+        ``message``, which binds it to this link (its nonce and certificate). ``pinned``: the
+        device key the transport already authenticated (a WebRTC link's signed DTLS
+        fingerprint); the device must own it. Failures count and are audited like a
+        request's."""
         try:
-            device = self._verify_signed(device_id, signature, message)
+            device = self._verify_signed(device_id, signature, message, pinned)
         except Unauthorized as exc:
             raise self.refused(remote, f"device {device_id}", where, exc) from None
         self.devices.touch(device.id, self._clock())
         return Principal(device.id, device.name, device.scope)
 
-    def _verify_signed(self, device_id: str, signature: str, message: bytes) -> Device:
+    def _verify_signed(
+        self, device_id: str, signature: str, message: bytes, pinned: bytes | None = None
+    ) -> Device:
         device = self.devices.find(device_id)
         if device is None or device.revoked_at is not None or device.kind != "key":
             raise Unauthorized("unknown or revoked device")  # a WatchCode secret has no key
@@ -205,6 +215,8 @@ class Guard:
             raise Unauthorized("malformed signature") from None
         if not verify(public_key, message, raw):
             raise Unauthorized("the signature does not verify (nonce, certificate, device id)")
+        if pinned is not None and not hmac.compare_digest(public_key, pinned):
+            raise Unauthorized("this link was opened by another device's key")
         return device
 
     def current(self, principal: Principal) -> Principal | None:

@@ -1,12 +1,13 @@
-"""One WebTransport session: the control protocol driven against the operations (Trio).
+"""One control session: the framed protocol driven against the operations (Trio), whatever
+carries it (a WebTransport session in ``quic/``, a WebRTC DataChannel in ``rtc/``).
 
-The connection feeds the control stream's bytes to :meth:`Link.data_received` (synchronously);
+The transport feeds the control stream's bytes to :meth:`Link.data_received` (synchronously);
 what the protocol asks for is done at once when it is synchronous (authenticate, subscribe,
 answer a protocol error) and in the link's nursery otherwise: one task per request in flight
 (at most ``max_calls``), one pump per subscription, and one writer. Everything outbound goes
-through the :class:`~.outbox.Outbox` and moves to the QUIC streams only while the connection
-holds less than ``high_water`` unacknowledged bytes (at once when there is room, else by the
-writer once acknowledgements make room), so a client that stops reading
+through the :class:`~.outbox.Outbox` and moves to the transport only while it holds less than
+``high_water`` unacknowledged (QUIC) or queued (a DataChannel's ``bufferedAmount``) bytes (at
+once when there is room, else by the writer once room is made), so a client that stops reading
 fills its outbox, overflows it, and is dropped with ``lagging``; it resumes exactly after
 reconnecting, like an SSE client.
 """
@@ -65,7 +66,11 @@ class LinkSettings:
 
 
 class Transport(Protocol):
-    """What a link needs from its QUIC connection (``endpoint._Connection``)."""
+    """What a link needs from what carries it (``quic/endpoint._Connection``,
+    ``rtc/link.DataChannelTransport``). ``buffered`` is the back-pressure signal: bytes written
+    but not yet acknowledged (QUIC) or still queued to send (a DataChannel's bufferedAmount).
+    A transport without streams of its own is given ``inline_limit`` above any payload, so
+    ``open_stream``/``write_stream`` are never called on it."""
 
     def buffered(self) -> int: ...
     def write_control(self, data: bytes) -> None: ...
@@ -90,13 +95,19 @@ class Link:
         cert_sha256: bytes,
         version: str,
         remote: str | None,
+        kind: str = "WebTransport",
+        peer_key: bytes | None = None,
     ) -> None:
+        """``kind`` names the transport in the audit log; ``peer_key`` is the device key the
+        transport already pinned (WebRTC: the signed DTLS fingerprint), which the device that
+        authenticates must own."""
         self._transport = transport
         self._requests = requests
         self._ops = ops
         self._guard = guard
         self._settings = settings
         self._nonce, self._cert, self._remote = nonce, cert_sha256, remote
+        self._kind, self._peer_key = kind, peer_key
         welcome = fr.welcome(
             version,
             b64(nonce),
@@ -231,6 +242,13 @@ class Link:
         """The daemon ends the session (revoked, stopping): last frame, then the close."""
         self._act(self.protocol.close(code, message))
 
+    def end(self, message: str) -> None:
+        """The transport ended the link under the protocol (a dead keep-alive): read no more,
+        send nothing more."""
+        self.protocol.close(CloseCode.NORMAL, message)
+        self.close_code = CloseCode.NORMAL
+        self._cancel_all()
+
     def stop(self) -> None:
         """The daemon is stopping: end the session once its event streams have ended (the
         log ends them after the sessions stopped, so clients see how their turns ended)."""
@@ -286,7 +304,7 @@ class Link:
         """The client does not read: drop the connection now (it resumes exactly later)."""
         if self.close_code is CloseCode.LAGGING:
             return
-        log.info("dropping a WebTransport client that does not keep up: %s", why)
+        log.info("dropping a %s client that does not keep up: %s", self._kind, why)
         self.protocol.close(CloseCode.LAGGING, why)
         self.close_code = CloseCode.LAGGING
         self._cancel_all()
@@ -313,7 +331,7 @@ class Link:
         message = fr.auth_message(self._nonce, self._cert, auth.device)
         try:
             principal = self._guard.admit_signed(
-                auth.device, auth.signature, message, self._remote, "WebTransport"
+                auth.device, auth.signature, message, self._remote, self._kind, self._peer_key
             )
         except SidecodeError as exc:  # Unauthorized, or RateLimited past the limit
             return self.protocol.auth_failed(exc.message)

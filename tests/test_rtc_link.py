@@ -1,0 +1,237 @@
+"""The framed protocol over a DataChannel (issue 17 #1), against the whole daemon and a real
+mosquitto on loopback: a phone paired over HTTPS dials through the broker, authenticates on the
+pinned link, drives a session of the fake CLI (a tool approved), drops the link mid-turn and
+resumes exactly; a link cannot authenticate as another device than the one whose key pinned it;
+revoking the device cuts its link; a phone that stops reading is dropped (``bufferedAmount`` is
+the back-pressure) and resumes exactly. The same over two NATs, STUN and TURN: test_rtc_lab.py.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+import trio
+from test_rtc_daemon import Phone, broker, until
+
+from sidecode_trio import daemon as daemon_module
+from sidecode_trio.config import DaemonConfig
+from sidecode_trio.rtc.broker import open_mqtt
+from sidecode_trio.rtc.client import DeviceSession, LinkCarrier, SessionClosed, open_session
+from sidecode_trio.rtc.peer import AsyncioThread, open_asyncio_thread
+from sidecode_trio.rtc.rendezvous import dial
+from sidecode_trio.rtc.settings import RtcSettings
+from sidecode_trio.rtc.signaling import topics
+from sidecode_trio.security.identity import unb64
+
+from helpers import Client, load_example, running_daemon
+
+__all__ = ["broker"]  # the fixture, imported
+pc = load_example("pair_client")
+
+
+@attrs.define
+class Dialer:
+    """A paired phone with its own aiortc thread and broker connection."""
+
+    phone: Phone
+    aio: AsyncioThread
+    broker: Any
+
+    @property
+    def device_id(self) -> str:
+        return str(self.phone.credentials["device"]["id"])
+
+    async def connect(
+        self, nursery: trio.Nursery, authenticate: bool = True
+    ) -> tuple[DeviceSession, LinkCarrier]:
+        the_topics = topics(unb64(self.phone.credentials["rendezvous"]["secret"]))
+        link = await dial(
+            self.aio, self.broker, self.phone.box(), self.phone.key, self.phone.daemon_key,
+            the_topics,
+        )  # fmt: skip
+        session, carrier = await open_session(nursery, link, "test")
+        if authenticate:
+            await session.authenticate(self.device_id, self.phone.key)
+        return session, carrier
+
+
+@asynccontextmanager
+async def phone_of(owner: Client, broker_url: str, scope: str = "admin") -> AsyncIterator[Dialer]:
+    offer = (await owner.http.post("/v1/pairings", json={"scope": scope})).json()
+    phone = Phone(await trio.to_thread.run_sync(pc.pair, offer["payload"], "phone"))
+    the_topics = topics(unb64(phone.credentials["rendezvous"]["secret"]))
+    async with open_asyncio_thread() as aio, open_mqtt(broker_url) as phone_broker:
+        await phone_broker.subscribe(the_topics.to_device)
+        yield Dialer(phone, aio, phone_broker)
+
+
+def rtc_config(make_config: Callable[..., DaemonConfig], broker_url: str) -> DaemonConfig:
+    rtc = RtcSettings(rendezvous=broker_url, stun=(), ping_interval=1.0, ping_misses=30)
+    return make_config(https=True, rtc=rtc)
+
+
+async def next_event(stream: Any, *types: str) -> dict[str, Any]:
+    while True:
+        message: dict[str, Any] = await stream.next()
+        if message["type"] == "event" and message["data"]["event"]["type"] in types:
+            return message
+
+
+def cursor(message: dict[str, Any]) -> int:
+    return int(message["id"].rpartition(":")[2])
+
+
+async def test_a_phone_drives_a_session_over_the_datachannel_and_resumes_exactly(
+    make_config: Callable[..., DaemonConfig], broker: str, work_dir: Path
+) -> None:
+    async with running_daemon(rtc_config(make_config, broker)) as owner:
+        service = owner.handle.rtc
+        with trio.fail_after(60):
+            async with phone_of(owner, broker) as phone:
+                await until(lambda: service.subscribed() == [phone.device_id])
+                async with trio.open_nursery() as nursery:
+                    session, carrier = await phone.connect(nursery)
+                    assert session.welcome["inline_limit"] > 1 << 30  # no "large" frames here
+                    assert await session.request("GET", "/v1/sessions") == {"sessions": []}
+                    body = {"cwd": str(work_dir), "prompt": "[[bash:echo hi > hi.txt]]"}
+                    created = await session.request("POST", "/v1/sessions", body)
+                    session_id = created["session"]["id"]
+                    epoch = (await session.request("GET", f"/v1/sessions/{session_id}"))["epoch"]
+                    path = f"/v1/sessions/{session_id}/events"
+                    stream = await session.subscribe(path, f"{epoch}:0")
+                    asked = await next_event(stream, "permission.requested")
+                    request_id = asked["data"]["event"]["request_id"]
+                    permission = f"/v1/sessions/{session_id}/permissions/{request_id}"
+                    approved = await session.request("POST", permission, {"behavior": "allow"})
+                    assert approved == {"ok": True}
+                    await next_event(stream, "turn.completed")
+                    assert (work_dir / "hi.txt").read_text() == "hi\n"
+                    text = {"text": "[[slow:30]]"}
+                    await session.request("POST", f"/v1/sessions/{session_id}/messages", text)
+                    await next_event(stream, "text.delta")
+                    await next_event(stream, "text.delta")
+                    last = stream.last_id
+                    assert last is not None
+                    await carrier.aclose()  # mid-turn, abruptly: the peer connection goes
+                    nursery.cancel_scope.cancel()
+                await until(lambda: service.links() == 0)
+                assert service.closed[-1].code == "closed"
+
+                resumed: list[dict[str, Any]] = []
+                async with trio.open_nursery() as nursery:
+                    session, carrier = await phone.connect(nursery)
+                    stream = await session.subscribe(f"/v1/sessions/{session_id}/events", last)
+                    while True:
+                        message = await stream.next()
+                        resumed.append(message)
+                        if message.get("data", {}).get("event", {}).get("type") == "turn.completed":
+                            break
+                    await carrier.aclose()
+                    nursery.cancel_scope.cancel()
+        assert resumed[0]["type"] == "event", "an exact resume replays events, not a snapshot"
+        cursors = [cursor(m) for m in resumed]
+        assert cursors[0] == cursor({"id": last}) + 1
+        assert cursors == list(range(cursors[0], cursors[0] + len(cursors)))  # no gap, no dup
+
+
+async def test_a_link_authenticates_only_as_the_device_whose_key_pinned_it(
+    make_config: Callable[..., DaemonConfig], broker: str
+) -> None:
+    async with running_daemon(rtc_config(make_config, broker)) as owner:
+        with trio.fail_after(60):
+            async with phone_of(owner, broker) as phone, phone_of(owner, broker) as other:
+                await until(lambda: len(owner.handle.rtc.subscribed()) == 2)
+                async with trio.open_nursery() as nursery:
+                    session, carrier = await phone.connect(nursery, authenticate=False)
+                    # the other device's own key and id: a valid signature, the wrong link
+                    with pytest.raises(Exception, match="another device's key"):
+                        await session.authenticate(other.device_id, other.phone.key)
+                    await until(lambda: carrier.closed is not None)
+                    nursery.cancel_scope.cancel()
+        audit = (await owner.http.get("/v1/audit?limit=5")).json()["entries"]
+        assert any("on WebRTC" in str(entry) for entry in audit), audit
+
+
+async def test_revoking_a_device_cuts_its_authenticated_link(
+    make_config: Callable[..., DaemonConfig], broker: str, work_dir: Path
+) -> None:
+    async with running_daemon(rtc_config(make_config, broker)) as owner:
+        service = owner.handle.rtc
+        created = await owner.create(work_dir, "hello")
+        session_id = created["session"]["id"]
+        with trio.fail_after(60):
+            async with phone_of(owner, broker) as phone:
+                await until(lambda: service.subscribed() == [phone.device_id])
+                async with trio.open_nursery() as nursery:
+                    session, carrier = await phone.connect(nursery)
+                    stream = await session.subscribe(f"/v1/sessions/{session_id}/events")
+                    assert (await stream.next())["type"] == "snapshot"
+                    response = await owner.http.delete(f"/v1/devices/{phone.device_id}")
+                    assert response.status_code == 200, response.text
+                    await until(lambda: carrier.closed is not None)
+                    await until(lambda: service.links() == 0)
+                    assert service.closed[-1].code == "revoked"
+                    with pytest.raises(SessionClosed):
+                        await session.request("GET", "/v1/sessions")
+                    nursery.cancel_scope.cancel()
+
+
+async def test_a_phone_that_stops_reading_is_dropped_and_resumes_exactly(
+    make_config: Callable[..., DaemonConfig],
+    broker: str,
+    work_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Back-pressure is aiortc's ``bufferedAmount``: a phone whose network stack stalls (its
+    aiortc loop blocked: no SCTP acknowledgements) fills the daemon's queue, which is bounded;
+    the link is dropped with ``lagging`` and the phone resumes exactly."""
+    config = attrs.evolve(rtc_config(make_config, broker), client_queue=64)
+    serving = daemon_module.rtc_sessions
+
+    def small_high_water(requests: Any, ops: Any, guard: Any, settings: Any) -> Any:
+        # a smaller bound fills sooner (as in test_quic)
+        return serving(requests, ops, guard, attrs.evolve(settings, high_water=64 * 1024))
+
+    monkeypatch.setattr(daemon_module, "rtc_sessions", small_high_water)
+    async with running_daemon(config) as owner:
+        service = owner.handle.rtc
+        created = await owner.create(work_dir, "hello")
+        session_id = created["session"]["id"]
+        unblock = threading.Event()
+        with trio.fail_after(120):
+            async with phone_of(owner, broker) as phone:
+                await until(lambda: service.subscribed() == [phone.device_id])
+                try:
+                    async with trio.open_nursery() as nursery:
+                        session, carrier = await phone.connect(nursery)
+                        stream = await session.subscribe(f"/v1/sessions/{session_id}/events")
+                        assert (await stream.next())["type"] == "snapshot"
+                        phone.aio.call_soon(unblock.wait, 100)  # the phone's stack stalls
+                        await owner.send(session_id, "[[fast:20000]]")
+                        await until(lambda: bool(service.closed))
+                        nursery.cancel_scope.cancel()
+                finally:
+                    unblock.set()
+                assert service.closed[-1].code == "lagging", service.closed
+                last = stream.last_id
+                assert last is not None
+                resumed: list[dict[str, Any]] = []
+                async with trio.open_nursery() as nursery:
+                    session, carrier = await phone.connect(nursery)
+                    stream = await session.subscribe(f"/v1/sessions/{session_id}/events", last)
+                    while True:
+                        message = await stream.next()
+                        resumed.append(message)
+                        if message.get("data", {}).get("event", {}).get("type") == "turn.completed":
+                            break
+                    await carrier.aclose()
+                    nursery.cancel_scope.cancel()
+        assert cursor(resumed[0]) == cursor({"id": last}) + 1
+        cursors = [cursor(m) for m in resumed if m["type"] == "event"]
+        assert cursors == list(range(cursors[0], cursors[0] + len(cursors)))
