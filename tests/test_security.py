@@ -133,7 +133,7 @@ def test_pairing_secrets_expire_and_die_after_wrong_proofs() -> None:
     with pytest.raises(PairingRefused, match="unknown, used or expired"):  # withdrawn
         pairings.redeem(proof(guessed.secret_id, guessed.secret), "c")
     good = pairings.offer(Scope.ADMIN, ttl=300)
-    assert pairings.redeem(proof(good.secret_id, good.secret), "d") is Scope.ADMIN
+    assert pairings.redeem(proof(good.secret_id, good.secret), "d").scope is Scope.ADMIN
     for _ in range(4):
         with pytest.raises(PairingRefused):
             pairings.redeem(proof("zz", b""), "e")

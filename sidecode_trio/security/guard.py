@@ -231,18 +231,22 @@ class Guard:
         current = self.certificates.current
         cert = current.sha256.hex() if current is not None else ""
         data = payload(offer, self.identity.public_key, self.identity.fingerprint, self.urls, cert)
-        links = {"link": payload_link(data), "web_link": web_link(data) if self.urls else None}
+        origin = self.pairings.web_origin
+        web = web_link(data, origin) if self.urls or origin else None
+        links = {"link": payload_link(data), "web_link": web}
         return {"payload": data, **links, "expires_at": offer.expires_at}
 
     def pair(self, proof: PairingProof, remote: str | None) -> Device:
         check_device_name(proof.name)  # before the offer is spent: the phone may try again
         try:
-            scope = self.pairings.redeem(proof, remote or "?")
+            redeemed = self.pairings.redeem(proof, remote or "?")
         except Exception as exc:
             self.devices.audit("pair_failed", None, f"from {remote or '?'}: {exc}")
             raise
         key = proof.device_public_key
-        return self.devices.add(proof.name, key, fingerprint(unb64(key)), scope)
+        return self.devices.add(
+            proof.name, key, fingerprint(unb64(key)), redeemed.scope, redeemed.rendezvous
+        )
 
     def revoke(self, device_id: str) -> tuple[Device, int]:
         device = self.devices.revoke(device_id)
