@@ -13,16 +13,24 @@ from __future__ import annotations
 import secrets
 import socket
 import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 import nacl.signing
 import pytest
 import trio
+from test_rtc_daemon import until
+from test_rtc_link import cursor, next_event, phone_of
 
+from sidecode_trio.config import DaemonConfig
+from sidecode_trio.rtc import service as service_module
 from sidecode_trio.rtc.broker import INBOX_SIZE, open_mqtt
 from sidecode_trio.rtc.ice import IceServer, turn_server
 from sidecode_trio.rtc.peer import PeerConnection, RtcError
 from sidecode_trio.rtc.rendezvous import MAX_PENDING_PER_DEVICE
+from sidecode_trio.rtc.settings import RtcSettings
 from sidecode_trio.rtc.signaling import (
     Answer,
     Hello,
@@ -35,6 +43,7 @@ from sidecode_trio.rtc.signaling import (
 )
 
 import netlab
+from helpers import running_daemon
 from rtclab import STUN, World, connect, echo_once, peer_certificate, selected_pair, world
 
 netlab.skip_unless_possible()
@@ -260,3 +269,132 @@ async def test_a_flood_on_the_rendezvous_is_dropped_past_the_inbox_not_queued(
             kept = [int((await daemon.receive())[1]) for _ in range(INBOX_SIZE)]
             assert kept == list(range(INBOX_SIZE))  # the oldest are kept, in order
             assert daemon.dropped == flood - INBOX_SIZE
+
+
+# -- the whole daemon in ``home``, serving the protocol over the link -----------------------
+
+
+def lab_daemon(
+    lab: netlab.Lab,
+    make_config: Callable[..., DaemonConfig],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    turn: bool = False,
+) -> DaemonConfig:
+    """A daemon whose WebRTC task (its aiortc and MQTT threads) lives in ``home``; its HTTPS
+    listener stays on the test's loopback, where the phone pairs."""
+    monkeypatch.setattr(
+        service_module,
+        "RtcService",
+        partial(service_module.RtcService, thread_setup=lab.enter("home")),
+    )
+    secret_file = None
+    if turn:
+        secret_file = tmp_path / "turn-secret"
+        secret_file.write_bytes(netlab.TURN_SECRET)
+        secret_file.chmod(0o600)
+    rtc = RtcSettings(
+        rendezvous=netlab.MQTT_URL,
+        stun=(netlab.STUN_URL,),
+        turn=(netlab.TURN_URL,) if turn else (),
+        turn_secret_file=secret_file,
+        ping_interval=1.0,
+        ping_misses=30,
+    )
+    return make_config(https=True, rtc=rtc)
+
+
+async def test_a_phone_behind_a_nat_drives_a_session_on_a_daemon_behind_another_and_resumes(
+    lab: netlab.Lab,
+    make_config: Callable[..., DaemonConfig],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    work_dir: Path,
+) -> None:
+    lab.nat("nath", "cone")
+    lab.nat("natp", "cone")
+    config = lab_daemon(lab, make_config, monkeypatch, tmp_path)
+    async with running_daemon(config) as owner:
+        service = owner.handle.rtc
+        with trio.fail_after(90):
+            async with phone_of(owner, netlab.MQTT_URL, setup=lab.enter("phone")) as phone:
+                await until(lambda: service.subscribed() == [phone.device_id])
+                async with trio.open_nursery() as nursery:
+                    session, carrier = await phone.connect(nursery)
+                    local, remote = await selected_pair(phone.aio, carrier.link.connection)
+                    assert "relay" not in (local, remote)  # punched through both NATs
+                    body = {"cwd": str(work_dir), "prompt": "[[bash:echo hi > hi.txt]]"}
+                    created = await session.request("POST", "/v1/sessions", body)
+                    session_id = created["session"]["id"]
+                    epoch = (await session.request("GET", f"/v1/sessions/{session_id}"))["epoch"]
+                    stream = await session.subscribe(
+                        f"/v1/sessions/{session_id}/events", f"{epoch}:0"
+                    )
+                    asked = await next_event(stream, "permission.requested")
+                    request_id = asked["data"]["event"]["request_id"]
+                    permission = f"/v1/sessions/{session_id}/permissions/{request_id}"
+                    assert await session.request("POST", permission, {"behavior": "allow"}) == {
+                        "ok": True
+                    }
+                    await next_event(stream, "turn.completed")
+                    assert (work_dir / "hi.txt").read_text() == "hi\n"
+                    text = {"text": "[[slow:30]]"}
+                    await session.request("POST", f"/v1/sessions/{session_id}/messages", text)
+                    await next_event(stream, "text.delta")
+                    await next_event(stream, "text.delta")
+                    last = stream.last_id
+                    assert last is not None
+                    await carrier.aclose()  # the link drops mid-turn
+                    nursery.cancel_scope.cancel()
+                await until(lambda: service.links() == 0)
+                resumed: list[dict[str, Any]] = []
+                async with trio.open_nursery() as nursery:
+                    session, carrier = await phone.connect(nursery)
+                    stream = await session.subscribe(f"/v1/sessions/{session_id}/events", last)
+                    while True:
+                        resumed.append(await stream.next())
+                        if resumed[-1].get("data", {}).get("event", {}).get("type") == (
+                            "turn.completed"
+                        ):
+                            break
+                    await carrier.aclose()
+                    nursery.cancel_scope.cancel()
+    assert resumed[0]["type"] == "event", "an exact resume replays events, not a snapshot"
+    cursors = [cursor(m) for m in resumed]
+    assert cursors[0] == cursor({"id": last}) + 1
+    assert cursors == list(range(cursors[0], cursors[0] + len(cursors)))  # no gap, no duplicate
+
+
+async def test_through_symmetric_nats_the_link_is_served_over_turn(
+    lab: netlab.Lab,
+    make_config: Callable[..., DaemonConfig],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    work_dir: Path,
+) -> None:
+    lab.nat("nath", "symmetric")
+    lab.nat("natp", "symmetric")
+    config = lab_daemon(lab, make_config, monkeypatch, tmp_path, turn=True)
+    try:
+        async with running_daemon(config) as owner:
+            created = await owner.create(work_dir, "hello")
+            session_id = created["session"]["id"]
+            with trio.fail_after(90), lab.capture("turn") as pcap:
+                async with phone_of(owner, netlab.MQTT_URL, setup=lab.enter("phone")) as phone:
+                    await until(lambda: owner.handle.rtc.subscribed() == [phone.device_id])
+                    async with trio.open_nursery() as nursery:
+                        session, carrier = await phone.connect(nursery)
+                        local, remote = await selected_pair(phone.aio, carrier.link.connection)
+                        assert "relay" in (local, remote)
+                        stream = await session.subscribe(f"/v1/sessions/{session_id}/events")
+                        snapshot = await stream.next()
+                        assert snapshot["type"] == "snapshot"
+                        listed = await session.request("GET", "/v1/sessions")
+                        assert [s["id"] for s in listed["sessions"]] == [session_id]
+                        await carrier.aclose()
+                        nursery.cancel_scope.cancel()
+    finally:
+        lab.nat("nath", "cone")
+        lab.nat("natp", "cone")
+    packets = netlab.udp_payloads(pcap)
+    assert not any(session_id.encode() in payload for *_, payload in packets)  # never in clear

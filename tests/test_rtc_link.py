@@ -62,11 +62,18 @@ class Dialer:
 
 
 @asynccontextmanager
-async def phone_of(owner: Client, broker_url: str, scope: str = "admin") -> AsyncIterator[Dialer]:
+async def phone_of(
+    owner: Client,
+    broker_url: str,
+    scope: str = "admin",
+    setup: Callable[[], None] | None = None,
+) -> AsyncIterator[Dialer]:
+    """A phone paired over HTTPS; ``setup`` runs first on its aiortc and MQTT threads (the
+    network lab moves them into the phone's namespace)."""
     offer = (await owner.http.post("/v1/pairings", json={"scope": scope})).json()
     phone = Phone(await trio.to_thread.run_sync(pc.pair, offer["payload"], "phone"))
     the_topics = topics(unb64(phone.credentials["rendezvous"]["secret"]))
-    async with open_asyncio_thread() as aio, open_mqtt(broker_url) as phone_broker:
+    async with open_asyncio_thread(setup) as aio, open_mqtt(broker_url, setup) as phone_broker:
         await phone_broker.subscribe(the_topics.to_device)
         yield Dialer(phone, aio, phone_broker)
 
