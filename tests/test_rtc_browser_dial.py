@@ -1,7 +1,7 @@
 """Headless Chromium dials the daemon's WebRTC task with ``web/static/rtc-signal.js`` (issue 17
 #5): MQTT over WebSocket (the vendored MQTT.js) to a real mosquitto, sealed hello/ice and
 offer/answer, both fingerprint statements checked, the DataChannel opens, the daemon's pings are
-answered, and a request is refused with ``unsupported``.
+answered, and a request sent as a text message is refused (``bad_frame``: frames are binary).
 
 Everything runs in one network namespace the test makes (loopback plus a veth pair, since
 Chromium gathers no loopback candidates): mosquitto's WebSocket listener binds every address it
@@ -21,16 +21,21 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import nacl.signing
 import pytest
 import trio
 
+from sidecode_trio.channel.link import LinkSettings
+from sidecode_trio.daemon import rtc_sessions
 from sidecode_trio.rtc.service import RtcService
 from sidecode_trio.rtc.settings import RtcSettings
+from sidecode_trio.security.auth import Principal
 from sidecode_trio.security.devices import DeviceStore, Scope
-from sidecode_trio.security.identity import b64
+from sidecode_trio.security.guard import Guard
+from sidecode_trio.security.identity import b64, load_identity
+from sidecode_trio.security.tls import CertificateStore
 from sidecode_trio.web.export import export
 
 import netlab
@@ -170,6 +175,12 @@ def site(namespace: str, tmp_path: Path) -> Iterator[str]:
         thread.join()
 
 
+async def _no_requests(
+    who: Principal | None, method: str, target: str, body: Any, remote: str | None
+) -> tuple[int, bytes]:
+    raise AssertionError("the page sent a request frame")
+
+
 def _chromium_in(namespace: str, tmp_path: Path) -> str:
     wrapper = tmp_path / "chromium-in-netns"
     wrapper.write_text(f'#!/bin/sh\nexec ip netns exec {namespace} {chromium_or_skip()} "$@"\n')
@@ -177,7 +188,7 @@ def _chromium_in(namespace: str, tmp_path: Path) -> str:
     return str(wrapper)
 
 
-async def test_chromium_dials_the_daemon_through_the_broker_and_is_held_not_served(
+async def test_chromium_dials_the_daemon_through_the_broker_and_a_text_request_is_refused(
     namespace: str, site: str, tmp_path: Path
 ) -> None:
     chromium = _chromium_in(namespace, tmp_path)
@@ -189,6 +200,11 @@ async def test_chromium_dials_the_daemon_through_the_broker_and_is_held_not_serv
         rendezvous=f"mqtt://127.0.0.1:{MQTT_PORT}", stun=(), ping_interval=0.3, ping_misses=20
     )
     service = RtcService(settings, daemon_key, devices, thread_setup=lambda: _setns(namespace))
+    identity = load_identity(tmp_path, "file")
+    guard = Guard(identity, CertificateStore(tmp_path / "tls", identity, []), devices, "t" * 43)
+    # the links' sessions, as the daemon makes them; this page sends no binary frame, so
+    # neither requests nor operations are reached (test_rtc_link.py drives them)
+    service.serve_with(rtc_sessions(_no_requests, cast(Any, None), guard, LinkSettings()))
     args = [
         b64(bytes(device_key)),
         b64(bytes(daemon_key.verify_key)),
@@ -226,6 +242,6 @@ async def test_chromium_dials_the_daemon_through_the_broker_and_is_held_not_serv
     pings = result["frames"][:3]
     assert [f["type"] for f in pings] == ["ping"] * 3 and [f["n"] for f in pings] == [1, 2, 3]
     close = result["frames"][3]
-    assert close["type"] == "close" and close["code"] == "unsupported"
+    assert close["type"] == "close" and close["code"] == "bad_frame"  # frames are binary
     assert result["pinned"] in result["signed"]  # DTLS ran with the certificate the daemon signed
-    assert service.closed[-1].code == "unsupported" and service.refused == 0
+    assert service.closed[-1].code == "bad_frame" and service.refused == 0

@@ -201,6 +201,8 @@ class RtcService:
 
         url = self._settings.rendezvous
         assert url is not None
+        if self._make_link is None:  # a programming error, said before any link opens
+            raise ConfigError("the WebRTC task cannot serve links: serve_with() was not called")
         self._subscribed.clear()  # a new connection: nothing is subscribed on it yet
         async with (
             open_asyncio_thread(self._thread_setup) as aio,
@@ -240,7 +242,7 @@ class RtcService:
         cert = dtls_sha256(link.connection.local_fingerprints())
         remote = f"webrtc device {device.id}"
         make_link = self._make_link
-        assert make_link is not None, "serve_with() was not called"
+        assert make_link is not None  # run() refuses to start without it
 
         def make(transport: DataChannelTransport) -> Session:
             return make_link(transport, cert, link.peer_key, remote)
