@@ -8,6 +8,9 @@ the back-pressure) and resumes exactly. The same over two NATs, STUN and TURN: t
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -32,6 +35,7 @@ from sidecode_trio.security.identity import unb64
 from helpers import Client, load_example, running_daemon
 
 __all__ = ["broker"]  # the fixture, imported
+EXAMPLES = Path(__file__).parent.parent / "examples"
 pc = load_example("pair_client")
 
 
@@ -242,3 +246,42 @@ async def test_a_phone_that_stops_reading_is_dropped_and_resumes_exactly(
         assert cursor(resumed[0]) == cursor({"id": last}) + 1
         cursors = [cursor(m) for m in resumed if m["type"] == "event"]
         assert cursors == list(range(cursors[0], cursors[0] + len(cursors)))
+
+
+async def test_the_example_rtc_client_drives_a_session_knowing_only_its_pairing(
+    make_config: Callable[..., DaemonConfig], broker: str, work_dir: Path, tmp_path: Path
+) -> None:
+    async with running_daemon(rtc_config(make_config, broker)) as owner:
+        offer = (await owner.http.post("/v1/pairings", json={"scope": "admin"})).json()
+        credentials = await trio.to_thread.run_sync(pc.pair, offer["payload"], "laptop")
+        store = tmp_path / "client.json"
+        store.write_text(json.dumps(credentials))
+        await until(lambda: len(owner.handle.rtc.subscribed()) == 1)
+        example = [sys.executable, str(EXAMPLES / "rtc_client.py"), "--store", str(store)]
+        with trio.fail_after(90):
+            created = await trio.run_process(
+                [*example, "new", str(work_dir), "[[bash:echo hi > hi.txt]]"],
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+            )
+            assert created.returncode == 0, created.stderr.decode()
+            session_id = created.stdout.decode().strip()
+            epoch = (await owner.http.get(f"/v1/sessions/{session_id}")).json()["epoch"]
+            # it follows until the stream ends: stopped once the turn completed
+            proc = await trio.lowlevel.open_process(
+                [*example, "follow", session_id, "--approve", "allow", f"--since={epoch}:0"],
+                stdout=subprocess.PIPE,
+            )
+            output = b""
+            try:
+                assert proc.stdout is not None
+                while b"[turn.completed]" not in output:
+                    chunk = await proc.stdout.receive_some(4096)
+                    assert chunk, output
+                    output += chunk
+            finally:
+                proc.terminate()
+                await proc.wait()
+        assert b"[permission.requested]" in output
+        assert (work_dir / "hi.txt").read_text() == "hi\n"  # the tool ran: it was approved
