@@ -1,4 +1,4 @@
-"""WebRTC DataChannel through NATs (issue 17, foundation; not wired into the daemon yet).
+"""WebRTC DataChannel through NATs (issue 17): the daemon reachable from anywhere.
 
 - :mod:`.signaling` (sans-IO): sealed, signed, replay-proof signaling messages; rendezvous topics
   derived from the pairing secret; the signed DTLS fingerprint statements (pinning).
@@ -14,16 +14,12 @@ Wired into the daemon (``serve --rendezvous URL``): pairing gives both sides the
 rendezvous secret (``security/pairing.py``; kept in the 0600 device store, dropped on revoke, the
 payload's ``"rv"`` names the broker); :mod:`.settings` is the ``[rtc]`` configuration;
 :mod:`.service` is the daemon's one task (the asyncio thread, the broker, one subscription per
-active device, the answerer, TURN credentials minted per device); :mod:`.link` holds each open
-link with an application ping; :mod:`.reach` is ``doctor``'s reachability report. The browser's
+active device, the answerer, TURN credentials minted per device); :mod:`.link` serves each open
+link (the framed protocol of ``channel/``, the text keep-alive, ``bufferedAmount`` as
+back-pressure); :mod:`.client` is a device's side of it; :mod:`.reach` is ``doctor``'s reachability report. The browser's
 side is ``web/static/rtc-signal.js``.
 
-What is still missing (after the transport-neutral feed of issue 16):
-
-* serving a link: hand the DataChannel to the same encoder and operation table as the
-  WebTransport control stream, the link already bound to a device key (today :mod:`.link` answers
-  any request with ``close {code: "unsupported"}``);
-* the web app dialling (its device key is a non-extractable WebCrypto key; the sealed box needs
-  an X25519 key derived from the Ed25519 seed), and a re-dial on network change (aiortc has no
-  ICE restart).
+What is still missing: the web app dialling (its device key is a non-extractable WebCrypto key;
+the sealed box needs an X25519 key: a second, X25519 key registered at pairing is decided, not
+built), and a re-dial on network change (aiortc has no ICE restart).
 """

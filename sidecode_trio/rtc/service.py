@@ -60,7 +60,7 @@ def check_available() -> None:
 
 
 class RtcService:
-    """Answers offers from paired devices through the broker and holds their links."""
+    """Answers offers from paired devices through the broker and serves their links."""
 
     def __init__(
         self,
@@ -222,7 +222,7 @@ class RtcService:
                 on_refused=self._count_refusal,
             )
             async with trio.open_nursery() as nursery:
-                await nursery.start(answerer.serve, self._hold)
+                await nursery.start(answerer.serve, self._serve)
                 log.info(
                     "rtc: answering offers through %s for %d device(s)", url, len(self._subscribed)
                 )
@@ -235,7 +235,7 @@ class RtcService:
     def _count_refusal(self, _exc: SignalingRefused) -> None:
         self.refused += 1
 
-    async def _hold(self, link: _Link) -> None:
+    async def _serve(self, link: _Link) -> None:
         device = self._devices.by_key(b64(link.peer_key))
         if device is None or device.revoked_at is not None:
             return

@@ -2,7 +2,7 @@
 
 A client sends one JSON object per frame, tagged by ``type``; :class:`ClientMessage` is the root
 of that tagged union, configured with the others in :func:`.converter.make_converter`.
-The framing and the server's messages are ``quic/frames.py``.
+The framing and the server's messages are ``channel/frames.py``.
 """
 
 from __future__ import annotations
