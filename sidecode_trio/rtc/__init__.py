@@ -16,8 +16,8 @@ payload's ``"rv"`` names the broker); :mod:`.settings` is the ``[rtc]`` configur
 :mod:`.service` is the daemon's one task (the asyncio thread, the broker, one subscription per
 active device, the answerer, TURN credentials minted per device); :mod:`.link` serves each open
 link (the framed protocol of ``channel/``, the text keep-alive, ``bufferedAmount`` as
-back-pressure); :mod:`.client` is a device's side of it; :mod:`.reach` is ``doctor``'s reachability report. The browser's
-side is ``web/static/rtc-signal.js``.
+back-pressure); :mod:`.client` is a device's side of it; :mod:`.reach` is ``doctor``'s
+reachability report. The browser's side is ``web/static/rtc-signal.js``.
 
 What is still missing: the web app dialling (its device key is a non-extractable WebCrypto key;
 the sealed box needs an X25519 key: a second, X25519 key registered at pairing is decided, not
