@@ -456,9 +456,114 @@ def summary(results: dict[str, Any]) -> str:
     return text
 
 
-def _pair(figure: Any, baseline: Any, unit: str, digits: int = 0, rate: bool = False) -> Row:
+def _pair(
+    figure: Any, baseline: Any, unit: str, digits: int = 0, rate: bool = False, floor: Any = None
+) -> Row:
     shown = [f"{num(value, digits)} {unit}" for value in (figure, baseline)]
-    return [*shown, ratio(figure, baseline, rate)]
+    if floor is None:
+        return [*shown, ratio(figure, baseline, rate), "", ""]
+    beside = [f"{num(floor, digits)} {unit}", ratio(figure, floor, rate)]
+    return [*shown, ratio(figure, baseline, rate), *beside]
+
+
+def _spread(values: Sequence[float], digits: int = 0) -> str:
+    """``median [min-max]`` of the repeats (just the value when there is one)."""
+    values = [v for v in values if isinstance(v, int | float) and not math.isnan(v)]
+    if not values:
+        return "n/a"
+    middle = num(statistics.median(values), digits)
+    if len(values) == 1:
+        return middle
+    return f"{middle} [{num(min(values), digits)}-{num(max(values), digits)}]"
+
+
+def _runs(results: dict[str, Any], key: str, n: Any) -> list[dict[str, Any]]:
+    runs = results.get("latency_runs", {}).get(key, {})
+    return list(runs.get(n) or runs.get(str(n)) or [])
+
+
+def _median_of(runs: list[dict[str, Any]], pick: Callable[[dict[str, Any]], Any]) -> float:
+    values = [v for v in map(pick, runs) if isinstance(v, int | float) and not math.isnan(v)]
+    return statistics.median(values) if values else math.nan
+
+
+def load_note(results: dict[str, Any]) -> str:
+    load = results.get("loadavg") or {}
+    start, end = load.get("start"), load.get("end")
+    if not start:
+        return ""
+    text = f"Load average (1/5/15 min) at the start: {' / '.join(f'{v:.1f}' for v in start)}"
+    if end:
+        text += f"; at the end: {' / '.join(f'{v:.1f}' for v in end)}"
+    return text + f" (on {results['machine']['cores']} cores).\n"
+
+
+def floor(results: dict[str, Any]) -> str:
+    """Each server against A0 (the floor), median of the repeats with their min-max spread."""
+    if not results["latency"].get("a0"):
+        return ""
+    names = (("daemon", "sidecode-trio"), ("relay", "raw relay"), ("a0", "A0 floor"))
+    picks: tuple[tuple[str, Callable[[dict[str, Any]], Any], int], ...] = (
+        ("p50 (µs)", lambda run: _get(run, "latency_us", "p50"), 0),
+        ("p99 (µs)", lambda run: _get(run, "latency_us", "p99"), 0),
+        ("server CPU µs per delivery", _cpu_per_event, 1),
+        ("load average during the run", lambda run: _get(run, "loadavg"), 1),
+    )
+    rows = []
+    for n in sorted(results["latency"]["daemon"], key=int):
+        floor_runs = _runs(results, "a0", n)
+        for label, pick, digits in picks:
+            row = [str(n), label]
+            for key, _ in names:
+                row.append(_spread([pick(run) for run in _runs(results, key, n)], digits))
+            for key in ("daemon", "relay"):
+                if label.startswith("load"):
+                    row.append("")
+                    continue
+                row.append(
+                    ratio(
+                        _median_of(_runs(results, key, n), pick),
+                        _median_of(floor_runs, pick),
+                        False,
+                    )
+                )
+            rows.append(row)
+    through = results.get("throughput_runs") or {}
+    for label, pick, rate in (
+        ("unpaced: SSE events/s, all clients", lambda run: _get(run, "events_per_s"), True),
+        (
+            "unpaced: CLI deltas/s",
+            lambda run: _get(run, "deltas_per_s") / max(1, _get(run, "clients")),
+            True,
+        ),
+        ("unpaced: deltas per SSE event", _deltas_per_event, False),
+    ):
+        row = [str(results["plan"]["max_clients"]), label]
+        for key, _ in names:
+            row.append(_spread([pick(run) for run in through.get(key, [])], 1 if not rate else 0))
+        for key in ("daemon", "relay"):
+            mine = _median_of(through.get(key, []), pick)
+            row.append(ratio(mine, _median_of(through.get("a0", []), pick), rate))
+        rows.append(row)
+    headers = ["clients", "metric", *(name for _, name in names), "sidecode-trio / A0"]
+    headers.append("raw relay / A0")
+    intro = (
+        "## 0. Against the floor (A0), median [min-max] of "
+        f"{results.get('repeats', 1)} run(s) each\n\n"
+        "A0: the fake CLI's stdout read and parsed, each text delta's envelope encoded, one "
+        "non-blocking `send()` per client from the reader; no task per client, no coalescing, no "
+        "log. Ratios: median / median, oriented so that above 1 is slower than the floor (rates: "
+        f"A0 / figure). Clients: the {results.get('client', 'Python')} client"
+        + (
+            " (`bench_client.c`: recv and a timestamp only)"
+            if results.get("client") == "C"
+            else " (a Python epoll loop: no C compiler)"
+        )
+        + ".\n\n"
+        + load_note(results)
+        + "\n"
+    )
+    return intro + table(headers, rows)
 
 
 def performance(results: dict[str, Any]) -> str:
@@ -468,12 +573,36 @@ def performance(results: dict[str, Any]) -> str:
     rows: list[Row] = []
     for n in sorted(lat["daemon"], key=int):
         d, r = lat["daemon"][n], lat["relay"].get(n, {})
+        a0 = _runs(results, "a0", n)
+        dr, rr = _runs(results, "daemon", n) or [d], _runs(results, "relay", n) or [r]
         for key in ("p50", "p99"):
             name = f"token path, CLI stdout → SSE, {n} client{'s' if n != 1 else ''}, {key}"
-            figure, base = _get(d, "latency_us", key), _get(r, "latency_us", key)
-            rows.append([name, *_pair(figure, base, "µs")])
+
+            def pick(run: dict[str, Any], key: str = key) -> Any:
+                return _get(run, "latency_us", key)
+
+            figure, base = _median_of(dr, pick), _median_of(rr, pick)
+            rows.append([name, *_pair(figure, base, "µs", floor=_median_of(a0, pick))])
         name = f"token path, {n} client{'s' if n != 1 else ''}, server CPU per delivery"
-        rows.append([name, *_pair(_cpu_per_event(d), _cpu_per_event(r), "µs", 1)])
+        figure, base = _median_of(dr, _cpu_per_event), _median_of(rr, _cpu_per_event)
+        rows.append([name, *_pair(figure, base, "µs", 1, floor=_median_of(a0, _cpu_per_event))])
+    through = results.get("throughput_runs") or {}
+    if through.get("daemon"):
+
+        def events(run: dict[str, Any]) -> Any:
+            return _get(run, "events_per_s")
+
+        def lines(run: dict[str, Any]) -> Any:
+            return _get(run, "deltas_per_s") / max(1, _get(run, "clients"))
+
+        for label, measure in (
+            ("SSE events/s to 20 clients, CLI unpaced", events),
+            ("CLI text-delta lines/s relayed, unpaced", lines),
+        ):
+            figure = _median_of(through["daemon"], measure)
+            base = _median_of(through["relay"], measure)
+            floor_value = _median_of(through.get("a0", []), measure)
+            rows.append([label, *_pair(figure, base, "/s", rate=True, floor=floor_value)])
     batch = results["plan"]["headline_batch"]
     log = _get(results, "log", batch)
     rows.append(
@@ -526,8 +655,9 @@ def performance(results: dict[str, Any]) -> str:
         "appends, HTTP/1.1 for WebTransport). Ratio: figure / baseline (rates: baseline / "
         "figure); above 1 the daemon is slower.\n\n"
     )
-    text += table(["measure", "sidecode-trio", "baseline", "ratio"], rows)
-    return text + _noise(results)
+    headers = ["measure", "sidecode-trio", "baseline (raw relay)", "ratio", "A0 floor"]
+    text += table([*headers, "ratio to A0"], rows)
+    return text + _noise(results) + load_note(results)
 
 
 def _noise(results: dict[str, Any]) -> str:
@@ -578,6 +708,7 @@ def errors(results: dict[str, Any]) -> str:
 
 SECTIONS: Final[list[Callable[[dict[str, Any]], str]]] = [
     performance,
+    floor,
     summary,
     latency,
     previous,
