@@ -51,7 +51,7 @@ from .http.app import HTTPSettings, create_app
 from .http.direct import DirectEvents
 from .http.direct import serve as serve_http
 from .notify import routes as notify_routes
-from .notify.service import Notifier
+from .notify.service import WATCHED, Notifier
 from .notify.settings import settings_for as notify_settings
 from .notify.subscriptions import SubscriptionStore
 from .notify.vapid import load_vapid
@@ -229,7 +229,7 @@ async def _serve(
         guard.devices,
         lambda: guard.urls[0] if guard.urls else None,
     )
-    event_log.on_commit(notifier.touched)  # only notes the ids: the notifier reads on its own
+    event_log.watch(WATCHED, notifier.watched)  # only queues them: no wake-up per text delta
     guard.devices.on_revoke(notifier.device_revoked)
     bridge = None
     if config.remote_control:  # off by default: with it on, sessions are read from Anthropic

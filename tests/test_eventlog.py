@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
 from sidecode_trio.errors import BadRequest, NotFound, StoreError
 from sidecode_trio.eventlog.core import (
@@ -212,3 +213,61 @@ async def test_a_failing_store_gives_a_clear_error_and_loses_nothing(tmp_path: P
     reopened, log = await _open(tmp_path / "db")
     assert log.snapshot("s").items[0].text == "kept"  # type: ignore[attr-defined]
     reopened.close()
+
+
+async def test_an_inline_commit_wakes_nothing_and_stays_durable_before_delivered(
+    tmp_path: Path,
+) -> None:
+    """The token path (``with log.inline()``, then the commit on leaving) costs no wake-up of
+    the writer task; what it delivers is already committed."""
+    store, log = await _open(tmp_path / "e.sqlite3")
+    log.create("s1")
+    log.commit()
+    _, sub = log.subscribe("s1", None, 100)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(log.run)
+        await trio.testing.wait_all_tasks_blocked()
+        woken = log.writer_wakeups
+        for n in range(5):
+            with log.inline():
+                log.append("s1", ev.TextDelta("msg", 0, f"t{n}"))
+            delivered = sub.receive.receive_nowait()  # delivered as soon as the block ends
+            assert [e.cursor for e in store.events("s1", delivered.epoch, 0)][-1] == (
+                delivered.cursor
+            )
+        await trio.testing.wait_all_tasks_blocked()
+        assert log.writer_wakeups == woken
+        log.append("s1", ev.TextDelta("msg", 0, "off the token path"))  # the writer commits it
+        await log.flush()
+        assert log.writer_wakeups == woken + 1
+        nursery.cancel_scope.cancel()
+    store.close()
+
+
+async def test_watchers_hear_only_the_types_they_watch(tmp_path: Path) -> None:
+    """The notifier's wake-up: a commit of text deltas alone calls no watcher."""
+    store, log = await _open(tmp_path / "e.sqlite3")
+    log.create("s1")
+    heard: list[list[str]] = []
+    log.watch(frozenset({"turn.completed"}), lambda events: heard.append([e.type for e in events]))
+    with log.inline():
+        log.append("s1", ev.TextDelta("msg", 0, "a"))
+    assert heard == []
+    with log.inline():
+        log.append("s1", ev.TextDelta("msg", 0, "b"))
+        log.append("s1", ev.TurnCompleted("t1", "ab", "end_turn", ev.Usage(1, 2), 0.5, 0.5))
+    assert heard == [["turn.completed"]]
+    store.close()
+
+
+def test_checkpoints_reuse_one_connection(tmp_path: Path) -> None:
+    """One long-lived checkpoint connection, not a new one every second."""
+    store = SQLiteStore(tmp_path / "e.sqlite3")
+    store.checkpoint()
+    first = store._checkpointer
+    assert first is not None
+    for _ in range(3):
+        store.checkpoint()
+        assert store._checkpointer is first
+    store.close()
+    assert store._checkpointer is None

@@ -539,15 +539,15 @@ class SessionSupervisor:
         translated: list[ev.Event] = []
         for frame in frames:
             translated.extend(self._translator.feed(frame))
-        for event in coalesce(translated):
-            if isinstance(event, ev.PermissionRequested):
-                event = self._prepare_request(event)
-            if self._accept(event):
-                self._emit(event)
-        for tool_use_id, output in self._translator.take_outputs():
-            self._log.put_output(self.id, tool_use_id, output)
-        self._refresh_status()
-        self._log.commit()  # durable, then delivered, with no hop to another task
+        with self._log.inline():  # durable, then delivered, with no hop to another task
+            for event in coalesce(translated):
+                if isinstance(event, ev.PermissionRequested):
+                    event = self._prepare_request(event)
+                if self._accept(event):
+                    self._emit(event)
+            for tool_use_id, output in self._translator.take_outputs():
+                self._log.put_output(self.id, tool_use_id, output)
+            self._refresh_status()
 
     def _prepare_request(self, event: ev.PermissionRequested) -> ev.PermissionRequested:
         """Add what a phone needs to decide: the diff of a file edit, and the deadline."""
