@@ -23,8 +23,9 @@ import attrs
 import trio
 
 from ..claude import messages as msg
+from ..claude.framing import Frame
 from ..claude.process import ClaudeProcess, Grace
-from ..claude.translate import Translator, coalesce
+from ..claude.translate import Translator
 from ..errors import BadRequest, CLIError, Conflict, NotFound, SidecodeError
 from ..eventlog.log import EventLog
 from ..views import diff as diffs
@@ -535,12 +536,10 @@ class SessionSupervisor:
 
     # -- what the CLI says -------------------------------------------------------------------
 
-    def _on_frames(self, frames: list[dict[str, Any]]) -> None:
-        translated: list[ev.Event] = []
-        for frame in frames:
-            translated.extend(self._translator.feed(frame))
+    def _on_frames(self, frames: list[Frame]) -> None:
+        translated = self._translator.feed_all(frames)  # text deltas coalesced
         with self._log.inline():  # durable, then delivered, with no hop to another task
-            for event in coalesce(translated):
+            for event in translated:
                 if isinstance(event, ev.PermissionRequested):
                     event = self._prepare_request(event)
                 if self._accept(event):
