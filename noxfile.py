@@ -3,8 +3,9 @@
 The README's test command (also ``.ci/run``) runs ``tests lint typecheck e2e``; ``e2e`` installs
 each pinned Claude Code CLI from npm (no global ``claude`` is used) and runs the real binary
 against a mock Messages API on 127.0.0.1. ``bench`` is never part of the test run. ``tests``
-includes a headless Chromium talking WebTransport to the daemon; under ``CI=true`` it installs
-Debian's ``chromium`` package when it is missing (elsewhere that test skips without it).
+includes a headless Chromium talking WebTransport to the daemon and the WebRTC network lab
+(tests/netlab.py: namespaces, mosquitto, coturn); under ``CI=true`` it installs the Debian
+packages they need when they are missing (elsewhere those tests skip without them).
 """
 
 from __future__ import annotations
@@ -26,21 +27,37 @@ CLI_CACHE = Path(".nox") / "claude-cli"
 @nox.session
 def tests(session: nox.Session) -> None:
     """Unit, property and integration tests (fake CLI, loopback only; headless Chromium)."""
-    _ensure_chromium(session)
+    _ensure_system_packages(session)
     session.install("-e", ".[test]")
     # Hypothesis budgets (tests/conftest.py): bounded and deadline-free unless the caller sets one
     profile = {"HYPOTHESIS_PROFILE": os.environ.get("HYPOTHESIS_PROFILE", "ci")}
     session.run("pytest", "-m", "not e2e", *session.posargs, env=profile)
 
 
-def _ensure_chromium(session: nox.Session) -> None:
-    """CI installs Debian's Chromium for the browser tests (test_quic_browser, test_webapp_browser
-    through Playwright's executable_path: Playwright's own browsers are never downloaded)."""
-    if os.environ.get("CI") != "true" or shutil.which("chromium"):
+# command -> Debian package. chromium: the browser tests (test_quic_browser, test_webapp_browser,
+# through Playwright's executable_path: Playwright's own browsers are never downloaded). The
+# rest: the WebRTC network lab (tests/netlab.py, test_rtc_lab.py), which runs as root in CI.
+SYSTEM_PACKAGES = {
+    "chromium": "chromium",
+    "ip": "iproute2",
+    "iptables": "iptables",
+    "conntrack": "conntrack",
+    "tcpdump": "tcpdump",
+    "mosquitto": "mosquitto",
+    "turnserver": "coturn",
+}
+
+
+def _ensure_system_packages(session: nox.Session) -> None:
+    """CI installs the Debian packages the browser and network-lab tests need, if missing."""
+    if os.environ.get("CI") != "true":
+        return
+    missing = sorted({pkg for cmd, pkg in SYSTEM_PACKAGES.items() if not shutil.which(cmd)})
+    if not missing:
         return
     env = {"DEBIAN_FRONTEND": "noninteractive"}
     session.run("apt-get", "update", "-qq", external=True, env=env)
-    session.run("apt-get", "install", "-y", "-qq", "chromium", external=True, env=env)
+    session.run("apt-get", "install", "-y", "-qq", *missing, external=True, env=env)
 
 
 @nox.session

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import shutil
 import sqlite3
@@ -23,6 +22,7 @@ import trio
 from . import __version__
 from .config import DEFAULT_PORT, DaemonConfig, default_state_dir, load_config
 from .errors import ConfigError, SidecodeError
+from .printable import configure_logging, escape
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -230,9 +230,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(args.log_level)  # a request path or a device name cannot drive the tty
     overrides = {
         "state_dir": args.state_dir,
         "host": args.host,
@@ -321,7 +319,7 @@ def _pair(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(made, indent=2))
             return 0
-        print(f"WatchCode device {made['device']['name']!r} ({made['device']['scope']}).")
+        print(f"WatchCode device {escape(made['device']['name'])!r} ({made['device']['scope']}).")
         print("In the WatchCode app's settings, enter:")
         for relay in made["urls"]:
             print(f"  relay URL: {relay}")
@@ -342,12 +340,13 @@ def _devices(args: argparse.Namespace) -> int:
     url, token = _daemon(args.state_dir or default_state_dir())
     if args.action == "revoke" and args.device_id:
         reply = _call(f"{url}/v1/devices/{args.device_id}", token, "DELETE")
-        print(f"revoked {reply['device']['name']!r}; closed {reply['closed_streams']} stream(s)")
+        name, closed = escape(reply["device"]["name"]), reply["closed_streams"]
+        print(f"revoked {name!r}; closed {closed} stream(s)")
         return 0
     if args.action == "scope" and args.device_id and args.scope:
         body = {"scope": args.scope}
         device = _call(f"{url}/v1/devices/{args.device_id}", token, "PATCH", body)
-        print(f"{device['name']!r} now has scope {device['scope']}")
+        print(f"{escape(device['name'])!r} now has scope {device['scope']}")
         return 0
     if args.action:
         raise ConfigError("usage: devices revoke DEVICE_ID | devices scope DEVICE_ID SCOPE")
@@ -358,7 +357,8 @@ def _devices(args: argparse.Namespace) -> int:
     elif args.log:
         for e in rows:
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["at"]))
-            print(f"{when}  {e['kind']:14} {e['device_id'] or '-':18} {e['detail']}")
+            kind, device_id = escape(e["kind"]), escape(e["device_id"] or "-")
+            print(f"{when}  {kind:14} {device_id:18} {escape(e['detail'])}")
     elif not rows:
         print("no paired devices (run 'sidecode-trio pair')")
     for d in [] if args.json or args.log else rows:
@@ -366,7 +366,10 @@ def _devices(args: argparse.Namespace) -> int:
         if d["last_seen"]:
             seen = time.strftime("%Y-%m-%d %H:%M", time.localtime(d["last_seen"]))
         state = "REVOKED" if d["revoked_at"] else d["scope"]
-        print(f"{d['id']:18} {state:8} {d['fingerprint']}  last seen {seen:16}  {d['name']}")
+        print(
+            f"{escape(d['id']):18} {state:8} {escape(d['fingerprint'])}  last seen {seen:16}  "
+            f"{escape(d['name'])}"
+        )
     return 0
 
 
@@ -383,8 +386,8 @@ def _sessions(args: argparse.Namespace) -> int:
     for s in sessions:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s["last_activity"]))
         print(
-            f"{s['id']:36}  {s['status']:15}  ${s['cost_usd']:7.4f}  {when:19}  "
-            f"{s['title']}  ({s['cwd']})"
+            f"{escape(s['id']):36}  {escape(s['status']):15}  ${s['cost_usd']:7.4f}  {when:19}  "
+            f"{escape(s['title'])}  ({escape(s['cwd'])})"
         )
     return 0
 

@@ -20,13 +20,14 @@ import attrs
 from .bridge.settings import BridgeSettings
 from .claude.messages import PERMISSION_MODES
 from .errors import ConfigError
+from .host.addresses import LOOPBACK_NAMES
+from .host.addresses import is_loopback as is_loopback  # re-exported (tests, callers)
 from .host.awake import parse_setting
 from .notify.settings import DEFAULT_SUBJECT
 from .notify.settings import problems as notify_problems
 from .wire.converter import structure
 
 DEFAULT_PORT: Final = 8765
-LOOPBACK_NAMES: Final = frozenset({"localhost"})
 
 
 def default_state_dir() -> Path:
@@ -112,15 +113,6 @@ def public_host(url: str) -> str | None:
         return None
     host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
     return host if port is None else f"{host}:{port}"
-
-
-def is_loopback(host: str) -> bool:
-    if host in LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def _problems(config: DaemonConfig) -> list[str]:

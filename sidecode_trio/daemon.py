@@ -26,6 +26,7 @@ import signal
 import socket
 import ssl
 import struct
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
@@ -47,10 +48,10 @@ from .eventlog.log import EventLog, LogLimits
 from .eventlog.store import SQLiteStore
 from .host.awake import KeepAwake, choose_inhibitor
 from .host.private import read_private, write_atomic
+from .http import push as notify_routes
 from .http.app import HTTPSettings, create_app
 from .http.direct import DirectEvents
 from .http.direct import serve as serve_http
-from .notify import routes as notify_routes
 from .notify.service import WATCHED, Notifier
 from .notify.settings import settings_for as notify_settings
 from .notify.subscriptions import SubscriptionStore
@@ -134,8 +135,18 @@ def _allowed_hosts(url: str) -> set[str]:
 
 
 def _public_hosts(urls: Sequence[str]) -> set[str]:
-    """The ``Host`` headers requests through the configured proxies carry."""
-    return {host.lower() for url in urls if (host := public_host(url)) is not None}
+    """The ``Host`` headers requests to these URLs carry (a proxy's name, a served address);
+    at the scheme's default port a client may leave the port out."""
+    found = set()
+    for url in urls:
+        host = public_host(url)
+        if host is None:
+            continue
+        found.add(host.lower())
+        default = {"https": ":443", "http": ":80"}.get(urlsplit(url).scheme, "")
+        if default and host.endswith(default):
+            found.add(host.removesuffix(default).lower())
+    return found
 
 
 async def serve(
@@ -250,10 +261,12 @@ async def _serve(
     )
     hosts: set[str] = set()
     settings = HTTPSettings(config.sse_keepalive, config.client_queue, config.max_body)
-    app = create_app(ops, guard, settings, lambda: None if config.tls else hosts)
+    # Checked with TLS too: a page on another name (DNS rebinding, a proxy's other vhost) is
+    # refused before any credential is looked at.
+    app = create_app(ops, guard, settings, lambda: hosts)
     notify_routes.add_routes(app, notifier)
     # session event streams skip the ASGI layers (the token path; see http/direct.py)
-    direct = DirectEvents(ops, guard, settings, lambda: None if config.tls else hosts)
+    direct = DirectEvents(ops, guard, settings, lambda: hosts)
     stop = trio.Event()
 
     async with trio.open_nursery() as daemon:
@@ -273,8 +286,10 @@ async def _serve(
                 )
             )
             url = binds[0]
-            hosts.update(_allowed_hosts(url), _public_hosts(config.public_urls))
             direct_urls = reachable_urls(url)
+            hosts.update(
+                _allowed_hosts(url), _public_hosts(config.public_urls), _public_hosts(direct_urls)
+            )
             guard.urls = [*config.public_urls, *direct_urls]
             endpoint, quic_port = None, 0
             if config.quic_port != -1:
@@ -291,7 +306,7 @@ async def _serve(
                 if handle_signals:
                     housekeeping.start_soon(_stop_on_signal, stop)
                 if show_pairing and not guard.devices.active():
-                    print(render_pairing(guard.offer(Scope.ADMIN, config.pairing_ttl)), flush=True)
+                    _offer_pairing(guard, config.pairing_ttl)
                 gc.freeze()  # start-up objects never become garbage; keep them out of GC passes
                 # Few cycles are made per event; at 100 clients the default gen-0 threshold
                 # (700) ran ~500 collections/s and 8 ms gen-2 pauses (tests/bench/RESULTS.md).
@@ -311,6 +326,16 @@ async def _serve(
         await event_log.flush()
         daemon.cancel_scope.cancel()
     log.info("stopped")
+
+
+def _offer_pairing(guard: Guard, ttl: float) -> None:
+    """With no device paired yet, show a pairing code, but only to a person at a terminal: the
+    code is a secret, and a redirected stdout is a log file (systemd, launchd, nohup)."""
+    isatty = getattr(sys.stdout, "isatty", None)
+    if callable(isatty) and isatty():
+        print(render_pairing(guard.offer(Scope.ADMIN, ttl)), flush=True)
+    else:
+        log.info("no device is paired yet: run 'sidecode-trio pair' to show a pairing code")
 
 
 def _busy_tracker(event_log: EventLog, awake: KeepAwake) -> Callable[[set[str]], None]:

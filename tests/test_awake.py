@@ -239,6 +239,9 @@ async def test_a_failing_command_is_reported_and_not_respawned_in_a_loop(
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1  # the same failure is logged once, then at debug level
     assert "Failed to inhibit" in warnings[0].getMessage()
+    # three tries (one per busy period, i.e. per turn): one INFO line, the rest at debug
+    starting = [r for r in caplog.records if "keeping the host awake" in r.getMessage()]
+    assert [r.levelno for r in starting] == [logging.INFO, logging.DEBUG, logging.DEBUG]
 
 
 async def test_a_missing_binary_is_reported(tmp_path: Path) -> None:

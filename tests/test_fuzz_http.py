@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 
 from sidecode_trio.config import DaemonConfig
 from sidecode_trio.daemon import DaemonHandle, serve
-from sidecode_trio.wire.openapi import OPERATIONS, Op
+from sidecode_trio.ops.openapi import OPERATIONS, Op
 
 from helpers import Client
 

@@ -122,3 +122,54 @@ async def test_a_public_url_is_accepted_as_host_and_offered_first(
     assert offer["payload"]["http"][0] == public
     assert offer["web_link"].startswith(f"{public}/app/#pair=")
     assert all("ts.net" not in url for url in offer["payload"]["quic"])
+
+
+async def test_every_reply_says_nosniff(daemon: Client, work_dir: Path) -> None:
+    """JSON replies, errors, the direct event stream (http/direct.py), its errors and the
+    WatchCode routes all carry ``X-Content-Type-Options: nosniff``."""
+    session = (await daemon.create(work_dir))["session"]
+    async with httpx.AsyncClient(base_url=daemon.handle.url) as anonymous:
+        replies = [
+            await daemon.http.get("/v1/sessions"),
+            await daemon.http.get("/v1/nothing-here"),
+            await anonymous.get("/v1/sessions"),
+            await anonymous.get("/v1/info"),
+            await anonymous.get("/api/sessions"),  # WatchCode, no secret
+            await anonymous.get(f"/v1/sessions/{session['id']}/events"),  # direct.py's 401
+            await daemon.http.get("/v1/sessions", headers={"Host": "evil.example"}),
+        ]
+        async with daemon.http.stream("GET", f"/v1/sessions/{session['id']}/events") as stream:
+            assert stream.headers["content-type"].startswith("text/event-stream")
+            replies.append(stream)
+    for reply in replies:
+        assert reply.headers.get("x-content-type-options") == "nosniff", reply.request.url
+
+
+async def test_the_host_check_holds_with_https(make_config: Callable[..., DaemonConfig]) -> None:
+    """``--https`` keeps the DNS-rebinding guard: loopback names, the served address and the
+    ``--public-url`` names are accepted, any other ``Host`` is refused."""
+    public = "https://laptop.tailnet.ts.net"
+    async with running_daemon(make_config(https=True, public_urls=(public,))) as secure:
+        port = secure.handle.port
+        with trio.fail_after(10):
+            for host in (f"localhost:{port}", f"127.0.0.1:{port}", "laptop.tailnet.ts.net"):
+                ok = await secure.http.get("/v1/sessions", headers={"Host": host})
+                assert ok.status_code == 200, host
+            for host in ("evil.example", f"evil.example:{port}", f"127.0.0.1:{port + 1}"):
+                refused = await secure.http.get("/v1/sessions", headers={"Host": host})
+                assert error_of(refused) == (403, "bad_host"), host
+            session = (await secure.http.get("/v1/sessions")).json()
+            assert "sessions" in session
+
+
+async def test_the_host_names_of_a_wildcard_bind_are_its_addresses() -> None:
+    """Under ``--https --host 0.0.0.0`` the accepted ``Host`` values are those of the URLs the
+    pairing offers name (each address of this host), loopback names and the public URLs; a
+    default port may be left out."""
+    from sidecode_trio.daemon import _public_hosts, reachable_urls
+
+    served = reachable_urls("https://0.0.0.0:9000")
+    hosts = _public_hosts(served)
+    assert "127.0.0.1:9000" in hosts and all(h.endswith(":9000") for h in hosts)
+    public = _public_hosts(["https://Laptop.example", "https://box.example:443", "http://[::1]:80"])
+    assert public == {"laptop.example", "box.example:443", "box.example", "[::1]:80", "[::1]"}

@@ -366,9 +366,10 @@ async def test_a_device_owns_its_subscriptions_and_revoking_drops_them(
          "bad_push_endpoint"),
         ({"endpoint": "https://u:p@push.example.com/x", "keys": {"p256dh": "", "auth": ""}},
          "bad_push_endpoint"),
-        ({"endpoint": "https://push.example.com/x", "keys": {"p256dh": "AAAA", "auth": "x"}},
+        ({"endpoint": "https://fcm.googleapis.com/fcm/send/x",
+          "keys": {"p256dh": "AAAA", "auth": "x"}},
          "bad_push_keys"),
-        ({"endpoint": "https://push.example.com/x",
+        ({"endpoint": "https://fcm.googleapis.com/fcm/send/x",
           "keys": {"p256dh": b64(b"\x04" + b"\x01" * 64), "auth": b64(os.urandom(16))}},
          "bad_push_keys"),  # not a point on the curve
         ("short auth", "bad_push_keys"),
@@ -380,7 +381,7 @@ async def test_bad_subscriptions_are_refused_with_a_clear_code(
     with trio.fail_after(20):
         async with running_daemon(make_config()) as owner:
             if body == "short auth":
-                body = new_browser().subscription("https://push.example.com/x")
+                body = new_browser().subscription("https://fcm.googleapis.com/fcm/send/x")
                 body["keys"]["auth"] = b64(b"12345678")
             if isinstance(body, str):
                 reply = await owner.http.post(

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import jsonschema
 
-from sidecode_trio.wire.openapi import OPERATIONS, document, render
+from sidecode_trio.ops.openapi import OPERATIONS, document, render
 
 from helpers import Client
 
 OPENAPI = Path(__file__).parent.parent / "protocol" / "openapi.json"
-REGENERATE = "run: python -m sidecode_trio.wire.openapi protocol/openapi.json"
+REGENERATE = "run: python -m sidecode_trio.ops.openapi protocol/openapi.json"
 # Methods the framework adds by itself: HEAD to every GET, OPTIONS to every route.
 AUTOMATIC = frozenset({"HEAD", "OPTIONS"})
 
@@ -44,7 +44,7 @@ async def test_every_route_of_the_app_is_documented_and_nothing_else(daemon: Cli
     missing, stale = sorted(served - documented), sorted(documented - served)
     assert not missing, (
         f"routes the app serves but protocol/openapi.json lacks: {missing}; add an Op line to "
-        f"OPERATIONS in sidecode_trio/wire/openapi.py, then {REGENERATE}"
+        f"OPERATIONS in sidecode_trio/ops/openapi.py, then {REGENERATE}"
     )
     assert not stale, f"documented routes the app does not serve: {stale}; remove their Op lines"
 

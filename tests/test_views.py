@@ -39,6 +39,7 @@ from sidecode_trio.views.tools import (
 from sidecode_trio.views.watch import WatchEvent, WatchProjection
 from sidecode_trio.wire import events as ev
 from sidecode_trio.wire import snapshot as snap
+from sidecode_trio.wire import tools as wt
 from sidecode_trio.wire.converter import structure, unstructure
 
 MINUS = "\N{MINUS SIGN}"
@@ -433,47 +434,47 @@ def test_from_result_is_none_without_anything_usable(name: str, result: Any) -> 
 
 # -- tool details --------------------------------------------------------------------------------
 
-REALISTIC: list[tuple[str, dict[str, Any], tools.ToolDetail]] = [
+REALISTIC: list[tuple[str, dict[str, Any], wt.ToolDetail]] = [
     (
         "Bash",
         {"command": "pytest -q", "description": "Run tests", "timeout": 60000},
-        tools.Bash("pytest -q", "Run tests", 60000),
+        wt.Bash("pytest -q", "Run tests", 60000),
     ),
     (
         "Bash",
         {"command": "npm run dev", "run_in_background": True},
-        tools.Bash("npm run dev", background=True),
+        wt.Bash("npm run dev", background=True),
     ),
     (
         "Read",
         {"file_path": "/w/app.py", "offset": 10, "limit": 50},
-        tools.Read("/w/app.py", 10, 50),
+        wt.Read("/w/app.py", 10, 50),
     ),
-    ("Write", {"file_path": "/w/n.txt", "content": "a\nb\nc"}, tools.Write("/w/n.txt", 5, 3)),
-    ("Edit", {**EDIT_INPUT, "replace_all": True}, tools.Edit("/WORK/note.txt", replace_all=True)),
+    ("Write", {"file_path": "/w/n.txt", "content": "a\nb\nc"}, wt.Write("/w/n.txt", 5, 3)),
+    ("Edit", {**EDIT_INPUT, "replace_all": True}, wt.Edit("/WORK/note.txt", replace_all=True)),
     (
         "MultiEdit",
         {"file_path": "/w/a", "edits": [{"old_string": "a", "new_string": "b"}] * 3},
-        tools.MultiEdit("/w/a", 3),
+        wt.MultiEdit("/w/a", 3),
     ),
     (
         "Grep",
         {"pattern": "foo", "path": "/w", "glob": "*.py", "output_mode": "content", "-n": True},
-        tools.Grep("foo", "/w", "*.py", "content"),
+        wt.Grep("foo", "/w", "*.py", "content"),
     ),
-    ("Glob", {"pattern": "**/*.py"}, tools.Glob("**/*.py")),
+    ("Glob", {"pattern": "**/*.py"}, wt.Glob("**/*.py")),
     (
         "WebFetch",
         {"url": "https://example.com/a?b", "prompt": "Summarize"},
-        tools.WebFetch("https://example.com/a?b", "Summarize"),
+        wt.WebFetch("https://example.com/a?b", "Summarize"),
     ),
-    ("WebSearch", {"query": "trio nursery"}, tools.WebSearch("trio nursery")),
+    ("WebSearch", {"query": "trio nursery"}, wt.WebSearch("trio nursery")),
     (
         "Task",
         {"description": "Find bugs", "prompt": "Look at x", "subagent_type": "general-purpose"},
-        tools.Task("Find bugs", "Look at x", "general-purpose"),
+        wt.Task("Find bugs", "Look at x", "general-purpose"),
     ),
-    ("Agent", {"description": "Explore", "prompt": "p"}, tools.Task("Explore", "p")),
+    ("Agent", {"description": "Explore", "prompt": "p"}, wt.Task("Explore", "p")),
     (
         "TodoWrite",
         {
@@ -482,10 +483,10 @@ REALISTIC: list[tuple[str, dict[str, Any], tools.ToolDetail]] = [
                 {"content": "Ship", "status": "pending", "activeForm": "Shipping"},
             ]
         },
-        tools.TodoWrite(
+        wt.TodoWrite(
             [
-                tools.Todo("Write tests", "completed", "Writing tests"),
-                tools.Todo("Ship", "pending", "Shipping"),
+                wt.Todo("Write tests", "completed", "Writing tests"),
+                wt.Todo("Ship", "pending", "Shipping"),
             ]
         ),
     ),
@@ -501,13 +502,13 @@ REALISTIC: list[tuple[str, dict[str, Any], tools.ToolDetail]] = [
                 }
             ]
         },
-        tools.AskUserQuestion(
+        wt.AskUserQuestion(
             [
-                tools.Question(
+                wt.Question(
                     "Which color?",
                     "Color",
                     False,
-                    [tools.Option("Red", "warm"), tools.Option("Blue")],
+                    [wt.Option("Red", "warm"), wt.Option("Blue")],
                 )
             ]
         ),
@@ -515,15 +516,13 @@ REALISTIC: list[tuple[str, dict[str, Any], tools.ToolDetail]] = [
     (
         "NotebookEdit",
         {"notebook_path": "/w/a.ipynb", "new_source": "x", "cell_id": "c1", "edit_mode": "insert"},
-        tools.NotebookEdit("/w/a.ipynb", "insert", "c1"),
+        wt.NotebookEdit("/w/a.ipynb", "insert", "c1"),
     ),
-    ("ExitPlanMode", {"plan": "# Plan\n1. do it"}, tools.ExitPlanMode("# Plan\n1. do it")),
+    ("ExitPlanMode", {"plan": "# Plan\n1. do it"}, wt.ExitPlanMode("# Plan\n1. do it")),
     (
         "mcp__github__create_issue",
         {"title": "Bug", "count": 2, "draft": False, "body": "x" * 500, "labels": ["a"]},
-        tools.Unknown(
-            "mcp__github__create_issue", {"title": "Bug", "count": "2", "draft": "false"}
-        ),
+        wt.Unknown("mcp__github__create_issue", {"title": "Bug", "count": "2", "draft": "false"}),
     ),
 ]
 
@@ -535,34 +534,34 @@ def test_detail_of_realistic_input(name: str, input: dict[str, Any], expected: A
     # The one converter writes the tag and reads the same detail back.
     data = unstructure(detail)
     assert data["type"] == type(expected).TYPE
-    assert structure(data, tools.ToolDetail) == expected
+    assert structure(data, wt.ToolDetail) == expected
 
 
-GARBAGE: list[tuple[str, dict[str, Any], tools.ToolDetail]] = [
+GARBAGE: list[tuple[str, dict[str, Any], wt.ToolDetail]] = [
     (
         "Bash",
         {"command": 5, "timeout": "10", "run_in_background": "yes"},
-        tools.Bash("", "", None, False),
+        wt.Bash("", "", None, False),
     ),
-    ("Bash", {"command": "ls", "timeout": True}, tools.Bash("ls")),
-    ("Read", {"file_path": None, "offset": 1.5, "limit": "9"}, tools.Read("")),
-    ("Write", {"content": ["a"]}, tools.Write("", 0, 0)),
-    ("Edit", {"replace_all": 1}, tools.Edit("")),
-    ("MultiEdit", {"edits": {"a": 1}}, tools.MultiEdit("", 0)),
-    ("Grep", {"pattern": ["x"], "path": "", "glob": 3}, tools.Grep("")),
-    ("WebFetch", {"url": {"href": "x"}}, tools.WebFetch("")),
+    ("Bash", {"command": "ls", "timeout": True}, wt.Bash("ls")),
+    ("Read", {"file_path": None, "offset": 1.5, "limit": "9"}, wt.Read("")),
+    ("Write", {"content": ["a"]}, wt.Write("", 0, 0)),
+    ("Edit", {"replace_all": 1}, wt.Edit("")),
+    ("MultiEdit", {"edits": {"a": 1}}, wt.MultiEdit("", 0)),
+    ("Grep", {"pattern": ["x"], "path": "", "glob": 3}, wt.Grep("")),
+    ("WebFetch", {"url": {"href": "x"}}, wt.WebFetch("")),
     (
         "TodoWrite",
         {"todos": [1, {"content": 2, "status": None}, "x"]},
-        tools.TodoWrite([tools.Todo("", "")]),
+        wt.TodoWrite([wt.Todo("", "")]),
     ),
     (
         "AskUserQuestion",
         {"questions": [{"question": 1, "options": [{"label": None}, 5], "multiSelect": 1}, None]},
-        tools.AskUserQuestion([tools.Question("", options=[tools.Option("")])]),
+        wt.AskUserQuestion([wt.Question("", options=[wt.Option("")])]),
     ),
-    ("AskUserQuestion", {"questions": "Which?"}, tools.AskUserQuestion([])),
-    ("Unknown", {"a": None, "b": {"c": 1}, "d": "x"}, tools.Unknown("Unknown", {"d": "x"})),
+    ("AskUserQuestion", {"questions": "Which?"}, wt.AskUserQuestion([])),
+    ("Unknown", {"a": None, "b": {"c": 1}, "d": "x"}, wt.Unknown("Unknown", {"d": "x"})),
 ]
 
 
@@ -573,7 +572,7 @@ def test_detail_of_garbage_input(name: str, input: dict[str, Any], expected: Any
 
 def test_unknown_keeps_only_a_few_fields() -> None:
     detail = tools.detail_of("Whatever", {f"k{i}": "v" for i in range(20)})
-    assert isinstance(detail, tools.Unknown)
+    assert isinstance(detail, wt.Unknown)
     assert list(detail.fields) == [f"k{i}" for i in range(tools.MAX_UNKNOWN_FIELDS)]
 
 
@@ -788,8 +787,8 @@ def test_permission_summary(name: str, input: dict[str, Any], summary: str) -> N
 
 def test_describe_a_call_through_its_life() -> None:
     running = describe("toolu_1", "Edit", EDIT_INPUT)
-    assert running == tools.ToolView(
-        "toolu_1", "Edit", "Editing note.txt", tools.Edit("/WORK/note.txt"), "running"
+    assert running == wt.ToolView(
+        "toolu_1", "Edit", "Editing note.txt", wt.Edit("/WORK/note.txt"), "running"
     )
     done = describe("toolu_1", "Edit", EDIT_INPUT, status="completed", result=EDIT_RESULT)
     assert done.title == f"Edited note.txt (+1 {MINUS}1)"
@@ -809,7 +808,7 @@ def test_describe_a_call_through_its_life() -> None:
         None,
         True,
     )
-    assert structure(unstructure(done), tools.ToolView) == done
+    assert structure(unstructure(done), wt.ToolView) == done
 
 
 # -- permission suggestions ----------------------------------------------------------------------
@@ -950,7 +949,7 @@ def test_tool_views_never_raise(
             "id", name, input, status=status, output=output, result=result, is_error=is_error
         )
         assert one_line(view.title)
-        assert structure(unstructure(view), tools.ToolView) == view
+        assert structure(unstructure(view), wt.ToolView) == view
     for made in (proposed(name, input, original), from_result(name, input, result)):
         assert made is None or isinstance(made, Diff)
 

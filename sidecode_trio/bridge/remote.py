@@ -387,6 +387,7 @@ class Bridge:
     def _update(self, info: api.RemoteSessionInfo) -> None:
         known = self._registry.remote(info.id)
         if known is not None:
+            assert isinstance(known, RemoteSession)  # the registry's remotes are all the bridge's
             known.update_from_list(info)
             return
         if self._log.has(info.id):

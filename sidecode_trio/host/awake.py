@@ -221,7 +221,10 @@ class KeepAwake:
         self._proc = proc
         self._phase = Phase.HOLDING
         self.starts += 1
-        log.info("keeping the host awake with %s (pid %d)", inhibitor.name, proc.pid)
+        # Once it has failed, each retry (one per turn) is news only at debug level, until a
+        # hold succeeds again: a broken inhibitor must not add a line to every turn.
+        level = logging.DEBUG if self._warned is not None else logging.INFO
+        log.log(level, "keeping the host awake with %s (pid %d)", inhibitor.name, proc.pid)
         stderr = bytearray()
         try:
             with trio.CancelScope() as holding:
@@ -241,7 +244,7 @@ class KeepAwake:
             self._phase = Phase.IDLE
         if holding.cancelled_caught:
             log.info("the host may sleep again (%s stopped)", inhibitor.name)
-            self._error = None
+            self._error = self._warned = None  # it works again: a new failure is news
             return True
         tail = stderr.decode(errors="replace").strip()
         message = f"{inhibitor.argv[0]} exited with code {proc.returncode}"

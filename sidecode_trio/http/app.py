@@ -3,7 +3,8 @@
 Every route but ``GET /v1/info`` and ``POST /v1/pair`` needs credentials, checked by the
 :class:`~..security.guard.Guard` before the route runs: a paired device's signed token, a one-time
 stream ticket, or (from this computer only) the local access token. On a loopback bind every
-request must also name the bound address in ``Host`` (a guard against DNS rebinding). Errors are
+request must also name one of its addresses in ``Host`` (a guard against DNS rebinding; with TLS
+too: loopback names, the served addresses and the ``--public-url`` names). Errors are
 always ``{"error": {"code", "message"}}`` with the matching status.
 """
 
@@ -27,6 +28,7 @@ from ..ops import Operations
 from ..security.auth import Principal
 from ..security.devices import Scope
 from ..security.guard import Guard
+from ..security.routes import OPEN_ROUTES
 from ..sessions.registry import SessionFilter
 from ..wire import converter as wire
 from ..wire import events as ev
@@ -123,9 +125,6 @@ def _sse_response(stream: AsyncIterator[bytes]) -> Response:
     return response
 
 
-OPEN_ROUTES = frozenset({("GET", "/v1/info"), ("POST", "/v1/pair")})
-
-
 def current_principal() -> Principal:
     """Who sent this request (set by the app's credential check, which runs first)."""
     principal: Principal = g.principal
@@ -138,8 +137,9 @@ def create_app(
     settings: HTTPSettings,
     allowed_hosts: Callable[[], set[str] | None],
 ) -> QuartTrio:
-    """The v1 app. ``allowed_hosts()`` is the set of acceptable ``Host`` headers on a loopback
-    bind (DNS-rebinding guard), or None when any host is fine (TLS and device keys protect it)."""
+    """The v1 app. ``allowed_hosts()`` is the set of acceptable ``Host`` headers (a guard against
+    DNS rebinding: loopback names, the served addresses, the configured public names), or None
+    when any host is fine."""
     app = QuartTrio("sidecode_trio")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body
     app.config["BODY_TIMEOUT"] = 30
@@ -173,6 +173,9 @@ def create_app(
         )
         if declared and not g.get("body_read"):
             response.headers["Connection"] = "close"
+        # Every reply says what it is; a browser must not guess HTML into a JSON error that
+        # echoes a path or a name.
+        response.headers["X-Content-Type-Options"] = "nosniff"
         return response
 
     @app.errorhandler(SidecodeError)

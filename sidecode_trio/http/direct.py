@@ -69,10 +69,12 @@ SSE_HEADERS: Final = (
     b"HTTP/1.1 200 \r\n"
     b"content-type: text/event-stream; charset=utf-8\r\n"
     b"cache-control: no-cache\r\n"
+    b"x-content-type-options: nosniff\r\n"
     b"x-accel-buffering: no\r\n"
     b"transfer-encoding: chunked\r\n"
 )
 LAST_CHUNK: Final = b"0\r\n\r\n"
+NOSNIFF: Final = b"x-content-type-options: nosniff\r\n"  # as the app's replies (http/app.py)
 
 AllowedHosts = Callable[[], "set[str] | None"]
 
@@ -359,9 +361,10 @@ async def _send_error(stream: trio.abc.Stream, exc: SidecodeError) -> bool:
     if exc.status >= 500:
         log.warning("%s: %s", exc.code, exc.message)
     body = error_body(exc)
-    head = b"HTTP/1.1 %d \r\ncontent-type: application/json\r\ncontent-length: %d\r\n" % (
+    head = b"HTTP/1.1 %d \r\ncontent-type: application/json\r\ncontent-length: %d\r\n%s" % (
         exc.status,
         len(body),
+        NOSNIFF,
     )
     if isinstance(exc, Unauthorized):
         head += b'www-authenticate: Sidecode realm="sidecode-trio"\r\n'

@@ -28,7 +28,6 @@ from urllib.parse import urlsplit
 import httpx
 import trio
 
-from ..config import is_loopback
 from ..errors import BadRequest, NotFound
 from ..eventlog.core import StoredEvent, decode_event
 from ..eventlog.log import EventLog
@@ -36,6 +35,7 @@ from ..security.auth import Principal
 from ..security.devices import DeviceStore, Scope
 from ..wire import requests as rq
 from . import ece
+from .destinations import Resolver, endpoint_problem, push_transport, resolve
 from .messages import Outgoing, push_headers, push_payload, webhook_request
 from .policy import Decider, Kind, Notification, SessionLabel, trial_notification
 from .settings import NotifySettings
@@ -57,13 +57,13 @@ WATCHED: Final = frozenset(
     }
 )  # the only events decoded: the rest are skipped by their type tag
 CONCURRENCY: Final = 8  # push deliveries in flight at once
-MAX_ENDPOINT: Final = 2048
 MAX_RETRY_DELAY: Final = 30.0
 COUNTERS: Final = (
     "notifications",
     "pushed",
     "push_failed",
     "push_expired",
+    "push_refused",
     "webhooks",
     "webhook_failed",
 )
@@ -106,21 +106,8 @@ def retry_delay(attempt: int, status: int | None, retry_after: str | None, base:
 
 
 def check_endpoint(endpoint: str, allow_loopback: bool) -> None:
-    """A push endpoint is an https URL of a push service (http only on loopback, for tests)."""
-    try:
-        parts = urlsplit(endpoint)
-        host = parts.hostname or ""
-    except ValueError:  # e.g. an unclosed IPv6 bracket
-        raise BadRequest("endpoint is not a URL", code="bad_push_endpoint") from None
-    problem = None
-    if len(endpoint) > MAX_ENDPOINT:
-        problem = f"endpoint is longer than {MAX_ENDPOINT} characters"
-    elif parts.scheme not in ("https", "http") or not host or parts.username or parts.password:
-        problem = "endpoint must be an https URL of a push service"
-    elif is_loopback(host) and not allow_loopback:
-        problem = "endpoint is on this computer; push endpoints are push services"
-    elif parts.scheme == "http" and not is_loopback(host):
-        problem = "endpoint must use https"
+    """A push endpoint is an https URL of a known push service (see :mod:`.destinations`)."""
+    problem = endpoint_problem(endpoint, allow_loopback)
     if problem:
         raise BadRequest(problem, code="bad_push_endpoint")
 
@@ -135,8 +122,10 @@ class Notifier:
         devices: DeviceStore,
         base_url: Callable[[], str | None] = lambda: None,
         clock: Callable[[], float] = time.time,
+        resolver: Resolver = resolve,
     ) -> None:
         self.settings = settings
+        self._resolver = resolver
         self._log = event_log
         self._store = store
         self.vapid = vapid
@@ -231,9 +220,15 @@ class Notifier:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         timeout = httpx.Timeout(self.settings.timeout)
-        async with httpx.AsyncClient(timeout=timeout) as http, trio.open_nursery() as nursery:
-            nursery.start_soon(self._drain_pushes, http)
-            nursery.start_soon(self._drain_webhooks, http)
+        # Pushes go only to global addresses of push services; the owner's webhook anywhere.
+        guarded = push_transport(self.settings.allow_loopback, self._resolver)
+        async with (
+            httpx.AsyncClient(timeout=timeout, transport=guarded) as pushes,
+            httpx.AsyncClient(timeout=timeout) as webhooks,
+            trio.open_nursery() as nursery,
+        ):
+            nursery.start_soon(self._drain_pushes, pushes)
+            nursery.start_soon(self._drain_webhooks, webhooks)
             task_status.started()
             await self._decide_loop()
 
@@ -303,6 +298,12 @@ class Notifier:
     async def _push(self, http: httpx.AsyncClient, note: Notification, sub: Subscription) -> None:
         if self._store.get(sub.id) is None:
             return  # removed while it waited (revoked, unsubscribed, expired)
+        problem = endpoint_problem(sub.endpoint, self.settings.allow_loopback)
+        if problem is not None:  # stored before endpoints were checked: never sent to
+            self._store.remove(sub.id)
+            self._counts["push_refused"] += 1
+            log.warning("push subscription %s removed unsent: %s", sub.id, problem)
+            return
         body = ece.encrypt(
             push_payload(note), ece.subscription_key(sub.p256dh), ece.auth_secret(sub.auth)
         )

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Final
+from collections.abc import Mapping
+from typing import Final, Protocol
 from urllib.parse import urlsplit
 
 import attrs
@@ -11,13 +12,36 @@ import attrs
 from .messages import WebhookFormat
 from .policy import ALL_KINDS, Details, Kind, Timing
 
-if TYPE_CHECKING:
-    from ..config import DaemonConfig
-
 #: RFC 8292 needs a contact; Apple refuses a subject whose host does not resolve
 DEFAULT_SUBJECT: Final = "https://pypi.org/project/sidecode-trio/"
 UNRESOLVABLE: Final = (".local", ".localhost", ".invalid", ".test", ".example", ".internal")
 HEADER_NAME: Final = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
+
+
+class NotifyConfig(Protocol):
+    """The daemon config's notification fields: what this module reads of ``DaemonConfig``.
+
+    A protocol, so that ``config`` (which checks these settings with the rest) can import this
+    module without this module importing ``config`` back."""
+
+    @property
+    def notify_webhook(self) -> str | None: ...
+    @property
+    def notify_format(self) -> WebhookFormat: ...
+    @property
+    def notify_headers(self) -> Mapping[str, str]: ...
+    @property
+    def notify_details(self) -> Details: ...
+    @property
+    def notify_on(self) -> tuple[str, ...]: ...
+    @property
+    def notify_hold(self) -> float: ...
+    @property
+    def notify_cooldown(self) -> float: ...
+    @property
+    def push_subject(self) -> str: ...
+    @property
+    def push_allow_loopback(self) -> bool: ...
 
 
 @attrs.frozen
@@ -36,7 +60,7 @@ class NotifySettings:
     timeout: float = 10.0  #: seconds per HTTP attempt
 
 
-def settings_for(config: DaemonConfig) -> NotifySettings:
+def settings_for(config: NotifyConfig) -> NotifySettings:
     return NotifySettings(
         webhook=config.notify_webhook,
         webhook_format=config.notify_format,
@@ -49,7 +73,7 @@ def settings_for(config: DaemonConfig) -> NotifySettings:
     )
 
 
-def problems(config: DaemonConfig) -> list[str]:
+def problems(config: NotifyConfig) -> list[str]:
     """What is wrong with the notification settings, each with the path of the bad value."""
     found = []
     if config.notify_webhook is not None and not _is_http_url(config.notify_webhook):

@@ -25,6 +25,7 @@ from ..claude.probe import CLIProbe
 from ..errors import BadRequest, Forbidden, NotFound, Unsupported
 from ..eventlog.core import Position
 from ..eventlog.log import EventLog, Replay, SnapshotRead, Subscription
+from ..printable import check_device_name
 from ..security.auth import Principal
 from ..security.devices import Device, Scope
 from ..security.guard import Guard
@@ -383,8 +384,7 @@ class Operations:
         """A device for the WatchCode apps, which authenticate with a static secret."""
         who.require(Scope.ADMIN)
         name = request.name.strip()
-        if not name or len(name) > 100:
-            raise BadRequest("name must be 1 to 100 characters")
+        check_device_name(name)
         device, secret = self._guard.devices.add_secret(name, Scope(request.scope))
         return rq.WatchCodeDeviceReply(_device(device), secret, list(self._guard.urls))
 

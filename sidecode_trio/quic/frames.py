@@ -12,12 +12,19 @@ from __future__ import annotations
 
 import enum
 import struct
-from typing import Any, ClassVar, Final
-
-import attrs
+from typing import Any, Final
 
 from ..eventlog.core import StoredEvent
 from ..wire import converter as wire
+
+# The client messages are wire classes (wire/control.py); re-exported here as fr.Auth, ...
+from ..wire.control import CLIENT_MESSAGES as CLIENT_MESSAGES
+from ..wire.control import Auth as Auth
+from ..wire.control import ClientMessage as ClientMessage
+from ..wire.control import Hello as Hello
+from ..wire.control import Request as Request
+from ..wire.control import Subscribe as Subscribe
+from ..wire.control import Unsubscribe as Unsubscribe
 
 PATH: Final = "/v1/wt"  #: the WebTransport session's path
 HEADER: Final = struct.Struct(">I")
@@ -86,62 +93,6 @@ def frame(payload: bytes) -> bytes:
 def auth_message(nonce: bytes, cert_sha256: bytes, device_id: str) -> bytes:
     """What a device signs to authenticate one connection (domain-separated)."""
     return AUTH_CONTEXT + nonce + cert_sha256 + device_id.encode()
-
-
-# -- client messages -------------------------------------------------------------------------
-
-
-class ClientMessage:
-    """Root of the messages a client sends (tagged by ``type``)."""
-
-    TYPE: ClassVar[str] = ""
-
-
-@attrs.frozen
-class Hello(ClientMessage):
-    TYPE: ClassVar[str] = "hello"
-    versions: list[int]
-    client: str = ""
-
-
-@attrs.frozen
-class Auth(ClientMessage):
-    TYPE: ClassVar[str] = "auth"
-    device: str
-    signature: str  #: base64url Ed25519 signature of :func:`auth_message`
-
-
-@attrs.frozen
-class Request(ClientMessage):
-    """An HTTP API request: the same method, path and JSON body as over HTTP."""
-
-    TYPE: ClassVar[str] = "request"
-    id: int
-    method: str
-    path: str
-    body: dict[str, Any] | None = None
-
-
-@attrs.frozen
-class Subscribe(ClientMessage):
-    """Follow an event stream: ``/v1/sessions/{id}/events`` (with ``since``) or ``/v1/events``."""
-
-    TYPE: ClassVar[str] = "subscribe"
-    id: int
-    path: str
-    since: str | None = None  #: ``"<epoch>:<cursor>"``, like SSE's Last-Event-ID
-
-
-@attrs.frozen
-class Unsubscribe(ClientMessage):
-    TYPE: ClassVar[str] = "unsubscribe"
-    id: int
-
-
-CLIENT_MESSAGES: Final[dict[str, type[ClientMessage]]] = {
-    cls.TYPE: cls for cls in (Hello, Auth, Request, Subscribe, Unsubscribe)
-}
-wire.register_union(ClientMessage, CLIENT_MESSAGES)
 
 
 # -- server messages -------------------------------------------------------------------------

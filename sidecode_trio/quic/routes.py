@@ -19,8 +19,8 @@ from urllib.parse import urlsplit
 from quart import g
 from quart_trio import QuartTrio
 
-from ..http.app import OPEN_ROUTES
 from ..security.auth import Principal
+from ..security.routes import OPEN_ROUTES
 
 log = logging.getLogger(__name__)
 

@@ -26,6 +26,7 @@ import attrs
 
 from ..errors import NotFound, StoreError
 from ..host.private import open_store
+from ..printable import check_device_name, escape
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +144,7 @@ class DeviceStore:
         return next((d for d in self._devices.values() if d.public_key == public_key), None)
 
     def add(self, name: str, public_key: str, fingerprint: str, scope: Scope) -> Device:
+        check_device_name(name)
         existing = self.by_key(public_key)
         if existing is not None and existing.revoked_at is None:
             return existing  # the same key pairing again: keep one record
@@ -164,6 +166,7 @@ class DeviceStore:
 
     def add_secret(self, name: str, scope: Scope) -> tuple[Device, str]:
         """A WatchCode-compatible device: returns it and its secret (shown once, stored hashed)."""
+        check_device_name(name)
         secret = "wc_" + secrets.token_urlsafe(32)
         digest = secret_digest(secret)
         device = Device(
@@ -233,6 +236,7 @@ class DeviceStore:
                 log.warning("cannot record last-seen time: %s", exc)
 
     def audit(self, kind: str, device_id: str | None, detail: str) -> None:
+        detail = escape(detail)  # e.g. a request path: it is shown in a terminal, one per line
         log.info("audit: %s %s %s", kind, device_id or "-", detail)
         try:
             self._db.execute(

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import Unauthorized
+from ..printable import check_device_name
 from .auth import LOCAL, Links, Principal, Tickets, check_token
 from .devices import Device, DeviceStore, Scope
 from .identity import Identity, fingerprint, unb64
@@ -120,6 +121,7 @@ class Guard:
         return {"payload": data, **links, "expires_at": offer.expires_at}
 
     def pair(self, proof: PairingProof, remote: str | None) -> Device:
+        check_device_name(proof.name)  # before the offer is spent: the phone may try again
         try:
             scope = self.pairings.redeem(proof, remote or "?")
         except Exception as exc:

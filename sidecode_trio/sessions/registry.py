@@ -13,7 +13,7 @@ import uuid as uuidlib
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 import attrs
 import trio
@@ -23,10 +23,8 @@ from ..errors import BadRequest, Forbidden, NotFound, Unsupported
 from ..eventlog.log import EventLog
 from ..wire import events as ev
 from ..wire.snapshot import SessionInfo
+from .session import Remote
 from .supervisor import RECENT_IDS, Prompt, SessionSupervisor, SupervisorSettings
-
-if TYPE_CHECKING:
-    from ..bridge.remote import RemoteSession
 
 TITLE_CHARS: Final = 80
 ACTIVITY_REPORT_INTERVAL: Final = 10.0  # seconds: activity-only changes are reported this often
@@ -84,9 +82,9 @@ class SessionRegistry:
         self._supervisors: dict[str, SessionSupervisor] = {}
         #: client id of a create -> (session id, first message id): a retried create is one
         self._created: OrderedDict[str, tuple[str, str | None]] = OrderedDict()
-        self._remotes: dict[str, RemoteSession] = {}  #: Remote Control sessions (the bridge's)
+        self._remotes: dict[str, Remote] = {}  #: Remote Control sessions (the bridge's)
         #: makes the driver of a stored remote session (None: the bridge is off, they are hidden)
-        self.remote_factory: Callable[[str], RemoteSession] | None = None
+        self.remote_factory: Callable[[str], Remote] | None = None
         self._nursery: trio.Nursery | None = None
         self._list_subscribers: set[trio.MemorySendChannel[SessionInfo]] = set()
         self._reported: dict[str, tuple[SessionInfo, float]] = {}
@@ -213,13 +211,13 @@ class SessionRegistry:
 
     # -- remote sessions (the Remote Control bridge) ------------------------------------------
 
-    def add_remote(self, session: RemoteSession) -> None:
+    def add_remote(self, session: Remote) -> None:
         self._remotes[session.id] = session
 
-    def remote(self, session_id: str) -> RemoteSession | None:
+    def remote(self, session_id: str) -> Remote | None:
         return self._remotes.get(session_id)
 
-    def remotes(self) -> list[RemoteSession]:
+    def remotes(self) -> list[Remote]:
         return list(self._remotes.values())
 
     def follow(self, session_id: str) -> None:

@@ -145,6 +145,15 @@ class SessionSupervisor:
     def recover(self) -> None:
         """After a daemon restart: close what the dead daemon left open, with explicit events."""
         fold = self._log.fold(self.id)
+        if fold.active_turn is not None or fold.queued or fold.pending:
+            log.info(
+                "session %s: recovered after a restart; turn %s, %d queued message(s) and %d "
+                "permission request(s) failed or withdrawn",
+                self.id,
+                fold.active_turn or "-",
+                len([m for m in fold.queued if m != fold.active_turn]),
+                len(fold.pending),
+            )
         if fold.active_turn is not None:
             self._emit(
                 ev.TurnFailed(
@@ -634,6 +643,15 @@ class SessionSupervisor:
         if crashed:
             self._crashes += 1
             self._errored = True
+            log.warning(
+                "session %s: claude (pid %s) exited unexpectedly with code %s (crash %d in a "
+                "row)%s",
+                self.id,
+                process.pid,
+                code,
+                self._crashes,
+                f": {tail}" if tail else "",
+            )
             self._emit(ev.CLIStateChanged(ev.CLIState.CRASHED, exit_code=code, detail=tail))
             self._emit(
                 ev.SessionError(

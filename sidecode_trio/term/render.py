@@ -17,6 +17,7 @@ from urllib.parse import quote
 
 import attrs
 
+from ..printable import escape
 from ..wire import events as ev
 from ..wire.snapshot import (
     AssistantItem,
@@ -50,12 +51,19 @@ class Style:
     color: bool = False
 
     def __call__(self, name: str, text: str) -> str:
+        text = escape(text)  # names, titles and paths from the daemon never drive the terminal
         return f"\x1b[{_COLORS[name]}m{text}\x1b[0m" if self.color and text else text
 
 
 def _cut(text: str, limit: int = ROW_CHARS) -> str:
-    line = " ".join(text.split())
+    line = escape(" ".join(text.split()))
     return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def _text(text: str) -> str:
+    """Model or user text: its lines and tabs kept, every other control character shown as an
+    escape (a tool's output quoted by the model must not drive the owner's terminal)."""
+    return escape(text, keep="\n\t")
 
 
 def _money(value: float) -> str:
@@ -108,9 +116,9 @@ class Renderer:
             return self._user(item.text)
         if isinstance(item, AssistantItem):
             if item.complete:
-                return self._lines(item.text)
+                return self._lines(_text(item.text))
             key = (item.message_id, item.index)  # still streaming: later deltas continue it
-            out = self._lines() + item.text
+            out = self._lines() + _text(item.text)
             self._block, self._at_line_start = key, item.text.endswith("\n")
             self._streamed.add(key)
             return out
@@ -136,7 +144,7 @@ class Renderer:
                 if key in self._streamed:
                     self._streamed.discard(key)
                     return self._lines() if self._block == key else ""
-                return self._lines(event.text)
+                return self._lines(_text(event.text))
             case ev.MessageQueued():
                 return self._user(event.text)
             case ev.ToolStarted():
@@ -199,11 +207,12 @@ class Renderer:
             self._streamed.add(key)
         if event.text:
             self._at_line_start = event.text.endswith("\n")
-        return out + event.text
+        return out + _text(event.text)
 
     def _user(self, text: str) -> str:
         first, *rest = text.splitlines() or [""]
-        return self._lines(self.style("bold", f"> {first}"), *(f"  {line}" for line in rest))
+        rest_lines = (f"  {_text(line)}" for line in rest)
+        return self._lines(self.style("bold", f"> {first}"), *rest_lines)
 
     def _tool_row(self, mark: str, color: str, title: str) -> str:
         return self._lines(f"  {self.style(color, mark)} {_cut(title)}")

@@ -54,6 +54,7 @@ import attrs
 
 from ..wire import events as ev
 from ..wire import snapshot as snap
+from ..wire.tools import AskUserQuestion, ExitPlanMode, Question
 from . import tools
 
 MAX_SUMMARY_CHARS: Final = 300
@@ -356,9 +357,9 @@ class WatchProjection:
             deny_label="Deny",
         )
         asked = tools.detail_of(event.tool_name, event.input)
-        if isinstance(asked, tools.AskUserQuestion) and asked.questions:
+        if isinstance(asked, AskUserQuestion) and asked.questions:
             return [_question_prompt(prompt, asked.questions[0])]
-        if isinstance(asked, tools.ExitPlanMode):
+        if isinstance(asked, ExitPlanMode):
             prompt = attrs.evolve(prompt, allow_label="Approve", deny_label="Keep planning")
         return [prompt]
 
@@ -440,7 +441,7 @@ def _assistant(text: str, is_api_error: bool, when: str) -> list[WatchEvent]:
     return [WatchEvent(kind, text, when, summary=summarize_text(text))]
 
 
-def _question_prompt(prompt: WatchEvent, question: tools.Question) -> WatchEvent:
+def _question_prompt(prompt: WatchEvent, question: Question) -> WatchEvent:
     """An AskUserQuestion prompt: the question and its options instead of Allow; Deny stays so
     the question can be dismissed."""
     return attrs.evolve(

@@ -1,8 +1,10 @@
 """The one cattrs converter: wire messages, stored events and config all go through it.
 
-Messages are frozen attrs classes. Tagged unions (events, transcript items) carry their tag in a
-``type`` field that is a ``ClassVar`` on the class; :func:`register_union` teaches the converter to
-write that tag and to pick the class by it when reading. Errors from cattrs are flattened into one
+Messages are frozen attrs classes. Tagged unions (events, transcript items, tool details, the
+WebTransport client messages) carry their tag in a ``type`` field that is a ``ClassVar`` on the
+class; :func:`make_converter` configures every one of them in one place (:func:`register_union`
+writes that tag and picks the class by it when reading), and :data:`converter` is built from it
+once, at import: no module changes it afterwards. Errors from cattrs are flattened into one
 readable line with the JSON path of the bad value (``bad value @ $.port: expected int``).
 """
 
@@ -19,10 +21,12 @@ from cattrs.errors import ClassValidationError, IterableValidationError
 from cattrs.gen import make_dict_unstructure_fn
 from cattrs.v import transform_error
 
-T = TypeVar("T")
+from .control import CLIENT_MESSAGES, ClientMessage
+from .events import EVENT_CLASSES, Event
+from .snapshot import ITEM_CLASSES, Item
+from .tools import TOOL_DETAIL_CLASSES, ToolDetail
 
-converter = cattrs.Converter(forbid_extra_keys=False, omit_if_default=False)
-converter.register_structure_hook(Path, lambda value, _: Path(_strict(value, str, "a string")))
+T = TypeVar("T")
 
 
 def _strict(value: Any, kind: type[Any] | tuple[type[Any], ...], name: str) -> Any:
@@ -30,13 +34,6 @@ def _strict(value: Any, kind: type[Any] | tuple[type[Any], ...], name: str) -> A
     if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
         raise TypeError(f"expected {name}, got {type(value).__name__}")
     return value
-
-
-converter.register_structure_hook(str, lambda v, _: _strict(v, str, "a string"))
-converter.register_structure_hook(int, lambda v, _: _strict(v, int, "an integer"))
-converter.register_structure_hook(float, lambda v, _: float(_strict(v, (int, float), "a number")))
-converter.register_structure_hook(bool, lambda v, _: _strict(v, bool, "true or false"))
-converter.register_unstructure_hook(Path, str)
 
 
 def _enum(value: Any, cls: type[enum.Enum]) -> enum.Enum:
@@ -47,24 +44,48 @@ def _enum(value: Any, cls: type[enum.Enum]) -> enum.Enum:
         raise ValueError(f"expected one of {choices}, got {value!r}") from None
 
 
-# A StrEnum is a str: without its own hook (more specific than str in its MRO) the str hook
-# above would claim it and hand back plain strings, and `status is SessionStatus.IDLE` would
-# be false after a round trip through the log.
-converter.register_structure_hook(enum.StrEnum, _enum)
-converter.register_structure_hook(enum.Enum, _enum)
-
-
 def _text_or_texts(value: Any, _: Any) -> str | list[str]:
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
         return list(value)
     return _strict(value, str, "a string or a list of strings")  # type: ignore[no-any-return]
 
 
-converter.register_structure_hook_func(lambda t: t == str | list[str], _text_or_texts)
+def make_converter() -> cattrs.Converter:
+    """A converter with every hook and every tagged union of the wire, configured here only.
+
+    The unions are registered in dependency order (events before the snapshot items that embed
+    them), so a member's generated hook finds the tagged hook of a union it holds."""
+    conv = cattrs.Converter(forbid_extra_keys=False, omit_if_default=False)
+    conv.register_structure_hook(Path, lambda value, _: Path(_strict(value, str, "a string")))
+    conv.register_structure_hook(str, lambda v, _: _strict(v, str, "a string"))
+    conv.register_structure_hook(int, lambda v, _: _strict(v, int, "an integer"))
+    conv.register_structure_hook(float, lambda v, _: float(_strict(v, (int, float), "a number")))
+    conv.register_structure_hook(bool, lambda v, _: _strict(v, bool, "true or false"))
+    conv.register_unstructure_hook(Path, str)
+    # A StrEnum is a str: without its own hook (more specific than str in its MRO) the str hook
+    # above would claim it and hand back plain strings, and `status is SessionStatus.IDLE` would
+    # be false after a round trip through the log.
+    conv.register_structure_hook(enum.StrEnum, _enum)
+    conv.register_structure_hook(enum.Enum, _enum)
+    conv.register_structure_hook_func(lambda t: t == str | list[str], _text_or_texts)
+    for base, classes in (
+        (Event, EVENT_CLASSES),
+        (Item, ITEM_CLASSES),
+        (ToolDetail, TOOL_DETAIL_CLASSES),
+        (ClientMessage, CLIENT_MESSAGES),
+    ):
+        register_union(conv, base, classes)
+    return conv
 
 
-def register_union(base: type[Any], classes: Mapping[str, type[Any]]) -> None:
-    """Read and write ``base`` (a union root) by the ``type`` tag of each class in ``classes``."""
+def register_union(
+    conv: cattrs.Converter, base: type[Any], classes: Mapping[str, type[Any]]
+) -> None:
+    """Read and write ``base`` (a union root) by the ``type`` tag of each class in ``classes``.
+
+    Not cattrs' ``configure_tagged_union``: that one keys the hooks on a ``Union`` (our fields
+    name the root class), writes the tag after the fields, raises ``KeyError`` for an unknown tag
+    and leaves the tag off a member unstructured on its own; each would change the wire."""
 
     def structure(value: Any, _: Any) -> Any:
         if not isinstance(value, Mapping):
@@ -74,21 +95,21 @@ def register_union(base: type[Any], classes: Mapping[str, type[Any]]) -> None:
         if cls is None:
             raise ValueError(f"unknown type {tag!r}")
         fields = {k: v for k, v in value.items() if k != "type"}
-        return converter.structure(fields, cls)
+        return conv.structure(fields, cls)
 
     def unstructure(value: Any) -> Any:
-        return converter.unstructure(value, unstructure_as=type(value))
+        return conv.unstructure(value, unstructure_as=type(value))
 
     # Predicates, not singledispatch: a member class must not fall back to the union's hooks.
-    converter.register_structure_hook_func(lambda t: t is base, structure)
-    converter.register_unstructure_hook_func(lambda t: t is base, unstructure)
+    conv.register_structure_hook_func(lambda t: t is base, structure)
+    conv.register_unstructure_hook_func(lambda t: t is base, unstructure)
     for cls in classes.values():
         # A member unstructured on its own (not through the base) still carries its tag.
-        converter.register_unstructure_hook(cls, _tagged_unstructure(cls))
+        conv.register_unstructure_hook(cls, _tagged_unstructure(conv, cls))
 
 
-def _tagged_unstructure(cls: type[Any]) -> Callable[[Any], dict[str, Any]]:
-    fn = make_dict_unstructure_fn(cls, converter)
+def _tagged_unstructure(conv: cattrs.Converter, cls: type[Any]) -> Callable[[Any], dict[str, Any]]:
+    fn = make_dict_unstructure_fn(cls, conv)
 
     def unstructure(value: Any) -> dict[str, Any]:
         data: dict[str, Any] = {"type": cls.TYPE}
@@ -96,6 +117,10 @@ def _tagged_unstructure(cls: type[Any]) -> Callable[[Any], dict[str, Any]]:
         return data
 
     return unstructure
+
+
+#: The one converter, built once; nothing changes it after import.
+converter = make_converter()
 
 
 def describe_error(exc: Exception) -> str:

@@ -13,8 +13,6 @@ from typing import Any, ClassVar
 
 import attrs
 
-from .converter import register_union
-
 
 class SessionStatus(enum.StrEnum):
     IDLE = "idle"  #: no turn running; the CLI may be stopped (it is resumed on the next message)
@@ -333,5 +331,3 @@ EVENT_CLASSES: dict[str, type[Event]] = {
         UpstreamDisconnected,
     )
 }
-
-register_union(Event, EVENT_CLASSES)

@@ -12,7 +12,6 @@ from typing import Any, ClassVar
 
 import attrs
 
-from .converter import register_union
 from .events import CLIState, FileDiff, ImageRef, PermissionRequested, SessionStatus, Usage
 
 
@@ -117,7 +116,6 @@ class ErrorItem(Item):
 ITEM_CLASSES: dict[str, type[Item]] = {
     cls.TYPE: cls for cls in (UserItem, AssistantItem, ToolItem, TurnEndItem, ErrorItem)
 }
-register_union(Item, ITEM_CLASSES)
 
 
 @attrs.frozen

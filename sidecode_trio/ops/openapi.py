@@ -1,6 +1,6 @@
 """Generate the OpenAPI 3.1 document of the HTTP API into ``protocol/openapi.json``.
 
-``python -m sidecode_trio.wire.openapi protocol/openapi.json`` rewrites it. The bodies' schemas
+``python -m sidecode_trio.ops.openapi protocol/openapi.json`` rewrites it. The bodies' schemas
 come from the wire classes (the same builder as ``protocol/schema/``); what the classes cannot
 say (paths, methods, statuses, query parameters, credentials) is the table :data:`OPERATIONS`.
 Two tests keep it honest: one fails when the committed file differs from what this module
@@ -19,10 +19,10 @@ import attrs
 
 from .. import __version__
 from ..config import DEFAULT_PORT
-from ..views.tools import TOOL_DETAIL_CLASSES, ToolDetail, ToolView
-from . import requests as rq
-from .schema import UNIONS, SchemaBuilder
-from .snapshot import SessionInfo, Snapshot
+from ..wire import requests as rq
+from ..wire.schema import UNIONS, SchemaBuilder
+from ..wire.snapshot import SessionInfo, Snapshot
+from ..wire.tools import TOOL_DETAIL_CLASSES, ToolDetail, ToolView
 
 OPENAPI_VERSION: Final = "3.1.0"
 PREFIX: Final = "#/components/schemas/"
@@ -411,7 +411,7 @@ class _Document:
                 "version": __version__,
                 "description": (
                     "Version 1 of the daemon's HTTP/SSE API, generated from the code by "
-                    "`python -m sidecode_trio.wire.openapi protocol/openapi.json`. "
+                    "`python -m sidecode_trio.ops.openapi protocol/openapi.json`. "
                     "protocol/PROTOCOL.md is the normative text; errors are "
                     "{'error': {'code', 'message'}} (WatchCode's /api/* routes: "
                     "{'error': '<message>'}). On a loopback bind every request must name the "

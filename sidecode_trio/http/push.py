@@ -1,6 +1,7 @@
-"""The ``/v1/push/*`` routes: decode, call the :class:`~.service.Notifier`, encode.
+"""The ``/v1/push/*`` routes: decode, call the :class:`~..notify.service.Notifier`, encode.
 
-They sit behind the app's credential check like every v1 route (and so are served over
+The HTTP side of notifications, so it lives with the HTTP transport (notify/ imports no
+transport). They sit behind the app's credential check like every v1 route (and so are served over
 WebTransport requests too); a subscription belongs to the device that made it.
 """
 
@@ -12,9 +13,9 @@ from typing import Final
 from quart import Response, g, request
 from quart_trio import QuartTrio
 
-from ..http.app import current_principal, json_reply, read_body
+from ..notify.service import Notifier
 from ..wire import requests as rq
-from .service import Notifier
+from .app import current_principal, json_reply, read_body
 
 #: requests that show a device is looking at a session (it sent, answered or interrupted)
 ACTING: Final = re.compile(r"^/v1/sessions/([^/]+)/(?:messages|interrupt|permissions/[^/]+)$")

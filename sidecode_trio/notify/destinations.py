@@ -1,0 +1,168 @@
+"""Where pushes may go: the browsers' push services, and nowhere else.
+
+A push endpoint is chosen by a client (any device with the ``approve`` scope, a watch), and the
+daemon then POSTs to it from inside the owner's network. Left open, that is a blind SSRF: a
+device could aim it at ``https://127.1``, ``169.254.169.254`` or a LAN printer and read the
+``failures`` counter back as an oracle. Two checks close it:
+
+* :func:`endpoint_problem` (at subscribe **and** before each delivery, so a subscription stored
+  before this check is dropped, never sent to): an ``https`` URL on port 443 whose host is a
+  *name* under one of the push services browsers use (:data:`PUSH_SERVICES`). IP literals in
+  any spelling (``2130706433``, ``0x7f.1``, ``[::ffff:127.0.0.1]``) are refused as such.
+* :class:`GlobalOnlyBackend`, the push client's network backend: it resolves the name itself,
+  requires **every** address to be global (not loopback, private, link-local, unique-local,
+  multicast, reserved, nor an IPv4-mapped one of those), and connects to the checked address
+  (TLS still verifies the certificate for the name: httpcore sends SNI and checks the name from
+  the URL, not from the address). A push service whose DNS answer was poisoned or split-horizon
+  cannot route a push inwards.
+
+An allow-list was chosen over "any global host" because push endpoints only ever come from the
+browsers' push services, and a global-address check alone still lets a device make the daemon
+POST to any server on the internet. The webhook is not checked: only the owner sets it (config or
+``--notify-webhook``), and a LAN ntfy is a fair choice for it.
+
+``allow_loopback`` (tests only, ``push_allow_loopback``) also accepts ``http(s)`` on a loopback
+address, and lets the backend connect to loopback.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Final
+from urllib.parse import urlsplit
+
+import httpcore
+import httpx
+import trio
+
+from ..config import is_loopback
+
+#: push service hosts (the name itself or any name under it): Chrome/Edge-on-Android/Opera/
+#: Samsung (FCM), Firefox (Mozilla autopush), Safari (Apple web push), Edge on Windows (WNS)
+PUSH_SERVICES: Final = (
+    "fcm.googleapis.com",
+    "android.googleapis.com",
+    "push.services.mozilla.com",
+    "push.apple.com",
+    "notify.windows.com",
+)
+MAX_ENDPOINT: Final = 2048
+#: a host inet_aton would read as an IPv4 address: 127.1, 2130706433, 0x7f.1, 0177.0.0.1
+NUMERIC_HOST: Final = re.compile(r"^(?:0x[0-9a-f]*|[0-9]+)(?:\.(?:0x[0-9a-f]*|[0-9]+))*\.?$")
+
+Resolver = Callable[[str, int], Awaitable[Iterable[str]]]
+
+
+def endpoint_problem(endpoint: str, allow_loopback: bool) -> str | None:
+    """Why a push may not go to ``endpoint``, or None."""
+    if len(endpoint) > MAX_ENDPOINT:
+        return f"endpoint is longer than {MAX_ENDPOINT} characters"
+    try:
+        parts = urlsplit(endpoint)
+        host, port = (parts.hostname or "").rstrip("."), parts.port
+    except ValueError:  # an unclosed IPv6 bracket, a port out of range
+        return "endpoint is not a URL"
+    if parts.scheme not in ("https", "http") or not host or parts.username or parts.password:
+        return "endpoint must be an https URL of a push service"
+    if allow_loopback and is_loopback(host):
+        return None
+    if parts.scheme != "https":
+        return "endpoint must use https"
+    if _is_address(host):
+        return "endpoint must name a push service, not an address"
+    if port not in (None, 443):
+        return "endpoint must use the https port (443)"
+    if not any(host == s or host.endswith("." + s) for s in PUSH_SERVICES):
+        return "endpoint is not a known push service (" + ", ".join(PUSH_SERVICES) + ")"
+    return None
+
+
+def _is_address(host: str) -> bool:
+    if NUMERIC_HOST.match(host):
+        return True
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+def allowed_address(address: str, allow_loopback: bool) -> bool:
+    """May a push connect to ``address``? Only a global unicast one (loopback too in tests)."""
+    try:
+        ip = ipaddress.ip_address(address.split("%")[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if allow_loopback and ip.is_loopback:
+        return True
+    return ip.is_global and not ip.is_multicast
+
+
+async def resolve(host: str, port: int) -> list[str]:
+    infos = await trio.socket.getaddrinfo(host, port, type=trio.socket.SOCK_STREAM)
+    return [str(info[4][0]) for info in infos]
+
+
+class GlobalOnlyBackend(httpcore.AsyncNetworkBackend):
+    """httpcore's Trio backend, connecting only to checked addresses (see the module's doc)."""
+
+    def __init__(self, allow_loopback: bool, resolver: Resolver = resolve) -> None:
+        self._inner = httpcore.TrioBackend()
+        self._allow_loopback = allow_loopback
+        self._resolve = resolver
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        try:
+            addresses = list(await self._resolve(host, port))
+        except OSError as exc:
+            raise httpcore.ConnectError(f"cannot resolve {host}: {exc}") from exc
+        if not addresses or not all(allowed_address(a, self._allow_loopback) for a in addresses):
+            # all or nothing: a name that also points inwards is not a push service
+            raise httpcore.ConnectError(f"{host} resolves to an address pushes may not go to")
+        failure: Exception | None = None
+        for address in addresses:  # in the resolver's order (e.g. IPv6 first): the first that
+            try:  # connects; TLS then checks the certificate against the name, not the address
+                return await self._inner.connect_tcp(
+                    address, port, timeout, local_address, socket_options
+                )
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+                failure = exc
+        assert failure is not None
+        raise failure
+
+    async def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        raise httpcore.ConnectError("pushes never go to a unix socket")
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
+
+
+def push_transport(allow_loopback: bool, resolver: Resolver = resolve) -> httpx.AsyncBaseTransport:
+    """httpx's transport with the pool's network backend swapped for :class:`GlobalOnlyBackend`
+    (httpx does not take a backend; the pool is built exactly as httpx builds it, no proxy:
+    a proxy would make the peer the proxy, and the address check meaningless)."""
+    transport = httpx.AsyncHTTPTransport(trust_env=False)
+    transport._pool = httpcore.AsyncConnectionPool(
+        ssl_context=httpx.create_ssl_context(trust_env=False),
+        max_connections=100,  # httpx's defaults
+        max_keepalive_connections=20,
+        keepalive_expiry=5.0,
+        network_backend=GlobalOnlyBackend(allow_loopback, resolver),
+    )
+    return transport

@@ -1,0 +1,234 @@
+"""What the daemon prints, logs and records: nothing a client sends can drive the owner's
+terminal or forge a log line, the pairing secret never lands in a log, and the events an owner
+needs (a CLI crash, a turn recovered after a restart) are logged once, with the session id."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import sys
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+
+from sidecode_trio.cli import main
+from sidecode_trio.config import DaemonConfig
+from sidecode_trio.daemon import DaemonHandle, serve
+from sidecode_trio.eventlog.log import EventLog
+from sidecode_trio.eventlog.store import SQLiteStore
+from sidecode_trio.printable import EscapingFormatter, device_name_problem, escape
+from sidecode_trio.security.devices import DeviceStore
+from sidecode_trio.sessions.supervisor import SessionSupervisor, SupervisorSettings
+from sidecode_trio.term.render import Renderer
+from sidecode_trio.wire import events as ev
+
+from helpers import Client, load_example, running_daemon
+
+pc = load_example("pair_client")
+ATTACK_PATH = "/v1/x%1b]0;PWNED%07%0aFORGED-LINE"
+
+pytestmark = pytest.mark.trio
+
+
+async def test_a_cli_crash_is_logged_with_the_session_id(
+    daemon: Client, work_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    with trio.fail_after(20):
+        session = (await daemon.create(work_dir, "[[crash:3]]"))["session"]
+        async with daemon.events(session["id"]) as stream:
+            await stream.until_type("session.error")
+    crashes = [
+        r
+        for r in caplog.records
+        if r.levelno == logging.WARNING and session["id"] in r.getMessage()
+    ]
+    assert len(crashes) == 1, [r.getMessage() for r in caplog.records]
+    assert "code 3" in crashes[0].getMessage()
+
+
+async def test_recovering_an_interrupted_turn_is_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What a killed daemon left open (a running turn, a queued message, a pending request)
+    is closed at start-up, and one INFO line says so with the session id."""
+    store = SQLiteStore(tmp_path / "events.sqlite3")
+    event_log = EventLog(store)
+    event_log.load()
+    event_log.create("s1")
+    for event in (
+        ev.SessionCreated(str(tmp_path), "t"),
+        ev.MessageQueued("m1", "first"),
+        ev.TurnStarted("m1"),
+        ev.MessageQueued("m2", "second"),
+    ):
+        event_log.append("s1", event)
+    event_log.commit()  # folded when committed, as a killed daemon left it on disk
+    caplog.set_level(logging.INFO, logger="sidecode_trio.sessions")
+    SessionSupervisor("s1", event_log, SupervisorSettings()).recover()
+    store.close()
+    lines = [r for r in caplog.records if "s1" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].levelno == logging.INFO
+    assert "m1" in lines[0].getMessage() and "1 queued" in lines[0].getMessage()
+
+
+async def test_the_start_up_pairing_offer_is_never_written_to_a_non_terminal(
+    make_config: Callable[..., DaemonConfig],
+    capfd: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """stdout here is not a terminal (as under systemd or ``> daemon.log``): no pairing code,
+    link or secret goes there or into the log; one log line says how to get one."""
+    caplog.set_level(logging.INFO)
+    config = make_config()
+    async with trio.open_nursery() as nursery:
+        handle: DaemonHandle = await nursery.start(partial(serve, config, show_pairing=True))
+        handle.stop.set()
+    out, err = capfd.readouterr()
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    for text in (out, err, logged):
+        assert "pair#" not in text and "#pair=" not in text and '"secret"' not in text
+        assert "sidecode-trio://" not in text
+    assert "sidecode-trio pair" in logged
+
+
+async def test_a_request_path_cannot_drive_the_terminal_or_forge_a_log_line(
+    tmp_path: Path, fake_claude: Path, work_dir: Path, claude_env: dict[str, str]
+) -> None:
+    """The daemon as a user runs it (``serve``, logging to stderr): an unauthenticated request
+    whose path holds ESC, BEL and a newline reaches neither stderr nor the audit log raw."""
+    state, ready = tmp_path / "state", tmp_path / "ready.json"
+    state.mkdir(mode=0o700)
+    (state / "config.toml").write_text('keystore = "file"\n')
+    argv = [
+        sys.executable, "-m", "sidecode_trio", "serve", "--state-dir", str(state),
+        "--port", "0", "--claude", str(fake_claude), "--allow-root", str(work_dir),
+        "--ready-file", str(ready), "--log-level", "info",
+    ]  # fmt: skip
+    stderr = tmp_path / "stderr.txt"
+    with stderr.open("wb") as sink:
+        proc = await trio.lowlevel.open_process(
+            argv, env={**os.environ, **claude_env}, stdout=sink, stderr=sink
+        )
+    try:
+        with trio.fail_after(20):
+            while not ready.exists():
+                assert proc.poll() is None, stderr.read_text()
+                await trio.sleep(0.05)
+            url = json.loads(ready.read_text())["http"]
+            token = (state / "token").read_text().strip()
+            async with httpx.AsyncClient(base_url=url) as http:
+                refused = await http.get(ATTACK_PATH)
+                assert refused.status_code == 401
+                owner = {"Authorization": f"Bearer {token}"}
+                audit = (await http.get("/v1/audit", headers=owner)).json()["entries"]
+            proc.terminate()
+            await proc.wait()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    failed = [e["detail"] for e in audit if e["kind"] == "auth_failed"]
+    assert len(failed) == 1 and "\\x1b]0;PWNED\\x07\\x0aFORGED-LINE" in failed[0]
+    text = stderr.read_bytes()
+    assert b"\x1b" not in text and b"\x07" not in text
+    assert not any(line.startswith(b"FORGED-LINE") for line in text.splitlines())
+    assert b"PWNED\\x07\\x0aFORGED-LINE" in text  # logged, escaped
+    # stdout and stderr were a file: no device was paired, yet no pairing code went there
+    assert b"pair#" not in text and b"#pair=" not in text and b"sidecode-trio pair" in text
+
+
+async def test_the_log_formatter_escapes_messages_and_arguments() -> None:
+    formatter = EscapingFormatter("%(levelname)s %(message)s")
+    record = logging.LogRecord(
+        "x", logging.INFO, __file__, 1, "a\x1b[2J %s \u202e", ("b\r\nFORGED\x07",), None
+    )
+    assert formatter.format(record) == "INFO a\\x1b[2J b\\x0d\\x0aFORGED\\x07 \\u202e"
+    assert escape("plain text, ünïcode and emoji 🙂") == "plain text, ünïcode and emoji 🙂"
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "evil\x1b]0;PWNED\x07",
+        "two\nlines",
+        "bell\x07",
+        "rtl\u202eenohp",  # a bidi override
+        "zero\u200bwidth",  # a format character
+        "line\u2028separator",
+        "Local Owner",
+        "  timeout ",
+        "local\u00a0owner",  # a no-break space looks like a space
+        "\uff34\uff29\uff2d\uff25\uff2f\uff35\uff34",  # fullwidth: folds to "timeout"
+        "   ",
+    ],
+)
+async def test_a_device_name_that_could_spoof_or_drive_a_terminal_is_refused(
+    make_config: Callable[..., DaemonConfig], name: str
+) -> None:
+    """At pairing (before the one-time code is spent) and for a WatchCode device: 400
+    ``bad_device_name``; the same code still pairs a device with a good name afterwards."""
+    assert device_name_problem(name) is not None
+    async with running_daemon(make_config(https=True)) as owner:
+        with trio.fail_after(20):
+            offer = await owner.http.post("/v1/pairings", json={"scope": "chat"})
+            payload = offer.json()["payload"]
+            with pytest.raises(RuntimeError, match=r"400.*bad_device_name"):
+                await trio.to_thread.run_sync(pc.pair, payload, name)
+            await trio.to_thread.run_sync(pc.pair, payload, "my phone")
+            reply = await owner.http.post("/v1/devices/watchcode", json={"name": name})
+            assert reply.status_code == 400 and reply.json()["error"]["code"] == "bad_device_name"
+            devices = (await owner.http.get("/v1/devices")).json()["devices"]
+    assert [d["name"] for d in devices] == ["my phone"]
+
+
+async def test_cli_listings_print_names_and_titles_escaped(
+    make_config: Callable[..., DaemonConfig],
+    work_dir: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``sessions``, ``devices`` and ``devices --log`` print what clients chose (a session
+    title, a device name kept from before names were checked) with control characters escaped."""
+    config = make_config()
+    config.state_dir.mkdir(mode=0o700, parents=True)
+    old = DeviceStore(config.state_dir / "devices.sqlite3")
+    with sqlite3.connect(config.state_dir / "devices.sqlite3") as db:  # as an older daemon did
+        db.execute(
+            "INSERT INTO devices (id, name, public_key, fingerprint, scope, paired_at) "
+            "VALUES ('dev_old', ?, 'k', 'f', 'chat', 1)",
+            ("old\x1b]0;PWNED\x07phone",),
+        )
+    old.close()
+    async with running_daemon(config) as owner:
+        session = (await owner.create(work_dir))["session"]
+        title = {"title": "title\x1b]0;PWNED\x07\x1b[2J"}
+        assert (await owner.http.patch(f"/v1/sessions/{session['id']}", json=title)).is_success
+        async with httpx.AsyncClient(base_url=owner.handle.url) as anonymous:
+            assert (await anonymous.get(ATTACK_PATH)).status_code == 401
+        state = ["--state-dir", str(config.state_dir)]
+        for argv in (["sessions", *state], ["devices", *state], ["devices", "--log", *state]):
+            assert await trio.to_thread.run_sync(main, argv) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out
+    assert "title\\x1b]0;PWNED\\x07\\x1b[2J" in out
+    assert "old\\x1b]0;PWNED\\x07phone" in out
+    assert not any(line.startswith("FORGED-LINE") for line in out.splitlines())
+
+
+async def test_the_attach_renderer_escapes_names_titles_and_text() -> None:
+    renderer = Renderer("s1")
+    asked = ev.PermissionRequested("r1", "Bash", {"command": "ls"}, "t1")
+    shown = renderer.event(asked)
+    shown += renderer.event(ev.PermissionResolved("r1", ev.PermissionOutcome.ALLOWED, "", "a\x1bb"))
+    shown += renderer.event(ev.SessionUpdated(title="new\x1b[2Jtitle"))
+    shown += renderer.event(ev.MessageQueued("m1", "hi\nthere\x1b]0;PWNED\x07"))
+    shown += renderer.event(ev.TextDelta("a1", 0, "quoted \x1b[31mred\x1b[0m\n\tok"))
+    assert "\x1b" not in shown
+    assert "by a\\x1bb" in shown and "new\\x1b[2Jtitle" in shown
+    assert "there\\x1b]0;PWNED\\x07" in shown and "quoted \\x1b[31mred\\x1b[0m\n\tok" in shown

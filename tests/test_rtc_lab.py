@@ -1,0 +1,262 @@
+"""WebRTC through two NATs, in a network lab the test builds (tests/netlab.py).
+
+A "daemon" (the Answerer) in the ``home`` namespace and a "phone" (dial) in the ``phone``
+namespace, both Python in this process (each on threads moved into its namespace), exchange
+sealed signaling over the real mosquitto in ``inet`` and connect a DataChannel through the two
+NATs: with STUN (coturn) through cone NATs, over TURN (coturn, REST credentials) through
+symmetric ones. A tampered offer, a replayed one and a revoked device are refused. Needs root
+and the Debian packages mosquitto, coturn, iptables, conntrack, tcpdump; skips otherwise.
+"""
+
+from __future__ import annotations
+
+import secrets
+import socket
+import time
+from typing import Any
+
+import nacl.signing
+import pytest
+import trio
+
+from sidecode_trio.rtc.broker import INBOX_SIZE, open_mqtt
+from sidecode_trio.rtc.ice import IceServer, turn_server
+from sidecode_trio.rtc.peer import PeerConnection, RtcError
+from sidecode_trio.rtc.rendezvous import MAX_PENDING_PER_DEVICE
+from sidecode_trio.rtc.signaling import (
+    Answer,
+    Hello,
+    IceConfig,
+    Message,
+    Offer,
+    Refused,
+    new_cid,
+    sign_fingerprints,
+)
+
+import netlab
+from rtclab import STUN, World, connect, echo_once, peer_certificate, selected_pair, world
+
+netlab.skip_unless_possible()
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    with netlab.open_lab(tmp_path_factory.mktemp("netlab")) as lab:
+        yield lab
+
+
+async def test_a_phone_reaches_the_daemon_through_two_cone_nats_with_stun(lab: netlab.Lab) -> None:
+    lab.nat("nath", "cone")
+    lab.nat("natp", "cone")
+    with trio.fail_after(30):
+        async with world(lab, [STUN]) as w:
+            daemon, phone = await connect(w)
+            try:
+                await echo_once(daemon, phone, b"hello through two NATs")
+                local, remote = await selected_pair(w.home, daemon.connection)
+                assert "relay" not in (local, remote)
+                assert daemon.peer_key == bytes(w.device_key.verify_key)
+                # DTLS ran with exactly the certificates whose fingerprints were signed
+                phone_cert = await peer_certificate(w.home, daemon.connection)
+                daemon_cert = await peer_certificate(w.phone, phone.connection)
+                assert phone_cert in phone.connection.local_fingerprints()
+                assert daemon_cert in daemon.connection.local_fingerprints()
+            finally:
+                await phone.connection.aclose()
+
+
+async def test_symmetric_nats_defeat_stun_alone(lab: netlab.Lab) -> None:
+    """The lab's symmetric variant is real: without TURN, ICE fails (after ~13 s of checks), so
+    the TURN test below shows a relay that was needed, not merely preferred."""
+    lab.nat("nath", "symmetric")
+    lab.nat("natp", "symmetric")
+    try:
+        with trio.fail_after(60):
+            async with world(lab, [STUN]) as w:
+                with pytest.raises(RtcError, match="failed before its channel opened"):
+                    await w.dial()
+    finally:
+        lab.nat("nath", "cone")
+        lab.nat("natp", "cone")
+
+
+async def test_symmetric_nats_fall_back_to_turn_and_the_relay_sees_only_dtls(
+    lab: netlab.Lab,
+) -> None:
+    lab.nat("nath", "symmetric")
+    lab.nat("natp", "symmetric")
+    turn = turn_server([netlab.TURN_URL], netlab.TURN_SECRET, "daemon", time.time())
+    marker = b"PLAINTEXT-" + secrets.token_hex(8).encode()
+    try:
+        with trio.fail_after(40), lab.capture("turn") as pcap:
+            async with world(lab, [STUN, turn]) as w:  # TURN on the daemon's side only
+                daemon, phone = await connect(w)
+                try:
+                    await echo_once(daemon, phone, marker)
+                    local, _remote = await selected_pair(w.home, daemon.connection)
+                    assert local == "relay"
+                finally:
+                    await phone.connection.aclose()
+    finally:
+        lab.nat("nath", "cone")
+        lab.nat("natp", "cone")
+    packets = netlab.udp_payloads(pcap)
+    lo, hi = netlab.RELAY_PORTS
+    relayed = [
+        payload
+        for src, sport, dst, dport, payload in packets
+        if (src == netlab.INET_IP and lo <= sport <= hi)
+        or (dst == netlab.INET_IP and lo <= dport <= hi)
+    ]
+    assert relayed, "nothing went through the relay"
+    dtls = [netlab.dtls_records(p) for p in relayed if not netlab.is_stun(p)]
+    # what coturn forwarded: ICE checks (STUN) and DTLS records, nothing else
+    assert all(types is not None for types in dtls)
+    assert any(23 in types for types in dtls if types)  # application data (SCTP inside DTLS)
+    assert not any(marker in payload for *_, payload in packets)  # never in the clear
+
+
+async def ask_ice(w: World) -> list[IceServer]:
+    box, daemon = w.phone_box(), bytes(w.daemon_key.verify_key)
+    cid = new_cid()
+    await w.phone_broker.publish(w.topics.to_daemon, box.seal(daemon, Hello(cid), time.time()))
+    _, raw = await w.phone_broker.receive()
+    ice = box.open(raw, time.time()).message
+    assert isinstance(ice, IceConfig)
+    assert ice.cid == cid
+    return ice.servers
+
+
+async def send_offer(w: World, sdp: str, signer: nacl.signing.SigningKey | None = None) -> str:
+    """Publish a sealed offer of ``sdp`` whose fingerprints ``signer`` signed; returns its cid."""
+    box, daemon = w.phone_box(), bytes(w.daemon_key.verify_key)
+    cid = new_cid()
+    fps, fp_sig = sign_fingerprints(signer or w.device_key, "device", cid, sdp)
+    sealed = box.seal(daemon, Offer(cid, sdp, fps, fp_sig), time.time())
+    await w.phone_broker.publish(w.topics.to_daemon, sealed)
+    return cid
+
+
+async def reply(w: World) -> Message:
+    _, raw = await w.phone_broker.receive()
+    return w.phone_box().open(raw, time.time()).message
+
+
+async def test_an_offer_with_a_wrong_fingerprint_signature_is_refused(lab: netlab.Lab) -> None:
+    with trio.fail_after(30):
+        async with world(lab, [STUN]) as w:
+            peer, sdp = await PeerConnection.offer(w.phone, await ask_ice(w))
+            try:
+                stranger = nacl.signing.SigningKey.generate()  # not the paired device key
+                cid = await send_offer(w, sdp, signer=stranger)
+                refused = await reply(w)
+                assert isinstance(refused, Refused)
+                assert (refused.cid, refused.code) == (cid, "fingerprint")
+                assert (await w.refusals.receive()).code == "fingerprint"
+                assert w.answerer.answered == 0
+            finally:
+                await peer.aclose()
+
+
+async def test_a_signed_offer_aiortc_cannot_parse_is_refused_and_the_daemon_keeps_answering(
+    lab: netlab.Lab,
+) -> None:
+    junk = "\r\n".join(  # aiortc raises KeyError on it, not ValueError
+        [
+            "v=0",
+            "m=application 9 UDP/DTLS/SCTP webrtc-datachannel",
+            "a=ice-ufrag:abcd",
+            "a=ice-pwd:abcdefghijklmnopqrstuvwx",
+            "a=fingerprint:sha-256 AA:BB",
+            "a=setup:bogus",
+            "",
+        ]
+    )
+    with trio.fail_after(30):
+        async with world(lab, [STUN]) as w:
+            cid = await send_offer(w, junk)
+            refused = await reply(w)
+            assert isinstance(refused, Refused)
+            assert (refused.cid, refused.code) == (cid, "rtc_failed")
+            daemon, phone = await connect(w)
+            try:
+                await echo_once(daemon, phone, b"still answering")
+            finally:
+                await phone.connection.aclose()
+
+
+async def test_a_device_gets_a_few_attempts_at_once_and_then_busy(lab: netlab.Lab) -> None:
+    with trio.fail_after(30):
+        async with world(lab, [STUN]) as w:
+            servers = await ask_ice(w)
+            peers = [await PeerConnection.offer(w.phone, servers) for _ in range(5)]
+            try:
+                for _peer, sdp in peers:  # offers whose answers the phone never applies
+                    await send_offer(w, sdp)
+                replies = [await reply(w) for _ in peers]
+                assert sum(isinstance(r, Answer) for r in replies) == MAX_PENDING_PER_DEVICE
+                assert [r.code for r in replies if isinstance(r, Refused)] == ["busy"]
+            finally:
+                for peer, _sdp in peers:
+                    await peer.aclose()
+
+
+async def test_a_replayed_offer_is_refused(lab: netlab.Lab) -> None:
+    """Someone on the broker records the phone's sealed offer and publishes it again."""
+    with trio.fail_after(30):
+        async with (
+            world(lab, [STUN]) as w,
+            open_mqtt(netlab.MQTT_URL, lab.enter("inet")) as eavesdropper,
+        ):
+            await eavesdropper.subscribe(w.topics.to_daemon)
+            daemon, phone = await connect(w)
+            try:
+                _, _hello = await eavesdropper.receive()
+                _, sealed_offer = await eavesdropper.receive()
+                await eavesdropper.publish(w.topics.to_daemon, sealed_offer)
+                assert (await w.refusals.receive()).code == "replayed"
+                assert w.answerer.answered == 1
+                await echo_once(daemon, phone, b"the first link still works")
+            finally:
+                await phone.connection.aclose()
+
+
+async def test_a_revoked_device_is_not_answered(lab: netlab.Lab) -> None:
+    with trio.fail_after(30):
+        async with world(lab, [STUN]) as w:
+            w.revoked.add(bytes(w.device_key.verify_key))
+            hello = w.phone_box().seal(
+                bytes(w.daemon_key.verify_key), Hello(new_cid()), time.time()
+            )
+            await w.phone_broker.publish(w.topics.to_daemon, hello)
+            assert (await w.refusals.receive()).code == "not_paired"
+            assert w.answerer.answered == 0
+
+
+async def test_the_broker_connection_disables_nagle(lab: netlab.Lab) -> None:
+    """With Nagle on, each signaling hop waited ~40 ms for a delayed ACK (rtc/broker.py)."""
+    with trio.fail_after(30):
+        async with open_mqtt(netlab.MQTT_URL, lab.enter("phone")) as client:
+            sock = client._client.socket()
+            assert isinstance(sock, socket.socket)
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+
+
+async def test_a_flood_on_the_rendezvous_is_dropped_past_the_inbox_not_queued(
+    lab: netlab.Lab,
+) -> None:
+    flood = INBOX_SIZE + 50
+    with trio.fail_after(30):
+        async with (
+            open_mqtt(netlab.MQTT_URL, lab.enter("home")) as daemon,
+            open_mqtt(netlab.MQTT_URL, lab.enter("inet")) as stranger,
+        ):
+            await daemon.subscribe("flood/x")
+            for i in range(flood):
+                await stranger.publish("flood/x", str(i).encode())
+            while daemon.dropped < flood - INBOX_SIZE:  # delivery is asynchronous: wait for it
+                await trio.sleep(0.01)
+            kept = [int((await daemon.receive())[1]) for _ in range(INBOX_SIZE)]
+            assert kept == list(range(INBOX_SIZE))  # the oldest are kept, in order
+            assert daemon.dropped == flood - INBOX_SIZE
