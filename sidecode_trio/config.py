@@ -8,17 +8,18 @@ command-line flags. Every problem is reported with the path of the bad value, e.
 from __future__ import annotations
 
 import ipaddress
-import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import attrs
 
 from .bridge.settings import BridgeSettings
 from .claude.messages import PERMISSION_MODES
+from .defaults import DEFAULT_PORT as DEFAULT_PORT
+from .defaults import default_state_dir as default_state_dir
 from .errors import ConfigError
 from .host.addresses import LOOPBACK_NAMES
 from .host.addresses import is_loopback as is_loopback  # re-exported (tests, callers)
@@ -26,13 +27,6 @@ from .host.awake import parse_setting
 from .notify.settings import DEFAULT_SUBJECT
 from .notify.settings import problems as notify_problems
 from .wire.converter import structure
-
-DEFAULT_PORT: Final = 8765
-
-
-def default_state_dir() -> Path:
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "sidecode-trio"
 
 
 @attrs.frozen

@@ -39,7 +39,6 @@ import hypercorn.config
 import trio
 
 from . import __version__
-from .bridge.remote import Bridge
 from .claude.probe import CLIProbe
 from .claude.process import Grace
 from .config import DaemonConfig, public_host
@@ -57,7 +56,6 @@ from .notify.settings import settings_for as notify_settings
 from .notify.subscriptions import SubscriptionStore
 from .notify.vapid import load_vapid
 from .ops import Operations, Policy
-from .quic.endpoint import Endpoint, session_urls, settings_for
 from .security.devices import DeviceStore, Scope
 from .security.guard import Guard
 from .security.identity import load_identity
@@ -244,6 +242,8 @@ async def _serve(
     guard.devices.on_revoke(notifier.device_revoked)
     bridge = None
     if config.remote_control:  # off by default: with it on, sessions are read from Anthropic
+        from .bridge.remote import Bridge  # httpx, trio-websocket: only with Remote Control on
+
         bridge = Bridge(config.remote, event_log, registry, {**os.environ, **config.claude_env})
         registry.remote_factory = bridge.session_for
     ops = Operations(
@@ -293,6 +293,8 @@ async def _serve(
             guard.urls = [*config.public_urls, *direct_urls]
             endpoint, quic_port = None, 0
             if config.quic_port != -1:
+                from .quic.endpoint import Endpoint, session_urls, settings_for  # aioquic
+
                 endpoint = Endpoint(app, ops, guard, guard.certificates, settings_for(config))
                 quic_port = await services.start(partial(endpoint.run, shutdown_trigger=stop))
                 # a proxy carries HTTP, not QUIC: WebTransport goes to this host directly
