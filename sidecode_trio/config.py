@@ -38,6 +38,9 @@ class DaemonConfig:
     allowed_roots: tuple[Path, ...] = ()
     ready_file: Path | None = None
     idle_timeout: float = 600.0  #: seconds before an idle CLI is stopped (resumed on demand)
+    #: CLIs started ahead of a message when a client opens a session whose CLI was stopped
+    #: (0: none); each stops again after min(120 s, idle_timeout) without a message
+    warm_limit: int = 3
     sse_keepalive: float = 15.0  #: seconds between SSE keep-alive comments
     client_queue: int = 4096  #: events buffered per client link before it is dropped
     retain_events: int = 50_000  #: events per session kept for exact replay
@@ -135,6 +138,8 @@ def _problems(config: DaemonConfig) -> list[str]:
         problems.append("bad value @ $.pairing_ttl: between 10 and 3600 seconds")
     if config.idle_timeout <= 0:
         problems.append("bad value @ $.idle_timeout: must be > 0 seconds")
+    if not 0 <= config.warm_limit <= 64:
+        problems.append("bad value @ $.warm_limit: between 0 and 64 CLIs")
     if config.sse_keepalive <= 0:
         problems.append("bad value @ $.sse_keepalive: must be > 0 seconds")
     if config.client_queue < 16:

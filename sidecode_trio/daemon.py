@@ -73,6 +73,7 @@ SIOCGIFADDR: Final = 0x8915  # Linux ioctl: an interface's IPv4 address
 ROTATION_CHECK: Final = 3600.0  # seconds between certificate expiry checks
 HTTP_GRACE: Final = 5.0  # seconds open requests get at shutdown (> the sessions' grace)
 BUSY: Final = frozenset({SessionStatus.RUNNING, SessionStatus.REQUIRES_ACTION})  # keep awake
+WARM_IDLE: Final = 120.0  # seconds a CLI started because a client opened its session waits
 
 
 @attrs.frozen
@@ -224,8 +225,10 @@ async def _serve(
             grace=SHUTDOWN_GRACE,
             extra_args=config.claude_args,
             permission_timeout=config.permission_timeout,
+            warm_idle_timeout=min(WARM_IDLE, config.idle_timeout),
         ),
         config.allowed_roots,
+        warm_limit=config.warm_limit,
     )
     awake = KeepAwake(choose_inhibitor(config.keep_awake))
     cli = CLIProbe(config.claude, config.claude_env)  # probed on first use, cached per binary

@@ -77,6 +77,8 @@ class SupervisorSettings:
     grace: Grace = Grace()
     extra_args: Sequence[str] = ()
     permission_timeout: float | None = None  #: deny a request nobody answered (None: wait)
+    #: seconds a CLI started ahead of a message (a client opened the session) may stay idle
+    warm_idle_timeout: float = 120.0
 
 
 class SessionSupervisor:
@@ -110,6 +112,9 @@ class SessionSupervisor:
         self._run_scope: trio.CancelScope | None = None
         self._nursery: trio.Nursery | None = None
         self._wake = trio.Event()
+        self._warm = False  #: start the CLI ahead of a message (see warm())
+        self.warm_only = False  #: the CLI runs because of warm() and has run no turn since
+        self._cool = False  #: stop that warm CLI now (the registry's cap)
         self.active = False  #: the run task is alive
         self.closed = False  #: deleted: no more work is accepted
         self._stopped = trio.Event()
@@ -358,7 +363,25 @@ class SessionSupervisor:
             or self._current is not None
             or self._process is not None
             or self._mirror_request is not None
+            or self._warm
         )
+
+    def warm(self) -> bool:
+        """A client opened the session: start its CLI now, ahead of a message, so that a message
+        starts its turn at once (stopped again after ``warm_idle_timeout`` without one). False
+        if there is nothing to do (a CLI runs, or will for a message; or the session errored
+        or is being deleted: a message retries those)."""
+        if self.closed or self._errored or self._process is not None or self.active:
+            return False
+        self._warm, self.warm_only, self._cool = True, True, False
+        self._wake.set()
+        return True
+
+    def cool(self) -> None:
+        """Stop the CLI now if it is still only warm (idle since warm() started it)."""
+        if self.warm_only:
+            self._cool = True
+            self._wake.set()
 
     # -- the supervisor task -----------------------------------------------------------------
 
@@ -405,12 +428,19 @@ class SessionSupervisor:
                 if self._queue:  # an interrupt may have taken it while the CLI started
                     await self._deliver()
                 continue
+            if self._warm and self._process is None and self._current is None:
+                self._warm = False
+                if not await self._spawn(nursery):
+                    self.warm_only = False
+                continue
             if self._process is None and self._current is None and not self._queue:
                 return
             idle = self._current is None and not self._queue and not self._pending
             # a mirrored session's CLI is its link to claude.ai: it is not stopped when idle
             stop_idle = idle and self._process is not None and not self._mirrored
             timeout = self._settings.idle_timeout if stop_idle else math.inf
+            if stop_idle and self.warm_only:
+                timeout = 0 if self._cool else min(timeout, self._settings.warm_idle_timeout)
             with trio.move_on_after(timeout) as quiet:
                 await self._wake.wait()
             self._wake = trio.Event()
@@ -469,6 +499,7 @@ class SessionSupervisor:
         process = self._process
         assert process is not None
         self._current = message_id
+        self._warm = self.warm_only = False
         self._began = self._interrupt_on_start = False
         self._translator.delivered = message_id
         try:
@@ -624,6 +655,7 @@ class SessionSupervisor:
         if self._process is not process:
             return
         self._process = None
+        self.warm_only = self._cool = False
         crashed = not expected
         tail = " | ".join(list(process.stderr_tail)[-3:])
         for scope in self._timers.values():

@@ -393,6 +393,27 @@ def footprint(results: dict[str, Any]) -> str:
     return intro + table(headers, rows)
 
 
+def warm_section(results: dict[str, Any]) -> str:
+    warm = results.get("warm")
+    if not warm:
+        return ""
+    rows = []
+    for key, label in (("warm", "warm CLIs (warm_limit = 3)"), ("cold", "off (warm_limit = 0)")):
+        run = warm[key]
+        spread = f"{run['median_ms']:.1f} [{run['min_ms']:.1f}-{run['max_ms']:.1f}]"
+        delivered = num(run.get("delivered_median_ms"), 1)
+        rows.append([label, str(len(run["ms"])), delivered, spread])
+    intro = (
+        "## 9. A message to an opened session whose CLI had stopped (ms, POST → turn.started)\n\n"
+        "`--idle-timeout 3`; the client opens the session's event stream (with warm CLIs it then "
+        "waits for `cli.state: running`), waits 1 s (the user reading), POSTs a message and times "
+        "`message.delivered` (on the CLI's stdin) and `turn.started` (the CLI's first frame). "
+        "The fake CLI answers at once: no API latency is included. Median [min-max].\n\n"
+    )
+    headers = ["warm CLIs", "repeats", "POST → message.delivered (ms, median)"]
+    return intro + table([*headers, "POST → turn.started (ms)"], rows)
+
+
 def _target_row(name: str, unit: str, figure: Any, baseline: Any, key: str, at_most: bool) -> Row:
     digits = 1 if unit == "ms" else 0
     return [
@@ -637,6 +658,15 @@ def performance(results: dict[str, Any]) -> str:
             if fp.get(key):
                 figure = statistics.median(fp[key]) * 1e3
                 rows.append([f"start-up to ready ({label})", *_pair(figure, relay_start, "ms")])
+    warm = results.get("warm") or {}
+    if warm:
+        rows.append(
+            [
+                "message to an opened session whose CLI had stopped: POST → turn.started "
+                "(baseline: warm CLIs off)",
+                *_pair(_get(warm, "warm", "median_ms"), _get(warm, "cold", "median_ms"), "ms", 1),
+            ]
+        )
     wt = results.get("webtransport") or {}
     if wt:
         rt = wt["round_trip_us"]
@@ -716,6 +746,7 @@ SECTIONS: Final[list[Callable[[dict[str, Any]], str]]] = [
     throughput,
     replay,
     footprint,
+    warm_section,
     profile,
     machine,
     durations,

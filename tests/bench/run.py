@@ -23,7 +23,10 @@ What is measured, each against a baseline in the same run (see each module's doc
    and 100 open links; 8. a long session's snapshot, size and time (:mod:`bench_footprint`);
    baseline: the raw relay (its start-up, its RSS holding 100 links, the same bytes served).
 
-``--only live,log,replay,wt,footprint`` runs some parts (for development; the report then has
+9. A message to an opened session whose CLI had stopped: POST → ``turn.started``, with warm CLIs
+   and without (:mod:`bench_warm`).
+
+``--only live,log,replay,wt,footprint,warm`` runs some parts (for development; the report then has
 gaps).
 
 The daemon under test is the real one, ``python -m sidecode_trio serve`` in a child process
@@ -65,6 +68,7 @@ from bench_profile import profile_token_path
 from bench_replay import ReplayPlan, from_memory, from_relay, from_sqlite
 from bench_report import render
 from bench_targets import ChildRelay, DaemonSession, Target, child_daemon, child_relay
+from bench_warm import warm_message
 from bench_wt import compare as compare_webtransport
 from bench_wt import render as render_webtransport
 
@@ -324,6 +328,9 @@ class Runner:
             work, quick = str(self.layout.work), self.args.quick
             self.results["webtransport"] = await compare_webtransport(daemon, port, work, quick)
 
+    async def warm(self) -> None:
+        self.results["warm"] = await warm_message(self.layout, self.daemon_cpu, self.args.quick)
+
     async def run(self) -> dict[str, Any]:
         started = time.monotonic()
         pin(0, self.client_cpu)
@@ -335,6 +342,8 @@ class Runner:
                 await self.part("4. replay (daemon)", self.replay)
             if self.wants("wt"):
                 await self.part("5. WebTransport vs HTTP/SSE", self.webtransport)
+            if self.wants("warm"):
+                await self.part("9. message to an opened session", self.warm)
         if budget.cancelled_caught:
             self.results["errors"].append("the run exceeded its time budget and was stopped")
         self.results["errors"].extend(KILLED)
@@ -382,7 +391,9 @@ def main(argv: list[str] | None = None) -> int:
         "sidecode_trio | tar -x -C DIR`): its daemon joins the latency runs (before/after)",
     )
     parser.add_argument("--json", type=Path, help="also write the raw results (JSON) here")
-    parser.add_argument("--only", default="", help="comma list of live,log,replay,wt,footprint")
+    parser.add_argument(
+        "--only", default="", help="comma list of live,log,replay,wt,footprint,warm"
+    )
     parser.add_argument("--dump-dir", type=Path, help="write every live run's deliveries (CSV)")
     parser.add_argument(
         "--client",
