@@ -266,7 +266,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _service(args: argparse.Namespace) -> int:
-    from .host.service_command import run
+    from .service_command import run
 
     parser = _parser()
     commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
@@ -598,7 +598,7 @@ def _check_remote_control(state_dir: Path) -> dict[str, Any]:
 
 
 def _check_service(state_dir: Path) -> dict[str, Any]:
-    from .host.service_command import doctor_part
+    from .service_command import doctor_part
 
     return doctor_part(state_dir)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -173,3 +174,111 @@ async def test_the_host_names_of_a_wildcard_bind_are_its_addresses() -> None:
     assert "127.0.0.1:9000" in hosts and all(h.endswith(":9000") for h in hosts)
     public = _public_hosts(["https://Laptop.example", "https://box.example:443", "http://[::1]:80"])
     assert public == {"laptop.example", "box.example:443", "box.example", "[::1]:80", "[::1]"}
+
+
+async def _reply_to_a_partial_body(daemon: Client, head: str, body: bytes) -> bytes:
+    """Send a request head and the start of its body, never the rest: the daemon's reply (a
+    daemon that waited for the whole body would never answer)."""
+    host = daemon.handle.url.removeprefix("http://")
+    with trio.fail_after(20):
+        stream = await trio.open_tcp_stream("127.0.0.1", daemon.handle.port)
+        async with stream:
+            await stream.send_all(head.format(host=host).encode() + body)
+            received = b""
+            while b"\r\n\r\n" not in received:
+                data = await stream.receive_some(65536)
+                assert data, received
+                received += data
+    return received
+
+
+async def test_open_routes_take_small_bodies_only(daemon: Client) -> None:
+    declared = "POST /v1/pair HTTP/1.1\r\nHost: {host}\r\nContent-Length: 1048576\r\n\r\n"
+    reply = await _reply_to_a_partial_body(daemon, declared, b'{"secret_id": "')
+    assert reply.startswith(b"HTTP/1.1 413"), reply
+    chunked = "POST /v1/pair HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: chunked\r\n\r\n"
+    chunks = b"".join(b"400\r\n" + b"x" * 1024 + b"\r\n" for _ in range(20))  # 20 KiB, no end
+    reply = await _reply_to_a_partial_body(daemon, chunked, chunks)
+    assert reply.startswith(b"HTTP/1.1 413"), reply
+    async with httpx.AsyncClient(base_url=daemon.handle.url) as anonymous:
+        small = await anonymous.post("/v1/pair", json={"secret_id": "x"})
+        assert error_of(small)[0] == 400  # a small body is read and judged as before
+    assert (await daemon.http.get("/v1/sessions")).status_code == 200
+
+
+async def test_a_body_is_not_read_before_its_credentials_verify(daemon: Client) -> None:
+    """Through the app's ASGI entry (what hypercorn calls): a refused request's body chunks
+    are never pulled from the server; an authenticated one's are."""
+    app = daemon.handle.app
+    host = daemon.handle.url.removeprefix("http://").encode()
+
+    async def post(authorization: bytes | None) -> tuple[int, int]:
+        pulled = 0
+        status = 0
+
+        async def receive() -> dict[str, Any]:
+            nonlocal pulled
+            await trio.lowlevel.checkpoint()
+            pulled += 1
+            return {"type": "http.request", "body": b"x" * 65536, "more_body": pulled < 64}
+
+        async def send(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+
+        headers = [(b"host", host), (b"content-type", b"application/json")]
+        if authorization is not None:
+            headers.append((b"authorization", authorization))
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": "/v1/sessions",
+            "raw_path": b"/v1/sessions",
+            "query_string": b"",
+            "root_path": "",
+            "headers": [*headers, (b"transfer-encoding", b"chunked")],
+            "client": ("127.0.0.1", 1),
+            "server": ("127.0.0.1", daemon.handle.port),
+            "extensions": {},
+        }
+        with trio.fail_after(20):
+            await app(scope, receive, send)
+        return status, pulled
+
+    assert await post(None) == (401, 0)
+    assert await post(b"Bearer wrong") == (401, 0)
+    status, pulled = await post(b"Bearer " + daemon.handle.token.encode())
+    assert status == 400 and pulled >= 64  # read whole (4 MiB, under the big limit), then judged
+
+
+async def test_a_client_flooding_its_own_event_stream_is_disconnected(
+    daemon: Client, work_dir: Path
+) -> None:
+    """What a client sends while its event stream runs is kept for its next request, up to a
+    request head's worth; past that the connection ends instead of the daemon buffering it."""
+    session = (await daemon.create(work_dir))["session"]
+    host = daemon.handle.url.removeprefix("http://")
+    head = (
+        f"GET /v1/sessions/{session['id']}/events HTTP/1.1\r\nHost: {host}\r\n"
+        f"Authorization: Bearer {daemon.handle.token}\r\n\r\n"
+    )
+    with trio.fail_after(20):
+        stream = await trio.open_tcp_stream("127.0.0.1", daemon.handle.port)
+        async with stream:
+            await stream.send_all(head.encode())
+            received = b""
+            while b"\r\n\r\n" not in received:
+                received += await stream.receive_some(65536)
+            assert received.startswith(b"HTTP/1.1 200")
+            flood = b"x" * (1024 * 1024)
+            try:
+                await stream.send_all(flood)
+                while await stream.receive_some(65536):
+                    pass
+            except trio.BrokenResourceError:
+                pass  # closed while we were still sending: as good
+    assert (await daemon.http.get("/v1/sessions")).status_code == 200

@@ -6,18 +6,27 @@ so the tests drive exactly what a user runs.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
+import math
 import os
 import socket
+import ssl
 import sys
 from collections.abc import Callable
+from contextlib import ExitStack
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import attrs
 import pytest
 import trio
+from aioquic.h3.connection import H3_ALPN
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
+from aioquic.quic.events import ConnectionTerminated, HandshakeCompleted, QuicEvent
 
 from sidecode_trio.config import DaemonConfig
 from sidecode_trio.quic import frames as fr
@@ -29,6 +38,7 @@ from sidecode_trio.quic.client import (
     SessionClosed,
 )
 from sidecode_trio.quic.endpoint import Endpoint, unacknowledged
+from sidecode_trio.security.pairing import RateLimiter
 
 from helpers import Client, load_example, running_daemon
 
@@ -412,3 +422,199 @@ async def test_new_connections_get_the_rotated_certificate_announced_ahead(
         assert session.welcome["cert"] == announced[1]
         await session.client.aclose()
         nursery.cancel_scope.cancel()
+
+
+async def _refused_auth(owner: Client, device_id: str) -> str:
+    """Authenticate a fresh WebTransport session as ``device_id`` with a junk signature; the
+    error frame's message (the session is then closed as unauthorized)."""
+    async with trio.open_nursery() as nursery:
+        client = await raw_session(nursery, owner)
+        client.send({"type": "hello", "versions": [1]})
+        assert (await client.receive())["type"] == "welcome"
+        client.send({"type": "auth", "device": device_id, "signature": "A" * 86})
+        refused = await client.receive()
+        assert refused["code"] == "unauthorized", refused
+        with pytest.raises(SessionClosed) as closed:
+            await client.receive()
+        assert closed.value.code == fr.CloseCode.UNAUTHORIZED
+        nursery.cancel_scope.cancel()
+    return str(refused["message"])
+
+
+async def test_a_watchcode_device_id_is_just_unauthorized_on_every_transport(
+    daemon: Client,
+) -> None:
+    created = await daemon.http.post("/v1/devices/watchcode", json={"name": "wrist"})
+    assert created.status_code == 201, created.text
+    device_id = created.json()["device"]["id"]
+    with trio.fail_after(20):
+        assert "unknown or revoked" in await _refused_auth(daemon, device_id)
+    payload = base64.urlsafe_b64encode(
+        json.dumps({"dev": device_id, "iat": 1, "exp": 2, "cert": ""}).encode()
+    ).decode()
+    response = await daemon.http.get(
+        "/v1/sessions", headers={"Authorization": f"Sidecode {payload}.AAAA"}
+    )
+    assert response.status_code == 401, response.text
+    audit = (await daemon.http.get("/v1/audit")).json()["entries"]
+    failed = [e["detail"] for e in audit if e["kind"] == "auth_failed"]
+    assert any("on WebTransport" in detail for detail in failed), failed
+    assert any("on /v1/sessions" in detail for detail in failed), failed
+
+
+async def test_failures_on_both_transports_count_in_one_limit_and_never_lock_out_a_key(
+    daemon: Client,
+) -> None:
+    device = await paired(daemon)
+    guard = endpoint(daemon)._guard
+    guard.auth_failures = RateLimiter(limit=4, window=3600.0, clock=trio.current_time)
+    wrong = {"Authorization": "Bearer wrong"}
+    with trio.fail_after(30):
+        for _ in range(2):
+            assert (await daemon.http.get("/v1/sessions", headers=wrong)).status_code == 401
+        for _ in range(2):
+            assert "does not verify" in await _refused_auth(daemon, device.device_id)
+        # the limit is the address's, whichever transport spent it
+        assert "too many failed attempts" in await _refused_auth(daemon, device.device_id)
+        assert (await daemon.http.get("/v1/sessions", headers=wrong)).status_code == 429
+        # credentials that verify still work from that address, on both transports
+        assert (await daemon.http.get("/v1/sessions")).status_code == 200
+        async with trio.open_nursery() as nursery:
+            session = await device.connect(nursery)
+            assert (await session.request("GET", "/v1/sessions")) == {"sessions": []}
+            await session.client.aclose()
+            nursery.cancel_scope.cancel()
+
+
+async def test_before_authentication_frames_are_small(daemon: Client) -> None:
+    device = await paired(daemon)
+    big = {"cwd": "/nowhere", "prompt": "x" * (64 * 1024)}
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            client = await raw_session(nursery, daemon)
+            client.send({"type": "hello", "versions": [1]})
+            assert (await client.receive())["type"] == "welcome"
+            client.send(
+                {"type": "request", "id": 1, "method": "POST", "path": "/v1/pair", "body": big}
+            )
+            with pytest.raises(SessionClosed) as closed:
+                await client.receive()
+            assert closed.value.code == fr.CloseCode.FRAME_TOO_LARGE
+            session = await device.connect(nursery)  # once authenticated, the big limit
+            status, body = await session.call("POST", "/v1/sessions", big)
+            assert (status, body["error"]["code"]) == (403, "path_not_allowed"), body
+            await session.client.aclose()
+            nursery.cancel_scope.cancel()
+
+
+class BareQuic:
+    """A QUIC client that does no more than a QUIC handshake (or only sends its INITIAL): what
+    an attacker holding the endpoint's connection slots does."""
+
+    def __init__(self, port: int) -> None:
+        configuration = QuicConfiguration(is_client=True, alpn_protocols=H3_ALPN)
+        configuration.verify_mode = ssl.CERT_NONE
+        self.quic = QuicConnection(configuration=configuration)
+        self.quic.connect(("127.0.0.1", port), now=trio.current_time())
+        self.sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.closed_with: int | None = None
+        self.close = self.sock.close
+
+    def initial(self) -> bytes:
+        """The first datagram (a real, padded INITIAL)."""
+        return self.quic.datagrams_to_send(now=trio.current_time())[0][0]
+
+    async def _flush(self) -> None:
+        for data, addr in self.quic.datagrams_to_send(now=trio.current_time()):
+            await self.sock.sendto(data, addr)
+
+    async def run_until(self, done: Callable[[QuicEvent], bool]) -> None:
+        """Drive the connection until an event satisfies ``done``."""
+        while True:
+            await self._flush()
+            timer = self.quic.get_timer()
+            with trio.move_on_at(timer if timer is not None else math.inf):
+                data, addr = await self.sock.recvfrom(65536)
+                self.quic.receive_datagram(data, addr, now=trio.current_time())
+            if timer is not None and trio.current_time() >= timer:
+                self.quic.handle_timer(now=trio.current_time())
+            while (event := self.quic.next_event()) is not None:
+                if isinstance(event, ConnectionTerminated):
+                    self.closed_with = event.error_code
+                if done(event):
+                    await self._flush()
+                    return
+
+
+async def test_handshakes_that_never_authenticate_give_their_slots_back(
+    daemon: Client,
+) -> None:
+    quic = endpoint(daemon)
+    device = await paired(daemon)
+    await until(lambda: not quic.statistics()["open"])
+    port = daemon.handle.quic_port
+
+    def bare_clients(count: int, closing: ExitStack) -> list[BareQuic]:
+        clients = [BareQuic(port) for _ in range(count)]
+        for bare in clients:
+            closing.callback(bare.close)
+        return clients
+
+    with trio.fail_after(60), ExitStack() as closing:
+        # one address holds at most max_per_address connections
+        quic.settings = attrs.evolve(quic.settings, max_per_address=3, auth_timeout=60.0)
+        held = bare_clients(3, closing)
+        for bare in held:
+            await bare.run_until(lambda e: isinstance(e, HandshakeCompleted))
+        (extra,) = bare_clients(1, closing)
+        await extra.sock.sendto(extra.initial(), ("127.0.0.1", port))
+        await until(lambda: quic.counts["refused"] == 1)
+        for bare in held:
+            bare.quic.close()
+            await bare.run_until(lambda e: isinstance(e, ConnectionTerminated))
+        await until(lambda: not quic.statistics()["open"])
+        # a connection that does not authenticate in time is closed (before: at the idle
+        # timeout, 60 s, or never with pings)
+        quic.settings = attrs.evolve(quic.settings, auth_timeout=1.0)
+        idle = bare_clients(3, closing)
+        async with trio.open_nursery() as nursery:  # each driven as a real client would be
+            for bare in idle:
+                await bare.run_until(lambda e: isinstance(e, HandshakeCompleted))
+                nursery.start_soon(bare.run_until, lambda e: isinstance(e, ConnectionTerminated))
+        assert [bare.closed_with for bare in idle] == [fr.CloseCode.UNAUTHORIZED] * 3
+        assert quic.counts["unauthenticated"] == 3
+        await until(lambda: not quic.statistics()["open"])
+        # one that authenticated is kept past its deadline
+        quic.settings = attrs.evolve(quic.settings, auth_timeout=3.0)
+        async with trio.open_nursery() as nursery:
+            session = await device.connect(nursery)
+            (connection,) = quic._connections
+            await until(lambda: connection._auth_by == math.inf)  # the deadline came
+            assert quic.counts["unauthenticated"] == 3
+            assert await session.request("GET", "/v1/sessions") == {"sessions": []}
+            await session.client.aclose()
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_flood_of_initials_gets_retries_not_slots(daemon: Client) -> None:
+    quic = endpoint(daemon)
+    device = await paired(daemon)
+    await until(lambda: not quic.statistics()["open"])
+    port = daemon.handle.quic_port
+    with trio.fail_after(60):
+        with trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as flood:
+            for _ in range(400):
+                seen = quic.counts["datagrams"]
+                bare = BareQuic(port)
+                bare.close()  # only its INITIAL is sent, from the flood's socket
+                await flood.sendto(bare.initial(), ("127.0.0.1", port))
+                await until(partial(lambda seen: quic.counts["datagrams"] > seen, seen))
+        pending = quic.settings.retry_above
+        assert len(quic._connections) <= pending  # before: every slot, for 10 s
+        assert quic.counts["retries"] >= 400 - pending and quic.counts["refused"] == 0
+        async with trio.open_nursery() as nursery:  # a real client answers the Retry
+            session = await device.connect(nursery)
+            assert await session.request("GET", "/v1/sessions") == {"sessions": []}
+            await session.client.aclose()
+            nursery.cancel_scope.cancel()
+        assert quic.counts["retries"] > 400 - pending

@@ -271,3 +271,21 @@ def test_early_data_is_bounded() -> None:
     assert router.handle(WebTransportStreamDataReceived(b"x" * 8, 4, False, 0)) == []
     flood = WebTransportStreamDataReceived(b"x" * 8, 8, False, 0)
     assert router.handle(flood) == [routing.StopStream(8)]
+
+
+def test_frames_before_authentication_have_the_open_limit() -> None:
+    p = ControlProtocol(welcome=b"{}", max_frame=1000, now=100.0, open_frame=100)
+    p.receive(framed({"type": "hello", "versions": [1]}), False)
+    assert closes(p.receive(fr.HEADER.pack(101), False)) == [CloseCode.FRAME_TOO_LARGE]
+    p = ControlProtocol(welcome=b"{}", max_frame=1000, now=100.0, open_frame=100)
+    p.receive(framed({"type": "hello", "versions": [1]}), False)
+    p.receive(framed({"type": "auth", "device": "dev_1", "signature": "x"}), False)
+    p.authenticated(WHO)
+    request = {
+        "type": "request",
+        "id": 1,
+        "method": "POST",
+        "path": "/v1/x",
+        "body": {"t": "y" * 500},
+    }
+    assert [type(a) for a in p.receive(framed(request), False)] == [Call]  # the full limit now

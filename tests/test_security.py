@@ -27,9 +27,10 @@ from sidecode_trio import web
 from sidecode_trio.config import DaemonConfig
 from sidecode_trio.errors import ConfigError, Unauthorized
 from sidecode_trio.security import identity as identity_module
+from sidecode_trio.security.auth import AUTH_CONTEXT, LOCAL, check_token
 from sidecode_trio.security.devices import DeviceStore, Scope
 from sidecode_trio.security.guard import Guard, is_loopback_peer
-from sidecode_trio.security.identity import load_identity
+from sidecode_trio.security.identity import b64, fingerprint, load_identity
 from sidecode_trio.security.pairing import (
     PairingProof,
     PairingRefused,
@@ -386,3 +387,74 @@ async def test_remote_mode_policy_bounds_what_a_device_may_choose(
             f"/v1/sessions/{sid}", json={"permission_mode": "acceptEdits"}
         )
         assert mine.status_code == 200 and mine.json()["permission_mode"] == "acceptEdits"
+
+
+def _signed(key: nacl.signing.SigningKey, payload_json: str) -> str:
+    """A device token over exactly ``payload_json`` (so NaN, Infinity, strings can be sent)."""
+    payload = b64(payload_json.encode())
+    signature = key.sign(AUTH_CONTEXT + payload.encode()).signature
+    return f"{payload}.{b64(signature)}"
+
+
+def test_a_device_token_lives_at_most_ten_minutes_whatever_its_numbers_say(
+    tmp_path: Path,
+) -> None:
+    devices = DeviceStore(tmp_path / "devices.sqlite3")
+    key = nacl.signing.SigningKey.generate()
+    public = b64(bytes(key.verify_key))
+    device = devices.add("phone", public, fingerprint(bytes(key.verify_key)), Scope.CHAT)
+    now, cert = 1_000_000.0, "ab" * 32
+
+    def token(iat: str, exp: str) -> str:
+        text = f'{{"dev": "{device.id}", "iat": {iat}, "exp": {exp}, "cert": "{cert}"}}'
+        return _signed(key, text)
+
+    assert check_token(token(str(now), str(now + 300)), devices, {cert}, now).id == device.id
+    for iat, exp in (
+        ("NaN", "Infinity"),
+        ("NaN", "NaN"),
+        (str(now), "Infinity"),
+        ("-Infinity", str(now + 300)),
+        ('"nan"', '"inf"'),
+        (f'"{now}"', f'"{now + 300}"'),  # numbers as strings
+        ("true", str(now + 300)),
+        (str(now), "1e999"),
+        (str(now), "1" + "0" * 400),  # an integer no float holds
+        (str(now), str(now)),  # lives no time at all
+        (str(now + 300), str(now)),  # ends before it starts
+        (str(now - 100), str(now + 600)),  # 700 s
+        ("null", str(now + 300)),
+    ):
+        with pytest.raises(Unauthorized):
+            check_token(token(iat, exp), devices, {cert}, now)
+    devices.close()
+
+
+def test_failures_never_lock_out_a_credential_that_verifies(tmp_path: Path) -> None:
+    identity = load_identity(tmp_path, "file")
+    certs = CertificateStore(tmp_path / "tls", identity, ["127.0.0.1"])
+    certs.refresh()
+    devices = DeviceStore(tmp_path / "devices.sqlite3")
+    now = [1_000_000.0]
+    guard = Guard(identity, certs, devices, "t" * 43, clock=lambda: now[0])
+    key = nacl.signing.SigningKey.generate()
+    device = devices.add("phone", b64(bytes(key.verify_key)), "f", Scope.CHAT)
+    cert = next(iter(certs.hashes()))
+
+    def token(signer: nacl.signing.SigningKey) -> str:
+        body = {"dev": device.id, "iat": now[0], "exp": now[0] + 300, "cert": cert}
+        return "Sidecode " + _signed(signer, json.dumps(body))
+
+    forged = token(nacl.signing.SigningKey.generate())  # names the phone, signed by another key
+    codes = []
+    for attempt in range(130):  # from the owner's own address, as a web page could make it
+        wrong = "Bearer wrong" if attempt % 2 else forged
+        with pytest.raises((Unauthorized, RateLimited)) as refused:
+            guard.authenticate(wrong, None, "/v1/sessions", "127.0.0.1")
+        codes.append(refused.value.status)
+    assert codes[:120] == [401] * 120 and set(codes[120:]) == {429}
+    assert guard.authenticate("Bearer " + "t" * 43, None, "/v1/x", "127.0.0.1") is LOCAL
+    assert guard.authenticate(token(key), None, "/v1/x", "127.0.0.1").device_id == device.id
+    audited = [e for e in devices.audit_log(500) if e.kind == "auth_failed"]
+    assert len(audited) == 120  # past the limit, failures are not audited one by one
+    devices.close()

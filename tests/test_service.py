@@ -40,7 +40,7 @@ from sidecode_trio.host.service import (
     spec_from_unit,
     split_words,
 )
-from sidecode_trio.host.service_command import doctor_part
+from sidecode_trio.service_command import doctor_part
 
 import fake_service_manager
 from fake_service_manager import calls

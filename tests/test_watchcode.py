@@ -199,5 +199,5 @@ async def test_watchcode_auth_and_errors(daemon: Client, work_dir: Path) -> None
         await daemon.http.delete(f"/v1/devices/{devices[0]['id']}")
         assert (await http.get("/api/sessions")).status_code == 401  # revoked
     audit = (await daemon.http.get("/v1/audit")).json()["entries"]
-    assert any(e["kind"] == "auth_failed" and "bad secret" in e["detail"] for e in audit)
+    assert any(e["kind"] == "auth_failed" and "WatchCode secret" in e["detail"] for e in audit)
     assert secret not in str(audit)  # never logged

@@ -33,7 +33,7 @@ from ..sessions.registry import SessionFilter
 from ..wire import converter as wire
 from ..wire import events as ev
 from ..wire import requests as rq
-from . import direct, sse, watchcode
+from . import bodies, direct, sse, watchcode
 
 log = logging.getLogger(__name__)
 
@@ -141,26 +141,38 @@ def create_app(
     DNS rebinding: loopback names, the served addresses, the configured public names), or None
     when any host is fine."""
     app = QuartTrio("sidecode_trio")
+    app.request_class = bodies.GatedRequest
+    app.asgi_http_class = bodies.GatedHTTPConnection
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body
     app.config["BODY_TIMEOUT"] = 30
 
     @app.before_request
     async def authenticate() -> Response | None:
-        hosts = allowed_hosts()
-        host = (request.headers.get("Host") or "").lower()
-        if hosts is not None and host not in hosts:
-            return _error(403, "bad_host", f"Host {host!r} is not this daemon's address")
-        if (request.method, request.path) in OPEN_ROUTES:
+        # The body is read only from here on: the big limit once credentials verified, a small
+        # one for open routes (and whatever else gets this far without them).
+        limit = bodies.OPEN_BODY_LIMIT
+        try:
+            hosts = allowed_hosts()
+            host = (request.headers.get("Host") or "").lower()
+            if hosts is not None and host not in hosts:
+                return _error(403, "bad_host", f"Host {host!r} is not this daemon's address")
+            if (request.method, request.path) in OPEN_ROUTES:
+                return None
+            if web.is_public(request.method, request.path):
+                return None  # the web app's static shell; its API calls carry device tokens
+            if request.path.startswith(watchcode.PREFIX):
+                refused = watchcode.authenticate(guard)
+                if refused is None and g.get("principal") is not None:
+                    limit = settings.max_body
+                return refused
+            ticket = request.args.get("ticket") if request.method == "GET" else None
+            g.principal = guard.authenticate(
+                request.headers.get("Authorization"), ticket, request.path, request.remote_addr
+            )
+            limit = settings.max_body
             return None
-        if web.is_public(request.method, request.path):
-            return None  # the web app's static shell; its API calls carry device tokens
-        if request.path.startswith(watchcode.PREFIX):
-            return watchcode.authenticate(guard)
-        ticket = request.args.get("ticket") if request.method == "GET" else None
-        g.principal = guard.authenticate(
-            request.headers.get("Authorization"), ticket, request.path, request.remote_addr
-        )
-        return None
+        finally:
+            bodies.admit(request, limit)
 
     @app.after_request
     async def close_after_unread_body(response: Response) -> Response:

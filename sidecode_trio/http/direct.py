@@ -410,10 +410,13 @@ async def _closing(frames: AsyncIterator[bytes]) -> AsyncIterator[None]:
 async def _watch_peer(
     stream: trio.abc.Stream, spare: bytearray, gone: trio.Event, scope: trio.CancelScope
 ) -> None:
-    """Cancel the response when the client goes away; keep anything it sends meanwhile."""
+    """Cancel the response when the client goes away; keep anything it sends meanwhile, up to
+    a request head's worth (more is not a pipelined request but a flood: the connection ends)."""
     try:
         while data := await stream.receive_some(RECEIVE_SIZE):
             spare += data
+            if len(spare) > HEAD_LIMIT:
+                break
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         pass
     gone.set()

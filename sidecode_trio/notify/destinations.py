@@ -37,7 +37,7 @@ import httpcore
 import httpx
 import trio
 
-from ..config import is_loopback
+from ..host.addresses import is_loopback
 
 #: push service hosts (the name itself or any name under it): Chrome/Edge-on-Android/Opera/
 #: Samsung (FCM), Firefox (Mozilla autopush), Safari (Apple web push), Edge on Windows (WNS)

@@ -6,9 +6,10 @@ class from :mod:`..wire.requests`), checks the principal's scope, and returns a 
 their events are durable before replying, so a reply never acknowledges something a crash could
 lose.
 
-Scopes: ``approve`` reads everything and can answer permission requests and interrupt; ``chat``
-also starts sessions, sends messages, switches the model and narrows the permission mode;
-``admin`` also widens the permission mode and manages devices.
+Scopes: ``approve`` reads everything and can answer permission requests (with the options
+offered) and interrupt; ``chat`` also starts sessions, sends messages, switches the model,
+narrows the permission mode and puts its own words in answers; ``admin`` also widens the
+permission mode, applies rules that allow, and manages devices.
 """
 
 from __future__ import annotations
@@ -55,6 +56,31 @@ class Policy:
                 f"(allowed: {', '.join(sorted(self.remote_modes))}; see remote_modes)",
                 code="mode_not_allowed",
             )
+
+
+def check_permission_update(policy: Policy, who: Principal, rule: Any, current: str) -> None:
+    """One permission update: a rule that allows, or that removes or replaces deny/ask rules,
+    widens (``admin``); a device never writes the user's global settings; a mode switch is
+    checked like a direct one."""
+    if not isinstance(rule, Mapping):
+        who.require(Scope.ADMIN)  # not understood: it may widen
+        return
+    if who.device_id is not None and rule.get("destination") == "userSettings":
+        raise Forbidden(
+            "a paired device cannot change the user's global settings (userSettings)",
+            code="destination_not_allowed",
+        )
+    kind, behavior = rule.get("type"), rule.get("behavior")
+    allows = kind in ("addRules", "replaceRules") and behavior == "allow"
+    relaxes = kind in ("removeRules", "replaceRules") and behavior in ("deny", "ask")
+    if allows or relaxes:  # lets more run without asking: widening
+        who.require(Scope.ADMIN)
+    if rule.get("type") == "setMode":
+        mode = rule.get("mode")
+        if not isinstance(mode, str) or mode not in PERMISSION_MODES:
+            raise BadRequest(f"setMode needs a known mode, got {mode!r}")
+        who.require_mode_change(current, mode)
+        policy.check_mode(who, mode)
 
 
 def _check_text(text: str, field: str) -> None:
@@ -200,9 +226,12 @@ class Operations:
     async def answer_permission(
         self, who: Principal, session_id: str, request_id: str, request: rq.AnswerPermission
     ) -> None:
-        """Allow or deny. A plain yes/no needs ``approve``; changing what runs (edited input,
-        rules, mode switches) needs ``chat``, and a mode switch obeys the same rules as a
-        direct one (scope and policy)."""
+        """Allow or deny. A plain yes/no, or an ``AskUserQuestion`` answer among the offered
+        labels, needs ``approve``; anything that puts words before the model (a deny message, a
+        label not offered) or changes what runs (edited input, rules, mode switches) needs
+        ``chat``; a rule that allows something needs ``admin``, and a mode switch obeys the same
+        rules as a direct one (scope and policy). Paired devices may apply only the request's
+        own suggestions (by index), never one for the user's global settings."""
         who.require(Scope.APPROVE)
         supervisor = self._registry.get(session_id)
         pending = supervisor.pending(request_id)
@@ -211,23 +240,31 @@ class Operations:
             raise BadRequest("suggestions, answers and updated_input go with 'allow' only")
         if request.interrupt and allow:
             raise BadRequest("interrupt goes with 'deny' (deny and stop the turn)")
+        if request.message and not who.scope.allows(Scope.CHAT):
+            raise Forbidden(
+                "a message to the model needs the 'chat' scope; deny without one "
+                f"({who.name!r} has '{who.scope.value}')",
+                code="scope_required",
+            )
         updated_input = request.updated_input
         if request.answers is not None:
-            updated_input = _answered_input(pending, request.answers)
+            updated_input = _answered_input(
+                pending, request.answers, offered_only=not who.scope.allows(Scope.CHAT)
+            )
         elif updated_input is not None:
             who.require(Scope.CHAT)
+        if request.updated_permissions and who.device_id is not None:
+            raise Forbidden(
+                "a paired device may apply only this request's own suggestions (by index)",
+                code="suggestions_only",
+            )
         rules = [_suggestion(pending, i) for i in request.suggestions]
         rules += request.updated_permissions or []
         if rules:
             who.require(Scope.CHAT)
             current = self._registry.info(session_id).permission_mode
             for rule in rules:
-                mode = rule.get("mode") if isinstance(rule, Mapping) else None
-                if isinstance(rule, Mapping) and rule.get("type") == "setMode":
-                    if not isinstance(mode, str) or mode not in PERMISSION_MODES:
-                        raise BadRequest(f"setMode needs a known mode, got {mode!r}")
-                    who.require_mode_change(current, mode)
-                    self._policy.check_mode(who, mode)
+                check_permission_update(self._policy, who, rule, current)
         await supervisor.answer_permission(
             request_id,
             allow,
@@ -435,15 +472,20 @@ def _suggestion(request: ev.PermissionRequested, index: int) -> Any:
 
 
 def _answered_input(
-    request: ev.PermissionRequested, answers: Mapping[str, str | list[str]]
+    request: ev.PermissionRequested,
+    answers: Mapping[str, str | list[str]],
+    *,
+    offered_only: bool,
 ) -> dict[str, Any]:
     """``AskUserQuestion``'s input with the answers, in the shape the CLI expects: question text
-    to the chosen label (several labels of a multi-select joined with ", ")."""
+    to the chosen label (several labels of a multi-select joined with ", "). ``offered_only``
+    (an ``approve`` device): every label must be one the question offered, one per question
+    unless it is a multi-select."""
     if request.tool_name != "AskUserQuestion":
         raise BadRequest("answers are for AskUserQuestion requests only")
     questions = request.input.get("questions")
     asked = {
-        q.get("question")
+        q.get("question"): q
         for q in (questions if isinstance(questions, list) else [])
         if isinstance(q, dict)
     }
@@ -452,8 +494,24 @@ def _answered_input(
         raise BadRequest(f"no such question: {unknown[0]!r}", code="unknown_question")
     if not answers:
         raise BadRequest("answers must answer at least one question")
+    if offered_only:
+        for question, answer in answers.items():
+            _check_offered(asked[question], answer)
     chosen = {q: a if isinstance(a, str) else ", ".join(a) for q, a in answers.items()}
     return {**request.input, "answers": chosen}
+
+
+def _check_offered(question: Mapping[str, Any], answer: str | list[str]) -> None:
+    options = question.get("options")
+    listed = options if isinstance(options, list) else []
+    offered = {o.get("label") for o in listed if isinstance(o, dict)}
+    labels = [answer] if isinstance(answer, str) else answer
+    several = len(labels) != 1 and not question.get("multiSelect")
+    if several or not labels or any(label not in offered for label in labels):
+        raise Forbidden(
+            "an answer other than the offered options needs the 'chat' scope",
+            code="scope_required",
+        )
 
 
 def _device(device: Device) -> rq.DeviceView:

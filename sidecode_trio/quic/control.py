@@ -7,7 +7,8 @@
       +-- anything else: close ------------ + -- timeout: close      +-- requests, subscriptions
 
 Before ``READY`` only the open requests (``GET /v1/info``, ``POST /v1/pair``) are served; other
-requests are answered ``401`` and counted as errors. A frame that is not JSON, not an object, of
+requests are answered ``401`` and counted as errors, and frames may be at most ``open_frame``
+bytes (the open routes' small body limit). A frame that is not JSON, not an object, of
 an unknown type or with bad fields gets an ``error`` frame; past ``max_errors`` of them, or on a
 frame over ``max_frame`` bytes (the framing cannot be trusted after that), the session is closed
 with a code. The machine never raises on peer input.
@@ -85,11 +86,13 @@ class ControlProtocol:
         max_frame: int,
         now: float,
         open_routes: Collection[tuple[str, str]] = (),
+        open_frame: int | None = None,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
         max_errors: int = MAX_ERRORS,
     ) -> None:
         self._welcome = welcome
-        self._decoder = fr.FrameDecoder(max_frame)
+        self._max_frame = max_frame
+        self._decoder = fr.FrameDecoder(min(max_frame, open_frame or max_frame))
         self._open_routes = frozenset(open_routes)
         self._deadline: float | None = now + handshake_timeout
         self._max_errors = max_errors
@@ -187,6 +190,7 @@ class ControlProtocol:
         if self.phase is not Phase.AUTH:
             return []
         self.phase, self.principal, self._deadline = Phase.READY, principal, None
+        self._decoder.max_frame = self._max_frame
         return [Send(fr.ready(principal.device_id, principal.name, principal.scope.value))]
 
     def auth_failed(self, message: str) -> list[Action]:

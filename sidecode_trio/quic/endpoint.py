@@ -43,9 +43,11 @@ from aioquic.quic.events import (
 from aioquic.quic.packet import (
     QuicHeader,
     QuicPacketType,
+    encode_quic_retry,
     encode_quic_version_negotiation,
     pull_quic_header,
 )
+from aioquic.quic.retry import QuicRetryTokenHandler
 from quart_trio import QuartTrio
 
 from .. import __version__
@@ -53,7 +55,6 @@ from ..config import DaemonConfig
 from ..errors import ConfigError
 from ..ops import Operations
 from ..security.guard import Guard
-from ..security.pairing import RateLimiter
 from ..security.tls import CertificateStore
 from . import routing
 from .frames import PATH, CloseCode
@@ -74,6 +75,11 @@ class QuicSettings:
     host: str = "127.0.0.1"
     port: int = 0
     max_connections: int = 256
+    max_per_address: int = 32  #: connections from one IP address (NAT: a household's devices)
+    #: unfinished handshakes beyond which a new connection must first prove its address (a
+    #: QUIC Retry round trip), so spoofed INITIALs cannot hold the slots; 0: always
+    retry_above: int = 16
+    auth_timeout: float = 10.0  #: seconds after its handshake a connection has to authenticate
     idle_timeout: float = 60.0  #: seconds of silence before a connection is dropped
     grace: float = 5.0  #: seconds sessions get to finish at shutdown
     link: LinkSettings = LinkSettings()
@@ -137,11 +143,18 @@ class Endpoint:
         self._cids: dict[bytes, _Connection] = {}
         self._connections: set[_Connection] = set()
         self._configuration: tuple[bytes, QuicConfiguration] | None = None
-        self._auth_failures = RateLimiter(limit=120, window=60.0, clock=trio.current_time)
         self._all_closed = trio.Event()
         self.stopping = False
         self.port = 0
-        self.counts = {"datagrams": 0, "junk": 0, "refused": 0, "connections": 0}
+        self.counts = {
+            "datagrams": 0,
+            "junk": 0,
+            "refused": 0,
+            "connections": 0,
+            "retries": 0,  #: Retry packets sent (address validation under load)
+            "unauthenticated": 0,  #: connections closed for not authenticating in time
+        }
+        self._retry = QuicRetryTokenHandler()
         self.peak_buffered = 0  #: the most unacknowledged bytes any connection ever held
 
     # -- running -----------------------------------------------------------------------------
@@ -226,8 +239,30 @@ class Endpoint:
         if self.stopping or len(self._connections) >= self.settings.max_connections:
             self.counts["refused"] += 1
             return None
+        if self._per_address(addr[0]) >= self.settings.max_per_address:
+            self.counts["refused"] += 1
+            return None
+        original, retry_source = destination, None
+        if sum(1 for c in self._connections if c.handshaking) >= self.settings.retry_above:
+            if not header.token:
+                nursery.start_soon(self.send, [(self._retry_packet(header, addr), addr)])
+                self.counts["retries"] += 1
+                return None
+            try:
+                original = self._retry.validate_token(
+                    address=addr,
+                    destination_cid=destination,
+                    token=header.token,
+                    now=trio.current_time(),
+                )
+            except ValueError:  # forged, expired or from another address: not an answer
+                self.counts["refused"] += 1
+                return None
+            retry_source = destination
         quic = QuicConnection(
-            configuration=configuration[1], original_destination_connection_id=destination
+            configuration=configuration[1],
+            original_destination_connection_id=original,
+            retry_source_connection_id=retry_source,
         )
         connection = _Connection(self, quic, configuration[0], addr)
         self._connections.add(connection)
@@ -235,6 +270,27 @@ class Endpoint:
         self._cids[quic.host_cid] = connection
         self.counts["connections"] += 1
         return connection
+
+    def _per_address(self, host: str) -> int:
+        return sum(1 for c in self._connections if c.addr[0] == host)
+
+    def _retry_packet(self, header: QuicHeader, addr: tuple[str, int]) -> bytes:
+        """A Retry (RFC 9000 §8.1.2): the client comes back with this token, which only a
+        client receiving at ``addr`` can have; no state is kept meanwhile."""
+        source = secrets.token_bytes(8)
+        assert header.version is not None  # checked by the caller
+        return encode_quic_retry(
+            version=header.version,
+            source_cid=source,
+            destination_cid=header.source_cid,
+            original_destination_cid=header.destination_cid,
+            retry_token=self._retry.create_token(
+                address=addr,
+                original_destination_connection_id=header.destination_cid,
+                retry_source_connection_id=source,
+                now=trio.current_time(),
+            ),
+        )
 
     def _current_configuration(self) -> tuple[bytes, QuicConfiguration]:
         current = self.certificates.current
@@ -280,7 +336,6 @@ class Endpoint:
             self._requests,
             self._ops,
             self._guard,
-            self._auth_failures,
             self.settings.link,
             nonce=secrets.token_bytes(32),
             cert_sha256=cert,
@@ -321,7 +376,15 @@ class _Connection:
         self._close_reason = ""
         self._stopped: set[int] = set()  # streams the peer stopped or reset
         self._handshake_by = trio.current_time() + HANDSHAKE_TIMEOUT
+        self._auth_by = math.inf  #: set when the handshake completes
         self.peak_buffered = 0
+
+    @property
+    def handshaking(self) -> bool:
+        return self._handshake_by != math.inf
+
+    def _authenticated(self) -> bool:
+        return self.link is not None and self.link.protocol.principal is not None
 
     async def run(self) -> None:
         try:
@@ -354,11 +417,16 @@ class _Connection:
                 return
             timer = self.quic.get_timer()
             deadline = min(timer if timer is not None else math.inf, self._close_at)
-            with trio.move_on_at(min(deadline, self._handshake_by)):
+            with trio.move_on_at(min(deadline, self._handshake_by, self._auth_by)):
                 await self._wake.wait()
             now = trio.current_time()
             if now >= self._handshake_by:
                 return  # never completed a handshake: junk, or a peer that went away; forget it
+            if now >= self._auth_by:
+                self._auth_by = math.inf
+                if not self._authenticated():  # a slot held by nobody we know: give it back
+                    self._endpoint.counts["unauthenticated"] += 1
+                    self.close_now(CloseCode.UNAUTHORIZED, "no authentication in time")
             if now >= self._close_at:
                 self._close_at = math.inf
                 self.quic.close(error_code=int(self._close_code), reason_phrase=self._close_reason)
@@ -393,6 +461,7 @@ class _Connection:
     def _quic_event(self, event: QuicEvent) -> None:
         if isinstance(event, HandshakeCompleted):
             self._handshake_by = math.inf
+            self._auth_by = trio.current_time() + self._endpoint.settings.auth_timeout
         elif isinstance(event, ProtocolNegotiated):
             if event.alpn_protocol in H3_ALPN:
                 self._h3 = H3Connection(self.quic, enable_webtransport=True)

@@ -29,7 +29,7 @@ from ..ops import Operations
 from ..security.auth import Principal
 from ..security.guard import Guard
 from ..security.identity import b64, unb64, verify
-from ..security.pairing import RateLimited, RateLimiter
+from ..security.routes import OPEN_BODY_LIMIT
 from ..wire.snapshot import SessionInfo
 from . import frames as fr
 from .control import (
@@ -84,7 +84,6 @@ class Link:
         requests: Requests,
         ops: Operations,
         guard: Guard,
-        limiter: RateLimiter,
         settings: LinkSettings,
         *,
         nonce: bytes,
@@ -96,7 +95,6 @@ class Link:
         self._requests = requests
         self._ops = ops
         self._guard = guard
-        self._limiter = limiter
         self._settings = settings
         self._nonce, self._cert, self._remote = nonce, cert_sha256, remote
         welcome = fr.welcome(
@@ -112,6 +110,7 @@ class Link:
             max_frame=settings.max_frame,
             now=trio.current_time(),
             open_routes=OPEN_ROUTES,
+            open_frame=OPEN_BODY_LIMIT + 1024,  # an open route's body and the frame around it
         )
         self.outbox = Outbox(settings.outbox)
         self._calls_send, self._calls = trio.open_memory_channel[Call](settings.max_calls)
@@ -305,17 +304,11 @@ class Link:
     # -- authentication ----------------------------------------------------------------------
 
     def _authenticate(self, auth: fr.Auth) -> list[Action]:
-        client = self._remote or "?"
-        try:
-            self._limiter.check(client)
-        except RateLimited as exc:
-            return self.protocol.auth_failed(exc.message)
         try:
             principal = self._verify(auth)
         except Unauthorized as exc:
-            self._limiter.fail(client)
-            self._guard.devices.audit("auth_failed", None, f"from {client} on WebTransport: {exc}")
-            return self.protocol.auth_failed(exc.message)
+            error = self._guard.refused(self._remote, f"device {auth.device}", "WebTransport", exc)
+            return self.protocol.auth_failed(error.message)
         self._forget_device = self._guard.links.register(
             principal, lambda: self.close(CloseCode.REVOKED, "this device was revoked")
         )
@@ -324,14 +317,14 @@ class Link:
 
     def _verify(self, auth: fr.Auth) -> Principal:
         device = self._guard.devices.find(auth.device)
-        if device is None or device.revoked_at is not None:
-            raise Unauthorized("unknown or revoked device")
+        if device is None or device.revoked_at is not None or device.kind != "key":
+            raise Unauthorized("unknown or revoked device")  # a WatchCode secret has no key
         try:
-            signature = unb64(auth.signature)
+            signature, public_key = unb64(auth.signature), unb64(device.public_key)
         except ValueError:
             raise Unauthorized("malformed signature") from None
         message = fr.auth_message(self._nonce, self._cert, device.id)
-        if not verify(unb64(device.public_key), message, signature):
+        if not verify(public_key, message, signature):
             raise Unauthorized("the signature does not verify (nonce, certificate, device id)")
         return Principal(device.id, device.name, device.scope)
 

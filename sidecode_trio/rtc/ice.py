@@ -12,18 +12,9 @@ import hashlib
 import hmac
 from typing import Final
 
-import attrs
+from ..wire.signaling import IceServer as IceServer  # re-exported: ICE settings live here
 
 TURN_TTL: Final = 600.0  # seconds a minted TURN credential stays valid
-
-
-@attrs.frozen
-class IceServer:
-    """One ``RTCIceServer``: STUN URLs, or TURN URLs with a username and a password."""
-
-    urls: list[str]
-    username: str | None = None
-    credential: str | None = None
 
 
 def turn_credentials(

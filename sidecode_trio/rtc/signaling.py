@@ -53,7 +53,7 @@ import json
 import re
 import secrets
 from collections.abc import Callable
-from typing import Any, ClassVar, Final, Literal
+from typing import Any, Final, Literal
 
 import attrs
 import nacl.exceptions
@@ -62,8 +62,16 @@ import nacl.signing
 
 from ..errors import ClientError
 from ..security.identity import b64, unb64
-from ..wire.converter import register_union, structure, unstructure
-from .ice import IceServer
+from ..wire.converter import structure, unstructure
+from ..wire.signaling import (
+    Answer,
+    Hello,
+    IceConfig,
+    Message,
+    Offer,
+    Refused,
+    SignalingMessage,
+)
 
 ENVELOPE_VERSION: Final = 1
 MAX_SKEW: Final = 120.0  # seconds a message may be away from the receiver's clock
@@ -84,66 +92,7 @@ class SignalingRefused(ClientError):
     code = "signaling_refused"
 
 
-# --- messages -------------------------------------------------------------------------------
-
-
-@attrs.frozen
-class Hello:
-    """Device → daemon: "I am about to offer; which ICE servers may I use?" """
-
-    TYPE: ClassVar[str] = "hello"
-    cid: str
-
-
-@attrs.frozen
-class IceConfig:
-    """Daemon → device: the ICE servers for this attempt (TURN credentials minted for it)."""
-
-    TYPE: ClassVar[str] = "ice"
-    cid: str
-    servers: list[IceServer]
-
-
-@attrs.frozen
-class Offer:
-    """Device → daemon: a complete (non-trickle) SDP offer and the device's signed fingerprints."""
-
-    TYPE: ClassVar[str] = "offer"
-    cid: str
-    sdp: str
-    fps: list[str]
-    fp_sig: str
-
-
-@attrs.frozen
-class Answer:
-    """Daemon → device: the SDP answer and the daemon's signed fingerprints."""
-
-    TYPE: ClassVar[str] = "answer"
-    cid: str
-    sdp: str
-    fps: list[str]
-    fp_sig: str
-
-
-@attrs.frozen
-class Refused:
-    """Daemon → a paired device: why its offer was not answered (``code`` of the refusal)."""
-
-    TYPE: ClassVar[str] = "refused"
-    cid: str
-    code: str
-    message: str
-
-
-Message = Hello | IceConfig | Offer | Answer | Refused
-
-
-class _MessageRoot:
-    """The union's root for the converter (``Message`` is a plain ``Union``)."""
-
-
-register_union(_MessageRoot, {c.TYPE: c for c in (Hello, IceConfig, Offer, Answer, Refused)})
+# --- messages: sidecode_trio/wire/signaling.py ---------------------------------------------
 
 
 def new_cid() -> str:
@@ -236,7 +185,7 @@ class SignalingBox:
             raise _refuse("stale", f"the message is {now - ts:+.0f}s away from our clock")
         self._remember(sender, body["n"], ts, now)
         try:
-            message: Message = structure(body["msg"], _MessageRoot)  # type: ignore[assignment]
+            message: Message = structure(body["msg"], SignalingMessage)  # type: ignore[assignment]
         except ValueError as exc:
             raise _refuse("malformed", f"bad signaling message: {exc}") from None
         return Opened(sender, message, ts)

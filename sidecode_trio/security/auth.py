@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
 import secrets
 from collections.abc import Callable
 from typing import Final
@@ -70,22 +71,40 @@ def check_token(token: str, devices: DeviceStore, cert_hashes: set[str], now: fl
         sig = unb64(signature)
         device_id, iat, exp, cert = (
             body["dev"],
-            float(body["iat"]),
-            float(body["exp"]),
+            _timestamp(body["iat"]),
+            _timestamp(body["exp"]),
             body["cert"],
         )
     except (ValueError, KeyError, TypeError, RecursionError):  # or nested too deep
         raise Unauthorized("malformed device token") from None
+    if not 0 < exp - iat <= MAX_TOKEN_LIFETIME:
+        raise Unauthorized(
+            f"a device token must live more than 0 and at most {MAX_TOKEN_LIFETIME:.0f} seconds"
+        )
     device = devices.find(str(device_id))
     if device is None or device.revoked_at is not None or device.kind != "key":
         raise Unauthorized("unknown or revoked device")
     if not verify(unb64(device.public_key), AUTH_CONTEXT + payload.encode(), sig):
         raise Unauthorized("the device token's signature does not verify")
-    if iat > now + CLOCK_SKEW or exp <= now or exp - iat > MAX_TOKEN_LIFETIME:
+    if iat > now + CLOCK_SKEW or exp <= now:
         raise Unauthorized("the device token is expired or not yet valid (check the clock)")
     if cert not in cert_hashes:
         raise Unauthorized("the device token is bound to another certificate")
     return device
+
+
+def _timestamp(value: object) -> float:
+    """A token's ``iat``/``exp``: a JSON number (not a boolean, not a string) that is finite
+    (Python's JSON reader takes ``NaN`` and ``Infinity``, which compare false with anything)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError("not a number")
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond any float
+        raise ValueError("out of range") from None
+    if not math.isfinite(number):
+        raise ValueError("not finite")
+    return number
 
 
 class Tickets:

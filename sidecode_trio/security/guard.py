@@ -10,17 +10,43 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import json
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
-from ..errors import Unauthorized
+from ..errors import ClientError, Unauthorized
 from ..printable import check_device_name
 from .auth import LOCAL, Links, Principal, Tickets, check_token
 from .devices import Device, DeviceStore, Scope
 from .identity import Identity, fingerprint, unb64
-from .pairing import PairingProof, Pairings, RateLimiter, payload, payload_link, web_link
+from .pairing import (
+    PairingProof,
+    Pairings,
+    RateLimited,
+    RateLimiter,
+    payload,
+    payload_link,
+    web_link,
+)
 from .tls import CertificateStore
+
+AUTH_FAILURES: Final = 120  # failed authentications per minute, per address and per credential
+
+
+def _named(authorization: str) -> str | None:
+    """Which credential a failed ``Authorization`` named (never trusted, only counted)."""
+    scheme, _, credential = authorization.partition(" ")
+    scheme = scheme.lower()
+    if scheme == "bearer":
+        return "local token"
+    if scheme == "sidecode":
+        try:
+            device = json.loads(unb64(credential.strip().partition(".")[0])).get("dev")
+        except (ValueError, AttributeError, RecursionError):
+            return None
+        return f"device {device}" if isinstance(device, str) else None
+    return None
 
 
 def is_loopback_peer(address: str | None) -> bool:
@@ -49,7 +75,9 @@ class Guard:
         self.pairings = Pairings(identity.public_key, clock)
         self.tickets = Tickets(clock)
         self.links = Links()
-        self._auth_failures = RateLimiter(limit=120, window=60.0, clock=clock)
+        #: failed authentications per client address and per credential named (device id),
+        #: shared by every transport (HTTP, WebTransport, WatchCode) so none adds its own quota
+        self.auth_failures = RateLimiter(limit=AUTH_FAILURES, window=60.0, clock=clock)
         self.urls: list[str] = []  #: where this daemon can be reached (for pairing payloads)
 
     # -- requests ----------------------------------------------------------------------------
@@ -57,14 +85,30 @@ class Guard:
     def authenticate(
         self, authorization: str | None, ticket: str | None, path: str, remote: str | None
     ) -> Principal:
-        client = remote or "?"
-        self._auth_failures.check(client)
+        """The principal a request proves. A credential that verifies is always accepted:
+        others' failures (from the same address, or naming the same device) never lock it
+        out; failures only make further failures cheap (429, no audit entry)."""
         try:
             return self._authenticate(authorization or "", ticket, path, remote)
         except Unauthorized as exc:
-            self._auth_failures.fail(client)
-            self.devices.audit("auth_failed", None, f"from {client} on {path}: {exc.message}")
-            raise
+            raise self.refused(remote, _named(authorization or ""), path, exc) from None
+
+    def refused(
+        self, remote: str | None, credential: str | None, where: str, exc: Unauthorized
+    ) -> ClientError:
+        """Count a failed authentication against the address and the credential it named;
+        the error to answer with: ``exc`` (audited) or, past the limit, :class:`RateLimited`."""
+        client = remote or "?"
+        keys = [f"address {client}"] + ([f"credential {credential}"] if credential else [])
+        for key in keys:
+            try:
+                self.auth_failures.check(key)
+            except RateLimited as limited:
+                return limited  # not counted further, nor audited: bounded memory and audit
+        for key in keys:
+            self.auth_failures.fail(key)
+        self.devices.audit("auth_failed", None, f"from {client} on {where}: {exc.message}")
+        return exc
 
     def _authenticate(
         self, authorization: str, ticket: str | None, path: str, remote: str | None
@@ -93,13 +137,10 @@ class Guard:
 
     def authenticate_secret(self, secret: str, path: str, remote: str | None) -> Principal:
         """A WatchCode-compatible device by its static secret (the WatchCode routes only)."""
-        client = remote or "?"
-        self._auth_failures.check(client)
         device = self.devices.by_secret(secret) if secret else None
         if device is None:
-            self._auth_failures.fail(client)
-            self.devices.audit("auth_failed", None, f"from {client} on {path}: bad secret")
-            raise Unauthorized("unknown or revoked WatchCode secret")
+            exc = Unauthorized("unknown or revoked WatchCode secret")
+            raise self.refused(remote, None, path, exc)
         self.devices.touch(device.id, self._clock())
         return Principal(device.id, device.name, device.scope)
 

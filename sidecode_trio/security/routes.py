@@ -10,3 +10,6 @@ from typing import Final
 
 #: ``(method, path)`` of the routes served without credentials
 OPEN_ROUTES: Final = frozenset({("GET", "/v1/info"), ("POST", "/v1/pair")})
+
+#: bytes of a request body accepted before (or without) authentication, on every transport
+OPEN_BODY_LIMIT: Final = 16 * 1024

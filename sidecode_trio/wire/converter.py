@@ -23,6 +23,7 @@ from cattrs.v import transform_error
 
 from .control import CLIENT_MESSAGES, ClientMessage
 from .events import EVENT_CLASSES, Event
+from .signaling import SIGNALING_CLASSES, SignalingMessage
 from .snapshot import ITEM_CLASSES, Item
 from .tools import TOOL_DETAIL_CLASSES, ToolDetail
 
@@ -73,6 +74,7 @@ def make_converter() -> cattrs.Converter:
         (Item, ITEM_CLASSES),
         (ToolDetail, TOOL_DETAIL_CLASSES),
         (ClientMessage, CLIENT_MESSAGES),
+        (SignalingMessage, SIGNALING_CLASSES),
     ):
         register_union(conv, base, classes)
     return conv

@@ -248,7 +248,7 @@ export class SessionView {
         "data-action": "allow-always", title: label,
         onclick: () => answer({ behavior: "allow", suggestions: [i] }) }, `Always: ${label}`)),
       el("button", { class: "danger", "data-action": "deny",
-        onclick: () => answer({ behavior: "deny", message: "Denied from the web app" }) }, "Deny"));
+        onclick: () => answer({ behavior: "deny" }) }, "Deny"));
     card.append(buttons);
     return card;
   }

@@ -15,9 +15,9 @@ from typing import Any
 
 import attrs
 
-from ..config import default_state_dir
-from ..errors import ServiceError
-from .service import (
+from .config import default_state_dir
+from .errors import ServiceError
+from .host.service import (
     Host,
     Runner,
     ServiceManager,
