@@ -59,7 +59,6 @@ from .ops import Operations, Policy
 from .security.devices import DeviceStore, Scope
 from .security.guard import Guard
 from .security.identity import load_identity
-from .security.qr import render_pairing
 from .security.tls import CertificateStore
 from .sessions.registry import SessionRegistry
 from .sessions.supervisor import SupervisorSettings
@@ -338,6 +337,8 @@ def _offer_pairing(guard: Guard, ttl: float) -> None:
     code is a secret, and a redirected stdout is a log file (systemd, launchd, nohup)."""
     isatty = getattr(sys.stdout, "isatty", None)
     if callable(isatty) and isatty():
+        from .security.qr import render_pairing  # segno: only for a terminal
+
         print(render_pairing(guard.offer(Scope.ADMIN, ttl)), flush=True)
     else:
         log.info("no device is paired yet: run 'sidecode-trio pair' to show a pairing code")

@@ -63,8 +63,8 @@ def test_sessions_loads_nothing_heavy_before_it_calls_the_daemon(
 def test_the_daemon_without_remote_control_or_quic_never_loads_them(
     tmp_path: Path, fake_claude: Path
 ) -> None:
-    """Remote Control off (the default) and QUIC off: no bridge, httpx-websocket or aioquic;
-    the identity key in a file: no keyring."""
+    """Remote Control off (the default) and QUIC off: no bridge, trio-websocket or aioquic; the
+    identity key in a file: no keyring; no terminal: no QR code renderer."""
     code = f"""
 from pathlib import Path
 import trio
@@ -83,5 +83,5 @@ async def main():
 
 trio.run(main)
 """
-    wanted = ("sidecode_trio.bridge.remote", "trio_websocket", "aioquic", "keyring")
+    wanted = ("sidecode_trio.bridge.remote", "trio_websocket", "aioquic", "keyring", "segno")
     assert loaded_after(code, wanted, tmp_path) == []

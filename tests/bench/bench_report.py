@@ -523,7 +523,11 @@ def floor(results: dict[str, Any]) -> str:
     """Each server against A0 (the floor), median of the repeats with their min-max spread."""
     if not results["latency"].get("a0"):
         return ""
-    names = (("daemon", "sidecode-trio"), ("relay", "raw relay"), ("a0", "A0 floor"))
+    names: tuple[tuple[str, str], ...] = (("daemon", "sidecode-trio"),)
+    if results["latency"].get("previous"):
+        names += (("previous", "previous code"),)
+    names += (("relay", "raw relay"), ("a0", "A0 floor"))
+    compared = [key for key, _ in names if key != "a0"]
     picks: tuple[tuple[str, Callable[[dict[str, Any]], Any], int], ...] = (
         ("p50 (µs)", lambda run: _get(run, "latency_us", "p50"), 0),
         ("p99 (µs)", lambda run: _get(run, "latency_us", "p99"), 0),
@@ -537,7 +541,7 @@ def floor(results: dict[str, Any]) -> str:
             row = [str(n), label]
             for key, _ in names:
                 row.append(_spread([pick(run) for run in _runs(results, key, n)], digits))
-            for key in ("daemon", "relay"):
+            for key in compared:
                 if label.startswith("load"):
                     row.append("")
                     continue
@@ -562,12 +566,12 @@ def floor(results: dict[str, Any]) -> str:
         row = [str(results["plan"]["max_clients"]), label]
         for key, _ in names:
             row.append(_spread([pick(run) for run in through.get(key, [])], 1 if not rate else 0))
-        for key in ("daemon", "relay"):
+        for key in compared:
             mine = _median_of(through.get(key, []), pick)
             row.append(ratio(mine, _median_of(through.get("a0", []), pick), rate))
         rows.append(row)
-    headers = ["clients", "metric", *(name for _, name in names), "sidecode-trio / A0"]
-    headers.append("raw relay / A0")
+    headers = ["clients", "metric", *(name for _, name in names)]
+    headers += [f"{name} / A0" for key, name in names if key != "a0"]
     intro = (
         "## 0. Against the floor (A0), median [min-max] of "
         f"{results.get('repeats', 1)} run(s) each\n\n"
