@@ -291,6 +291,19 @@ def throughput(results: dict[str, Any]) -> str:
     return intro + table(headers, rows)
 
 
+def _events_capacity(run: dict[str, Any]) -> float:
+    cpu = _cpu_per_event(run)
+    return float(1e6 / cpu) if cpu else math.nan
+
+
+def _lines_per_cpu_second(run: dict[str, Any]) -> float:
+    """CLI text-delta lines relayed per second of the server's CPU: what it could take with a
+    core to itself (the unpaced runs are often bound by the clients and the fake CLI instead)."""
+    lines = _get(run, "deltas") / max(1, _get(run, "clients"))
+    seconds = _get(run, "cpu_seconds")
+    return float(lines / seconds) if seconds else math.nan
+
+
 def _deltas_per_event(run: dict[str, Any]) -> float:
     events = _get(run, "events")
     return float(_get(run, "deltas") / events) if events else math.nan
@@ -556,6 +569,8 @@ def floor(results: dict[str, Any]) -> str:
     through = results.get("throughput_runs") or {}
     for label, pick, rate in (
         ("unpaced: SSE events/s, all clients", lambda run: _get(run, "events_per_s"), True),
+        ("unpaced: server CPU µs per SSE event delivered", _cpu_per_event, False),
+        ("unpaced: CLI lines per server CPU-second (capacity)", _lines_per_cpu_second, True),
         (
             "unpaced: CLI deltas/s",
             lambda run: _get(run, "deltas_per_s") / max(1, _get(run, "clients")),
@@ -623,6 +638,8 @@ def performance(results: dict[str, Any]) -> str:
         for label, measure in (
             ("SSE events/s to 20 clients, CLI unpaced", events),
             ("CLI text-delta lines/s relayed, unpaced", lines),
+            ("capacity: CLI lines per server CPU-second, unpaced", _lines_per_cpu_second),
+            ("capacity: SSE events/s at 100 % of a core, 20 clients", _events_capacity),
         ):
             figure = _median_of(through["daemon"], measure)
             base = _median_of(through["relay"], measure)
