@@ -120,7 +120,8 @@ def _parser() -> argparse.ArgumentParser:
         "--scope",
         choices=["approve", "chat", "admin"],
         default="chat",
-        help="what the device may do: approve (a watch), chat (default), admin",
+        help="what the device may do: approve (answer, interrupt), chat (default; what the "
+        "WatchCode app needs), admin",
     )
     pair.add_argument("--ttl", type=float, default=300, metavar="SECONDS", help="valid for (300)")
     pair.add_argument(
@@ -333,12 +334,17 @@ def _pair(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(made, indent=2))
             return 0
-        print(f"WatchCode device {escape(made['device']['name'])!r} ({made['device']['scope']}).")
+        device = made["device"]
+        name, scope, device_id = escape(device["name"]), device["scope"], device["id"]
+        print(f"WatchCode device {name!r} ({scope}), id {device_id}.")
         print("In the WatchCode app's settings, enter:")
         for relay in made["urls"]:
             print(f"  relay URL: {relay}")
         print(f"  secret:    {made['secret']}")
-        print("The secret is shown once; 'sidecode-trio devices revoke <id>' disables it.")
+        revoke = f"sidecode-trio devices revoke {device['id']}"
+        print(f"The secret is shown once; '{revoke}' disables it.")
+        if device["scope"] == "approve":  # the watch app's mic posts /message: 403, unseen
+            print("Scope 'approve' cannot send messages: the watch app's mic will do nothing.")
         return 0
     offer = _call(f"{url}/v1/pairings", token, "POST", {"scope": args.scope, "ttl": args.ttl})
     if args.json:

@@ -39,6 +39,7 @@ import hypercorn.config
 import trio
 
 from . import __version__
+from .claude.leash import Records
 from .claude.probe import CLIProbe
 from .claude.process import Grace
 from .config import DaemonConfig, public_host
@@ -225,6 +226,7 @@ async def _serve(
             extra_args=config.claude_args,
             permission_timeout=config.permission_timeout,
             warm_idle_timeout=min(WARM_IDLE, config.idle_timeout),
+            records=Records(config.state_dir / "cli"),
         ),
         config.allowed_roots,
         warm_limit=config.warm_limit,

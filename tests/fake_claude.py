@@ -22,10 +22,15 @@ plain text                     ``You said: <text>``, a few words per text delta
                                ``/bin/sh -c`` in the cwd; then ``TOOL RESULT SEEN: <result>``
 ``[[write:PATH|CONTENT]]``     same with ``Write`` (relative PATH joined to the cwd)
 ``[[edit:PATH|OLD|NEW]]``      same with ``Edit`` (old_string/new_string)
-``[[ask:QUESTION|A,B]]``       same with ``AskUserQuestion`` (one single-select question)
+``[[ask:QUESTION|A,B=DESC]]``  same with ``AskUserQuestion`` (one single-select question; an
+                               option may carry a description after ``=``)
+``[[plan:MARKDOWN]]``          same with ``ExitPlanMode`` ``{"plan": MARKDOWN}`` (``\\n``: a
+                               newline); allowed without a ``setMode``, it leaves plan for default
 ``[[slow:N]]``                 N text deltas ``tick i `` 0.05 s apart (interruptible)
 ``[[fast:N]]``                 N text deltas ``tok `` as fast as possible
 ``[[fast:N:CHARS]]``           the same with deltas of CHARS characters (``abc...``): bulk volume
+``[[doc:KB:RATE]]``            a markdown document of about KB kilobytes (headings, paragraphs,
+                               code blocks, lists) in 24-character deltas, RATE per second
 ``[[stamp:N:RATE]]``           N text deltas ``<time.monotonic_ns()>;`` stamped right before the
                                line is written, RATE deltas per second (0 = no pacing)
 ``[[error:STATUS]]``           synthetic API-error assistant + ``result`` (is_error, api_error)
@@ -43,6 +48,8 @@ Environment knobs:
   themselves).
 * ``FAKE_CLAUDE_LOG`` - a file to append ``{"argv": [...]}`` to at start-up, then every stdin line
   received (verbatim), so tests can assert what the daemon sent.
+* ``FAKE_CLAUDE_KEEP_GOING=1`` - when stdout breaks (its reader died), go on with the turn and
+  write the transcript, unheard, as the real CLI does; by default the fake exits at once.
 * ``FAKE_CLAUDE_AUTO_ALLOW_READONLY=1`` - auto-allow simple read-only Bash commands (``echo hi``,
   ``ls``...) like the real CLI does (``permission_decision`` ``config``/``subcommandResults``).
   Off by default: every Bash call asks.
@@ -119,7 +126,8 @@ VALUE_FLAGS = frozenset({
 })  # fmt: skip
 
 _DIRECTIVE_RE = re.compile(
-    r"\[\[(bash|write|edit|ask|slow|fast|stamp|error|crash|sleep)(?::(.*?))?\]\]", re.DOTALL
+    r"\[\[(bash|write|edit|ask|plan|doc|slow|fast|stamp|error|crash|sleep)(?::(.*?))?\]\]",
+    re.DOTALL,
 )
 _INTERRUPT_PREFIX_RE = re.compile(r"^(?:\s*\[Request interrupted by user[^\]]*\])+\s*")
 _CLI_INJECTED_RE = re.compile(
@@ -274,6 +282,7 @@ class Output:
     def __init__(self) -> None:
         self.lock = threading.RLock()
         self._stream = sys.stdout.buffer
+        self._reader_gone = False
 
     def write(self, frame: JsonObject) -> None:
         line = json.dumps(frame, separators=(",", ":"), ensure_ascii=False)
@@ -282,11 +291,15 @@ class Output:
     def write_line(self, line: str) -> None:
         data = line.encode("utf-8", "backslashreplace")
         with self.lock:
+            if self._reader_gone:
+                return
             try:
                 self._stream.write(data)
                 self._stream.flush()
             except (BrokenPipeError, ValueError):
-                os._exit(1)
+                if not os.environ.get("FAKE_CLAUDE_KEEP_GOING"):
+                    os._exit(1)
+                self._reader_gone = True  # like the real CLI: the turn goes on, unread
 
     def write_unless(self, stop: threading.Event, frame: JsonObject) -> bool:
         """Write ``frame`` unless ``stop`` is set (checked under the lock); True if written."""
@@ -436,8 +449,8 @@ def _ask_input(arg: str) -> JsonObject:
     question, _, options = arg.rpartition("|")
     if not question:
         raise ValueError("ask needs QUESTION|OPTIONS")
-    labels = [o.strip() for o in options.split(",") if o.strip()]
-    options_json = [{"label": label, "description": ""} for label in labels]
+    labels = [o.strip().partition("=") for o in options.split(",") if o.strip()]
+    options_json = [{"label": label, "description": text} for label, _, text in labels]
     item = {"question": question, "header": "Question", "options": options_json}
     return {"questions": [item | {"multiSelect": False}]}
 
@@ -466,6 +479,8 @@ def _directive_reply(name: str, arg: str | None, cwd: str) -> Reply:
         )
     if name == "ask":
         return _tool_reply("AskUserQuestion", _ask_input(arg))
+    if name == "plan":
+        return _tool_reply("ExitPlanMode", {"plan": arg.replace("\\n", "\n")})
     return _timing_reply(name, arg)
 
 
@@ -480,11 +495,37 @@ def _timing_reply(name: str, arg: str) -> Reply:
     if name == "stamp":
         count, _, rate = arg.partition(":")
         return Reply(blocks=(TextBlock((), stamp=(int(count), float(rate or 0))),))
+    if name == "doc":
+        size, _, rate = arg.partition(":")
+        text = markdown_document(int(size) * 1024)
+        chunks = tuple(text[i : i + 24] for i in range(0, len(text), 24))
+        return Reply(blocks=(TextBlock(chunks),), interval_s=1 / float(rate or 100))
     if name == "error":
         return Reply(error_status=int(arg))
     if name == "sleep":
         return Reply(blocks=(TextBlock(("slept",)),), delay_s=float(arg))
     raise ValueError(f"unknown directive {name}")
+
+
+def markdown_document(size: int) -> str:
+    """About ``size`` characters of the markdown a long answer has (for ``[[doc]]``)."""
+    parts: list[str] = []
+    total = 0
+    section = 0
+    while total < size:
+        part = (
+            f"## Step {section}\n\nThe parser reads **token {section}** and checks"
+            f" `state_{section}` before it moves on; a failure here means the input was cut"
+            " short, so it says where and stops.\n\n"
+            f"```python\ndef step_{section}(state, token):\n    if token is None:\n"
+            f"        raise ValueError('cut short at {section}')\n"
+            "    return state + [token]\n```\n\n"
+            f"- keeps the order of step {section}\n- never reads past the end\n\n"
+        )
+        parts.append(part)
+        total += len(part)
+        section += 1
+    return "".join(parts)
 
 
 def reply_for_prompt(raw: str, cwd: str) -> Reply:
@@ -652,6 +693,8 @@ def run_tool(name: str, tool_input: JsonObject, cwd: str, stop: threading.Event)
         return run_edit(tool_input)
     if name == "AskUserQuestion":
         return run_ask(tool_input)
+    if name == "ExitPlanMode":
+        return ToolOutcome("User has approved your plan. You can now start coding.", False, {})
     return _tool_error(f"No such tool available: {name}")
 
 
@@ -1122,6 +1165,8 @@ class Turn:
             updated = response.get("updatedInput")
             final = updated if isinstance(updated, dict) else tool_input
             self.s.apply_permission_updates(response.get("updatedPermissions"))
+            if tool.name == "ExitPlanMode" and self.s.mode == "plan":
+                self.s.set_mode("default")  # an approved plan leaves plan mode
             return self.execute(tool, final, {"decision": "accept", "source": "user_temporary"})
         if pending.error is None and behavior == "deny":
             if response.get("interrupt"):
@@ -1407,7 +1452,7 @@ class Session:
         """A ``permission_decision`` when mode/rules settle the call without asking, else None."""
         by_config: JsonObject = {"decision": "accept", "source": "config"}
         with self.out.lock:
-            if name == "AskUserQuestion":
+            if name in ("AskUserQuestion", "ExitPlanMode"):
                 return None
             if self.mode == "bypassPermissions" or (
                 self.mode == "acceptEdits" and name in ("Write", "Edit")

@@ -17,10 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import trio
 
 from sidecode_trio.config import DaemonConfig
-from sidecode_trio.term.attach import decode, follow
+from sidecode_trio.errors import SidecodeError
+from sidecode_trio.term.attach import STATUS_REWRITE, Attach, decode, follow
+from sidecode_trio.term.client import DaemonAPI, locate, why_unreachable
 from sidecode_trio.term.render import Renderer
 from sidecode_trio.term.sse import Frame, SSEParser
 from sidecode_trio.wire import events as ev
@@ -247,6 +250,80 @@ async def test_follow_resumes_from_the_last_id_after_a_drop(autojump_clock: Any)
     assert seen == ["ep:1", "ep:2", "ep:3"]  # the half-received third frame was not applied
     assert streams.since == [None, "ep:2"]
     assert len(drops) == 1 and "connection reset" in drops[0] and "0.5 s" in drops[0]
+
+
+class MovingDaemon:
+    """A daemon that is down until ``daemon.json`` (read by ``relocate``) names its new port."""
+
+    def __init__(self) -> None:
+        self.url = "http://127.0.0.1:1"
+        self.urls: list[str] = []
+        self.stale = True
+
+    @asynccontextmanager
+    async def events(self, session_id: str, since: str | None) -> AsyncIterator[MovingDaemon]:
+        self.urls.append(self.url)
+        if self.url.endswith(":1"):
+            raise httpx.ConnectError("connection refused")
+        yield self
+
+    async def aiter_bytes(self) -> AsyncIterator[bytes]:
+        yield b"id: ep:1\nevent: a\ndata: 1\n\n"
+
+    def relocate(self) -> str | None:  # what Attach._relocate does with daemon.json
+        if len(self.urls) < 3:
+            return "daemon.json is stale (pid 4242 is dead)"
+        self.url = "http://127.0.0.1:2"  # restarted on another port
+        return None
+
+
+async def test_follow_finds_a_daemon_restarted_on_another_port(autojump_clock: Any) -> None:
+    daemon, drops = MovingDaemon(), []  # type: tuple[MovingDaemon, list[str]]
+    with trio.fail_after(60):
+        frames = follow(daemon, SID, None, drops.append, daemon.relocate)
+        first = await frames.__anext__()
+        await frames.aclose()
+    assert first.id == "ep:1"
+    assert daemon.urls == ["http://127.0.0.1:1"] * 3 + ["http://127.0.0.1:2"]
+    assert "connection refused" in drops[0]
+    assert all("daemon.json is stale (pid 4242 is dead)" in drop for drop in drops[1:])
+
+
+async def test_where_the_daemon_is_is_read_again_and_a_dead_pid_is_named(tmp_path: Path) -> None:
+    dead = await trio.run_process(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_stdout=True
+    )
+    pid = int(dead.stdout)
+    (tmp_path / "token").write_text("tok\n")
+    (tmp_path / "daemon.json").write_text(f'{{"http": "http://0.0.0.0:7001", "pid": {pid}}}')
+    location = locate(tmp_path)
+    assert (location.url, location.token, location.pid) == ("http://127.0.0.1:7001", "tok", pid)
+    assert why_unreachable(location) == f"daemon.json is stale (pid {pid} is dead)"
+    alive = os.getpid()
+    (tmp_path / "daemon.json").write_text(f'{{"http": "http://127.0.0.1:7002", "pid": {alive}}}')
+    moved = locate(tmp_path)
+    assert moved.url == "http://127.0.0.1:7002" and why_unreachable(moved) is None
+    (tmp_path / "daemon.json").unlink()
+    with pytest.raises(SidecodeError, match=r"daemon\.json is gone"):
+        locate(tmp_path)
+
+
+def test_reconnect_attempts_update_one_status_line() -> None:
+    out: list[str] = []
+    renderer = Renderer(SID, color=False)
+    run = Attach(DaemonAPI("http://127.0.0.1:1", "t"), renderer, out.append, keys=True)
+    for delay in ("0.5", "1", "2"):
+        run._dropped(f"disconnected (refused); reconnecting in {delay} s")
+    assert len(out) == 3 and out[0].count("\n") == 1
+    assert all(line.startswith(STATUS_REWRITE) for line in out[1:])  # the same line, rewritten
+    run.write("an event\n")
+    run._dropped("disconnected (refused); reconnecting in 0.5 s")
+    assert not out[-1].startswith(STATUS_REWRITE)  # under the event, a new line
+    piped: list[str] = []
+    run = Attach(DaemonAPI("http://127.0.0.1:1", "t"), renderer, piped.append, keys=False)
+    for why in ("refused", "refused", "stale", "stale"):
+        run._dropped(f"disconnected ({why}); reconnecting in 1 s")
+    assert len(piped) == 2  # not a terminal: a line only when the reason changes
 
 
 # -- attach in a pseudo-terminal, send as a script, against a live daemon --------------------

@@ -209,6 +209,10 @@ async def test_api_routes_list_and_follow_remote_sessions(
                     SESSION: "remote-control",
                     local["session"]["id"]: "claude-code",
                 }
+                times = {s["id"]: (s["createdAt"], s["updatedAt"]) for s in sessions}
+                upstream = ("2026-01-01T00:00:00Z", "2026-01-01T00:00:00Z")  # fake_remote's
+                assert times[SESSION] == upstream  # what the watch sorts by, as WatchCode gave it
+                assert times[local["session"]["id"]][0].startswith("20")
                 connection = await connect(http, SESSION)
                 async with stream_of(client, secret, SESSION, connection) as stream:
                     await stream.until(lambda e: e.data["content"] == "first answer")

@@ -152,6 +152,10 @@ async def test_pair_and_devices_commands(make_config: Callable[..., DaemonConfig
         assert watch.returncode == 0, watch.stderr
         secret = watch.stdout.split("secret:")[1].split()[0]
         assert secret.startswith("wc_") and owner.handle.url in watch.stdout
+        devices = (await owner.http.get("/v1/devices")).json()["devices"]
+        made = next(d for d in devices if d["name"] == "wrist")
+        assert made["scope"] == "chat"  # the default lets the watch app's mic send (item 3)
+        assert f"devices revoke {made['id']}'" in watch.stdout  # the id it tells you to use
         reply = await owner.http.get("/api/sessions", headers={"x-watchcode-secret": secret})
         assert reply.status_code == 200 and reply.json() == {"sessions": []}
 

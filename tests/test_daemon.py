@@ -91,6 +91,24 @@ async def test_denied_tool_does_not_run_and_the_turn_goes_on(
         assert again.status_code == 409 and again.json()["error"]["code"] == "already_resolved"
 
 
+async def test_a_deny_without_message_tells_claude_who_denied(
+    daemon: Client, work_dir: Path
+) -> None:
+    """``d`` in ``attach`` sends ``{"behavior": "deny"}``: Claude is told the same "denied by
+    <who>" the transcript shows, not that a paired device denied it (issue 14, item 7)."""
+    with trio.fail_after(20):
+        session = (await daemon.create(work_dir, "[[write:nope.txt|secret]]"))["session"]
+        async with daemon.events(session["id"]) as stream:
+            request = await stream.until_type("permission.requested")
+            reply = await daemon.answer(session["id"], request.body["request_id"], behavior="deny")
+            assert reply.status_code == 200
+            resolved = await stream.until_type("permission.resolved")
+            assert resolved.body["by"] == "local owner"
+            finished = await stream.until_type("tool.finished")
+            assert "denied by local owner" in finished.body["output"]
+            assert "paired device" not in finished.body["output"]
+
+
 async def test_interrupt_mid_stream(daemon: Client, work_dir: Path) -> None:
     with trio.fail_after(20):
         session = (await daemon.create(work_dir, "[[slow:200]]"))["session"]

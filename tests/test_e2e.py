@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import AsyncIterator, Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ import trio
 
 from sidecode_trio.config import DaemonConfig
 
+from faultkit import kill_leftovers
 from helpers import Client, running_daemon
 from mock_anthropic import MockAnthropic
 from record_frames import offline_env
@@ -201,3 +203,72 @@ async def test_ask_user_question_and_an_allow_rule(real: Client, work_dir: Path)
                 assert now == asked, "the rule applied from the phone let the command through"
             assert done.type == "turn.completed", done.body
         assert (work_dir / "one.txt").exists()
+
+
+def _assistant_texts(body: dict[str, object]) -> list[str]:
+    texts = []
+    for message in body["messages"]:  # type: ignore[attr-defined]
+        content = message.get("content")
+        if message.get("role") == "assistant" and isinstance(content, list):
+            texts += [b["text"] for b in content if b.get("type") == "text"]
+    return texts
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="lists processes through /proc")
+async def test_kill_9_of_the_daemon_mid_turn_leaves_no_claude_running(
+    tmp_path: Path, work_dir: Path, mock_api: MockAnthropic
+) -> None:
+    """Issue 13, item 1, with the real CLI: a daemon killed with SIGKILL mid-turn takes its
+    claude with it, and the next turn's request holds no text the log does not have."""
+    from test_restart import daemon_process, session_clis  # a daemon as a real process
+
+    assert CLAUDE_BIN
+    cli_root = tmp_path / "cli"
+    for folder in ("home", "tmp"):
+        (cli_root / folder).mkdir(parents=True, exist_ok=True)
+    env = offline_env(cli_root, mock_api.base_url)
+    start = partial(daemon_process, tmp_path, Path(CLAUDE_BIN), work_dir, env)
+    pids: list[int] = []
+    try:
+        with trio.fail_after(120):
+            async with start() as (proc, client):
+                session = (await client.create(work_dir, "[[slow:400]]"))["session"]
+                async with client.events(session["id"]) as stream:
+                    running = await stream.until(
+                        lambda e: e.type == "cli.state" and e.body["state"] == "running",
+                        timeout=30,
+                    )
+                    pids.append(running.body["pid"])
+                    for _ in range(6):
+                        await stream.until_type("text.delta", timeout=30)
+                proc.kill()
+                await proc.wait()
+            async with start() as (proc, client):
+                assert session_clis(session["id"]) == [], "a claude outlived its daemon"
+                await client.send(session["id"], "what did you say?")
+                async with client.events(session["id"]) as stream:
+                    done = await stream.until(
+                        lambda e: (
+                            e.type in ("turn.completed", "turn.failed")
+                            and e.body.get("result") == "You said: what did you say?"
+                        ),
+                        timeout=60,
+                    )
+                    assert done.type == "turn.completed", done.body
+                snap = await client.snapshot(session["id"])
+                logged = [i["text"] for i in snap["items"] if i["type"] == "assistant"]
+                streamed = [
+                    r["body"]
+                    for r in mock_api.requests
+                    if r["path"].startswith("/v1/messages")
+                    and "count_tokens" not in r["path"]
+                    and isinstance(r.get("body"), dict)
+                    and r["body"].get("stream")
+                ]
+                context = _assistant_texts(streamed[-1])
+                # the CLI's own filler for a turn that has no answer in its transcript
+                context = [t for t in context if t != "No response requested."]
+                unseen = [t for t in context if not any(text.startswith(t) for text in logged)]
+                assert unseen == [], f"the model was sent text no client saw: {unseen}"
+    finally:
+        kill_leftovers(pids)

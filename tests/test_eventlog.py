@@ -271,3 +271,24 @@ def test_checkpoints_reuse_one_connection(tmp_path: Path) -> None:
         assert store._checkpointer is first
     store.close()
     assert store._checkpointer is None
+
+
+def test_the_fold_keeps_client_ids_but_not_those_of_refused_messages() -> None:
+    """What a restarted daemon rebuilds its idempotency from (issue 13, items 2 and 14)."""
+    fold = SessionFold("s")
+    events: list[ev.Event] = [
+        ev.SessionCreated("/w", "t", client_id="c1"),
+        ev.MessageQueued("m1", "first", "c1"),
+        ev.MessageQueued("m2", "refused", "k2"),
+        ev.TurnFailed("m2", "store_unavailable", "never ran"),
+        ev.MessageQueued("m3", "no id"),
+        ev.MessageQueued("m4", "failed otherwise", "k4"),
+        ev.TurnFailed("m4", "cli_exited"),
+    ]
+    for event in events:
+        fold.apply(event, 1.0)
+    assert fold.created_client_id == "c1"
+    assert fold.message_client_ids() == [("c1", "m1"), ("k4", "m4")]
+    again = SessionFold.from_snapshot(fold.snapshot("e", len(events)))
+    assert again.message_client_ids() == fold.message_client_ids()
+    assert again.created_client_id == "c1"  # from its first message

@@ -162,7 +162,7 @@ async def test_kill_9_at_random_points_then_restart(kit: Kit) -> None:
         for message in killed_turns:  # ended on restart, explicitly
             ends = [b for _, t, b in live.types if t in TERMINAL and b["turn_id"] == message]
             assert [e.get("reason") for e in ends] == ["daemon_restarted"], (message, ends)
-        # a claude orphaned by a killed daemon exits by itself (its stdin closed)
+        # no claude outlives its killed daemon (the leash kills it: sidecode_trio/claude/leash.py)
         with trio.fail_after(10):
             while any(pid_alive(pid) for pid in cli_pids(*followers)):
                 await trio.sleep(0.05)

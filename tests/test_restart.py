@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
@@ -19,6 +21,8 @@ import httpx
 import pytest
 import trio
 
+from sidecode_trio.claude import leash
+from sidecode_trio.claude.messages import transcript_path
 from sidecode_trio.daemon import DaemonHandle
 from sidecode_trio.host.service import (
     STOP_GRACE,
@@ -29,6 +33,7 @@ from sidecode_trio.host.service import (
     split_words,
 )
 
+from faultkit import kill_leftovers
 from helpers import Client, SSEEvent, cli_argvs, pid_alive
 
 pytestmark = pytest.mark.trio
@@ -261,3 +266,206 @@ async def test_service_restart_resumes_every_session(
             proc.send_signal(signal.SIGTERM)
             with trio.fail_after(STOP_GRACE):
                 assert await proc.wait() == 0
+
+
+# -- no claude outlives its daemon (issue 13, item 1) -----------------------------------------
+
+
+def session_clis(session_id: str) -> list[int]:
+    """Live (not zombie) processes whose argv is a CLI of ``session_id``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            stamp = leash.stamp(int(entry.name))
+            if stamp is not None and leash.names_session(stamp.argv, session_id):
+                found.append(int(entry.name))
+    return found
+
+
+def transcript_texts(path: Path) -> list[str]:
+    """The assistant texts a resumed CLI would put in the model's context."""
+    texts = []
+    for line in path.read_text().splitlines():
+        record = json.loads(line)
+        if record.get("type") == "assistant":
+            for block in record["message"]["content"]:
+                if block.get("type") == "text":
+                    texts.append(block["text"])
+    return texts
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="lists processes through /proc")
+async def test_kill_9_mid_turn_leaves_no_claude_and_no_unseen_text(
+    tmp_path: Path, fake_claude: Path, work_dir: Path, claude_env: dict[str, str]
+) -> None:
+    claude_env = {**claude_env, "FAKE_CLAUDE_KEEP_GOING": "1"}  # an orphan would finish
+    start = partial(daemon_process, tmp_path, fake_claude, work_dir, claude_env)
+    cli_pids: list[int] = []
+    try:
+        with trio.fail_after(60):
+            async with start() as (proc, client):
+                session = (await client.create(work_dir, "[[slow:400]]"))["session"]
+                async with client.events(session["id"]) as stream:
+                    running = await stream.until(
+                        lambda e: e.type == "cli.state" and e.body["state"] == "running"
+                    )
+                    cli_pids.append(running.body["pid"])
+                    for _ in range(5):
+                        await stream.until_type("text.delta")
+                assert cli_pids[0] in session_clis(session["id"])  # with its leash watcher
+                proc.kill()  # SIGKILL: the daemon cleans nothing up
+                await proc.wait()
+            async with start() as (proc, client):  # ready: its HTTP server answers
+                assert session_clis(session["id"]) == [], "a claude outlived its daemon"
+                await client.send(session["id"], "what did you say?")
+                async with client.events(session["id"]) as stream:
+                    await stream.until(
+                        lambda e: (
+                            e.type == "turn.completed"
+                            and e.body["result"] == "You said: what did you say?"
+                        )
+                    )
+                snap = await client.snapshot(session["id"])
+                logged = [i["text"] for i in snap["items"] if i["type"] == "assistant"]
+                transcript = transcript_path(session["cwd"], session["id"], claude_env)
+                unseen = [t for t in transcript_texts(transcript) if t not in logged]
+                assert unseen == [], "the model's context holds text no client saw"
+    finally:
+        kill_leftovers(cli_pids)
+
+
+@pytest.mark.parametrize("source", ["proc", "ps"])
+async def test_the_start_up_reaper_kills_only_a_recorded_claude(
+    tmp_path: Path,
+    fake_claude: Path,
+    work_dir: Path,
+    claude_env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    source: str,
+) -> None:
+    """A CLI off the leash (as if a daemon died while starting it) is stopped before its
+    session resumes; a recorded pid that now belongs to another process is left alone.
+    ``ps``: how macOS identifies processes (no /proc), checked here too."""
+    if source == "proc" and not leash.HAS_PROC:
+        pytest.skip("no /proc here")
+    monkeypatch.setattr(leash, "HAS_PROC", source == "proc")
+    session_id = str(uuid.uuid4())
+    records = leash.Records(tmp_path / "state" / "cli")
+    env = {**os.environ, **claude_env}
+    argv = [str(fake_claude), "-p", "--input-format", "stream-json", "--output-format"]
+    argv += ["stream-json", "--verbose", f"--session-id={session_id}"]
+    orphan = await trio.lowlevel.open_process(
+        argv, cwd=work_dir, env=env, stdin=subprocess.PIPE, start_new_session=True
+    )
+    other = await trio.lowlevel.open_process(["sleep", "60"], start_new_session=True)
+    try:
+        with trio.fail_after(30):
+            while leash.stamp(orphan.pid) is None or not leash.names_session(
+                leash.stamp(orphan.pid).argv,  # type: ignore[union-attr]
+                session_id,
+            ):
+                await trio.sleep(0.02)  # the wrapper has exec'd the fake CLI
+            records.add(session_id, orphan.pid)
+            # a recycled pid: the record names a session, the process there is something else
+            recycled = str(uuid.uuid4())
+            records.add(recycled, other.pid)
+            # and a pid whose start time is not the recorded one
+            stale = leash.Record(str(uuid.uuid4()), other.pid, "1")
+            records.directory.joinpath(f"{stale.session_id}.json").write_text(
+                json.dumps({"session_id": stale.session_id, "pid": other.pid, "start": "1"})
+            )
+            assert len(records.all()) == 3
+            killed = await leash.reap(records)
+            assert [r.pid for r in killed] == [orphan.pid]
+            assert await orphan.wait() == -signal.SIGKILL
+            assert other.poll() is None, "a process that is not our claude was killed"
+            assert records.all() == []
+    finally:
+        for process in (orphan, other):
+            if process.returncode is None:
+                process.kill()
+            with trio.move_on_after(5):
+                await process.wait()
+
+
+async def test_a_daemon_starting_stops_an_orphan_before_resuming_its_session(
+    tmp_path: Path, fake_claude: Path, work_dir: Path, claude_env: dict[str, str]
+) -> None:
+    start = partial(daemon_process, tmp_path, fake_claude, work_dir, claude_env)
+    env = {**os.environ, **claude_env}
+    orphan: trio.Process | None = None
+    try:
+        with trio.fail_after(60):
+            async with start() as (proc, client):
+                session = (await client.create(work_dir, "hello"))["session"]
+                async with client.events(session["id"]) as stream:
+                    await stream.until_type("turn.completed")
+                proc.kill()
+                await proc.wait()
+            # an orphan of that session, off the leash, recorded as the dead daemon would have
+            argv = [str(fake_claude), "-p", "--input-format", "stream-json", "--output-format"]
+            argv += ["stream-json", "--verbose", f"--resume={session['id']}"]
+            orphan = await trio.lowlevel.open_process(
+                argv, cwd=work_dir, env=env, stdin=subprocess.PIPE, start_new_session=True
+            )
+            while not session_clis(session["id"]):
+                await trio.sleep(0.02)
+            leash.Records(tmp_path / "state" / "cli").add(session["id"], orphan.pid)
+            async with start() as (proc, client):
+                assert orphan.poll() == -signal.SIGKILL  # reaped by us: it was killed
+                await client.send(session["id"], "again")
+                async with client.events(session["id"]) as stream:
+                    await stream.until_type("turn.completed")
+    finally:
+        if orphan is not None and orphan.returncode is None:
+            orphan.kill()
+            with trio.move_on_after(5):
+                await orphan.wait()
+
+
+# -- client ids survive a restart (issue 13, item 2) ------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["kill", "term"])
+async def test_a_retried_send_or_create_after_a_restart_runs_once(
+    tmp_path: Path, fake_claude: Path, work_dir: Path, claude_env: dict[str, str], how: str
+) -> None:
+    start = partial(daemon_process, tmp_path, fake_claude, work_dir, claude_env)
+    with trio.fail_after(60):
+        async with start() as (proc, client):
+            created = await client.create(work_dir, "first", client_id="create-1")
+            bare = await client.create(work_dir, None, client_id="create-2")  # no prompt
+            session_id = created["session"]["id"]
+            sent = await client.send(session_id, "second", client_id="send-1")
+            async with client.events(session_id) as stream:
+                await stream.until(
+                    lambda e: e.type == "turn.completed" and e.body["turn_id"] == sent["message_id"]
+                )
+            if how == "kill":
+                proc.kill()
+            else:
+                proc.send_signal(signal.SIGTERM)
+            await proc.wait()
+        async with start() as (proc, client):
+            before = await client.snapshot(session_id)
+            again = await client.http.post(
+                "/v1/sessions",
+                json={"cwd": str(work_dir), "prompt": "first", "client_id": "create-1"},
+            )
+            assert again.json()["created"] is False
+            assert again.json()["session"]["id"] == session_id
+            assert again.json()["message_id"] == created["message_id"]
+            bare_again = await client.http.post(
+                "/v1/sessions", json={"cwd": str(work_dir), "client_id": "create-2"}
+            )
+            assert bare_again.json()["created"] is False
+            assert bare_again.json()["session"]["id"] == bare["session"]["id"]
+            resent = await client.send(session_id, "second", client_id="send-1")
+            assert (resent["message_id"], resent["created"]) == (sent["message_id"], False)
+            listed = (await client.http.get("/v1/sessions")).json()["sessions"]
+            assert len(listed) == 2  # no second session
+            after = await client.snapshot(session_id)
+            assert after["cursor"] == before["cursor"]  # nothing queued, nothing ran
+            assert after["session"]["turns"] == 2
+            fresh = await client.send(session_id, "third", client_id="send-2")
+            assert fresh["created"] is True

@@ -605,3 +605,31 @@ async def test_no_device_may_write_the_users_global_settings() -> None:
                 Policy(), phone, {"type": relaxing, "behavior": "deny"}, "default"
             )
     check_permission_update(Policy(), phone, {"type": "addRules", "behavior": "deny"}, "default")
+
+
+async def test_a_device_approves_a_plan_with_a_session_mode_switch_checked_like_a_direct_one(
+    secure: Client, work_dir: Path, cli_log: Path
+) -> None:
+    """Approving a plan sends ``setMode`` to ``session`` (what the web app's plan card does): a
+    device may, within what a direct mode switch allows it; any other free-form update, or a
+    mode past the device's reach, is still refused."""
+    phone = await _paired(secure, "chat", "phone")
+    with trio.fail_after(30):
+        session = (await secure.create(work_dir, "[[plan:# Plan\\n1. do it]]"))["session"]
+        sid = session["id"]
+        rid = (await _pending(secure, sid))["request_id"]
+        to = {"type": "setMode", "destination": "session"}
+        for mode in ("bypassPermissions", "auto"):  # widening past default needs admin
+            refused = await _answer(
+                phone, sid, rid, behavior="allow", updated_permissions=[to | {"mode": mode}]
+            )
+            assert "403" in refused, refused
+        mixed = [to | {"mode": "default"}, {"type": "addDirectories", "directories": ["/"]}]
+        refused = await _answer(phone, sid, rid, behavior="allow", updated_permissions=mixed)
+        assert "403" in refused and "suggestions_only" in refused, refused
+        switch = [to | {"mode": "default"}]
+        assert await _answer(phone, sid, rid, behavior="allow", updated_permissions=switch) == "ok"
+        await _turns_done(secure, sid, 1)
+    (answer,) = _answers_sent(cli_log)
+    assert answer["behavior"] == "allow"
+    assert answer["updatedPermissions"] == [to | {"mode": "default"}]

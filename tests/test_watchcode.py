@@ -8,16 +8,24 @@ connection when the view goes away. Every request carries ``x-watchcode-secret``
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import json
+import socket
+import struct
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import h11
 import httpx
 import pytest
 import trio
 
-from helpers import Client, SSEStream, open_sse
+from sidecode_trio.eventlog.core import Position
+from sidecode_trio.http import direct, watchcode
+from sidecode_trio.http.watchcode import REWIND
+
+from helpers import Client, SSEEvent, SSEStream, open_sse, running_daemon
 
 pytestmark = pytest.mark.trio
 
@@ -72,8 +80,9 @@ async def wait_streams(http: httpx.AsyncClient, connection_id: str, count: int) 
 
 
 async def test_a_watch_session_round_trip_without_duplicates(
-    daemon: Client, work_dir: Path
+    daemon: Client, work_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    clock = WallClock(monkeypatch)
     secret = await watch_device(daemon)
     created = await daemon.create(work_dir, "hello watch")
     sid = created["session"]["id"]
@@ -101,6 +110,7 @@ async def test_a_watch_session_round_trip_without_duplicates(
                 assert interrupted.json() == {"status": "sent"}
                 await until_content(stream, "status", "Interrupted")
                 before = [e.data for e in stream.seen]
+                clock.now += 100  # it read all that long ago: the retry steps back less (REWIND)
             # The stream broke (the watch lost signal); it re-connects, as RelayClient does.
             await wait_streams(http, cid, 0)
             again = await connect(http, sid)
@@ -201,3 +211,337 @@ async def test_watchcode_auth_and_errors(daemon: Client, work_dir: Path) -> None
     audit = (await daemon.http.get("/v1/audit")).json()["entries"]
     assert any(e["kind"] == "auth_failed" and "WatchCode secret" in e["detail"] for e in audit)
     assert secret not in str(audit)  # never logged
+
+
+# -- streams on real networks (issue 14): cuts, resets and silent drops --------------------------
+
+
+class RawWatch:
+    """One ``/api`` stream on its own socket, read like ``RelayClient.swift`` reads it (each
+    ``data:`` line is appended to the watch's list). ``drop()`` stops reading and never closes
+    (a Wi-Fi to LTE handover: no RST reaches the daemon); ``reset()`` closes with an RST."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream, self.conn = stream, h11.Connection(h11.CLIENT)
+        self.buffer, self.events = b"", []  # type: tuple[bytes, list[dict[str, Any]]]
+
+    @classmethod
+    async def open(cls, daemon: Client, secret: str, sid: str, cid: str) -> RawWatch:
+        host, port = daemon.handle.url.split("//")[1].rsplit(":", 1)
+        watch = cls(await trio.open_tcp_stream(host, int(port)))
+        target = f"/api/sessions/{sid}/events?connectionId={cid}"
+        headers = [("host", f"{host}:{port}"), ("x-watchcode-secret", secret)]
+        request = h11.Request(method="GET", target=target, headers=headers)
+        await watch.stream.send_all(watch.conn.send(request) or b"")
+        return watch
+
+    async def until(self, kind: str, content: str, count: int = 1) -> None:
+        while sum(e["type"] == kind and e["content"] == content for e in self.events) < count:
+            event = self.conn.next_event()
+            if event is h11.NEED_DATA:
+                self.conn.receive_data(await self.stream.receive_some(65536))
+            elif isinstance(event, h11.Data):
+                self.buffer += bytes(event.data)
+                *frames, self.buffer = self.buffer.split(b"\n\n")
+                for frame in frames:
+                    for line in frame.split(b"\n"):
+                        if line.startswith(b"data: "):
+                            self.events.append(json.loads(line[6:]))
+            elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
+                raise AssertionError(f"the stream ended: {self.events}")
+
+    def reset(self) -> None:
+        self.stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.stream.socket.close()
+
+
+class WallClock:
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.now = 1_000_000.0
+        monkeypatch.setattr(watchcode, "wall_clock", lambda: self.now, raising=False)
+
+
+def idle(event: SSEEvent) -> bool:
+    return event.type == "session.status" and event.body["status"] == "idle"
+
+
+def texts(events: list[dict[str, Any]], kind: str) -> list[str]:
+    return [e["content"] for e in events if e["type"] == kind]
+
+
+@pytest.mark.parametrize("moment", ["before", "during", "after"])
+@pytest.mark.parametrize("how", ["reset", "silent", "silent-then-reset"])
+async def test_a_broken_stream_retried_like_the_watch_loses_and_repeats_nothing(
+    daemon: Client, work_dir: Path, monkeypatch: pytest.MonkeyPatch, moment: str, how: str
+) -> None:
+    """The watch (its list kept) re-POSTs /api/connect after its stream broke, by a reset or
+    silently (the old socket stays open, the daemon writes into it). The daemon cannot know
+    what the dead connection delivered; the new stream steps back to what was written REWIND
+    before the retry (the watch noticed within URLSession's idle timeout) and goes on from there.
+    Here the watch read everything written before the break, so nothing repeats either."""
+    clock = WallClock(monkeypatch)
+    secret = await watch_device(daemon)
+    sid = (await daemon.create(work_dir, "one"))["session"]["id"]
+    prompt = "[[write:x.txt|hi]]" if moment == "during" else "two"
+    with trio.fail_after(30):
+        async with relay(daemon, secret) as http:
+            old_cid = await connect(http, sid)
+            old = await RawWatch.open(daemon, secret, sid, old_cid)
+            await old.until("status", "Idle")  # the history (or the first turn), to its end
+            async with daemon.events(sid) as v1:
+                if moment != "before":
+                    await http.post(f"/api/sessions/{sid}/message", json={"content": prompt})
+                    if moment == "during":
+                        await old.until("status", "Waiting for approval")
+                    else:
+                        await old.until("assistant", "You said: two")
+                        await v1.until(idle)
+                        await old.until("status", "Idle", 2)
+                clock.now += 1000  # the break: what is written from now on, the watch never gets
+                if how == "reset":
+                    old.reset()
+                if moment == "before":
+                    await http.post(f"/api/sessions/{sid}/message", json={"content": prompt})
+                if moment == "during":
+                    request = await v1.until_type("permission.requested")
+                    await daemon.answer(sid, request.body["request_id"], behavior="allow")
+                if moment != "after":
+                    await v1.until(idle)  # "three" must not join this turn
+                if how == "silent-then-reset":  # the dead socket resets only now (the lost turn)
+                    old.reset()
+                    await wait_streams(http, old_cid, 0)
+                clock.now += 8  # the watch's 2 s back-off and a little more
+                again = await RawWatch.open(daemon, secret, sid, await connect(http, sid))
+                await http.post(f"/api/sessions/{sid}/message", json={"content": "three"})
+                await again.until("assistant", "You said: three")
+                await again.until("status", "Idle")
+                await trio.aclose_forcefully(again.stream)
+                if how == "silent":
+                    await trio.aclose_forcefully(old.stream)
+        watch = old.events + again.events  # RelayClient's list: kept, then appended to
+    users = texts(watch, "user")
+    assert users == ["one", prompt, "three"]  # each once, in order
+    replies = texts(watch, "assistant")
+    assert replies.count("You said: one") == 1 and replies[-1] == "You said: three"
+    assert len(replies) == len(set(replies))
+    assert texts(watch, "status").count("Idle") == len(users)  # one Idle per turn, none lost
+
+
+async def test_a_fresh_connect_after_a_silent_drop_gets_the_history_once(
+    daemon: Client, work_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The old "empty feed": the stream dropped silently, the watch retried, the user left
+    (DELETE) and the dead socket reset only then; reopening the session (connect() empties the
+    watch's list) must show the whole history, not continue where the dead stream was."""
+    clock = WallClock(monkeypatch)
+    secret = await watch_device(daemon)
+    sid = (await daemon.create(work_dir, "one"))["session"]["id"]
+    with trio.fail_after(30):
+        async with relay(daemon, secret) as http:
+            old = await RawWatch.open(daemon, secret, sid, await connect(http, sid))
+            await old.until("status", "Idle")
+            clock.now += 5
+            retry = await connect(http, sid)
+            again = await RawWatch.open(daemon, secret, sid, retry)
+            await http.post(f"/api/sessions/{sid}/message", json={"content": "two"})
+            await again.until("assistant", "You said: two")
+            assert (await http.delete(f"/api/connections/{retry}")).json() == {
+                "status": "disconnected"
+            }
+            old.reset()
+            await trio.aclose_forcefully(again.stream)
+            fresh = await RawWatch.open(daemon, secret, sid, await connect(http, sid))
+            await fresh.until("assistant", "You said: two")
+            await trio.aclose_forcefully(fresh.stream)
+    assert texts(fresh.events, "user") == ["one", "two"]
+
+
+async def test_deleting_an_unknown_connection_names_it(daemon: Client) -> None:
+    secret = await watch_device(daemon)
+    async with relay(daemon, secret) as http:
+        reply = await http.delete("/api/connections/c0ffee")
+    assert reply.status_code == 404
+    assert reply.json() == {"error": "No active connection c0ffee"}
+
+
+async def test_an_api_stream_outlives_the_idle_timeout(
+    make_config: Any, work_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The /api stream is served by hypercorn, whose reads were cut after the idle timeout even
+    while keep-alives flowed (60 s in production; shortened here). Five timeouts, one stream."""
+    monkeypatch.setattr(direct, "IDLE_READ_TIMEOUT", 0.5)
+    async with running_daemon(make_config(sse_keepalive=0.1)) as daemon:
+        secret = await watch_device(daemon)
+        sid = (await daemon.create(work_dir, "one"))["session"]["id"]
+        with trio.fail_after(30):
+            async with relay(daemon, secret) as http:
+                cid = await connect(http, sid)
+                async with stream_of(daemon, secret, sid, cid) as stream:
+                    await until_content(stream, "status", "Idle")
+                    for turn in range(5):
+                        await trio.sleep(0.6)  # longer than the idle timeout, keep-alives only
+                        await http.post(f"/api/sessions/{sid}/message", json={"content": f"{turn}"})
+                        await until_content(stream, "assistant", f"You said: {turn}")
+                    users = [e.data["content"] for e in stream.seen if e.data["type"] == "user"]
+        assert users == ["one", "0", "1", "2", "3", "4"]
+
+
+async def test_a_quick_retry_repeats_only_the_last_rewind_seconds(
+    daemon: Client, work_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without proof, a retry cannot know what the last seconds delivered: it repeats what was
+    written in the REWIND before it (the turn just read), never the older history, and loses
+    nothing."""
+    clock = WallClock(monkeypatch)
+    secret = await watch_device(daemon)
+    sid = (await daemon.create(work_dir, "one"))["session"]["id"]
+    with trio.fail_after(30):
+        async with relay(daemon, secret) as http:
+            old_cid = await connect(http, sid)
+            old = await RawWatch.open(daemon, secret, sid, old_cid)
+            await old.until("status", "Idle")
+            clock.now += 10 * REWIND
+            await http.post(f"/api/sessions/{sid}/message", json={"content": "two"})
+            await old.until("status", "Idle", 2)
+            clock.now += 5
+            old.reset()
+            await wait_streams(http, old_cid, 0)
+            again = await RawWatch.open(daemon, secret, sid, await connect(http, sid))
+            await again.until("status", "Idle")
+            await trio.aclose_forcefully(again.stream)
+    assert texts(old.events, "user") == ["one", "two"]
+    assert texts(again.events, "user") == ["two"]  # the recent turn again; "one" not repeated
+
+
+def reply_to(text: str) -> Callable[[SSEEvent], bool]:
+    return lambda event: event.data["content"] == f"You said: {text}"
+
+
+async def test_a_watchcode_stream_held_five_minutes_of_mixed_activity(
+    make_config: Any, work_dir: Path, mock_clock: Any
+) -> None:
+    """One /api stream through more than five minutes of the daemon's (Trio) time: turns,
+    interrupted turns and silences longer than the 60 s idle timeout, nothing lost or repeated.
+    Trio's clock runs 20 times faster than the wall clock, so this takes seconds."""
+    mock_clock.rate = 20
+    wait = 600.0  # Trio seconds (30 s of wall time): a deadline only
+    async with running_daemon(make_config()) as daemon:
+        secret = await watch_device(daemon)
+        sid = (await daemon.create(work_dir, "turn 0"))["session"]["id"]
+        async with relay(daemon, secret) as http:
+            cid = await connect(http, sid)
+            async with stream_of(daemon, secret, sid, cid) as stream:
+                opened, sent, turn = trio.current_time(), ["turn 0"], 0
+                await stream.until(lambda e: e.data["content"] == "You said: turn 0", wait)
+                while trio.current_time() - opened < 330:
+                    turn += 1
+                    await trio.sleep(45 + 10 * (turn % 3))  # silences of 45-65 s: keep-alives
+                    text = f"turn {turn}" if turn % 3 else "[[slow:400]]"
+                    body = {"content": text, "connectionId": cid}
+                    assert (await http.post(f"/api/sessions/{sid}/message", json=body)).is_success
+                    sent.append(text)
+                    if turn % 3:
+                        await stream.until(reply_to(text), wait)
+                    else:  # a long turn, interrupted from the watch
+                        await stream.until(lambda e: e.data["content"] == "Running", wait)
+                        body = {"type": "interrupt", "connectionId": cid}
+                        await http.post(f"/api/sessions/{sid}/control", json=body)
+                        await stream.until(lambda e: e.data["content"] == "Interrupted", wait)
+                    await stream.until(lambda e: e.data["content"] == "Idle", wait)
+                held = trio.current_time() - opened
+                seen = [e.data for e in stream.seen]
+    assert held > 300 and turn >= 5
+    assert [d["content"] for d in seen if d["type"] == "user"] == sent  # each once, in order
+    replies = [d["content"] for d in seen if d["type"] == "assistant"]
+    said = [reply for reply in replies if reply.startswith("You said: ")]
+    assert said == [f"You said: {text}" for text in sent if not text.startswith("[[")]
+    statuses = [d["content"] for d in seen if d["type"] == "status"]
+    assert statuses.count("Interrupted") == sum(text.startswith("[[") for text in sent)
+    assert [d for d in seen if d["content"] == "SSE stream opened"] == [seen[0]]  # one stream
+
+
+async def test_tool_rows_and_status_read_like_watchcode(daemon: Client, work_dir: Path) -> None:
+    """The collapsed tool row shows ``tool_result.summary``: WatchCode summarised the output
+    there; and ``wsState`` is the WebSocket readyState number (1: open), as WatchCode gave it."""
+    for n in range(8):
+        (work_dir / f"a-file-with-a-longer-name-{n}.txt").write_text("x\n")
+    secret = await watch_device(daemon)
+    sid = (await daemon.create(work_dir, "[[bash:ls]]"))["session"]["id"]
+    with trio.fail_after(20):
+        async with relay(daemon, secret) as http:
+            cid = await connect(http, sid)
+            async with stream_of(daemon, secret, sid, cid) as stream:
+                request = (await daemon.snapshot(sid))["pending_permissions"]
+                while not request:
+                    await trio.sleep(0.02)
+                    request = (await daemon.snapshot(sid))["pending_permissions"]
+                await daemon.answer(sid, request[0]["request_id"], behavior="allow")
+                result = (await stream.until(lambda e: e.data["type"] == "tool_result")).data
+                status = (await http.get("/api/status")).json()["connections"]
+    assert result["summary"] == "8 lines of output"  # ls of the eight files
+    assert result["detail"] and result["detail"] != result["summary"]  # our title ("Ran `ls`")
+    assert [c["wsState"] for c in status] == [1]
+
+
+async def test_a_replayed_answer_says_what_it_answered(daemon: Client, work_dir: Path) -> None:
+    """Resumed (``Last-Event-ID``) after the prompt, the "Allowed" line still carries the
+    request's summary, as the live one does."""
+    secret = await watch_device(daemon)
+    sid = (await daemon.create(work_dir, "[[write:x.txt|hi]]"))["session"]["id"]
+    with trio.fail_after(20):
+        async with relay(daemon, secret) as http:
+            cid = await connect(http, sid)
+            async with stream_of(daemon, secret, sid, cid) as stream:
+                asked = await stream.until(lambda e: e.data["content"].startswith("Allow Write?"))
+                await stream.until(lambda e: e.id is not None)  # where it is now (history's end)
+                last = stream.last_id
+            assert last is not None
+            pending = (await daemon.snapshot(sid))["pending_permissions"]
+            await daemon.answer(sid, pending[0]["request_id"], behavior="allow")
+            async with stream_of(daemon, secret, sid, cid, **{"Last-Event-ID": last}) as stream:
+                allowed = await until_content(stream, "status", "Allowed")
+    assert allowed["summary"] and allowed["summary"] == pending[0]["summary"]
+    assert asked.data["content"].endswith(allowed["summary"])
+
+
+async def test_history_is_what_live_frames_were_with_their_times(
+    daemon: Client, work_dir: Path
+) -> None:
+    """A fresh connect's history shows a finished turn as a live watch saw it: its Running and
+    permission lines, and each frame at its own event's time (not one time for all)."""
+    secret = await watch_device(daemon)
+    sid = (await daemon.create(work_dir, "[[write:x.txt|hi]]"))["session"]["id"]
+    with trio.fail_after(20):
+        async with daemon.events(sid) as v1:
+            request = await v1.until_type("permission.requested")
+            await trio.sleep(0.01)  # the answer comes later than the question
+            await daemon.answer(sid, request.body["request_id"], behavior="allow")
+            await v1.until(idle)
+        async with relay(daemon, secret) as http:
+            cid = await connect(http, sid)
+            async with stream_of(daemon, secret, sid, cid) as stream:
+                await until_content(stream, "status", "Idle")
+                history = [e.data for e in stream.seen[1:]]
+    statuses = [d["content"] for d in history if d["type"] == "status"]
+    assert "Running" in statuses and "Allowed" in statuses
+    assert any(s.startswith("Allow Write?") for s in statuses)
+    asked = next(d for d in history if d["content"].startswith("Allow Write?"))
+    allowed = next(d for d in history if d["content"] == "Allowed")
+    assert asked["timestamp"] < allowed["timestamp"]  # their own times, in order
+    kinds = [d["type"] for d in history]
+    assert kinds.count("user") == 1 and kinds.count("tool_result") == 1
+
+
+async def test_a_connection_remembers_only_the_marks_a_retry_can_need(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = WallClock(monkeypatch)
+    start = Position("e", 3)
+    connection = watchcode.Connection("c", "s", "d", clock.now, start)
+    assert connection.written_before(clock.now) == start  # nothing written yet
+    for cursor in range(4, 1004):  # one event a second for 1000 s
+        clock.now += 1
+        connection.mark(Position("e", cursor))
+    assert len(connection.marks) <= REWIND + 2  # not 1000
+    assert connection.written_before(clock.now + 5 - REWIND) == Position("e", 1003 - 85)
+    assert connection.written_before(clock.now - 10_000) == start

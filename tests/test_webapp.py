@@ -5,16 +5,22 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import pytest
 import trio
 
 from sidecode_trio import web
+from sidecode_trio.config import DaemonConfig
+from sidecode_trio.errors import Forbidden
+from sidecode_trio.security.auth import Principal
+from sidecode_trio.security.devices import Scope
 from sidecode_trio.security.identity import unb64
 from sidecode_trio.security.qr import qr_text, render_pairing
 
-from helpers import Client
+from helpers import Client, running_daemon
 
 STATIC = Path(web.__file__).parent / "static"
 
@@ -45,7 +51,8 @@ async def test_every_static_file_is_served_with_its_type_and_no_credentials(
                 assert response.headers["x-content-type-options"] == "nosniff"
                 assert "script-src 'self'" in response.headers["content-security-policy"]
                 assert response.headers["cache-control"] == "no-cache"
-                again = await http.get(f"/app/{name}", headers={"If-None-Match": static.etag})
+                etag = response.headers["etag"]
+                again = await http.get(f"/app/{name}", headers={"If-None-Match": etag})
                 assert again.status_code == 304 and again.content == b""
 
 
@@ -55,7 +62,7 @@ async def test_the_shell_is_open_and_the_api_is_not(daemon: Client) -> None:
             index = await http.get("/app/")
             assert index.status_code == 200
             assert index.headers["content-type"] == "text/html; charset=utf-8"
-            assert '<script type="module" src="app.js">' in index.text
+            assert re.search(r'<script type="module" src="app\.js\?v=[0-9a-f]{12}">', index.text)
             csp = index.headers["content-security-policy"]
             # the WebTransport endpoint is reachable under the CSP; nothing else off-origin
             quic_urls = (await http.get("/v1/info")).json()["quic"]
@@ -104,7 +111,7 @@ def test_vendored_libraries_are_recorded_with_their_licences() -> None:
         if vendored.name != "VERSIONS.md":
             assert vendored.name in versions, vendored.name
     licences = {p.name for p in (STATIC / "vendor" / "licenses").iterdir()}
-    assert len(licences) == 4
+    assert len(licences) == 3
 
 
 async def test_pair_prints_the_web_link_and_its_qr_code_carries_it(daemon: Client) -> None:
@@ -114,3 +121,66 @@ async def test_pair_prints_the_web_link_and_its_qr_code_carries_it(daemon: Clien
     assert f"or open in a browser: {offer['web_link']}" in shown
     assert qr_text(offer["web_link"]) in shown  # a phone's camera opens the web app
     assert offer["link"] in shown  # native clients keep their link
+
+
+async def test_info_says_which_modes_a_paired_device_may_choose(
+    make_config: Callable[..., DaemonConfig],
+) -> None:
+    """The app offers only what the daemon allows: ``remote_modes``, narrowest first."""
+    async with running_daemon(make_config(remote_modes=("default", "plan", "acceptEdits"))) as d:
+        with trio.fail_after(10):
+            async with anonymous(d) as http:
+                info = (await http.get("/v1/info")).json()
+    assert info["remote_modes"] == ["plan", "default", "acceptEdits"]
+
+
+def test_a_chat_device_comes_back_from_plan_but_does_not_widen_past_default() -> None:
+    chat = Principal("dev_1", "phone", Scope.CHAT)
+    chat.require_mode_change("default", "plan")
+    chat.require_mode_change("plan", "default")  # back from plan: was refused (needed admin)
+    chat.require_mode_change("plan", "dontAsk")
+    for wanted in ("acceptEdits", "auto", "bypassPermissions"):
+        with pytest.raises(Forbidden, match="admin"):
+            chat.require_mode_change("plan", wanted)
+    Principal("dev_2", "laptop", Scope.ADMIN).require_mode_change("plan", "acceptEdits")
+
+
+async def test_the_shell_is_served_gzipped_and_versioned_files_are_cached_for_a_year(
+    daemon: Client,
+) -> None:
+    files = web.load_files()
+    build = files["app.js"].build
+    plain = sum(len(f.body) for f in files.values())
+    sent = 0
+    with trio.fail_after(30):
+        async with anonymous(daemon) as http:
+            index = await http.get("/app/", headers={"Accept-Encoding": "gzip"})
+            assert index.headers["content-encoding"] == "gzip"
+            assert index.headers["cache-control"] == "no-cache"  # the page itself: revalidated
+            assert index.headers["vary"] == "Accept-Encoding"
+            # every local reference of the page and its modules carries the build
+            refs = re.findall(r'(?:src|href)="([^"#]+)"', index.text)
+            assert refs and all(ref.endswith(f"?v={build}") for ref in refs), refs
+            assert f'from "./render.js?v={build}"' in files["session-view.js"].body.decode()
+            # the service worker keeps the very URLs the page asks for: nothing is fetched twice
+            assert f'"app.js?v={build}", "auth.js?v={build}"' in files["sw.js"].body.decode()
+            for name, static in files.items():
+                response = await http.get(
+                    f"/app/{name}?v={build}", headers={"Accept-Encoding": "gzip, br"}
+                )
+                assert response.status_code == 200 and response.content == static.body, name
+                if name != web.INDEX:
+                    assert response.headers["cache-control"] == web.IMMUTABLE, name
+                compressible = static.content_type.startswith(web.COMPRESSIBLE)
+                if compressible and len(static.body) > 1024:
+                    assert response.headers["content-encoding"] == "gzip", name
+                gzipped = response.headers.get("content-encoding") == "gzip"
+                sent += len(static.gzipped or b"") if gzipped else len(static.body)
+            # an old build's URL, or none, is revalidated rather than trusted for a year
+            stale = await http.get("/app/app.js?v=000000000000")
+            assert stale.headers["cache-control"] == "no-cache"
+            # a client that takes no gzip gets the plain bytes
+            for refuse in ("identity", "gzip;q=0", ""):
+                raw = await http.get("/app/app.js", headers={"Accept-Encoding": refuse})
+                assert "content-encoding" not in raw.headers and raw.content == files["app.js"].body
+    assert sent < plain * 0.45, (sent, plain)  # ~378 KB -> ~139 KB

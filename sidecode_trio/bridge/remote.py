@@ -59,6 +59,8 @@ class RemoteSession:
         self.closed = False
         self.link = UpstreamLink(bridge.timing)
         self.malformed = 0  #: frames or events that could not be read (skipped)
+        #: ``created_at``/``updated_at`` as the upstream list gives them (WatchCode shows these)
+        self.upstream_times: tuple[str | None, str | None] = (None, None)
         self.duplicates = 0  #: upstream events skipped because they were applied before
         self._seen: set[str] = set()
         self._translator: RemoteTranslator | None = None
@@ -281,6 +283,7 @@ class RemoteSession:
 
     def update_from_list(self, info: api.RemoteSessionInfo) -> None:
         """Take the title, model and (when not followed live) status from the session list."""
+        self.upstream_times = (info.created_at, info.updated_at)
         fold = self._log.fold(self.id)
         title = info.title if info.title != fold.title else None
         model = info.model if info.model and info.model != fold.model else None

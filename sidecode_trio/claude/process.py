@@ -5,6 +5,7 @@ session appends them to its log right there, with no extra hop); one task drains
 the last lines for error reports; writes are serialised under a lock and shielded, so a cancel
 never leaves half a line on the CLI's stdin (one bad line makes the CLI exit). Cancellation is how
 the process dies: on any exit, close stdin, wait, SIGTERM the process group, wait, SIGKILL, reap.
+If the daemon itself dies, the leash (``leash.py``) kills the process group at once.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import trio
 
 from ..errors import CLIError
 from .framing import Frame, LineFramer, TextDeltaLine
+from .leash import Leash, executable
 from .messages import LaunchSpec, control_error, control_request, control_success, encode_line
 from .messages import new_request_id as _request_id
 
@@ -78,16 +80,24 @@ class ClaudeProcess:
     async def run(
         self, *, task_status: trio.TaskStatus[ClaudeProcess] = trio.TASK_STATUS_IGNORED
     ) -> int:
-        """Start the process, report it started, and return its exit code when it exits."""
+        """Start the process, report it started, and return its exit code when it exits.
+
+        It runs on the daemon's leash (``leash.py``): it is killed, with its tools, the moment
+        the daemon dies, however it dies."""
+        env = self.spec.environment()
+        if executable(self.spec.claude, env.get("PATH")) is None:
+            raise CLIError(f"cannot start {self.spec.claude!r}: No such file or directory")
+        leash = Leash.get()
         try:
             proc = await trio.lowlevel.open_process(
-                self.spec.argv(),
+                leash.wrap(self.spec.argv()),
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 cwd=self.spec.cwd,
-                env=self.spec.environment(),
+                env=env,
                 start_new_session=True,  # its own process group: tool children die with it
+                pass_fds=(leash.read_fd,),
             )
         except OSError as exc:
             raise CLIError(f"cannot start {self.spec.claude!r}: {exc.strerror or exc}") from exc

@@ -25,6 +25,8 @@ from ..wire.snapshot import (
     UserItem,
 )
 
+REFUSED = "store_unavailable"  #: the reason a message refused with a 503 ends with; never ran
+
 
 class _Text:
     """An assistant text block being streamed: chunks joined only when asked."""
@@ -65,6 +67,7 @@ class SessionFold:
         self.source = "local"
         self.mirrored = False
         self.mirror_name: str | None = None
+        self.created_client_id: str | None = None  #: the ``client_id`` of the create
         self.active_turn: str | None = None
         self.queued: list[str] = []
         self.pending: dict[str, ev.PermissionRequested] = {}
@@ -98,6 +101,22 @@ class SessionFold:
             mirror_name=self.mirror_name,
         )
 
+    def message_client_ids(self) -> list[tuple[str, str]]:
+        """``(client_id, message_id)`` of the messages accepted with one, oldest first; a
+        message refused with a 503 (ended ``store_unavailable``: it never ran) is left out."""
+        refused = {
+            item.turn_id
+            for item in self._items
+            if isinstance(item, TurnEndItem) and item.reason == REFUSED
+        }
+        return [
+            (item.client_id, item.message_id)
+            for item in self._items
+            if isinstance(item, UserItem)
+            and item.client_id is not None
+            and item.message_id not in refused
+        ]
+
     def tool(self, tool_use_id: str) -> ToolItem | None:
         position = self._tools.get(tool_use_id)
         item = self._items[position] if position is not None else None
@@ -128,6 +147,8 @@ class SessionFold:
         fold.mirrored, fold.mirror_name = info.mirrored, info.mirror_name
         fold.active_turn = snap.active_turn
         fold.queued = list(snap.queued)
+        first = snap.items[0] if snap.items else None  # a create's prompt carries its client_id
+        fold.created_client_id = first.client_id if isinstance(first, UserItem) else None
         fold.pending = {p.request_id: p for p in snap.pending_permissions}
         for item in snap.items:
             if isinstance(item, AssistantItem):
@@ -188,6 +209,7 @@ class SessionFold:
         self.cwd, self.title, self.model = e.cwd, e.title, e.model
         self.permission_mode = e.permission_mode
         self.source = e.source
+        self.created_client_id = e.client_id
         self.created_at = self.last_activity
 
     def _updated(self, e: ev.SessionUpdated) -> None:

@@ -332,6 +332,14 @@ class EventLog:
     def has(self, session_id: str) -> bool:
         return session_id in self._sessions
 
+    def durable(self, session_id: str, cursor: int) -> bool:
+        """Whether the session's event ``cursor`` is committed."""
+        return self._get(session_id).durable >= cursor
+
+    def next_commit(self) -> trio.Event:
+        """Set after the next successful commit."""
+        return self._flushed
+
     def fold(self, session_id: str) -> SessionFold:
         """The durable folded state (read-only for callers)."""
         return self._get(session_id).fold

@@ -435,10 +435,18 @@ class _Prefixed:
     timer never fires under Trio (0.18), so an idle keep-alive connection would stay open for
     good and hold up a clean stop for the whole grace period. A read that waits longer than
     ``IDLE_READ_TIMEOUT``, or any read once the server stops, ends the connection instead.
+    Idle means nothing read *and nothing written*: hypercorn also reads while a response
+    streams (an ``/api`` event stream), and a stream that writes keep-alives is not idle.
     """
 
     def __init__(self, stream: trio.abc.Stream, prefix: bytes, server: _Connections) -> None:
         self._stream, self._prefix, self._server = stream, prefix, server
+        self._active = trio.current_time()  #: when bytes last went either way
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        self._active = trio.current_time()
+        await self._stream.send_all(data)
+        self._active = trio.current_time()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
         if self._prefix:
@@ -446,14 +454,17 @@ class _Prefixed:
             await trio.lowlevel.checkpoint()
             return data
         reads = self._server.reads
-        with trio.move_on_after(IDLE_READ_TIMEOUT) as waiting:
-            if self._server.stopping:
-                waiting.cancel()
-            reads.add(waiting)
-            try:
-                return await self._stream.receive_some(max_bytes)
-            finally:
-                reads.discard(waiting)
+        while not self._server.stopping:
+            with trio.CancelScope(deadline=self._active + IDLE_READ_TIMEOUT) as waiting:
+                reads.add(waiting)
+                try:
+                    received = await self._stream.receive_some(max_bytes)
+                    self._active = trio.current_time()
+                    return received
+                finally:
+                    reads.discard(waiting)
+            if trio.current_time() >= self._active + IDLE_READ_TIMEOUT:
+                break  # nothing either way for that long (a write since then moved the deadline)
         raise trio.ClosedResourceError("idle, or the server is stopping")  # hypercorn closes
 
     def __getattr__(self, name: str) -> Any:

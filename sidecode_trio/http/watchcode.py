@@ -12,9 +12,10 @@ Two ways in, one projection (:class:`~..views.watch.WatchProjection`):
 
 Where it stays compatible, this does better than the WatchCode relay: frames carry ``id:``
 lines (an ``EventSource`` resumes exactly with ``Last-Event-ID``); a watch that re-``connect``s
-within a minute after its stream broke (its Swift client retries that way, keeping the events it
-has) continues where it was instead of receiving the whole history again; several devices on one
-session do not kick each other out; and every buffer is the event log's bounded queue.
+after its stream broke (its Swift client retries that way, keeping the events it has) gets at
+most the last :data:`REWIND` seconds again, never the whole history, and loses nothing (see
+:class:`Connections`); several devices on one session do not kick each other out; and every
+buffer is the event log's bounded queue. ``protocol/PROTOCOL.md`` §9 lists every difference.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import json
 import logging
 import secrets
 import time
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 from typing import Any, Final, Protocol
@@ -39,7 +41,7 @@ from ..security.auth import Principal
 from ..security.devices import Scope
 from ..security.guard import Guard
 from ..sessions.registry import SessionFilter
-from ..views.watch import WatchEvent, WatchProjection, iso_time
+from ..views.watch import WatchEvent, WatchProjection, iso_time, summarize_tool_result
 from ..wire import converter as wire
 from ..wire import requests as rq
 from ..wire.snapshot import SessionInfo
@@ -49,8 +51,15 @@ log = logging.getLogger(__name__)
 
 PREFIX: Final = "/api/"
 HISTORY_LIMIT: Final = 200  # watch events of history sent to a fresh client (a small screen)
-RESUME_WINDOW: Final = 60.0  # seconds after a broken stream in which a re-connect continues it
+#: a fresh /api client's history is the log replayed (the frames live clients got, with their
+#: times) while the session has at most this many events; beyond, it is built from a snapshot
+HISTORY_REPLAY_EVENTS: Final = 10_000
+RETRY_WINDOW: Final = 30.0  # seconds after a stream ended in which a re-connect is a retry
+REWIND: Final = 90.0  # a retry repeats what was written this long before it (see Connections)
+MARKS: Final = 1024  # written positions remembered per connection (those of the last REWIND)
 MAX_CONNECTIONS: Final = 32  # per device; the oldest is forgotten beyond that
+WS_OPEN: Final = 1  # WebSocket.readyState OPEN: WatchCode's wsState (the daemon's feed is open)
+MAX_LATEST: Final = 256  # (device, session) pairs whose latest connection is remembered
 CORS: Final = {
     "Access-Control-Allow-Origin": "*",
     "Access-Control-Allow-Methods": "GET, POST, DELETE, OPTIONS",
@@ -102,43 +111,100 @@ def error_response(exc: SidecodeError) -> Response:
 # -- connections -------------------------------------------------------------------------------
 
 
+def wall_clock() -> float:
+    """Unix time; one name so tests can move the connections' clock."""
+    return time.time()
+
+
 @attrs.define
 class Connection:
-    """WatchCode's "connection": a device following one session, resumable across streams."""
+    """WatchCode's "connection": a device following one session.
+
+    ``start`` is where its next stream begins when the client proves nothing (no
+    ``Last-Event-ID``): None for the whole history, else the position a retry continues from.
+    ``marks`` remember when each position was written to its streams, so a later retry can
+    step back to what the client certainly had (see :meth:`Connections.connect`)."""
 
     id: str
     session_id: str
     device_id: str | None
     created_at: float
-    position: Position | None = None  #: the last event this connection's streams delivered
+    start: Position | None = None
+    position: Position | None = None  #: the last event this connection's streams wrote
     streams: int = 0
+    streamed: bool = False  #: a stream of it ever started
     last_event: float | None = None
-    broken_at: float | None = None  #: when its last stream ended without a DELETE
+    broken_at: float | None = None  #: when its last stream ended
+    deleted: bool = False  #: ended by DELETE: the client left the session (and clears its list)
+    marks: deque[tuple[float, Position]] = attrs.field(factory=lambda: deque(maxlen=MARKS))
     closers: set[Callable[[], None]] = attrs.field(factory=set)
+
+    def mark(self, position: Position) -> None:
+        now = wall_clock()
+        self.position = position
+        self.marks.append((now, position))
+        # A retry (later than now) steps back to the last mark at least REWIND old: of the
+        # marks that old, only the newest can be that one.
+        while len(self.marks) > 1 and self.marks[1][0] <= now - REWIND:
+            self.marks.popleft()
+
+    def written_before(self, cutoff: float) -> Position | None:
+        """The last position written at or before ``cutoff``, else where the stream began."""
+        found = self.start
+        for at, position in self.marks:
+            if at > cutoff:
+                break
+            found = position
+        return found
 
 
 class Connections:
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
-        self._clock = clock
+    """The connections, and per (device, session) the latest one, which tells a fresh
+    ``POST /api/connect`` from the Swift client's retry (both send the same request):
+
+    * the client left the session (DELETE), or its last stream ended more than
+      :data:`RETRY_WINDOW` ago, or it never streamed: a fresh connect. ``connect()`` in
+      ``RelayClient.swift`` empties the watch's list first, so the stream starts with the
+      whole history, once.
+    * its stream is still open (a silent drop: the daemon still writes into a dead socket)
+      or ended moments ago, and no DELETE came: ``attemptReconnect()``, which keeps the list.
+      The client proves nothing (no ``Last-Event-ID``, a new connection id), so the new stream
+      continues from the last position written at least :data:`REWIND` seconds ago: the watch
+      noticed the break at most URLSession's 60 s idle timeout after its last bytes arrived
+      (keep-alives flow every 15 s), then waited 2-6 s. Nothing is lost; what is repeated is
+      at most the last :data:`REWIND` seconds, never the whole history again.
+    """
+
+    def __init__(self) -> None:
         self._by_id: dict[str, Connection] = {}
+        self._latest: OrderedDict[tuple[str | None, str], Connection] = OrderedDict()
 
     def connect(self, who: Principal, session_id: str) -> Connection:
-        """A new connection. If this device's stream on this session broke moments ago, the new
-        one continues from where that one was (the watch keeps what it already shows)."""
-        now = self._clock()
-        resumed = None
-        for old in list(self._by_id.values()):
-            if old.device_id != who.device_id or old.session_id != session_id or old.streams:
-                continue
-            if old.broken_at is not None and now - old.broken_at <= RESUME_WINDOW:
-                resumed = old.position if resumed is None else resumed
-                del self._by_id[old.id]
-        connection = Connection(secrets.token_hex(16), session_id, who.device_id, now, resumed)
+        now = wall_clock()
+        key = (who.device_id, session_id)
+        previous = self._latest.get(key)
+        start = None
+        if previous is not None and self._retrying(previous, now):
+            start = previous.written_before(now - REWIND)
+            self.close(previous.id)  # a silently dropped stream stops writing into the void
+        connection = Connection(secrets.token_hex(16), session_id, who.device_id, now, start)
         self._by_id[connection.id] = connection
+        self._latest[key] = connection
+        self._latest.move_to_end(key)
+        while len(self._latest) > MAX_LATEST:
+            self._latest.popitem(last=False)
         mine = [c for c in self._by_id.values() if c.device_id == who.device_id]
         for stale in mine[: max(0, len(mine) - MAX_CONNECTIONS)]:
             self.close(stale.id)
         return connection
+
+    @staticmethod
+    def _retrying(previous: Connection, now: float) -> bool:
+        if previous.deleted or not previous.streamed:
+            return False
+        if previous.streams:
+            return True  # one stream per watch: an open one is dead on the client's side
+        return previous.broken_at is not None and now - previous.broken_at <= RETRY_WINDOW
 
     def find(self, who: Principal, session_id: str, connection_id: str | None) -> Connection:
         if connection_id:
@@ -150,6 +216,15 @@ class Connections:
                 if connection.session_id == session_id and connection.device_id == who.device_id:
                     return connection
         raise NotFound(f"No active connection for session {session_id}. POST /api/connect first.")
+
+    def delete(self, who: Principal, connection_id: str) -> None:
+        """``DELETE /api/connections/{id}``: the client left; its next connect is fresh."""
+        found = self._by_id.get(connection_id)
+        if found is None or found.device_id != who.device_id:
+            raise NotFound(f"No active connection {connection_id}")
+        found.deleted = True
+        found.marks.clear()  # never a retry's starting point now
+        self.close(found.id)
 
     def close(self, connection_id: str) -> Connection | None:
         connection = self._by_id.pop(connection_id, None)
@@ -175,6 +250,12 @@ def _data_frame(event: WatchEvent, position: Position | None, name: bytes | None
 
 
 def _watchcode_event(event: WatchEvent) -> WatchEvent:
+    if event.type == "tool_result":
+        # WatchCode's collapsed tool row shows the result's summary: a summary of the *output*
+        # ("12 lines of output"), as its relay made it; our title ("Ran `ls`") goes in detail.
+        return attrs.evolve(
+            event, summary=summarize_tool_result(event.content), detail=event.summary
+        )
     if event.type in WATCHCODE_TYPES:
         return event
     content = event.content if not event.summary else f"{event.content} {event.summary}"
@@ -203,7 +284,8 @@ async def watch_stream(
         position = Position(stored.epoch, stored.cursor)
         watch = projection.feed(decode_event(stored), stored.at)
         if connection is not None:
-            connection.position, connection.last_event = position, stored.at
+            connection.mark(position)
+            connection.last_event = stored.at
         if compatible:
             watch = [_watchcode_event(w) for w in watch]
         # Only the last frame of an event carries its id: a client cut off between two frames
@@ -213,10 +295,16 @@ async def watch_stream(
             for i, w in enumerate(watch)
         )
 
+    from_start = False
+    if compatible and since is None:  # the history as the live frames were, while not too long
+        current = ops.snapshot_position(who, session_id)
+        if current.cursor <= HISTORY_REPLAY_EVENTS:
+            since, from_start = Position(current.epoch, 0), True
     catch_up, sub = ops.subscribe(who, session_id, since, settings.client_queue)
     forget = guard.links.register(who, sub.end)
     if connection is not None:
         connection.streams += 1
+        connection.streamed = True
         connection.closers.add(sub.end)
     try:
         if compatible:
@@ -229,7 +317,7 @@ async def watch_stream(
             position = Position(snap.epoch, snap.cursor)
             history = projection.history(snap, snap.session.last_activity)[-HISTORY_LIMIT:]
             if connection is not None:
-                connection.position = position
+                connection.mark(position)
             if compatible:
                 history = [_watchcode_event(w) for w in history]
                 yield (
@@ -249,6 +337,12 @@ async def watch_stream(
                     str(position).encode(),
                     wire.dumps(body),
                 )
+        elif from_start:  # each frame with its event's time, Running and permission lines too
+            kept: deque[bytes] = deque(maxlen=HISTORY_LIMIT)
+            for stored in catch_up.events:
+                if chunk := frames(stored):
+                    kept.append(chunk)
+            yield b"".join(kept) or b": history is empty\n\n"
         else:
             for start in range(0, len(catch_up.events), sse.REPLAY_CHUNK):
                 chunk = b"".join(map(frames, catch_up.events[start : start + sse.REPLAY_CHUNK]))
@@ -264,22 +358,25 @@ async def watch_stream(
         if connection is not None:
             connection.streams -= 1
             connection.closers.discard(sub.end)
-            connection.broken_at = time.time()
+            connection.broken_at = wall_clock()
 
 
 # -- the /api routes ---------------------------------------------------------------------------
 
 
-def _session(info: SessionInfo) -> dict[str, Any]:
+def _session(info: SessionInfo, upstream: tuple[str | None, str | None]) -> dict[str, Any]:
+    """WatchCode's session row. A relayed Remote Control session has the times upstream gives
+    (as WatchCode showed and sorted by them), not when the daemon first saw it."""
     remote = info.source == "remote"  # relayed from Claude Code's Remote Control
+    created, updated = upstream
     return {
         "id": info.id,
         "title": info.title or "Untitled",
         "status": info.status.value,
         "model": info.model or "default",
         "environmentId": "remote" if remote else "local",
-        "createdAt": iso_time(info.created_at),
-        "updatedAt": iso_time(info.last_activity),
+        "createdAt": created or iso_time(info.created_at),
+        "updatedAt": updated or iso_time(info.last_activity),
         "provider": "remote-control" if remote else "claude-code",
         "cwd": info.cwd,
         "pendingPermissions": info.pending_permissions,
@@ -323,7 +420,8 @@ def add_routes(app: QuartTrio, ops: Operations, guard: Guard, settings: Settings
     @app.get("/api/sessions")
     async def api_sessions() -> Response:
         infos = ops.list_sessions(who(), SessionFilter()).sessions
-        return _ok({"sessions": [_session(info) for info in infos]})
+        rows = [_session(info, ops.upstream_times(info.id)) for info in infos]
+        return _ok({"sessions": rows})
 
     @app.post("/api/connect")
     async def api_connect() -> Response:
@@ -339,7 +437,7 @@ def add_routes(app: QuartTrio, ops: Operations, guard: Guard, settings: Settings
         connection = connections.find(principal, session_id, request.args.get("connectionId"))
         ops.snapshot_position(principal, connection.session_id)  # 404 now, not mid-stream
         last = request.headers.get("Last-Event-ID")
-        since = Position.parse(last) if last else connection.position
+        since = Position.parse(last) if last else connection.start
         stream = watch_stream(
             ops,
             guard,
@@ -377,8 +475,7 @@ def add_routes(app: QuartTrio, ops: Operations, guard: Guard, settings: Settings
 
     @app.delete("/api/connections/<connection_id>")
     async def api_disconnect(connection_id: str) -> Response:
-        found = connections.find(who(), "", connection_id)
-        connections.close(found.id)
+        connections.delete(who(), connection_id)
         return _ok({"status": "disconnected"})
 
     @app.get("/api/status")
@@ -390,7 +487,7 @@ def add_routes(app: QuartTrio, ops: Operations, guard: Guard, settings: Settings
                         "connectionId": c.id,
                         "sessionId": c.session_id,
                         "sseClients": c.streams,
-                        "wsState": "open",
+                        "wsState": WS_OPEN,
                         "lastEvent": iso_time(c.last_event) if c.last_event else None,
                     }
                     for c in connections.visible_to(who())

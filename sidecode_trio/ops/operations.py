@@ -23,11 +23,11 @@ import trio
 from .. import __version__
 from ..claude.messages import PERMISSION_MODES
 from ..claude.probe import CLIProbe
-from ..errors import BadRequest, Forbidden, NotFound, Unsupported
+from ..errors import BadRequest, Forbidden, NotFound, StoreError, Unsupported
 from ..eventlog.core import Position
 from ..eventlog.log import EventLog, Replay, SnapshotRead, Subscription
 from ..printable import check_device_name
-from ..security.auth import Principal
+from ..security.auth import MODE_RANK, Principal
 from ..security.devices import Device, Scope
 from ..security.guard import Guard
 from ..security.pairing import PairingProof
@@ -83,6 +83,16 @@ def check_permission_update(policy: Policy, who: Principal, rule: Any, current: 
         policy.check_mode(who, mode)
 
 
+def _is_session_mode_switch(rule: Any) -> bool:
+    """``{"type": "setMode", "destination": "session", ...}``: no rule is written; the mode it
+    names is checked as a direct switch would be (:func:`check_permission_update`)."""
+    return (
+        isinstance(rule, Mapping)
+        and rule.get("type") == "setMode"
+        and rule.get("destination") == "session"
+    )
+
+
 def _check_text(text: str, field: str) -> None:
     if not text.strip():
         raise BadRequest(f"{field} must not be empty")
@@ -112,6 +122,13 @@ class Operations:
         self._probes = dict(probes or {})  #: more parts of /v1/status (e.g. keep-awake)
         self._cli = cli  #: what the sessions' claude can do (mirroring needs --remote-control)
 
+    def _not_done(self, what: str) -> StoreError:
+        """The 503 of a send or create: it was taken back, so a retry is safe (PROTOCOL §4)."""
+        return StoreError(
+            f"the event store is failing ({self._log.store_error}); {what}: retry later",
+            code="store_unavailable",
+        )
+
     # -- open to anyone ----------------------------------------------------------------------
 
     def info(self) -> rq.DaemonInfo:
@@ -126,6 +143,7 @@ class Operations:
                 for c in self._guard.certificates.info()
             ],
             quic=list(self._guard.pairings.quic_urls),
+            remote_modes=sorted(self._policy.remote_modes, key=lambda m: MODE_RANK.get(m, 99)),
         )
 
     def pair(self, request: rq.PairRequest, remote: str | None) -> rq.PairReply:
@@ -156,6 +174,12 @@ class Operations:
         who.require(Scope.APPROVE)
         return rq.SessionList(self._registry.summaries(query))
 
+    def upstream_times(self, session_id: str) -> tuple[str | None, str | None]:
+        """A Remote Control session's ``created_at``/``updated_at`` as upstream lists them
+        ((None, None) for a local session, or before the first listing)."""
+        remote = self._registry.remote(session_id)
+        return remote.upstream_times if remote is not None else (None, None)
+
     async def create_session(
         self, who: Principal, request: rq.CreateSession
     ) -> rq.SessionCreatedReply:
@@ -180,7 +204,11 @@ class Operations:
             request.client_id,
             request.title,
         )
-        await self._log.flush()
+        try:
+            await self._log.flush()
+        except StoreError as exc:
+            if created and await self._registry.refuse_create(info.id, message_id):
+                raise self._not_done("the session was not created") from exc
         return rq.SessionCreatedReply(self._registry.info(info.id), message_id, created)
 
     def snapshot_position(self, who: Principal, session_id: str) -> Position:
@@ -209,7 +237,11 @@ class Operations:
             return rq.MessageAccepted(message_id, True)
         prompt = _prompt(request.text, request.images)
         message_id, created = self._registry.send(session_id, prompt, request.client_id)
-        await self._log.flush()
+        try:
+            await self._log.flush()
+        except StoreError as exc:
+            if self._registry.withdraw(session_id, message_id):
+                raise self._not_done("the message was not queued and will not run") from exc
         return rq.MessageAccepted(message_id, created)
 
     async def interrupt(self, who: Principal, session_id: str) -> rq.InterruptReply:
@@ -231,7 +263,9 @@ class Operations:
         label not offered) or changes what runs (edited input, rules, mode switches) needs
         ``chat``; a rule that allows something needs ``admin``, and a mode switch obeys the same
         rules as a direct one (scope and policy). Paired devices may apply only the request's
-        own suggestions (by index), never one for the user's global settings."""
+        own suggestions (by index), never one for the user's global settings, or switch this
+        session's mode (``setMode`` to ``session``: what approving a plan does), which is checked
+        like a direct mode switch."""
         who.require(Scope.APPROVE)
         supervisor = self._registry.get(session_id)
         pending = supervisor.pending(request_id)
@@ -253,9 +287,14 @@ class Operations:
             )
         elif updated_input is not None:
             who.require(Scope.CHAT)
-        if request.updated_permissions and who.device_id is not None:
+        if (
+            request.updated_permissions
+            and who.device_id is not None
+            and not all(map(_is_session_mode_switch, request.updated_permissions))
+        ):
             raise Forbidden(
-                "a paired device may apply only this request's own suggestions (by index)",
+                "a paired device may apply only this request's own suggestions (by index) "
+                "and switch this session's mode",
                 code="suggestions_only",
             )
         rules = [_suggestion(pending, i) for i in request.suggestions]

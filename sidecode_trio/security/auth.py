@@ -55,8 +55,10 @@ class Principal:
             )
 
     def require_mode_change(self, current: str, wanted: str) -> None:
-        """Widening a permission mode needs ``admin``; anything else ``chat``."""
-        widening = MODE_RANK.get(wanted, 99) > MODE_RANK.get(current, 2)
+        """Widening a permission mode needs ``admin``; anything else ``chat``. A mode up to
+        ``default`` (where ``chat`` may start a session) is never a widening, so a device that
+        entered ``plan`` can come back from it."""
+        widening = MODE_RANK.get(wanted, 99) > max(MODE_RANK.get(current, 2), MODE_RANK["default"])
         self.require(Scope.ADMIN if widening else Scope.CHAT)
 
 

@@ -18,6 +18,7 @@ from typing import Final
 import attrs
 import trio
 
+from ..claude.leash import reap
 from ..claude.messages import transcript_path
 from ..errors import BadRequest, Forbidden, NotFound, Unsupported
 from ..eventlog.log import EventLog
@@ -109,7 +110,12 @@ class SessionRegistry:
     # -- lifetime ----------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Load the sessions, recover them, and own their supervisors until cancelled."""
+        """Load the sessions, recover them, and own their supervisors until cancelled.
+
+        First of all, any CLI a dead daemon left running is stopped: no session resumes while
+        an orphan still writes to its transcript."""
+        if self._settings.records is not None:
+            await reap(self._settings.records)
         for session_id in self._log.ids():
             if self._log.fold(session_id).deleted:
                 continue  # deleted with its log kept: on disk, out of every list
@@ -120,6 +126,7 @@ class SessionRegistry:
             supervisor = SessionSupervisor(session_id, self._log, self._settings)
             supervisor.recover()
             self._supervisors[session_id] = supervisor
+        self._remember_creates()
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -132,6 +139,19 @@ class SessionRegistry:
             self._nursery = None
             self.close_feeds()
             self.stopped.set()
+
+    def _remember_creates(self) -> None:
+        """Rebuild the creates' client ids from the log: a create retried after a restart
+        returns the session it made, as it would have before."""
+        folds = sorted(
+            (self._log.fold(session_id) for session_id in self._supervisors),
+            key=lambda fold: fold.created_at,
+        )
+        for fold in folds[-RECENT_IDS:]:
+            client_id = fold.created_client_id
+            if client_id is not None:
+                first = dict(fold.message_client_ids()).get(client_id)
+                self._created[client_id] = (fold.session_id, first)
 
     def stop(self) -> None:
         """Stop every session (their CLIs are terminated) and end the list feeds."""
@@ -170,7 +190,10 @@ class SessionRegistry:
         session_id = str(uuidlib.uuid4())
         self._log.create(session_id)
         title = title or title_from(prompt.text if prompt else None, real)
-        self._log.append(session_id, ev.SessionCreated(str(real), title, model, permission_mode))
+        self._log.append(
+            session_id,
+            ev.SessionCreated(str(real), title, model, permission_mode, client_id=client_id),
+        )
         supervisor = SessionSupervisor(session_id, self._log, self._settings)
         supervisor.init_created(str(real), model, permission_mode)
         self._supervisors[session_id] = supervisor
@@ -183,6 +206,33 @@ class SessionRegistry:
             while len(self._created) > RECENT_IDS:
                 self._created.popitem(last=False)
         return self.info(session_id), message_id, True
+
+    async def refuse_create(self, session_id: str, message_id: str | None) -> bool:
+        """A create is answered 503 (the store failed before it was durable): undo it, so it
+        is not done. Its first message is withdrawn unrun, the session ends deleted (on disk
+        once the store recovers, in no list) and its client id is forgotten. False: it was
+        durable after all (or a retry found it), so it stands."""
+        supervisor = self._supervisors.get(session_id)
+        if supervisor is None or self._log.durable(session_id, 1):
+            return False
+        if message_id is not None:
+            supervisor.withdraw(message_id)
+        supervisor.close()
+        await supervisor.wait_stopped()  # never spawned: its message was not durable
+        self._log.append(session_id, ev.SessionDeleted(False))
+        self._supervisors.pop(session_id, None)
+        self._reported.pop(session_id, None)
+        self._log.end_subscriptions(session_id)
+        for client_id, (known, _) in list(self._created.items()):
+            if known == session_id:
+                del self._created[client_id]
+        return True
+
+    def withdraw(self, session_id: str, message_id: str) -> bool:
+        """A send is answered 503: take the message back unless it is durable (see
+        :meth:`SessionSupervisor.withdraw`)."""
+        supervisor = self._supervisors.get(session_id)
+        return supervisor is not None and supervisor.withdraw(message_id)
 
     async def delete(self, session_id: str, remove_log: bool) -> None:
         """Stop the session's CLI, record its end, and forget it (and maybe its logs)."""

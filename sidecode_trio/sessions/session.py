@@ -25,6 +25,8 @@ class Remote(Session, Protocol):
     """A session driven elsewhere (Remote Control), followed upstream while somebody looks."""
 
     active: bool  #: its follower task runs (the registry starts it and sets this)
+    #: ``created_at``/``updated_at`` as upstream lists them (None before the first listing)
+    upstream_times: tuple[str | None, str | None]
 
     def follow(self) -> None: ...
     def has_work(self) -> bool: ...

@@ -24,9 +24,11 @@ import trio
 
 from ..claude import messages as msg
 from ..claude.framing import Frame
+from ..claude.leash import Records
 from ..claude.process import ClaudeProcess, Grace
 from ..claude.translate import Translator
 from ..errors import BadRequest, CLIError, Conflict, NotFound, SidecodeError
+from ..eventlog.fold import REFUSED
 from ..eventlog.log import EventLog
 from ..views import diff as diffs
 from ..wire import events as ev
@@ -79,6 +81,8 @@ class SupervisorSettings:
     permission_timeout: float | None = None  #: deny a request nobody answered (None: wait)
     #: seconds a CLI started ahead of a message (a client opened the session) may stay idle
     warm_idle_timeout: float = 120.0
+    #: where each running CLI is recorded, so a daemon started after a crash stops it first
+    records: Records | None = None
 
 
 class SessionSupervisor:
@@ -91,14 +95,19 @@ class SessionSupervisor:
         self._model = fold.model
         self._mode = fold.permission_mode
         self._status = fold.status
-        self._queue: deque[tuple[str, Prompt]] = deque()  # (message id, prompt) not delivered
+        #: (message id, prompt, cursor of its message.queued) not delivered; one runs only once
+        #: its message.queued is durable, so one refused with a 503 can be withdrawn unrun
+        self._queue: deque[tuple[str, Prompt, int]] = deque()
         self._current: str | None = None  # delivered message whose turn has not ended
         self._began = False  # the CLI has begun the current turn (its system/init arrived)
         self._interrupt_on_start = False  # asked to stop before the CLI began the turn
         self._pending: dict[str, ev.PermissionRequested] = {}
         self._timers: dict[str, trio.CancelScope] = {}  # request id -> its timeout task
         self._answered: OrderedDict[str, str] = OrderedDict()  # request id -> outcome
-        self._client_ids: OrderedDict[str, str] = OrderedDict()  # client id -> message id
+        # client id -> message id, from the log: a retry after a restart is still the same one
+        self._client_ids: OrderedDict[str, str] = OrderedDict(
+            fold.message_client_ids()[-RECENT_IDS:]
+        )
         self._process: ClaudeProcess | None = None
         self._translator = Translator(fold.cost_usd)
         self._errored = fold.status is ev.SessionStatus.ERRORED
@@ -201,12 +210,39 @@ class SessionSupervisor:
             self._client_ids[client_id] = message_id
             while len(self._client_ids) > RECENT_IDS:
                 self._client_ids.popitem(last=False)
-        self._emit(ev.MessageQueued(message_id, prompt.text, client_id, list(prompt.images)))
-        self._queue.append((message_id, prompt))
+        cursor = self._log.append(
+            self.id, ev.MessageQueued(message_id, prompt.text, client_id, list(prompt.images))
+        )
+        self._queue.append((message_id, prompt, cursor))
         self._crashes = 0
         self._refresh_status()
         self._wake.set()
         return message_id, True
+
+    def withdraw(self, message_id: str) -> bool:
+        """The store failed before ``message_id`` was durable (its sender gets a 503): take it
+        back, so it never runs; it ends ``turn.failed`` ``store_unavailable`` and its client id
+        is forgotten (a retry queues it anew). False if it is durable or no longer queued."""
+        for entry in self._queue:
+            if entry[0] == message_id:
+                break
+        else:
+            return False
+        if self._log.durable(self.id, entry[2]):
+            return False
+        self._queue.remove(entry)
+        for client_id, known in list(self._client_ids.items()):
+            if known == message_id:
+                del self._client_ids[client_id]
+        self._emit(
+            ev.TurnFailed(
+                message_id,
+                REFUSED,
+                "refused with 503 store_unavailable: the event store was failing; never ran",
+            )
+        )
+        self._refresh_status()
+        return True
 
     async def interrupt(self) -> bool:
         """Interrupt the running turn. Returns False when nothing was running.
@@ -217,7 +253,7 @@ class SessionSupervisor:
         as they do behind an interrupted turn."""
         process = self._process
         if self._current is None and self._queue:
-            message_id, _ = self._queue.popleft()
+            message_id, *_ = self._queue.popleft()
             self._emit(ev.TurnInterrupted(message_id))
             self._refresh_status()
             return True
@@ -274,12 +310,16 @@ class SessionSupervisor:
             timer.cancel()
         outcome = ev.PermissionOutcome.ALLOWED if allow else ev.PermissionOutcome.DENIED
         self._remember_answer(request_id, outcome.value)
-        self._emit(ev.PermissionResolved(request_id, outcome, message, by, list(applied)))
+        self._emit(
+            ev.PermissionResolved(
+                request_id, outcome, message, by, list(applied), summary=request.summary
+            )
+        )
         self._refresh_status()
         if allow:
             answer = msg.permission_allow(request.input, updated_input, updated_permissions)
         else:
-            answer = msg.permission_deny(message or "denied from a paired device", interrupt)
+            answer = msg.permission_deny(message or denial_text(by), interrupt)
         process = self._process
         if process is not None:
             await process.send(msg.control_success(request_id, answer))
@@ -423,9 +463,13 @@ class SessionSupervisor:
                 await self._apply_mirror(nursery, self._mirror_request)
                 continue
             if self._current is None and self._queue and not self._stopping:
+                if not self._log.durable(self.id, self._queue[0][2]):
+                    await self._until_committed()  # a 503 may yet withdraw it
+                    continue
                 if self._process is None and not await self._spawn(nursery):
                     continue
-                if self._queue:  # an interrupt may have taken it while the CLI started
+                # an interrupt or a 503 may have taken it while the CLI started
+                if self._queue and self._log.durable(self.id, self._queue[0][2]):
                     await self._deliver()
                 continue
             if self._warm and self._process is None and self._current is None:
@@ -446,6 +490,20 @@ class SessionSupervisor:
             self._wake = trio.Event()
             if quiet.cancelled_caught and self._process is not None:
                 await self._stop_idle(self._process)
+
+    async def _until_committed(self) -> None:
+        """Until the log commits (or something wakes the loop)."""
+        wake = self._wake
+        async with trio.open_nursery() as nursery:
+
+            async def until(event: trio.Event) -> None:
+                await event.wait()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(until, self._log.next_commit())
+            nursery.start_soon(until, wake)
+        if wake.is_set() and self._wake is wake:
+            self._wake = trio.Event()
 
     async def _spawn(self, nursery: trio.Nursery) -> bool:
         fold = self._log.fold(self.id)
@@ -473,6 +531,11 @@ class SessionSupervisor:
             self._fail_queue("cli_unavailable", exc.message)
             return False
         self._emit(ev.CLIStateChanged(ev.CLIState.RUNNING, pid=process.pid))
+        records, pid = self._settings.records, process.pid
+        if records is not None and pid is not None:
+            # inline, with no await between the start and the first delivery; small (a /proc
+            # read and a tiny file, no fsync; on macOS one ps), and only once per CLI start
+            records.add(self.id, pid)
         return True
 
     def _transcript_exists(self) -> bool:
@@ -495,7 +558,7 @@ class SessionSupervisor:
             self._on_exit(process, process.exit_code, stopped or self._stopping or self.closed)
 
     async def _deliver(self) -> None:
-        message_id, prompt = self._queue.popleft()
+        message_id, prompt, _ = self._queue.popleft()
         process = self._process
         assert process is not None
         self._current = message_id
@@ -652,6 +715,9 @@ class SessionSupervisor:
         return True
 
     def _on_exit(self, process: ClaudeProcess, code: int | None, expected: bool) -> None:
+        records, pid = self._settings.records, process.pid
+        if records is not None and pid is not None:
+            records.remove(self.id, pid)  # it is reaped: nothing left to stop after a crash
         if self._process is not process:
             return
         self._process = None
@@ -662,10 +728,15 @@ class SessionSupervisor:
             scope.cancel()
         self._timers.clear()
         for request_id in list(self._pending):
-            self._pending.pop(request_id)
+            withdrawn = self._pending.pop(request_id)
             self._remember_answer(request_id, ev.PermissionOutcome.WITHDRAWN.value)  # 409, not 404
             self._emit(
-                ev.PermissionResolved(request_id, ev.PermissionOutcome.WITHDRAWN, "claude exited")
+                ev.PermissionResolved(
+                    request_id,
+                    ev.PermissionOutcome.WITHDRAWN,
+                    "claude exited",
+                    summary=withdrawn.summary,
+                )
             )
         if self._current is not None:
             reason = "cli_exited" if crashed else self._stop_reason
@@ -700,7 +771,7 @@ class SessionSupervisor:
 
     def _fail_queue(self, reason: str, detail: str) -> None:
         while self._queue:
-            message_id, _ = self._queue.popleft()
+            message_id, *_ = self._queue.popleft()
             self._emit(ev.TurnFailed(message_id, reason, detail))
         self._refresh_status()
 
@@ -728,3 +799,9 @@ class _Started:
     def started(self, value: object = None) -> None:
         self._supervisor._process = self._process
         self._inner.started()
+
+
+def denial_text(by: str) -> str:
+    """What Claude is told when a denial comes without a message: the same "denied by <who>"
+    the transcript shows (``PermissionResolved.by``), never a guess at who answered."""
+    return f"denied by {by}" if by else "denied"

@@ -19,6 +19,7 @@ import tty
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, aclosing, contextmanager
+from pathlib import Path
 from typing import Final, Protocol, TextIO
 from urllib.parse import quote
 
@@ -29,7 +30,7 @@ from ..errors import SidecodeError
 from ..wire import converter as wire
 from ..wire import events as ev
 from ..wire.snapshot import Snapshot
-from .client import DaemonAPI
+from .client import DaemonAPI, locate, why_unreachable
 from .render import KEYS_HELP, Call, Renderer
 from .sse import Frame, SSEParser
 
@@ -37,6 +38,7 @@ RETRY_FIRST: Final = 0.5  # seconds before the first reconnect; doubles up to RE
 RETRY_MAX: Final = 10.0
 FATAL: Final = frozenset({"unknown_session", "unauthorized", "forbidden", "scope_required"})
 QUIT_KEYS: Final = frozenset({"q", "\x04"})  # q, Ctrl-D
+STATUS_REWRITE: Final = "\x1b[1A\x1b[2K"  # cursor up one line, clear it: the status line again
 TURN_ENDS: Final = (ev.TurnCompleted, ev.TurnFailed, ev.TurnInterrupted)
 
 Write = Callable[[str], None]
@@ -64,10 +66,17 @@ def writer(out: TextIO) -> Write:
 
 
 async def follow(
-    api: EventSource, session_id: str, since: str | None, on_drop: Callable[[str], None]
+    api: EventSource,
+    session_id: str,
+    since: str | None,
+    on_drop: Callable[[str], None],
+    relocate: Callable[[], str | None] | None = None,
 ) -> AsyncGenerator[Frame, None]:
-    """The session's frames, forever: after a drop, reconnect from the last id seen."""
-    delay = RETRY_FIRST
+    """The session's frames, forever: after a drop, reconnect from the last id seen.
+
+    ``relocate`` runs before each reconnect: it re-reads where the daemon is (a daemon that
+    restarted may listen on another port) and may give a better reason for a failed one."""
+    delay, better = RETRY_FIRST, None
     while True:
         try:
             async with api.events(session_id, since) as response:
@@ -87,11 +96,24 @@ async def follow(
             if exc.code in FATAL:
                 raise
             why = exc.message
+            if exc.code == "unreachable" and better:
+                why = better
         except httpx.HTTPError as exc:
             why = str(exc) or type(exc).__name__
+            if isinstance(exc, httpx.TransportError) and better:
+                why = better
         on_drop(f"disconnected ({why}); reconnecting in {delay:g} s")
         await trio.sleep(delay)
         delay = min(delay * 2, RETRY_MAX)
+        if relocate is not None:
+            try:
+                better = relocate()
+            except SidecodeError as exc:  # daemon.json is gone: say so if the retry fails
+                better = exc.message
+
+
+def _reason(status: str) -> str:
+    return status.partition("; reconnecting in")[0]
 
 
 def decode(frame: Frame) -> Snapshot | ev.Event | None:
@@ -115,11 +137,26 @@ def snapshot_reason(frame: Frame) -> str:
 class Attach:
     """One ``attach``: the renderer, where it writes, and why it stopped."""
 
-    def __init__(self, api: DaemonAPI, renderer: Renderer, write: Write, keys: bool) -> None:
-        self.api, self.renderer, self.write = api, renderer, write
+    def __init__(
+        self,
+        api: DaemonAPI,
+        renderer: Renderer,
+        write: Write,
+        keys: bool,
+        state_dir: Path | None = None,
+    ) -> None:
+        self.api, self.renderer, self._write = api, renderer, write
         self._help = keys  # shown once, under the first snapshot
+        self._interactive = keys  # a terminal: the status line is rewritten in place
+        self._state_dir = state_dir
+        self._status: str | None = None  #: the connection status line last written, if last
         self.stop = trio.Event()
         self.error: SidecodeError | None = None
+
+    def write(self, text: str) -> None:
+        if text:
+            self._status = None
+        self._write(text)
 
     async def run(self, keys_fd: int | None) -> None:
         async with trio.open_nursery() as nursery:
@@ -131,7 +168,8 @@ class Attach:
             nursery.cancel_scope.cancel()
 
     async def _follow(self) -> None:
-        frames = follow(self.api, self.renderer.session_id, None, self._dropped)
+        relocate = self._relocate if self._state_dir is not None else None
+        frames = follow(self.api, self.renderer.session_id, None, self._dropped, relocate)
         try:
             async with aclosing(frames):
                 async for frame in frames:
@@ -150,7 +188,25 @@ class Attach:
         self.stop.set()
 
     def _dropped(self, why: str) -> None:
-        self.write(self.renderer.note(why))
+        """One status line for a run of failed reconnects: rewritten in place on a terminal
+        (cursor up, clear line), elsewhere written again only when the reason changes."""
+        line = self.renderer.note(why)
+        if self._status is not None:
+            if not self._interactive:
+                if _reason(why) == _reason(self._status):
+                    return
+            else:
+                line = STATUS_REWRITE + line
+        self._write(line)
+        self._status = why
+
+    def _relocate(self) -> str | None:
+        """Before a reconnect: where ``daemon.json`` says the daemon is now, and why the last
+        attempt failed if its pid is dead."""
+        assert self._state_dir is not None
+        location = locate(self._state_dir)
+        self.api.move(location)
+        return why_unreachable(location)
 
     async def _keys(self, fd: int, nursery: trio.Nursery) -> None:
         while True:
@@ -201,12 +257,20 @@ async def attach(
     keys_fd: int | None,
     color: bool,
     history: int,
+    state_dir: Path | None = None,
 ) -> int:
     api = DaemonAPI(url, token)
     try:
-        session_id = await api.resolve(session)
+        try:
+            session_id = await api.resolve(session)
+        except SidecodeError as exc:  # after a kill -9, say so rather than "cannot reach"
+            stale = why_unreachable(locate(state_dir)) if state_dir is not None else None
+            if exc.code != "unreachable" or stale is None:
+                raise
+            raise SidecodeError(stale, code="unreachable") from None
         renderer = Renderer(session_id, color=color, history=history)
-        run = Attach(api, renderer, writer(out), keys=keys_fd is not None)
+        keys = keys_fd is not None
+        run = Attach(api, renderer, writer(out), keys=keys, state_dir=state_dir)
         if keys_fd is None:
             await run.run(None)
         else:

@@ -8,11 +8,16 @@ own code and message.
 
 from __future__ import annotations
 
+import json
+import os
+import urllib.parse
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any, Final
 from urllib.parse import quote
 
+import attrs
 import httpx
 
 from ..errors import SidecodeError
@@ -33,6 +38,11 @@ class DaemonAPI:
 
     async def aclose(self) -> None:
         await self.http.aclose()
+
+    def move(self, location: Location) -> None:
+        """Talk to the daemon where ``daemon.json`` now says it is (its port may change)."""
+        self.http.base_url = httpx.URL(location.url)
+        self.http.headers["Authorization"] = f"Bearer {location.token}"
 
     async def call(self, method: str, path: str, body: Any = None) -> Any:
         try:
@@ -66,6 +76,49 @@ class DaemonAPI:
                 await response.aread()
                 _reply(response)
             yield response
+
+
+@attrs.frozen
+class Location:
+    """Where the daemon on a state folder says it is (its 0600 ``daemon.json`` and token)."""
+
+    url: str
+    token: str
+    pid: int | None
+
+
+def locate(state_dir: Path) -> Location:
+    """Read ``daemon.json`` now: a daemon restarted on another port is found at its new one."""
+    try:
+        info = json.loads((state_dir / "daemon.json").read_text())
+        token = (state_dir / "token").read_text().strip()
+        url = str(info["http"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise SidecodeError(
+            f"no daemon is running on {state_dir} (daemon.json is gone)", code="unreachable"
+        ) from None
+    parts = urllib.parse.urlsplit(url)
+    if parts.hostname in ("0.0.0.0", "::"):  # noqa: S104 - a wildcard bind is reached on loopback
+        url = f"{parts.scheme}://127.0.0.1:{parts.port}"
+    pid = info.get("pid")
+    return Location(url, token, pid if isinstance(pid, int) and pid > 0 else None)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def why_unreachable(location: Location) -> str | None:
+    """A better reason than "cannot reach" when ``daemon.json`` names a dead process."""
+    if location.pid is not None and not pid_alive(location.pid):
+        return f"daemon.json is stale (pid {location.pid} is dead)"
+    return None
 
 
 def unreachable(url: object, exc: Exception) -> SidecodeError:

@@ -9,6 +9,7 @@ from functools import partial
 
 import trio
 
+from ..config import default_state_dir
 from ..errors import ConfigError
 from .attach import attach, send
 
@@ -37,5 +38,6 @@ def run(args: argparse.Namespace, url: str, token: str) -> int:
         keys_fd=keys,
         color=color,
         history=args.history,
+        state_dir=args.state_dir or default_state_dir(),
     )
     return trio.run(job)

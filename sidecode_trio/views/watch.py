@@ -373,7 +373,7 @@ class WatchProjection:
                 "status",
                 _OUTCOME_LABELS[event.outcome],
                 when,
-                summary=request.summary if request is not None else None,
+                summary=request.summary if request is not None else (event.summary or None),
                 detail=event.message or None,
                 ref=event.request_id,
             )

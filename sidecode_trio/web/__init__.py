@@ -3,13 +3,20 @@
 Only the shell is open: HTML, scripts, styles, icons and the vendored libraries. Everything the
 app shows comes from the v1 API, which it calls with its own device key (``static/auth.js``), so
 serving the shell to anyone reveals nothing but the app's code. The files are read once at start
-and served from memory with an ETag, ``Cache-Control: no-cache`` (the service worker keeps the
-offline copy) and a strict Content-Security-Policy.
+and served from memory with an ETag and a strict Content-Security-Policy.
+
+Text files are gzipped once, at load, and sent compressed to a client that accepts it. The page
+and its modules name each other with ``?v=<build>`` (a hash of every shipped file, added to the
+references at load): a request carrying the current build is cached for a year (``immutable``),
+since a new build means new URLs; anything else (``/app/`` itself, ``sw.js``, an old or missing
+``v``) is ``no-cache`` and revalidated by ETag (the service worker keeps the offline copy).
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
+import re
 from collections.abc import Callable
 from importlib import resources
 from typing import Final
@@ -36,11 +43,26 @@ CONTENT_TYPES: Final = {
 }
 
 
+#: worth compressing (images are compressed already)
+COMPRESSIBLE: Final = ("text/", "application/manifest+json", "application/json", "image/svg+xml")
+IMMUTABLE: Final = "public, max-age=31536000, immutable"
+#: ``src="app.js"`` / ``href="style.css"`` in the page; ``from "./render.js"``,
+#: ``import "./sw-push.js"``, ``import("./push.js")`` in a module: local references to version
+_HTML_REF: Final = re.compile(
+    rb'((?:src|href)=")([A-Za-z0-9_./-]+\.(?:js|css|svg|png|webmanifest))(")'
+)
+_SHELL_LIST: Final = re.compile(rb"const SHELL = \[[^\]]*\]")
+_SHELL_ENTRY: Final = re.compile(rb'(")([A-Za-z0-9_./-]+\.(?:js|css|svg|png|webmanifest))(")')
+_JS_IMPORT: Final = re.compile(rb'((?:\bfrom|\bimport)\s*\(?\s*")(\./[A-Za-z0-9_./-]+\.js)(")')
+
+
 @attrs.frozen
 class StaticFile:
     body: bytes
     content_type: str
     etag: str
+    gzipped: bytes | None = None  #: the body gzipped, when that is smaller
+    build: str = ""  #: the ``v`` that marks a URL of this build (long-lived caching)
 
 
 def content_type(name: str) -> str | None:
@@ -51,9 +73,33 @@ def content_type(name: str) -> str | None:
     return CONTENT_TYPES.get(name[dot:]) if dot > name.rfind("/") else None
 
 
+def versioned(body: bytes, build: str, kind: str) -> bytes:
+    """``body`` with its local references to other shipped files marked ``?v=<build>`` (and,
+    in the service worker, the files it keeps: the same URLs the page asks for, so installing
+    it downloads nothing twice)."""
+    mark = b"?v=" + build.encode()
+    if kind.startswith("text/html"):
+        return _HTML_REF.sub(lambda m: m[1] + m[2] + mark + m[3], body)
+    if kind.startswith("text/javascript"):
+        body = _JS_IMPORT.sub(lambda m: m[1] + m[2] + mark + m[3], body)
+        return _SHELL_LIST.sub(
+            lambda m: _SHELL_ENTRY.sub(lambda e: e[1] + e[2] + mark + e[3], m[0]), body
+        )
+    return body
+
+
+def compressed(body: bytes, kind: str) -> bytes | None:
+    """The gzipped body (fixed mtime: the same bytes every start), or None when not worth it."""
+    if not kind.startswith(COMPRESSIBLE) or len(body) < 256:
+        return None
+    packed = gzip.compress(body, compresslevel=9, mtime=0)
+    return packed if len(packed) < len(body) else None
+
+
 def load_files() -> dict[str, StaticFile]:
-    """Every servable file under ``static/``, keyed by its path relative to it."""
-    files: dict[str, StaticFile] = {}
+    """Every servable file under ``static/``, keyed by its path relative to it: references
+    versioned with the build, gzipped once."""
+    raw: dict[str, tuple[bytes, str]] = {}
     root = resources.files(__package__).joinpath("static")
 
     def walk(node: resources.abc.Traversable, prefix: str) -> None:
@@ -64,12 +110,32 @@ def load_files() -> dict[str, StaticFile]:
                 continue
             kind = content_type(name)
             if kind is not None:
-                body = child.read_bytes()
-                etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
-                files[name] = StaticFile(body, kind, etag)
+                raw[name] = (child.read_bytes(), kind)
 
     walk(root, "")
+    digest = hashlib.sha256()
+    for name in sorted(raw):
+        digest.update(name.encode() + b"\0" + raw[name][0] + b"\0")
+    build = digest.hexdigest()[:12]
+    files: dict[str, StaticFile] = {}
+    for name, (original, kind) in raw.items():
+        body = versioned(original, build, kind)
+        etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+        files[name] = StaticFile(body, kind, etag, compressed(body, kind), build)
     return files
+
+
+def accepts_gzip(accept_encoding: str) -> bool:
+    """Whether an ``Accept-Encoding`` value takes gzip (and does not refuse it with ``q=0``)."""
+    for part in accept_encoding.lower().split(","):
+        coding, _, params = part.strip().partition(";")
+        if coding.strip() in ("gzip", "*"):
+            q = params.strip().removeprefix("q=")
+            try:
+                return not params.strip() or float(q) > 0
+            except ValueError:
+                return False
+    return False
 
 
 def is_public(method: str, path: str) -> bool:
@@ -119,17 +185,28 @@ def add_routes(app: QuartTrio, quic_urls: Callable[[], list[str]]) -> None:
         found = files.get(name)
         if found is None:
             return Response(b"not found\n", status=404, mimetype="text/plain")
+        current = request.args.get("v") == found.build and name != INDEX
+        accepted = request.headers.get("Accept-Encoding", "")
+        gzipped = found.gzipped is not None and accepts_gzip(accepted)
+        # the gzipped body is another representation: its own ETag
+        etag = found.etag[:-1] + '-gz"' if gzipped else found.etag
         headers = {
-            "Cache-Control": "no-cache",
-            "ETag": found.etag,
+            "Cache-Control": IMMUTABLE if current else "no-cache",
+            "ETag": etag,
             "X-Content-Type-Options": "nosniff",
             "Referrer-Policy": "no-referrer",
             "Content-Security-Policy": security_policy(origins(quic_urls())),
             "Cross-Origin-Opener-Policy": "same-origin",
         }
-        if found.etag in request.headers.get("If-None-Match", ""):
+        if found.gzipped is not None:
+            headers["Vary"] = "Accept-Encoding"
+        if etag in request.headers.get("If-None-Match", ""):
             return Response(b"", status=304, headers=headers)
-        response = Response(found.body, status=200, headers=headers)
+        body = found.body
+        if gzipped and found.gzipped is not None:
+            body = found.gzipped
+            headers["Content-Encoding"] = "gzip"
+        response = Response(body, status=200, headers=headers)
         response.headers["Content-Type"] = found.content_type
         return response
 

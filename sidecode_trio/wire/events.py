@@ -78,6 +78,7 @@ class SessionCreated(Event):
     model: str | None = None
     permission_mode: str = "default"
     source: str = "local"  #: "remote": a Claude Code Remote Control session relayed by the bridge
+    client_id: str | None = None  #: the create's ``client_id``: a retried create is one
 
 
 @attrs.frozen
@@ -218,6 +219,7 @@ class PermissionResolved(Event):
     message: str = ""
     by: str = ""  #: who answered: a device's name, "timeout", or "" (the CLI withdrew it)
     applied: list[str] = attrs.field(factory=list)  #: labels of the suggestions applied
+    summary: str = ""  #: the request's ``summary``, so an answer read alone says what it answered
 
 
 @attrs.frozen
@@ -236,7 +238,8 @@ class TurnCompleted(Event):
 @attrs.frozen
 class TurnFailed(Event):
     """The turn ended in error. ``reason``: ``api_error``, ``max_turns``, ``cli_exited``,
-    ``daemon_restarted``, ``error_during_execution``, ... (open set)."""
+    ``daemon_restarted``, ``error_during_execution``, ``store_unavailable`` (refused with a 503:
+    it never ran), ... (open set)."""
 
     TYPE: ClassVar[str] = "turn.failed"
     turn_id: str

@@ -183,6 +183,9 @@ class DaemonInfo:
     name: str = "sidecode-trio"
     #: WebTransport session URLs (``https://<address>:<udp port>/v1/wt``); empty when off
     quic: list[str] = attrs.field(factory=list)
+    #: the permission modes a paired device may choose (the daemon's ``remote_modes``); a
+    #: device's scope narrows them further (``chat``: up to ``default``; ``admin``: all)
+    remote_modes: list[str] = attrs.field(factory=list)
 
 
 @attrs.frozen

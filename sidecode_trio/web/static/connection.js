@@ -323,9 +323,16 @@ export class Client {
     this.subs = new Set();
     this.wakers = new Set();
     this.lastStatus = null;
+    this.info = null;
     const wake = () => this.wakeAll();
     if (typeof window !== "undefined") {
       window.addEventListener("online", wake);
+      // The network is gone: say so now (a stream can hang for a long time before it fails)
+      // and break the streams, which retry with backoff and resume when it is back.
+      window.addEventListener("offline", () => {
+        this.status("offline", { retryIn: null });
+        this.drop();
+      });
       document.addEventListener("visibilitychange", () => {
         if (document.visibilityState === "visible") wake();
       });
@@ -351,6 +358,7 @@ export class Client {
     const device = await loadDevice();
     if (!device) throw new Error("not paired");
     const { info, hashes } = await daemonInfo(device);
+    this.info = info; // remote_modes: what a paired device may choose (modes.js)
     const urls = info.quic && info.quic.length ? info.quic : device.daemon.quic;
     const wtAllowed = this.preferWT && urls.length && hashes.length
       && Date.now() - this.wtFailedAt > WT_RETRY_AFTER;
@@ -378,11 +386,23 @@ export class Client {
   /** A request over the current transport: {status, body}. */
   async request(method, path, body) {
     for (let attempt = 0; ; attempt++) {
-      const link = await this.connect();
+      let link;
+      try {
+        link = await this.connect();
+      } catch (error) {
+        this.status("offline", { retryIn: null });
+        throw Object.assign(error, { network: true });
+      }
       try {
         return await link.request(method, path, body);
       } catch (error) {
-        if (attempt > 0 || link.kind === "sse") throw error;
+        if (attempt > 0 || link.kind === "sse") {
+          if (error instanceof TypeError || error.message === "disconnected") {
+            this.status("offline", { retryIn: null }); // fetch failed: the link is gone
+            error.network = true;
+          }
+          throw error;
+        }
         link.close(); // a dead WebTransport link: retry once on a fresh one
       }
     }

@@ -108,6 +108,7 @@ const HANDLERS = {
     }
   },
   "session.deleted": (s) => { s.deleted = true; },
+  "session.mirror": (s, e) => info(s, { mirrored: e.enabled, mirror_name: e.name ?? null }),
   "session.status": (s, e) => info(s, { status: e.status }),
   "cli.state": (s, e) => info(s, { cli: e.state }),
   "message.queued": (s, e) => {

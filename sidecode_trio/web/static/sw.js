@@ -5,11 +5,12 @@ import "./sw-push.js"; // notifications (Web Push, Allow/Deny from a notificatio
 
 const CACHE = "sidecode-shell-v1";
 const SHELL = [
-  "./", "app.js", "auth.js", "connection.js", "render.js", "session-view.js", "state.js",
+  "./", "app.js", "auth.js", "connection.js", "modes.js", "render.js", "session-view.js",
+  "state.js", "thumbs.js",
   "push.js", "style.css", "manifest.webmanifest", "icons/icon.svg", "icons/icon-192.png",
   "icons/icon-512.png", "vendor/marked.umd.js", "vendor/purify.min.js",
   "vendor/highlight.min.js", "vendor/highlight-github.min.css",
-  "vendor/highlight-github-dark.min.css", "vendor/diff2html.min.js", "vendor/diff2html.min.css",
+  "vendor/highlight-github-dark.min.css",
 ];
 
 self.addEventListener("install", (event) => {
@@ -42,7 +43,8 @@ async function networkFirst(request) {
     if (response.ok) await cache.put(key, response.clone());
     return response;
   } catch (error) {
-    const cached = await cache.match(key, { ignoreSearch: request.mode === "navigate" });
+    // offline: any build's copy of the file (a page asks for "app.js?v=<build>")
+    const cached = await cache.match(key, { ignoreSearch: true });
     if (cached) return cached;
     throw error;
   }
