@@ -102,10 +102,11 @@ class SQLiteStore:
         try:
             self._db.execute("BEGIN")
             try:
-                self._db.executemany(
-                    "INSERT INTO sessions (id, epoch, low_water, created_at) VALUES (?, ?, ?, ?)",
-                    [(s.id, s.epoch, s.low_water, s.created_at) for s in new_sessions],
-                )
+                if new_sessions:  # rare: no empty statement on the token path's commits
+                    self._db.executemany(
+                        "INSERT INTO sessions (id, epoch, low_water, created_at) VALUES (?,?,?,?)",
+                        [(s.id, s.epoch, s.low_water, s.created_at) for s in new_sessions],
+                    )
                 self._db.executemany(
                     "INSERT INTO events (session_id, cursor, at, type, data) VALUES (?,?,?,?,?)",
                     [(e.session_id, e.cursor, e.at, e.type, e.data) for e in events],
