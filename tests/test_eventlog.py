@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import trio
 import trio.testing
+from hypothesis import given
+from hypothesis import strategies as st
 
 from sidecode_trio.errors import BadRequest, NotFound, StoreError
 from sidecode_trio.eventlog.core import (
@@ -16,12 +18,14 @@ from sidecode_trio.eventlog.core import (
     Position,
     StoredEvent,
     decode_event,
+    encode,
     plan_read,
 )
 from sidecode_trio.eventlog.fold import SessionFold
 from sidecode_trio.eventlog.log import EventLog, LogLimits, Replay, SnapshotRead
 from sidecode_trio.eventlog.store import SessionRow, SQLiteStore
 from sidecode_trio.wire import events as ev
+from sidecode_trio.wire.converter import converter, json_bytes
 
 
 def test_plan_read_decisions() -> None:
@@ -292,3 +296,29 @@ def test_the_fold_keeps_client_ids_but_not_those_of_refused_messages() -> None:
     again = SessionFold.from_snapshot(fold.snapshot("e", len(events)))
     assert again.message_client_ids() == fold.message_client_ids()
     assert again.created_client_id == "c1"  # from its first message
+
+
+@given(
+    session_id=st.text(st.characters(blacklist_categories=())),
+    message_id=st.text(st.characters(blacklist_categories=())),
+    text=st.text(st.characters(blacklist_categories=())),
+    index=st.integers(-(10**30), 10**30),
+    cursor=st.integers(0, 2**63),
+    at=st.floats(allow_nan=True, allow_infinity=True) | st.floats(0, 4e9),
+)
+def test_a_text_delta_envelope_is_the_same_bytes_on_the_fast_path(
+    session_id: str, message_id: str, text: str, index: int, cursor: int, at: float
+) -> None:
+    """``encode`` formats text deltas directly: byte for byte what the general path writes
+    (unicode, lone surrogates, control characters, odd floats)."""
+    event = ev.TextDelta(message_id, index, text)
+    stored = encode(session_id, "epoch0000000", cursor, at, event)
+    envelope = {
+        "session_id": session_id,
+        "epoch": "epoch0000000",
+        "cursor": cursor,
+        "at": at,
+        "event": converter.unstructure(event, unstructure_as=ev.Event),
+    }
+    assert stored.data == json_bytes(envelope)
+    assert stored.type == "text.delta" and decode_event(stored) == event
