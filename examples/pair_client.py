@@ -38,6 +38,7 @@ import nacl.exceptions
 import nacl.signing
 
 PAIR_CONTEXT = b"sidecode-trio pair v1\n"
+RENDEZVOUS_CONTEXT = b"sidecode-trio rendezvous v1\n"  # the WebRTC path's broker topics
 AUTH_CONTEXT = b"sidecode-trio auth v1\n"
 CERT_CONTEXT = b"sidecode-trio cert v1\n"
 DEFAULT_STORE = Path.home() / ".config" / "sidecode-trio-client.json"
@@ -155,10 +156,14 @@ def pair(payload: dict[str, Any], name: str) -> dict[str, Any]:
             reply = conn.request("POST", "/v1/pair", body)
         finally:
             conn.close()
+        # the rendezvous secret (PROTOCOL.md "Rendezvous"): the daemon computes the same one
+        # and derives this device's broker topics from it; "rv" names the broker, if one is on
+        rendezvous = hmac.new(unb64(payload["secret"]), RENDEZVOUS_CONTEXT + transcript, "sha256")
         return {
             "daemon": {"public_key": payload["pk"], "fingerprint": payload["fp"], "urls": [url]},
             "device": {"id": reply["device"]["id"], "seed": b64(bytes(device_key))},
             "scope": reply["device"]["scope"],
+            "rendezvous": {"url": payload.get("rv"), "secret": b64(rendezvous.digest())},
         }
     raise SystemExit("could not reach the daemon: " + "; ".join(errors))
 

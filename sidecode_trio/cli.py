@@ -21,6 +21,8 @@ from typing import Any
 from . import __version__
 from .defaults import DEFAULT_PORT, default_state_dir
 from .errors import ConfigError, SidecodeError
+from .rtc.settings import add_flags as add_rtc_flags
+from .rtc.settings import overrides as rtc_overrides
 
 
 def escape(text: str) -> str:
@@ -114,6 +116,14 @@ def _parser() -> argparse.ArgumentParser:
         help="full (default): the command, session title and folder; minimal: only what happened",
     )
 
+    serve.add_argument(
+        "--web-origin",
+        metavar="URL",
+        help="where the exported web app is hosted (sidecode-trio web export): pairing links "
+        "open it there, e.g. https://you.github.io/sidecode/",
+    )
+    add_rtc_flags(serve)
+
     pair = commands.add_parser("pair", help="show a one-time pairing code for a new device")
     _state_dir_flag(pair)
     pair.add_argument(
@@ -163,6 +173,17 @@ def _parser() -> argparse.ArgumentParser:
     send.add_argument(
         "--wait", action="store_true", help="wait for the turn to end and print its result"
     )
+
+    web = commands.add_parser("web", help="the phone web app")
+    web_actions = web.add_subparsers(dest="web_command", required=True)
+    export = web_actions.add_parser(
+        "export",
+        help="write the app as a static bundle for any HTTPS host (GitHub Pages, ...)",
+        description="Writes the web app, as the daemon serves it, into DIR (absent, empty, or "
+        "an earlier export). It holds no secret and no daemon address: devices learn their "
+        "daemon from the pairing link. Then run serve --web-origin URL-OF-DIR.",
+    )
+    export.add_argument("dir", type=Path, help="where to write it")
 
     doctor = commands.add_parser(
         "doctor", help="check the claude CLI, the state directory and the daemon"
@@ -222,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
             return _devices(args)
         if args.command == "service":
             return _service(args)
+        if args.command == "web":
+            return _web_export(args.dir)
         if args.command in ("attach", "send"):
             from .term.main import run
 
@@ -255,6 +278,8 @@ def _serve(args: argparse.Namespace) -> int:
         "notify_webhook": args.notify_webhook,
         "notify_format": args.notify_format,
         "notify_details": args.notify_details,
+        "rtc": rtc_overrides(args),
+        "web_origin": args.web_origin,
     }
     import trio
 
@@ -263,6 +288,15 @@ def _serve(args: argparse.Namespace) -> int:
 
     config = load_config(overrides, args.config)
     trio.run(lambda: serve(config, handle_signals=True, show_pairing=True))
+    return 0
+
+
+def _web_export(target: Path) -> int:
+    from .web.export import export
+
+    written = export(target)
+    print(f"wrote {len(written)} files to {target}; host them on any HTTPS origin, then run")
+    print("  sidecode-trio serve --web-origin https://<where they are served>/")
     return 0
 
 
@@ -603,6 +637,38 @@ def _check_remote_control(state_dir: Path) -> dict[str, Any]:
     return part
 
 
+def _check_reachability(state_dir: Path) -> dict[str, Any]:
+    """Which paths a device would get: direct addresses, NAT type (STUN), rendezvous, TURN."""
+    import trio
+
+    from .config import load_config
+    from .rtc.reach import check
+
+    try:
+        config = load_config({"state_dir": state_dir})
+    except ConfigError as exc:
+        return {"ok": False, "detail": exc.message}
+    live = _daemon_file(state_dir)
+    direct = list(config.public_urls)
+    settings = config.rtc
+    if live is not None:
+        from .daemon import reachable_urls
+        from .rtc.reach import live_settings
+
+        direct += reachable_urls(live)
+        # serve's flags are not in the config file: probe what the running daemon uses
+        settings = live_settings((_live_status(state_dir) or {}).get("rtc"), settings)
+    return trio.run(check, settings, direct)
+
+
+def _daemon_file(state_dir: Path) -> str | None:
+    """The URL the running daemon bound (a wildcard kept: it serves every address)."""
+    try:
+        return str(json.loads((state_dir / "daemon.json").read_text())["http"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def _check_service(state_dir: Path) -> dict[str, Any]:
     from .service_command import doctor_part
 
@@ -628,6 +694,7 @@ def _doctor(args: argparse.Namespace) -> int:
         "daemon": _check_daemon(state_dir),
         "keep_awake": _check_keep_awake(state_dir),
         "remote_control": _check_remote_control(state_dir),
+        "reachability": _check_reachability(state_dir),
         "service": _check_service(state_dir),
     }
     ok = all(part["ok"] for part in report.values())

@@ -26,6 +26,7 @@ from .host.addresses import is_loopback as is_loopback  # re-exported (tests, ca
 from .host.awake import parse_setting
 from .notify.settings import DEFAULT_SUBJECT
 from .notify.settings import problems as notify_problems
+from .rtc.settings import RtcSettings
 from .wire.converter import structure
 
 
@@ -70,12 +71,15 @@ class DaemonConfig:
     #: relay the account's Claude Code Remote Control sessions (off: nothing goes to Anthropic)
     remote_control: bool = False
     remote: BridgeSettings = BridgeSettings()  #: the bridge's URLs and timings (``[remote]``)
+    rtc: RtcSettings = RtcSettings()  #: the WebRTC path (``[rtc]``, ``serve --rendezvous``)
 
     https: bool | None = None  #: None: HTTPS exactly when the bind is not loopback
     #: where devices reach the daemon through a reverse proxy or tunnel with a real certificate
     #: (e.g. ``https://laptop.tailnet.ts.net``): listed first in pairing offers, its host name
     #: accepted in ``Host`` on a loopback bind
     public_urls: tuple[str, ...] = ()
+    #: where the exported web app is hosted (``web export``); pairing links open it there
+    web_origin: str | None = None
 
     @property
     def tls(self) -> bool:
@@ -112,6 +116,18 @@ def public_host(url: str) -> str | None:
     return host if port is None else f"{host}:{port}"
 
 
+def _web_origin_ok(url: str) -> bool:
+    """An https URL of a page (a static host), or http on loopback (a secure context too)."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        return False
+    if parts.query or parts.fragment or parts.username or not parts.hostname:
+        return False
+    return parts.scheme == "https" or (parts.scheme == "http" and is_loopback(parts.hostname))
+
+
 def _problems(config: DaemonConfig) -> list[str]:
     problems = []
     if not 0 <= config.port <= 65535:
@@ -134,6 +150,11 @@ def _problems(config: DaemonConfig) -> list[str]:
                 f"bad value @ $.public_urls[{i}]: {url!r} is not an http(s) URL of a host "
                 "(no path, query or fragment), e.g. https://laptop.tailnet.ts.net"
             )
+    if config.web_origin is not None and not _web_origin_ok(config.web_origin):
+        problems.append(
+            f"bad value @ $.web_origin: {config.web_origin!r} is not an https:// URL (http:// "
+            "only on loopback), without query or fragment, e.g. https://me.github.io/sidecode/"
+        )
     if not 10 <= config.pairing_ttl <= 3600:
         problems.append("bad value @ $.pairing_ttl: between 10 and 3600 seconds")
     if config.idle_timeout <= 0:
@@ -159,6 +180,7 @@ def _problems(config: DaemonConfig) -> list[str]:
     except ValueError as exc:
         problems.append(f"bad value @ $.keep_awake: {exc}")
     problems.extend(config.remote.problems())
+    problems.extend(config.rtc.problems())
     if config.max_body < 1024:
         problems.append("bad value @ $.max_body: must be at least 1024 bytes")
     for i, root in enumerate(config.allowed_roots):
@@ -184,12 +206,17 @@ def load_config(overrides: Mapping[str, Any], config_file: Path | None = None) -
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(f"unknown setting(s) @ $: {', '.join(unknown)} (in {path})")
-    remote = data.get("remote")
-    remote_known = {field.name for field in attrs.fields(BridgeSettings)}
-    remote_unknown = sorted(set(remote) - remote_known) if isinstance(remote, dict) else []
-    if remote_unknown:
-        raise ConfigError(f"unknown setting(s) @ $.remote: {', '.join(remote_unknown)} ({path})")
-    data.update({k: v for k, v in overrides.items() if v is not None})
+    for table, settings in (("remote", BridgeSettings), ("rtc", RtcSettings)):
+        given = data.get(table)
+        names = {field.name for field in attrs.fields(settings)}
+        unknown = sorted(set(given) - names) if isinstance(given, dict) else []
+        if unknown:
+            raise ConfigError(f"unknown setting(s) @ $.{table}: {', '.join(unknown)} ({path})")
+    rtc_flags = {k: v for k, v in (overrides.get("rtc") or {}).items() if v is not None}
+    data.update({k: v for k, v in overrides.items() if v is not None and k != "rtc"})
+    if rtc_flags:  # flags win over the [rtc] table, setting by setting
+        rtc_table = data.get("rtc")
+        data["rtc"] = {**(rtc_table if isinstance(rtc_table, dict) else {}), **rtc_flags}
     data["state_dir"] = str(state_dir)
     if not data.get("allowed_roots"):
         data["allowed_roots"] = [str(Path.home())]

@@ -57,6 +57,7 @@ from .notify.settings import settings_for as notify_settings
 from .notify.subscriptions import SubscriptionStore
 from .notify.vapid import load_vapid
 from .ops import Operations, Policy
+from .ops.front import Front, routes
 from .security.devices import DeviceStore, Scope
 from .security.guard import Guard
 from .security.identity import load_identity
@@ -88,6 +89,7 @@ class DaemonHandle:
     app: Any = attrs.field(default=None, eq=False, repr=False)  #: the HTTP app, for introspection
     quic_port: int = 0  #: the WebTransport endpoint's UDP port (0: not serving)
     quic: Any = attrs.field(default=None, eq=False, repr=False)  #: the endpoint, for introspection
+    rtc: Any = attrs.field(default=None, eq=False, repr=False)  #: the WebRTC task (rtc/service.py)
 
 
 def prepare_state_dir(state_dir: Path) -> None:
@@ -156,6 +158,10 @@ async def serve(
     task_status: trio.TaskStatus[DaemonHandle] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the daemon until ``DaemonHandle.stop`` is set (or SIGINT/SIGTERM, if handled)."""
+    if config.rtc.enabled:  # before anything starts: a clear error without the rtc extra
+        from .rtc.service import check_available
+
+        check_available()
     prepare_state_dir(config.state_dir)
     with single_instance(config.state_dir):
         token = load_token(config.token_path)
@@ -250,6 +256,13 @@ async def _serve(
 
         bridge = Bridge(config.remote, event_log, registry, {**os.environ, **config.claude_env})
         registry.remote_factory = bridge.session_for
+    guard.pairings.web_origin = config.web_origin
+    rtc = None
+    if config.rtc.enabled:  # aiortc and paho are imported only when its task starts
+        from .rtc.service import RtcService
+
+        guard.pairings.rendezvous_url = config.rtc.rendezvous
+        rtc = RtcService(config.rtc, guard.identity.signing_key, guard.devices)
     ops = Operations(
         registry,
         event_log,
@@ -260,6 +273,7 @@ async def _serve(
             "notify": notifier.statistics,
             "claude": cli.status,
             "remote_control": bridge.status if bridge else lambda: {"enabled": False},
+            "rtc": rtc.status if rtc else lambda: {"enabled": False},
         },
         cli=cli,
     )
@@ -299,7 +313,9 @@ async def _serve(
             if config.quic_port != -1:
                 from .quic.endpoint import Endpoint, session_urls, settings_for  # aioquic
 
-                endpoint = Endpoint(app, ops, guard, guard.certificates, settings_for(config))
+                front = Front(routes(ops, notifier))  # the operation table, without HTTP
+                requests = front.dispatch
+                endpoint = Endpoint(requests, ops, guard, guard.certificates, settings_for(config))
                 quic_port = await services.start(partial(endpoint.run, shutdown_trigger=stop))
                 # a proxy carries HTTP, not QUIC: WebTransport goes to this host directly
                 guard.pairings.quic_urls = session_urls(direct_urls, quic_port)
@@ -311,6 +327,8 @@ async def _serve(
                 await housekeeping.start(notifier.run)
                 if handle_signals:
                     housekeeping.start_soon(_stop_on_signal, stop)
+                if rtc is not None:  # a broker down at start is retried, never fatal
+                    housekeeping.start_soon(rtc.supervise)
                 if show_pairing and not guard.devices.active():
                     _offer_pairing(guard, config.pairing_ttl)
                 gc.freeze()  # start-up objects never become garbage; keep them out of GC passes
@@ -320,7 +338,7 @@ async def _serve(
                 port = urlsplit(url).port or 0
                 fingerprint = guard.identity.fingerprint
                 task_status.started(
-                    DaemonHandle(url, port, token, stop, fingerprint, app, quic_port, endpoint)
+                    DaemonHandle(url, port, token, stop, fingerprint, app, quic_port, endpoint, rtc)
                 )
                 await stop.wait()
                 housekeeping.cancel_scope.cancel()

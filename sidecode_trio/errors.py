@@ -11,6 +11,7 @@ client. A client error carries a stable ``code`` and the HTTP status that goes w
     │   ├── Unauthorized           401  missing or wrong credential
     │   ├── Forbidden              403  wrong Host header, path outside the allowed roots
     │   ├── NotFound               404  unknown session, unknown permission request
+    │   ├── MethodNotAllowed       405  a known path, another method (the operation table)
     │   ├── Conflict               409  already answered, session busy in a way that matters
     │   ├── TooLarge               413  a body or an image over its limit
     │   └── Unsupported            422  this session or CLI cannot do that (a remote session's
@@ -68,6 +69,11 @@ class Forbidden(ClientError):
 class NotFound(ClientError):
     status = 404
     code = "not_found"
+
+
+class MethodNotAllowed(ClientError):
+    status = 405
+    code = "method_not_allowed"
 
 
 class Conflict(ClientError):

@@ -376,6 +376,8 @@ async def test_missing_cli_binary_is_a_clear_failure(
                 assert failed.body["reason"] == "cli_unavailable"
                 assert "no-such-claude" in failed.body["message"]
             assert (await daemon.snapshot(session["id"]))["session"]["status"] == "errored"
+            sessions = (await daemon.http.get("/v1/status")).json()["sessions"]
+            assert sum(sessions["states"].values()) == sessions["sessions"] == 1  # core states
 
 
 async def test_a_vanished_client_leaves_nothing_behind(daemon: Client, work_dir: Path) -> None:

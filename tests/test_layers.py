@@ -15,6 +15,7 @@ import ast
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
+from typing import Final
 
 import pytest
 
@@ -217,6 +218,61 @@ def test_no_transport_imports_another() -> None:
         if {_area(module), _area(target)} <= TRANSPORTS and _area(module) != _area(target)
     ]
     assert crossing == []
+
+
+#: the calls that subscribe to the event log or the session list (Operations', EventLog's,
+#: the registry's), and the log's feed classes: only the feed package uses them
+SUBSCRIBING: Final = frozenset({"subscribe", "subscribe_sessions", "subscribe_list"})
+FEED_INTERNALS: Final = frozenset({"Subscription", "Replay", "SnapshotRead"})
+SUBSCRIBERS_BELOW: Final = frozenset({"ops", "eventlog", "sessions"})  # they define them
+#: what an Operations, EventLog or SessionRegistry is called (other things have a ``subscribe``
+#: of their own: MQTT clients, push subscriptions, the Remote Control bridge)
+LOG_HOLDERS: Final = frozenset({"ops", "_ops", "log", "_log", "registry", "_registry"})
+
+
+def _receiver(node: ast.expr) -> str:
+    return node.attr if isinstance(node, ast.Attribute) else getattr(node, "id", "")
+
+
+def test_the_feed_is_the_only_subscriber_of_the_event_log() -> None:
+    """No transport (nor anything above the feed) writes its own catch-up + live loop: every
+    call that subscribes is in feed/, and no transport names the log's subscription classes."""
+    outside = [
+        f"{module}:{node.lineno} {node.func.attr}"
+        for module in _graph()
+        if _area(module) not in {"feed", *SUBSCRIBERS_BELOW}
+        for node in ast.walk(_tree(module))
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr in SUBSCRIBING
+        and _receiver(node.func.value) in LOG_HOLDERS
+    ]
+    assert outside == []
+    named = [
+        f"{module} -> {alias.name}"
+        for module in _graph()
+        if _area(module) in TRANSPORTS
+        for node in ast.walk(_tree(module))
+        if isinstance(node, ast.ImportFrom) and (node.module or "").endswith("eventlog.log")
+        for alias in node.names
+        if alias.name in FEED_INTERNALS
+    ]
+    assert named == []
+    feed = f"{TOP}.feed"
+    assert not [m for m in _graph()[f"{feed}.session"] if _area(m) in TRANSPORTS]
+
+
+def test_only_http_imports_the_http_framework() -> None:
+    """WebTransport (and any later transport) dispatches into the operation table
+    (ops/front.py), never through Quart's request machinery."""
+    users = sorted(
+        f"{module} -> {name}"
+        for module in _graph()
+        if _area(module) not in {"http", "web"} and module != f"{TOP}.daemon"  # it configures
+        for name in _imported(module)  # the HTTP server it starts
+        if name.split(".")[0] in {"quart", "quart_trio", "hypercorn", "werkzeug"}
+    )
+    assert users == []
 
 
 def test_notify_imports_no_transport() -> None:

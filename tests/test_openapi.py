@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 
+from sidecode_trio.ops import front
 from sidecode_trio.ops.openapi import OPERATIONS, document, render
 
 from helpers import Client
@@ -87,3 +89,17 @@ def test_errors_streams_and_open_routes_are_described() -> None:
     assert watch["content"]["application/json"]["schema"]["properties"]["error"] == {
         "type": "string"
     }
+
+
+def test_the_operation_table_and_the_document_agree() -> None:
+    """Every row of the operation table (ops/front.py: what HTTP registers and WebTransport
+    dispatches into) is documented with the same body class, and every documented JSON v1
+    operation (not an event stream) is a row: neither can drift from the other."""
+    anything: Any = object()  # the handlers are only built here, never called
+    table = {(r.method, r.path): r.body for r in front.routes(anything, anything)}
+    documented = {
+        (op.method, op.path): op.body
+        for op in OPERATIONS
+        if op.path.startswith("/v1/") and not op.stream
+    }
+    assert table == documented

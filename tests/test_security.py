@@ -27,9 +27,9 @@ from sidecode_trio import web
 from sidecode_trio.config import DaemonConfig
 from sidecode_trio.errors import ConfigError, Unauthorized
 from sidecode_trio.security import identity as identity_module
-from sidecode_trio.security.auth import AUTH_CONTEXT, LOCAL, check_token
+from sidecode_trio.security.auth import AUTH_CONTEXT, LOCAL, Principal, check_token
 from sidecode_trio.security.devices import DeviceStore, Scope
-from sidecode_trio.security.guard import Guard, is_loopback_peer
+from sidecode_trio.security.guard import Credentials, Guard, is_loopback_peer
 from sidecode_trio.security.identity import b64, fingerprint, load_identity
 from sidecode_trio.security.pairing import (
     PairingProof,
@@ -133,7 +133,7 @@ def test_pairing_secrets_expire_and_die_after_wrong_proofs() -> None:
     with pytest.raises(PairingRefused, match="unknown, used or expired"):  # withdrawn
         pairings.redeem(proof(guessed.secret_id, guessed.secret), "c")
     good = pairings.offer(Scope.ADMIN, ttl=300)
-    assert pairings.redeem(proof(good.secret_id, good.secret), "d") is Scope.ADMIN
+    assert pairings.redeem(proof(good.secret_id, good.secret), "d").scope is Scope.ADMIN
     for _ in range(4):
         with pytest.raises(PairingRefused):
             pairings.redeem(proof("zz", b""), "e")
@@ -457,4 +457,39 @@ def test_failures_never_lock_out_a_credential_that_verifies(tmp_path: Path) -> N
     assert guard.authenticate(token(key), None, "/v1/x", "127.0.0.1").device_id == device.id
     audited = [e for e in devices.audit_log(500) if e.kind == "auth_failed"]
     assert len(audited) == 120  # past the limit, failures are not audited one by one
+    devices.close()
+
+
+def test_links_and_requests_share_one_authentication_path(tmp_path: Path) -> None:
+    """A link that proves a device key once (WebTransport today, a WebRTC link bound to its
+    signed fingerprint next) goes through Guard.admit_signed: the signature binds the link's
+    own message, failures count in the same limiter as requests' (one quota for an attacker,
+    whatever the transport) and are audited; Guard.current re-checks revocation and scope."""
+    identity = load_identity(tmp_path, "file")
+    certs = CertificateStore(tmp_path / "tls", identity, ["127.0.0.1"])
+    certs.refresh()
+    devices = DeviceStore(tmp_path / "devices.sqlite3")
+    guard = Guard(identity, certs, devices, "t" * 43)
+    key = nacl.signing.SigningKey.generate()
+    device = devices.add("phone", b64(bytes(key.verify_key)), "f", Scope.CHAT)
+    message = b"link nonce and certificate" + device.id.encode()
+    signature = b64(key.sign(message).signature)
+    who = guard.admit_signed(device.id, signature, message, "192.0.2.7", "WebRTC")
+    assert (who.device_id, who.scope) == (device.id, Scope.CHAT)
+    with pytest.raises(Unauthorized, match="does not verify"):  # another link's message
+        guard.admit_signed(device.id, signature, message + b"x", "192.0.2.7", "WebRTC")
+    with pytest.raises(Unauthorized, match="malformed"):
+        guard.admit_signed(device.id, "a", message, "192.0.2.7", "WebRTC")
+    for _ in range(118):  # the same address, now over requests: one quota for both
+        with pytest.raises(Unauthorized):
+            guard.admit(Credentials("/v1/sessions", "192.0.2.7", "Bearer wrong"))
+    with pytest.raises(RateLimited):
+        guard.admit_signed(device.id, "a", message, "192.0.2.7", "WebRTC")
+    failures = [e.detail for e in devices.audit_log(500) if e.kind == "auth_failed"]
+    assert len(failures) == 120 and "on WebRTC" in failures[-1]  # newest first
+    devices.set_scope(device.id, Scope.ADMIN)
+    assert guard.current(who) == Principal(device.id, "phone", Scope.ADMIN)  # at once
+    devices.revoke(device.id)
+    assert guard.current(who) is None
+    assert guard.current(LOCAL) is LOCAL
     devices.close()

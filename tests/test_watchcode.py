@@ -380,7 +380,13 @@ async def test_an_api_stream_outlives_the_idle_timeout(
                     await until_content(stream, "status", "Idle")
                     for turn in range(5):
                         await trio.sleep(0.6)  # longer than the idle timeout, keep-alives only
-                        await http.post(f"/api/sessions/{sid}/message", json={"content": f"{turn}"})
+                        # each POST on its own connection: a pooled one idle past the (shortened)
+                        # timeout may be closed by the daemon just as the client reuses it
+                        await http.post(
+                            f"/api/sessions/{sid}/message",
+                            json={"content": f"{turn}"},
+                            headers={"Connection": "close"},
+                        )
                         await until_content(stream, "assistant", f"You said: {turn}")
                     users = [e.data["content"] for e in stream.seen if e.data["type"] == "user"]
         assert users == ["one", "0", "1", "2", "3", "4"]

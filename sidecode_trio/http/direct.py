@@ -12,24 +12,24 @@ hypercorn's, set up as ``hypercorn.trio.serve`` (0.18) does it.
 
 On a plain socket, live events of the full view do not even wake the client's task: while it
 has nothing queued, the log's fan-out writes each event with one non-blocking ``send`` (a
-:class:`_Sink` on the :class:`~..eventlog.log.Subscription`); the task only sends what did not
+:class:`_SocketDirect`, the feed's :class:`~..feed.Direct` path); the task only sends what did not
 fit (``reference/sse-fanout.md``, mode A0 against A2). Under TLS, and for the watch view, the
 task writes every chunk.
 
-Quart's ``before_request``/``after_request`` hooks do not run for claimed requests: what they
-check is repeated in :meth:`DirectEvents.check` (in the same order, the same errors), and a new
-hook that matters to this route must be added there as well (``tests/test_direct_sse.py``
-compares the two paths' errors).
+Quart's ``before_request``/``after_request`` hooks do not run for claimed requests:
+:meth:`DirectEvents.check` makes the same checks through the same functions (``security.guard``'s
+``check_host`` and ``Guard.admit``, in the same order, the same errors), and a new hook that
+matters to this route must be added there as well (``tests/test_direct_sse.py`` compares the two
+paths' errors).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import re
 import socket
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import aclosing, asynccontextmanager
 from functools import partial
 from typing import Any, Final
@@ -46,12 +46,13 @@ from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState
 from hypercorn.utils import ShutdownError, raise_shutdown, repr_socket_addr, wrap_app
 
-from ..errors import BadRequest, Forbidden, SidecodeError, Unauthorized
+from ..errors import BadRequest, SidecodeError, Unauthorized
 from ..eventlog.core import Position, StoredEvent
-from ..eventlog.log import KEEPALIVE, Replay, SnapshotRead, Subscription
+from ..eventlog.log import KEEPALIVE
+from ..feed import SessionFeed, parse_events_path
 from ..ops import Operations
 from ..security.auth import Principal
-from ..security.guard import Guard
+from ..security.guard import Credentials, Guard, check_host
 from ..wire import converter as wire
 from ..wire import requests as rq
 from . import sse, watchcode
@@ -59,7 +60,6 @@ from . import sse, watchcode
 log = logging.getLogger(__name__)
 
 VIEWS: Final = ("full", "watch")
-EVENTS_PATH: Final = re.compile(r"/v1/sessions/([^/%?#]+)/events")
 CLAIMED_PREFIX: Final = b"GET /v1/sessions/"
 HEAD_LIMIT: Final = 16 * 1024  # hypercorn's h11_max_incomplete_size default
 HEAD_TIMEOUT: Final = 5.0  # seconds for a request head (hypercorn's keep_alive_timeout default)
@@ -114,30 +114,15 @@ async def _full_stream(
     since: Position | None,
 ) -> AsyncGenerator[bytes, None]:
     # Subscribed on the first iteration: a client gone before then leaves nothing behind.
-    catch_up, sub = ops.subscribe(who, session_id, since, settings.client_queue)
-    forget = guard.links.register(who, sub.end)  # revoking the device ends this stream
-    try:
+    with SessionFeed.open(ops, guard.links, who, session_id, since, settings.client_queue) as fd:
         yield sse.RETRY
-        for chunk in _catch_up(catch_up):
-            yield chunk
-        # keep-alives arrive as KEEPALIVE markers from the log (see EventLog.keepalive)
-        live = sse.live(sub.receive, sse.event_frame, None, KEEPALIVE)
+        for item in fd.catch_up():
+            yield sse.encode(item)
+        live = fd.live()
         async with aclosing(live):  # closed with this stream, not left to the GC (a warning)
-            async for chunk in live:
-                yield chunk
-    finally:
-        forget()
-        sub.close()
-
-
-def _catch_up(catch_up: Replay | SnapshotRead) -> Iterator[bytes]:
-    """What a new subscriber missed: a snapshot, or the events in big writes."""
-    if isinstance(catch_up, SnapshotRead):
-        yield sse.snapshot_frame(catch_up.snapshot, catch_up.reason)
-    else:
-        events = catch_up.events
-        for start in range(0, len(events), sse.REPLAY_CHUNK):
-            yield sse.event_frames(events[start : start + sse.REPLAY_CHUNK])
+            async for each in live:
+                if chunk := sse.encode(each):
+                    yield chunk
 
 
 def error_body(exc: SidecodeError) -> bytes:
@@ -164,14 +149,14 @@ class EventsRequest:
             return None
         target = request.target.decode("ascii", "replace")
         path, _, query = target.partition("?")
-        match = EVENTS_PATH.fullmatch(path)
-        if match is None:
-            return None
+        stream = parse_events_path(path)
+        if stream is None or stream.session_id is None or stream.path != path or "%" in path:
+            return None  # the session list, or an unusual spelling: the Quart route answers
         args = {name: values[0] for name, values in parse_qs(query, True).items()}
         headers: dict[str, str] = {}
         for name, value in request.headers:
             headers.setdefault(name.decode("ascii"), value.decode("latin-1"))
-        return cls(match[1], path, args, headers, remote)
+        return cls(stream.session_id, path, args, headers, remote)
 
 
 class DirectEvents:
@@ -190,13 +175,11 @@ class DirectEvents:
 
     def check(self, req: EventsRequest) -> tuple[Principal, Position | None, str]:
         """The checks of the Quart app's ``before_request`` and route, in the same order."""
-        hosts = self._allowed_hosts()
-        host = req.headers.get("host", "").lower()
-        if hosts is not None and host not in hosts:
-            raise Forbidden(f"Host {host!r} is not this daemon's address", code="bad_host")
-        ticket = req.query.get("ticket")
-        authorization = req.headers.get("authorization")
-        who = self._guard.authenticate(authorization, ticket, req.path, req.remote)
+        check_host(req.headers.get("host", "").lower(), self._allowed_hosts())
+        offered = Credentials(
+            req.path, req.remote, req.headers.get("authorization"), req.query.get("ticket")
+        )
+        who = self._guard.admit(offered)
         raw = req.headers.get("last-event-id") or req.query.get("since")
         since = Position.parse(raw) if raw else None
         view = req.query.get("view", "full")
@@ -230,34 +213,31 @@ class DirectEvents:
         since: Position | None,
         spare: bytearray,
     ) -> bool:
-        """The full view on a plain socket: live events written by the publisher (see _Sink)."""
-        catch_up, sub = self._ops.subscribe(who, session_id, since, self._settings.client_queue)
-        forget = self._guard.links.register(who, sub.end)  # revoking the device ends this stream
+        """The full view on a plain socket: live events written by the publisher."""
+        queue = self._settings.client_queue
+        fd = SessionFeed.open(self._ops, self._guard.links, who, session_id, since, queue)
         gone = trio.Event()
-        try:
+        with fd:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_watch_peer, stream, spare, gone, nursery.cancel_scope)
                 try:
                     await stream.send_all(SSE_HEADERS + _date() + b"\r\n" + _chunk(sse.RETRY))
-                    for data in _catch_up(catch_up):
-                        await stream.send_all(_chunk(data))
-                    await _live_fast(stream, sub, _Sink(sub, sock, self._encoder))
+                    for item in fd.catch_up():
+                        await stream.send_all(_chunk(sse.encode(item)))
+                    live = fd.live(_SocketDirect(fd, stream, sock, self._encoder))
+                    async with aclosing(live):
+                        async for each in live:
+                            if data := sse.encode(each):
+                                await stream.send_all(_chunk(data))
                     await stream.send_all(LAST_CHUNK)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     gone.set()
                 nursery.cancel_scope.cancel()
-        finally:
-            forget()
-            sub.close()
         return not gone.is_set()
 
 
 def _chunk(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
-
-
-def _frame(item: StoredEvent) -> bytes:
-    return sse.KEEPALIVE if item is KEEPALIVE else sse.event_frame(item)
 
 
 class _Encoder:
@@ -270,81 +250,39 @@ class _Encoder:
 
     def __call__(self, item: StoredEvent) -> bytes:
         if item is not self._last:
-            self._last, self._data = item, _chunk(_frame(item))
+            frame = sse.KEEPALIVE if item is KEEPALIVE else sse.event_frame(item)
+            self._last, self._data = item, _chunk(frame)
         return self._data
 
 
-#: not an event: put in a subscriber's queue to wake its writer (a direct write was partial)
-_WAKE: Final = StoredEvent("", "", 0, 0.0, "", b"")
+class _SocketDirect:
+    """The feed's direct path on a plain socket (:class:`~..feed.Direct`): each event the
+    publisher offers is one non-blocking ``send``; what does not fit (a full socket buffer) is
+    kept for the writer, which the feed wakes to :meth:`flush` it."""
 
+    def __init__(
+        self, fd: SessionFeed, stream: trio.abc.Stream, sock: socket.socket, encode: _Encoder
+    ) -> None:
+        self._feed, self._stream, self._sock, self._encode = fd, stream, sock, encode
+        self._pending = b""
 
-class _Sink:
-    """Takes offered events while the client's writer has nothing queued, writing each with one
-    non-blocking ``send`` from the publisher (no task switch per client). Anything it cannot
-    finish (a full socket buffer) is left in ``pending`` for the writer, and from then on events
-    queue as usual until the writer has caught up and is idle again: order is kept."""
-
-    def __init__(self, sub: Subscription, sock: socket.socket, encode: _Encoder) -> None:
-        self._sub, self._sock, self._encode = sub, sock, encode
-        self.idle = False  #: the writer waits on an empty queue with nothing pending
-        self.pending = b""
-
-    def offer(self, item: StoredEvent) -> bool:
-        if not self.idle or item is _WAKE:
-            return False
+    def write(self, item: StoredEvent) -> bool:
         data = self._encode(item)
         try:
             sent = self._sock.send(data)
         except BlockingIOError:
             sent = 0
         except OSError:
-            self.idle = False  # gone: the writer finds out when it writes this event
-            return False
+            return False  # gone: the writer finds out when it writes this event
         if sent < len(data):
-            self.pending, self.idle = data[sent:], False
-            self._sub.offer(_WAKE)  # not idle: the marker is queued and wakes the writer
+            self._pending = data[sent:]
+            self._feed.wake()
         return True
 
-
-async def _live_fast(stream: trio.abc.Stream, sub: Subscription, sink: _Sink) -> None:
-    """The writer: sends what the sink left, then what was queued; idle when both are empty."""
-    sub.direct = sink.offer
-    held: list[StoredEvent] = []
-    while True:
-        if sink.pending:
-            data, sink.pending = sink.pending, b""
-            await stream.send_all(data)
-        items, ended = _drain(sub.receive, held)
-        held = []
-        frames = [_frame(item) for item in items if item is not _WAKE]
-        if frames:
-            await stream.send_all(_chunk(b"".join(frames)))
-            continue
-        if ended:
-            return  # dropped for lagging, revoked, deleted, or the daemon is stopping
-        if sink.pending:
-            continue
-        sink.idle = True
-        try:
-            held = [await sub.receive.receive()]
-        except (trio.EndOfChannel, trio.ClosedResourceError):
-            held = []  # ended: a last pass sends whatever the sink left
-        finally:
-            sink.idle = False
-
-
-def _drain(
-    receive: trio.MemoryReceiveChannel[StoredEvent], items: list[StoredEvent]
-) -> tuple[list[StoredEvent], bool]:
-    """Everything queued (up to a write's worth) after ``items``; and whether the feed ended."""
-    while len(items) < sse.REPLAY_CHUNK:
-        try:
-            items.append(receive.receive_nowait())
-        except trio.WouldBlock:
-            return items, False
-        except (trio.EndOfChannel, trio.ClosedResourceError):
-            return items, True
-    return items, False
+    async def flush(self) -> None:
+        if self._pending:
+            data, self._pending = self._pending, b""
+            await self._stream.send_all(data)
 
 
 def _plain_socket(stream: trio.abc.Stream) -> socket.socket | None:

@@ -1,4 +1,4 @@
-"""Server-Sent Events encoding (pure): one frame per event, joined per write.
+"""Server-Sent Events encoding (pure): one frame per event, joined per write (a feed's item).
 
 An event frame is ``id: <epoch>:<cursor>``, ``event: <type>``, ``data: <JSON envelope>``; the
 ``id`` is what a reconnecting ``EventSource`` sends back as ``Last-Event-ID``. JSON never contains
@@ -7,20 +7,16 @@ a raw newline, so ``data`` is always one line.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Callable, Iterable
-from typing import Final, TypeVar
+from collections.abc import Iterable
+from typing import Final
 
-import trio
-
+from .. import feed
 from ..eventlog.core import StoredEvent
 from ..wire import converter as wire
 from ..wire.snapshot import SessionInfo, Snapshot
 
-T = TypeVar("T")
-
 RETRY: Final = b"retry: 2000\n\n"
 KEEPALIVE: Final = b": keep-alive\n\n"
-REPLAY_CHUNK: Final = 256  # frames per write when replaying: one write each would cost 40x more
 
 
 def event_frame(stored: StoredEvent) -> bytes:
@@ -53,39 +49,26 @@ def session_frame(info: SessionInfo) -> bytes:
     return b"event: session\ndata: %s\n\n" % wire.dumps(info)
 
 
-async def live(
-    receive: trio.MemoryReceiveChannel[T],
-    encode: Callable[[T], bytes],
-    keepalive: float | None,
-    marker: object = None,
-) -> AsyncGenerator[bytes, None]:
-    """Live frames: wait for one, then take everything already queued and send it as one write.
+def encode(item: feed.Snapshot | feed.Events | feed.KeepAlive | feed.End) -> bytes:
+    """A session feed's item in the full view (``End`` says nothing: the stream just ends)."""
+    if isinstance(item, feed.Events):
+        frames = event_frames(item.events)
+        return frames + KEEPALIVE if item.keepalive else frames
+    if isinstance(item, feed.Snapshot):
+        return snapshot_frame(item.snapshot, item.reason)
+    if isinstance(item, feed.KeepAlive):
+        return KEEPALIVE
+    return b""
 
-    This opportunistic batching costs nothing while the client keeps up and turns a burst into
-    one write (per-write overhead dominates the SSE path: ``reference/sse-fanout.md``). A feed
-    whose producer sends ``marker`` now and then for keep-alives passes ``keepalive=None`` and
-    waits without a timeout (no cancel scope per event); others get a comment after
-    ``keepalive`` seconds of silence.
-    """
-    while True:
-        try:
-            if keepalive is None:
-                first = await receive.receive()
-            else:
-                with trio.move_on_after(keepalive) as quiet:
-                    first = await receive.receive()
-                if quiet.cancelled_caught:
-                    yield KEEPALIVE
-                    continue
-        except (trio.EndOfChannel, trio.ClosedResourceError):
-            return  # dropped for lagging, revoked, or the daemon is stopping: clients reconnect
-        frames = [KEEPALIVE if first is marker else encode(first)]
-        while len(frames) < REPLAY_CHUNK:
-            try:
-                item = receive.receive_nowait()
-            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
-                break
-            frames.append(KEEPALIVE if item is marker else encode(item))
-        chunk = b"".join(frames)
-        if chunk:  # a projection (the watch view) may have nothing to say about some events
-            yield chunk
+
+def encode_list(
+    item: feed.Sessions | list[feed.SessionChanged] | feed.KeepAlive | feed.End,
+) -> bytes:
+    """A session-list feed's item (``End`` says nothing: the stream just ends)."""
+    if isinstance(item, list):
+        return b"".join(session_frame(change.session) for change in item)
+    if isinstance(item, feed.Sessions):
+        return sessions_frame(item.sessions)
+    if isinstance(item, feed.KeepAlive):
+        return KEEPALIVE
+    return b""

@@ -33,13 +33,14 @@ import attrs
 from quart import Response, g, request
 from quart_trio import QuartTrio
 
+from .. import feed
 from ..errors import BadRequest, NotFound, SidecodeError
 from ..eventlog.core import Position, StoredEvent, decode_event
-from ..eventlog.log import KEEPALIVE, SnapshotRead
+from ..feed import SessionFeed
 from ..ops import Operations
 from ..security.auth import Principal
 from ..security.devices import Scope
-from ..security.guard import Guard
+from ..security.guard import Credentials, Guard
 from ..sessions.registry import SessionFilter
 from ..views.watch import WatchEvent, WatchProjection, iso_time, summarize_tool_result
 from ..wire import converter as wire
@@ -91,13 +92,11 @@ def authenticate(guard: Guard) -> Response | None:
     if request.method == "OPTIONS":
         return Response(b"", status=204, headers=CORS)
     secret = request.headers.get("x-watchcode-secret") or request.args.get("secret")
+    offered = Credentials(  # our own device tokens work here too
+        request.path, request.remote_addr, request.headers.get("Authorization"), secret=secret
+    )
     try:
-        if secret:
-            g.principal = guard.authenticate_secret(secret, request.path, request.remote_addr)
-        else:  # our own device tokens work here too
-            g.principal = guard.authenticate(
-                request.headers.get("Authorization"), None, request.path, request.remote_addr
-            )
+        g.principal = guard.admit(offered)
     except SidecodeError as exc:
         return _error(429 if exc.status == 429 else 401, "Unauthorized")
     return None
@@ -295,69 +294,69 @@ async def watch_stream(
             for i, w in enumerate(watch)
         )
 
-    from_start = False
-    if compatible and since is None:  # the history as the live frames were, while not too long
-        current = ops.snapshot_position(who, session_id)
-        if current.cursor <= HISTORY_REPLAY_EVENTS:
-            since, from_start = Position(current.epoch, 0), True
-    catch_up, sub = ops.subscribe(who, session_id, since, settings.client_queue)
-    forget = guard.links.register(who, sub.end)
+    def history(item: feed.Snapshot) -> bytes:
+        snap = item.snapshot
+        position = Position(snap.epoch, snap.cursor)
+        rows = projection.history(snap, snap.session.last_activity)[-HISTORY_LIMIT:]
+        if connection is not None:
+            connection.mark(position)
+        if compatible:
+            rows = [_watchcode_event(w) for w in rows]
+            return (
+                b"".join(
+                    _data_frame(w, position if i == len(rows) - 1 else None, None)
+                    for i, w in enumerate(rows)
+                )
+                or b": history is empty\n\n"
+            )
+        body = {
+            "reason": item.reason,
+            "session": wire.unstructure(snap.session),
+            "events": wire.unstructure(rows),
+        }
+        return b"id: %s\nevent: history\ndata: %s\n\n" % (str(position).encode(), wire.dumps(body))
+
+    replay_up_to = HISTORY_REPLAY_EVENTS if compatible else None
+    queue = settings.client_queue
+    fd = SessionFeed.open(
+        ops, guard.links, who, session_id, since, queue, replay_up_to=replay_up_to
+    )
     if connection is not None:
         connection.streams += 1
         connection.streamed = True
-        connection.closers.add(sub.end)
+        connection.closers.add(fd.end)
     try:
         if compatible:
             opened = WatchEvent("status", "SSE stream opened", iso_time(time.time()))
             yield _data_frame(opened, None, None)
         else:
             yield sse.RETRY
-        if isinstance(catch_up, SnapshotRead):
-            snap = catch_up.snapshot
-            position = Position(snap.epoch, snap.cursor)
-            history = projection.history(snap, snap.session.last_activity)[-HISTORY_LIMIT:]
-            if connection is not None:
-                connection.mark(position)
-            if compatible:
-                history = [_watchcode_event(w) for w in history]
-                yield (
-                    b"".join(
-                        _data_frame(w, position if i == len(history) - 1 else None, None)
-                        for i, w in enumerate(history)
-                    )
-                    or b": history is empty\n\n"
-                )
-            else:
-                body = {
-                    "reason": catch_up.reason,
-                    "session": wire.unstructure(snap.session),
-                    "events": wire.unstructure(history),
-                }
-                yield b"id: %s\nevent: history\ndata: %s\n\n" % (
-                    str(position).encode(),
-                    wire.dumps(body),
-                )
-        elif from_start:  # each frame with its event's time, Running and permission lines too
-            kept: deque[bytes] = deque(maxlen=HISTORY_LIMIT)
-            for stored in catch_up.events:
-                if chunk := frames(stored):
-                    kept.append(chunk)
-            yield b"".join(kept) or b": history is empty\n\n"
-        else:
-            for start in range(0, len(catch_up.events), sse.REPLAY_CHUNK):
-                chunk = b"".join(map(frames, catch_up.events[start : start + sse.REPLAY_CHUNK]))
-                if chunk:
-                    yield chunk
-        live = sse.live(sub.receive, frames, None, KEEPALIVE)
-        async with aclosing(live):  # closed with this stream, not left to the GC (a warning)
-            async for chunk in live:
+        for item in fd.catch_up():
+            if isinstance(item, feed.Snapshot):
+                yield history(item)
+            elif item.history:  # each frame with its event's time, Running and permission lines
+                kept: deque[bytes] = deque(maxlen=HISTORY_LIMIT)
+                for stored in item.events:
+                    if chunk := frames(stored):
+                        kept.append(chunk)
+                yield b"".join(kept) or b": history is empty\n\n"
+            elif chunk := b"".join(map(frames, item.events)):
                 yield chunk
+        live = fd.live()
+        async with aclosing(live):  # closed with this stream, not left to the GC (a warning)
+            async for each in live:
+                if isinstance(each, feed.Events):
+                    chunk = b"".join(map(frames, each.events))
+                    chunk += sse.KEEPALIVE if each.keepalive else b""
+                else:
+                    chunk = sse.KEEPALIVE if isinstance(each, feed.KeepAlive) else b""
+                if chunk:  # the projection may have nothing to say about some events
+                    yield chunk
     finally:
-        forget()
-        sub.close()
+        fd.close()
         if connection is not None:
             connection.streams -= 1
-            connection.closers.discard(sub.end)
+            connection.closers.discard(fd.end)
             connection.broken_at = wall_clock()
 
 

@@ -3,9 +3,11 @@
 ``python -m sidecode_trio.ops.openapi protocol/openapi.json`` rewrites it. The bodies' schemas
 come from the wire classes (the same builder as ``protocol/schema/``); what the classes cannot
 say (paths, methods, statuses, query parameters, credentials) is the table :data:`OPERATIONS`.
-Two tests keep it honest: one fails when the committed file differs from what this module
+Three tests keep it honest: one fails when the committed file differs from what this module
 renders, one when the daemon's app has a route (or a method) that the table lacks, or the
-other way round. A new route therefore needs one :class:`Op` line here.
+other way round, and one when the operation table (``ops/front.py``, which HTTP and
+WebTransport dispatch into) and this one disagree on a v1 operation or its body class. A new
+operation therefore needs its row in ``ops/front.py`` and one :class:`Op` line here.
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import secrets
 import socket
 from typing import Final
@@ -48,7 +49,6 @@ from aioquic.quic.packet import (
     pull_quic_header,
 )
 from aioquic.quic.retry import QuicRetryTokenHandler
-from quart_trio import QuartTrio
 
 from .. import __version__
 from ..config import DaemonConfig
@@ -127,18 +127,19 @@ def unacknowledged(quic: QuicConnection) -> int:
 class Endpoint:
     def __init__(
         self,
-        app: QuartTrio,
+        requests: Requests,
         ops: Operations,
         guard: Guard,
         certificates: CertificateStore,
         settings: QuicSettings,
     ) -> None:
-        self._requests = Requests(app)
+        self._requests = requests
         self._ops = ops
         self._guard = guard
         self.certificates = certificates
         self.settings = settings
         self._sock: trio.socket.SocketType | None = None
+        self._plain: socket.socket | None = None  #: the same socket, for synchronous sends
         self._send_lock = trio.Lock()
         self._cids: dict[bytes, _Connection] = {}
         self._connections: set[_Connection] = set()
@@ -174,12 +175,18 @@ class Endpoint:
                 raise ConfigError(f"cannot listen for WebTransport on {where}: {exc}") from None
             self._sock = sock
             self.port = sock.getsockname()[1]
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._receive, nursery)
-                task_status.started(self.port)
-                await shutdown_trigger.wait()
-                await self._shut_down()
-                nursery.cancel_scope.cancel()
+            self._plain = socket.socket(family, socket.SOCK_DGRAM, fileno=os.dup(sock.fileno()))
+            self._plain.setblocking(False)
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._receive, nursery)
+                    task_status.started(self.port)
+                    await shutdown_trigger.wait()
+                    await self._shut_down()
+                    nursery.cancel_scope.cancel()
+            finally:
+                plain, self._plain = self._plain, None
+                plain.close()
 
     async def _shut_down(self) -> None:
         self.stopping = True
@@ -317,6 +324,22 @@ class Endpoint:
                 except OSError as exc:
                     log.debug("sendto %s failed: %s", addr, exc)
 
+    def send_now(
+        self, datagrams: list[tuple[bytes, tuple[str, int]]]
+    ) -> list[tuple[bytes, tuple[str, int]]]:
+        """Send without waiting (from a synchronous caller: the live-event path); returns what
+        could not go now (the socket's buffer is full, or a task is sending)."""
+        if self._plain is None or self._send_lock.locked():
+            return datagrams
+        for i, (data, addr) in enumerate(datagrams):
+            try:
+                self._plain.sendto(data, addr)
+            except BlockingIOError:
+                return datagrams[i:]
+            except OSError as exc:
+                log.debug("sendto %s failed: %s", addr, exc)
+        return []
+
     def register(self, cid: bytes, connection: _Connection) -> None:
         self._cids[cid] = connection
 
@@ -375,6 +398,7 @@ class _Connection:
         self._close_code = CloseCode.NORMAL
         self._close_reason = ""
         self._stopped: set[int] = set()  # streams the peer stopped or reset
+        self._unsent: list[tuple[bytes, tuple[str, int]]] = []  #: transmit_now could not send
         self._handshake_by = trio.current_time() + HANDSHAKE_TIMEOUT
         self._auth_by = math.inf  #: set when the handshake completes
         self.peak_buffered = 0
@@ -411,6 +435,8 @@ class _Connection:
         while True:
             self._wake = trio.Event()  # replaced before flushing, so no kick is lost
             datagrams = self.quic.datagrams_to_send(now=trio.current_time())
+            if self._unsent:
+                datagrams, self._unsent = self._unsent + datagrams, []
             if datagrams:
                 await self._endpoint.send(datagrams)
             if self._done:
@@ -554,6 +580,17 @@ class _Connection:
         if stream_id in self._stopped or self._done:
             return
         self.quic.send_stream_data(stream_id, data, end_stream=end)
+        self._wake.set()
+
+    def transmit_now(self) -> None:
+        """Put what aioquic has ready on the wire now, from the caller (the log's publisher
+        delivering a live event), not a task switch later; the driver task still wakes to
+        re-arm aioquic's timers and to send anything that could not go now."""
+        if self._done:
+            return
+        datagrams = self.quic.datagrams_to_send(now=trio.current_time())
+        if datagrams:
+            self._unsent += self._endpoint.send_now(datagrams) if not self._unsent else datagrams
         self._wake.set()
 
     def send_datagram(self, data: bytes) -> None:

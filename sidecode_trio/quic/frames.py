@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import enum
 import struct
+from collections.abc import Iterator
 from typing import Any, Final
 
+from .. import feed
 from ..eventlog.core import StoredEvent
 from ..wire import converter as wire
 
@@ -168,6 +170,22 @@ def sessions(sub: int, infos: Any) -> bytes:
 
 def session(sub: int, info: Any) -> bytes:
     return b'{"type":"session","sub":%d,"session":%s}' % (sub, wire.dumps(info))
+
+
+def feed_frames(sub: int, item: feed.Item | list[feed.SessionChanged]) -> Iterator[bytes]:
+    """A feed's item as subscription ``sub``'s frames (keep-alives and the end say nothing:
+    the session has its own heartbeat, and how a subscription ends is the link's to say)."""
+    if isinstance(item, feed.Events):
+        for stored in item.events:
+            yield event(sub, stored)
+    elif isinstance(item, list):
+        for change in item:
+            yield session(sub, change.session)
+    elif isinstance(item, feed.Snapshot):
+        snap = item.snapshot
+        yield snapshot(sub, snap.epoch, snap.cursor, item.reason, snap)
+    elif isinstance(item, feed.Sessions):
+        yield sessions(sub, item.sessions)
 
 
 def ended(sub: int, reason: str) -> bytes:

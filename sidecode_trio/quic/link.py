@@ -15,22 +15,22 @@ from __future__ import annotations
 
 import logging
 import math
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from contextlib import aclosing
 from typing import Final, Protocol
 
 import attrs
 import trio
 
-from ..errors import BadRequest, NotFound, SidecodeError, Unauthorized
+from ..errors import BadRequest, NotFound, SidecodeError
 from ..eventlog.core import Position, StoredEvent
-from ..eventlog.log import KEEPALIVE, SnapshotRead, Subscription
+from ..eventlog.log import KEEPALIVE
+from ..feed import End, Item, SessionChanged, SessionFeed, SessionListFeed, parse_events_path
 from ..ops import Operations
 from ..security.auth import Principal
 from ..security.guard import Guard
-from ..security.identity import b64, unb64, verify
+from ..security.identity import b64
 from ..security.routes import OPEN_BODY_LIMIT
-from ..wire.snapshot import SessionInfo
 from . import frames as fr
 from .control import (
     Action,
@@ -50,7 +50,6 @@ from .routes import OPEN_ROUTES, Requests
 log = logging.getLogger(__name__)
 
 MAX_DATAGRAM_ECHO: Final = 256  # bytes of a ping datagram echoed back
-SESSION_EVENTS: Final = ("v1", "sessions", "{}", "events")
 
 
 @attrs.frozen
@@ -72,6 +71,7 @@ class Transport(Protocol):
     def write_control(self, data: bytes) -> None: ...
     def open_stream(self) -> int: ...
     def write_stream(self, stream_id: int, data: bytes, end: bool) -> None: ...
+    def transmit_now(self) -> None: ...
     def send_datagram(self, data: bytes) -> None: ...
     def close_session(self, code: CloseCode, message: str) -> None: ...
     def close_now(self, code: CloseCode, message: str) -> None: ...
@@ -115,7 +115,7 @@ class Link:
         self.outbox = Outbox(settings.outbox)
         self._calls_send, self._calls = trio.open_memory_channel[Call](settings.max_calls)
         self._call_slots = trio.Semaphore(settings.max_calls)
-        self._subs: dict[int, tuple[int, trio.CancelScope]] = {}
+        self._subs: dict[int, tuple[int, trio.CancelScope, SessionFeed | SessionListFeed]] = {}
         self._next_lane = 1
         self._streams: dict[int, int] = {}  # outbox ref -> QUIC stream id
         self._kick = trio.Event()
@@ -205,6 +205,11 @@ class Link:
                 del self._streams[write.ref]
 
     # -- from the connection (synchronous) ---------------------------------------------------
+
+    def transmit_now(self) -> None:
+        """What was just written goes on the wire now, from the caller (see _OutboxDirect)."""
+        if not self.outbox.pending:  # all of it reached the QUIC streams
+            self._transport.transmit_now()
 
     def kick(self) -> None:
         """Something changed: new frames queued, or acknowledgements made room."""
@@ -298,45 +303,31 @@ class Link:
 
     def _cancel_all(self) -> None:
         for sub in list(self._subs):
-            _, scope = self._subs.pop(sub)
+            _, scope, fd = self._subs.pop(sub)
             scope.cancel()
+            fd.detach()  # at once (maybe inside the publisher): no more direct writes
 
     # -- authentication ----------------------------------------------------------------------
 
     def _authenticate(self, auth: fr.Auth) -> list[Action]:
+        message = fr.auth_message(self._nonce, self._cert, auth.device)
         try:
-            principal = self._verify(auth)
-        except Unauthorized as exc:
-            error = self._guard.refused(self._remote, f"device {auth.device}", "WebTransport", exc)
-            return self.protocol.auth_failed(error.message)
+            principal = self._guard.admit_signed(
+                auth.device, auth.signature, message, self._remote, "WebTransport"
+            )
+        except SidecodeError as exc:  # Unauthorized, or RateLimited past the limit
+            return self.protocol.auth_failed(exc.message)
         self._forget_device = self._guard.links.register(
             principal, lambda: self.close(CloseCode.REVOKED, "this device was revoked")
         )
-        self._guard.devices.touch(auth.device, time.time())
         return self.protocol.authenticated(principal)
 
-    def _verify(self, auth: fr.Auth) -> Principal:
-        device = self._guard.devices.find(auth.device)
-        if device is None or device.revoked_at is not None or device.kind != "key":
-            raise Unauthorized("unknown or revoked device")  # a WatchCode secret has no key
-        try:
-            signature, public_key = unb64(auth.signature), unb64(device.public_key)
-        except ValueError:
-            raise Unauthorized("malformed signature") from None
-        message = fr.auth_message(self._nonce, self._cert, device.id)
-        if not verify(public_key, message, signature):
-            raise Unauthorized("the signature does not verify (nonce, certificate, device id)")
-        return Principal(device.id, device.name, device.scope)
-
     def _current(self, principal: Principal) -> Principal | None:
-        """The principal as the device store has it now (scope changes apply at once)."""
-        if principal.device_id is None:
-            return principal
-        device = self._guard.devices.find(principal.device_id)
-        if device is None or device.revoked_at is not None:
+        """The principal as the device store has it now; a revoked device closes the link."""
+        who = self._guard.current(principal)
+        if who is None:
             self.close(CloseCode.REVOKED, "this device was revoked")
-            return None
-        return Principal(device.id, device.name, device.scope)
+        return who
 
     # -- subscriptions -----------------------------------------------------------------------
 
@@ -361,41 +352,45 @@ class Link:
             self._push(0, fr.error_reply(request.id, exc.status, exc.code, exc.message))
             return
         scope = trio.CancelScope()
-        self._subs[request.id] = (lane, scope)
+        self._subs[request.id] = (lane, scope, start.feed)
         assert self._nursery is not None
         self._nursery.start_soon(start, scope)
 
     def _open(self, request: fr.Subscribe, who: Principal, lane: int) -> _Pump:
-        parts = tuple(request.path.split("?", 1)[0].strip("/").split("/"))
+        stream = parse_events_path(request.path)
+        if stream is None:
+            if request.path.split("?", 1)[0].strip("/").split("/")[0] != "v1":
+                raise BadRequest(f"not an event stream: {request.path!r}")
+            raise NotFound(f"no event stream {request.path!r}")
         queue = self._settings.client_queue
-        if parts == ("v1", "events"):
-            infos, receive = self._ops.subscribe_sessions(who, queue)
-            self._push(lane, fr.reply(request.id, 200, {"subscribed": request.path}))
-            self._push(lane, fr.sessions(request.id, infos))
-            self._lists.add(request.id)
-            return _Pump(self, request.id, lane, sessions=receive)
-        if len(parts) == 4 and parts[:2] == SESSION_EVENTS[:2] and parts[3] == "events":
+        # The link's own registration ends every subscription when the device is revoked.
+        fd: SessionFeed | SessionListFeed
+        if stream.session_id is None:
+            fd = SessionListFeed.open(self._ops, None, who, queue)
+        else:
             since = Position.parse(request.since) if request.since else None
-            catch_up, sub = self._ops.subscribe(who, parts[2], since, queue)
-            self._push(lane, fr.reply(request.id, 200, {"subscribed": request.path}))
-            if isinstance(catch_up, SnapshotRead):
-                snap = catch_up.snapshot
-                frame = fr.snapshot(request.id, snap.epoch, snap.cursor, catch_up.reason, snap)
+            fd = SessionFeed.open(self._ops, None, who, stream.session_id, since, queue)
+        self._push(lane, fr.reply(request.id, 200, {"subscribed": request.path}))
+        if isinstance(fd, SessionListFeed):
+            self._lists.add(request.id)
+            for frame in fr.feed_frames(request.id, fd.catch_up()):
                 self._push(lane, frame)
-            elif catch_up.events:
-                self.outbox.push_lazy(lane, _replay(request.id, catch_up.events))
-            return _Pump(self, request.id, lane, events=sub)
-        if parts[:1] != ("v1",):
-            raise BadRequest(f"not an event stream: {request.path!r}")
-        raise NotFound(f"no event stream {request.path!r}")
+        else:
+            frames = (f for item in fd.catch_up() for f in fr.feed_frames(request.id, item))
+            first = next(frames, None)  # a snapshot goes as one frame (large: its own stream)
+            if first is not None:
+                self._push(lane, first)
+                self.outbox.push_lazy(lane, frames)
+        return _Pump(self, request.id, lane, fd)
 
     def _unsubscribe(self, sub: int, reason: str) -> None:
         entry = self._subs.pop(sub, None)
         self._lists.discard(sub)
         if entry is None:
             return
-        lane, scope = entry
+        lane, scope, fd = entry
         scope.cancel()
+        fd.detach()  # at once: the publisher must not write to this lane any more
         self.outbox.clear(lane)
         self._push(0, fr.ended(sub, reason))
 
@@ -411,36 +406,59 @@ class Link:
                 self.close(CloseCode.GOING_AWAY, "the daemon is stopping")
 
 
-def _replay(sub: int, events: list[StoredEvent]) -> Iterator[bytes]:
-    for stored in events:
-        yield fr.event(sub, stored)
-
-
 @attrs.frozen
 class _Pump:
-    """Moves one subscription's live feed into the outbox (never waits on the client)."""
+    """Moves one subscription's live feed into the outbox (never waits on the client). A
+    session's events mostly skip it: the publisher pushes them through :class:`_OutboxDirect`
+    while the pump waits, and they go into the QUIC stream at once when there is room."""
 
     link: Link
     sub: int
     lane: int
-    events: Subscription | None = None
-    sessions: trio.MemoryReceiveChannel[SessionInfo] | None = None
+    feed: SessionFeed | SessionListFeed
 
     async def __call__(self, scope: trio.CancelScope) -> None:
-        lagged = False
         try:
             with scope:
-                if self.events is not None:
-                    async for stored in self.events.receive:
-                        if stored is not KEEPALIVE:
-                            self.link._push(self.lane, fr.event(self.sub, stored))
-                    lagged = self.events.lagged
-                elif self.sessions is not None:
-                    async for info in self.sessions:
-                        self.link._push(self.lane, fr.session(self.sub, info))
-                self.link._pumped(self.sub, self.lane, lagged)
+                end: End | None = None
+                if isinstance(self.feed, SessionFeed):
+                    live = self.feed.live(_OutboxDirect(self.link, self.sub, self.lane))
+                    async with aclosing(live):
+                        async for item in live:
+                            end = self._push(item)
+                else:
+                    changes = self.feed.live()
+                    async with aclosing(changes):
+                        async for each in changes:
+                            end = self._push(each)
+                self.link._pumped(self.sub, self.lane, end is not None and end.reason == "lagging")
         finally:
-            if self.events is not None:
-                self.events.close()
-            if self.sessions is not None:
-                self.sessions.close()
+            self.feed.close()
+
+    def _push(self, item: Item | list[SessionChanged]) -> End | None:
+        for frame in fr.feed_frames(self.sub, item):
+            self.link._push(self.lane, frame)
+        return item if isinstance(item, End) else None
+
+
+@attrs.frozen
+class _OutboxDirect:
+    """The feed's direct path (:class:`~..feed.Direct`) for one subscription: while the link
+    has nothing waiting, the publisher pushes each live event into the outbox, which writes it
+    to the QUIC stream at once (there is room). Otherwise the event is queued in the log as
+    without it, so a client that does not read is dropped by the same bound."""
+
+    link: Link
+    sub: int
+    lane: int
+
+    def write(self, event: StoredEvent) -> bool:
+        if self.link.outbox.pending:
+            return False  # not caught up: queued in the log, whose bound drops a lagging client
+        if event is not KEEPALIVE:  # the session has its own heartbeat
+            self.link._push(self.lane, fr.event(self.sub, event))
+            self.link.transmit_now()
+        return True
+
+    async def flush(self) -> None:
+        pass

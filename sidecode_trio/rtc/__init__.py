@@ -10,16 +10,20 @@
 aiortc (and PyAV under it) is imported only by :mod:`.peer` when a peer connection is made, so
 importing this package costs nothing. Install it with the ``rtc`` extra.
 
-What the daemon integration still needs (after the transport-neutral feed of issue 16):
+Wired into the daemon (``serve --rendezvous URL``): pairing gives both sides the device's
+rendezvous secret (``security/pairing.py``; kept in the 0600 device store, dropped on revoke, the
+payload's ``"rv"`` names the broker); :mod:`.settings` is the ``[rtc]`` configuration;
+:mod:`.service` is the daemon's one task (the asyncio thread, the broker, one subscription per
+active device, the answerer, TURN credentials minted per device); :mod:`.link` holds each open
+link with an application ping; :mod:`.reach` is ``doctor``'s reachability report. The browser's
+side is ``web/static/rtc-signal.js``.
 
-* pairing: at redeem, both sides compute :func:`.signaling.rendezvous_secret` (pairing secret,
-  transcript); the device store keeps it per device (0600 store); the payload gains only the
-  broker URL (``"rv"``) when it is not the default;
-* ``serve --rendezvous URL --turn URL --turn-secret-file F``: one task that opens the asyncio
-  thread and the broker connection only when enabled, subscribes every active device's
-  ``to_daemon`` topic (and unsubscribes, closing its links, on revoke) and runs
-  :meth:`.rendezvous.Answerer.serve`; ``on_link`` hands the DataChannel to the same encoder and
-  operation table as the WebTransport control stream, the link already bound to a device key;
-* an application-level ping (aiortc's consent checks need ~30 s to notice a dead path) and a
-  re-dial on network change (aiortc has no ICE restart).
+What is still missing (after the transport-neutral feed of issue 16):
+
+* serving a link: hand the DataChannel to the same encoder and operation table as the
+  WebTransport control stream, the link already bound to a device key (today :mod:`.link` answers
+  any request with ``close {code: "unsupported"}``);
+* the web app dialling (its device key is a non-extractable WebCrypto key; the sealed box needs
+  an X25519 key derived from the Ed25519 seed), and a re-dial on network change (aiortc has no
+  ICE restart).
 """

@@ -72,8 +72,9 @@ class Answerer:
 
     ``topics_for(device_key)`` names where to reply (``None``: not a device we talk to);
     ``device_ice(device_key, now)`` is the ICE list handed to that device (with TURN credentials
-    minted for it); ``ice`` is the daemon's own. ``on_refused`` is told of every refusal (the
-    audit log, the tests)."""
+    minted for it); ``ice`` is the daemon's own (a list, or a function of the time so that its
+    TURN credentials are minted afresh for each attempt). ``on_refused`` is told of every refusal
+    (the audit log, the tests)."""
 
     def __init__(
         self,
@@ -82,13 +83,14 @@ class Answerer:
         box: SignalingBox,
         key: nacl.signing.SigningKey,
         topics_for: Callable[[bytes], Topics | None],
-        ice: list[IceServer],
+        ice: list[IceServer] | Callable[[float], list[IceServer]],
         device_ice: Callable[[bytes, float], list[IceServer]],
         clock: Callable[[], float] = time.time,
         on_refused: Callable[[SignalingRefused], None] | None = None,
     ) -> None:
         self._aio, self._broker, self._box, self._key = aio, broker, box, key
-        self._topics_for, self._ice, self._device_ice = topics_for, ice, device_ice
+        self._ice = ice if callable(ice) else (lambda _now: ice)
+        self._topics_for, self._device_ice = topics_for, device_ice
         self._clock = clock
         self._on_refused = on_refused or (lambda _exc: None)
         self._cids: dict[str, None] = {}
@@ -182,7 +184,8 @@ class Answerer:
         settled: Callable[[], None],
     ) -> None:
         try:
-            peer, answer_sdp = await PeerConnection.answer(self._aio, self._ice, offer.sdp)
+            servers = self._ice(self._clock())
+            peer, answer_sdp = await PeerConnection.answer(self._aio, servers, offer.sdp)
         except RtcError as exc:
             await self._reply(opened, topics, Refused(offer.cid, exc.code, exc.message))
             return
@@ -190,10 +193,14 @@ class Answerer:
             fps, fp_sig = sign_fingerprints(self._key, "daemon", offer.cid, answer_sdp, offer.sdp)
             await self._reply(opened, topics, Answer(offer.cid, answer_sdp, fps, fp_sig))
             self.answered += 1
-            with trio.move_on_after(OPEN_TIMEOUT):
+            channel = None
+            with trio.move_on_after(OPEN_TIMEOUT):  # the deadline is for opening only
                 channel = await peer.channel()
-                settled()
-                await on_link(Link(opened.sender, offer.cid, peer, channel))
+            settled()
+            if channel is None:
+                log.info("rtc: link %s did not open within %ss", offer.cid, OPEN_TIMEOUT)
+                return
+            await on_link(Link(opened.sender, offer.cid, peer, channel))
         except RtcError as exc:
             log.info("rtc: link %s failed: %s", offer.cid, exc.message)
         finally:

@@ -62,6 +62,7 @@ import nacl.signing
 
 from ..errors import ClientError
 from ..security.identity import b64, unb64
+from ..security.pairing import rendezvous_secret as rendezvous_secret  # computed at pairing
 from ..wire.converter import structure, unstructure
 from ..wire.signaling import (
     Answer,
@@ -77,7 +78,6 @@ ENVELOPE_VERSION: Final = 1
 MAX_SKEW: Final = 120.0  # seconds a message may be away from the receiver's clock
 MAX_ENVELOPE: Final = 64 * 1024  # an SDP with many candidates is ~5 KB; anything bigger is junk
 REPLAY_PER_SENDER: Final = 1_000  # nonces remembered per sender within the skew window
-RENDEZVOUS_CONTEXT: Final = b"sidecode-trio rendezvous v1\n"
 TOPIC_CONTEXT: Final = b"sidecode-trio topic v1\n"
 FP_CONTEXT: Final = "sidecode-dtls-fp/1"
 
@@ -233,15 +233,6 @@ class SignalingBox:
 
 
 # --- topics ---------------------------------------------------------------------------------
-
-
-def rendezvous_secret(pairing_secret: bytes, pairing_transcript: bytes) -> bytes:
-    """The per-device rendezvous secret, computed by both sides when pairing succeeds.
-
-    ``pairing_transcript`` is :func:`sidecode_trio.security.pairing.transcript` (daemon key,
-    device key, name, secret id), so the secret is bound to this device; only holders of the QR
-    code's one-time secret can compute it (the web app with WebCrypto's HMAC)."""
-    return hmac.new(pairing_secret, RENDEZVOUS_CONTEXT + pairing_transcript, "sha256").digest()
 
 
 @attrs.frozen

@@ -80,6 +80,9 @@ CREATE TABLE IF NOT EXISTS devices (
     fingerprint TEXT NOT NULL, scope TEXT NOT NULL, paired_at REAL NOT NULL,
     last_seen REAL, revoked_at REAL
 );
+CREATE TABLE IF NOT EXISTS rendezvous (
+    device_id TEXT PRIMARY KEY, secret BLOB NOT NULL  -- dropped with its device (revoke)
+);
 CREATE TABLE IF NOT EXISTS audit (
     id INTEGER PRIMARY KEY, at REAL NOT NULL, kind TEXT NOT NULL, device_id TEXT,
     detail TEXT NOT NULL
@@ -99,12 +102,25 @@ class DeviceStore:
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open the device store {path}: {exc}") from exc
         self._devices = {d.id: d for d in self._load()}
+        # each active device's rendezvous secret (its broker topics, rtc/signaling.py); kept out
+        # of Device so that no listing or reply can carry it
+        self._rendezvous: dict[str, bytes] = dict(
+            self._db.execute(
+                "SELECT r.device_id, r.secret FROM rendezvous r"
+                " JOIN devices d ON d.id = r.device_id WHERE d.revoked_at IS NULL"
+            ).fetchall()
+        )
         self._seen_written: dict[str, float] = {}
         self._revoke_listeners: list[Callable[[str], None]] = []
+        self._rendezvous_listeners: list[Callable[[str], None]] = []
 
     def on_revoke(self, listener: Callable[[str], None]) -> None:
         """Call ``listener(device_id)`` when a device is revoked (e.g. to drop what it owns)."""
         self._revoke_listeners.append(listener)
+
+    def on_rendezvous(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener(device_id)`` when a device gets a (new) rendezvous secret."""
+        self._rendezvous_listeners.append(listener)
 
     def close(self) -> None:
         self._db.close()
@@ -143,10 +159,20 @@ class DeviceStore:
     def by_key(self, public_key: str) -> Device | None:
         return next((d for d in self._devices.values() if d.public_key == public_key), None)
 
-    def add(self, name: str, public_key: str, fingerprint: str, scope: Scope) -> Device:
+    def add(
+        self,
+        name: str,
+        public_key: str,
+        fingerprint: str,
+        scope: Scope,
+        rendezvous: bytes | None = None,
+    ) -> Device:
         check_device_name(name)
         existing = self.by_key(public_key)
         if existing is not None and existing.revoked_at is None:
+            if rendezvous is not None:  # a new pairing: the device computed a new secret
+                self._set_rendezvous(existing.id, rendezvous)
+                self._rendezvous_changed(existing.id)
             return existing  # the same key pairing again: keep one record
         device = Device(
             f"dev_{secrets.token_hex(6)}", name, public_key, fingerprint, scope, time.time()
@@ -160,7 +186,17 @@ class DeviceStore:
                 "VALUES (?, ?, ?, ?, ?, ?)",
                 (device.id, name, public_key, fingerprint, scope.value, device.paired_at),
             )
+            if existing is not None:
+                self._db.execute("DELETE FROM rendezvous WHERE device_id = ?", (existing.id,))
+            if rendezvous is not None:
+                self._db.execute(
+                    "INSERT INTO rendezvous (device_id, secret) VALUES (?, ?)",
+                    (device.id, rendezvous),
+                )
         self._devices[device.id] = device
+        if rendezvous is not None:
+            self._rendezvous[device.id] = rendezvous
+            self._rendezvous_changed(device.id)
         self.audit("paired", device.id, f"{name!r} scope={scope.value} key={fingerprint}")
         return device
 
@@ -199,6 +235,26 @@ class DeviceStore:
                 found = device
         return found
 
+    def _set_rendezvous(self, device_id: str, secret: bytes) -> None:
+        with self._transaction():
+            self._db.execute(
+                "INSERT OR REPLACE INTO rendezvous (device_id, secret) VALUES (?, ?)",
+                (device_id, secret),
+            )
+        self._rendezvous[device_id] = secret
+
+    def _rendezvous_changed(self, device_id: str) -> None:
+        for listener in self._rendezvous_listeners:
+            listener(device_id)
+
+    def rendezvous(self, device_id: str) -> bytes | None:
+        """The active device's rendezvous secret (its broker topics), None if it has none."""
+        return self._rendezvous.get(device_id)
+
+    def with_rendezvous(self) -> list[tuple[Device, bytes]]:
+        """Every active device that can use the rendezvous, with its secret."""
+        return [(d, self._rendezvous[d.id]) for d in self.active() if d.id in self._rendezvous]
+
     def revoke(self, device_id: str) -> Device:
         device = self.get(device_id)
         if device.revoked_at is not None:
@@ -208,7 +264,9 @@ class DeviceStore:
             self._db.execute(
                 "UPDATE devices SET revoked_at = ? WHERE id = ?", (device.revoked_at, device_id)
             )
+            self._db.execute("DELETE FROM rendezvous WHERE device_id = ?", (device_id,))
         self._devices[device_id] = device
+        self._rendezvous.pop(device_id, None)  # its topics are forgotten with it
         self.audit("revoked", device_id, repr(device.name))
         for listener in self._revoke_listeners:
             listener(device_id)

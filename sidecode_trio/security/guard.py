@@ -1,8 +1,16 @@
 """The security service a transport consults: authenticate, pair, manage devices.
 
 It holds the identity, the certificates, the device store, the open pairing offers, the stream
-tickets and the per-device open links; transports (HTTP today, QUIC later) call
-:meth:`Guard.authenticate` once per request or connection and pass the :class:`Principal` on.
+tickets and the per-device open links. Every transport authenticates here, through one path:
+
+* a request (HTTP, the direct event stream, WatchCode ``/api``): :func:`check_host`, then
+  :meth:`Guard.admit` with the request's :class:`Credentials`;
+* a link that proves a device key once (WebTransport: a signature over the connection's nonce
+  and certificate; a WebRTC link bound to its signed fingerprint): :meth:`Guard.admit_signed`,
+  then :meth:`Guard.current` before each request (scope changes and revocation apply at once).
+
+Failures are counted by the one limiter (per address and per credential named) and audited in
+:meth:`Guard.refused`, whichever transport they came from.
 """
 
 from __future__ import annotations
@@ -15,11 +23,13 @@ import time
 from collections.abc import Callable
 from typing import Any, Final
 
-from ..errors import ClientError, Unauthorized
+import attrs
+
+from ..errors import ClientError, Forbidden, Unauthorized
 from ..printable import check_device_name
 from .auth import LOCAL, Links, Principal, Tickets, check_token
 from .devices import Device, DeviceStore, Scope
-from .identity import Identity, fingerprint, unb64
+from .identity import Identity, fingerprint, unb64, verify
 from .pairing import (
     PairingProof,
     Pairings,
@@ -32,6 +42,23 @@ from .pairing import (
 from .tls import CertificateStore
 
 AUTH_FAILURES: Final = 120  # failed authentications per minute, per address and per credential
+
+
+@attrs.frozen
+class Credentials:
+    """What a request offers, as its transport read it (header names as HTTP has them)."""
+
+    path: str
+    remote: str | None
+    authorization: str | None = None  #: the ``Authorization`` header
+    ticket: str | None = None  #: ``?ticket=`` (a GET's only)
+    secret: str | None = None  #: a WatchCode device's static secret (the ``/api`` routes only)
+
+
+def check_host(host: str, allowed: set[str] | None) -> None:
+    """The DNS-rebinding guard: ``host`` (lower case) must be one of this daemon's addresses."""
+    if allowed is not None and host not in allowed:
+        raise Forbidden(f"Host {host!r} is not this daemon's address", code="bad_host")
 
 
 def _named(authorization: str) -> str | None:
@@ -81,6 +108,15 @@ class Guard:
         self.urls: list[str] = []  #: where this daemon can be reached (for pairing payloads)
 
     # -- requests ----------------------------------------------------------------------------
+
+    def admit(self, offered: Credentials) -> Principal:
+        """The principal a request's credentials prove (every request transport's one check):
+        a WatchCode secret, else the ``Authorization`` header or a stream ticket."""
+        if offered.secret:
+            return self.authenticate_secret(offered.secret, offered.path, offered.remote)
+        return self.authenticate(
+            offered.authorization, offered.ticket, offered.path, offered.remote
+        )
 
     def authenticate(
         self, authorization: str | None, ticket: str | None, path: str, remote: str | None
@@ -144,6 +180,43 @@ class Guard:
         self.devices.touch(device.id, self._clock())
         return Principal(device.id, device.name, device.scope)
 
+    # -- links -------------------------------------------------------------------------------
+
+    def admit_signed(
+        self, device_id: str, signature: str, message: bytes, remote: str | None, where: str
+    ) -> Principal:
+        """A link that proves a paired device's key once: ``signature`` (base64url) over
+        ``message``, which binds it to this link (its nonce and certificate). Failures count
+        and are audited like a request's."""
+        try:
+            device = self._verify_signed(device_id, signature, message)
+        except Unauthorized as exc:
+            raise self.refused(remote, f"device {device_id}", where, exc) from None
+        self.devices.touch(device.id, self._clock())
+        return Principal(device.id, device.name, device.scope)
+
+    def _verify_signed(self, device_id: str, signature: str, message: bytes) -> Device:
+        device = self.devices.find(device_id)
+        if device is None or device.revoked_at is not None or device.kind != "key":
+            raise Unauthorized("unknown or revoked device")  # a WatchCode secret has no key
+        try:
+            raw, public_key = unb64(signature), unb64(device.public_key)
+        except ValueError:
+            raise Unauthorized("malformed signature") from None
+        if not verify(public_key, message, raw):
+            raise Unauthorized("the signature does not verify (nonce, certificate, device id)")
+        return device
+
+    def current(self, principal: Principal) -> Principal | None:
+        """The principal as the device store has it now (scope changes apply at once); None if
+        its device was revoked or removed meanwhile."""
+        if principal.device_id is None:
+            return principal
+        device = self.devices.find(principal.device_id)
+        if device is None or device.revoked_at is not None:
+            return None
+        return Principal(device.id, device.name, device.scope)
+
     def _still_allowed(self, principal: Principal) -> bool:
         if principal.device_id is None:
             return True
@@ -158,18 +231,22 @@ class Guard:
         current = self.certificates.current
         cert = current.sha256.hex() if current is not None else ""
         data = payload(offer, self.identity.public_key, self.identity.fingerprint, self.urls, cert)
-        links = {"link": payload_link(data), "web_link": web_link(data) if self.urls else None}
+        origin = self.pairings.web_origin
+        web = web_link(data, origin) if self.urls or origin else None
+        links = {"link": payload_link(data), "web_link": web}
         return {"payload": data, **links, "expires_at": offer.expires_at}
 
     def pair(self, proof: PairingProof, remote: str | None) -> Device:
         check_device_name(proof.name)  # before the offer is spent: the phone may try again
         try:
-            scope = self.pairings.redeem(proof, remote or "?")
+            redeemed = self.pairings.redeem(proof, remote or "?")
         except Exception as exc:
             self.devices.audit("pair_failed", None, f"from {remote or '?'}: {exc}")
             raise
         key = proof.device_public_key
-        return self.devices.add(proof.name, key, fingerprint(unb64(key)), scope)
+        return self.devices.add(
+            proof.name, key, fingerprint(unb64(key)), redeemed.scope, redeemed.rendezvous
+        )
 
     def revoke(self, device_id: str) -> tuple[Device, int]:
         device = self.devices.revoke(device_id)

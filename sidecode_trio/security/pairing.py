@@ -25,6 +25,7 @@ from .devices import Scope
 from .identity import b64, unb64, verify
 
 PAIR_CONTEXT: Final = b"sidecode-trio pair v1\n"
+RENDEZVOUS_CONTEXT: Final = b"sidecode-trio rendezvous v1\n"
 MAX_PROOF_FAILURES: Final = 3  # wrong proofs before a secret is withdrawn
 PAYLOAD_VERSION: Final = 1
 
@@ -50,6 +51,13 @@ def prove(secret: bytes, message: bytes) -> bytes:
     return hmac.new(secret, message, hashlib.sha256).digest()
 
 
+def rendezvous_secret(pairing_secret: bytes, pairing_transcript: bytes) -> bytes:
+    """The per-device rendezvous secret (``rtc/signaling.py``: the device's broker topics),
+    computed by both sides when pairing succeeds: an HMAC of the transcript keyed by the one-time
+    secret, so it is bound to this device and only the QR code's holders can compute it."""
+    return hmac.new(pairing_secret, RENDEZVOUS_CONTEXT + pairing_transcript, "sha256").digest()
+
+
 @attrs.define
 class Offer:
     secret_id: str
@@ -58,6 +66,15 @@ class Offer:
     expires_at: float
     failures: int = 0
     quic: list[str] = attrs.field(factory=list)  #: WebTransport URLs when the offer was made
+    rendezvous: str | None = None  #: the signaling broker's URL (``"rv"``), when one is on
+
+
+@attrs.frozen
+class Redeemed:
+    """A pairing that succeeded: the scope granted and the device's rendezvous secret."""
+
+    scope: Scope
+    rendezvous: bytes = attrs.field(repr=False)
 
 
 @attrs.frozen
@@ -99,11 +116,14 @@ class Pairings:
         self._offers: dict[str, Offer] = {}
         self.limiter = RateLimiter(limit=5, window=60.0, clock=clock)
         self.quic_urls: list[str] = []  #: where devices reach the daemon over WebTransport
+        self.rendezvous_url: str | None = None  #: the signaling broker (``serve --rendezvous``)
+        self.web_origin: str | None = None  #: where the web app is hosted (``--web-origin``)
 
     def offer(self, scope: Scope, ttl: float) -> Offer:
         self._expire()
         offer = Offer(secrets.token_hex(8), secrets.token_bytes(32), scope, self._clock() + ttl)
         offer.quic = list(self.quic_urls)
+        offer.rendezvous = self.rendezvous_url
         self._offers[offer.secret_id] = offer
         return offer
 
@@ -112,8 +132,9 @@ class Pairings:
         for secret_id in [k for k, o in self._offers.items() if o.expires_at <= now]:
             del self._offers[secret_id]
 
-    def redeem(self, proof: PairingProof, client: str) -> Scope:
-        """Check ``proof``; on success the offer is used up and the granted scope returned."""
+    def redeem(self, proof: PairingProof, client: str) -> Redeemed:
+        """Check ``proof``; on success the offer is used up and the granted scope returned with
+        the device's rendezvous secret."""
         self.limiter.check(client)
         try:
             return self._redeem(proof)
@@ -121,7 +142,7 @@ class Pairings:
             self.limiter.fail(client)
             raise
 
-    def _redeem(self, proof: PairingProof) -> Scope:
+    def _redeem(self, proof: PairingProof) -> Redeemed:
         offer = self._offers.get(proof.secret_id)
         if offer is None or offer.expires_at <= self._clock():
             self._offers.pop(proof.secret_id, None)
@@ -148,12 +169,15 @@ class Pairings:
                 del self._offers[proof.secret_id]
             raise PairingRefused("the pairing proof does not verify")
         del self._offers[proof.secret_id]  # one use only
-        return offer.scope
+        return Redeemed(offer.scope, rendezvous_secret(offer.secret, message))
 
 
 def payload(
     offer: Offer, daemon_key: bytes, fingerprint: str, http: list[str], cert_sha256: str
 ) -> dict[str, Any]:
+    """The pairing payload. ``"rv"`` (the broker's URL) appears only when a rendezvous is on:
+    there is no default broker (README "Use it from anywhere" says why)."""
+    rv = {"rv": offer.rendezvous} if offer.rendezvous else {}
     return {
         "v": PAYLOAD_VERSION,
         "pk": b64(daemon_key),
@@ -165,6 +189,7 @@ def payload(
         "secret": b64(offer.secret),
         "scope": offer.scope.value,
         "exp": int(offer.expires_at),
+        **rv,
     }
 
 
@@ -173,11 +198,15 @@ def payload_link(data: dict[str, Any]) -> str:
     return "sidecode-trio://pair#" + b64(raw)
 
 
-def web_link(data: dict[str, Any]) -> str:
+def web_link(data: dict[str, Any], origin: str | None = None) -> str:
     """The web app's pairing link: the payload rides in the URL fragment, which browsers never
-    send to a server. It names the first address another device can reach (loopback last)."""
+    send to a server. It opens the app at ``origin`` (``serve --web-origin``: an exported
+    bundle on a static HTTPS host) or else at the first address another device can reach
+    (loopback last)."""
+    raw = json.dumps(data, separators=(",", ":")).encode()
+    if origin:
+        return f"{origin.rstrip('/')}/#pair={b64(raw)}"
     urls: list[str] = list(data["http"])
     remote = [u for u in urls if not any(h in u for h in ("//127.", "//[::1]", "//localhost"))]
     base = (remote or urls)[0].rstrip("/")
-    raw = json.dumps(data, separators=(",", ":")).encode()
     return f"{base}/app/#pair={b64(raw)}"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import uuid as uuidlib
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Final
@@ -164,7 +164,7 @@ class SessionRegistry:
         self._list_subscribers.clear()
 
     def _wake(self, supervisor: SessionSupervisor) -> None:
-        if not supervisor.active and supervisor.has_work() and self._nursery is not None:
+        if not supervisor.active and supervisor.wants_run() and self._nursery is not None:
             supervisor.active = True  # set now so a second call in the same tick starts nothing
             self._nursery.start_soon(supervisor.run)
 
@@ -353,6 +353,8 @@ class SessionRegistry:
         return {
             "sessions": len(self._supervisors),
             "live": sum(1 for s in self._supervisors.values() if s.active),
+            #: how many sessions are in each state of the core (sessions/core.State)
+            "states": dict(Counter(s.core.state.value for s in self._supervisors.values())),
             "remote": len(self._remotes),
             "list_subscribers": len(self._list_subscribers),
         }

@@ -14,6 +14,7 @@ since a new build means new URLs; anything else (``/app/`` itself, ``sw.js``, an
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import re
@@ -88,8 +89,10 @@ def versioned(body: bytes, build: str, kind: str) -> bytes:
     return body
 
 
+@functools.lru_cache(maxsize=128)
 def compressed(body: bytes, kind: str) -> bytes | None:
-    """The gzipped body (fixed mtime: the same bytes every start), or None when not worth it."""
+    """The gzipped body (fixed mtime: the same bytes every start), or None when not worth it.
+    Remembered per process: a daemon started again (the tests) does not pay twice."""
     if not kind.startswith(COMPRESSIBLE) or len(body) < 256:
         return None
     packed = gzip.compress(body, compresslevel=9, mtime=0)

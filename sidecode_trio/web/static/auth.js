@@ -12,6 +12,7 @@ const PAIR_CONTEXT = "sidecode-trio pair v1\n";
 const AUTH_CONTEXT = "sidecode-trio auth v1\n";
 const CERT_CONTEXT = "sidecode-trio cert v1\n";
 const WT_CONTEXT = "sidecode-trio wt auth v1\n";
+const RENDEZVOUS_CONTEXT = "sidecode-trio rendezvous v1\n"; // the WebRTC path's broker topics
 const TOKEN_LIFETIME = 300; // seconds; the daemon accepts up to 600
 const INFO_MAX_AGE = 60_000; // ms between /v1/info refreshes
 
@@ -102,6 +103,8 @@ export async function pair(payload, name, base = "") {
   const hmacKey = await crypto.subtle.importKey(
     "raw", unb64url(payload.secret), { name: "HMAC", hash: "SHA-256" }, false, ["sign"]);
   const mac = new Uint8Array(await crypto.subtle.sign("HMAC", hmacKey, transcript));
+  const rendezvous = new Uint8Array(await crypto.subtle.sign(
+    "HMAC", hmacKey, concat([enc.encode(RENDEZVOUS_CONTEXT), transcript])));
   const signature = new Uint8Array(
     await crypto.subtle.sign({ name: "Ed25519" }, keys.privateKey, transcript));
   const response = await fetch(base + "/v1/pair", {
@@ -122,6 +125,8 @@ export async function pair(payload, name, base = "") {
     privateKey: keys.privateKey, publicKey: b64url(publicKey),
     daemon: { pk: payload.pk, fp: payload.fp, quic: payload.quic || [], http: payload.http || [] },
     base,
+    // PROTOCOL.md "Rendezvous": the daemon computed the same secret; "rv" names the broker
+    rendezvous: { url: payload.rv || null, secret: b64url(rendezvous) },
   };
   await saveDevice(device);
   return device;

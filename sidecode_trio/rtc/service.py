@@ -1,0 +1,246 @@
+"""The daemon's WebRTC task: one broker connection, one aiortc thread, the answerer, the links.
+
+Started by the daemon only when ``serve --rendezvous URL`` is given and the ``rtc`` extra is
+installed (:func:`check_available` says why not, clearly). Importing this module imports neither
+aiortc nor paho: :mod:`.peer` and :mod:`.broker` import them when the task starts.
+
+::
+
+    rtc task (RtcService.run)
+    ├── aiortc's asyncio thread, the MQTT thread      (closed when the task ends)
+    ├── subscriptions                                 (each active device's to_daemon topic;
+    │                                                  added on pairing, dropped on revoke)
+    └── Answerer.serve nursery                        (one task per attempt; an open link is
+        └── per-link cancel scope                      held there, see link.py, and cancelled
+                                                       when its device is revoked)
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import math
+import time
+from collections.abc import Callable
+from typing import Final
+
+import nacl.signing
+import trio
+
+from ..errors import ConfigError
+from ..security.devices import DeviceStore
+from ..security.identity import b64, unb64
+from .broker import Rendezvous as _Broker  # paho and aiortc are imported when used, not here
+from .ice import IceServer, turn_server
+from .link import Closed, hold
+from .rendezvous import Link as _Link
+from .settings import RtcSettings, read_secret
+from .signaling import SignalingBox, SignalingRefused, Topics, topics
+
+log = logging.getLogger(__name__)
+
+EXTRA_MODULES: Final = ("aiortc", "paho")
+RETRY_MAX: Final = 60.0  # seconds between attempts to reach an unreachable broker, at most
+
+
+def check_available() -> None:
+    """Refuse to start the WebRTC path without the ``rtc`` extra, saying how to get it."""
+    missing = [m for m in EXTRA_MODULES if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ConfigError(
+            f"--rendezvous needs the rtc extra ({', '.join(missing)} missing): "
+            "pip install 'sidecode-trio[rtc]', or drop --rendezvous"
+        )
+
+
+class RtcService:
+    """Answers offers from paired devices through the broker and holds their links."""
+
+    def __init__(
+        self,
+        settings: RtcSettings,
+        key: nacl.signing.SigningKey,
+        devices: DeviceStore,
+        clock: Callable[[], float] = time.time,
+        thread_setup: Callable[[], None] | None = None,
+    ) -> None:
+        assert settings.rendezvous is not None
+        self._settings, self._key, self._devices = settings, key, devices
+        self._clock, self._thread_setup = clock, thread_setup
+        self._turn_secret = (
+            read_secret(settings.turn_secret_file) if settings.turn_secret_file else None
+        )
+        self._subscribed: dict[str, tuple[bytes, Topics]] = {}  # device id -> (key, topics)
+        self._links: dict[str, set[trio.CancelScope]] = {}  # device id -> its open links
+        self._changes_tx, self._changes_rx = trio.open_memory_channel[str](math.inf)
+        self.closed: list[Closed] = []  #: why each held link ended (statistics, tests)
+        self.refused = 0
+        self.ready = trio.Event()  #: set once subscribed and answering (the first time)
+        self.error: str | None = None  #: why the last attempt to reach the broker failed
+        devices.on_rendezvous(self._changes_tx.send_nowait)
+        devices.on_revoke(self._revoked)
+
+    # --- ICE ---------------------------------------------------------------------------------
+
+    def ice_servers(self, user: str, now: float) -> list[IceServer]:
+        """STUN, and TURN with credentials minted for ``user`` (valid ``turn_ttl`` seconds)."""
+        servers = [IceServer([url]) for url in self._settings.stun]
+        if self._settings.turn and self._turn_secret is not None:
+            servers.append(
+                turn_server(
+                    list(self._settings.turn), self._turn_secret, user, now, self._settings.turn_ttl
+                )
+            )
+        return servers
+
+    def _device_ice(self, device_key: bytes, now: float) -> list[IceServer]:
+        device = self._devices.by_key(b64(device_key))
+        return self.ice_servers(device.id if device else "device", now)
+
+    # --- devices -----------------------------------------------------------------------------
+
+    def _is_paired(self, public_key: bytes) -> bool:
+        device = self._devices.by_key(b64(public_key))
+        return (
+            device is not None
+            and device.revoked_at is None
+            and self._devices.rendezvous(device.id) is not None
+        )
+
+    def _topics_for(self, public_key: bytes) -> Topics | None:
+        device = self._devices.by_key(b64(public_key))
+        if device is None or device.revoked_at is not None:
+            return None
+        secret = self._devices.rendezvous(device.id)
+        return topics(secret) if secret is not None else None
+
+    def _revoked(self, device_id: str) -> None:
+        for scope in self._links.pop(device_id, set()):
+            scope.cancel()
+        self._changes_tx.send_nowait(device_id)
+
+    async def _sync(self, broker: _Broker, device_id: str) -> None:
+        """Make the subscription of ``device_id`` match the store (subscribed iff active)."""
+        device = self._devices.find(device_id)
+        secret = self._devices.rendezvous(device_id)
+        old = self._subscribed.pop(device_id, None)
+        wanted = (
+            (unb64(device.public_key), topics(secret))
+            if device is not None and device.revoked_at is None and secret is not None
+            else None
+        )
+        if old is not None and (wanted is None or old[1] != wanted[1]):
+            await broker.unsubscribe(old[1].to_daemon)
+            log.info("rtc: unsubscribed device %s", device_id)
+        if wanted is not None:
+            if old is None or old[1] != wanted[1]:
+                await broker.subscribe(wanted[1].to_daemon)
+                log.info("rtc: subscribed device %s", device_id)
+            self._subscribed[device_id] = wanted
+
+    def subscribed(self) -> list[str]:
+        """The devices whose topic is subscribed (doctor, tests)."""
+        return sorted(self._subscribed)
+
+    def links(self) -> int:
+        return sum(len(scopes) for scopes in self._links.values())
+
+    # --- the task ----------------------------------------------------------------------------
+
+    async def supervise(self) -> None:
+        """:meth:`run` until cancelled; a broker that cannot be reached (or drops us for good) is
+        retried with a growing delay, logged once per failure, never fatal to the daemon."""
+        from .broker import RendezvousError
+        from .peer import RtcError
+
+        delay = 1.0
+        while True:
+            try:
+                await self.run()
+            except (RendezvousError, RtcError) as exc:
+                self.error = exc.message
+                log.warning("rtc: %s (retrying in %.0fs)", exc.message, delay)
+            await trio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX)
+
+    def status(self) -> dict[str, object]:
+        """For ``/v1/statistics`` and ``doctor``."""
+        return {
+            "enabled": True,
+            "rendezvous": self._settings.rendezvous,
+            "connected": self.ready.is_set() and self.error is None,
+            "devices": len(self._subscribed),
+            "links": self.links(),
+            "refused": self.refused,
+            "turn": bool(self._settings.turn),
+            "error": self.error,
+            # what doctor needs to probe the same paths (a file's path, never the secret)
+            "settings": {
+                "stun": list(self._settings.stun),
+                "turn": list(self._settings.turn),
+                "turn_secret_file": str(self._settings.turn_secret_file or "") or None,
+            },
+        }
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        from .broker import open_mqtt
+        from .peer import open_asyncio_thread
+        from .rendezvous import Answerer
+
+        url = self._settings.rendezvous
+        assert url is not None
+        self._subscribed.clear()  # a new connection: nothing is subscribed on it yet
+        async with (
+            open_asyncio_thread(self._thread_setup) as aio,
+            open_mqtt(url, self._thread_setup) as broker,
+        ):
+            for device, _secret in self._devices.with_rendezvous():
+                await self._sync(broker, device.id)
+            answerer = Answerer(
+                aio,
+                broker,
+                SignalingBox(self._key, self._is_paired),
+                self._key,
+                self._topics_for,
+                lambda now: self.ice_servers("daemon", now),
+                self._device_ice,
+                self._clock,
+                on_refused=self._count_refusal,
+            )
+            async with trio.open_nursery() as nursery:
+                await nursery.start(answerer.serve, self._hold)
+                log.info(
+                    "rtc: answering offers through %s for %d device(s)", url, len(self._subscribed)
+                )
+                self.error = None
+                self.ready.set()
+                task_status.started()
+                async for device_id in self._changes_rx:
+                    await self._sync(broker, device_id)
+
+    def _count_refusal(self, _exc: SignalingRefused) -> None:
+        self.refused += 1
+
+    async def _hold(self, link: _Link) -> None:
+        device = self._devices.by_key(b64(link.peer_key))
+        if device is None or device.revoked_at is not None:
+            return
+        with trio.CancelScope() as scope:
+            self._links.setdefault(device.id, set()).add(scope)
+            try:
+                log.info(
+                    "rtc: link %s open for device %s (held: see rtc/link.py)", link.cid, device.id
+                )
+                closed = await hold(
+                    link.channel, self._settings.ping_interval, self._settings.ping_misses
+                )
+                self.closed.append(closed)
+                log.info("rtc: link %s closed (%s): %s", link.cid, closed.code, closed.message)
+            finally:
+                scopes = self._links.get(device.id)
+                if scopes is not None:
+                    scopes.discard(scope)
+                    if not scopes:
+                        del self._links[device.id]
+        if scope.cancelled_caught:
+            self.closed.append(Closed("revoked", "the device was revoked"))

@@ -1,0 +1,140 @@
+"""The WebRTC path's settings: the ``[rtc]`` table of the config file and ``serve``'s flags.
+
+**No default broker: the path is off until ``--rendezvous URL`` names one.** A default public
+broker would make every daemon open a connection to a third party at start-up, without being
+asked: its operator would learn the computer's address and when it is on (the sealed payloads hide
+everything else), the public test brokers (test.mosquitto.org, broker.emqx.io, broker.hivemq.com)
+promise no availability, and the path needs the ``rtc`` extra (aiortc, 133 MB with PyAV) that a
+plain install does not have. So a user says which broker to trust, once: a self-hosted mosquitto,
+or one of those public ones (README "Use it from anywhere"). The pairing payload then carries it
+(``"rv"``), so devices need no configuration.
+
+STUN, by contrast, has public defaults: a binding request tells the server only the address it
+already sees, and without one no device behind a NAT could be reached without TURN.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import urlsplit
+
+import attrs
+
+if TYPE_CHECKING:
+    import argparse  # only the CLI passes a parser; the daemon imports these settings too
+
+#: public STUN servers used when ``--stun`` is not given (two operators: either may go away)
+DEFAULT_STUN: Final = ("stun:stun.l.google.com:19302", "stun:stun.cloudflare.com:3478")
+RENDEZVOUS_SCHEMES: Final = ("mqtt", "mqtts", "ws", "wss")
+
+
+@attrs.frozen
+class RtcSettings:
+    #: the signaling broker (``mqtt[s]://`` or ``ws[s]://host[:port][/path]``); None: path off
+    rendezvous: str | None = None
+    stun: tuple[str, ...] = DEFAULT_STUN  #: ``stun:host[:port]`` URLs; () = host candidates only
+    #: ``turn:``/``turns:`` URLs of one coturn (``use-auth-secret``); () = no relay
+    turn: tuple[str, ...] = ()
+    turn_secret_file: Path | None = None  #: coturn's ``static-auth-secret``, in a 0600 file
+    turn_ttl: float = 600.0  #: seconds a minted TURN credential stays valid
+    ping_interval: float = 5.0  #: seconds between application pings on an idle link
+    ping_misses: int = 3  #: unanswered pings before a link is closed as dead
+
+    @property
+    def enabled(self) -> bool:
+        return self.rendezvous is not None
+
+    def problems(self) -> list[str]:
+        found = []
+        if self.rendezvous is not None:
+            parts = urlsplit(self.rendezvous)
+            if parts.scheme not in RENDEZVOUS_SCHEMES or not parts.hostname:
+                found.append(
+                    "bad value @ $.rtc.rendezvous: an mqtt://, mqtts://, ws:// or wss:// URL of "
+                    f"a broker, got {self.rendezvous!r}"
+                )
+        for i, url in enumerate(self.stun):
+            if not url.startswith(("stun:", "stuns:")) or len(url.partition(":")[2]) < 1:
+                found.append(f"bad value @ $.rtc.stun[{i}]: a stun:host[:port] URL, got {url!r}")
+        for i, url in enumerate(self.turn):
+            if not url.startswith(("turn:", "turns:")) or len(url.partition(":")[2]) < 1:
+                found.append(f"bad value @ $.rtc.turn[{i}]: a turn:host[:port] URL, got {url!r}")
+        if self.turn and self.turn_secret_file is None:
+            found.append(
+                "bad value @ $.rtc.turn: needs turn_secret_file (--turn-secret-file), the "
+                "coturn static-auth-secret the daemon mints credentials with"
+            )
+        if self.turn_secret_file is not None:
+            if not self.turn:
+                found.append("bad value @ $.rtc.turn_secret_file: given without a TURN URL")
+            problem = secret_file_problem(self.turn_secret_file)
+            if problem:
+                found.append(f"bad value @ $.rtc.turn_secret_file: {problem}")
+        if not 60 <= self.turn_ttl <= 86_400:
+            found.append("bad value @ $.rtc.turn_ttl: between 60 and 86400 seconds")
+        if self.ping_interval <= 0:
+            found.append("bad value @ $.rtc.ping_interval: must be > 0 seconds")
+        if self.ping_misses < 1:
+            found.append("bad value @ $.rtc.ping_misses: must be at least 1")
+        return found
+
+
+def secret_file_problem(path: Path) -> str | None:
+    """Why ``path`` cannot hold a shared secret (missing, readable by others, empty), or None."""
+    try:
+        info = path.stat()
+    except OSError as exc:
+        return f"cannot read {path}: {exc.strerror}"
+    if not stat.S_ISREG(info.st_mode):
+        return f"{path} is not a file"
+    if info.st_mode & 0o077:
+        return f"{path} is readable by others (mode {stat.S_IMODE(info.st_mode):o}): chmod 600 it"
+    if info.st_uid != os.geteuid():
+        return f"{path} belongs to another user"
+    if info.st_size == 0 or not path.read_bytes().strip():
+        return f"{path} is empty"
+    return None
+
+
+def read_secret(path: Path) -> bytes:
+    """The secret in ``path`` (checked by :func:`secret_file_problem` at load), stripped."""
+    return path.read_bytes().strip()
+
+
+def add_flags(serve: argparse.ArgumentParser) -> None:
+    """``serve``'s flags for the WebRTC path (they override the ``[rtc]`` table)."""
+    rtc = serve.add_argument_group("from anywhere (WebRTC; README 'Use it from anywhere')")
+    rtc.add_argument(
+        "--rendezvous",
+        metavar="URL",
+        help="the MQTT broker signaling goes through (wss://host:port/path, mqtts://...); "
+        "turns the WebRTC path on (off by default; needs the rtc extra)",
+    )
+    rtc.add_argument(
+        "--stun",
+        metavar="URL",
+        action="append",
+        help="a STUN server, stun:host:port (repeatable; default: public Google and Cloudflare)",
+    )
+    rtc.add_argument(
+        "--turn", metavar="URL", action="append", help="a coturn URL, turn:host:3478 (repeatable)"
+    )
+    rtc.add_argument(
+        "--turn-secret-file",
+        metavar="FILE",
+        help="coturn's static-auth-secret (use-auth-secret), in a file only you can read (0600)",
+    )
+
+
+def overrides(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "rendezvous": args.rendezvous,
+        "stun": args.stun,
+        "turn": args.turn,
+        "turn_secret_file": str(Path(args.turn_secret_file).expanduser().resolve())
+        if args.turn_secret_file
+        else None,
+    }

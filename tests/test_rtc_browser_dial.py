@@ -1,0 +1,231 @@
+"""Headless Chromium dials the daemon's WebRTC task with ``web/static/rtc-signal.js`` (issue 17
+#5): MQTT over WebSocket (the vendored MQTT.js) to a real mosquitto, sealed hello/ice and
+offer/answer, both fingerprint statements checked, the DataChannel opens, the daemon's pings are
+answered, and a request is refused with ``unsupported``.
+
+Everything runs in one network namespace the test makes (loopback plus a veth pair, since
+Chromium gathers no loopback candidates): mosquitto's WebSocket listener binds every address it
+can see, and here that is only the namespace's. Chromium runs in it through a wrapper script; the
+page comes from 127.0.0.1 there (a secure context). The namespace is removed at the end.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import os
+import secrets
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import nacl.signing
+import pytest
+import trio
+
+from sidecode_trio.rtc.service import RtcService
+from sidecode_trio.rtc.settings import RtcSettings
+from sidecode_trio.security.devices import DeviceStore, Scope
+from sidecode_trio.security.identity import b64
+from sidecode_trio.web.export import export
+
+import netlab
+from helpers import chromium_args, chromium_or_skip
+
+netlab.skip_unless_possible()  # root, ip and mosquitto (fails in CI rather than skip)
+playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+
+MQTT_PORT, WS_PORT = 1883, 9001
+
+DIAL = """async ([seed, daemonPk, secret, wsUrl]) => {
+  const m = await import('/rtc-signal.js');
+  const box = new m.SignalingBox(m.unb64url(seed), (pk) => m.b64url(pk) === daemonPk);
+  const t = await m.topics(m.unb64url(secret));
+  const t0 = performance.now();
+  const broker = await m.connectBroker(wsUrl);
+  const t1 = performance.now();
+  await broker.subscribe(t.toDevice);
+  const daemonKey = m.unb64url(daemonPk);
+  const { pc, channel, fps } = await m.dial({ box, daemonKey, topics: t, broker });
+  const t2 = performance.now();
+  // the certificate DTLS pinned is the one the daemon signed (getStats: remote certificate)
+  const stats = [...(await pc.getStats()).values()];
+  const transport = stats.find((s) => s.type === 'transport' && s.remoteCertificateId);
+  const cert = stats.find((s) => s.id === transport.remoteCertificateId);
+  const inbox = [], waiting = [];
+  channel.onmessage = (e) => {
+    const text = typeof e.data === 'string' ? e.data : new TextDecoder().decode(e.data);
+    const frame = JSON.parse(text);
+    waiting.length ? waiting.shift()(frame) : inbox.push(frame);
+  };
+  const next = () => inbox.length ? Promise.resolve(inbox.shift())
+                                  : new Promise((resolve) => waiting.push(resolve));
+  const frames = [];
+  for (let i = 0; i < 3; i++) {
+    const ping = await next();
+    frames.push(ping);
+    channel.send(JSON.stringify({ type: 'pong', n: ping.n }));
+  }
+  channel.send(JSON.stringify({ type: 'request', id: 1, method: 'GET', path: '/v1/info' }));
+  let close = await next();
+  while (close.type === 'ping') close = await next();
+  frames.push(close);
+  pc.close();
+  await broker.close();
+  return { frames, pinned: `${cert.fingerprintAlgorithm} ${cert.fingerprint.toUpperCase()}`,
+           signed: fps, connectMs: t1 - t0, dialMs: t2 - t1 };
+}"""
+
+
+def _setns(name: str) -> None:
+    netlab._setns(f"/run/netns/{name}")
+
+
+@pytest.fixture
+def namespace(tmp_path: Path) -> Iterator[str]:
+    """One namespace: lo and a veth pair (10.9.0.1, 10.9.0.2), mosquitto with TCP and WS."""
+    name = f"sc-ws-{os.getpid()}-{secrets.token_hex(3)}"
+    run = functools.partial(subprocess.run, check=True, capture_output=True)
+    run(["ip", "netns", "add", name])
+    proc = None
+    try:
+        run(["ip", "-n", name, "link", "set", "lo", "up"])
+        run(["ip", "-n", name, "link", "add", "v0", "type", "veth", "peer", "name", "v1"])
+        for dev, address in (("v0", "10.9.0.1/24"), ("v1", "10.9.0.2/24")):
+            run(["ip", "-n", name, "addr", "add", address, "dev", dev])
+            run(["ip", "-n", name, "link", "set", dev, "up"])
+        conf = tmp_path / "mosquitto.conf"
+        conf.write_text(
+            "per_listener_settings false\nallow_anonymous true\npersistence false\n"
+            f"set_tcp_nodelay true\nlistener {MQTT_PORT} 127.0.0.1\n"
+            f"listener {WS_PORT} 127.0.0.1\nprotocol websockets\n"
+        )
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", name, "mosquitto", "-c", str(conf)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        _wait_port(name, WS_PORT)
+        yield name
+    finally:
+        if proc is not None:
+            proc.terminate()
+            proc.wait(10)
+        subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True)
+
+
+def _in_namespace(name: str, fn: Any) -> Any:
+    """``fn()`` on a new thread inside ``name`` (never a reused worker thread)."""
+    out: list[Any] = []
+
+    def main() -> None:
+        _setns(name)
+        out.append(fn())
+
+    thread = threading.Thread(target=main)
+    thread.start()
+    thread.join()
+    return out[0]
+
+
+def _wait_port(name: str, port: int) -> None:
+    def probe() -> bool:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", port)) == 0:
+                    return True
+            time.sleep(0.05)
+        return False
+
+    assert _in_namespace(name, probe), "mosquitto did not start"
+
+
+@pytest.fixture
+def site(namespace: str, tmp_path: Path) -> Iterator[str]:
+    root = tmp_path / "site"
+    export(root)
+    # a page without the app's policy, whose connect-src allows wss: but not a loopback ws:
+    (root / "dial.html").write_text("<!doctype html><title>dial</title>")
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    handler = functools.partial(Quiet, directory=str(root))
+    server: http.server.ThreadingHTTPServer = _in_namespace(
+        namespace, lambda: http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    )
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def _chromium_in(namespace: str, tmp_path: Path) -> str:
+    wrapper = tmp_path / "chromium-in-netns"
+    wrapper.write_text(f'#!/bin/sh\nexec ip netns exec {namespace} {chromium_or_skip()} "$@"\n')
+    wrapper.chmod(0o700)
+    return str(wrapper)
+
+
+async def test_chromium_dials_the_daemon_through_the_broker_and_is_held_not_served(
+    namespace: str, site: str, tmp_path: Path
+) -> None:
+    chromium = _chromium_in(namespace, tmp_path)
+    daemon_key, device_key = nacl.signing.SigningKey.generate(), nacl.signing.SigningKey.generate()
+    secret = secrets.token_bytes(32)
+    devices = DeviceStore(tmp_path / "devices.sqlite3")
+    device = devices.add("browser", b64(bytes(device_key.verify_key)), "fp", Scope.CHAT, secret)
+    settings = RtcSettings(
+        rendezvous=f"mqtt://127.0.0.1:{MQTT_PORT}", stun=(), ping_interval=0.3, ping_misses=20
+    )
+    service = RtcService(settings, daemon_key, devices, thread_setup=lambda: _setns(namespace))
+    args = [
+        b64(bytes(device_key)),
+        b64(bytes(daemon_key.verify_key)),
+        b64(secret),
+        f"ws://127.0.0.1:{WS_PORT}",
+    ]
+
+    def scenario() -> dict[str, Any]:
+        flags = chromium_args("--disable-features=WebRtcHideLocalIpsWithMdns")
+        with playwright_api.sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=chromium, headless=True, args=flags)
+            try:
+                page = browser.new_page()
+                errors: list[str] = []
+                page.on("pageerror", lambda exc: errors.append(str(exc)))
+                page.goto(site + "/dial.html")
+                result: dict[str, Any] = page.evaluate(DIAL, args)
+                assert errors == []
+                return result
+            finally:
+                browser.close()
+
+    try:
+        with trio.fail_after(90):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(service.run)
+                assert service.subscribed() == [device.id]
+                result = await trio.to_thread.run_sync(scenario)
+                while not service.closed:
+                    await trio.sleep(0.02)
+                nursery.cancel_scope.cancel()
+    finally:
+        devices.close()
+    print(f"broker connect {result['connectMs']:.0f} ms, hello to open {result['dialMs']:.0f} ms")
+    pings = result["frames"][:3]
+    assert [f["type"] for f in pings] == ["ping"] * 3 and [f["n"] for f in pings] == [1, 2, 3]
+    close = result["frames"][3]
+    assert close["type"] == "close" and close["code"] == "unsupported"
+    assert result["pinned"] in result["signed"]  # DTLS ran with the certificate the daemon signed
+    assert service.closed[-1].code == "unsupported" and service.refused == 0

@@ -1,0 +1,179 @@
+"""The daemon's WebRTC task against a real mosquitto on loopback (issue 17 #2): a device paired
+over HTTPS dials through the broker knowing only its pairing; the daemon answers, holds the link
+with application pings, closes a dead one, refuses requests with ``unsupported`` (until the feed
+lands), and on revoke drops the device's subscription and closes its links."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import attrs
+import nacl.signing
+import pytest
+import trio
+
+from sidecode_trio.cli import main
+from sidecode_trio.config import DaemonConfig
+from sidecode_trio.rtc import rendezvous as rendezvous_module
+from sidecode_trio.rtc.broker import open_mqtt
+from sidecode_trio.rtc.peer import open_asyncio_thread
+from sidecode_trio.rtc.rendezvous import Link, dial
+from sidecode_trio.rtc.settings import RtcSettings
+from sidecode_trio.rtc.signaling import SignalingBox, topics
+from sidecode_trio.security.identity import unb64
+
+import netlab
+from helpers import load_example, running_daemon
+
+netlab.skip_unless_possible(lab=False)
+if shutil.which("mosquitto") is None:  # CI installs it: a skip there would hide a lost test
+    if os.environ.get("CI") == "true":
+        pytest.fail("mosquitto is missing in CI")
+    pytest.skip("needs mosquitto (apt-get install mosquitto)", allow_module_level=True)
+
+pc = load_example("pair_client")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[str]:
+    """A mosquitto on loopback, killed after the test."""
+    port = _free_port()
+    conf = tmp_path / "mosquitto.conf"
+    conf.write_text(
+        f"per_listener_settings false\nallow_anonymous true\npersistence false\n"
+        f"set_tcp_nodelay true\nlistener {port} 127.0.0.1\n"
+    )
+    proc = subprocess.Popen(
+        ["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        for _ in range(200):
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            proc.poll()
+            if proc.returncode is not None:
+                pytest.fail("mosquitto did not start")
+            time.sleep(0.05)
+        yield f"mqtt://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Wait for ``condition`` (the caller's fail_after is the deadline)."""
+    while not condition():
+        await trio.sleep(0.02)
+
+
+@attrs.define
+class Phone:
+    credentials: dict[str, Any]
+
+    @property
+    def key(self) -> nacl.signing.SigningKey:
+        return nacl.signing.SigningKey(unb64(self.credentials["device"]["seed"]))
+
+    @property
+    def daemon_key(self) -> bytes:
+        return unb64(self.credentials["daemon"]["public_key"])
+
+    def box(self) -> SignalingBox:
+        daemon = self.daemon_key
+        return SignalingBox(self.key, lambda key: key == daemon)
+
+
+async def receive_json(link: Link) -> dict[str, Any]:
+    message: dict[str, Any] = json.loads(await link.channel.receive())
+    return message
+
+
+async def test_a_paired_device_dials_the_daemon_which_pings_refuses_and_drops_on_revoke(
+    make_config: Callable[..., DaemonConfig],
+    broker: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # a link must outlive the answer's open deadline (it used to be cancelled with it)
+    monkeypatch.setattr(rendezvous_module, "OPEN_TIMEOUT", 0.3)
+    rtc = RtcSettings(rendezvous=broker, stun=(), ping_interval=0.2, ping_misses=3)
+    config = make_config(https=True, rtc=rtc)
+    async with running_daemon(config) as owner:
+        service = owner.handle.rtc
+        offer = (await owner.http.post("/v1/pairings", json={"scope": "chat"})).json()
+        assert offer["payload"]["rv"] == broker  # the payload names the broker
+        phone = Phone(await trio.to_thread.run_sync(pc.pair, offer["payload"], "phone"))
+        device_id = phone.credentials["device"]["id"]
+        assert phone.credentials["rendezvous"]["url"] == broker
+        the_topics = topics(unb64(phone.credentials["rendezvous"]["secret"]))
+        with trio.fail_after(60):
+            await until(lambda: service.subscribed() == [device_id])  # subscribed on pairing
+            async with open_asyncio_thread() as aio, open_mqtt(broker) as phone_broker:
+                await phone_broker.subscribe(the_topics.to_device)
+
+                async def dial_once() -> Link:
+                    return await dial(
+                        aio, phone_broker, phone.box(), phone.key, phone.daemon_key, the_topics
+                    )
+
+                # 1. pings, answered, for longer than the open deadline; then silence: closed
+                link = await dial_once()
+                try:
+                    for n in range(1, 5):
+                        assert await receive_json(link) == {"type": "ping", "n": n}
+                        await link.channel.send(json.dumps({"type": "pong", "n": n}))
+                    await until(lambda: bool(service.closed))
+                    assert service.closed[-1].code == "timeout"
+                finally:
+                    await link.connection.aclose()
+
+                # 2. a request is refused with a reason, not pretended
+                link = await dial_once()
+                try:
+                    assert (await receive_json(link))["type"] == "ping"
+                    request = {"type": "request", "id": 1, "method": "GET", "path": "/v1/info"}
+                    await link.channel.send(json.dumps(request))
+                    close = await receive_json(link)
+                    while close["type"] == "ping":
+                        close = await receive_json(link)
+                    assert close["type"] == "close" and close["code"] == "unsupported"
+                    assert "does not carry requests over WebRTC yet" in close["message"]
+                finally:
+                    await link.connection.aclose()
+
+                # 3. revoking the device closes its link and drops its topic
+                link = await dial_once()
+                try:
+                    await until(lambda: service.links() == 1)
+                    closed_before = len(service.closed)
+                    response = await owner.http.delete(f"/v1/devices/{device_id}")
+                    assert response.status_code == 200, response.text
+                    await until(lambda: len(service.closed) > closed_before)
+                    assert service.closed[-1].code == "revoked" and service.links() == 0
+                    await until(lambda: service.subscribed() == [])
+                finally:
+                    await link.connection.aclose()
+                status = (await owner.http.get("/v1/status")).json()
+                assert status["rtc"]["devices"] == 0 and status["rtc"]["connected"] is True
+
+        # doctor probes what the running daemon uses (its flags are in no config file)
+        capsys.readouterr()
+        argv = ["doctor", "--state-dir", str(config.state_dir), "--json"]
+        await trio.to_thread.run_sync(main, argv)
+        reach = json.loads(capsys.readouterr().out)["reachability"]
+        assert reach["rtc"] is True and reach["rendezvous"]["reachable"] is True, reach
