@@ -80,3 +80,51 @@ async def test_no_warming_when_the_limit_is_zero(
                 assert starting.type == "message.queued"  # the CLI starts for the message
                 await stream.until_type("turn.completed")
         assert len(cli_argvs(cli_log)) == 1
+
+
+def test_the_core_warms_a_sleeping_session_and_stops_it_when_idle_or_cooled() -> None:
+    """The sans-IO core, with its own clock: warm() spawns, an idle warm CLI stops after
+    ``warm_idle_timeout``; cool() stops it at once; a message turns it into a real one."""
+    from sidecode_trio.eventlog.fold import SessionFold
+    from sidecode_trio.sessions import core as sc
+
+    fold = SessionFold("s1")
+    fold.cwd = "/work"
+    core = sc.SessionCore("s1", fold, sc.CoreSettings(idle_timeout=600, warm_idle_timeout=30))
+
+    def state() -> sc.State:  # read afresh (mypy would keep it narrowed across the inputs)
+        return core.state
+
+    assert state() is sc.State.ASLEEP and not core.wants_run()
+    assert core.warm() and core.wants_run() and not core.warm()  # once
+    core.wake()
+    assert [type(o).__name__ for o in core.poll(0)] == ["CLIStateChanged", "Spawn"]
+    core.started(123, 0.0)
+    assert core.poll(0) == [] and core.warm_only
+    assert core.deadline(0) == 30  # the warm idle timeout, not the 600 s one
+    assert core.poll(30) == [sc.CloseStdin()]  # idle: stopped again
+    core.exited(0, [], cancelled=False)
+    assert not core.warm_only
+    assert core.poll(31) == [] and state() is sc.State.ENDING
+    core.run_ended(cancelled=False)
+    # warmed again, then cooled by the registry's cap: stopped at the next poll
+    assert core.warm()
+    core.wake()
+    core.poll(40)
+    core.started(124, 0.0)
+    core.cool()
+    assert core.poll(41) == [sc.CloseStdin()]
+    core.exited(0, [], cancelled=False)
+    core.poll(42)
+    core.run_ended(cancelled=False)
+    # warmed, then a message: delivered on that CLI, and no longer a warm one
+    assert core.warm()
+    core.wake()
+    core.poll(50)
+    core.started(125, 0.0)
+    core.send("m1", sc.Prompt("hi"))
+    core.stored("m1")
+    (write,) = core.poll(51)
+    assert isinstance(write, sc.Write) and write.delivers == "m1" and not core.warm_only
+    core.cool()  # a real turn is not stopped by the cap
+    assert core.poll(52) == []
