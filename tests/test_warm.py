@@ -95,16 +95,19 @@ def test_the_core_warms_a_sleeping_session_and_stops_it_when_idle_or_cooled() ->
     def state() -> sc.State:  # read afresh (mypy would keep it narrowed across the inputs)
         return core.state
 
+    def warm_only() -> bool:
+        return core.warm_only
+
     assert state() is sc.State.ASLEEP and not core.wants_run()
     assert core.warm() and core.wants_run() and not core.warm()  # once
     core.wake()
     assert [type(o).__name__ for o in core.poll(0)] == ["CLIStateChanged", "Spawn"]
     core.started(123, 0.0)
-    assert core.poll(0) == [] and core.warm_only
+    assert core.poll(0) == [] and warm_only()
     assert core.deadline(0) == 30  # the warm idle timeout, not the 600 s one
     assert core.poll(30) == [sc.CloseStdin()]  # idle: stopped again
     core.exited(0, [], cancelled=False)
-    assert not core.warm_only
+    assert not warm_only()
     assert core.poll(31) == [] and state() is sc.State.ENDING
     core.run_ended(cancelled=False)
     # warmed again, then cooled by the registry's cap: stopped at the next poll
@@ -125,6 +128,6 @@ def test_the_core_warms_a_sleeping_session_and_stops_it_when_idle_or_cooled() ->
     core.send("m1", sc.Prompt("hi"))
     core.stored("m1")
     (write,) = core.poll(51)
-    assert isinstance(write, sc.Write) and write.delivers == "m1" and not core.warm_only
+    assert isinstance(write, sc.Write) and write.delivers == "m1" and not warm_only()
     core.cool()  # a real turn is not stopped by the cap
     assert core.poll(52) == []
