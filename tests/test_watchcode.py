@@ -95,6 +95,9 @@ async def test_a_watch_session_round_trip_without_duplicates(
             async with stream_of(daemon, secret, sid, cid) as stream:
                 await until_content(stream, "user", "hello watch")  # the history
                 await until_content(stream, "assistant", "You said: hello watch")
+                # the first turn's end: a message sent during it is queued, and its turn then
+                # starts with no "Running" of its own (the session never stopped running)
+                await until_content(stream, "status", "Idle")
                 sent = await http.post(
                     f"/api/sessions/{sid}/message",
                     json={"content": "[[slow:400]]", "connectionId": cid},
@@ -109,6 +112,9 @@ async def test_a_watch_session_round_trip_without_duplicates(
                 )
                 assert interrupted.json() == {"status": "sent"}
                 await until_content(stream, "status", "Interrupted")
+                # the last frame before the break: one written later may not have been read,
+                # and the retry would rightly repeat it (its first frame would not be "after")
+                await until_content(stream, "status", "Idle")
                 before = [e.data for e in stream.seen]
                 clock.now += 100  # it read all that long ago: the retry steps back less (REWIND)
             # The stream broke (the watch lost signal); it re-connects, as RelayClient does.
@@ -235,8 +241,18 @@ class RawWatch:
         await watch.stream.send_all(watch.conn.send(request) or b"")
         return watch
 
-    async def until(self, kind: str, content: str, count: int = 1) -> None:
-        while sum(e["type"] == kind and e["content"] == content for e in self.events) < count:
+    def count(self, kind: str, content: str, after: str | None = None) -> int:
+        """Such frames the watch has (only those after the first frame saying ``after``)."""
+        events = self.events
+        if after is not None:
+            said = [e["content"] for e in events]
+            events = events[said.index(after) + 1 :] if after in said else []
+        return sum(e["type"] == kind and e["content"] == content for e in events)
+
+    async def until(
+        self, kind: str, content: str, count: int = 1, after: str | None = None
+    ) -> None:
+        while self.count(kind, content, after) < count:
             event = self.conn.next_event()
             if event is h11.NEED_DATA:
                 self.conn.receive_data(await self.stream.receive_some(65536))
@@ -313,8 +329,8 @@ async def test_a_broken_stream_retried_like_the_watch_loses_and_repeats_nothing(
                 clock.now += 8  # the watch's 2 s back-off and a little more
                 again = await RawWatch.open(daemon, secret, sid, await connect(http, sid))
                 await http.post(f"/api/sessions/{sid}/message", json={"content": "three"})
-                await again.until("assistant", "You said: three")
-                await again.until("status", "Idle")
+                # three's own Idle: a replayed turn's Idle may come before it
+                await again.until("status", "Idle", after="You said: three")
                 await trio.aclose_forcefully(again.stream)
                 if how == "silent":
                     await trio.aclose_forcefully(old.stream)
