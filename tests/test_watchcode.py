@@ -39,10 +39,13 @@ async def watch_device(daemon: Client, scope: str = "chat", name: str = "Apple W
 
 
 @asynccontextmanager
-async def relay(daemon: Client, secret: str) -> AsyncIterator[httpx.AsyncClient]:
+async def relay(
+    daemon: Client, secret: str, timeout: float = 10
+) -> AsyncIterator[httpx.AsyncClient]:
     """An HTTP client that, like the watch, carries only the WatchCode secret."""
     headers = {"x-watchcode-secret": secret}
-    async with httpx.AsyncClient(base_url=daemon.handle.url, headers=headers, timeout=10) as http:
+    url = daemon.handle.url
+    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=timeout) as http:
         yield http
 
 
@@ -442,9 +445,11 @@ async def test_a_watchcode_stream_held_five_minutes_of_mixed_activity(
     mock_clock.rate = 20
     wait = 600.0  # Trio seconds (30 s of wall time): a deadline only
     async with running_daemon(make_config()) as daemon:
+        # httpx's timeouts run on Trio's clock too: 10 would be half a second of wall time
+        daemon.http.timeout = httpx.Timeout(wait)
         secret = await watch_device(daemon)
         sid = (await daemon.create(work_dir, "turn 0"))["session"]["id"]
-        async with relay(daemon, secret) as http:
+        async with relay(daemon, secret, timeout=wait) as http:
             cid = await connect(http, sid)
             async with stream_of(daemon, secret, sid, cid) as stream:
                 opened, sent, turn = trio.current_time(), ["turn 0"], 0
