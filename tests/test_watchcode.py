@@ -308,6 +308,9 @@ async def test_a_broken_stream_retried_like_the_watch_loses_and_repeats_nothing(
             old = await RawWatch.open(daemon, secret, sid, old_cid)
             await old.until("status", "Idle")  # the history (or the first turn), to its end
             async with daemon.events(sid) as v1:
+                # v1 replays from cursor 0: read past the first turn's idle, so that each
+                # v1.until(idle) below is a later turn's end ("three" must not join that turn)
+                await v1.until(idle)
                 if moment != "before":
                     await http.post(f"/api/sessions/{sid}/message", json={"content": prompt})
                     if moment == "during":
