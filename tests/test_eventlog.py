@@ -171,6 +171,31 @@ async def test_a_lagging_subscriber_is_dropped_and_others_are_not(tmp_path: Path
     store.close()
 
 
+async def test_an_ended_feed_still_subscribed_is_dropped_not_a_crash(tmp_path: Path) -> None:
+    """``end()`` (a WatchCode retry closing the stream it replaces, a revocation) closes a feed
+    at once, but it stays subscribed until its stream's task runs ``close()``, which can be much
+    later (that task busy, or blocked writing into a dead socket). An event published meanwhile
+    is not for it: the log drops it and goes on (it crashed the writer, and the daemon)."""
+    store, log = await _open(tmp_path / "db")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(log.run)
+        log.create("s")
+        _, ended = log.subscribe("s", None, 100)
+        _, other = log.subscribe("s", None, 100)
+        ended.end()
+        log.append("s", ev.TextDelta("m", 0, "x"))
+        await log.flush()
+        assert other.receive.receive_nowait().cursor == 1
+        with pytest.raises(trio.EndOfChannel):
+            ended.receive.receive_nowait()
+        ended.close()  # its stream's task, at last: nothing left to undo
+        log.append("s", ev.TextDelta("m", 0, "y"))
+        await log.flush()
+        assert other.receive.receive_nowait().cursor == 2
+        nursery.cancel_scope.cancel()
+    store.close()
+
+
 def test_store_files_are_private(tmp_path: Path) -> None:
     store = SQLiteStore(tmp_path / "db")
     assert (tmp_path / "db").stat().st_mode & 0o777 == 0o600

@@ -81,6 +81,8 @@ class Subscription:
             return False
         except trio.BrokenResourceError:
             return False  # the reader went away; close() will unregister us
+        except trio.ClosedResourceError:
+            return False  # end()ed: its stream's task may run close() much later
         return True
 
     def end(self) -> None:
