@@ -39,10 +39,13 @@ async def watch_device(daemon: Client, scope: str = "chat", name: str = "Apple W
 
 
 @asynccontextmanager
-async def relay(daemon: Client, secret: str) -> AsyncIterator[httpx.AsyncClient]:
+async def relay(
+    daemon: Client, secret: str, timeout: float = 10
+) -> AsyncIterator[httpx.AsyncClient]:
     """An HTTP client that, like the watch, carries only the WatchCode secret."""
     headers = {"x-watchcode-secret": secret}
-    async with httpx.AsyncClient(base_url=daemon.handle.url, headers=headers, timeout=10) as http:
+    url = daemon.handle.url
+    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=timeout) as http:
         yield http
 
 
@@ -95,6 +98,9 @@ async def test_a_watch_session_round_trip_without_duplicates(
             async with stream_of(daemon, secret, sid, cid) as stream:
                 await until_content(stream, "user", "hello watch")  # the history
                 await until_content(stream, "assistant", "You said: hello watch")
+                # the first turn's end: a message sent during it is queued, and its turn then
+                # starts with no "Running" of its own (the session never stopped running)
+                await until_content(stream, "status", "Idle")
                 sent = await http.post(
                     f"/api/sessions/{sid}/message",
                     json={"content": "[[slow:400]]", "connectionId": cid},
@@ -109,6 +115,9 @@ async def test_a_watch_session_round_trip_without_duplicates(
                 )
                 assert interrupted.json() == {"status": "sent"}
                 await until_content(stream, "status", "Interrupted")
+                # the last frame before the break: one written later may not have been read,
+                # and the retry would rightly repeat it (its first frame would not be "after")
+                await until_content(stream, "status", "Idle")
                 before = [e.data for e in stream.seen]
                 clock.now += 100  # it read all that long ago: the retry steps back less (REWIND)
             # The stream broke (the watch lost signal); it re-connects, as RelayClient does.
@@ -235,8 +244,18 @@ class RawWatch:
         await watch.stream.send_all(watch.conn.send(request) or b"")
         return watch
 
-    async def until(self, kind: str, content: str, count: int = 1) -> None:
-        while sum(e["type"] == kind and e["content"] == content for e in self.events) < count:
+    def count(self, kind: str, content: str, after: str | None = None) -> int:
+        """Such frames the watch has (only those after the first frame saying ``after``)."""
+        events = self.events
+        if after is not None:
+            said = [e["content"] for e in events]
+            events = events[said.index(after) + 1 :] if after in said else []
+        return sum(e["type"] == kind and e["content"] == content for e in events)
+
+    async def until(
+        self, kind: str, content: str, count: int = 1, after: str | None = None
+    ) -> None:
+        while self.count(kind, content, after) < count:
             event = self.conn.next_event()
             if event is h11.NEED_DATA:
                 self.conn.receive_data(await self.stream.receive_some(65536))
@@ -289,6 +308,9 @@ async def test_a_broken_stream_retried_like_the_watch_loses_and_repeats_nothing(
             old = await RawWatch.open(daemon, secret, sid, old_cid)
             await old.until("status", "Idle")  # the history (or the first turn), to its end
             async with daemon.events(sid) as v1:
+                # v1 replays from cursor 0: read past the first turn's idle, so that each
+                # v1.until(idle) below is a later turn's end ("three" must not join that turn)
+                await v1.until(idle)
                 if moment != "before":
                     await http.post(f"/api/sessions/{sid}/message", json={"content": prompt})
                     if moment == "during":
@@ -313,8 +335,8 @@ async def test_a_broken_stream_retried_like_the_watch_loses_and_repeats_nothing(
                 clock.now += 8  # the watch's 2 s back-off and a little more
                 again = await RawWatch.open(daemon, secret, sid, await connect(http, sid))
                 await http.post(f"/api/sessions/{sid}/message", json={"content": "three"})
-                await again.until("assistant", "You said: three")
-                await again.until("status", "Idle")
+                # three's own Idle: a replayed turn's Idle may come before it
+                await again.until("status", "Idle", after="You said: three")
                 await trio.aclose_forcefully(again.stream)
                 if how == "silent":
                     await trio.aclose_forcefully(old.stream)
@@ -432,9 +454,11 @@ async def test_a_watchcode_stream_held_five_minutes_of_mixed_activity(
     mock_clock.rate = 20
     wait = 600.0  # Trio seconds (30 s of wall time): a deadline only
     async with running_daemon(make_config()) as daemon:
+        # httpx's timeouts run on Trio's clock too: 10 would be half a second of wall time
+        daemon.http.timeout = httpx.Timeout(wait)
         secret = await watch_device(daemon)
         sid = (await daemon.create(work_dir, "turn 0"))["session"]["id"]
-        async with relay(daemon, secret) as http:
+        async with relay(daemon, secret, timeout=wait) as http:
             cid = await connect(http, sid)
             async with stream_of(daemon, secret, sid, cid) as stream:
                 opened, sent, turn = trio.current_time(), ["turn 0"], 0

@@ -23,6 +23,7 @@ from typing import Final, Protocol
 import attrs
 import trio
 
+from ..config import DaemonConfig
 from ..errors import BadRequest, NotFound, SidecodeError
 from ..eventlog.core import Position, StoredEvent
 from ..eventlog.log import KEEPALIVE
@@ -63,6 +64,16 @@ class LinkSettings:
     max_subscriptions: int = 64
     linger: float = 2.0  #: seconds a closing session gets to deliver its last frames
     heartbeat: float = 15.0  #: advertised: ping (datagram) at least this often when idle
+
+
+def link_settings(config: DaemonConfig) -> LinkSettings:
+    """A session's limits from the daemon's settings (every transport's)."""
+    return LinkSettings(
+        max_frame=config.max_body,
+        client_queue=config.client_queue,
+        outbox=Limits(max_frames=config.client_queue),
+        heartbeat=config.sse_keepalive,
+    )
 
 
 class Transport(Protocol):

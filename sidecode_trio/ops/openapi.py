@@ -20,8 +20,8 @@ from typing import Any, Final
 import attrs
 
 from .. import __version__
+from ..defaults import DEFAULT_PORT
 from ..wire import requests as rq
-from ..wire.requests import DEFAULT_PORT
 from ..wire.schema import UNIONS, SchemaBuilder
 from ..wire.snapshot import SessionInfo, Snapshot
 from ..wire.tools import TOOL_DETAIL_CLASSES, ToolDetail, ToolView

@@ -52,8 +52,7 @@ from aioquic.quic.retry import QuicRetryTokenHandler
 
 from .. import __version__
 from ..channel.frames import PATH, CloseCode
-from ..channel.link import Link, LinkSettings
-from ..channel.outbox import Limits
+from ..channel.link import Link, LinkSettings, link_settings
 from ..channel.routes import Requests
 from ..config import DaemonConfig
 from ..errors import ConfigError
@@ -89,13 +88,7 @@ def settings_for(config: DaemonConfig) -> QuicSettings:
     """The endpoint's settings from the daemon's: the UDP port is ``quic_port``, or the HTTP
     port's number when unset (so 0 means any free port there too)."""
     port = config.port if config.quic_port is None else config.quic_port
-    link = LinkSettings(
-        max_frame=config.max_body,
-        client_queue=config.client_queue,
-        outbox=Limits(max_frames=config.client_queue),
-        heartbeat=config.sse_keepalive,
-    )
-    return QuicSettings(host=config.host, port=port, link=link)
+    return QuicSettings(host=config.host, port=port, link=link_settings(config))
 
 
 def session_urls(http_urls: list[str], port: int) -> list[str]:

@@ -9,7 +9,6 @@ import attrs
 from .snapshot import SessionInfo
 
 PROTOCOL_VERSION: Final = 1
-DEFAULT_PORT: Final = 8765  #: the daemon's TCP port unless configured (serve, the OpenAPI servers)
 MAX_TEXT_CHARS: Final = 200_000
 
 
