@@ -345,7 +345,14 @@ async def _serve(
             front = Front(routes(ops, notifier))  # the operation table, without HTTP
             requests = front.dispatch
             if rtc is not None:  # a DataChannel serves the same session as WebTransport
-                rtc.serve_with(rtc_sessions(requests, ops, guard, link_settings(config)))
+                rtc.serve_with(
+                    rtc_sessions(
+                        requests,
+                        ops,
+                        guard,
+                        link_settings(config.max_body, config.client_queue, config.sse_keepalive),
+                    )
+                )
             if config.quic_port != -1:
                 from .quic.endpoint import Endpoint, session_urls, settings_for  # aioquic
 

@@ -23,7 +23,6 @@ from typing import Final, Protocol
 import attrs
 import trio
 
-from ..config import DaemonConfig
 from ..errors import BadRequest, NotFound, SidecodeError
 from ..eventlog.core import Position, StoredEvent
 from ..eventlog.log import KEEPALIVE
@@ -66,13 +65,14 @@ class LinkSettings:
     heartbeat: float = 15.0  #: advertised: ping (datagram) at least this often when idle
 
 
-def link_settings(config: DaemonConfig) -> LinkSettings:
-    """A session's limits from the daemon's settings (every transport's)."""
+def link_settings(max_body: int, client_queue: int, keepalive: float) -> LinkSettings:
+    """A session's limits from the daemon's (``config.max_body``, ``client_queue``,
+    ``sse_keepalive``), the same for every transport."""
     return LinkSettings(
-        max_frame=config.max_body,
-        client_queue=config.client_queue,
-        outbox=Limits(max_frames=config.client_queue),
-        heartbeat=config.sse_keepalive,
+        max_frame=max_body,
+        client_queue=client_queue,
+        outbox=Limits(max_frames=client_queue),
+        heartbeat=keepalive,
     )
 
 

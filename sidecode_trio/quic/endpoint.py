@@ -88,7 +88,11 @@ def settings_for(config: DaemonConfig) -> QuicSettings:
     """The endpoint's settings from the daemon's: the UDP port is ``quic_port``, or the HTTP
     port's number when unset (so 0 means any free port there too)."""
     port = config.port if config.quic_port is None else config.quic_port
-    return QuicSettings(host=config.host, port=port, link=link_settings(config))
+    return QuicSettings(
+        host=config.host,
+        port=port,
+        link=link_settings(config.max_body, config.client_queue, config.sse_keepalive),
+    )
 
 
 def session_urls(http_urls: list[str], port: int) -> list[str]:
