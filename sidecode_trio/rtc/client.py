@@ -75,7 +75,12 @@ class LinkCarrier:
             self._changed.set()
 
     def _text(self, text: str) -> None:
-        message = json.loads(text)
+        try:
+            message = json.loads(text)
+        except ValueError:
+            message = None
+        if not isinstance(message, dict):
+            return  # not a keep-alive message: nothing to answer
         if message.get("type") == "ping":
             self.pings += 1
             if self.answer_pings:

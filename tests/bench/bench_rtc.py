@@ -1,9 +1,9 @@
 """WebRTC through the network lab (issue 17): set-up time by path, memory per link, import cost.
 
 Usage: ``sudo python tests/bench/bench_rtc.py [--runs 10] [--links 20]`` (root: it builds the
-namespaces of tests/netlab.py). Not yet part of ``run.py``: the daemon has no WebRTC transport
-to bench until the integration step; this measures the foundation on its own. No assertions: it
-reports and exits 0.
+namespaces of tests/netlab.py). Not part of ``run.py``; this measures the foundation on its own
+(the protocol served over a link, against WebTransport and SSE: ``bench_rtc_link.py``). No
+assertions: it reports and exits 0.
 
 1. **Set-up time**, phone side, from sending the sealed ``hello`` to the DataChannel open, split
    into: hello -> ice (one broker round trip), gathering the offer, offer -> answer (the daemon's
