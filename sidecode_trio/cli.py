@@ -1,4 +1,9 @@
-"""The ``sidecode-trio`` command: ``serve``, ``sessions``, ``service`` and ``doctor``."""
+"""The ``sidecode-trio`` command: ``serve``, ``sessions``, ``service`` and ``doctor``.
+
+Start-up: the arguments are parsed before anything heavy is imported, and each command imports
+only what it uses (``--version`` loads no Trio, no config, no TLS; ``sessions`` talks HTTP with the
+standard library; only ``serve`` loads the daemon). tests/test_startup.py holds this.
+"""
 
 from __future__ import annotations
 
@@ -6,25 +11,25 @@ import argparse
 import json
 import os
 import shutil
-import sqlite3
-import ssl
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from pathlib import Path
 from typing import Any
 
-import trio
-
 from . import __version__
-from .config import DEFAULT_PORT, DaemonConfig, default_state_dir, load_config
+from .defaults import DEFAULT_PORT, default_state_dir
 from .errors import ConfigError, SidecodeError
-from .printable import configure_logging, escape
 from .rtc.settings import add_flags as add_rtc_flags
 from .rtc.settings import overrides as rtc_overrides
+
+
+def escape(text: str) -> str:
+    """:func:`.printable.escape`, imported when first needed (it loads ``logging``)."""
+    from .printable import escape as printable
+
+    return printable(text)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -254,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from .printable import configure_logging
+
     configure_logging(args.log_level)  # a request path or a device name cannot drive the tty
     overrides = {
         "state_dir": args.state_dir,
@@ -274,9 +281,12 @@ def _serve(args: argparse.Namespace) -> int:
         "rtc": rtc_overrides(args),
         "web_origin": args.web_origin,
     }
-    config = load_config(overrides, args.config)
+    import trio
+
+    from .config import load_config
     from .daemon import serve
 
+    config = load_config(overrides, args.config)
     trio.run(lambda: serve(config, handle_signals=True, show_pairing=True))
     return 0
 
@@ -317,6 +327,10 @@ def _call(
     url: str, token: str | None, method: str = "GET", body: Any = None, timeout: float = 5.0
 ) -> Any:
     """One request to the local daemon with the local token (it is accepted from loopback)."""
+    import ssl
+    import urllib.error
+    import urllib.request
+
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     data = None if body is None else json.dumps(body).encode()
     if data is not None:
@@ -472,6 +486,8 @@ def _check_mirroring(claude: str, env: dict[str, str]) -> dict[str, Any]:
 
 
 def _check_state(state_dir: Path) -> dict[str, Any]:
+    import sqlite3
+
     problems = []
     if not state_dir.exists():
         return {"ok": True, "path": str(state_dir), "detail": "not created yet (serve creates it)"}
@@ -534,6 +550,7 @@ def _check_daemon(state_dir: Path) -> dict[str, Any]:
 
 def _check_keep_awake(state_dir: Path) -> dict[str, Any]:
     """What keeps the host awake during a turn; a running daemon's live state if there is one."""
+    from .config import load_config
     from .host.awake import choose_inhibitor
 
     try:
@@ -596,6 +613,7 @@ def _check_remote_control(state_dir: Path) -> dict[str, Any]:
     """Is the bridge on, is there a Claude login for it (where; never the token itself), and
     did the running daemon's last call upstream succeed?"""
     from .bridge.credentials import discover, organization
+    from .config import load_config
 
     try:
         config = load_config({"state_dir": state_dir})
@@ -621,6 +639,9 @@ def _check_remote_control(state_dir: Path) -> dict[str, Any]:
 
 def _check_reachability(state_dir: Path) -> dict[str, Any]:
     """Which paths a device would get: direct addresses, NAT type (STUN), rendezvous, TURN."""
+    import trio
+
+    from .config import load_config
     from .rtc.reach import check
 
     try:
@@ -655,6 +676,8 @@ def _check_service(state_dir: Path) -> dict[str, Any]:
 
 
 def _doctor(args: argparse.Namespace) -> int:
+    from .config import DaemonConfig, load_config
+
     state_dir = args.state_dir or default_state_dir()
     claude = args.claude
     env: dict[str, str] = {}

@@ -8,17 +8,18 @@ command-line flags. Every problem is reported with the path of the bad value, e.
 from __future__ import annotations
 
 import ipaddress
-import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import attrs
 
 from .bridge.settings import BridgeSettings
 from .claude.messages import PERMISSION_MODES
+from .defaults import DEFAULT_PORT as DEFAULT_PORT
+from .defaults import default_state_dir as default_state_dir
 from .errors import ConfigError
 from .host.addresses import LOOPBACK_NAMES
 from .host.addresses import is_loopback as is_loopback  # re-exported (tests, callers)
@@ -27,13 +28,6 @@ from .notify.settings import DEFAULT_SUBJECT
 from .notify.settings import problems as notify_problems
 from .rtc.settings import RtcSettings
 from .wire.converter import structure
-
-DEFAULT_PORT: Final = 8765
-
-
-def default_state_dir() -> Path:
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "sidecode-trio"
 
 
 @attrs.frozen
@@ -45,6 +39,9 @@ class DaemonConfig:
     allowed_roots: tuple[Path, ...] = ()
     ready_file: Path | None = None
     idle_timeout: float = 600.0  #: seconds before an idle CLI is stopped (resumed on demand)
+    #: CLIs started ahead of a message when a client opens a session whose CLI was stopped
+    #: (0: none); each stops again after min(120 s, idle_timeout) without a message
+    warm_limit: int = 3
     sse_keepalive: float = 15.0  #: seconds between SSE keep-alive comments
     client_queue: int = 4096  #: events buffered per client link before it is dropped
     retain_events: int = 50_000  #: events per session kept for exact replay
@@ -162,6 +159,8 @@ def _problems(config: DaemonConfig) -> list[str]:
         problems.append("bad value @ $.pairing_ttl: between 10 and 3600 seconds")
     if config.idle_timeout <= 0:
         problems.append("bad value @ $.idle_timeout: must be > 0 seconds")
+    if not 0 <= config.warm_limit <= 64:
+        problems.append("bad value @ $.warm_limit: between 0 and 64 CLIs")
     if config.sse_keepalive <= 0:
         problems.append("bad value @ $.sse_keepalive: must be > 0 seconds")
     if config.client_queue < 16:

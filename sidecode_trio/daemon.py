@@ -39,7 +39,6 @@ import hypercorn.config
 import trio
 
 from . import __version__
-from .bridge.remote import Bridge
 from .claude.leash import Records
 from .claude.probe import CLIProbe
 from .claude.process import Grace
@@ -53,17 +52,15 @@ from .http import push as notify_routes
 from .http.app import HTTPSettings, create_app
 from .http.direct import DirectEvents
 from .http.direct import serve as serve_http
-from .notify.service import Notifier
+from .notify.service import WATCHED, Notifier
 from .notify.settings import settings_for as notify_settings
 from .notify.subscriptions import SubscriptionStore
 from .notify.vapid import load_vapid
 from .ops import Operations, Policy
 from .ops.front import Front, routes
-from .quic.endpoint import Endpoint, session_urls, settings_for
 from .security.devices import DeviceStore, Scope
 from .security.guard import Guard
 from .security.identity import load_identity
-from .security.qr import render_pairing
 from .security.tls import CertificateStore
 from .sessions.registry import SessionRegistry
 from .sessions.supervisor import SupervisorSettings
@@ -77,6 +74,7 @@ SIOCGIFADDR: Final = 0x8915  # Linux ioctl: an interface's IPv4 address
 ROTATION_CHECK: Final = 3600.0  # seconds between certificate expiry checks
 HTTP_GRACE: Final = 5.0  # seconds open requests get at shutdown (> the sessions' grace)
 BUSY: Final = frozenset({SessionStatus.RUNNING, SessionStatus.REQUIRES_ACTION})  # keep awake
+WARM_IDLE: Final = 120.0  # seconds a CLI started because a client opened its session waits
 
 
 @attrs.frozen
@@ -233,9 +231,11 @@ async def _serve(
             grace=SHUTDOWN_GRACE,
             extra_args=config.claude_args,
             permission_timeout=config.permission_timeout,
+            warm_idle_timeout=min(WARM_IDLE, config.idle_timeout),
             records=Records(config.state_dir / "cli"),
         ),
         config.allowed_roots,
+        warm_limit=config.warm_limit,
     )
     awake = KeepAwake(choose_inhibitor(config.keep_awake))
     cli = CLIProbe(config.claude, config.claude_env)  # probed on first use, cached per binary
@@ -248,10 +248,12 @@ async def _serve(
         guard.devices,
         lambda: guard.urls[0] if guard.urls else None,
     )
-    event_log.on_commit(notifier.touched)  # only notes the ids: the notifier reads on its own
+    event_log.watch(WATCHED, notifier.watched)  # only queues them: no wake-up per text delta
     guard.devices.on_revoke(notifier.device_revoked)
     bridge = None
     if config.remote_control:  # off by default: with it on, sessions are read from Anthropic
+        from .bridge.remote import Bridge  # httpx, trio-websocket: only with Remote Control on
+
         bridge = Bridge(config.remote, event_log, registry, {**os.environ, **config.claude_env})
         registry.remote_factory = bridge.session_for
     guard.pairings.web_origin = config.web_origin
@@ -309,6 +311,8 @@ async def _serve(
             guard.urls = [*config.public_urls, *direct_urls]
             endpoint, quic_port = None, 0
             if config.quic_port != -1:
+                from .quic.endpoint import Endpoint, session_urls, settings_for  # aioquic
+
                 front = Front(routes(ops, notifier))  # the operation table, without HTTP
                 requests = front.dispatch
                 endpoint = Endpoint(requests, ops, guard, guard.certificates, settings_for(config))
@@ -353,6 +357,8 @@ def _offer_pairing(guard: Guard, ttl: float) -> None:
     code is a secret, and a redirected stdout is a log file (systemd, launchd, nohup)."""
     isatty = getattr(sys.stdout, "isatty", None)
     if callable(isatty) and isatty():
+        from .security.qr import render_pairing  # segno: only for a terminal
+
         print(render_pairing(guard.offer(Scope.ADMIN, ttl)), flush=True)
     else:
         log.info("no device is paired yet: run 'sidecode-trio pair' to show a pairing code")

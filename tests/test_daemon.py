@@ -402,7 +402,8 @@ async def test_idle_streams_get_keepalive_comments(
     make_config: Callable[..., DaemonConfig], work_dir: Path
 ) -> None:
     with trio.fail_after(10):
-        async with running_daemon(make_config(sse_keepalive=0.2)) as daemon:
+        # warm_limit=0: opening the session would start its CLI, and its events are not idle
+        async with running_daemon(make_config(sse_keepalive=0.2, warm_limit=0)) as daemon:
             session = (await daemon.create(work_dir))["session"]
             for path in (f"/v1/sessions/{session['id']}/events", "/v1/events"):
                 async with open_sse(daemon, path) as stream:

@@ -255,7 +255,8 @@ async def test_a_slow_reader_gets_every_event_in_order(
     larger than the turn, so how far the slow reader falls behind (the machine's load) cannot
     get it dropped: that policy has its own tests (test_faults_stall)."""
     deltas = 50_000
-    async with running_daemon(make_config(client_queue=2 * deltas)) as daemon:
+    # warm_limit=0: the first reader's opening would start the CLI (events) before the second's
+    async with running_daemon(make_config(client_queue=2 * deltas, warm_limit=0)) as daemon:
         await _slow_and_quick_readers(daemon, work_dir, deltas)
 
 

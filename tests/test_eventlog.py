@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
+from hypothesis import given
+from hypothesis import strategies as st
 
 from sidecode_trio.errors import BadRequest, NotFound, StoreError
 from sidecode_trio.eventlog.core import (
@@ -15,12 +18,14 @@ from sidecode_trio.eventlog.core import (
     Position,
     StoredEvent,
     decode_event,
+    encode,
     plan_read,
 )
 from sidecode_trio.eventlog.fold import SessionFold
 from sidecode_trio.eventlog.log import EventLog, LogLimits, Replay, SnapshotRead
 from sidecode_trio.eventlog.store import SessionRow, SQLiteStore
 from sidecode_trio.wire import events as ev
+from sidecode_trio.wire.converter import converter, json_bytes
 
 
 def test_plan_read_decisions() -> None:
@@ -214,6 +219,64 @@ async def test_a_failing_store_gives_a_clear_error_and_loses_nothing(tmp_path: P
     reopened.close()
 
 
+async def test_an_inline_commit_wakes_nothing_and_stays_durable_before_delivered(
+    tmp_path: Path,
+) -> None:
+    """The token path (``with log.inline()``, then the commit on leaving) costs no wake-up of
+    the writer task; what it delivers is already committed."""
+    store, log = await _open(tmp_path / "e.sqlite3")
+    log.create("s1")
+    log.commit()
+    _, sub = log.subscribe("s1", None, 100)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(log.run)
+        await trio.testing.wait_all_tasks_blocked()
+        woken = log.writer_wakeups
+        for n in range(5):
+            with log.inline():
+                log.append("s1", ev.TextDelta("msg", 0, f"t{n}"))
+            delivered = sub.receive.receive_nowait()  # delivered as soon as the block ends
+            assert [e.cursor for e in store.events("s1", delivered.epoch, 0)][-1] == (
+                delivered.cursor
+            )
+        await trio.testing.wait_all_tasks_blocked()
+        assert log.writer_wakeups == woken
+        log.append("s1", ev.TextDelta("msg", 0, "off the token path"))  # the writer commits it
+        await log.flush()
+        assert log.writer_wakeups == woken + 1
+        nursery.cancel_scope.cancel()
+    store.close()
+
+
+async def test_watchers_hear_only_the_types_they_watch(tmp_path: Path) -> None:
+    """The notifier's wake-up: a commit of text deltas alone calls no watcher."""
+    store, log = await _open(tmp_path / "e.sqlite3")
+    log.create("s1")
+    heard: list[list[str]] = []
+    log.watch(frozenset({"turn.completed"}), lambda events: heard.append([e.type for e in events]))
+    with log.inline():
+        log.append("s1", ev.TextDelta("msg", 0, "a"))
+    assert heard == []
+    with log.inline():
+        log.append("s1", ev.TextDelta("msg", 0, "b"))
+        log.append("s1", ev.TurnCompleted("t1", "ab", "end_turn", ev.Usage(1, 2), 0.5, 0.5))
+    assert heard == [["turn.completed"]]
+    store.close()
+
+
+def test_checkpoints_reuse_one_connection(tmp_path: Path) -> None:
+    """One long-lived checkpoint connection, not a new one every second."""
+    store = SQLiteStore(tmp_path / "e.sqlite3")
+    store.checkpoint()
+    first = store._checkpointer
+    assert first is not None
+    for _ in range(3):
+        store.checkpoint()
+        assert store._checkpointer is first
+    store.close()
+    assert store._checkpointer is None
+
+
 def test_the_fold_keeps_client_ids_but_not_those_of_refused_messages() -> None:
     """What a restarted daemon rebuilds its idempotency from (issue 13, items 2 and 14)."""
     fold = SessionFold("s")
@@ -233,3 +296,29 @@ def test_the_fold_keeps_client_ids_but_not_those_of_refused_messages() -> None:
     again = SessionFold.from_snapshot(fold.snapshot("e", len(events)))
     assert again.message_client_ids() == fold.message_client_ids()
     assert again.created_client_id == "c1"  # from its first message
+
+
+@given(
+    session_id=st.text(st.characters(blacklist_categories=())),
+    message_id=st.text(st.characters(blacklist_categories=())),
+    text=st.text(st.characters(blacklist_categories=())),
+    index=st.integers(-(10**30), 10**30),
+    cursor=st.integers(0, 2**63),
+    at=st.floats(allow_nan=True, allow_infinity=True) | st.floats(0, 4e9),
+)
+def test_a_text_delta_envelope_is_the_same_bytes_on_the_fast_path(
+    session_id: str, message_id: str, text: str, index: int, cursor: int, at: float
+) -> None:
+    """``encode`` formats text deltas directly: byte for byte what the general path writes
+    (unicode, lone surrogates, control characters, odd floats)."""
+    event = ev.TextDelta(message_id, index, text)
+    stored = encode(session_id, "epoch0000000", cursor, at, event)
+    envelope = {
+        "session_id": session_id,
+        "epoch": "epoch0000000",
+        "cursor": cursor,
+        "at": at,
+        "event": converter.unstructure(event, unstructure_as=ev.Event),
+    }
+    assert stored.data == json_bytes(envelope)
+    assert stored.type == "text.delta" and decode_event(stored) == event

@@ -52,7 +52,9 @@ async def daemon_process(
     ]  # fmt: skip
     env = {**os.environ, **claude_env}
     (tmp_path / "state").mkdir(mode=0o700, exist_ok=True)
-    (tmp_path / "state" / "config.toml").write_text('keystore = "file"\n')
+    # warm_limit = 0: opening a session here must not start its CLI (what recovery records is
+    # checked; warming has its own tests, test_warm.py)
+    (tmp_path / "state" / "config.toml").write_text('keystore = "file"\nwarm_limit = 0\n')
     proc = await trio.lowlevel.open_process(argv, env=env)
     try:
         with trio.fail_after(15):

@@ -23,7 +23,7 @@ import attrs
 import trio
 
 from ..errors import CLIError
-from .framing import LineFramer
+from .framing import Frame, LineFramer, TextDeltaLine
 from .leash import Leash, executable
 from .messages import LaunchSpec, control_error, control_request, control_success, encode_line
 from .messages import new_request_id as _request_id
@@ -50,7 +50,7 @@ class _Waiter:
     error: str | None = None
 
 
-FramesCallback = Callable[[list[dict[str, Any]]], None]
+FramesCallback = Callable[[list[Frame]], None]
 
 
 class ClaudeProcess:
@@ -147,15 +147,23 @@ class ClaudeProcess:
                 data = await proc.stdout.receive_some(READ_SIZE)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 data = b""
-            frames = self.framer.feed(bytes(data)) if data else self.framer.close()
+            # text-delta lines take the framer's fast path
+            frames = self.framer.feed_frames(bytes(data)) if data else self._closing()
             if frames:
                 self._dispatch(frames)
             if not data:
                 return
 
-    def _dispatch(self, frames: list[dict[str, Any]]) -> None:
-        passed: list[dict[str, Any]] = []
+    def _closing(self) -> list[Frame]:
+        return list(self.framer.close())
+
+    def _dispatch(self, frames: list[Frame]) -> None:
+        passed: list[Frame] = []
         for frame in frames:
+            if type(frame) is TextDeltaLine:
+                passed.append(frame)
+                continue
+            assert isinstance(frame, dict)
             kind = frame.get("type")
             if kind == "control_response":
                 self._resolve(frame.get("response"))

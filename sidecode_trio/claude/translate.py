@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
 from ..views import diff as diffs
 from ..views import tools
 from ..wire import events as ev
+from .framing import Frame, TextDeltaLine
 
 MAX_OUTPUT_CHARS: Final = 16 * 1024  # tool output kept in the event; all of it is stored aside
 MAX_TOOLS_REMEMBERED: Final = 1024  # tool calls whose input is kept to title their results
 MAX_RESULT_BYTES: Final = 256 * 1024  # structured tool results larger than this are dropped
 INTERRUPTED_REASONS: Final = frozenset({"aborted_streaming", "aborted_tools"})
+MAX_COALESCED: Final = 1024  # characters of text deltas merged into one event (see coalesce)
 
 
 def _str(value: Any, default: str = "") -> str:
@@ -94,6 +96,45 @@ class Translator:
         """Whole outputs of tools whose event carries only the first part (then forgotten)."""
         outputs, self._outputs = self._outputs, []
         return outputs
+
+    def feed_all(self, frames: Iterable[Frame]) -> list[ev.Event]:
+        """The events of one read's frames, text deltas coalesced: ``coalesce`` of :meth:`feed`
+        of each frame, but a run of :class:`TextDeltaLine` (the framer's fast path) costs no
+        event per line, only one ``TextDelta`` per coalesced piece (a property test holds the two
+        ways equal)."""
+        out: list[ev.Event] = []
+        texts: list[str] = []  # the piece being gathered: its texts, block and length
+        key: tuple[str, int] | None = None
+        size = 0
+        for frame in frames:
+            if type(frame) is TextDeltaLine:
+                pieces: Iterable[Any] = (frame,)
+            else:
+                assert isinstance(frame, dict)
+                pieces = self.feed(frame)
+            for piece in pieces:
+                if type(piece) is TextDeltaLine:
+                    text, here = piece.text, (piece.message_id, piece.block)
+                elif isinstance(piece, ev.TextDelta):
+                    text, here = piece.text, (piece.message_id, piece.index)
+                else:
+                    if key is not None:
+                        out.append(ev.TextDelta(key[0], key[1], "".join(texts)))
+                        key = None
+                    out.append(piece)
+                    continue
+                if not text:
+                    continue  # as feed(): an empty delta is no event
+                if here == key and size + len(text) <= MAX_COALESCED:
+                    texts.append(text)
+                    size += len(text)
+                    continue
+                if key is not None:
+                    out.append(ev.TextDelta(key[0], key[1], "".join(texts)))
+                key, texts, size = here, [text], len(text)
+        if key is not None:
+            out.append(ev.TextDelta(key[0], key[1], "".join(texts)))
+        return out
 
     def feed(self, frame: Mapping[str, Any]) -> list[ev.Event]:
         kind = frame.get("type")
@@ -299,7 +340,7 @@ class Translator:
         ]
 
 
-def coalesce(events: list[ev.Event], max_chars: int = 1024) -> list[ev.Event]:
+def coalesce(events: list[ev.Event], max_chars: int = MAX_COALESCED) -> list[ev.Event]:
     """Merge runs of text deltas of the same block (up to ``max_chars``) into one event.
 
     Applied to the events of one stdout read: it adds no latency (nothing waits for more), and a

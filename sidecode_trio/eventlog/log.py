@@ -14,7 +14,8 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Final
 
 import attrs
@@ -125,8 +126,11 @@ class EventLog:
         self._wake = trio.Event()
         self._flushed = trio.Event()
         self._listeners: list[Callable[[set[str]], None]] = []
+        self._watchers: list[tuple[frozenset[str], Callable[[list[StoredEvent]], None]]] = []
+        self._inline = False  #: an inline commit follows the appends: no need to wake the writer
         self.store_error: str | None = None  #: the last commit failure, until a commit succeeds
         self.commits = 0
+        self.writer_wakeups = 0  #: times the writer task woke (the token path should not wake it)
 
     # -- loading -----------------------------------------------------------------------------
 
@@ -160,7 +164,8 @@ class EventLog:
         session.next_cursor += 1
         stored = encode(session_id, session.epoch, cursor, self._clock(), event)
         self._pending.append((stored, event))
-        self._wake.set()
+        if not self._inline:
+            self._wake.set()
         return cursor
 
     def put_output(self, session_id: str, key: str, text: str) -> None:
@@ -168,7 +173,8 @@ class EventLog:
         batch of events, so it is durable no later than the event that mentions it."""
         self._get(session_id)
         self._outputs.append((session_id, key, text))
-        self._wake.set()
+        if not self._inline:
+            self._wake.set()
 
     def output(self, session_id: str, key: str) -> str | None:
         self._get(session_id)
@@ -202,6 +208,20 @@ class EventLog:
         if self.store_error is None:
             self._commit_now()
 
+    @contextmanager
+    def inline(self) -> Iterator[None]:
+        """Append inside, then :meth:`commit` inline on leaving, without waking the writer task
+        (the token path's one wake-up per delta is its reader's). If the commit cannot happen
+        now (a failing store), the writer task is woken to retry."""
+        self._inline = True
+        try:
+            yield
+        finally:
+            self._inline = False
+            self.commit()
+            if self._pending or self._new_rows or self._outputs:
+                self._wake.set()
+
     async def flush(self, patience: float = FLUSH_PATIENCE) -> None:
         """Wait until everything appended before this call is durable.
 
@@ -226,6 +246,7 @@ class EventLog:
                 while True:
                     await self._wake.wait()
                     self._wake = trio.Event()
+                    self.writer_wakeups += 1
                     await self._commit_pending()
                     self._compact_pending()
             finally:
@@ -272,6 +293,10 @@ class EventLog:
         )  # compacted by the writer task, never inline on a session's stdout reader
         for listener in self._listeners:
             listener(touched)
+        for types, watcher in self._watchers:
+            seen = [stored for stored, _ in batch if stored.type in types]
+            if seen:
+                watcher(seen)
 
     def _over_retention(self, session: _Session) -> bool:
         retained = session.durable - session.low_water + 1
@@ -292,9 +317,12 @@ class EventLog:
         session.low_water, session.snapshot_cursor = low_water, session.durable
 
     async def _checkpoint_loop(self) -> None:
+        checkpointed = self.commits
         while True:
             await trio.sleep(CHECKPOINT_INTERVAL)
-            await trio.to_thread.run_sync(self._store.checkpoint)
+            if self.commits != checkpointed:  # an idle log costs no thread hop
+                checkpointed = self.commits
+                await trio.to_thread.run_sync(self._store.checkpoint)
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -380,6 +408,10 @@ class EventLog:
     def on_commit(self, listener: Callable[[set[str]], None]) -> None:
         """Call ``listener(session_ids)`` after each commit that touched those sessions."""
         self._listeners.append(listener)
+
+    def watch(self, types: frozenset[str], watcher: Callable[[list[StoredEvent]], None]) -> None:
+        """Call ``watcher(events)`` after each commit holding events of ``types`` (only those)."""
+        self._watchers.append((types, watcher))
 
     def statistics(self) -> dict[str, object]:
         return {

@@ -64,6 +64,7 @@ class SessionRow:
 class SQLiteStore:
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._checkpointer: sqlite3.Connection | None = None  #: see checkpoint()
         try:
             secure_file(path)
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
@@ -80,6 +81,9 @@ class SQLiteStore:
             raise StoreError(f"cannot open the event store {path}: {exc}") from exc
 
     def close(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.close()
+            self._checkpointer = None
         try:
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         except sqlite3.Error:
@@ -98,10 +102,11 @@ class SQLiteStore:
         try:
             self._db.execute("BEGIN")
             try:
-                self._db.executemany(
-                    "INSERT INTO sessions (id, epoch, low_water, created_at) VALUES (?, ?, ?, ?)",
-                    [(s.id, s.epoch, s.low_water, s.created_at) for s in new_sessions],
-                )
+                if new_sessions:  # rare: no empty statement on the token path's commits
+                    self._db.executemany(
+                        "INSERT INTO sessions (id, epoch, low_water, created_at) VALUES (?,?,?,?)",
+                        [(s.id, s.epoch, s.low_water, s.created_at) for s in new_sessions],
+                    )
                 self._db.executemany(
                     "INSERT INTO events (session_id, cursor, at, type, data) VALUES (?,?,?,?,?)",
                     [(e.session_id, e.cursor, e.at, e.type, e.data) for e in events],
@@ -158,13 +163,14 @@ class SQLiteStore:
             raise StoreError(f"cannot remove session {session_id}: {exc}") from exc
 
     def checkpoint(self) -> None:
-        """A PASSIVE WAL checkpoint on a short-lived connection (run it in a worker thread)."""
+        """A PASSIVE WAL checkpoint on the store's own checkpoint connection, opened on first use
+        and kept (run it in a worker thread, one at a time; :meth:`close` closes it)."""
         try:
-            db = sqlite3.connect(self.path, isolation_level=None)
-            try:
-                db.execute("PRAGMA wal_checkpoint(PASSIVE)")
-            finally:
-                db.close()
+            if self._checkpointer is None:
+                self._checkpointer = sqlite3.connect(
+                    self.path, isolation_level=None, check_same_thread=False
+                )
+            self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
         except sqlite3.Error:
             pass  # best effort: the next one catches up, and the WAL keeps everything meanwhile
 

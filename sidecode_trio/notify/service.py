@@ -7,8 +7,9 @@
     ├── push drain                    bounded queue → at most CONCURRENCY deliveries at once
     └── webhook drain                 its own bounded queue, so a dead webhook delays no push
 
-Nothing here runs on the token path: the log calls :meth:`Notifier.touched` after a commit, which
-only records the session ids and wakes the decide loop. Queues drop their oldest entry when full
+Nothing here runs on the token path: after a commit holding events of the WATCHED types, the log
+hands those events to :meth:`Notifier.watched`, which only queues them and wakes the decide loop
+(a commit of text deltas alone wakes nothing). Queues drop their oldest entry when full
 (counted in ``statistics()``). Deliveries are retried a bounded number of times; a push service
 answering 404 or 410 removes the subscription.
 """
@@ -28,8 +29,8 @@ import httpx
 import trio
 
 from ..errors import BadRequest, NotFound
-from ..eventlog.core import Position, decode_event
-from ..eventlog.log import EventLog, SnapshotRead
+from ..eventlog.core import StoredEvent, decode_event
+from ..eventlog.log import EventLog
 from ..security.auth import Principal
 from ..security.devices import DeviceStore, Scope
 from ..wire import requests as rq
@@ -132,9 +133,7 @@ class Notifier:
         self._base_url = base_url
         self._clock = clock
         self._decider = Decider(settings.timing, settings.kinds, settings.details)
-        # Where each session's events were read up to; history before start-up is not news.
-        self._positions = {sid: event_log.position(sid) for sid in event_log.ids()}
-        self._touched: set[str] = set()
+        self._news: list[StoredEvent] = []  #: committed WATCHED events not yet observed
         #: push service origin -> (when to sign again, the Authorization header)
         self._signed: dict[str, tuple[float, str]] = {}
         self._wake = trio.Event()
@@ -147,9 +146,9 @@ class Notifier:
 
     # -- hooks (called synchronously by the log, the guard and the operations) -----------------
 
-    def touched(self, session_ids: set[str]) -> None:
-        """The log committed events of these sessions (an ``EventLog.on_commit`` listener)."""
-        self._touched |= session_ids
+    def watched(self, events: list[StoredEvent]) -> None:
+        """The log committed these WATCHED events (an ``EventLog.watch`` listener)."""
+        self._news.extend(events)
         self._wake.set()
 
     def acted(self, who: Principal, session_id: str) -> None:
@@ -245,26 +244,18 @@ class Notifier:
                 self._dispatch(note)
 
     def _read_new_events(self) -> None:
-        touched, self._touched = self._touched, set()
-        for session_id in touched:
+        news, self._news = self._news, []
+        labels: dict[str, SessionLabel] = {}
+        for stored in news:
+            session_id = stored.session_id
             if not self._log.has(session_id):  # removed with its log
-                self._positions.pop(session_id, None)
                 self._decider.forget(session_id)
                 continue
-            current = self._log.position(session_id)
-            since = self._positions.get(session_id, Position(current.epoch, 0))
-            self._positions[session_id] = current
-            read = self._log.read_since(session_id, since)
-            if isinstance(read, SnapshotRead):
-                continue  # compacted or re-based under us: skip to the present
-            label: SessionLabel | None = None
-            for stored in read.events:
-                if stored.type not in WATCHED:
-                    continue
-                if label is None:
-                    info = self._log.info(session_id)
-                    label = SessionLabel(info.title, info.cwd)
-                self._decider.observe(session_id, decode_event(stored), label, self._clock())
+            label = labels.get(session_id)
+            if label is None:
+                info = self._log.info(session_id)
+                label = labels[session_id] = SessionLabel(info.title, info.cwd)
+            self._decider.observe(session_id, decode_event(stored), label, self._clock())
 
     def _dispatch(self, note: Notification) -> None:
         self._counts["notifications"] += 1

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from ..errors import ConfigError
 from ..host.private import create_private, read_private
-from ..security.identity import KEYRING_SERVICE, Keystore, b64, keyring_usable, unb64
+from ..security.identity import KEYRING_SERVICE, Keystore, b64, keychain, keyring_usable, unb64
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +73,9 @@ def _account(state_dir: Path) -> str:
 
 
 def _from_keyring(state_dir: Path) -> ec.EllipticCurvePrivateKey | None:
-    import keyring
-
+    keyring = keychain()  # the one backend the identity key uses, not every one installed
+    if keyring is None:
+        return None
     try:
         stored = keyring.get_password(KEYRING_SERVICE, _account(state_dir))
         if stored is None:

@@ -434,7 +434,8 @@ class Operations:
     ) -> tuple[Replay | SnapshotRead, Subscription]:
         who.require(Scope.APPROVE)
         self._registry.check(session_id)
-        self._registry.follow(session_id)  # a remote session is followed upstream meanwhile
+        # a remote session is followed upstream meanwhile; a local one's CLI is warmed
+        self._registry.follow(session_id, opened=True)
         return self._log.subscribe(session_id, since, max_queue)
 
     def ticket(self, who: Principal, request: rq.TicketRequest) -> rq.TicketReply:

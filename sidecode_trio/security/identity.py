@@ -8,10 +8,12 @@ the daemon says which, once, in its log and in ``doctor``.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import logging
+import sys
 from pathlib import Path
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 import attrs
 import nacl.exceptions
@@ -70,18 +72,48 @@ def verify(public_key: bytes, message: bytes, signature: bytes) -> bool:
     return True
 
 
-def keyring_usable() -> bool:
-    try:
-        import keyring
-        import keyring.backends.fail
+#: the OS keychains keyring would pick from, per platform, best first: trying these directly
+#: spares ``keyring.get_keyring()``, which imports and probes every backend it can find
+OS_KEYCHAINS: Final = {
+    "darwin": ("keyring.backends.macOS.Keyring",),
+    "win32": ("keyring.backends.Windows.WinVaultKeyring",),
+    "linux": (
+        "keyring.backends.SecretService.Keyring",
+        "keyring.backends.libsecret.Keyring",
+        "keyring.backends.kwallet.DBusKeyring",
+    ),
+}
 
-        backend = keyring.get_keyring()
+
+@functools.cache
+def keychain() -> Any:
+    """The keyring backend to use (the user's configured one, else the platform's first usable
+    keychain), or None. Resolved once, and only when the key is not in its file."""
+    try:
+        import keyring.backends.fail
+        import keyring.core
+
+        configured = keyring.core.load_env() or keyring.core.load_config()
     except Exception:
-        return False
-    chained = getattr(backend, "backends", None)
-    if isinstance(backend, keyring.backends.fail.Keyring):
-        return False
-    return chained is None or bool(chained)
+        return None
+    if configured is not None:
+        chained = getattr(configured, "backends", None)
+        usable = not isinstance(configured, keyring.backends.fail.Keyring)
+        return configured if usable and (chained is None or chained) else None
+    platform = "linux" if sys.platform.startswith("linux") else sys.platform
+    for name in OS_KEYCHAINS.get(platform, ()):
+        try:
+            backend = keyring.core.load_keyring(name)  # RuntimeError: not usable here
+        except Exception as exc:
+            log.debug("keychain %s: %s", name, exc)
+            continue
+        if backend.priority > 0:
+            return backend
+    return None
+
+
+def keyring_usable() -> bool:
+    return keychain() is not None
 
 
 def _account(state_dir: Path) -> str:
@@ -89,8 +121,9 @@ def _account(state_dir: Path) -> str:
 
 
 def _from_keyring(state_dir: Path) -> nacl.signing.SigningKey | None:
-    import keyring
-
+    keyring = keychain()
+    if keyring is None:
+        return None
     try:
         stored = keyring.get_password(KEYRING_SERVICE, _account(state_dir))
         if stored is None:

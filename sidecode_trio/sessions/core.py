@@ -26,7 +26,8 @@ from typing import Any, Final, TypeAlias
 import attrs
 
 from ..claude import messages as msg
-from ..claude.translate import Translator, coalesce
+from ..claude.framing import Frame
+from ..claude.translate import Translator
 from ..errors import BadRequest, CLIError, Conflict, NotFound, SidecodeError
 from ..eventlog.fold import REFUSED, SessionFold
 from ..views import diff as diffs
@@ -209,6 +210,8 @@ class CoreSettings:
     max_crashes: int = 3  #: consecutive crashes before queued messages are failed
     stop_grace: float = 10.0  #: seconds a CLI has to exit on EOF before it is terminated
     permission_timeout: float | None = None  #: deny a request nobody answered (None: wait)
+    #: seconds a CLI started ahead of a message (a client opened the session) may stay idle
+    warm_idle_timeout: float = 120.0
 
 
 class SessionCore:
@@ -242,6 +245,9 @@ class SessionCore:
         self._mirror: _Mirror | None = None
         self._stop_deadline: float | None = None
         self._idle_since: float | None = None
+        self._warm = False  #: start the CLI ahead of a message (see warm())
+        self.warm_only = False  #: the CLI runs because of warm() and has run no turn since
+        self._cool = False  #: stop that warm CLI now (the registry's cap)
         # a permission request waits for its file to be read; what the CLI said after it waits
         # behind it, so the log keeps the CLI's order
         self._held: list[ev.Event] | None = None
@@ -286,7 +292,22 @@ class SessionCore:
             or self.current is not None
             or self.cli_running
             or self._mirror is not None
+            or self._warm
         )
+
+    def warm(self) -> bool:
+        """A client opened the session: start its CLI now, ahead of a message, so that a message
+        starts its turn at once (stopped again after ``warm_idle_timeout`` without one). False
+        if there is nothing to do (a CLI runs or will; the session errored or is deleted)."""
+        if self.closed or self._errored or self.state is not State.ASLEEP or self.has_work():
+            return False
+        self._warm, self.warm_only, self._cool = True, True, False
+        return True
+
+    def cool(self) -> None:
+        """Stop the CLI now if it is still only warm (idle since warm() started it)."""
+        if self.warm_only:
+            self._cool = True
 
     def wants_run(self) -> bool:
         return self.state is State.ASLEEP and self.has_work()
@@ -527,14 +548,18 @@ class SessionCore:
                 self._spawn(out)
             elif self._queue and self._queue[0].stored:
                 self._spawn(out)
+            elif self._warm and not self._queue and self.current is None:
+                self._warm = False
+                self._spawn(out)
             elif not self._queue and self.current is None:
+                self.warm_only = self._warm = False
                 self._move(On.END)
         elif self.state is State.READY:
             if mirror is not None and self.current is None:
                 self._stop(now, out)
             elif self._queue and self._queue[0].stored:
                 self._deliver(out)
-            elif self._idle() and self.deadline(now) <= now:
+            elif self._idle() and ((self._cool and self.warm_only) or self.deadline(now) <= now):
                 self._stop(now, out)
         return out
 
@@ -546,7 +571,10 @@ class SessionCore:
             self._idle_since = now
         times = list(self._expiry.values())
         if self._idle_since is not None:
-            times.append(self._idle_since + self.settings.idle_timeout)
+            idle = self.settings.idle_timeout
+            if self.warm_only:
+                idle = 0.0 if self._cool else min(idle, self.settings.warm_idle_timeout)
+            times.append(self._idle_since + idle)
         if self._stop_deadline is not None:
             times.append(self._stop_deadline)
         return min(times, default=float("inf"))
@@ -586,6 +614,7 @@ class SessionCore:
         entry = self._queue.popleft()
         self._move(On.DELIVER)
         self.current = entry.message_id
+        self._warm = self.warm_only = False
         self._interrupt_on_start = False
         self._translator.delivered = entry.message_id
         prompt = entry.prompt
@@ -603,6 +632,7 @@ class SessionCore:
 
     def spawn_failed(self, detail: str) -> list[Output]:
         self._move(On.SPAWN_FAILED)
+        self.warm_only = self._cool = False
         out: list[Output] = [ev.CLIStateChanged(ev.CLIState.CRASHED, detail=detail)]
         self._errored = True
         self._fail_queue("cli_unavailable", detail, out)
@@ -650,6 +680,7 @@ class SessionCore:
     def exited(self, code: int | None, tail: Sequence[str], cancelled: bool) -> list[Output]:
         """The CLI exited (``cancelled``: the daemon or a delete stopped it)."""
         out: list[Output] = []
+        self.warm_only = self._cool = False
         confirming = self.state is State.CONFIRMING
         expected = cancelled or self.closed or self.state is State.STOPPING
         self._move(On.EXITED)
@@ -717,13 +748,11 @@ class SessionCore:
 
     # -- what the CLI says ---------------------------------------------------------------------
 
-    def frames(self, frames: Iterable[Mapping[str, Any]], now: float) -> list[Output]:
-        """Frames read from the CLI's stdout, in order."""
-        translated: list[ev.Event] = []
-        for frame in frames:
-            translated.extend(self._translator.feed(frame))
+    def frames(self, frames: Iterable[Frame], now: float) -> list[Output]:
+        """Frames read from the CLI's stdout, in order (text-delta lines may come from the
+        framer's fast path, as :class:`TextDeltaLine`)."""
         out: list[Output] = []
-        for event in coalesce(translated):
+        for event in self._translator.feed_all(frames):  # text deltas coalesced
             self._take(event, now, out)
         for tool_use_id, output in self._translator.take_outputs():
             out.append(PutOutput(tool_use_id, output))

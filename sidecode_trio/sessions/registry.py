@@ -76,9 +76,19 @@ def resolve_cwd(cwd: str, roots: Sequence[Path]) -> Path:
 
 
 class SessionRegistry:
-    def __init__(self, log: EventLog, settings: SupervisorSettings, roots: Sequence[Path]) -> None:
+    def __init__(
+        self,
+        log: EventLog,
+        settings: SupervisorSettings,
+        roots: Sequence[Path],
+        warm_limit: int = 0,
+    ) -> None:
         self._log = log
         self._settings = settings
+        #: CLIs started ahead of a message because a client opened their session, at most
+        #: ``warm_limit`` at once: the least recently opened is stopped first
+        self._warm_limit = warm_limit
+        self._warmed: OrderedDict[str, None] = OrderedDict()
         self._roots = [Path(os.path.realpath(root)) for root in roots]
         self._supervisors: dict[str, SessionSupervisor] = {}
         #: client id of a create -> (session id, first message id): a retried create is one
@@ -270,15 +280,38 @@ class SessionRegistry:
     def remotes(self) -> list[Remote]:
         return list(self._remotes.values())
 
-    def follow(self, session_id: str) -> None:
-        """A client looks at ``session_id``: a remote one is followed upstream meanwhile."""
+    def follow(self, session_id: str, *, opened: bool = False) -> None:
+        """A client looks at ``session_id``: a remote one is followed upstream meanwhile. If it
+        ``opened`` the session (subscribed to its events), a local one whose CLI is stopped has
+        it started in the background (warm), so that a message starts its turn at once."""
         remote = self._remotes.get(session_id)
         if remote is None:
+            if opened:
+                self._warm_up(session_id)
             return
         remote.follow()
         if not remote.active and remote.has_work() and self._nursery is not None:
             remote.active = True
             self._nursery.start_soon(remote.run)
+
+    def _warm_up(self, session_id: str) -> None:
+        supervisor = self._supervisors.get(session_id)
+        if supervisor is None or self._warm_limit <= 0:
+            return
+        if supervisor.warm():
+            self._wake(supervisor)
+        elif not supervisor.warm_only:
+            return  # its CLI runs for real work (or cannot start): not one of the warm ones
+        self._warmed[session_id] = None
+        self._warmed.move_to_end(session_id)
+        for warmed in list(self._warmed):  # forget those no longer only warm
+            other = self._supervisors.get(warmed)
+            if other is None or not other.warm_only:
+                del self._warmed[warmed]
+        while len(self._warmed) > self._warm_limit:
+            oldest, _ = self._warmed.popitem(last=False)
+            if (other := self._supervisors.get(oldest)) is not None:
+                other.cool()
 
     def send(
         self, session_id: str, prompt: Prompt | str, client_id: str | None = None

@@ -23,6 +23,7 @@ import attrs
 import trio
 
 from ..claude import messages as msg
+from ..claude.framing import Frame
 from ..claude.leash import Records
 from ..claude.process import ClaudeProcess, Grace
 from ..errors import CLIError, SidecodeError
@@ -85,6 +86,8 @@ class SupervisorSettings:
     permission_timeout: float | None = None  #: deny a request nobody answered (None: wait)
     #: where each running CLI is recorded, so a daemon started after a crash stops it first
     records: Records | None = None
+    #: seconds a CLI started ahead of a message (a client opened the session) may stay idle
+    warm_idle_timeout: float = 120.0
 
 
 class SessionSupervisor:
@@ -105,6 +108,7 @@ class SessionSupervisor:
                 max_crashes=settings.max_crashes,
                 stop_grace=grace.close_stdin + grace.terminate,
                 permission_timeout=settings.permission_timeout,
+                warm_idle_timeout=settings.warm_idle_timeout,
             ),
         )
         #: message id -> cursor of its ``message.queued`` until it is durable (then the core
@@ -342,6 +346,20 @@ class SessionSupervisor:
     def has_work(self) -> bool:
         return self.core.has_work()
 
+    def warm(self) -> bool:
+        """A client opened the session: start its stopped CLI in the background (the core's
+        :meth:`~.core.SessionCore.warm`); the registry then starts the run task."""
+        return self.core.warm()
+
+    def cool(self) -> None:
+        """Stop the CLI now if it is still only warm (the registry's cap on warm CLIs)."""
+        self.core.cool()
+        self._wake.set()
+
+    @property
+    def warm_only(self) -> bool:
+        return self.core.warm_only
+
     def wants_run(self) -> bool:
         """Asleep with work to do: the registry starts :meth:`run`."""
         return self.core.wants_run()
@@ -489,9 +507,9 @@ class SessionSupervisor:
 
     # -- what the CLI says ---------------------------------------------------------------------
 
-    def _on_frames(self, frames: list[dict[str, Any]]) -> None:
-        self._background(self._apply(self.core.frames(frames, time.time())))
-        self._log.commit()  # durable, then delivered, with no hop to another task
+    def _on_frames(self, frames: list[Frame]) -> None:
+        with self._log.inline():  # durable, then delivered, with no hop to another task
+            self._background(self._apply(self.core.frames(frames, time.time())))
 
     def _on_exit(self, process: ClaudeProcess, cancelled: bool) -> None:
         records, pid = self._settings.records, process.pid

@@ -11,6 +11,7 @@ The server's CPU use is measured over each run (from the prompt to the last byte
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from typing import Any
@@ -33,6 +34,7 @@ class LivePlan:
     max_clients: int = 20
     client_cpu: int = -1
     dump_dir: str = ""  #: if set, every run's deliveries go to a CSV there
+    native: str = ""  #: the compiled C client (bench_client.c); empty: the Python epoll loop
 
     @property
     def paced(self) -> str:
@@ -76,6 +78,7 @@ async def live_run(
         end_count=turns,
         timeout=timeout,
         dump=dump,
+        native=plan.native,
     )
     meter = CpuMeter(target.pid)
     cpu: dict[str, float] = {}
@@ -97,6 +100,7 @@ async def live_run(
     result["cpu_percent"] = cpu.pop("percent", float("nan"))
     result["cpu_seconds"] = cpu.pop("seconds", float("nan"))
     result["cpu_busy"] = cpu
+    result["loadavg"] = os.getloadavg()[0]  # the machine's 1-minute load average, after the run
     await target.settle()
     return result
 

@@ -16,6 +16,13 @@ the way the daemon does it, so ``daemon / relay`` isolates the cost of the frame
 * ``GET /blob`` answers with the bytes of the file last named by ``blob <path>`` (the baseline of
   the snapshot scenario: the same bytes, no work), on a kept-alive connection.
 
+With ``--mode a0`` it is the **floor** instead ("A0" of ``/work/shared/reference/sse-fanout.md``):
+no task per client and no coalescing. The CLI reader parses each stdout line, encodes each text
+delta's envelope and frame once, and makes one non-blocking ``send()`` per client, from the reader
+itself; bytes a full socket did not take wait in that client's backlog, and the reader drains the
+backlogs (``wait_writable``) before it reads more of the CLI's stdout (backpressure). Each client's
+own task only notices it leaving.
+
 Control on stdin, one command a line: ``go <text>`` (a user message to the CLI), ``blob <path>``,
 ``quit``.
 On start it prints ``{"port": N}`` on stdout.
@@ -26,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -81,8 +89,11 @@ class Encoder:
         )
 
 
-def text_events(frames: list[dict[str, Any]], message_id: str) -> Iterator[dict[str, Any]]:
-    """The text deltas and turn ends of one read, deltas coalesced as the daemon does."""
+def text_events(
+    frames: list[dict[str, Any]], message_id: str, coalesce: bool = True
+) -> Iterator[dict[str, Any]]:
+    """The text deltas and turn ends of one read, deltas coalesced as the daemon does (unless
+    ``coalesce`` is false: then one event per delta)."""
     pending: dict[str, Any] | None = None
     for frame in frames:
         kind = frame.get("type")
@@ -100,7 +111,8 @@ def text_events(frames: list[dict[str, Any]], message_id: str) -> Iterator[dict[
             continue
         text = str(delta.get("text", ""))
         if (
-            pending is not None
+            coalesce
+            and pending is not None
             and pending["index"] == index
             and len(pending["text"]) + len(text) <= MAX_COALESCED
         ):
@@ -202,6 +214,77 @@ class Relay:
             send.close()
 
 
+class FloorRelay(Relay):
+    """A0, the floor: one non-blocking ``send()`` per client per event, from the CLI reader."""
+
+    def __init__(self, encoder: Encoder, replay: list[bytes]) -> None:
+        super().__init__(encoder, replay)
+        self.socks: dict[socket.socket, bytearray] = {}  #: client -> bytes it has yet to take
+
+    def publish(self, frames: list[dict[str, Any]]) -> None:
+        for frame in frames:
+            if frame.get("type") == "stream_event":
+                event = frame.get("event") or {}
+                if event.get("type") == "message_start":
+                    self.message_id = str(event.get("message", {}).get("id", self.message_id))
+        for event in text_events(frames, self.message_id, coalesce=False):
+            data = chunk(self.encoder.frame(event))
+            for sock, backlog in list(self.socks.items()):
+                if backlog:
+                    backlog += data
+                    continue
+                try:
+                    sent = sock.send(data)
+                except BlockingIOError:
+                    sent = 0
+                except OSError:
+                    self.drop(sock)
+                    continue
+                if sent < len(data):
+                    backlog += data[sent:]
+
+    def drop(self, sock: socket.socket) -> None:
+        if self.socks.pop(sock, None) is not None:
+            trio.lowlevel.notify_closing(sock)  # wakes a drain() waiting on it
+            sock.close()
+
+    async def drain(self) -> None:
+        """Backpressure: wait until every client took its backlog."""
+        for sock, backlog in list(self.socks.items()):
+            while backlog and sock in self.socks:
+                try:
+                    await trio.lowlevel.wait_writable(sock)
+                except trio.ClosedResourceError:
+                    break
+                try:
+                    sent = sock.send(backlog)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    self.drop(sock)
+                    break
+                del backlog[:sent]
+
+    async def read_cli(self, stdout: trio.abc.ReceiveStream) -> None:
+        rest = b""
+        while data := await stdout.receive_some(READ_SIZE):
+            *lines, rest = (rest + data).split(b"\n")
+            frames = [json.loads(line) for line in lines if line.startswith(b"{")]
+            if frames:
+                self.publish(frames)
+                await self.drain()
+
+    async def follow(self, stream: trio.SocketStream) -> None:
+        # a dup of the socket, for plain non-blocking send() calls (trio's is non-blocking too)
+        sock = socket.fromfd(stream.socket.fileno(), socket.AF_INET, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        self.socks[sock] = bytearray()
+        try:
+            await trio.sleep_forever()  # _cancel_on_eof ends this when the client leaves
+        finally:
+            self.drop(sock)
+
+
 async def _cancel_on_eof(stream: trio.SocketStream, scope: trio.CancelScope) -> None:
     try:
         while await stream.receive_some(65536):
@@ -255,7 +338,8 @@ def replay_frames(count: int, text_chars: int) -> list[bytes]:
 
 
 async def serve(args: argparse.Namespace) -> None:
-    relay = Relay(Encoder(str(uuid.uuid4()), "relayepoch01"), replay_frames(args.replay_frames, 14))
+    kind = FloorRelay if args.mode == "a0" else Relay
+    relay = kind(Encoder(str(uuid.uuid4()), "relayepoch01"), replay_frames(args.replay_frames, 14))
     async with trio.open_nursery() as nursery:
         listeners = await nursery.start(partial(trio.serve_tcp, relay.handle, 0, host="127.0.0.1"))
         port = listeners[0].socket.getsockname()[1]
@@ -288,6 +372,7 @@ def main() -> int:
     parser.add_argument("--cwd", required=True)
     parser.add_argument("--replay-frames", type=int, default=10_000)
     parser.add_argument("--cpu", type=int, default=-1)
+    parser.add_argument("--mode", choices=["relay", "a0"], default="relay")
     args = parser.parse_args()
     if args.cpu >= 0 and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {args.cpu})

@@ -291,6 +291,19 @@ def throughput(results: dict[str, Any]) -> str:
     return intro + table(headers, rows)
 
 
+def _events_capacity(run: dict[str, Any]) -> float:
+    cpu = _cpu_per_event(run)
+    return float(1e6 / cpu) if cpu else math.nan
+
+
+def _lines_per_cpu_second(run: dict[str, Any]) -> float:
+    """CLI text-delta lines relayed per second of the server's CPU: what it could take with a
+    core to itself (the unpaced runs are often bound by the clients and the fake CLI instead)."""
+    lines = _get(run, "deltas") / max(1, _get(run, "clients"))
+    seconds = _get(run, "cpu_seconds")
+    return float(lines / seconds) if seconds else math.nan
+
+
 def _deltas_per_event(run: dict[str, Any]) -> float:
     events = _get(run, "events")
     return float(_get(run, "deltas") / events) if events else math.nan
@@ -393,6 +406,27 @@ def footprint(results: dict[str, Any]) -> str:
     return intro + table(headers, rows)
 
 
+def warm_section(results: dict[str, Any]) -> str:
+    warm = results.get("warm")
+    if not warm:
+        return ""
+    rows = []
+    for key, label in (("warm", "warm CLIs (warm_limit = 3)"), ("cold", "off (warm_limit = 0)")):
+        run = warm[key]
+        spread = f"{run['median_ms']:.1f} [{run['min_ms']:.1f}-{run['max_ms']:.1f}]"
+        delivered = num(run.get("delivered_median_ms"), 1)
+        rows.append([label, str(len(run["ms"])), delivered, spread])
+    intro = (
+        "## 9. A message to an opened session whose CLI had stopped (ms, POST → turn.started)\n\n"
+        "`--idle-timeout 3`; the client opens the session's event stream (with warm CLIs it then "
+        "waits for `cli.state: running`), waits 1 s (the user reading), POSTs a message and times "
+        "`message.delivered` (on the CLI's stdin) and `turn.started` (the CLI's first frame). "
+        "The fake CLI answers at once: no API latency is included. Median [min-max].\n\n"
+    )
+    headers = ["warm CLIs", "repeats", "POST → message.delivered (ms, median)"]
+    return intro + table([*headers, "POST → turn.started (ms)"], rows)
+
+
 def _target_row(name: str, unit: str, figure: Any, baseline: Any, key: str, at_most: bool) -> Row:
     digits = 1 if unit == "ms" else 0
     return [
@@ -456,9 +490,120 @@ def summary(results: dict[str, Any]) -> str:
     return text
 
 
-def _pair(figure: Any, baseline: Any, unit: str, digits: int = 0, rate: bool = False) -> Row:
+def _pair(
+    figure: Any, baseline: Any, unit: str, digits: int = 0, rate: bool = False, floor: Any = None
+) -> Row:
     shown = [f"{num(value, digits)} {unit}" for value in (figure, baseline)]
-    return [*shown, ratio(figure, baseline, rate)]
+    if floor is None:
+        return [*shown, ratio(figure, baseline, rate), "", ""]
+    beside = [f"{num(floor, digits)} {unit}", ratio(figure, floor, rate)]
+    return [*shown, ratio(figure, baseline, rate), *beside]
+
+
+def _spread(values: Sequence[float], digits: int = 0) -> str:
+    """``median [min-max]`` of the repeats (just the value when there is one)."""
+    values = [v for v in values if isinstance(v, int | float) and not math.isnan(v)]
+    if not values:
+        return "n/a"
+    middle = num(statistics.median(values), digits)
+    if len(values) == 1:
+        return middle
+    return f"{middle} [{num(min(values), digits)}-{num(max(values), digits)}]"
+
+
+def _runs(results: dict[str, Any], key: str, n: Any) -> list[dict[str, Any]]:
+    runs = results.get("latency_runs", {}).get(key, {})
+    return list(runs.get(n) or runs.get(str(n)) or [])
+
+
+def _median_of(runs: list[dict[str, Any]], pick: Callable[[dict[str, Any]], Any]) -> float:
+    values = [v for v in map(pick, runs) if isinstance(v, int | float) and not math.isnan(v)]
+    return statistics.median(values) if values else math.nan
+
+
+def load_note(results: dict[str, Any]) -> str:
+    load = results.get("loadavg") or {}
+    start, end = load.get("start"), load.get("end")
+    if not start:
+        return ""
+    text = f"Load average (1/5/15 min) at the start: {' / '.join(f'{v:.1f}' for v in start)}"
+    if end:
+        text += f"; at the end: {' / '.join(f'{v:.1f}' for v in end)}"
+    return text + f" (on {results['machine']['cores']} cores).\n"
+
+
+def floor(results: dict[str, Any]) -> str:
+    """Each server against A0 (the floor), median of the repeats with their min-max spread."""
+    if not results["latency"].get("a0"):
+        return ""
+    names: tuple[tuple[str, str], ...] = (("daemon", "sidecode-trio"),)
+    if results["latency"].get("previous"):
+        names += (("previous", "previous code"),)
+    names += (("relay", "raw relay"), ("a0", "A0 floor"))
+    compared = [key for key, _ in names if key != "a0"]
+    picks: tuple[tuple[str, Callable[[dict[str, Any]], Any], int], ...] = (
+        ("p50 (µs)", lambda run: _get(run, "latency_us", "p50"), 0),
+        ("p99 (µs)", lambda run: _get(run, "latency_us", "p99"), 0),
+        ("server CPU µs per delivery", _cpu_per_event, 1),
+        ("load average during the run", lambda run: _get(run, "loadavg"), 1),
+    )
+    rows = []
+    for n in sorted(results["latency"]["daemon"], key=int):
+        floor_runs = _runs(results, "a0", n)
+        for label, pick, digits in picks:
+            row = [str(n), label]
+            for key, _ in names:
+                row.append(_spread([pick(run) for run in _runs(results, key, n)], digits))
+            for key in compared:
+                if label.startswith("load"):
+                    row.append("")
+                    continue
+                row.append(
+                    ratio(
+                        _median_of(_runs(results, key, n), pick),
+                        _median_of(floor_runs, pick),
+                        False,
+                    )
+                )
+            rows.append(row)
+    through = results.get("throughput_runs") or {}
+    for label, pick, rate in (
+        ("unpaced: SSE events/s, all clients", lambda run: _get(run, "events_per_s"), True),
+        ("unpaced: server CPU µs per SSE event delivered", _cpu_per_event, False),
+        ("unpaced: CLI lines per server CPU-second (capacity)", _lines_per_cpu_second, True),
+        (
+            "unpaced: CLI deltas/s",
+            lambda run: _get(run, "deltas_per_s") / max(1, _get(run, "clients")),
+            True,
+        ),
+        ("unpaced: deltas per SSE event", _deltas_per_event, False),
+    ):
+        row = [str(results["plan"]["max_clients"]), label]
+        for key, _ in names:
+            row.append(_spread([pick(run) for run in through.get(key, [])], 1 if not rate else 0))
+        for key in compared:
+            mine = _median_of(through.get(key, []), pick)
+            row.append(ratio(mine, _median_of(through.get("a0", []), pick), rate))
+        rows.append(row)
+    headers = ["clients", "metric", *(name for _, name in names)]
+    headers += [f"{name} / A0" for key, name in names if key != "a0"]
+    intro = (
+        "## 0. Against the floor (A0), median [min-max] of "
+        f"{results.get('repeats', 1)} run(s) each\n\n"
+        "A0: the fake CLI's stdout read and parsed, each text delta's envelope encoded, one "
+        "non-blocking `send()` per client from the reader; no task per client, no coalescing, no "
+        "log. Ratios: median / median, oriented so that above 1 is slower than the floor (rates: "
+        f"A0 / figure). Clients: the {results.get('client', 'Python')} client"
+        + (
+            " (`bench_client.c`: recv and a timestamp only)"
+            if results.get("client") == "C"
+            else " (a Python epoll loop: no C compiler)"
+        )
+        + ".\n\n"
+        + load_note(results)
+        + "\n"
+    )
+    return intro + table(headers, rows)
 
 
 def performance(results: dict[str, Any]) -> str:
@@ -468,12 +613,38 @@ def performance(results: dict[str, Any]) -> str:
     rows: list[Row] = []
     for n in sorted(lat["daemon"], key=int):
         d, r = lat["daemon"][n], lat["relay"].get(n, {})
+        a0 = _runs(results, "a0", n)
+        dr, rr = _runs(results, "daemon", n) or [d], _runs(results, "relay", n) or [r]
         for key in ("p50", "p99"):
             name = f"token path, CLI stdout → SSE, {n} client{'s' if n != 1 else ''}, {key}"
-            figure, base = _get(d, "latency_us", key), _get(r, "latency_us", key)
-            rows.append([name, *_pair(figure, base, "µs")])
+
+            def pick(run: dict[str, Any], key: str = key) -> Any:
+                return _get(run, "latency_us", key)
+
+            figure, base = _median_of(dr, pick), _median_of(rr, pick)
+            rows.append([name, *_pair(figure, base, "µs", floor=_median_of(a0, pick))])
         name = f"token path, {n} client{'s' if n != 1 else ''}, server CPU per delivery"
-        rows.append([name, *_pair(_cpu_per_event(d), _cpu_per_event(r), "µs", 1)])
+        figure, base = _median_of(dr, _cpu_per_event), _median_of(rr, _cpu_per_event)
+        rows.append([name, *_pair(figure, base, "µs", 1, floor=_median_of(a0, _cpu_per_event))])
+    through = results.get("throughput_runs") or {}
+    if through.get("daemon"):
+
+        def events(run: dict[str, Any]) -> Any:
+            return _get(run, "events_per_s")
+
+        def lines(run: dict[str, Any]) -> Any:
+            return _get(run, "deltas_per_s") / max(1, _get(run, "clients"))
+
+        for label, measure in (
+            ("SSE events/s to 20 clients, CLI unpaced", events),
+            ("CLI text-delta lines/s relayed, unpaced", lines),
+            ("capacity: CLI lines per server CPU-second, unpaced", _lines_per_cpu_second),
+            ("capacity: SSE events/s at 100 % of a core, 20 clients", _events_capacity),
+        ):
+            figure = _median_of(through["daemon"], measure)
+            base = _median_of(through["relay"], measure)
+            floor_value = _median_of(through.get("a0", []), measure)
+            rows.append([label, *_pair(figure, base, "/s", rate=True, floor=floor_value)])
     batch = results["plan"]["headline_batch"]
     log = _get(results, "log", batch)
     rows.append(
@@ -508,6 +679,15 @@ def performance(results: dict[str, Any]) -> str:
             if fp.get(key):
                 figure = statistics.median(fp[key]) * 1e3
                 rows.append([f"start-up to ready ({label})", *_pair(figure, relay_start, "ms")])
+    warm = results.get("warm") or {}
+    if warm:
+        rows.append(
+            [
+                "message to an opened session whose CLI had stopped: POST → turn.started "
+                "(baseline: warm CLIs off)",
+                *_pair(_get(warm, "warm", "median_ms"), _get(warm, "cold", "median_ms"), "ms", 1),
+            ]
+        )
     wt = results.get("webtransport") or {}
     if wt:
         rt = wt["round_trip_us"]
@@ -526,8 +706,9 @@ def performance(results: dict[str, Any]) -> str:
         "appends, HTTP/1.1 for WebTransport). Ratio: figure / baseline (rates: baseline / "
         "figure); above 1 the daemon is slower.\n\n"
     )
-    text += table(["measure", "sidecode-trio", "baseline", "ratio"], rows)
-    return text + _noise(results)
+    headers = ["measure", "sidecode-trio", "baseline (raw relay)", "ratio", "A0 floor"]
+    text += table([*headers, "ratio to A0"], rows)
+    return text + _noise(results) + load_note(results)
 
 
 def _noise(results: dict[str, Any]) -> str:
@@ -578,6 +759,7 @@ def errors(results: dict[str, Any]) -> str:
 
 SECTIONS: Final[list[Callable[[dict[str, Any]], str]]] = [
     performance,
+    floor,
     summary,
     latency,
     previous,
@@ -585,6 +767,7 @@ SECTIONS: Final[list[Callable[[dict[str, Any]], str]]] = [
     throughput,
     replay,
     footprint,
+    warm_section,
     profile,
     machine,
     durations,

@@ -154,9 +154,13 @@ class ChildRelay:
 
 
 @asynccontextmanager
-async def child_relay(layout: Layout, cpu: int, replay_frames: int) -> AsyncIterator[ChildRelay]:
+async def child_relay(
+    layout: Layout, cpu: int, replay_frames: int, mode: str = "relay"
+) -> AsyncIterator[ChildRelay]:
+    """The raw relay, or with ``mode="a0"`` the floor (``bench_relay.FloorRelay``)."""
     argv = [PYTHON, str(BENCH / "bench_relay.py"), "--cli", str(layout.wrapper)]
     argv += ["--cwd", str(layout.work), "--replay-frames", str(replay_frames), "--cpu", str(cpu)]
+    argv += ["--mode", mode]
     started = time.monotonic()
     with layout.log("relay").open("ab") as log:
         async with child(
@@ -172,6 +176,8 @@ async def child_relay(layout: Layout, cpu: int, replay_frames: int) -> AsyncIter
                 port = int(json.loads(await lines.line())["port"])
             relay = ChildRelay(process, port, time.monotonic() - started)
             relay.lines = lines
+            if mode == "a0":
+                relay.name = "A0 floor"
             try:
                 yield relay
             finally:

@@ -7,11 +7,14 @@ script reports and exits 0 unless something crashes.
 What is measured, each against a baseline in the same run (see each module's docstring):
 
 1. Token-path added latency, fake CLI stdout line → SSE receipt, with 1, 20 and 100 clients of one
-   session at 200 deltas/s (:mod:`bench_live`); baseline: a raw Trio relay (:mod:`bench_relay`).
+   session at 200 deltas/s (:mod:`bench_live`); baselines: a raw Trio relay (:mod:`bench_relay`,
+   a task per client) and the floor "A0" (``bench_relay.py --mode a0``: one non-blocking
+   ``send()`` per client from the CLI reader, no task per client), each run ``--repeats`` times
+   (the tables give the median and the min-max spread, and the machine's load average).
 2. Durable log appends per second, ``EventLog.append`` + ``flush`` (:mod:`bench_lograte`);
    baseline: raw ``sqlite3`` ``executemany``.
-3. The most events/s delivered to 20 clients, the fake CLI unpaced (:mod:`bench_live`); baseline:
-   the raw relay.
+3. The most events/s delivered to 20 clients, the fake CLI unpaced (:mod:`bench_live`); baselines:
+   the raw relay and A0.
 4. Replay of 10,000 missed events, from memory and from SQLite (:mod:`bench_replay`); baseline:
    the raw relay writing pre-encoded frames.
 5. WebTransport against HTTP/SSE: small-operation round trip, streamed-event latency, one-way
@@ -20,11 +23,16 @@ What is measured, each against a baseline in the same run (see each module's doc
    and 100 open links; 8. a long session's snapshot, size and time (:mod:`bench_footprint`);
    baseline: the raw relay (its start-up, its RSS holding 100 links, the same bytes served).
 
-``--only live,log,replay,wt,footprint`` runs some parts (for development; the report then has
+9. A message to an opened session whose CLI had stopped: POST → ``turn.started``, with warm CLIs
+   and without (:mod:`bench_warm`).
+
+``--only live,log,replay,wt,footprint,warm`` runs some parts (for development; the report then has
 gaps).
 
 The daemon under test is the real one, ``python -m sidecode_trio serve`` in a child process
-driving ``tests/fake_claude.py``; the clients are one separate process (:mod:`bench_client`).
+driving ``tests/fake_claude.py``; the clients are one separate process (:mod:`bench_client`), its
+hot loop in C (``bench_client.c``, built with the system ``cc``) unless there is no C compiler or
+``--client python``: then a Python epoll loop (the report says which).
 Where the machine allows, the daemon (and the relay) run on CPU 0 and the clients, the fake CLI
 and this orchestrator on CPU 1.
 """
@@ -51,6 +59,7 @@ from urllib.parse import urlsplit
 
 import attrs
 import trio
+from bench_client import build_native
 from bench_footprint import footprint
 from bench_harness import BENCH, KILLED, Layout, can_pin, pin, rss_mib
 from bench_live import LivePlan, latency, throughput, warm_up
@@ -59,11 +68,12 @@ from bench_profile import profile_token_path
 from bench_replay import ReplayPlan, from_memory, from_relay, from_sqlite
 from bench_report import render
 from bench_targets import ChildRelay, DaemonSession, Target, child_daemon, child_relay
+from bench_warm import warm_message
 from bench_wt import compare as compare_webtransport
 from bench_wt import render as render_webtransport
 
 DEFAULT_OUT: Final = BENCH / "RESULTS.md"
-RUN_BUDGET: Final = {"quick": 240.0, "full": 900.0}  # seconds before the whole run is abandoned
+RUN_BUDGET: Final = {"quick": 600.0, "full": 2700.0}  # seconds before the whole run is abandoned
 
 
 @attrs.frozen
@@ -74,22 +84,27 @@ class Plan:
     headline_batch: int
     replay_events: int
     replay_repeat: int
+    repeats: int  #: live runs of each (target, fan-out); the tables show median and spread
 
 
-def make_plan(quick: bool, client_cpu: int, dump_dir: Path | None) -> Plan:
+def make_plan(
+    quick: bool, client_cpu: int, dump_dir: Path | None, native: str = "", repeats: int = 0
+) -> Plan:
     live = LivePlan(
         rate=200,
-        warmup=100 if quick else 300,
-        measured=1000 if quick else 3000,
+        warmup=100 if quick else 200,
+        measured=1000 if quick else 2000,
         fanouts=(1, 20, 100),
         max_deltas=10_000,  # per turn: the fake CLI's text grows quadratically past ~20k
         max_turns=3 if quick else 10,
         client_cpu=client_cpu,
         dump_dir=str(dump_dir.resolve()) if dump_dir else "",
+        native=native,
     )
     big = 20_000 if quick else 100_000
     sizes = {1: big // 10, 16: big, 256: big, 1000: big}
-    return Plan(live, sizes, 1 if quick else 3, 1000, 10_000, 3 if quick else 7)
+    repeats = repeats or (1 if quick else 3)
+    return Plan(live, sizes, 1 if quick else 3, 1000, 10_000, 3 if quick else 7, repeats)
 
 
 def machine_info() -> dict[str, str]:
@@ -163,7 +178,12 @@ class Runner:
                 "replay_events": plan.replay_events,
                 "replay_repeat": plan.replay_repeat,
             },
-            "latency": {"daemon": {}, "relay": {}, "previous": {}},
+            "latency": {"daemon": {}, "relay": {}, "a0": {}, "previous": {}},
+            "latency_runs": {"daemon": {}, "relay": {}, "a0": {}, "previous": {}},
+            "throughput_runs": {},
+            "client": "C" if plan.live.native else "Python",
+            "repeats": plan.repeats,
+            "loadavg": {"start": os.getloadavg()},
             "previous_code": args.previous_code or "",
             "throughput": {},
             "replay": {},
@@ -201,6 +221,8 @@ class Runner:
         async with AsyncExitStack() as stack:
             targets: dict[str, Any] = {}
             await self.part("start the relay", lambda: self.start_relay(stack, targets))
+            if live:
+                await self.part("start A0", lambda: self.start_floor(stack, targets))
             await self.part("start the daemon", lambda: self.start_daemon(stack, targets))
             if self.args.previous_code and live:
                 await self.part(
@@ -210,15 +232,18 @@ class Runner:
                 await self.part(
                     f"warm-up ({key})", partial(warm_up, target, self.layout, self.plan.live)
                 )
-            for clients in self.plan.live.fanouts if live else ():
+            for repeat in range(self.plan.repeats if live else 0):
+                for clients in self.plan.live.fanouts:
+                    for key, target in targets.items():
+                        await self.part(
+                            f"1. latency, {clients} clients ({key}, run {repeat + 1})",
+                            partial(self.latency, key, target, clients),
+                        )
                 for key, target in targets.items():
                     await self.part(
-                        f"1. latency, {clients} clients ({key})",
-                        partial(self.latency, key, target, clients),
+                        f"3. max rate ({key}, run {repeat + 1})",
+                        partial(self.throughput, key, target),
                     )
-            for key, target in targets.items() if live else ():
-                if key != "previous":
-                    await self.part(f"3. max rate ({key})", partial(self.throughput, key, target))
             if "relay" in targets and self.wants("replay"):
                 await self.part("4. replay (relay)", partial(self.replay_relay, targets["relay"]))
             if "relay" in targets and self.wants("footprint"):
@@ -229,6 +254,10 @@ class Runner:
                 await self.part("profile", partial(self.profile, targets["daemon"]))
             if "daemon" in targets:
                 self.results["rss_mib"]["main"] = rss_mib(targets["daemon"].pid)
+
+    async def start_floor(self, stack: AsyncExitStack, targets: dict[str, Target]) -> None:
+        floor = child_relay(self.layout, self.daemon_cpu, 0, mode="a0")
+        targets["a0"] = await stack.enter_async_context(floor)
 
     async def start_daemon(self, stack: AsyncExitStack, targets: dict[str, Target]) -> None:
         daemon = await stack.enter_async_context(child_daemon(self.layout, "main", self.daemon_cpu))
@@ -253,10 +282,15 @@ class Runner:
 
     async def latency(self, key: str, target: Target, clients: int) -> None:
         result = await latency(target, self.layout, self.plan.live, clients)
-        self.results["latency"][key][clients] = result
+        runs = self.results["latency_runs"][key].setdefault(clients, [])
+        runs.append(result)
+        self.results["latency"][key][clients] = _median_run(runs, ("latency_us", "p50"))
 
     async def throughput(self, key: str, target: Target) -> None:
-        self.results["throughput"][key] = await throughput(target, self.layout, self.plan.live)
+        result = await throughput(target, self.layout, self.plan.live)
+        runs = self.results["throughput_runs"].setdefault(key, [])
+        runs.append(result)
+        self.results["throughput"][key] = _median_run(runs, ("events_per_s",))
 
     def wants(self, part: str) -> bool:
         return not self.args.only or part in self.args.only.split(",")
@@ -293,6 +327,9 @@ class Runner:
             work, quick = str(self.layout.work), self.args.quick
             self.results["webtransport"] = await compare_webtransport(daemon, port, work, quick)
 
+    async def warm(self) -> None:
+        self.results["warm"] = await warm_message(self.layout, self.daemon_cpu, self.args.quick)
+
     async def run(self) -> dict[str, Any]:
         started = time.monotonic()
         pin(0, self.client_cpu)
@@ -304,11 +341,26 @@ class Runner:
                 await self.part("4. replay (daemon)", self.replay)
             if self.wants("wt"):
                 await self.part("5. WebTransport vs HTTP/SSE", self.webtransport)
+            if self.wants("warm"):
+                await self.part("9. message to an opened session", self.warm)
         if budget.cancelled_caught:
             self.results["errors"].append("the run exceeded its time budget and was stopped")
         self.results["errors"].extend(KILLED)
+        self.results["loadavg"]["end"] = os.getloadavg()
         self.results["durations"]["total"] = time.monotonic() - started
         return self.results
+
+
+def _median_run(runs: list[dict[str, Any]], key: tuple[str, ...]) -> dict[str, Any]:
+    """The run with the median ``key`` (the one the single-figure tables show)."""
+
+    def value(run: dict[str, Any]) -> float:
+        node: Any = run
+        for part in key:
+            node = node.get(part, float("nan")) if isinstance(node, dict) else float("nan")
+        return float(node)
+
+    return sorted(runs, key=value)[(len(runs) - 1) // 2]
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
@@ -318,7 +370,10 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         layout = Layout(Path(tmp), cli_cpu).create()
         if args.dump_dir:
             args.dump_dir.mkdir(parents=True, exist_ok=True)
-        plan = make_plan(args.quick, cpus[1], args.dump_dir)
+        native = build_native(Path(tmp)) if args.client == "c" else None
+        if native is None:
+            print("[bench] clients: the Python epoll loop (no C compiler)", file=sys.stderr)
+        plan = make_plan(args.quick, cpus[1], args.dump_dir, str(native or ""), args.repeats)
         return await Runner(args, layout, plan, cpus).run()
 
 
@@ -335,8 +390,19 @@ def main(argv: list[str] | None = None) -> int:
         "sidecode_trio | tar -x -C DIR`): its daemon joins the latency runs (before/after)",
     )
     parser.add_argument("--json", type=Path, help="also write the raw results (JSON) here")
-    parser.add_argument("--only", default="", help="comma list of live,log,replay,wt,footprint")
+    parser.add_argument(
+        "--only", default="", help="comma list of live,log,replay,wt,footprint,warm"
+    )
     parser.add_argument("--dump-dir", type=Path, help="write every live run's deliveries (CSV)")
+    parser.add_argument(
+        "--client",
+        choices=["c", "python"],
+        default="c",
+        help="the clients' hot loop: C (bench_client.c, built with cc; the default) or Python",
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=0, help="live runs per target and fan-out (quick 1, full 3)"
+    )
     parser.add_argument(
         "--cli-cpu",
         choices=["client", "daemon", "none"],

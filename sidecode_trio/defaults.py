@@ -1,0 +1,15 @@
+"""Defaults the command line shows before it loads anything (``sidecode-trio --help`` and
+``--version`` import this, not :mod:`.config`)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Final
+
+DEFAULT_PORT: Final = 8765
+
+
+def default_state_dir() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "sidecode-trio"

@@ -1,0 +1,87 @@
+"""Start-up cost: a command imports only what it uses, the daemon only what its features need.
+
+Each check runs in a fresh interpreter (this one has imported everything) and looks at
+``sys.modules``; no timings are asserted (tests/bench/ measures them).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+#: what neither ``--version`` nor a command talking to a running daemon may load
+HEAVY = ("trio", "quart", "hypercorn", "aioquic", "httpx", "ssl", "sidecode_trio.config", "keyring")
+
+
+def loaded_after(code: str, wanted: tuple[str, ...], tmp_path: Path) -> list[str]:
+    """Run ``code`` in a fresh interpreter; which of ``wanted`` it imported."""
+    probe = (
+        f"{code}\nimport json, sys\nprint(json.dumps([m for m in {wanted!r} if m in sys.modules]))"
+    )
+    env = {"PYTHONPATH": str(ROOT), "HOME": str(tmp_path), "XDG_STATE_HOME": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    found: list[str] = json.loads(done.stdout.strip().splitlines()[-1])
+    return found
+
+
+def test_version_loads_nothing_heavy(tmp_path: Path) -> None:
+    code = (
+        "import contextlib, io\n"
+        "from sidecode_trio import cli\n"
+        "with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
+        "    cli.main(['--version'])"
+    )
+    assert loaded_after(code, HEAVY, tmp_path) == []
+
+
+@pytest.mark.parametrize("argv", [["sessions"], ["sessions", "--json"]])
+def test_sessions_loads_nothing_heavy_before_it_calls_the_daemon(
+    tmp_path: Path, argv: list[str]
+) -> None:
+    """No daemon runs on the state dir: the command ends with its clear error, having loaded
+    neither Trio nor the daemon's stack (it talks HTTP with the standard library)."""
+    state = tmp_path / "state"
+    code = (
+        "import contextlib, io\n"
+        "from sidecode_trio import cli\n"
+        "with contextlib.redirect_stderr(io.StringIO()) as err:\n"
+        f"    assert cli.main({[*argv, '--state-dir', str(state)]!r}) == 2\n"
+        "assert 'no daemon is running' in err.getvalue()"
+    )
+    assert loaded_after(code, ("quart", "hypercorn", "aioquic", "httpx", "trio"), tmp_path) == []
+
+
+def test_the_daemon_without_remote_control_or_quic_never_loads_them(
+    tmp_path: Path, fake_claude: Path
+) -> None:
+    """Remote Control off (the default) and QUIC off: no bridge, trio-websocket or aioquic; the
+    identity key in a file: no keyring; no terminal: no QR code renderer."""
+    code = f"""
+from pathlib import Path
+import trio
+from sidecode_trio.config import DaemonConfig
+from sidecode_trio.daemon import serve
+
+config = DaemonConfig(
+    state_dir=Path({str(tmp_path / "state")!r}), port=0, claude={str(fake_claude)!r},
+    allowed_roots=(Path({str(tmp_path)!r}),), quic_port=-1, keystore="file", keep_awake="off",
+)
+
+async def main():
+    async with trio.open_nursery() as nursery:
+        handle = await nursery.start(serve, config)
+        handle.stop.set()
+
+trio.run(main)
+"""
+    wanted = ("sidecode_trio.bridge.remote", "trio_websocket", "aioquic", "keyring", "segno")
+    assert loaded_after(code, wanted, tmp_path) == []
