@@ -10,11 +10,13 @@ from typing import Any
 import jsonschema
 
 from sidecode_trio.ops import front
-from sidecode_trio.ops.openapi import OPERATIONS, document, render
+from sidecode_trio.ops.openapi import OPERATIONS, OTHER_ROUTES, document, render
+from sidecode_trio.security.routes import OPEN_ROUTES
 
 from helpers import Client
 
 OPENAPI = Path(__file__).parent.parent / "protocol" / "openapi.json"
+UNSERVED: Any = object()  # the handlers are only built here, never called
 REGENERATE = "run: python -m sidecode_trio.ops.openapi protocol/openapi.json"
 # Methods the framework adds by itself: HEAD to every GET, OPTIONS to every route.
 AUTOMATIC = frozenset({"HEAD", "OPTIONS"})
@@ -45,10 +47,10 @@ async def test_every_route_of_the_app_is_documented_and_nothing_else(daemon: Cli
     documented = {(op.method, op.path) for op in OPERATIONS}
     missing, stale = sorted(served - documented), sorted(documented - served)
     assert not missing, (
-        f"routes the app serves but protocol/openapi.json lacks: {missing}; add an Op line to "
-        f"OPERATIONS in sidecode_trio/ops/openapi.py, then {REGENERATE}"
+        f"routes the app serves but protocol/openapi.json lacks: {missing}; add a row to "
+        f"ops/front.py (an operation) or to OTHER_ROUTES in ops/openapi.py, then {REGENERATE}"
     )
-    assert not stale, f"documented routes the app does not serve: {stale}; remove their Op lines"
+    assert not stale, f"documented routes the app does not serve: {stale}; remove their rows"
 
 
 def test_the_document_is_valid_openapi_31_with_resolvable_refs() -> None:
@@ -91,15 +93,39 @@ def test_errors_streams_and_open_routes_are_described() -> None:
     }
 
 
-def test_the_operation_table_and_the_document_agree() -> None:
-    """Every row of the operation table (ops/front.py: what HTTP registers and WebTransport
-    dispatches into) is documented with the same body class, and every documented JSON v1
-    operation (not an event stream) is a row: neither can drift from the other."""
-    anything: Any = object()  # the handlers are only built here, never called
-    table = {(r.method, r.path): r.body for r in front.routes(anything, anything)}
-    documented = {
-        (op.method, op.path): op.body
-        for op in OPERATIONS
-        if op.path.startswith("/v1/") and not op.stream
-    }
-    assert table == documented
+def test_the_document_describes_each_operation_from_its_row_of_the_table() -> None:
+    """The operation table (ops/front.py: what HTTP registers and WebTransport dispatches into)
+    is the one source of the v1 operations' descriptions: each row's summary, statuses, body,
+    parameters and credentials are what the document says, and the routes described elsewhere
+    are only those that are not operations (event streams, WatchCode, the web app)."""
+    paths = document()["paths"]
+    table = front.described_routes()
+    for route in table:
+        op = paths[route.path][route.method.lower()]
+        where = f"{route.method} {route.path}"
+        assert op["summary"] == route.summary, where
+        assert str(route.status) in op["responses"], where
+        assert {str(s) for s in route.errors} <= set(op["responses"]), where
+        assert [{name: []} for name in route.security] == op["security"], where
+        names = {p["name"] for p in op.get("parameters", ()) if p["in"] != "path"}
+        assert names == {p.name for p in route.query}, where
+        assert ("requestBody" in op) == (route.body is not None), where
+    rows = {(r.method, r.path) for r in table}
+    for other in OTHER_ROUTES:
+        assert (other.method, other.path) not in rows
+        assert other.stream or not other.path.startswith("/v1/"), (
+            f"{other.method} {other.path} is a v1 operation: make it a row of ops/front.py"
+        )
+
+
+def test_only_the_open_routes_are_described_without_credentials() -> None:
+    open_rows = {(r.method, r.path) for r in front.described_routes() if r.security == ()}
+    assert open_rows == OPEN_ROUTES
+
+
+def test_the_daemon_serves_the_described_table() -> None:
+    """``described_routes`` is the table the daemon builds (push routes included)."""
+    served = front.routes(UNSERVED, UNSERVED)
+    described = front.described_routes()
+    strip = [(r.method, r.path, r.body, r.summary, r.reply, r.status) for r in served]
+    assert strip == [(r.method, r.path, r.body, r.summary, r.reply, r.status) for r in described]

@@ -1,10 +1,11 @@
 """The front door: every v1 JSON operation once, as a table that every transport dispatches into.
 
 A :class:`Route` is a method, a path template (OpenAPI's ``{name}``), the body class it reads and
-its handler (``Call`` in, :class:`Reply` out). HTTP registers a Quart route per row
+its handler (``Call`` in, :class:`Reply` out), and what the API's description says of it (summary,
+reply, statuses, query parameters, credentials). HTTP registers a Quart route per row
 (``http/app.py``); WebTransport requests dispatch here directly (:meth:`Front.dispatch`); a new
-transport does the same. Errors are rendered once (:func:`render_error`). Each row must have its
-OpenAPI description in ``ops/openapi.py`` (``tests/test_openapi.py`` checks both ways).
+transport does the same. Errors are rendered once (:func:`render_error`). ``protocol/openapi.json``
+is rendered from this table (``ops/openapi.py``): a new operation is one row here.
 
 Event streams are not operations (they are feeds: ``sidecode_trio/feed``), nor are the WatchCode
 ``/api`` routes (WatchCode's own shapes) or the web app's files.
@@ -16,7 +17,7 @@ import json
 import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Final
+from typing import Any, Final, cast
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import attrs
@@ -28,6 +29,21 @@ from ..sessions.registry import SessionFilter
 from ..wire import converter as wire
 from ..wire import events as ev
 from ..wire import requests as rq
+from ..wire.snapshot import SessionInfo, Snapshot
+from ..wire.tools import ToolView
+from .apidoc import (
+    BODY_ERRORS,
+    DEVICE,
+    FLAG_VALUES,
+    FREE_OBJECT,
+    LIMIT,
+    OK_REPLY,
+    OPEN,
+    PAIRING_OFFER,
+    Param,
+    flag_param,
+    text_param,
+)
 from .operations import Operations
 
 log = logging.getLogger(__name__)
@@ -71,10 +87,20 @@ Handler = Callable[[Call], Awaitable[Reply]]
 
 @attrs.frozen
 class Route:
+    """One operation: how it is served, and what the OpenAPI document says of it."""
+
     method: str
     path: str  #: OpenAPI template: ``/v1/sessions/{session_id}``
     handler: Handler
     body: type[Any] | None = None  #: the body class, if the route reads one
+    summary: str = attrs.field(kw_only=True)
+    reply: Any = attrs.field(kw_only=True)  #: a wire class, or a JSON Schema dict
+    status: int = attrs.field(default=200, kw_only=True)  #: the success status
+    #: client and server errors besides those of every route (credentials, rate limits, ...)
+    errors: tuple[int, ...] = attrs.field(default=(), kw_only=True)
+    query: tuple[Param, ...] = attrs.field(default=(), kw_only=True)
+    security: tuple[str, ...] = attrs.field(default=DEVICE, kw_only=True)  #: ``apidoc`` names
+    again: int | None = attrs.field(default=None, kw_only=True)  #: a retry's status, same reply
 
     @property
     def pattern(self) -> re.Pattern[str]:
@@ -144,6 +170,30 @@ def session_filter(query: Mapping[str, str]) -> SessionFilter:
         text=query.get("q", ""),
         limit=most,
     )
+
+
+#: what :func:`session_filter` reads
+SESSION_QUERY: Final = (
+    Param(
+        "archived",
+        {"type": "string", "enum": [*FLAG_VALUES, "all"]},
+        "Archived sessions only (true), only others (false, the default), or all.",
+    ),
+    text_param("status", "Comma-separated statuses: idle, running, requires_action, errored."),
+    text_param("cwd", "Only sessions in this folder."),
+    text_param("q", "Only sessions whose title contains this text."),
+    LIMIT,
+)
+FOLDER_QUERY: Final = (
+    text_param("path", "An absolute path; none for the allowed roots."),
+    flag_param("hidden", "Include hidden entries."),
+    flag_param("files", "Include files, not only directories."),
+)
+LOG_PARAM: Final = Param(
+    "log",
+    {"type": "string", "enum": ["keep", "remove"]},
+    "Keep (the default) or remove the daemon's log and the CLI's transcript.",
+)
 
 
 # -- the table -----------------------------------------------------------------------------------
@@ -234,36 +284,63 @@ def routes(ops: Operations, notifier: Notifier | None) -> tuple[Route, ...]:
     async def audit(call: Call) -> Reply:
         return Reply(200, ops.audit(call.who, limit(call.query, 200) or 200))
 
+    S, D = "/v1/sessions/{session_id}", "/v1/devices/{device_id}"
     table = [
-        Route("GET", "/v1/info", info),
-        Route("POST", "/v1/pair", pair, rq.PairRequest),
-        Route("GET", "/v1/status", status),
-        Route("GET", "/v1/sessions", list_sessions),
-        Route("POST", "/v1/sessions", create_session, rq.CreateSession),
-        Route("GET", "/v1/sessions/{session_id}", get_session),
-        Route("PATCH", "/v1/sessions/{session_id}", update_session, rq.UpdateSession),
-        Route("PUT", "/v1/sessions/{session_id}/mirror", set_mirror, rq.SetMirror),
-        Route("DELETE", "/v1/sessions/{session_id}", delete_session),
-        Route("GET", "/v1/sessions/{session_id}/tools/{tool_use_id}", tool),
-        Route("GET", "/v1/sessions/{session_id}/tools/{tool_use_id}/output", tool_output),
-        Route("GET", "/v1/folders", folders),
-        Route("GET", "/v1/folders/recent", recent_folders),
-        Route("POST", "/v1/sessions/{session_id}/messages", send_message, rq.SendMessage),
-        Route("POST", "/v1/sessions/{session_id}/interrupt", interrupt),
-        Route(
-            "POST",
-            "/v1/sessions/{session_id}/permissions/{request_id}",
-            answer_permission,
-            rq.AnswerPermission,
-        ),
-        Route("POST", "/v1/tickets", ticket, rq.TicketRequest),
-        Route("POST", "/v1/pairings", create_pairing, rq.PairingOfferRequest),
-        Route("POST", "/v1/devices/watchcode", add_watchcode_device, rq.WatchCodeDeviceRequest),
-        Route("GET", "/v1/devices", devices),
-        Route("PATCH", "/v1/devices/{device_id}", update_device, rq.DeviceUpdate),
-        Route("DELETE", "/v1/devices/{device_id}", revoke_device),
-        Route("GET", "/v1/audit", audit),
-    ]
+        # -- open routes
+        Route("GET", "/v1/info", info, security=OPEN, reply=rq.DaemonInfo,
+              summary="The daemon's identity, certificates and versions"),
+        Route("POST", "/v1/pair", pair, rq.PairRequest, security=OPEN, status=201,
+              reply=rq.PairReply, errors=(*BODY_ERRORS, 403),
+              summary="Complete a pairing with a one-time secret's proof"),
+        # -- sessions
+        Route("GET", "/v1/status", status, reply=FREE_OBJECT, summary="Daemon statistics (admin)"),
+        Route("GET", "/v1/sessions", list_sessions, reply=rq.SessionList, errors=(400,),
+              query=SESSION_QUERY, summary="List sessions, most recent activity first"),
+        Route("POST", "/v1/sessions", create_session, rq.CreateSession, status=201, again=200,
+              reply=rq.SessionCreatedReply, errors=(*BODY_ERRORS, 502, 503),
+              summary="Start a session (and its first message)"),
+        Route("GET", S, get_session, reply=Snapshot, errors=(404,), summary="A session's snapshot"),
+        Route("PATCH", S, update_session, rq.UpdateSession, reply=SessionInfo,
+              errors=(*BODY_ERRORS, 404, 422, 502),
+              summary="Change mode or model, rename, archive"),
+        Route("PUT", f"{S}/mirror", set_mirror, rq.SetMirror, reply=rq.MirrorReply,
+              errors=(*BODY_ERRORS, 404, 409, 422, 502),
+              summary="Mirror to Remote Control, or stop"),
+        Route("DELETE", S, delete_session, reply=rq.DeleteReply, errors=(400, 404),
+              query=(LOG_PARAM,), summary="Delete a session"),
+        Route("GET", f"{S}/tools/{{tool_use_id}}", tool, reply=ToolView, errors=(404,),
+              summary="One tool call in full"),
+        Route("GET", f"{S}/tools/{{tool_use_id}}/output", tool_output, reply=rq.ToolOutput,
+              errors=(404,), summary="A tool's whole output"),
+        Route("POST", f"{S}/messages", send_message, rq.SendMessage, status=202,
+              reply=rq.MessageAccepted, errors=(*BODY_ERRORS, 404, 422, 502, 503),
+              summary="Queue a message"),
+        Route("POST", f"{S}/interrupt", interrupt, reply=rq.InterruptReply, errors=(404, 502),
+              summary="Interrupt the running turn"),
+        Route("POST", f"{S}/permissions/{{request_id}}", answer_permission, rq.AnswerPermission,
+              reply=OK_REPLY, errors=(*BODY_ERRORS, 404, 409, 502),
+              summary="Answer a permission request"),
+        # -- folders
+        Route("GET", "/v1/folders", folders, reply=rq.FolderListing, errors=(400, 404),
+              query=FOLDER_QUERY, summary="Browse folders under the allowed roots"),
+        Route("GET", "/v1/folders/recent", recent_folders, reply=rq.RecentFolders,
+              summary="Folders sessions ran in lately"),
+        Route("POST", "/v1/tickets", ticket, rq.TicketRequest, status=201, reply=rq.TicketReply,
+              errors=BODY_ERRORS, summary="A one-time ticket for an event stream"),
+        # -- devices (admin)
+        Route("POST", "/v1/pairings", create_pairing, rq.PairingOfferRequest, status=201,
+              reply=PAIRING_OFFER, errors=BODY_ERRORS, summary="A one-time pairing offer"),
+        Route("POST", "/v1/devices/watchcode", add_watchcode_device, rq.WatchCodeDeviceRequest,
+              status=201, reply=rq.WatchCodeDeviceReply, errors=BODY_ERRORS,
+              summary="A device for the WatchCode apps (secret shown once)"),
+        Route("GET", "/v1/devices", devices, reply=rq.DeviceList, summary="Paired devices"),
+        Route("PATCH", D, update_device, rq.DeviceUpdate, reply=rq.DeviceView,
+              errors=(*BODY_ERRORS, 404), summary="Change a device's scope"),
+        Route("DELETE", D, revoke_device, reply=rq.RevokeReply, errors=(404,),
+              summary="Revoke a device"),
+        Route("GET", "/v1/audit", audit, reply=rq.AuditLog, errors=(400,), query=(LIMIT,),
+              summary="The audit log, newest first"),
+    ]  # fmt: skip
     if notifier is not None:
         table += push_routes(notifier)
     return tuple(table)
@@ -288,13 +365,34 @@ def push_routes(notifier: Notifier) -> list[Route]:
     async def test(call: Call) -> Reply:
         return Reply(202, notifier.send_test(call.who))
 
+    subscriptions_path = "/v1/push/subscriptions"
     return [
-        Route("GET", "/v1/push/vapid", vapid),
-        Route("GET", "/v1/push/subscriptions", subscriptions),
-        Route("POST", "/v1/push/subscriptions", subscribe, rq.PushSubscriptionRequest),
-        Route("DELETE", "/v1/push/subscriptions/{subscription_id}", unsubscribe),
-        Route("POST", "/v1/push/test", test),
-    ]
+        Route("GET", "/v1/push/vapid", vapid, reply=rq.VapidKeyReply,
+              summary="The VAPID key to subscribe with"),
+        Route("GET", subscriptions_path, subscriptions, reply=rq.PushSubscriptionList,
+              summary="This device's push subscriptions"),
+        Route("POST", subscriptions_path, subscribe, rq.PushSubscriptionRequest, status=201,
+              reply=rq.PushSubscription, errors=BODY_ERRORS,
+              summary="Add (or renew) a push subscription"),
+        Route("DELETE", f"{subscriptions_path}/{{subscription_id}}", unsubscribe,
+              reply=rq.PushSubscriptionRemoved, errors=(404,),
+              summary="Remove a push subscription"),
+        Route("POST", "/v1/push/test", test, status=202, reply=rq.PushTestReply,
+              summary="Push a test notification to this device"),
+    ]  # fmt: skip
+
+
+class _Unserved:
+    """Stands for the services in a table that is only described, never served."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise RuntimeError(f"the described operation table serves nothing (asked for {name!r})")
+
+
+def described_routes() -> tuple[Route, ...]:
+    """Every row, the push routes included, as ``ops/openapi.py`` renders them; the handlers
+    are built but never called."""
+    return routes(cast(Operations, _Unserved()), cast(Notifier, _Unserved()))
 
 
 class Front:

@@ -1,13 +1,13 @@
 """Generate the OpenAPI 3.1 document of the HTTP API into ``protocol/openapi.json``.
 
 ``python -m sidecode_trio.ops.openapi protocol/openapi.json`` rewrites it. The bodies' schemas
-come from the wire classes (the same builder as ``protocol/schema/``); what the classes cannot
-say (paths, methods, statuses, query parameters, credentials) is the table :data:`OPERATIONS`.
-Three tests keep it honest: one fails when the committed file differs from what this module
-renders, one when the daemon's app has a route (or a method) that the table lacks, or the
-other way round, and one when the operation table (``ops/front.py``, which HTTP and
-WebTransport dispatch into) and this one disagree on a v1 operation or its body class. A new
-operation therefore needs its row in ``ops/front.py`` and one :class:`Op` line here.
+come from the wire classes (the same builder as ``protocol/schema/``). The v1 operations are
+described by their rows in the operation table (``ops/front.py``: what HTTP registers and
+WebTransport dispatches into), which carry what the classes cannot say (summary, statuses,
+query parameters, credentials); the few routes that are not operations (event streams,
+WatchCode's ``/api``, the web app) are :data:`OTHER_ROUTES` here. Tests fail when the committed
+file differs from what this module renders, and when the daemon's app has a route (or a method)
+that :data:`OPERATIONS` lacks, or the other way round.
 """
 
 from __future__ import annotations
@@ -23,19 +23,14 @@ from .. import __version__
 from ..defaults import DEFAULT_PORT
 from ..wire import requests as rq
 from ..wire.schema import UNIONS, SchemaBuilder
-from ..wire.snapshot import SessionInfo, Snapshot
-from ..wire.tools import TOOL_DETAIL_CLASSES, ToolDetail, ToolView
+from ..wire.tools import TOOL_DETAIL_CLASSES, ToolDetail
+from .apidoc import BODY_ERRORS, DEVICE, OPEN, STREAM, WATCHCODE, Param, text_param
+from .front import Route, described_routes
 
 OPENAPI_VERSION: Final = "3.1.0"
 PREFIX: Final = "#/components/schemas/"
 JSON: Final = "application/json"
 SSE: Final = "text/event-stream"
-
-# Who may call a route: the names of security requirements (see SECURITY_SCHEMES).
-OPEN: Final[tuple[str, ...]] = ()
-DEVICE: Final = ("sidecode", "localToken")
-STREAM: Final = ("sidecode", "localToken", "ticket")
-WATCHCODE: Final = ("watchcodeSecret", "watchcodeSecretQuery", "sidecode", "localToken")
 
 SECURITY_SCHEMES: Final[dict[str, Any]] = {
     "sidecode": {
@@ -79,14 +74,6 @@ SECURITY_SCHEMES: Final[dict[str, Any]] = {
 
 
 @attrs.frozen
-class Param:
-    name: str
-    schema: dict[str, Any]
-    description: str
-    location: str = "query"
-
-
-@attrs.frozen
 class Op:
     """One route and method: what it takes and what it answers."""
 
@@ -117,41 +104,13 @@ class Op:
         return head + self.method.lower() + "_" + name
 
 
-FLAG_VALUES: Final = ["1", "true", "yes", "0", "false", "no", ""]  # "": the default
-
-
-def _flag(name: str, what: str) -> Param:
-    return Param(name, {"type": "string", "enum": FLAG_VALUES}, what)
-
-
-def _text(name: str, what: str) -> Param:
-    return Param(name, {"type": "string"}, what)
-
-
-LIMIT = Param("limit", {"type": "integer", "minimum": 1}, "At most this many entries.")
-SINCE = _text("since", "Resume after '<epoch>:<cursor>' (Last-Event-ID wins over it).")
+SINCE = text_param("since", "Resume after '<epoch>:<cursor>' (Last-Event-ID wins over it).")
 LAST_EVENT_ID = Param(
     "Last-Event-ID",
     {"type": "string"},
     "Resume after this '<epoch>:<cursor>' (what EventSource sends by itself).",
     "header",
 )
-OK_REPLY: Final = {
-    "type": "object",
-    "properties": {"ok": {"const": True}},
-    "required": ["ok"],
-}
-FREE_OBJECT: Final = {"type": "object", "description": "Diagnostic; not a stable shape."}
-PAIRING_OFFER: Final = {
-    "type": "object",
-    "properties": {
-        "payload": {"type": "object", "description": "What the QR code carries (section 2)."},
-        "link": {"type": "string"},
-        "web_link": {"type": ["string", "null"], "description": "The web app's pairing page."},
-        "expires_at": {"type": "number"},
-    },
-    "required": ["payload", "link", "expires_at"],
-}
 SSE_BODY: Final = {
     "type": "string",
     "description": "Server-Sent Events (PROTOCOL.md sections 6 to 9).",
@@ -185,49 +144,11 @@ WATCHCODE_CONNECTION = _object(
     lastEvent={"type": ["string", "null"]},
 )
 
-SESSION_ERRORS: Final = (404,)
-BODY_ERRORS: Final = (400, 413)
 
-OPERATIONS: Final[tuple[Op, ...]] = (
-    # -- open routes
-    Op("GET", "/v1/info", "The daemon's identity, certificates and versions", 200, rq.DaemonInfo,
-       security=OPEN),
-    Op("POST", "/v1/pair", "Complete a pairing with a one-time secret's proof", 201, rq.PairReply,
-       rq.PairRequest, (*BODY_ERRORS, 403), security=OPEN),
-    # -- sessions
-    Op("GET", "/v1/status", "Daemon statistics (admin)", 200, FREE_OBJECT),
-    Op("GET", "/v1/sessions", "List sessions, most recent activity first", 200, rq.SessionList,
-       errors=(400,), query=(
-           Param("archived", {"type": "string", "enum": [*FLAG_VALUES, "all"]},
-                 "Archived sessions only (true), only others (false, the default), or all."),
-           _text("status", "Comma-separated statuses: idle, running, requires_action, errored."),
-           _text("cwd", "Only sessions in this folder."),
-           _text("q", "Only sessions whose title contains this text."),
-           LIMIT,
-       )),
-    Op("POST", "/v1/sessions", "Start a session (and its first message)", 201,
-       rq.SessionCreatedReply, rq.CreateSession, (*BODY_ERRORS, 502, 503), again=200),
-    Op("GET", "/v1/sessions/{session_id}", "A session's snapshot", 200, Snapshot, errors=(404,)),
-    Op("PATCH", "/v1/sessions/{session_id}", "Change mode or model, rename, archive", 200,
-       SessionInfo, rq.UpdateSession, (*BODY_ERRORS, 404, 422, 502)),
-    Op("PUT", "/v1/sessions/{session_id}/mirror", "Mirror to Remote Control, or stop", 200,
-       rq.MirrorReply, rq.SetMirror, (*BODY_ERRORS, 404, 409, 422, 502)),
-    Op("DELETE", "/v1/sessions/{session_id}", "Delete a session", 200, rq.DeleteReply,
-       errors=(400, 404), query=(
-           Param("log", {"type": "string", "enum": ["keep", "remove"]},
-                 "Keep (the default) or remove the daemon's log and the CLI's transcript."),
-       )),
-    Op("GET", "/v1/sessions/{session_id}/tools/{tool_use_id}", "One tool call in full", 200,
-       ToolView, errors=(404,)),
-    Op("GET", "/v1/sessions/{session_id}/tools/{tool_use_id}/output", "A tool's whole output",
-       200, rq.ToolOutput, errors=(404,)),
-    Op("POST", "/v1/sessions/{session_id}/messages", "Queue a message", 202,
-       rq.MessageAccepted, rq.SendMessage, (*BODY_ERRORS, 404, 422, 502, 503)),
-    Op("POST", "/v1/sessions/{session_id}/interrupt", "Interrupt the running turn", 200,
-       rq.InterruptReply, errors=(404, 502)),
-    Op("POST", "/v1/sessions/{session_id}/permissions/{request_id}",
-       "Answer a permission request", 200, OK_REPLY, rq.AnswerPermission,
-       (*BODY_ERRORS, 404, 409, 502)),
+#: The routes that are not operations of the table (``ops/front.py``): event streams (feeds),
+#: WatchCode's ``/api`` routes (its own shapes), the web app's files.
+OTHER_ROUTES: Final[tuple[Op, ...]] = (
+    # -- event streams (PROTOCOL.md sections 6 to 8)
     Op("GET", "/v1/sessions/{session_id}/events", "Follow a session (SSE)", 200, SSE_BODY,
        errors=(400, 404), query=(
            Param("view", {"type": "string", "enum": ["full", "watch"]},
@@ -236,38 +157,6 @@ OPERATIONS: Final[tuple[Op, ...]] = (
        ), security=STREAM, stream=True),
     Op("GET", "/v1/events", "Follow the session list (SSE)", 200, SSE_BODY, security=STREAM,
        stream=True),
-    # -- folders
-    Op("GET", "/v1/folders", "Browse folders under the allowed roots", 200, rq.FolderListing,
-       errors=(400, 404), query=(
-           _text("path", "An absolute path; none for the allowed roots."),
-           _flag("hidden", "Include hidden entries."),
-           _flag("files", "Include files, not only directories."),
-       )),
-    Op("GET", "/v1/folders/recent", "Folders sessions ran in lately", 200, rq.RecentFolders),
-    Op("POST", "/v1/tickets", "A one-time ticket for an event stream", 201, rq.TicketReply,
-       rq.TicketRequest, BODY_ERRORS),
-    # -- devices (admin)
-    Op("POST", "/v1/pairings", "A one-time pairing offer", 201, PAIRING_OFFER,
-       rq.PairingOfferRequest, BODY_ERRORS),
-    Op("POST", "/v1/devices/watchcode", "A device for the WatchCode apps (secret shown once)",
-       201, rq.WatchCodeDeviceReply, rq.WatchCodeDeviceRequest, BODY_ERRORS),
-    Op("GET", "/v1/devices", "Paired devices", 200, rq.DeviceList),
-    Op("PATCH", "/v1/devices/{device_id}", "Change a device's scope", 200, rq.DeviceView,
-       rq.DeviceUpdate, (*BODY_ERRORS, 404)),
-    Op("DELETE", "/v1/devices/{device_id}", "Revoke a device", 200, rq.RevokeReply,
-       errors=(404,)),
-    Op("GET", "/v1/audit", "The audit log, newest first", 200, rq.AuditLog, errors=(400,),
-       query=(LIMIT,)),
-    # -- notifications (Web Push; PROTOCOL.md "Notifications")
-    Op("GET", "/v1/push/vapid", "The VAPID key to subscribe with", 200, rq.VapidKeyReply),
-    Op("GET", "/v1/push/subscriptions", "This device's push subscriptions", 200,
-       rq.PushSubscriptionList),
-    Op("POST", "/v1/push/subscriptions", "Add (or renew) a push subscription", 201,
-       rq.PushSubscription, rq.PushSubscriptionRequest, BODY_ERRORS),
-    Op("DELETE", "/v1/push/subscriptions/{subscription_id}", "Remove a push subscription", 200,
-       rq.PushSubscriptionRemoved, errors=(404,)),
-    Op("POST", "/v1/push/test", "Push a test notification to this device", 202,
-       rq.PushTestReply),
     # -- WatchCode-compatible routes (section 9)
     Op("OPTIONS", "/api/{rest}", "CORS preflight", 204, None, security=OPEN, tag="watchcode"),
     Op("GET", "/api/sessions", "Sessions, WatchCode's shape", 200,
@@ -278,7 +167,7 @@ OPERATIONS: Final[tuple[Op, ...]] = (
        _object(sessionId=STRING), (*BODY_ERRORS, 404), security=WATCHCODE, tag="watchcode"),
     Op("GET", "/api/sessions/{session_id}/events", "A connection's watch events (SSE)", 200,
        SSE_BODY, errors=(400, 404), query=(
-           _text("connectionId", "The connection (default: this device's first on it)."),
+           text_param("connectionId", "The connection (default: this device's first on it)."),
            LAST_EVENT_ID,
        ), security=WATCHCODE, stream=True, tag="watchcode"),
     Op("POST", "/api/sessions/{session_id}/message", "Send a message", 200, WATCHCODE_SENT,
@@ -301,6 +190,26 @@ OPERATIONS: Final[tuple[Op, ...]] = (
     Op("GET", "/app/{name}", "One of the web app's files", 200, FILE, security=OPEN, tag="web",
        media="*/*", bare=(304, 404)),
 )  # fmt: skip
+
+
+def _of(route: Route) -> Op:
+    """A row of the operation table, as the document describes it."""
+    return Op(
+        route.method,
+        route.path,
+        route.summary,
+        route.status,
+        route.reply,
+        route.body,
+        route.errors,
+        route.query,
+        route.security,
+        again=route.again,
+    )
+
+
+#: Every route the daemon serves, described: the operation table's rows, then the others.
+OPERATIONS: Final[tuple[Op, ...]] = (*map(_of, described_routes()), *OTHER_ROUTES)
 
 # Statuses any route may answer besides its own: credentials, the Host guard, rate limits and
 # methods (every route); the store failing (any route that reads or writes it).
