@@ -20,7 +20,8 @@ async def test_watch_client_follows_a_session(daemon: Client, work_dir: Path) ->
     session = (await daemon.create(work_dir, "hello watch"))["session"]
     argv = [
         sys.executable, str(EXAMPLES / "watch_client.py"), session["id"],
-        "--url", daemon.handle.url, "--token", daemon.handle.token,
+        # --token=VALUE: a random token may start with "-", which argparse takes for a flag
+        "--url", daemon.handle.url, f"--token={daemon.handle.token}",
         f"--since={(await daemon.snapshot(session['id']))['epoch']}:0",
     ]  # fmt: skip
     proc = await trio.lowlevel.open_process(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
