@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -76,6 +77,22 @@ async def daemon_process(
             await proc.wait()
 
 
+async def _mid_turn(
+    client: Client, work_dir: Path
+) -> tuple[Any, int, list[str | None], str | None]:
+    """Start a slow turn and follow it to its fifth delta: the session, its CLI's pid, the ids
+    of the events seen and the last one (where a client would resume)."""
+    session = (await client.create(work_dir, "[[slow:400]]"))["session"]
+    async with client.events(session["id"]) as stream:
+        running = await stream.until(
+            lambda e: e.type == "cli.state" and e.body["state"] == "running"
+        )
+        for _ in range(5):
+            await stream.until_type("text.delta")
+        pid: int = running.body["pid"]
+        return session, pid, [e.id for e in stream.seen], stream.last_id
+
+
 async def test_kill_9_mid_turn_then_restart(
     tmp_path: Path, fake_claude: Path, work_dir: Path, claude_env: dict[str, str], cli_log: Path
 ) -> None:
@@ -84,16 +101,8 @@ async def test_kill_9_mid_turn_then_restart(
     try:
         with trio.fail_after(60):
             async with start() as (proc, client):
-                session = (await client.create(work_dir, "[[slow:400]]"))["session"]
-                async with client.events(session["id"]) as stream:
-                    running = await stream.until(
-                        lambda e: e.type == "cli.state" and e.body["state"] == "running"
-                    )
-                    cli_pids.append(running.body["pid"])
-                    for _ in range(5):
-                        await stream.until_type("text.delta")
-                    seen_before = [e.id for e in stream.seen]
-                    last_seen = stream.last_id
+                session, pid, seen_before, last_seen = await _mid_turn(client, work_dir)
+                cli_pids.append(pid)
                 proc.kill()  # SIGKILL: no clean-up of any kind
                 await proc.wait()
             async with start() as (proc, client):
@@ -304,14 +313,8 @@ async def test_kill_9_mid_turn_leaves_no_claude_and_no_unseen_text(
     try:
         with trio.fail_after(60):
             async with start() as (proc, client):
-                session = (await client.create(work_dir, "[[slow:400]]"))["session"]
-                async with client.events(session["id"]) as stream:
-                    running = await stream.until(
-                        lambda e: e.type == "cli.state" and e.body["state"] == "running"
-                    )
-                    cli_pids.append(running.body["pid"])
-                    for _ in range(5):
-                        await stream.until_type("text.delta")
+                session, pid, _, _ = await _mid_turn(client, work_dir)
+                cli_pids.append(pid)
                 assert cli_pids[0] in session_clis(session["id"])  # with its leash watcher
                 proc.kill()  # SIGKILL: the daemon cleans nothing up
                 await proc.wait()
