@@ -3,49 +3,27 @@
 // survive transport changes: each remembers the id of the last event it delivered and resumes
 // from it, so a reconnect replays exactly what was missed (or the daemon sends a snapshot).
 
-import { authorization, authorizedFetch, daemonInfo, hexBytes, loadDevice, signWelcome }
-  from "./auth.js";
+import { authorization, authorizedFetch, daemonInfo, hexBytes, loadDevice } from "./auth.js";
+import { FramedLink, HANDSHAKE_TIMEOUT, join, withTimeout } from "./framed.js";
 
 const enc = new TextEncoder();
 const dec = new TextDecoder();
 const BACKOFF = [500, 1000, 2000, 4000, 8000, 15000];
-const WT_TIMEOUT = 8000; // per handshake step; a network that drops UDP falls back after it
-const WT_RETRY_AFTER = 60_000; // after WebTransport failed, use HTTP for this long
-
-const frame = (message) => {
-  const body = enc.encode(JSON.stringify(message));
-  const out = new Uint8Array(4 + body.length);
-  new DataView(out.buffer).setUint32(0, body.length);
-  out.set(body, 4);
-  return out;
-};
-const join = (a, b) => {
-  const out = new Uint8Array(a.length + b.length);
-  out.set(a);
-  out.set(b, a.length);
-  return out;
-};
-const withTimeout = (promise, ms, what) => Promise.race([
-  promise,
-  new Promise((_, reject) => setTimeout(() => reject(new Error(what + " timed out")), ms)),
-]);
+const WT_RETRY_AFTER = 60_000; // after WebTransport failed, use another path for this long
+const INFO_TIMEOUT = 5000; // GET /v1/info from the daemon's address (unreachable: dropped SYNs)
 
 // -- WebTransport ----------------------------------------------------------------------------
 
-class WebTransportLink {
+class WebTransportLink extends FramedLink {
   kind = "webtransport";
+  path = "direct";
 
   constructor(wt, writer, reader) {
+    super();
     this.wt = wt;
     this.writer = writer;
     this.reader = reader;
-    this.buffer = new Uint8Array(0);
-    this.nextId = 1;
-    this.pending = new Map(); // request id -> resolve
-    this.subs = new Map(); // sub id -> {deliver, end}
     this.large = new Map(); // ref -> payload or waiter
-    this.closed = false;
-    this.ended = new Promise((resolve) => { this.onEnded = resolve; });
   }
 
   static async open(url, hashes, device) {
@@ -54,20 +32,13 @@ class WebTransportLink {
     });
     wt.closed.catch(() => {}); // a failed connection rejects it; the caller sees ready fail
     try {
-      await withTimeout(wt.ready, WT_TIMEOUT, "WebTransport");
+      await withTimeout(wt.ready, HANDSHAKE_TIMEOUT, "WebTransport");
       const control = await wt.createBidirectionalStream();
       const link = new WebTransportLink(wt, control.writable.getWriter(),
         control.readable.getReader());
       link.readLarge();
-      await link.send({ type: "hello", versions: [1], client: "sidecode-trio web" });
-      const welcome = await withTimeout(link.next(), WT_TIMEOUT, "welcome");
-      if (welcome.type !== "welcome" || !hashes.includes(welcome.cert)) {
-        throw new Error("unexpected welcome from the daemon");
-      }
-      await link.send({ type: "auth", device: device.id,
-        signature: await signWelcome(device, welcome) });
-      const ready = await withTimeout(link.next(), WT_TIMEOUT, "auth");
-      if (ready.type !== "ready") throw new Error("WebTransport authentication failed");
+      const welcome = await link.handshake(device, (cert) => hashes.includes(cert),
+        "WebTransport");
       link.heartbeat(welcome.heartbeat || 20);
       link.pump();
       wt.closed.then(() => link.shut(), () => link.shut());
@@ -78,35 +49,23 @@ class WebTransportLink {
     }
   }
 
-  send(message) {
-    return this.writer.write(frame(message));
+  writeBytes(bytes) {
+    return this.writer.write(bytes);
   }
 
-  async next() {
-    for (;;) {
-      if (this.buffer.length >= 4) {
-        const size = new DataView(this.buffer.buffer, this.buffer.byteOffset).getUint32(0);
-        if (this.buffer.length >= 4 + size) {
-          const payload = this.buffer.slice(4, 4 + size);
-          this.buffer = this.buffer.slice(4 + size);
-          const message = JSON.parse(dec.decode(payload));
-          // A large frame is applied in its placeholder's place: wait for its stream.
-          return message.type === "large" ? await this.largePayload(message.ref) : message;
-        }
-      }
-      const { value, done } = await this.reader.read();
-      if (done) throw new Error("the control stream ended");
-      this.buffer = join(this.buffer, value);
-    }
+  async readChunk() {
+    const { value, done } = await this.reader.read();
+    if (done) throw new Error("the control stream ended");
+    return value;
   }
 
-  largePayload(ref) {
-    const have = this.large.get(ref);
+  expandLarge(message) {
+    const have = this.large.get(message.ref);
     if (have && have.payload !== undefined) {
-      this.large.delete(ref);
+      this.large.delete(message.ref);
       return Promise.resolve(have.payload);
     }
-    return new Promise((resolve) => this.large.set(ref, { resolve }));
+    return new Promise((resolve) => this.large.set(message.ref, { resolve }));
   }
 
   async readLarge() {
@@ -147,81 +106,9 @@ class WebTransportLink {
       Math.max(5, seconds) * 1000);
   }
 
-  async pump() {
-    try {
-      for (;;) this.dispatch(await this.next());
-    } catch {
-      this.shut();
-    }
-  }
-
-  dispatch(message) {
-    if (message.type === "reply" && this.pending.has(message.id)) {
-      this.pending.get(message.id)(message);
-      this.pending.delete(message.id);
-      return;
-    }
-    const sub = this.subs.get(message.sub ?? message.id);
-    if (!sub) return;
-    if (message.type === "reply" && message.status !== 200) {
-      this.subs.delete(message.id);
-      const error = new Error(message.body?.error?.message || `subscribe: ${message.status}`);
-      sub.end(Object.assign(error, { status: message.status })); // 404: the session is gone
-    } else if (message.type === "snapshot") {
-      sub.deliver({ kind: "snapshot", id: message.id, reason: message.reason,
-        snapshot: message.snapshot });
-    } else if (message.type === "event") {
-      sub.deliver({ kind: "event", id: message.id, envelope: message.data });
-    } else if (message.type === "sessions") {
-      sub.deliver({ kind: "sessions", sessions: message.sessions });
-    } else if (message.type === "session") {
-      sub.deliver({ kind: "session", session: message.session });
-    } else if (message.type === "end") {
-      this.subs.delete(message.sub);
-      sub.end(message.reason === "unsubscribed" ? null : new Error("ended: " + message.reason));
-    }
-  }
-
-  shut() {
-    if (this.closed) return;
-    this.closed = true;
+  teardown() {
     clearInterval(this.beat);
-    for (const resolve of this.pending.values()) {
-      resolve({ status: 0, body: { error: { code: "disconnected", message: "disconnected" } } });
-    }
-    for (const sub of this.subs.values()) sub.end(new Error("disconnected"));
-    this.pending.clear();
-    this.subs.clear();
-    try { this.wt.close({ closeCode: 0, reason: "done" }); } catch { /* closed */ }
-    this.onEnded();
-  }
-
-  async request(method, path, body) {
-    if (this.closed) throw new Error("disconnected");
-    const id = this.nextId++;
-    const reply = new Promise((resolve) => this.pending.set(id, resolve));
-    await this.send({ type: "request", id, method, path, ...(body === undefined ? {} : { body }) });
-    const { status, body: answer } = await reply;
-    if (status === 0) throw new Error("disconnected");
-    return { status, body: answer };
-  }
-
-  /** Follow `path` from `since`; `deliver` gets each frame; resolves when the stream ends. */
-  stream(path, since, deliver, signal) {
-    return new Promise((resolve, reject) => {
-      if (this.closed) return reject(new Error("disconnected"));
-      const id = this.nextId++;
-      this.subs.set(id, { deliver, end: (error) => (error ? reject(error) : resolve()) });
-      signal.addEventListener("abort", () => {
-        if (this.subs.delete(id)) this.send({ type: "unsubscribe", id }).catch(() => {});
-        resolve();
-      });
-      this.send({ type: "subscribe", id, path, ...(since ? { since } : {}) }).catch(reject);
-    });
-  }
-
-  close() {
-    this.shut();
+    this.wt.close({ closeCode: 0, reason: "done" });
   }
 }
 
@@ -310,13 +197,24 @@ class HTTPLink {
 // -- the client ------------------------------------------------------------------------------
 
 /**
- * One logical connection. `onStatus({state, transport, retryIn})` reports what the indicator
- * shows: state is "connecting", "live" or "offline".
+ * One logical connection. `onStatus({state, transport, path, retryIn})` reports what the
+ * indicator shows: state is "connecting", "live" or "offline"; path is "direct",
+ * "peer-to-peer" or "relayed".
+ *
+ * The path to the daemon, tried in this order at each (re)connection:
+ * 1. WebTransport pinned by `serverCertificateHashes`, when the daemon's /v1/info answers (it
+ *    carries the signed certificate hashes) and the browser has WebTransport;
+ * 2. HTTP with streamed SSE, only on the daemon's own origin (it served this page);
+ * 3. the WebRTC DataChannel (rtc-link.js), when the device record names a rendezvous broker
+ *    (`rendezvous.url`, the pairing payload's `rv`): from any other origin, from Safari, or when
+ *    the daemon's addresses are unreachable. `signaling(device)` may supply the signaling box
+ *    and topics (tests, embedders); by default rtc-signal.js derives them from the device.
  */
 export class Client {
-  constructor({ onStatus = () => {}, preferWebTransport = true } = {}) {
+  constructor({ onStatus = () => {}, preferWebTransport = true, signaling = null } = {}) {
     this.onStatus = onStatus;
     this.preferWT = preferWebTransport && typeof WebTransport !== "undefined";
+    this.signaling = signaling;
     this.link = null;
     this.linking = null;
     this.wtFailedAt = 0;
@@ -324,9 +222,14 @@ export class Client {
     this.wakers = new Set();
     this.lastStatus = null;
     this.info = null;
-    const wake = () => this.wakeAll();
+    this.firstFrameAt = null; // performance.now() when the first frame arrived (measured)
     if (typeof window !== "undefined") {
-      window.addEventListener("online", wake);
+      // A network change: a WebRTC link's ICE path may be gone with the old address, and
+      // aiortc cannot restart ICE, so dial anew (the subscriptions resume exactly).
+      window.addEventListener("online", () => {
+        if (this.link?.kind === "webrtc") this.drop();
+        this.wakeAll();
+      });
       // The network is gone: say so now (a stream can hang for a long time before it fails)
       // and break the streams, which retry with backoff and resume when it is back.
       window.addEventListener("offline", () => {
@@ -334,14 +237,14 @@ export class Client {
         this.drop();
       });
       document.addEventListener("visibilitychange", () => {
-        if (document.visibilityState === "visible") wake();
+        if (document.visibilityState === "visible") this.wakeAll();
       });
     }
   }
 
   status(state, extra = {}) {
-    const transport = this.link && !this.link.closed ? this.link.kind : null;
-    this.lastStatus = { state, transport, ...extra };
+    const live = this.link && !this.link.closed ? this.link : null;
+    this.lastStatus = { state, transport: live?.kind ?? null, path: live?.path ?? null, ...extra };
     this.onStatus(this.lastStatus);
   }
 
@@ -357,30 +260,73 @@ export class Client {
     this.status("connecting");
     const device = await loadDevice();
     if (!device) throw new Error("not paired");
-    const { info, hashes } = await daemonInfo(device);
-    this.info = info; // remote_modes: what a paired device may choose (modes.js)
-    const urls = info.quic && info.quic.length ? info.quic : device.daemon.quic;
-    const wtAllowed = this.preferWT && urls.length && hashes.length
-      && Date.now() - this.wtFailedAt > WT_RETRY_AFTER;
+    let info = null;
+    let hashes = [];
+    let failure = null;
+    try {
+      ({ info, hashes } = await withTimeout(daemonInfo(device), INFO_TIMEOUT, "GET /v1/info"));
+      this.info = info; // remote_modes: what a paired device may choose (modes.js)
+    } catch (error) {
+      if (/identity changed/.test(error.message)) throw error; // never talk to another key
+      failure = error; // unreachable from here: the WebRTC path may still reach it
+    }
     let link = null;
-    if (wtAllowed) {
-      const url = pickWebTransportURL(urls);
+    const urls = info?.quic?.length ? info.quic : device.daemon.quic || [];
+    if (info && this.preferWT && urls.length && hashes.length
+      && Date.now() - this.wtFailedAt > WT_RETRY_AFTER) {
       try {
-        link = await WebTransportLink.open(url, hashes, device);
+        link = await WebTransportLink.open(pickWebTransportURL(urls), hashes, device);
       } catch (error) {
-        console.warn("WebTransport unavailable, using HTTP:", error);
+        console.warn("WebTransport unavailable:", error);
         this.wtFailedAt = Date.now();
+        failure = error;
       }
     }
-    if (!link) {
+    if (!link && info && ownOrigin(device)) {
       await authorization(device); // fails early when the daemon's info is unusable
       link = new HTTPLink();
     }
+    if (!link && device.rendezvous?.url) {
+      try {
+        link = await this.openRtc(device);
+      } catch (error) {
+        console.warn("the WebRTC path failed:", error);
+        failure = error;
+      }
+    }
+    if (!link) throw failure || new Error("no path to the daemon");
     this.link = link;
     link.ended.then(() => {
       if (this.link === link) this.link = null;
     });
     return link;
+  }
+
+  async openRtc(device) {
+    const [{ RtcLink }, { unb64url }] = await Promise.all([
+      import("./rtc-link.js"), import("./rtc-signal.js")]);
+    const { box, topics } = await this.signalingFor(device);
+    const link = await RtcLink.open({ device, box, topics, brokerUrl: device.rendezvous.url,
+      daemonKey: unb64url(device.daemon.pk) });
+    link.onPath = () => {
+      if (this.link === link && this.lastStatus?.state === "live") this.status("live");
+    };
+    if (!this.info) { // /v1/info over the link: the daemon's HTTPS is out of reach
+      const { status, body } = await link.request("GET", "/v1/info");
+      if (status === 200) this.info = body;
+    }
+    return link;
+  }
+
+  /** The device's signaling box and topics for the WebRTC path. */
+  async signalingFor(device) {
+    if (this.signaling) return this.signaling(device);
+    const signal = await import("./rtc-signal.js");
+    if (typeof signal.deviceSignalingBox !== "function") {
+      throw new Error("this app cannot dial the daemon yet (no signaling key for the device)");
+    }
+    return { box: await signal.deviceSignalingBox(device),
+      topics: await signal.deviceTopics(device) };
   }
 
   /** A request over the current transport: {status, body}. */
@@ -435,6 +381,7 @@ export class Client {
         const link = await this.connect();
         if (sub.closed) break;
         const deliver = (message) => {
+          this.firstFrameAt ??= performance.now();
           if (!delivered) {
             delivered = true;
             failures = 0;
@@ -473,6 +420,16 @@ export class Client {
   drop() {
     this.link?.close();
     for (const sub of this.subs) sub.controller?.abort();
+  }
+}
+
+/** Whether this page comes from the daemon that `device` is paired with (where HTTP works). */
+function ownOrigin(device) {
+  if (!device.base) return true; // paired from this origin: requests go to it
+  try {
+    return new URL(device.base, location.href).origin === location.origin;
+  } catch {
+    return false;
   }
 }
 

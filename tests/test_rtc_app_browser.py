@@ -1,0 +1,328 @@
+"""The web app over the WebRTC path only (issue 17 #4): headless Chromium in the lab's ``phone``
+namespace, behind its NAT, drives a session on the daemon in ``home``, behind another
+(tests/netlab.py), whose HTTPS and QUIC listeners it cannot reach (they are on the test's
+loopback). The app is the exported bundle (``web export``), served from a static origin inside
+``phone``; it reaches the broker in ``inet`` over MQTT-over-WebSocket and dials the daemon.
+
+It streams a session, approves a tool, the link is dropped (the page closes its peer connection;
+then the NAT drops every UDP packet for a while) and each time the app dials anew and resumes
+exactly: no gap, no duplicate, no snapshot. The header says "peer-to-peer" through cone NATs and
+"relayed" through symmetric ones with TURN.
+
+The device is paired over HTTPS by the test (pairing from another origin is not this test's
+subject); the browser gets the same Ed25519 key as a non-extractable WebCrypto key in its
+IndexedDB record, and the page's ``self.sidecodeSignaling`` hook gives the app a signaling box made
+from that key's seed (a browser-made device will use rtc-signal.js's own).
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from test_rtc_daemon import until
+from test_rtc_lab import lab_daemon
+from test_rtc_link import pc as pair_client
+from test_webapp_browser import (
+    PHONE,
+    STEP_TIMEOUT_MS,
+    send,
+    ticks,
+    transcript_stats,
+    turn_text,
+    wait_turn_ends,
+)
+
+from sidecode_trio.config import DaemonConfig
+from sidecode_trio.security.identity import unb64
+from sidecode_trio.web.export import CONNECT, export, meta_policy
+
+import netlab
+from helpers import chromium_args, chromium_or_skip, running_daemon
+
+netlab.skip_unless_possible()
+playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[netlab.Lab]:
+    with netlab.open_lab(tmp_path_factory.mktemp("netlab")) as lab:
+        yield lab
+
+
+@contextmanager
+def static_site(lab: netlab.Lab, root: Path) -> Iterator[str]:
+    """The exported app on http://127.0.0.1:<port> inside ``phone`` (loopback: a secure context).
+    Its policy also lets the page reach the lab's broker, a plain ``ws:`` (a real one is
+    ``wss:``, which the exported policy allows)."""
+    export(root)
+    index = root / "index.html"
+    policy = meta_policy()
+    opened = policy.replace(" ".join(CONNECT), " ".join([*CONNECT, netlab.MQTT_WS_URL]))
+    index.write_text(index.read_text().replace(policy, opened))
+    (root / "blank.html").write_text("<!doctype html><title>blank</title>")
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    handler = functools.partial(Quiet, directory=str(root))
+    with lab.inside("phone"):  # the listening socket stays in the namespace it was made in
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+# The device record auth.js keeps (IndexedDB "sidecode-trio"/"device"/"self"), with the paired
+# key imported as a non-extractable WebCrypto key: PKCS#8 of an Ed25519 seed is a fixed prefix.
+STORE_DEVICE = """async ([seed, device]) => {
+  const prefix = [0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70,
+                  0x04, 0x22, 0x04, 0x20];
+  const pkcs8 = new Uint8Array([...prefix, ...seed]);
+  device.privateKey = await crypto.subtle.importKey(
+    'pkcs8', pkcs8, { name: 'Ed25519' }, false, ['sign']);
+  const db = await new Promise((resolve, reject) => {
+    const req = indexedDB.open('sidecode-trio', 1);
+    req.onupgradeneeded = () => req.result.createObjectStore('device');
+    req.onsuccess = () => resolve(req.result);
+    req.onerror = () => reject(req.error);
+  });
+  await new Promise((resolve, reject) => {
+    const tx = db.transaction('device', 'readwrite');
+    tx.objectStore('device').put(device, 'self');
+    tx.oncomplete = resolve;
+    tx.onerror = () => reject(tx.error);
+  });
+  db.close();
+}"""
+
+SIGNALING_HOOK = """self.sidecodeSignaling = async (device) => {
+  const m = await import('/rtc-signal.js');
+  const box = new m.SignalingBox(m.unb64url(%r), (pk) => m.b64url(pk) === device.daemon.pk);
+  return { box, topics: await m.topics(m.unb64url(device.rendezvous.secret)) };
+};"""
+
+
+@contextmanager
+def phone_in_lab(lab: netlab.Lab, tmp_path: Path, problems: list[str]) -> Iterator[Any]:
+    """A phone-sized page in Chromium running inside ``phone``."""
+    wrapper = tmp_path / "chromium-in-phone"
+    wrapper.write_text(
+        f'#!/bin/sh\nexec ip netns exec {lab.ns["phone"]} {chromium_or_skip()} "$@"\n'
+    )
+    wrapper.chmod(0o700)
+    # host candidates as addresses, not mDNS names (the lab has no mDNS; they are private
+    # addresses behind the NAT anyway, so only the reflexive and relay ones can work)
+    args = chromium_args("--disable-features=WebRtcHideLocalIpsWithMdns")
+    with playwright_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(wrapper), headless=True, args=args)
+        try:
+            context = browser.new_context(viewport=PHONE, is_mobile=True, has_touch=True)
+            page = context.new_page()
+            page.set_default_timeout(STEP_TIMEOUT_MS)
+            page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+
+            def on_console(message: Any) -> None:
+                if message.type == "error" and "Refused to" in message.text:
+                    problems.append(f"console: {message.text}")
+
+            page.on("console", on_console)
+            yield page
+        finally:
+            browser.close()
+
+
+def device_record(owner_url: str, credentials: dict[str, Any], payload: dict[str, Any]) -> Any:
+    return {
+        "id": credentials["device"]["id"],
+        "name": "Lab phone",
+        "scope": "admin",
+        "publicKey": "",
+        "daemon": {"pk": payload["pk"], "fp": payload["fp"], "quic": payload.get("quic", [])},
+        "base": owner_url.rstrip("/"),  # the daemon's HTTPS: unreachable from ``phone``
+        "rendezvous": {"url": netlab.MQTT_WS_URL, "secret": credentials["rendezvous"]["secret"]},
+    }
+
+
+def header(page: Any) -> dict[str, Any]:
+    """The connection indicator: its text, path, and whether it fits the phone's width."""
+    return dict(
+        page.evaluate(
+            """() => {
+              const conn = document.getElementById('conn');
+              const label = document.getElementById('conn-label');
+              const box = conn.getBoundingClientRect();
+              return { text: label.textContent, path: conn.dataset.path,
+                       transport: conn.dataset.transport,
+                       name: conn.getAttribute('aria-label'),
+                       fits: box.left >= 0 && box.right <= innerWidth
+                             && label.scrollWidth <= label.clientWidth + 1
+                             && document.documentElement.scrollWidth <= innerWidth,
+                       height: box.height };
+            }"""
+        )
+    )
+
+
+def open_app(page: Any, site: str, credentials: dict[str, Any], record: Any, sid: str) -> float:
+    """Store the device, open the app on session ``sid`` over WebRTC; ms to the first frame."""
+    page.goto(site + "/blank.html")
+    page.evaluate(STORE_DEVICE, [list(unb64(credentials["device"]["seed"])), record])
+    page.context.add_init_script(SIGNALING_HOOK % credentials["device"]["seed"])
+    page.goto(f"{site}/#s={sid}")
+    page.wait_for_selector("#conn[data-state='live'][data-transport='webrtc']", timeout=60_000)
+    page.wait_for_function("() => window.sidecode.client.firstFrameAt !== null")
+    return float(page.evaluate("() => window.sidecode.client.firstFrameAt"))
+
+
+async def drive(
+    lab: netlab.Lab,
+    config: DaemonConfig,
+    tmp_path: Path,
+    work_dir: Path,
+    scenario: Callable[[Any], None],
+) -> list[str]:
+    """Pair a device, start a session that asks to run a tool, open the app on it in the phone
+    and run ``scenario(page)``; returns the page's problems."""
+    problems: list[str] = []
+    async with running_daemon(config) as owner:
+        offer = (await owner.http.post("/v1/pairings", json={"scope": "admin"})).json()
+        credentials = await trio.to_thread.run_sync(pair_client.pair, offer["payload"], "phone")
+        device_id = credentials["device"]["id"]
+        with trio.fail_after(30):
+            await until(lambda: device_id in owner.handle.rtc.subscribed())
+        created = await owner.create(work_dir, "[[bash:echo hi > hi.txt]]")
+        sid = created["session"]["id"]
+        record = device_record(owner.handle.url, credentials, offer["payload"])
+
+        def run() -> None:
+            with (
+                static_site(lab, tmp_path / "site") as site,
+                phone_in_lab(lab, tmp_path, problems) as page,
+            ):
+                started = open_app(page, site, credentials, record, sid)
+                print(f"page open to first frame over WebRTC: {started:.0f} ms")
+                scenario(page)
+
+        with trio.fail_after(240):
+            await trio.to_thread.run_sync(run)
+        assert (work_dir / "hi.txt").read_text() == "hi\n"
+        assert owner.handle.rtc.refused == 0
+    return problems
+
+
+def approve_the_tool(page: Any) -> None:
+    card = page.wait_for_selector("#permissions .card")
+    card.query_selector("[data-action='allow']").click()
+    page.wait_for_selector("#permissions .card", state="detached")
+    wait_turn_ends(page, 1)
+
+
+def dropped_and_resumed(page: Any, turns: int, ticks_: int, drop: Callable[[], None]) -> str:
+    """Start a slow turn, ``drop()`` the link mid-turn; the turn arrives whole on a new link.
+    Returns why the old link ended."""
+    send(page, f"[[slow:{ticks_}]]")
+    page.wait_for_function("() => /tick 3 /.test(document.getElementById('transcript').innerText)")
+    page.evaluate("() => { window.oldLink = window.sidecode.client.link; }")
+    drop()
+    page.wait_for_function("() => window.oldLink.closed")
+    wait_turn_ends(page, turns)
+    text = turn_text(page)
+    assert ticks(text) == list(range(ticks_)), text  # each once, in order
+    stats = transcript_stats(page)
+    assert stats["duplicates"] == 0 and stats["snapshots"] == 1  # the first load's only
+    page.wait_for_selector("#conn[data-state='live'][data-transport='webrtc']")
+    assert page.evaluate("() => window.sidecode.client.link !== window.oldLink")
+    return str(page.evaluate("() => window.oldLink.why"))
+
+
+async def test_the_app_drives_a_session_over_webrtc_through_two_nats_and_resumes_after_drops(
+    lab: netlab.Lab,
+    make_config: Callable[..., DaemonConfig],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    work_dir: Path,
+) -> None:
+    chromium_or_skip()
+    lab.nat("nath", "cone")
+    lab.nat("natp", "cone")
+    config = lab_daemon(lab, make_config, monkeypatch, tmp_path)
+    reasons: list[str] = []
+
+    def scenario(page: Any) -> None:
+        shown = header(page)
+        assert shown["text"] == "live · peer-to-peer" and shown["path"] == "peer-to-peer"
+        assert shown["name"] == "Connection: live · peer-to-peer (WebRTC)"
+        assert shown["fits"] and shown["height"] >= 44, shown
+        approve_the_tool(page)
+
+        # the page closes its peer connection mid-turn
+        reasons.append(
+            dropped_and_resumed(page, 2, 40, lambda: page.evaluate(
+                "() => window.sidecode.client.link.pc.close()"
+            ))
+        )  # fmt: skip
+
+        # the phone's NAT drops every UDP packet until the app has noticed
+        def blackhole() -> None:
+            rule = ["FORWARD", "-p", "udp", "-j", "DROP"]
+            lab.exec("natp", "iptables", "-I", *rule)
+            try:
+                page.wait_for_function("() => window.oldLink.closed")
+            finally:
+                lab.exec("natp", "iptables", "-D", *rule)
+
+        reasons.append(dropped_and_resumed(page, 3, 40, blackhole))
+        assert header(page)["text"] == "live · peer-to-peer"
+
+    problems = await drive(lab, config, tmp_path, work_dir, scenario)
+    assert problems == []
+    assert reasons[0] == "the DataChannel closed"
+    # a dead path: the daemon's pings stop (1 s apart here), or ICE says so first
+    assert reasons[1] in ("the daemon's pings stopped", "the peer connection stayed disconnected")
+
+
+async def test_through_symmetric_nats_the_app_is_relayed_by_turn_and_says_so(
+    lab: netlab.Lab,
+    make_config: Callable[..., DaemonConfig],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    work_dir: Path,
+) -> None:
+    chromium_or_skip()
+    lab.nat("nath", "symmetric")
+    lab.nat("natp", "symmetric")
+    config = lab_daemon(lab, make_config, monkeypatch, tmp_path, turn=True)
+
+    def scenario(page: Any) -> None:
+        shown = header(page)
+        assert shown["text"] == "live · relayed" and shown["path"] == "relayed"
+        assert shown["name"] == "Connection: live · relayed (WebRTC)" and shown["fits"], shown
+        pair = page.evaluate("() => window.sidecode.client.link.pair")
+        assert "relay" in (pair["local"], pair["remote"]), pair
+        approve_the_tool(page)
+        why = dropped_and_resumed(page, 2, 30, lambda: page.evaluate(
+            "() => window.sidecode.client.link.pc.close()"
+        ))  # fmt: skip
+        assert why == "the DataChannel closed"
+        assert header(page)["text"] == "live · relayed"  # the new link is relayed too
+
+    try:
+        problems = await drive(lab, config, tmp_path, work_dir, scenario)
+    finally:
+        lab.nat("nath", "cone")
+        lab.nat("natp", "cone")
+    assert problems == []
