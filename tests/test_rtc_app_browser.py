@@ -288,11 +288,22 @@ async def test_the_app_drives_a_session_over_webrtc_through_two_nats_and_resumes
         reasons.append(dropped_and_resumed(page, 3, 40, blackhole))
         assert header(page)["text"] == "live · peer-to-peer"
 
+        # the browser says it is online again (a new network): the app dials anew at once
+        online = "() => window.dispatchEvent(new Event('online'))"
+        reasons.append(dropped_and_resumed(page, 4, 20, lambda: page.evaluate(online)))
+
+        # frames longer than a DataChannel message (16 KiB), both ways
+        long = "long " + "0123456789" * 4000
+        send(page, long)
+        wait_turn_ends(page, 5)
+        assert turn_text(page).count("0123456789") == 4000
+
     problems = await drive(lab, config, tmp_path, work_dir, scenario)
     assert problems == []
     assert reasons[0] == "the DataChannel closed"
     # a dead path: the daemon's pings stop (1 s apart here), or ICE says so first
     assert reasons[1] in ("the daemon's pings stopped", "the peer connection stayed disconnected")
+    assert reasons[2] == "the browser came back online"
 
 
 async def test_through_symmetric_nats_the_app_is_relayed_by_turn_and_says_so(

@@ -218,6 +218,7 @@ export class Client {
     this.link = null;
     this.linking = null;
     this.wtFailedAt = 0;
+    this.infoFailedAt = 0;
     this.subs = new Set();
     this.wakers = new Set();
     this.lastStatus = null;
@@ -227,7 +228,7 @@ export class Client {
       // A network change: a WebRTC link's ICE path may be gone with the old address, and
       // aiortc cannot restart ICE, so dial anew (the subscriptions resume exactly).
       window.addEventListener("online", () => {
-        if (this.link?.kind === "webrtc") this.drop();
+        if (this.link?.kind === "webrtc") this.link.end("the browser came back online");
         this.wakeAll();
       });
       // The network is gone: say so now (a stream can hang for a long time before it fails)
@@ -263,12 +264,19 @@ export class Client {
     let info = null;
     let hashes = [];
     let failure = null;
-    try {
-      ({ info, hashes } = await withTimeout(daemonInfo(device), INFO_TIMEOUT, "GET /v1/info"));
-      this.info = info; // remote_modes: what a paired device may choose (modes.js)
-    } catch (error) {
-      if (/identity changed/.test(error.message)) throw error; // never talk to another key
-      failure = error; // unreachable from here: the WebRTC path may still reach it
+    // An address that did not answer is not asked again for a while when the WebRTC path is
+    // there: a re-dial after a network change must not wait for INFO_TIMEOUT each time.
+    const skipInfo = device.rendezvous?.url && Date.now() - this.infoFailedAt < WT_RETRY_AFTER;
+    if (!skipInfo) {
+      try {
+        ({ info, hashes } = await withTimeout(daemonInfo(device), INFO_TIMEOUT, "GET /v1/info"));
+        this.info = info; // remote_modes: what a paired device may choose (modes.js)
+        this.infoFailedAt = 0;
+      } catch (error) {
+        if (/identity changed/.test(error.message)) throw error; // never talk to another key
+        failure = error; // unreachable from here: the WebRTC path may still reach it
+        this.infoFailedAt = Date.now();
+      }
     }
     let link = null;
     const urls = info?.quic?.length ? info.quic : device.daemon.quic || [];

@@ -14,7 +14,7 @@
 // `path` is "peer-to-peer" or "relayed": whether the selected ICE candidate pair has a relay
 // (TURN) candidate on either side, from pc.getStats().
 
-import { FramedLink } from "./framed.js";
+import { FramedLink, withTimeout } from "./framed.js";
 import { connectBroker, dial } from "./rtc-signal.js";
 
 const CHUNK = 16 * 1024; // bytes per DataChannel message (what every browser takes)
@@ -23,6 +23,7 @@ const SILENCE_FIRST = 15_000; // ms of silence that kill a link before two pings
 const SILENCE_MIN = 3000;
 const SILENCE_MAX = 20_000;
 const WATCH_EVERY = 500; // ms
+const DIAL_TIMEOUT = 30_000; // ms for a whole dial (ICE through a NAT it cannot cross: ~30 s)
 
 const hexOfFingerprint = (fp) => fp.split(" ")[1].replace(/:/g, "").toLowerCase();
 
@@ -75,7 +76,14 @@ export class RtcLink extends FramedLink {
     let pc = null;
     try {
       await broker.subscribe(topics.toDevice);
-      const dialed = await dial({ box, daemonKey, topics, broker, policy });
+      const dialing = dial({ box, daemonKey, topics, broker, policy });
+      let dialed;
+      try {
+        dialed = await withTimeout(dialing, DIAL_TIMEOUT, "dialling the daemon");
+      } catch (error) {
+        dialing.then((late) => late.pc.close(), () => {}); // a late success is not used
+        throw error;
+      }
       pc = dialed.pc;
       const link = new RtcLink(pc, dialed.channel); // before any await: the first ping is near
       const signed = dialed.fps.filter((fp) => fp.startsWith("sha-256 ")).map(hexOfFingerprint);
