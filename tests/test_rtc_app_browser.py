@@ -33,6 +33,7 @@ from test_rtc_link import pc as pair_client
 from test_webapp_browser import (
     PHONE,
     STEP_TIMEOUT_MS,
+    screenshot,
     send,
     ticks,
     transcript_stats,
@@ -297,6 +298,11 @@ async def test_the_app_drives_a_session_over_webrtc_through_two_nats_and_resumes
         send(page, long)
         wait_turn_ends(page, 5)
         assert turn_text(page).count("0123456789") == 4000
+
+        # the longest label fits a small phone's header too
+        page.set_viewport_size({"width": 320, "height": 640})
+        assert header(page)["fits"]
+        screenshot(page, "phone-webrtc-320.png")
 
     problems = await drive(lab, config, tmp_path, work_dir, scenario)
     assert problems == []
