@@ -1,5 +1,7 @@
 // The connection to the daemon: WebTransport when it works (PROTOCOL.md §10, certificate pinned
-// by hash), otherwise HTTP with event streams read through fetch() (§6, §7). Subscriptions
+// by hash), HTTP with event streams read through fetch() on the daemon's own origin (§6, §7),
+// or the WebRTC DataChannel through the rendezvous broker (§13, rtc-link.js) when the daemon's
+// addresses are out of reach. The framed protocol both links speak is framed.js. Subscriptions
 // survive transport changes: each remembers the id of the last event it delivered and resumes
 // from it, so a reconnect replays exactly what was missed (or the daemon sends a snapshot).
 
@@ -228,6 +230,7 @@ export class Client {
       // A network change: a WebRTC link's ICE path may be gone with the old address, and
       // aiortc cannot restart ICE, so dial anew (the subscriptions resume exactly).
       window.addEventListener("online", () => {
+        this.wtFailedAt = this.infoFailedAt = 0; // another network: the daemon may be near
         if (this.link?.kind === "webrtc") this.link.end("the browser came back online");
         this.wakeAll();
       });
@@ -320,8 +323,13 @@ export class Client {
       if (this.link === link && this.lastStatus?.state === "live") this.status("live");
     };
     if (!this.info) { // /v1/info over the link: the daemon's HTTPS is out of reach
-      const { status, body } = await link.request("GET", "/v1/info");
-      if (status === 200) this.info = body;
+      try {
+        const { status, body } = await link.request("GET", "/v1/info");
+        if (status === 200) this.info = body;
+      } catch (error) {
+        link.close();
+        throw error;
+      }
     }
     return link;
   }
