@@ -17,14 +17,17 @@ from that key's seed (a browser-made device will use rtc-signal.js's own).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import http.server
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 import trio
 from test_rtc_daemon import until
@@ -87,6 +90,76 @@ def static_site(lab: netlab.Lab, root: Path) -> Iterator[str]:
         thread.join()
 
 
+class Forwarder:
+    """Makes the daemon's loopback ports reachable from ``phone``: 127.0.0.1:``tcp`` (HTTPS) and
+    127.0.0.1:``udp`` (QUIC) there are relayed to the same here, until :meth:`cut` (the phone's
+    direct path to the daemon goes away, and every relayed connection with it)."""
+
+    def __init__(self, lab: netlab.Lab, tcp: int, udp: int) -> None:
+        self.ports = (tcp, udp)
+        with lab.inside("phone"):  # these two stay in ``phone``
+            self.tcp = socket.create_server(("127.0.0.1", tcp))
+            self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            self.udp.bind(("127.0.0.1", udp))
+        self.stopped = False
+        self.open: list[socket.socket] = []
+        self.upstream: dict[Any, socket.socket] = {}
+        self.threads = [threading.Thread(target=f, daemon=True) for f in (self._accept, self._udp)]
+        for thread in self.threads:
+            thread.start()
+
+    def _pipe(self, source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+        for each in (source, sink):
+            with contextlib.suppress(OSError):
+                each.shutdown(socket.SHUT_RDWR)
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                phone, _ = self.tcp.accept()
+                daemon = socket.create_connection(("127.0.0.1", self.ports[0]))  # made here: root
+                self.open += [phone, daemon]
+                for a, b in ((phone, daemon), (daemon, phone)):
+                    threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    def _udp(self) -> None:
+        self.udp.settimeout(0.1)  # a UDP socket blocked in recvfrom is not woken by close()
+        with contextlib.suppress(OSError):
+            while not self.stopped:
+                try:
+                    data, peer = self.udp.recvfrom(65536)
+                except TimeoutError:
+                    continue
+                if peer not in self.upstream:
+                    daemon = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                    daemon.connect(("127.0.0.1", self.ports[1]))
+                    self.upstream[peer] = daemon
+                    self.open.append(daemon)
+                    threading.Thread(target=self._back, args=(daemon, peer), daemon=True).start()
+                self.upstream[peer].send(data)
+
+    def _back(self, daemon: socket.socket, peer: Any) -> None:
+        daemon.settimeout(0.1)
+        with contextlib.suppress(OSError):
+            while not self.stopped:
+                try:
+                    self.udp.sendto(daemon.recv(65536), peer)
+                except TimeoutError:
+                    continue
+
+    def cut(self) -> None:
+        self.stopped = True
+        for each in (self.tcp, self.udp, *self.open):
+            with contextlib.suppress(OSError):
+                each.shutdown(socket.SHUT_RDWR)
+            each.close()
+        for thread in self.threads:
+            thread.join(5)
+
+
 # The device record auth.js keeps (IndexedDB "sidecode-trio"/"device"/"self"), with the paired
 # key imported as a non-extractable WebCrypto key: PKCS#8 of an Ed25519 seed is a fixed prefix.
 STORE_DEVICE = """async ([seed, device]) => {
@@ -110,16 +183,20 @@ STORE_DEVICE = """async ([seed, device]) => {
   db.close();
 }"""
 
-SIGNALING_HOOK = """self.sidecodeSignaling = async (device) => {
-  const m = await import('/rtc-signal.js');
+SIGNALING_HOOK = """const signal = import(new URL('rtc-signal.js', location.href).href);
+signal.catch(() => {});  // fetched now: the page's origin may be out of reach when it is used
+self.sidecodeSignaling = async (device) => {
+  const m = await signal;
   const box = new m.SignalingBox(m.unb64url(%r), (pk) => m.b64url(pk) === device.daemon.pk);
   return { box, topics: await m.topics(m.unb64url(device.rendezvous.secret)) };
 };"""
 
 
 @contextmanager
-def phone_in_lab(lab: netlab.Lab, tmp_path: Path, problems: list[str]) -> Iterator[Any]:
-    """A phone-sized page in Chromium running inside ``phone``."""
+def phone_in_lab(
+    lab: netlab.Lab, tmp_path: Path, problems: list[str], **options: Any
+) -> Iterator[Any]:
+    """A phone-sized page in Chromium running inside ``phone`` (``options``: the context's)."""
     wrapper = tmp_path / "chromium-in-phone"
     wrapper.write_text(
         f'#!/bin/sh\nexec ip netns exec {lab.ns["phone"]} {chromium_or_skip()} "$@"\n'
@@ -131,7 +208,7 @@ def phone_in_lab(lab: netlab.Lab, tmp_path: Path, problems: list[str]) -> Iterat
     with playwright_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(wrapper), headless=True, args=args)
         try:
-            context = browser.new_context(viewport=PHONE, is_mobile=True, has_touch=True)
+            context = browser.new_context(viewport=PHONE, is_mobile=True, has_touch=True, **options)
             page = context.new_page()
             page.set_default_timeout(STEP_TIMEOUT_MS)
             page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
@@ -232,9 +309,11 @@ def approve_the_tool(page: Any) -> None:
     wait_turn_ends(page, 1)
 
 
-def dropped_and_resumed(page: Any, turns: int, ticks_: int, drop: Callable[[], None]) -> str:
-    """Start a slow turn, ``drop()`` the link mid-turn; the turn arrives whole on a new link.
-    Returns why the old link ended."""
+def dropped_and_resumed(
+    page: Any, turns: int, ticks_: int, drop: Callable[[], None], transport: str = "webrtc"
+) -> str:
+    """Start a slow turn, ``drop()`` the link mid-turn; the turn arrives whole on a new link
+    over ``transport``. Returns why the old link ended."""
     send(page, f"[[slow:{ticks_}]]")
     page.wait_for_function("() => /tick 3 /.test(document.getElementById('transcript').innerText)")
     page.evaluate("() => { window.oldLink = window.sidecode.client.link; }")
@@ -245,7 +324,7 @@ def dropped_and_resumed(page: Any, turns: int, ticks_: int, drop: Callable[[], N
     assert ticks(text) == list(range(ticks_)), text  # each once, in order
     stats = transcript_stats(page)
     assert stats["duplicates"] == 0 and stats["snapshots"] == 1  # the first load's only
-    page.wait_for_selector("#conn[data-state='live'][data-transport='webrtc']")
+    page.wait_for_selector(f"#conn[data-state='live'][data-transport='{transport}']")
     assert page.evaluate("() => window.sidecode.client.link !== window.oldLink")
     return str(page.evaluate("() => window.oldLink.why"))
 
@@ -342,4 +421,79 @@ async def test_through_symmetric_nats_the_app_is_relayed_by_turn_and_says_so(
     finally:
         lab.nat("nath", "cone")
         lab.nat("natp", "cone")
+    assert problems == []
+
+
+async def test_the_app_goes_direct_when_it_can_and_switches_paths_without_losing_an_event(
+    lab: netlab.Lab,
+    make_config: Callable[..., DaemonConfig],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    work_dir: Path,
+) -> None:
+    """The app loaded from the daemon itself (its HTTPS relayed into ``phone``) goes direct over
+    WebTransport; the direct path goes away mid-turn and the app carries on over WebRTC; it comes
+    back, the browser says "online", and the app goes direct again. Every subscription resumes
+    exactly across both switches."""
+    chromium_or_skip()
+    lab.nat("nath", "cone")
+    lab.nat("natp", "cone")
+    config = lab_daemon(lab, make_config, monkeypatch, tmp_path, rendezvous=netlab.MQTT_WS_URL)
+    # served over plain HTTP on loopback: a secure context that may use the lab's ws: broker
+    # (an HTTPS page may not; a real broker is wss:)
+    config = attrs.evolve(config, https=False)
+    problems: list[str] = []
+    async with running_daemon(config) as owner:
+        offer = (await owner.http.post("/v1/pairings", json={"scope": "admin"})).json()
+        payload = offer["payload"]
+        assert payload["rv"] == netlab.MQTT_WS_URL  # a browser can reach the daemon's broker
+        credentials = await trio.to_thread.run_sync(pair_client.pair, payload, "phone")
+        device_id = credentials["device"]["id"]
+        with trio.fail_after(30):
+            await until(lambda: device_id in owner.handle.rtc.subscribed())
+        sid = (await owner.create(work_dir, "[[bash:echo hi > hi.txt]]"))["session"]["id"]
+        record = device_record(owner.handle.url, credentials, payload)
+        record["base"] = ""  # paired on the daemon's own origin, as the app does there
+        port = int(owner.handle.url.rstrip("/").rsplit(":", 1)[1])
+        (quic_port,) = {int(url.split("/")[2].rsplit(":", 1)[1]) for url in payload["quic"]}
+        app = owner.handle.url.rstrip("/") + "/app/"
+
+        def run() -> None:
+            direct = Forwarder(lab, port, quic_port)
+            try:
+                with phone_in_lab(lab, tmp_path, problems) as page:
+                    page.goto(app)
+                    page.evaluate(
+                        STORE_DEVICE, [list(unb64(credentials["device"]["seed"])), record]
+                    )
+                    page.context.add_init_script(SIGNALING_HOOK % credentials["device"]["seed"])
+                    page.goto(f"{app}#s={sid}")
+                    page.reload()
+                    page.wait_for_selector(
+                        "#conn[data-state='live'][data-transport='webtransport']"
+                    )
+                    assert header(page)["text"] == "live · direct"
+                    approve_the_tool(page)
+
+                    def away() -> None:  # QUIC alone would wait for its 60 s idle timeout
+                        direct.cut()
+                        page.evaluate("() => window.sidecode.client.drop()")
+
+                    dropped_and_resumed(page, 2, 40, away, "webrtc")
+                    assert header(page)["text"] == "live · peer-to-peer"
+
+                    def back() -> None:
+                        nonlocal direct
+                        direct = Forwarder(lab, port, quic_port)
+                        page.evaluate("() => window.dispatchEvent(new Event('online'))")
+
+                    why = dropped_and_resumed(page, 3, 40, back, "webtransport")
+                    assert why == "the browser came back online"
+                    assert header(page)["text"] == "live · direct"
+            finally:
+                direct.cut()
+
+        with trio.fail_after(240):
+            await trio.to_thread.run_sync(run)
+        assert (work_dir / "hi.txt").read_text() == "hi\n"
     assert problems == []

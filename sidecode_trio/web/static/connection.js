@@ -221,6 +221,7 @@ export class Client {
     this.linking = null;
     this.wtFailedAt = 0;
     this.infoFailedAt = 0;
+    this.linked = false; // a link was made: later ones ask /v1/info afresh
     this.subs = new Set();
     this.wakers = new Set();
     this.lastStatus = null;
@@ -264,6 +265,7 @@ export class Client {
     this.status("connecting");
     const device = await loadDevice();
     if (!device) throw new Error("not paired");
+    if (device.rendezvous?.url) this.loadRtc(); // now, while whoever served this page answers
     let info = null;
     let hashes = [];
     let failure = null;
@@ -272,7 +274,9 @@ export class Client {
     const skipInfo = device.rendezvous?.url && Date.now() - this.infoFailedAt < WT_RETRY_AFTER;
     if (!skipInfo) {
       try {
-        ({ info, hashes } = await withTimeout(daemonInfo(device), INFO_TIMEOUT, "GET /v1/info"));
+        // fresh after the first link: a cached answer says nothing about reachability now
+        const asked = daemonInfo(device, { refresh: this.linked });
+        ({ info, hashes } = await withTimeout(asked, INFO_TIMEOUT, "GET /v1/info"));
         this.info = info; // remote_modes: what a paired device may choose (modes.js)
         this.infoFailedAt = 0;
       } catch (error) {
@@ -307,15 +311,24 @@ export class Client {
     }
     if (!link) throw failure || new Error("no path to the daemon");
     this.link = link;
+    this.linked = true;
     link.ended.then(() => {
       if (this.link === link) this.link = null;
     });
     return link;
   }
 
+  /** The WebRTC path's modules, fetched once: the app must be able to switch to it after
+   * the host that served it (the daemon itself, on its own origin) went out of reach. */
+  loadRtc() {
+    this.rtcModules ??= Promise.all([import("./rtc-link.js"), import("./rtc-signal.js"),
+      import("./vendor/mqtt.esm.js")]); // what rtc-signal.js imports when it meets a broker
+    this.rtcModules.catch(() => { this.rtcModules = null; }); // offline: the next try fetches
+    return this.rtcModules;
+  }
+
   async openRtc(device) {
-    const [{ RtcLink }, { unb64url }] = await Promise.all([
-      import("./rtc-link.js"), import("./rtc-signal.js")]);
+    const [{ RtcLink }, { unb64url }] = await this.loadRtc();
     const { box, topics } = await this.signalingFor(device);
     const link = await RtcLink.open({ device, box, topics, brokerUrl: device.rendezvous.url,
       daemonKey: unb64url(device.daemon.pk) });
@@ -362,6 +375,7 @@ export class Client {
           if (error instanceof TypeError || error.message === "disconnected") {
             this.status("offline", { retryIn: null }); // fetch failed: the link is gone
             error.network = true;
+            if (link.kind === "sse" && error instanceof TypeError) link.close(); // choose again
           }
           throw error;
         }
@@ -393,8 +407,9 @@ export class Client {
     while (!sub.closed) {
       sub.controller = new AbortController();
       let delivered = false;
+      let link = null;
       try {
-        const link = await this.connect();
+        link = await this.connect();
         if (sub.closed) break;
         const deliver = (message) => {
           this.firstFrameAt ??= performance.now();
@@ -415,6 +430,9 @@ export class Client {
           break;
         }
         console.warn("stream", sub.path, error);
+        // fetch() failed: the daemon's address no longer answers. Choose the path again (a
+        // WebRTC link may reach it); an HTTP link never ends by itself.
+        if (link?.kind === "sse" && error instanceof TypeError) link.close();
       }
       const wait = BACKOFF[Math.min(failures, BACKOFF.length - 1)] * (0.75 + Math.random() / 2);
       failures += 1;
