@@ -15,6 +15,11 @@ checks that ``GET /v1/info`` lists that hash with a valid signature by the pinne
 involved, and a man in the middle with another certificate cannot produce that signature. Every
 request then carries a token signed by the device's own key, bound to that certificate, valid 5
 minutes. Credentials are kept in ``~/.config/sidecode-trio-client.json`` (mode 0600).
+
+When no address of the daemon answers (another network, no port opened) and the payload names a
+broker (``"rv"``), ``pair`` sends the same request through the broker instead, sealed to the
+daemon's key, and gets the reply sealed back and signed by the daemon (``--via rendezvous``
+forces it; it needs the rtc extra). Then ``rtc_client.py`` reaches the daemon from anywhere.
 """
 
 from __future__ import annotations

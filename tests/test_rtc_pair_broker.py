@@ -132,3 +132,14 @@ async def test_an_offer_topic_is_dropped_when_the_offer_expires(
             short = service._pairings.offer(Scope.CHAT, ttl=0.5)  # the API's minimum is 10 s
             await until(lambda: service.pairing() == [short.secret_id])
             await until(lambda: service.pairing() == [])  # expired: no longer listened to
+
+
+async def test_an_offer_used_over_https_stops_being_listened_for(
+    make_config: Callable[..., DaemonConfig], broker: str
+) -> None:
+    async with running_daemon(rtc_config(make_config, broker)) as owner:
+        service = owner.handle.rtc
+        with trio.fail_after(30):
+            payload = await offer(owner)
+            await trio.to_thread.run_sync(pc.pair, payload, "phone")
+            await until(lambda: service.pairing() == [])
