@@ -143,3 +143,29 @@ async def test_an_offer_used_over_https_stops_being_listened_for(
             payload = await offer(owner)
             await trio.to_thread.run_sync(pc.pair, payload, "phone")
             await until(lambda: service.pairing() == [])
+
+
+async def test_failures_through_the_broker_are_rate_limited_as_one_client_address(
+    make_config: Callable[..., DaemonConfig], broker: str
+) -> None:
+    """Three wrong proofs withdraw an offer (its topic goes); five failures a minute through the
+    broker, whatever the offer, give a sealed 429; HTTP clients keep their own buckets."""
+    async with running_daemon(rtc_config(make_config, broker)) as owner:
+        service = owner.handle.rtc
+        statuses: list[int] = []
+        with trio.fail_after(30):
+            first, second = await offer(owner), await offer(owner)
+            async with open_mqtt(broker) as device:
+                for payload, tries in ((first, 3), (second, 3)):
+                    await device.subscribe(pairing_topics(unb64(payload["secret"])).to_device)
+                    for _ in range(tries):
+                        wrong, _, _ = pc.pair_request({**payload, "secret": b64(b"w" * 32)}, "x")
+                        _, nonce, box_key = await ask(device, payload, wrong)
+                        status, reply = await answer(device, payload, nonce, box_key)
+                        statuses.append(status)
+                    if payload is first:
+                        await until(lambda: service.pairing() == [second["sid"]])  # withdrawn
+            assert reply["error"]["code"] == "rate_limited"
+            credentials = await trio.to_thread.run_sync(pc.pair, second, "over https")
+        assert statuses == [403] * 5 + [429]
+        assert credentials["scope"] == "chat"
