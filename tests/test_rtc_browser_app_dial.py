@@ -55,7 +55,11 @@ DIAL = """async () => {
   });
   channel.send(JSON.stringify({ type: 'pong', n: ping.n }));
   window.held = { pc, broker };
-  return {
+  // a record from before box keys: a clear error, not a box that seals with a derived key
+  const old = { ...device };
+  delete old.box;
+  const stale = await m.deviceSignalingBox(old).then(() => 'accepted', (e) => e.message);
+  return { stale,
     device: { id: device.id, box: device.box.publicKey,
               extractable: device.privateKey.extractable },
     ping, signed: fps, pinned: `${cert.fingerprintAlgorithm} ${cert.fingerprint.toUpperCase()}`,
@@ -160,6 +164,7 @@ def test_the_app_pairs_then_dials_the_daemon_with_only_its_stored_device_record(
     assert device["extractable"] is False  # the signing key stays non-extractable
     assert result["ping"] == {"type": "ping", "n": 1}  # the daemon speaks over the channel
     assert result["pinned"] in result["signed"]  # DTLS ran with the certificate the daemon signed
+    assert "pair it again" in result["stale"]
     store = DeviceStore(config.state_dir / "devices.sqlite3")
     try:
         # the daemon keeps the box key the app registered (bound into the pairing proof)
