@@ -1,6 +1,6 @@
 // Sealed signaling for the WebRTC path, the browser's side of sidecode_trio/rtc/signaling.py
 // (PROTOCOL.md "Rendezvous"): the same envelope, topics and DTLS fingerprint statements, byte for
-// byte. The app dials with what pairing stored (auth.js): deviceSignalingBox(device),
+// byte. A paired app can dial with what pairing stored (auth.js): deviceSignalingBox(device),
 // deviceTopics(device), connectBroker(device.rendezvous.url), then dial({box, daemonKey, ...}).
 //
 // Envelope: {"v":1,"from":b64url(sender ed25519 pk),"box":b64url(nonce24 || box(sig64 || body))}
