@@ -137,6 +137,11 @@ class RtcService:
             and self._devices.rendezvous(device.id) is not None
         )
 
+    def _box_key(self, public_key: bytes) -> bytes | None:
+        """The X25519 box key the device registered at pairing (None: derive it)."""
+        registered = self._devices.box_key(b64(public_key))
+        return unb64(registered) if registered is not None else None
+
     def _topics_for(self, public_key: bytes) -> Topics | None:
         device = self._devices.by_key(b64(public_key))
         if device is None or device.revoked_at is not None:
@@ -298,7 +303,7 @@ class RtcService:
             answerer = Answerer(
                 aio,
                 broker,
-                SignalingBox(self._key, self._is_paired),
+                SignalingBox(self._key, self._is_paired, box_key=self._box_key),
                 self._key,
                 self._topics_for,
                 lambda now: self.ice_servers("daemon", now),
