@@ -35,8 +35,9 @@ PAIR = """async ([payload, name]) => {
   const t0 = performance.now();
   try {
     const device = await auth.pair(payload, name);
-    return { ok: true, id: device.id, scope: device.scope, secret: device.rendezvous.secret,
-             ms: performance.now() - t0, stored: (await auth.loadDevice()).id };
+    return { ok: true, id: device.id, public_key: device.publicKey, scope: device.scope, secret: device.rendezvous.secret,
+             box: device.box.publicKey, ms: performance.now() - t0,
+             stored: (await auth.loadDevice()).id };
   } catch (error) {
     return { ok: false, error: String(error.message || error) };
   }
@@ -141,6 +142,8 @@ async def test_the_exported_app_pairs_through_the_broker_when_no_address_answers
         store = DeviceStore(config.state_dir / "devices.sqlite3")
         try:  # the browser computed the rendezvous secret the daemon keeps
             assert store.rendezvous(paired["id"]) == unb64(paired["secret"])
+            # and registered the box key the sealed reply was boxed to (it opened it)
+            assert store.box_key(paired["public_key"]) == paired["box"]
         finally:
             store.close()
     print(f"paired through the broker in {paired['ms']:.0f} ms")
