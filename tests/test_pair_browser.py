@@ -35,9 +35,9 @@ PAIR = """async ([payload, name]) => {
   const t0 = performance.now();
   try {
     const device = await auth.pair(payload, name);
-    return { ok: true, id: device.id, public_key: device.publicKey, scope: device.scope, secret: device.rendezvous.secret,
-             box: device.box.publicKey, ms: performance.now() - t0,
-             stored: (await auth.loadDevice()).id };
+    return { ok: true, id: device.id, public_key: device.publicKey, scope: device.scope,
+             secret: device.rendezvous.secret, box: device.box.publicKey,
+             ms: performance.now() - t0, stored: (await auth.loadDevice()).id };
   } catch (error) {
     return { ok: false, error: String(error.message || error) };
   }
@@ -94,11 +94,16 @@ async def test_the_exported_app_pairs_over_webtransport_from_another_origin(
         assert payload["quic"] and payload["cert"] and "rv" not in payload
         assert not any(url.startswith(static_site) for url in payload["http"])  # another origin
         impostor = {**payload, "cert": "ab" * 32}  # someone else's certificate: never trusted
+        tcp_broker = {**impostor, "rv": "mqtts://broker.example:8883"}  # not for browsers
         with trio.fail_after(60):
-            refused, paired = await trio.to_thread.run_sync(
-                run_pairings, chromium, static_site + "/blank.html", [impostor, payload]
+            refused, unreachable, paired = await trio.to_thread.run_sync(
+                run_pairings,
+                chromium,
+                static_site + "/blank.html",
+                [impostor, tcp_broker, payload],
             )
         assert not refused["ok"] and "could not reach the daemon to pair" in refused["error"]
+        assert not unreachable["ok"] and "needs a wss:// URL" in unreachable["error"]
         assert paired["ok"], paired
         assert paired["stored"] == paired["id"] and paired["scope"] == "chat"
         devices = (await owner.http.get("/v1/devices")).json()["devices"]

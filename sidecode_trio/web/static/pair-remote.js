@@ -139,6 +139,9 @@ export async function pairingTopics(secret, prefix = "sidecode") {
 }
 
 export async function overRendezvous(payload, request, boxKeys = null, timeout = RV_TIMEOUT) {
+  if (!/^wss?:\/\//.test(payload.rv)) {
+    throw new Error(`a browser cannot reach the broker ${payload.rv}: it needs a wss:// URL`);
+  }
   const signal = await import("./rtc-signal.js"); // tweetnacl, the broker client
   const nacl = self.nacl;
   const keys = boxKeys || nacl.box.keyPair();
