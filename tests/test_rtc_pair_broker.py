@@ -132,6 +132,15 @@ async def test_an_offer_topic_is_dropped_when_the_offer_expires(
             short = service._pairings.offer(Scope.CHAT, ttl=0.5)  # the API's minimum is 10 s
             await until(lambda: service.pairing() == [short.secret_id])
             await until(lambda: service.pairing() == [])  # expired: no longer listened to
+            info = (await owner.http.get("/v1/info")).json()
+            late = {"pk": info["public_key"], "secret": b64(short.secret)}
+            async with open_mqtt(broker) as device:
+                body, _, _ = pc.pair_request({**late, "sid": short.secret_id}, "late")
+                await ask(device, late, body)
+            # it reached nobody: a fresh offer pairs, and the daemon saw nothing else
+            credentials = await pc.pair_over_rendezvous(await offer(owner), "on time")
+        assert sum(service.refusals.values()) == 0 and service.paired == 1
+        assert credentials["device"]["id"] in service.subscribed()
 
 
 async def test_an_offer_used_over_https_stops_being_listened_for(
