@@ -95,7 +95,9 @@ class RtcService:
         self._changes_tx, self._changes_rx = trio.open_memory_channel[str | None](math.inf)
         self.closed: list[Closed] = []  #: why each link ended (statistics, tests)
         self.refused = 0
-        self.refusals: Counter[str] = Counter()  #: refusals by code (tests, statistics)
+        #: refusals by code (tests, statistics): signaling's, and "http <status>" for pair
+        #: requests answered with an error
+        self.refusals: Counter[str] = Counter()
         self.paired = 0  #: devices paired through the rendezvous
         self.ready = trio.Event()  #: set once subscribed and answering (the first time)
         self.error: str | None = None  #: why the last attempt to reach the broker failed
@@ -230,10 +232,12 @@ class RtcService:
             await self._sync(broker, reply["device"]["id"])
         else:
             self.refusals[f"http {status}"] += 1
+        # a used or withdrawn offer's topic goes before the reply, so a device that has its
+        # answer finds the daemon's state settled
+        await self._sync_pairing(broker)
         await broker.publish(
             the_topics.to_device, desk.seal_reply(opened, status, reply, self._clock())
         )
-        await self._sync_pairing(broker)  # a used or withdrawn offer's topic goes
         return True
 
     def links(self) -> int:
