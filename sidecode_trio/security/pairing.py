@@ -156,6 +156,21 @@ class Pairings:
         self.quic_urls: list[str] = []  #: where devices reach the daemon over WebTransport
         self.rendezvous_url: str | None = None  #: the signaling broker (``serve --rendezvous``)
         self.web_origin: str | None = None  #: where the web app is hosted (``--web-origin``)
+        self._listeners: list[Callable[[], None]] = []
+
+    def on_change(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` when an offer is made, used or withdrawn (the WebRTC task listens
+        on each open offer's pairing topic: ``rtc/pairing.py``)."""
+        self._listeners.append(listener)
+
+    def _changed(self) -> None:
+        for listener in self._listeners:
+            listener()
+
+    def open_offers(self) -> list[Offer]:
+        """The offers that can still be used (expired ones are dropped first)."""
+        self._expire()
+        return list(self._offers.values())
 
     def offer(self, scope: Scope, ttl: float) -> Offer:
         self._expire()
@@ -163,6 +178,7 @@ class Pairings:
         offer.quic = list(self.quic_urls)
         offer.rendezvous = self.rendezvous_url
         self._offers[offer.secret_id] = offer
+        self._changed()
         return offer
 
     def _expire(self) -> None:
@@ -179,6 +195,8 @@ class Pairings:
         except PairingRefused:
             self.limiter.fail(client)
             raise
+        finally:
+            self._changed()  # the offer may be used up or withdrawn
 
     def _redeem(self, proof: PairingProof) -> Redeemed:
         box_key = box_public_key(proof.box_public_key)  # 400 before anything is spent

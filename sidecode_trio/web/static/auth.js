@@ -100,7 +100,22 @@ export function payloadFromFragment(hash) {
   return data;
 }
 
-/** Pair with the daemon that made `payload`; `base` is where to post (default: this origin). */
+/** POST /v1/pair: with fetch() on the daemon's own origin (or to `base`); from any other origin
+ * (the exported app) over WebTransport or through the broker (pair-remote.js), since a browser
+ * will not post to the daemon's self-signed HTTPS; the broker's reply is sealed to `boxKeys`,
+ * the box key the request registers. {status, body}. */
+async function postPair(payload, request, base, boxKeys) {
+  const here = typeof location !== "undefined" ? location.origin : null;
+  const own = (payload.http || []).some((url) => new URL(url).origin === here);
+  if (!base && !own) return (await import("./pair-remote.js")).sendPair(payload, request, boxKeys);
+  const response = await fetch(base + "/v1/pair", {
+    method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(request),
+  });
+  return { status: response.status, body: await response.json().catch(() => ({})) };
+}
+
+/** Pair with the daemon that made `payload`; `base` is where to post (default: this origin when
+ * it is the daemon's, else WebTransport or the broker: postPair). */
 export async function pair(payload, name, base = "") {
   if (payload.exp && payload.exp * 1000 < Date.now()) {
     throw new Error("this pairing link has expired: run 'sidecode-trio pair' again");
@@ -120,17 +135,13 @@ export async function pair(payload, name, base = "") {
     "HMAC", hmacKey, concat([enc.encode(RENDEZVOUS_CONTEXT), transcript])));
   const signature = new Uint8Array(
     await crypto.subtle.sign({ name: "Ed25519" }, keys.privateKey, transcript));
-  const response = await fetch(base + "/v1/pair", {
-    method: "POST",
-    headers: { "Content-Type": "application/json" },
-    body: JSON.stringify({
-      secret_id: payload.sid, device_public_key: b64url(publicKey), name,
-      mac: b64url(mac), signature: b64url(signature), box_public_key: b64url(boxKeys.publicKey),
-    }),
-  });
-  const reply = await response.json().catch(() => ({}));
-  if (response.status !== 201) {
-    throw new Error((reply.error && reply.error.message) || `pairing failed (${response.status})`);
+  const request = {
+    secret_id: payload.sid, device_public_key: b64url(publicKey), name,
+    mac: b64url(mac), signature: b64url(signature), box_public_key: b64url(boxKeys.publicKey),
+  };
+  const { status, body: reply } = await postPair(payload, request, base, boxKeys);
+  if (status !== 201) {
+    throw new Error((reply && reply.error && reply.error.message) || `pairing failed (${status})`);
   }
   if (reply.daemon.public_key !== payload.pk) throw new Error("another daemon answered");
   const device = {
