@@ -4,6 +4,7 @@
 Only PyNaCl and the standard library, to show everything a device has to do::
 
     python examples/pair_client.py pair 'sidecode-trio://pair#...' --name "my phone"
+    python examples/pair_client.py pair 'sidecode-trio://pair#...' --via rendezvous
     python examples/pair_client.py sessions
     python examples/pair_client.py follow SESSION_ID
     python examples/pair_client.py send SESSION_ID "run the tests"
@@ -14,6 +15,11 @@ checks that ``GET /v1/info`` lists that hash with a valid signature by the pinne
 involved, and a man in the middle with another certificate cannot produce that signature. Every
 request then carries a token signed by the device's own key, bound to that certificate, valid 5
 minutes. Credentials are kept in ``~/.config/sidecode-trio-client.json`` (mode 0600).
+
+When no address of the daemon answers (another network, no port opened) and the payload names a
+broker (``"rv"``), ``pair`` sends the same request through the broker instead, sealed to the
+daemon's key, and gets the reply sealed back and signed by the daemon (``--via rendezvous``
+forces it; it needs the rtc extra). Then ``rtc_client.py`` reaches the daemon from anywhere.
 """
 
 from __future__ import annotations
@@ -130,8 +136,8 @@ class Connection:
         self.http.close()
 
 
-def pair(payload: dict[str, Any], name: str) -> dict[str, Any]:
-    """Pair with the daemon the payload names; returns the credentials to store."""
+def pair_request(payload: dict[str, Any], name: str) -> tuple[dict[str, Any], Any, bytes]:
+    """The ``POST /v1/pair`` body for ``payload``, the new device key and the transcript."""
     daemon_key = unb64(payload["pk"])
     device_key = nacl.signing.SigningKey.generate()
     device_public = bytes(device_key.verify_key)
@@ -145,6 +151,27 @@ def pair(payload: dict[str, Any], name: str) -> dict[str, Any]:
         "mac": b64(hmac.new(unb64(payload["secret"]), transcript, hashlib.sha256).digest()),
         "signature": b64(device_key.sign(transcript).signature),
     }
+    return body, device_key, transcript
+
+
+def _credentials(
+    payload: dict[str, Any], device_key: Any, transcript: bytes, reply: Any, urls: list[str]
+) -> dict[str, Any]:
+    # the rendezvous secret (PROTOCOL.md "Rendezvous"): the daemon computes the same one
+    # and derives this device's broker topics from it; "rv" names the broker, if one is on
+    rendezvous = hmac.new(unb64(payload["secret"]), RENDEZVOUS_CONTEXT + transcript, "sha256")
+    return {
+        "daemon": {"public_key": payload["pk"], "fingerprint": payload["fp"], "urls": urls},
+        "device": {"id": reply["device"]["id"], "seed": b64(bytes(device_key))},
+        "scope": reply["device"]["scope"],
+        "rendezvous": {"url": payload.get("rv"), "secret": b64(rendezvous.digest())},
+    }
+
+
+def pair(payload: dict[str, Any], name: str) -> dict[str, Any]:
+    """Pair with the daemon the payload names, over pinned HTTPS; returns the credentials."""
+    daemon_key = unb64(payload["pk"])
+    body, device_key, transcript = pair_request(payload, name)
     errors = []
     for url in payload["http"]:
         try:
@@ -156,16 +183,34 @@ def pair(payload: dict[str, Any], name: str) -> dict[str, Any]:
             reply = conn.request("POST", "/v1/pair", body)
         finally:
             conn.close()
-        # the rendezvous secret (PROTOCOL.md "Rendezvous"): the daemon computes the same one
-        # and derives this device's broker topics from it; "rv" names the broker, if one is on
-        rendezvous = hmac.new(unb64(payload["secret"]), RENDEZVOUS_CONTEXT + transcript, "sha256")
-        return {
-            "daemon": {"public_key": payload["pk"], "fingerprint": payload["fp"], "urls": [url]},
-            "device": {"id": reply["device"]["id"], "seed": b64(bytes(device_key))},
-            "scope": reply["device"]["scope"],
-            "rendezvous": {"url": payload.get("rv"), "secret": b64(rendezvous.digest())},
-        }
+        return _credentials(payload, device_key, transcript, reply, [url])
     raise SystemExit("could not reach the daemon: " + "; ".join(errors))
+
+
+async def pair_over_rendezvous(
+    payload: dict[str, Any], name: str, setup: Any = None, timeout: float = 30.0
+) -> dict[str, Any]:
+    """Pair through the payload's broker (``"rv"``) when no address of the daemon is reachable
+    (PROTOCOL.md "Pairing over the rendezvous"): the request is sealed to the daemon's key from a
+    fresh X25519 key, and the reply comes back sealed to it and signed by the daemon. Needs the
+    rtc extra (paho-mqtt); ``setup`` runs first on the broker's thread (the tests' namespaces)."""
+    import nacl.public
+    import trio
+
+    from sidecode_trio.rtc.broker import open_mqtt
+    from sidecode_trio.rtc.pairing import request_pairing
+
+    if not payload.get("rv"):
+        raise SystemExit("this pairing code names no broker: the daemon runs without --rendezvous")
+    body, device_key, transcript = pair_request(payload, name)
+    box_key = nacl.public.PrivateKey.generate()
+    with trio.fail_after(timeout):
+        async with open_mqtt(payload["rv"], setup) as broker:
+            status, reply = await request_pairing(broker, payload, body, box_key)
+    if status != 201:
+        error = (reply or {}).get("error", {}) if isinstance(reply, dict) else {}
+        raise RuntimeError(f"pairing refused: {status} {error.get('message', reply)}")
+    return _credentials(payload, device_key, transcript, reply, list(payload.get("http", [])))
 
 
 class Client:
@@ -235,6 +280,13 @@ def _save(path: Path, credentials: dict[str, Any]) -> None:
         json.dump(credentials, handle, indent=2)
 
 
+def _pair_via_broker(payload: dict[str, Any], name: str) -> dict[str, Any]:
+    import trio
+
+    credentials: dict[str, Any] = trio.run(pair_over_rendezvous, payload, name)
+    return credentials
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description="a paired sidecode-trio device")
     parser.add_argument("--store", type=Path, default=DEFAULT_STORE, help="credentials file")
@@ -242,6 +294,13 @@ def main() -> int:
     pairing = commands.add_parser("pair", help="pair from a QR link or JSON payload")
     pairing.add_argument("payload")
     pairing.add_argument("--name", default="example client")
+    pairing.add_argument(
+        "--via",
+        choices=("auto", "https", "rendezvous"),
+        default="auto",
+        help="https: the daemon's addresses; rendezvous: its broker (rtc extra); "
+        "auto: https, then the broker when the payload names one",
+    )
     commands.add_parser("sessions", help="list sessions")
     follow = commands.add_parser("follow", help="stream a session's events")
     follow.add_argument("session_id")
@@ -253,7 +312,17 @@ def main() -> int:
     if args.command == "pair":
         payload = parse_payload(args.payload)
         print(f"pairing with daemon {payload['fp']} ...")
-        _save(args.store, pair(payload, args.name))
+        if args.via == "rendezvous":
+            credentials = _pair_via_broker(payload, args.name)
+        else:
+            try:
+                credentials = pair(payload, args.name)
+            except SystemExit:
+                if args.via == "https" or not payload.get("rv"):
+                    raise
+                print("no address answered; pairing through the broker ...")
+                credentials = _pair_via_broker(payload, args.name)
+        _save(args.store, credentials)
         print(f"paired; credentials saved in {args.store}")
         return 0
     client = Client(json.loads(args.store.read_text()))

@@ -294,7 +294,9 @@ async def _serve(
         from .rtc.service import RtcService
 
         guard.pairings.rendezvous_url = config.rtc.rendezvous
-        rtc = RtcService(config.rtc, guard.identity.signing_key, guard.devices)
+        rtc = RtcService(
+            config.rtc, guard.identity.signing_key, guard.devices, pairings=guard.pairings
+        )
     ops = Operations(
         registry,
         event_log,
@@ -351,7 +353,8 @@ async def _serve(
                         ops,
                         guard,
                         link_settings(config.max_body, config.client_queue, config.sse_keepalive),
-                    )
+                    ),
+                    pair=requests,  # pairing over the rendezvous: the same POST /v1/pair
                 )
             if config.quic_port != -1:
                 from .quic.endpoint import Endpoint, session_urls, settings_for  # aioquic

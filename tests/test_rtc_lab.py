@@ -21,14 +21,14 @@ from typing import Any
 import nacl.signing
 import pytest
 import trio
-from test_rtc_daemon import until
-from test_rtc_link import cursor, next_event, phone_of
+from test_rtc_daemon import Phone, until
+from test_rtc_link import Dialer, cursor, next_event, phone_of
 
 from sidecode_trio.config import DaemonConfig
 from sidecode_trio.rtc import service as service_module
 from sidecode_trio.rtc.broker import INBOX_SIZE, open_mqtt
 from sidecode_trio.rtc.ice import IceServer, turn_server
-from sidecode_trio.rtc.peer import PeerConnection, RtcError
+from sidecode_trio.rtc.peer import PeerConnection, RtcError, open_asyncio_thread
 from sidecode_trio.rtc.rendezvous import MAX_PENDING_PER_DEVICE
 from sidecode_trio.rtc.settings import RtcSettings
 from sidecode_trio.rtc.signaling import (
@@ -40,13 +40,16 @@ from sidecode_trio.rtc.signaling import (
     Refused,
     new_cid,
     sign_fingerprints,
+    topics,
 )
+from sidecode_trio.security.identity import unb64
 
 import netlab
-from helpers import running_daemon
+from helpers import load_example, running_daemon
 from rtclab import STUN, World, connect, echo_once, peer_certificate, selected_pair, world
 
 netlab.skip_unless_possible()
+pc = load_example("pair_client")
 
 
 @pytest.fixture(scope="module")
@@ -399,3 +402,62 @@ async def test_through_symmetric_nats_the_link_is_served_over_turn(
         lab.nat("natp", "cone")
     packets = netlab.udp_payloads(pcap)
     assert not any(session_id.encode() in payload for *_, payload in packets)  # never in clear
+
+
+async def test_a_phone_knowing_only_the_payload_pairs_through_the_broker_and_drives_a_session(
+    lab: netlab.Lab,
+    make_config: Callable[..., DaemonConfig],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    work_dir: Path,
+) -> None:
+    """The issue's "done": no request from the phone ever reaches the daemon's addresses (the
+    phone's namespace has no route to them); pairing and the session both go through the broker
+    and the punched DataChannel."""
+    lab.nat("nath", "cone")
+    lab.nat("natp", "cone")
+    config = lab_daemon(lab, make_config, monkeypatch, tmp_path)
+    async with running_daemon(config) as owner:
+        service = owner.handle.rtc
+        with trio.fail_after(90):
+            await service.ready.wait()
+            offer = (await owner.http.post("/v1/pairings", json={"scope": "chat"})).json()
+            payload = offer["payload"]  # all the phone knows: what the QR code shows
+            await until(lambda: service.pairing() == [payload["sid"]])
+            started = time.monotonic()
+            credentials = await pc.pair_over_rendezvous(payload, "phone", lab.enter("phone"))
+            paired_in = time.monotonic() - started
+            phone = Phone(credentials)
+            setup = lab.enter("phone")
+            secret = unb64(credentials["rendezvous"]["secret"])
+            async with (
+                open_asyncio_thread(setup) as aio,
+                open_mqtt(netlab.MQTT_URL, setup) as phone_broker,
+            ):
+                await phone_broker.subscribe(topics(secret).to_device)
+                async with trio.open_nursery() as nursery:
+                    started = time.monotonic()
+                    session, carrier = await Dialer(phone, aio, phone_broker).connect(nursery)
+                    linked_in = time.monotonic() - started
+                    local, remote = await selected_pair(aio, carrier.link.connection)
+                    assert "relay" not in (local, remote)
+                    body = {"cwd": str(work_dir), "prompt": "[[bash:echo far > far.txt]]"}
+                    created = await session.request("POST", "/v1/sessions", body)
+                    session_id = created["session"]["id"]
+                    epoch = (await session.request("GET", f"/v1/sessions/{session_id}"))["epoch"]
+                    stream = await session.subscribe(
+                        f"/v1/sessions/{session_id}/events", f"{epoch}:0"
+                    )
+                    asked = await next_event(stream, "permission.requested")
+                    request_id = asked["data"]["event"]["request_id"]
+                    permission = f"/v1/sessions/{session_id}/permissions/{request_id}"
+                    allowed = await session.request("POST", permission, {"behavior": "allow"})
+                    assert allowed == {"ok": True}
+                    await next_event(stream, "turn.completed")
+                    await carrier.aclose()
+                    nursery.cancel_scope.cancel()
+    assert (work_dir / "far.txt").read_text() == "far\n"
+    assert credentials["scope"] == "chat"
+    print(
+        f"paired through the broker in {paired_in * 1000:.0f} ms; link in {linked_in * 1000:.0f} ms"
+    )

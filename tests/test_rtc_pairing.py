@@ -7,12 +7,22 @@ from __future__ import annotations
 import stat
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import nacl.public
 import nacl.signing
+import pytest
 import trio
 
 from sidecode_trio.config import DaemonConfig
-from sidecode_trio.rtc.signaling import topics
+from sidecode_trio.rtc.pairing import (
+    MAX_REQUEST,
+    PairingDesk,
+    open_reply,
+    pairing_topics,
+    seal_request,
+)
+from sidecode_trio.rtc.signaling import SignalingRefused, topics
 from sidecode_trio.security.devices import DeviceStore, Scope
 from sidecode_trio.security.identity import b64, unb64
 from sidecode_trio.security.pairing import (
@@ -107,3 +117,100 @@ def test_the_secret_survives_a_restart_and_a_repairing_replaces_it(tmp_path: Pat
     anew = store.add("phone", b64(b"k" * 32), "fp", Scope.CHAT, b"3" * 32)
     assert store.rendezvous(anew.id) == b"3" * 32 and store.rendezvous(device.id) is None
     store.close()
+
+
+# -- pairing over the rendezvous: the sealed request and reply (rtc/pairing.py) ---------------
+
+
+def _sealed(
+    daemon: nacl.signing.SigningKey, request: dict[str, Any], now: float = 1000.0
+) -> tuple[bytes, str, nacl.public.PrivateKey]:
+    box_key = nacl.public.PrivateKey.generate()
+    envelope, nonce = seal_request(bytes(daemon.verify_key), box_key, request, now)
+    return envelope, nonce, box_key
+
+
+def test_a_sealed_pair_request_opens_once_and_its_reply_is_for_that_device_only() -> None:
+    daemon = nacl.signing.SigningKey.generate()
+    daemon_pk = bytes(daemon.verify_key)
+    desk = PairingDesk(daemon)
+    request = {
+        "secret_id": "s1",
+        "device_public_key": "k",
+        "name": "n",
+        "mac": "m",
+        "signature": "x",
+    }
+    envelope, nonce, box_key = _sealed(daemon, request)
+    assert b'"s1"' not in envelope  # the broker sees none of the request
+    opened = desk.open(envelope, 1000.0, "s1")
+    assert opened.request == request and opened.reply_key == bytes(box_key.public_key)
+    with pytest.raises(SignalingRefused) as replayed:
+        desk.open(envelope, 1001.0, "s1")
+    assert replayed.value.code == "replayed"
+
+    reply = desk.seal_reply(opened, 201, {"device": {"id": "d"}}, 1000.5)
+    assert open_reply(daemon_pk, box_key, reply, nonce, 1001.0) == (201, {"device": {"id": "d"}})
+    for key, re, code in [
+        (nacl.public.PrivateKey.generate(), nonce, "forged"),  # another device cannot read it
+        (box_key, "another-request", "wrong_recipient"),  # nor take it for another request
+    ]:
+        with pytest.raises(SignalingRefused) as refused:
+            open_reply(daemon_pk, key, reply, re, 1001.0)
+        assert refused.value.code == code
+    impostor = nacl.signing.SigningKey.generate()  # a reply must come from the payload's daemon
+    forged = PairingDesk(impostor).seal_reply(opened, 201, {}, 1000.5)
+    with pytest.raises(SignalingRefused) as refused:
+        open_reply(daemon_pk, box_key, forged, nonce, 1001.0)
+    assert refused.value.code == "not_paired"
+
+
+def test_a_pair_request_is_refused_unanswered_when_it_is_bad_in_any_way() -> None:
+    daemon = nacl.signing.SigningKey.generate()
+    desk = PairingDesk(daemon)
+    request = {"secret_id": "s1", "name": "n"}
+    cases: list[tuple[bytes, float, str]] = []
+    good, _, _ = _sealed(daemon, request)
+    tampered = bytearray(good)
+    tampered[-5] = ord("A") if tampered[-5] != ord("A") else ord("B")
+    cases.append((bytes(tampered), 1000.0, "forged"))
+    other, _, _ = _sealed(nacl.signing.SigningKey.generate(), request)  # sealed to another daemon
+    cases.append((other, 1000.0, "forged"))
+    cases.append((_sealed(daemon, request, now=700.0)[0], 1000.0, "stale"))
+    cases.append((_sealed(daemon, {**request, "secret_id": "s2"})[0], 1000.0, "wrong_recipient"))
+    cases.append((_sealed(daemon, {**request, "name": "x" * 20_000})[0], 1000.0, "malformed"))
+    cases.append((b"x" * (MAX_REQUEST + 1), 1000.0, "malformed"))
+    cases.append((b'{"v": 1, "from": "AAAA", "box": "AAAA"}', 1000.0, "malformed"))
+    for data, now, code in cases:
+        with pytest.raises(SignalingRefused) as refused:
+            desk.open(data, now, "s1")
+        assert refused.value.code == code, data[:60]
+    assert desk.open(good, 1000.0, "s1").request == request  # none of them was remembered
+
+
+def test_the_reply_goes_to_the_box_key_the_request_registers() -> None:
+    """A device that registers a box key at pairing (``box_public_key``) gets the reply sealed
+    to it, not to the envelope's key."""
+    daemon = nacl.signing.SigningKey.generate()
+    registered = nacl.public.PrivateKey.generate()
+    request = {"secret_id": "s1", "box_public_key": b64(bytes(registered.public_key))}
+    envelope, nonce, sender = _sealed(daemon, request)
+    desk = PairingDesk(daemon)
+    opened = desk.open(envelope, 1000.0, "s1")
+    assert opened.reply_key == bytes(registered.public_key)
+    reply = desk.seal_reply(opened, 403, {"error": {"code": "pairing_refused"}}, 1000.0)
+    pk = bytes(daemon.verify_key)
+    assert open_reply(pk, registered, reply, nonce, 1000.0)[0] == 403
+    with pytest.raises(SignalingRefused):
+        open_reply(pk, sender, reply, nonce, 1000.0)
+
+
+def test_pairing_topics_are_unguessable_and_not_the_device_topics() -> None:
+    secret = b"s" * 32
+    mine = pairing_topics(secret)
+    assert mine.to_daemon != mine.to_device
+    assert {mine.to_daemon, mine.to_device}.isdisjoint(
+        {topics(secret).to_daemon, topics(secret).to_device}
+    )
+    assert pairing_topics(b"t" * 32).to_daemon != mine.to_daemon
+    assert len(mine.to_daemon.rpartition("/")[2]) == 32  # 128 bits of HMAC, hex

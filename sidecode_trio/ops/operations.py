@@ -153,6 +153,7 @@ class Operations:
             request.name,
             request.mac,
             request.signature,
+            request.box_public_key,
         )
         device = self._guard.pair(proof, remote)
         return rq.PairReply(device=_device(device), daemon=self.info())

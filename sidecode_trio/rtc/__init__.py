@@ -6,6 +6,9 @@
 - :mod:`.broker`: the pub/sub driver the signaling rides on (MQTT via mosquitto).
 - :mod:`.peer`: aiortc on its own asyncio thread, bridged to Trio.
 - :mod:`.rendezvous`: the two flows over those: the daemon answering offers, a device dialling.
+- :mod:`.pairing` (sans-IO, and the device's driver): pairing through the broker for a device
+  that reaches no address of the daemon (a request sealed to the daemon's key on a topic derived
+  from the one-time secret, the reply sealed back and signed).
 
 aiortc (and PyAV under it) is imported only by :mod:`.peer` when a peer connection is made, so
 importing this package costs nothing. Install it with the ``rtc`` extra.

@@ -87,12 +87,14 @@ class Answerer:
         device_ice: Callable[[bytes, float], list[IceServer]],
         clock: Callable[[], float] = time.time,
         on_refused: Callable[[SignalingRefused], None] | None = None,
+        other: Callable[[str, bytes], Awaitable[bool]] | None = None,
     ) -> None:
         self._aio, self._broker, self._box, self._key = aio, broker, box, key
         self._ice = ice if callable(ice) else (lambda _now: ice)
         self._topics_for, self._device_ice = topics_for, device_ice
         self._clock = clock
         self._on_refused = on_refused or (lambda _exc: None)
+        self._other = other  #: sees each message first; True: it was not signaling (pairing)
         self._cids: dict[str, None] = {}
         self._pending: dict[bytes, int] = {}  # device -> attempts answered, not yet open
         self.answered = 0
@@ -108,10 +110,12 @@ class Answerer:
             task_status.started()
             while True:
                 try:
-                    _topic, raw = await self._broker.receive()
+                    topic, raw = await self._broker.receive()
                 except trio.EndOfChannel:  # the broker connection was closed: nothing more
                     nursery.cancel_scope.cancel()
                     return
+                if self._other is not None and await self._other(topic, raw):
+                    continue
                 try:
                     opened = self._box.open(raw, self._clock())
                 except SignalingRefused as exc:

@@ -9,7 +9,9 @@ aiortc nor paho: :mod:`.peer` and :mod:`.broker` import them when the task start
     rtc task (RtcService.run)
     ├── aiortc's asyncio thread, the MQTT thread      (closed when the task ends)
     ├── subscriptions                                 (each active device's to_daemon topic;
-    │                                                  added on pairing, dropped on revoke)
+    │                                                  added on pairing, dropped on revoke;
+    │                                                  each open pairing offer's topic, dropped
+    │                                                  when it is used or expires: pairing.py)
     └── Answerer.serve nursery                        (one task per attempt; an open link is
         └── per-link cancel scope                      served there, see link.py, and cancelled
                                                        when its device is revoked)
@@ -18,21 +20,26 @@ aiortc nor paho: :mod:`.peer` and :mod:`.broker` import them when the task start
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import math
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Final
 
 import nacl.signing
 import trio
 
+from ..channel.routes import Requests
 from ..errors import ConfigError
 from ..security.devices import DeviceStore
 from ..security.identity import b64, unb64
+from ..security.pairing import Pairings
 from .broker import Rendezvous as _Broker  # paho and aiortc are imported when used, not here
 from .ice import IceServer, turn_server
 from .link import Closed, DataChannelTransport, Session, dtls_sha256, serve
+from .pairing import REMOTE, PairingDesk, pairing_topics
 from .rendezvous import Link as _Link
 from .settings import RtcSettings, read_secret
 from .signaling import SignalingBox, SignalingRefused, Topics, topics
@@ -70,27 +77,40 @@ class RtcService:
         make_link: MakeLink | None = None,
         clock: Callable[[], float] = time.time,
         thread_setup: Callable[[], None] | None = None,
+        pairings: Pairings | None = None,
     ) -> None:
         assert settings.rendezvous is not None
         self._settings, self._key, self._devices = settings, key, devices
         self._make_link = make_link  #: set by the daemon once its front door exists
+        self._pairings = pairings  #: the open offers, each listened for on its pairing topic
+        self._pair: Requests | None = None  #: where a pair request is dispatched
+        self._pair_topics: dict[str, tuple[str, Topics, float]] = {}  # -> (sid, topics, expiry)
         self._clock, self._thread_setup = clock, thread_setup
         self._turn_secret = (
             read_secret(settings.turn_secret_file) if settings.turn_secret_file else None
         )
         self._subscribed: dict[str, tuple[bytes, Topics]] = {}  # device id -> (key, topics)
         self._links: dict[str, set[trio.CancelScope]] = {}  # device id -> its open links
-        self._changes_tx, self._changes_rx = trio.open_memory_channel[str](math.inf)
+        # a device id whose subscription may have changed, or None: the pairing offers did
+        self._changes_tx, self._changes_rx = trio.open_memory_channel[str | None](math.inf)
         self.closed: list[Closed] = []  #: why each link ended (statistics, tests)
         self.refused = 0
+        #: refusals by code (tests, statistics): signaling's, and "http <status>" for pair
+        #: requests answered with an error
+        self.refusals: Counter[str] = Counter()
+        self.paired = 0  #: devices paired through the rendezvous
         self.ready = trio.Event()  #: set once subscribed and answering (the first time)
         self.error: str | None = None  #: why the last attempt to reach the broker failed
         devices.on_rendezvous(self._changes_tx.send_nowait)
         devices.on_revoke(self._revoked)
+        if pairings is not None:
+            pairings.on_change(lambda: self._changes_tx.send_nowait(None))
 
-    def serve_with(self, make_link: MakeLink) -> None:
-        """How links are served (the daemon's operations exist after this task is made)."""
+    def serve_with(self, make_link: MakeLink, pair: Requests | None = None) -> None:
+        """How links are served and pair requests answered (the daemon's front door: both exist
+        after this task is made). Without ``pair`` no pairing topic is listened to."""
         self._make_link = make_link
+        self._pair = pair
 
     # --- ICE ---------------------------------------------------------------------------------
 
@@ -118,6 +138,11 @@ class RtcService:
             and device.revoked_at is None
             and self._devices.rendezvous(device.id) is not None
         )
+
+    def _box_key(self, public_key: bytes) -> bytes | None:
+        """The X25519 box key the device registered at pairing (None: derive it)."""
+        registered = self._devices.box_key(b64(public_key))
+        return unb64(registered) if registered is not None else None
 
     def _topics_for(self, public_key: bytes) -> Topics | None:
         device = self._devices.by_key(b64(public_key))
@@ -154,6 +179,67 @@ class RtcService:
         """The devices whose topic is subscribed (doctor, tests)."""
         return sorted(self._subscribed)
 
+    # --- pairing over the rendezvous (pairing.py) ----------------------------------------------
+
+    def pairing(self) -> list[str]:
+        """The secret ids of the offers whose pairing topic is subscribed (tests)."""
+        return sorted(sid for sid, _topics, _expiry in self._pair_topics.values())
+
+    async def _sync_pairing(self, broker: _Broker) -> None:
+        """Listen on exactly the open offers' pairing topics (made while the rendezvous was on)."""
+        wanted: dict[str, tuple[str, Topics, float]] = {}
+        if self._pairings is not None and self._pair is not None:
+            for offer in self._pairings.open_offers():
+                if offer.rendezvous is not None:
+                    the_topics = pairing_topics(offer.secret)
+                    wanted[the_topics.to_daemon] = (offer.secret_id, the_topics, offer.expires_at)
+        for topic in [t for t in self._pair_topics if t not in wanted]:
+            del self._pair_topics[topic]
+            await broker.unsubscribe(topic)
+            log.info("rtc: stopped listening for a pairing")
+        for topic, entry in wanted.items():
+            if topic not in self._pair_topics:
+                self._pair_topics[topic] = entry
+                await broker.subscribe(topic)
+                log.info("rtc: listening for pairing %s", entry[0])
+
+    def _pairing_deadline(self) -> float:
+        """Trio's time at which the first listened-for offer expires (inf: none)."""
+        if not self._pair_topics:
+            return math.inf
+        first = min(expiry for _sid, _topics, expiry in self._pair_topics.values())
+        return trio.current_time() + max(0.0, first - self._clock()) + 0.05
+
+    async def _pairing_message(
+        self, broker: _Broker, desk: PairingDesk, topic: str, raw: bytes
+    ) -> bool:
+        """Answer a pair request on an offer's topic; False: not a pairing topic. A request
+        that does not open is dropped unanswered (``pairing.py`` says why)."""
+        entry = self._pair_topics.get(topic)
+        if entry is None or self._pair is None:
+            return False
+        secret_id, the_topics, _expiry = entry
+        try:
+            opened = desk.open(raw, self._clock(), secret_id)
+        except SignalingRefused as exc:
+            log.info("rtc: pair request refused (%s): %s", exc.code, exc.message)
+            self._count_refusal(exc)
+            return True
+        status, body = await self._pair(None, "POST", "/v1/pair", opened.request, REMOTE)
+        reply = json.loads(body)
+        if status == 201:  # subscribed before the reply: the device may dial at once
+            self.paired += 1
+            await self._sync(broker, reply["device"]["id"])
+        else:
+            self.refusals[f"http {status}"] += 1
+        # a used or withdrawn offer's topic goes before the reply, so a device that has its
+        # answer finds the daemon's state settled
+        await self._sync_pairing(broker)
+        await broker.publish(
+            the_topics.to_device, desk.seal_reply(opened, status, reply, self._clock())
+        )
+        return True
+
     def links(self) -> int:
         return sum(len(scopes) for scopes in self._links.values())
 
@@ -185,6 +271,7 @@ class RtcService:
             "links": self.links(),
             "refused": self.refused,
             "turn": bool(self._settings.turn),
+            "pairing": len(self._pair_topics),
             "error": self.error,
             # what doctor needs to probe the same paths (a file's path, never the secret)
             "settings": {
@@ -204,22 +291,30 @@ class RtcService:
         if self._make_link is None:  # a programming error, said before any link opens
             raise ConfigError("the WebRTC task cannot serve links: serve_with() was not called")
         self._subscribed.clear()  # a new connection: nothing is subscribed on it yet
+        self._pair_topics.clear()
         async with (
             open_asyncio_thread(self._thread_setup) as aio,
             open_mqtt(url, self._thread_setup) as broker,
         ):
             for device, _secret in self._devices.with_rendezvous():
                 await self._sync(broker, device.id)
+            await self._sync_pairing(broker)
+            desk = PairingDesk(self._key)
+
+            async def pairing(topic: str, raw: bytes) -> bool:
+                return await self._pairing_message(broker, desk, topic, raw)
+
             answerer = Answerer(
                 aio,
                 broker,
-                SignalingBox(self._key, self._is_paired),
+                SignalingBox(self._key, self._is_paired, box_key=self._box_key),
                 self._key,
                 self._topics_for,
                 lambda now: self.ice_servers("daemon", now),
                 self._device_ice,
                 self._clock,
                 on_refused=self._count_refusal,
+                other=pairing,
             )
             async with trio.open_nursery() as nursery:
                 await nursery.start(answerer.serve, self._serve)
@@ -229,11 +324,19 @@ class RtcService:
                 self.error = None
                 self.ready.set()
                 task_status.started()
-                async for device_id in self._changes_rx:
-                    await self._sync(broker, device_id)
+                while True:
+                    with trio.move_on_at(self._pairing_deadline()):
+                        device_id = await self._changes_rx.receive()
+                        if device_id is None:
+                            await self._sync_pairing(broker)
+                        else:
+                            await self._sync(broker, device_id)
+                        continue
+                    await self._sync_pairing(broker)  # an offer expired
 
-    def _count_refusal(self, _exc: SignalingRefused) -> None:
+    def _count_refusal(self, exc: SignalingRefused) -> None:
         self.refused += 1
+        self.refusals[exc.code] += 1
 
     async def _serve(self, link: _Link) -> None:
         device = self._devices.by_key(b64(link.peer_key))

@@ -5,9 +5,11 @@ to forge, alter or replay anything. Each message is therefore
 
 * **signed** by the sender's Ed25519 key (the daemon's identity key, or the device's key that
   pairing recorded), over the exact body bytes (no canonical re-encoding needed);
-* **encrypted to the recipient** with a NaCl ``Box`` whose X25519 keys are derived from the same
-  Ed25519 keys (``crypto_sign_ed25519_*_to_curve25519``; the browser does the same with tweetnacl
-  + ed2curve), so pairing needs no second key;
+* **encrypted to the recipient** with a NaCl ``Box`` between the two parties' X25519 *box keys*.
+  A party's box key is the one its device registered at pairing (``box_public_key``: the web app,
+  whose non-extractable WebCrypto Ed25519 key cannot be converted), else derived from its Ed25519
+  key (``crypto_sign_ed25519_*_to_curve25519``: the daemon always, Python devices). A device that
+  registered one must use it: a message boxed with its derived key does not open (``forged``);
 * **fresh**: the body carries a timestamp and a random 128-bit nonce. The receiver refuses a body
   more than ``max_skew`` seconds away from its clock, and a (sender, nonce) it has already seen
   within that window, so a captured envelope cannot be played again;
@@ -118,8 +120,11 @@ class SignalingBox:
     """One party's end of the sealed channel: seals to peers, opens from paired peers.
 
     ``is_paired(public_key)`` answers whether a sender may talk to us at all (the daemon: an
-    active device of the device store; a device: its daemon's key). The replay window is the
-    only state; it holds nonces of authenticated messages only, at most
+    active device of the device store; a device: its daemon's key). ``box_key(public_key)`` is
+    the X25519 box key that peer registered at pairing (raw 32 bytes), or None to derive it from
+    its Ed25519 key; asked for every message, so a re-pairing takes effect at once. ``box_secret``
+    is our own registered box key (a device that registered one), else ours is derived too. The
+    replay window is the only state; it holds nonces of authenticated messages only, at most
     ``REPLAY_PER_SENDER`` per sender, each for ``2 * max_skew`` seconds at most.
     """
 
@@ -128,26 +133,37 @@ class SignalingBox:
         signing_key: nacl.signing.SigningKey,
         is_paired: Callable[[bytes], bool],
         max_skew: float = MAX_SKEW,
+        *,
+        box_key: Callable[[bytes], bytes | None] = lambda _peer: None,
+        box_secret: nacl.public.PrivateKey | None = None,
     ) -> None:
         self._key = signing_key
         self._public = bytes(signing_key.verify_key)
-        self._x25519 = signing_key.to_curve25519_private_key()
+        self._x25519 = box_secret or signing_key.to_curve25519_private_key()
         self._is_paired = is_paired
+        self._box_key = box_key
         self._max_skew = max_skew
-        self._boxes: dict[bytes, nacl.public.Box] = {}
+        self._boxes: dict[bytes, nacl.public.Box] = {}  # peer's X25519 key -> its box
         self._seen: dict[bytes, dict[str, float]] = {}  # sender -> nonce -> forget after
 
     @property
     def public_key(self) -> bytes:
         return self._public
 
+    def peer_box_key(self, peer: bytes) -> bytes:
+        """``peer``'s X25519 box key: the one it registered, else derived from ``peer``."""
+        registered = self._box_key(peer)
+        if registered is not None:
+            return registered
+        return bytes(nacl.signing.VerifyKey(peer).to_curve25519_public_key())
+
     def _box(self, peer: bytes) -> nacl.public.Box:
-        box = self._boxes.get(peer)
+        peer_x = self.peer_box_key(peer)
+        box = self._boxes.get(peer_x)
         if box is None:
             if len(self._boxes) > 1_000:
                 self._boxes.clear()
-            peer_x = nacl.signing.VerifyKey(peer).to_curve25519_public_key()
-            box = self._boxes[peer] = nacl.public.Box(self._x25519, peer_x)
+            box = self._boxes[peer_x] = nacl.public.Box(self._x25519, nacl.public.PublicKey(peer_x))
         return box
 
     def seal(self, recipient: bytes, message: Message, now: float) -> bytes:

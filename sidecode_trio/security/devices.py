@@ -1,6 +1,7 @@
 """Paired devices and the audit log, in ``<state-dir>/devices.sqlite3`` (0600).
 
-A device is its Ed25519 public key, a name, a scope and its history (paired, last seen, revoked).
+A device is its Ed25519 public key, a name, a scope and its history (paired, last seen, revoked),
+and the X25519 box key it may have registered at pairing for sealed signaling (the web app).
 Devices prove themselves with signatures, never with a stored password. The one exception is a
 WatchCode-compatible device (``kind="secret"``): the WatchCode apps can only send a static
 secret, so such a device gets a random 256-bit secret, shown once; only its SHA-256 is stored, it
@@ -57,6 +58,9 @@ class Device:
     last_seen: float | None = None
     revoked_at: float | None = None
     kind: str = "key"  #: "key" (Ed25519, signed tokens) or "secret" (WatchCode-compatible)
+    #: base64url X25519 key the device registered at pairing for sealed signaling
+    #: (``rtc/signaling.py``); None: its box key is derived from ``public_key``
+    box_public_key: str | None = None
 
 
 SECRET_PREFIX: Final = "sha256:"  # noqa: S105 - a label: a secret device stores its hash
@@ -88,7 +92,12 @@ CREATE TABLE IF NOT EXISTS audit (
     detail TEXT NOT NULL
 );
 """
-MIGRATIONS = ("ALTER TABLE devices ADD COLUMN kind TEXT NOT NULL DEFAULT 'key'",)
+#: columns added since the first store, each with the statement that adds it (older stores load:
+#: a device paired before has the column's default)
+MIGRATIONS = {
+    "kind": "ALTER TABLE devices ADD COLUMN kind TEXT NOT NULL DEFAULT 'key'",
+    "box_public_key": "ALTER TABLE devices ADD COLUMN box_public_key TEXT",
+}
 
 
 class DeviceStore:
@@ -96,8 +105,8 @@ class DeviceStore:
         self._db = open_store(path, SCHEMA, "device store")
         try:
             columns = {row[1] for row in self._db.execute("PRAGMA table_info(devices)")}
-            if "kind" not in columns:
-                for statement in MIGRATIONS:
+            for column, statement in MIGRATIONS.items():
+                if column not in columns:
                     self._db.execute(statement)
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open the device store {path}: {exc}") from exc
@@ -137,9 +146,11 @@ class DeviceStore:
     def _load(self) -> list[Device]:
         rows = self._db.execute(
             "SELECT id, name, public_key, fingerprint, scope, paired_at, last_seen, revoked_at, "
-            "kind FROM devices ORDER BY paired_at"
+            "kind, box_public_key FROM devices ORDER BY paired_at"
         ).fetchall()
-        return [Device(r[0], r[1], r[2], r[3], Scope(r[4]), r[5], r[6], r[7], r[8]) for r in rows]
+        return [
+            Device(r[0], r[1], r[2], r[3], Scope(r[4]), r[5], r[6], r[7], r[8], r[9]) for r in rows
+        ]
 
     def all(self) -> list[Device]:
         return list(self._devices.values())
@@ -166,25 +177,44 @@ class DeviceStore:
         fingerprint: str,
         scope: Scope,
         rendezvous: bytes | None = None,
+        box_public_key: str | None = None,
     ) -> Device:
+        """A device paired with ``public_key``. ``rendezvous`` (its rendezvous secret) marks a
+        pairing: when the key is already paired, that pairing's secret and box key (None: derive
+        it) replace the old ones, on the same record."""
         check_device_name(name)
         existing = self.by_key(public_key)
         if existing is not None and existing.revoked_at is None:
             if rendezvous is not None:  # a new pairing: the device computed a new secret
+                existing = self._set_box_key(existing, box_public_key)
                 self._set_rendezvous(existing.id, rendezvous)
                 self._rendezvous_changed(existing.id)
             return existing  # the same key pairing again: keep one record
         device = Device(
-            f"dev_{secrets.token_hex(6)}", name, public_key, fingerprint, scope, time.time()
+            f"dev_{secrets.token_hex(6)}",
+            name,
+            public_key,
+            fingerprint,
+            scope,
+            time.time(),
+            box_public_key=box_public_key,
         )
         with self._transaction():
             if existing is not None:  # a revoked key pairs anew: a new record, the old one goes
                 self._db.execute("DELETE FROM devices WHERE id = ?", (existing.id,))
                 self._devices.pop(existing.id, None)
             self._db.execute(
-                "INSERT INTO devices (id, name, public_key, fingerprint, scope, paired_at) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (device.id, name, public_key, fingerprint, scope.value, device.paired_at),
+                "INSERT INTO devices (id, name, public_key, fingerprint, scope, paired_at, "
+                "box_public_key) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    device.id,
+                    name,
+                    public_key,
+                    fingerprint,
+                    scope.value,
+                    device.paired_at,
+                    box_public_key,
+                ),
             )
             if existing is not None:
                 self._db.execute("DELETE FROM rendezvous WHERE device_id = ?", (existing.id,))
@@ -234,6 +264,25 @@ class DeviceStore:
             if hmac.compare_digest(device.public_key.encode(), digest) and candidate:
                 found = device
         return found
+
+    def _set_box_key(self, device: Device, box_public_key: str | None) -> Device:
+        if device.box_public_key == box_public_key:
+            return device
+        with self._transaction():
+            self._db.execute(
+                "UPDATE devices SET box_public_key = ? WHERE id = ?", (box_public_key, device.id)
+            )
+        device = self._devices[device.id] = attrs.evolve(device, box_public_key=box_public_key)
+        self.audit("box_key_changed", device.id, "registered" if box_public_key else "derived")
+        return device
+
+    def box_key(self, public_key: str) -> str | None:
+        """The box key (base64url X25519) the active device with Ed25519 ``public_key``
+        registered at pairing; None when it has none (derive it) or is unknown or revoked."""
+        device = self.by_key(public_key)
+        if device is None or device.revoked_at is not None:
+            return None
+        return device.box_public_key
 
     def _set_rendezvous(self, device_id: str, secret: bytes) -> None:
         with self._transaction():

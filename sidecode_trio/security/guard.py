@@ -257,7 +257,12 @@ class Guard:
             raise
         key = proof.device_public_key
         return self.devices.add(
-            proof.name, key, fingerprint(unb64(key)), redeemed.scope, redeemed.rendezvous
+            proof.name,
+            key,
+            fingerprint(unb64(key)),
+            redeemed.scope,
+            redeemed.rendezvous,
+            redeemed.box_public_key,
         )
 
     def revoke(self, device_id: str) -> tuple[Device, int]:

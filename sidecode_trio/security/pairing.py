@@ -4,8 +4,11 @@ The pairing payload (QR code, link or JSON) carries the daemon's public key, whe
 its certificate hash, a ``secret_id`` and a 32-byte ``secret``. The device answers with its own
 Ed25519 public key and a name, an HMAC-SHA256 of the pairing transcript keyed by the secret (so
 the secret itself never crosses the network) and its signature of the same transcript (so it
-holds the key it names). A secret works once, expires (5 minutes by default), and dies after a
-few wrong proofs; failures are rate-limited per client address.
+holds the key it names). It may also register an X25519 *box key* for sealed signaling
+(``rtc/signaling.py``), bound into that transcript: the web app does, since its non-extractable
+WebCrypto Ed25519 key cannot be converted to X25519 as a Python device's can. A secret works
+once, expires (5 minutes by default), and dies after a few wrong proofs; failures are
+rate-limited per client address.
 """
 
 from __future__ import annotations
@@ -20,11 +23,14 @@ from typing import Any, Final
 
 import attrs
 
-from ..errors import ClientError
+from ..errors import BadRequest, ClientError
 from .devices import Scope
 from .identity import b64, unb64, verify
 
 PAIR_CONTEXT: Final = b"sidecode-trio pair v1\n"
+#: the transcript's context when the device also registers an X25519 box key (its own context,
+#: so no transcript with a box key can be read as one without, nor the other way round)
+PAIR_BOX_CONTEXT: Final = b"sidecode-trio pair box v1\n"
 RENDEZVOUS_CONTEXT: Final = b"sidecode-trio rendezvous v1\n"
 MAX_PROOF_FAILURES: Final = 3  # wrong proofs before a secret is withdrawn
 PAYLOAD_VERSION: Final = 1
@@ -40,11 +46,40 @@ class RateLimited(ClientError):
     code = "rate_limited"
 
 
-def transcript(daemon_key: bytes, device_key: bytes, name: str, secret_id: str) -> bytes:
-    """What both the HMAC and the device's signature cover."""
-    return b"".join(
-        [PAIR_CONTEXT, daemon_key, device_key, name.encode(), b"\n", secret_id.encode()]
-    )
+def transcript(
+    daemon_key: bytes,
+    device_key: bytes,
+    name: str,
+    secret_id: str,
+    box_key: bytes | None = None,
+) -> bytes:
+    """What both the HMAC and the device's signature cover. A device that registers an X25519
+    box key (``box_key``, raw 32 bytes: the web app, whose Ed25519 key cannot be converted) binds
+    it here, after the two fixed-length keys, under its own context; without one the transcript
+    is the original one, so clients that derive their box key keep working unchanged."""
+    if box_key is None:
+        keys = [PAIR_CONTEXT, daemon_key, device_key]
+    else:
+        keys = [PAIR_BOX_CONTEXT, daemon_key, device_key, box_key]
+    return b"".join([*keys, name.encode(), b"\n", secret_id.encode()])
+
+
+def box_public_key(text: str | None) -> bytes | None:
+    """The raw X25519 box key a pairing request registers (``box_public_key``), or None; a value
+    that is not 32 bytes of base64url is ``400 bad_box_key`` (before the one-time secret is
+    spent, so the device may try again)."""
+    if text is None:
+        return None
+    try:
+        raw = unb64(text)
+    except (ValueError, base64.binascii.Error):  # type: ignore[attr-defined]
+        raw = b""
+    if len(raw) != 32:
+        raise BadRequest(
+            "box_public_key must be a base64url X25519 public key of 32 bytes",
+            code="bad_box_key",
+        )
+    return raw
 
 
 def prove(secret: bytes, message: bytes) -> bytes:
@@ -71,10 +106,12 @@ class Offer:
 
 @attrs.frozen
 class Redeemed:
-    """A pairing that succeeded: the scope granted and the device's rendezvous secret."""
+    """A pairing that succeeded: the scope granted, the device's rendezvous secret and the box
+    key it registered (base64url, None when it derives its box key from its Ed25519 key)."""
 
     scope: Scope
     rendezvous: bytes = attrs.field(repr=False)
+    box_public_key: str | None = None
 
 
 @attrs.frozen
@@ -84,6 +121,7 @@ class PairingProof:
     name: str
     mac: str
     signature: str
+    box_public_key: str | None = None  #: base64url X25519 key, bound into the transcript
 
 
 class RateLimiter:
@@ -118,6 +156,21 @@ class Pairings:
         self.quic_urls: list[str] = []  #: where devices reach the daemon over WebTransport
         self.rendezvous_url: str | None = None  #: the signaling broker (``serve --rendezvous``)
         self.web_origin: str | None = None  #: where the web app is hosted (``--web-origin``)
+        self._listeners: list[Callable[[], None]] = []
+
+    def on_change(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` when an offer is made, used or withdrawn (the WebRTC task listens
+        on each open offer's pairing topic: ``rtc/pairing.py``)."""
+        self._listeners.append(listener)
+
+    def _changed(self) -> None:
+        for listener in self._listeners:
+            listener()
+
+    def open_offers(self) -> list[Offer]:
+        """The offers that can still be used (expired ones are dropped first)."""
+        self._expire()
+        return list(self._offers.values())
 
     def offer(self, scope: Scope, ttl: float) -> Offer:
         self._expire()
@@ -125,6 +178,7 @@ class Pairings:
         offer.quic = list(self.quic_urls)
         offer.rendezvous = self.rendezvous_url
         self._offers[offer.secret_id] = offer
+        self._changed()
         return offer
 
     def _expire(self) -> None:
@@ -141,8 +195,11 @@ class Pairings:
         except PairingRefused:
             self.limiter.fail(client)
             raise
+        finally:
+            self._changed()  # the offer may be used up or withdrawn
 
     def _redeem(self, proof: PairingProof) -> Redeemed:
+        box_key = box_public_key(proof.box_public_key)  # 400 before anything is spent
         offer = self._offers.get(proof.secret_id)
         if offer is None or offer.expires_at <= self._clock():
             self._offers.pop(proof.secret_id, None)
@@ -159,7 +216,7 @@ class Pairings:
             raise PairingRefused(
                 "a device needs a 32-byte Ed25519 key and a name of 1-100 characters"
             )
-        message = transcript(self._daemon_key, device_key, proof.name, proof.secret_id)
+        message = transcript(self._daemon_key, device_key, proof.name, proof.secret_id, box_key)
         if not (
             hmac.compare_digest(prove(offer.secret, message), mac)
             and verify(device_key, message, signature)
@@ -169,7 +226,11 @@ class Pairings:
                 del self._offers[proof.secret_id]
             raise PairingRefused("the pairing proof does not verify")
         del self._offers[proof.secret_id]  # one use only
-        return Redeemed(offer.scope, rendezvous_secret(offer.secret, message))
+        return Redeemed(
+            offer.scope,
+            rendezvous_secret(offer.secret, message),
+            b64(box_key) if box_key is not None else None,
+        )
 
 
 def payload(

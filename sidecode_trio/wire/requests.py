@@ -197,6 +197,9 @@ class PairRequest:
     name: str
     mac: str  #: base64url HMAC-SHA256(secret, transcript)
     signature: str  #: base64url Ed25519 signature of the transcript by the device key
+    #: base64url X25519 public key (32 bytes) for sealed signaling, bound into the transcript;
+    #: absent: the box key is derived from the Ed25519 key (PROTOCOL.md §2, §13)
+    box_public_key: str | None = None
 
 
 @attrs.frozen

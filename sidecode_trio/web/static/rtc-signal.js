@@ -1,16 +1,19 @@
 // Sealed signaling for the WebRTC path, the browser's side of sidecode_trio/rtc/signaling.py
 // (PROTOCOL.md "Rendezvous"): the same envelope, topics and DTLS fingerprint statements, byte for
-// byte. Not wired into the app yet (the link's serving lands with the transport-neutral feed).
+// byte. A paired app can dial with what pairing stored (auth.js): deviceSignalingBox(device),
+// deviceTopics(device), connectBroker(device.rendezvous.url), then dial({box, daemonKey, ...}).
 //
 // Envelope: {"v":1,"from":b64url(sender ed25519 pk),"box":b64url(nonce24 || box(sig64 || body))}
 // body = {"to":b64url(recipient pk),"ts":seconds,"n":b64url(16 random bytes),"msg":{type,...}}
-// The signature covers the exact body bytes; the box's X25519 keys are the Ed25519 keys converted
-// (crypto_sign_ed25519_{sk,pk}_to_curve25519), so pairing needs no second key.
+// The signature covers the exact body bytes; the box is NaCl crypto_box between the two parties'
+// X25519 box keys.
 //
-// Keys: this module needs the device's Ed25519 *seed* (tweetnacl signs with it and the box needs
-// the X25519 key derived from it). The app's pairing key is a non-extractable WebCrypto key, from
-// which no X25519 key can be derived: using this path from the app needs a signing key it can
-// convert (README "Use it from anywhere", known limits).
+// Keys. The app's device (deviceSignalingBox): signs envelopes and fingerprint statements with its
+// non-extractable WebCrypto Ed25519 key, and boxes with the X25519 box key it registered at pairing
+// (auth.js says why that secret may be extractable); the daemon's box key is derived from its
+// Ed25519 key (crypto_sign_ed25519_pk_to_curve25519), as the daemon derives its own. The seed
+// constructor (`new SignalingBox(seed, ...)`, tests, a device that derives its box key as the
+// Python one does) signs with tweetnacl and derives its X25519 secret from the seed.
 
 import "./vendor/nacl-fast.min.js"; // tweetnacl 1.0.3: sets self.nacl
 
@@ -94,28 +97,59 @@ export function x25519Secret(seed) {
 
 // -- sealing and opening -----------------------------------------------------------------------
 
-/** One party's end of the sealed channel (the device's, in the app). `seed`: its Ed25519 seed;
- * `isPaired(pkBytes)`: may this sender talk to us (a device: only its daemon's key). */
+/** The keys of a seed: tweetnacl signs with it and the box key is derived from it. */
+function seedKeys(seed) {
+  const keys = nacl.sign.keyPair.fromSeed(seed);
+  return {
+    publicKey: keys.publicKey,
+    sign: async (bytes) => nacl.sign.detached(bytes, keys.secretKey),
+    boxSecret: x25519Secret(seed),
+  };
+}
+
+/** One party's end of the sealed channel (the device's, in the app). `seed`: its Ed25519 seed
+ * (or null with `keys`); `isPaired(pkBytes)`: may this sender talk to us (a device: only its
+ * daemon's key). `keys` = {publicKey: Ed25519 pk bytes, sign: async (bytes) => 64-byte
+ * signature, boxSecret: X25519 secret bytes} replaces the seed's (deviceSignalingBox). Peers'
+ * box keys are derived from their Ed25519 keys (the daemon's always is). */
 export class SignalingBox {
-  constructor(seed, isPaired, maxSkew = MAX_SKEW) {
-    this.keys = nacl.sign.keyPair.fromSeed(seed);
-    this.publicKey = this.keys.publicKey;
-    this.x25519 = x25519Secret(seed);
+  constructor(seed, isPaired, maxSkew = MAX_SKEW, keys = seedKeys(seed)) {
+    if (!(keys.boxSecret instanceof Uint8Array) || keys.boxSecret.length !== 32) {
+      throw new Error("a box secret is 32 bytes");
+    }
+    this.publicKey = keys.publicKey;
+    this.sign = keys.sign;
+    this.boxSecret = keys.boxSecret;
     this.isPaired = isPaired;
     this.maxSkew = maxSkew;
     this.seen = new Map(); // sender b64 -> Map(nonce -> forget after)
+    this.peerBoxKeys = new Map(); // peer pk b64 -> its derived X25519 key
   }
 
-  /** The envelope (a string) carrying `message` ({type, ...}) to `recipient` (pk bytes). */
-  seal(recipient, message, now = Date.now() / 1000) {
+  /** A peer's X25519 box key, derived from its Ed25519 public key (bytes). */
+  peerBoxKey(peer) {
+    const id = b64url(peer);
+    let key = this.peerBoxKeys.get(id);
+    if (!key) {
+      key = x25519Public(peer);
+      if (this.peerBoxKeys.size > 100) this.peerBoxKeys.clear();
+      this.peerBoxKeys.set(id, key);
+    }
+    return key;
+  }
+
+  /** The envelope (a string) carrying `message` ({type, ...}) to `recipient` (pk bytes). Async:
+   * the app's device key signs through WebCrypto. */
+  async seal(recipient, message, now = Date.now() / 1000) {
     const body = enc.encode(JSON.stringify({
       to: b64url(recipient), ts: now, n: b64url(nacl.randomBytes(16)), msg: message,
     }));
+    const signature = await this.sign(body);
     const signed = new Uint8Array(64 + body.length);
-    signed.set(nacl.sign.detached(body, this.keys.secretKey));
+    signed.set(signature);
     signed.set(body, 64);
     const nonce = nacl.randomBytes(24);
-    const cipher = nacl.box(signed, nonce, x25519Public(recipient), this.x25519);
+    const cipher = nacl.box(signed, nonce, this.peerBoxKey(recipient), this.boxSecret);
     const box = new Uint8Array(24 + cipher.length);
     box.set(nonce);
     box.set(cipher, 24);
@@ -141,7 +175,7 @@ export class SignalingBox {
     if (!this.isPaired(sender)) throw new SignalingRefused("not_paired", "the sender is not a paired key");
     let signed = null;
     try {
-      signed = nacl.box.open(sealed.subarray(24), sealed.subarray(0, 24), x25519Public(sender), this.x25519);
+      signed = nacl.box.open(sealed.subarray(24), sealed.subarray(0, 24), this.peerBoxKey(sender), this.boxSecret);
     } catch {
       signed = null;
     }
@@ -179,6 +213,43 @@ export class SignalingBox {
     }
     seen.set(nonce, Math.max(ts, now) + this.maxSkew);
   }
+}
+
+// -- the app's paired device (auth.js) ----------------------------------------------------------
+
+/** The SignalingBox of the app's paired `device` (auth.js loadDevice()): it signs with the
+ * device's non-extractable WebCrypto Ed25519 key, boxes with the box key registered at pairing,
+ * and hears only from the paired daemon. `box.daemonKey` is that daemon's key (bytes), for
+ * dial({box, daemonKey: box.daemonKey, ...}). */
+export async function deviceSignalingBox(device) {
+  if (!device || !device.privateKey || !device.daemon || !device.daemon.pk) {
+    throw new Error("this browser is not paired with a daemon");
+  }
+  if (!device.box || !device.box.secretKey) {
+    throw new Error("this browser was paired before it could use the peer-to-peer path: pair it again");
+  }
+  const boxSecret = unb64url(device.box.secretKey);
+  if (boxSecret.length !== 32 || b64url(nacl.box.keyPair.fromSecretKey(boxSecret).publicKey) !== device.box.publicKey) {
+    throw new Error("this browser's stored box key is damaged: pair it again");
+  }
+  const key = device.privateKey;
+  const daemonPk = device.daemon.pk;
+  const box = new SignalingBox(null, (pk) => b64url(pk) === daemonPk, MAX_SKEW, {
+    publicKey: unb64url(device.publicKey),
+    sign: async (bytes) => new Uint8Array(await crypto.subtle.sign("Ed25519", key, bytes)),
+    boxSecret,
+  });
+  box.daemonKey = unb64url(daemonPk);
+  return box;
+}
+
+/** The paired `device`'s broker topics ({toDaemon, toDevice}), from the rendezvous secret both
+ * sides computed at pairing; the broker is `device.rendezvous.url` (null: the daemon named none). */
+export async function deviceTopics(device) {
+  if (!device || !device.rendezvous || !device.rendezvous.secret) {
+    throw new Error("this browser was paired without a rendezvous secret: pair it again");
+  }
+  return topics(unb64url(device.rendezvous.secret));
 }
 
 /** A connection attempt's id: 128 random bits, hex. */
@@ -220,7 +291,7 @@ export async function signFingerprints(box, role, cid, sdp, offerSdp = null) {
   const fps = sdpFingerprints(sdp);
   if (!fps.length) throw new Error("the SDP has no a=fingerprint line");
   const statement = await fingerprintStatement(role, cid, fps, offerSdp);
-  return { fps, fp_sig: b64url(nacl.sign.detached(statement, box.keys.secretKey)) };
+  return { fps, fp_sig: b64url(await box.sign(statement)) };
 }
 
 /** Refuse ("fingerprint") unless `publicKey` signed exactly the fingerprints of `sdp`. Call it
@@ -313,7 +384,7 @@ function gathered(pc) {
  * daemon's signed fingerprints; Chromium keeps only one of them in pc.remoteDescription). */
 export async function dial({ box, daemonKey, topics: t, broker, policy = "all" }) {
   const cid = newCid();
-  await broker.publish(t.toDaemon, box.seal(daemonKey, { type: "hello", cid }));
+  await broker.publish(t.toDaemon, await box.seal(daemonKey, { type: "hello", cid }));
   const ice = await nextFor(broker, box, cid, Date.now() + REPLY_TIMEOUT);
   if (ice.type !== "ice") throw new Error(`the daemon answered hello with ${ice.type}`);
   const iceServers = ice.servers.map((s) => ({
@@ -332,7 +403,7 @@ export async function dial({ box, daemonKey, topics: t, broker, policy = "all" }
     await gathered(pc);
     const sdp = pc.localDescription.sdp;
     const { fps, fp_sig } = await signFingerprints(box, "device", cid, sdp);
-    await broker.publish(t.toDaemon, box.seal(daemonKey, { type: "offer", cid, sdp, fps, fp_sig }));
+    await broker.publish(t.toDaemon, await box.seal(daemonKey, { type: "offer", cid, sdp, fps, fp_sig }));
     const answer = await nextFor(broker, box, cid, Date.now() + REPLY_TIMEOUT);
     if (answer.type === "refused") throw new SignalingRefused(answer.code, `the daemon refused: ${answer.message}`);
     if (answer.type !== "answer") throw new Error(`the daemon answered the offer with ${answer.type}`);
