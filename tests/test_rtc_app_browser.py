@@ -1,18 +1,16 @@
-"""The web app over the WebRTC path only (issue 17 #4): headless Chromium in the lab's ``phone``
-namespace, behind its NAT, drives a session on the daemon in ``home``, behind another
-(tests/netlab.py), whose HTTPS and QUIC listeners it cannot reach (they are on the test's
-loopback). The app is the exported bundle (``web export``), served from a static origin inside
-``phone``; it reaches the broker in ``inet`` over MQTT-over-WebSocket and dials the daemon.
+"""The web app over the WebRTC path (issue 17 #4), in the network lab (tests/netlab.py):
+headless Chromium in the ``phone`` namespace, behind its NAT; the daemon's WebRTC task in
+``home``, behind another; its HTTPS and QUIC listeners on the test's loopback, out of the
+phone's reach. The app is the exported bundle (``web export``) on a static origin inside
+``phone``: knowing only the pairing link, it pairs through the broker in ``inet`` (MQTT over
+WebSocket), dials the daemon and drives a session with what pairing stored.
 
 It streams a session, approves a tool, the link is dropped (the page closes its peer connection;
-then the NAT drops every UDP packet for a while) and each time the app dials anew and resumes
-exactly: no gap, no duplicate, no snapshot. The header says "peer-to-peer" through cone NATs and
-"relayed" through symmetric ones with TURN.
-
-The device is paired over HTTPS by the test (pairing from another origin is not this test's
-subject); the browser gets the same Ed25519 key as a non-extractable WebCrypto key in its
-IndexedDB record, and the page's ``self.sidecodeSignaling`` hook gives the app a signaling box made
-from that key's seed (a browser-made device will use rtc-signal.js's own).
+the NAT drops every UDP packet for a while; the browser says it is online again) and each time
+the app dials anew and resumes exactly: no gap, no duplicate, no snapshot. The header says
+"peer-to-peer" through cone NATs and "relayed" through symmetric ones with TURN. From the
+daemon's own origin (relayed into ``phone`` by the test) the app goes direct over WebTransport,
+switches to WebRTC when that path goes away and back when it returns.
 """
 
 from __future__ import annotations
@@ -32,7 +30,6 @@ import pytest
 import trio
 from test_rtc_daemon import until
 from test_rtc_lab import lab_daemon
-from test_rtc_link import pc as pair_client
 from test_webapp_browser import (
     PHONE,
     STEP_TIMEOUT_MS,
@@ -45,7 +42,6 @@ from test_webapp_browser import (
 )
 
 from sidecode_trio.config import DaemonConfig
-from sidecode_trio.security.identity import unb64
 from sidecode_trio.web.export import CONNECT, export, meta_policy
 
 import netlab
@@ -160,38 +156,6 @@ class Forwarder:
             thread.join(5)
 
 
-# The device record auth.js keeps (IndexedDB "sidecode-trio"/"device"/"self"), with the paired
-# key imported as a non-extractable WebCrypto key: PKCS#8 of an Ed25519 seed is a fixed prefix.
-STORE_DEVICE = """async ([seed, device]) => {
-  const prefix = [0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70,
-                  0x04, 0x22, 0x04, 0x20];
-  const pkcs8 = new Uint8Array([...prefix, ...seed]);
-  device.privateKey = await crypto.subtle.importKey(
-    'pkcs8', pkcs8, { name: 'Ed25519' }, false, ['sign']);
-  const db = await new Promise((resolve, reject) => {
-    const req = indexedDB.open('sidecode-trio', 1);
-    req.onupgradeneeded = () => req.result.createObjectStore('device');
-    req.onsuccess = () => resolve(req.result);
-    req.onerror = () => reject(req.error);
-  });
-  await new Promise((resolve, reject) => {
-    const tx = db.transaction('device', 'readwrite');
-    tx.objectStore('device').put(device, 'self');
-    tx.oncomplete = resolve;
-    tx.onerror = () => reject(tx.error);
-  });
-  db.close();
-}"""
-
-SIGNALING_HOOK = """const signal = import(new URL('rtc-signal.js', location.href).href);
-signal.catch(() => {});  // fetched now: the page's origin may be out of reach when it is used
-self.sidecodeSignaling = async (device) => {
-  const m = await signal;
-  const box = new m.SignalingBox(m.unb64url(%r), (pk) => m.b64url(pk) === device.daemon.pk);
-  return { box, topics: await m.topics(m.unb64url(device.rendezvous.secret)) };
-};"""
-
-
 @contextmanager
 def phone_in_lab(
     lab: netlab.Lab, tmp_path: Path, problems: list[str], **options: Any
@@ -223,18 +187,6 @@ def phone_in_lab(
             browser.close()
 
 
-def device_record(owner_url: str, credentials: dict[str, Any], payload: dict[str, Any]) -> Any:
-    return {
-        "id": credentials["device"]["id"],
-        "name": "Lab phone",
-        "scope": "admin",
-        "publicKey": "",
-        "daemon": {"pk": payload["pk"], "fp": payload["fp"], "quic": payload.get("quic", [])},
-        "base": owner_url.rstrip("/"),  # the daemon's HTTPS: unreachable from ``phone``
-        "rendezvous": {"url": netlab.MQTT_WS_URL, "secret": credentials["rendezvous"]["secret"]},
-    }
-
-
 def header(page: Any) -> dict[str, Any]:
     """The connection indicator: its text, path, and whether it fits the phone's width."""
     return dict(
@@ -255,15 +207,39 @@ def header(page: Any) -> dict[str, Any]:
     )
 
 
-def open_app(page: Any, site: str, credentials: dict[str, Any], record: Any, sid: str) -> float:
-    """Store the device, open the app on session ``sid`` over WebRTC; ms to the first frame."""
-    page.goto(site + "/blank.html")
-    page.evaluate(STORE_DEVICE, [list(unb64(credentials["device"]["seed"])), record])
-    page.context.add_init_script(SIGNALING_HOOK % credentials["device"]["seed"])
-    page.goto(f"{site}/#s={sid}")
-    page.wait_for_selector("#conn[data-state='live'][data-transport='webrtc']", timeout=60_000)
+def pair_in_app(page: Any, link: str) -> None:
+    """Open the pairing link in the app and pair, as a person would."""
+    page.goto(link)
+    page.wait_for_selector("#pair-view:not([hidden])")
+    page.fill("#pair-name", "Lab phone")
+    page.click("#pair-button")
+    page.wait_for_selector("body[data-paired='true']", timeout=60_000)
+
+
+def open_session(page: Any, app: str, sid: str, transport: str) -> float:
+    """Open the app afresh on session ``sid``; ms from page open to its first frame."""
+    page.goto(f"{app}#s={sid}")
+    page.reload()
+    page.wait_for_selector(
+        f"#conn[data-state='live'][data-transport='{transport}']", timeout=60_000
+    )
     page.wait_for_function("() => window.sidecode.client.firstFrameAt !== null")
     return float(page.evaluate("() => window.sidecode.client.firstFrameAt"))
+
+
+async def offer_and_session(owner: Any, work_dir: Path) -> tuple[dict[str, Any], str]:
+    """A pairing offer the daemon also listens for on the broker, and a session that waits for
+    a tool's approval: (the offer, the session's id)."""
+    service = owner.handle.rtc
+    with trio.fail_after(30):
+        await service.ready.wait()
+        offer: dict[str, Any] = (
+            await owner.http.post("/v1/pairings", json={"scope": "admin"})
+        ).json()
+        assert offer["payload"]["rv"] == netlab.MQTT_WS_URL  # a broker a browser can reach
+        await until(lambda: service.pairing() == [offer["payload"]["sid"]])
+    created = await owner.create(work_dir, "[[bash:echo hi > hi.txt]]")
+    return offer, str(created["session"]["id"])
 
 
 async def drive(
@@ -273,32 +249,29 @@ async def drive(
     work_dir: Path,
     scenario: Callable[[Any], None],
 ) -> list[str]:
-    """Pair a device, start a session that asks to run a tool, open the app on it in the phone
-    and run ``scenario(page)``; returns the page's problems."""
+    """The exported app on a static origin in ``phone`` pairs (through the broker: nothing else
+    of the daemon answers there), opens a session that asks to run a tool, and runs
+    ``scenario(page)``; returns the page's problems."""
     problems: list[str] = []
     async with running_daemon(config) as owner:
-        offer = (await owner.http.post("/v1/pairings", json={"scope": "admin"})).json()
-        credentials = await trio.to_thread.run_sync(pair_client.pair, offer["payload"], "phone")
-        device_id = credentials["device"]["id"]
-        with trio.fail_after(30):
-            await until(lambda: device_id in owner.handle.rtc.subscribed())
-        created = await owner.create(work_dir, "[[bash:echo hi > hi.txt]]")
-        sid = created["session"]["id"]
-        record = device_record(owner.handle.url, credentials, offer["payload"])
+        offer, sid = await offer_and_session(owner, work_dir)
+        fragment = offer["web_link"].split("#", 1)[1]
 
         def run() -> None:
             with (
                 static_site(lab, tmp_path / "site") as site,
                 phone_in_lab(lab, tmp_path, problems) as page,
             ):
-                started = open_app(page, site, credentials, record, sid)
+                pair_in_app(page, f"{site}/#{fragment}")
+                page.wait_for_selector("#conn[data-state='live'][data-transport='webrtc']")
+                started = open_session(page, site + "/", sid, "webrtc")
                 print(f"page open to first frame over WebRTC: {started:.0f} ms")
                 scenario(page)
 
         with trio.fail_after(240):
             await trio.to_thread.run_sync(run)
         assert (work_dir / "hi.txt").read_text() == "hi\n"
-        assert owner.handle.rtc.refused == 0
+        assert owner.handle.rtc.refused == 0 and owner.handle.rtc.paired == 1
     return problems
 
 
@@ -339,7 +312,7 @@ async def test_the_app_drives_a_session_over_webrtc_through_two_nats_and_resumes
     chromium_or_skip()
     lab.nat("nath", "cone")
     lab.nat("natp", "cone")
-    config = lab_daemon(lab, make_config, monkeypatch, tmp_path)
+    config = lab_daemon(lab, make_config, monkeypatch, tmp_path, rendezvous=netlab.MQTT_WS_URL)
     reasons: list[str] = []
 
     def scenario(page: Any) -> None:
@@ -401,7 +374,9 @@ async def test_through_symmetric_nats_the_app_is_relayed_by_turn_and_says_so(
     chromium_or_skip()
     lab.nat("nath", "symmetric")
     lab.nat("natp", "symmetric")
-    config = lab_daemon(lab, make_config, monkeypatch, tmp_path, turn=True)
+    config = lab_daemon(
+        lab, make_config, monkeypatch, tmp_path, turn=True, rendezvous=netlab.MQTT_WS_URL
+    )
 
     def scenario(page: Any) -> None:
         shown = header(page)
@@ -431,7 +406,7 @@ async def test_the_app_goes_direct_when_it_can_and_switches_paths_without_losing
     tmp_path: Path,
     work_dir: Path,
 ) -> None:
-    """The app loaded from the daemon itself (its HTTPS relayed into ``phone``) goes direct over
+    """The app loaded from the daemon itself (its HTTP relayed into ``phone``) goes direct over
     WebTransport; the direct path goes away mid-turn and the app carries on over WebRTC; it comes
     back, the browser says "online", and the app goes direct again. Every subscription resumes
     exactly across both switches."""
@@ -444,33 +419,21 @@ async def test_the_app_goes_direct_when_it_can_and_switches_paths_without_losing
     config = attrs.evolve(config, https=False)
     problems: list[str] = []
     async with running_daemon(config) as owner:
-        offer = (await owner.http.post("/v1/pairings", json={"scope": "admin"})).json()
-        payload = offer["payload"]
-        assert payload["rv"] == netlab.MQTT_WS_URL  # a browser can reach the daemon's broker
-        credentials = await trio.to_thread.run_sync(pair_client.pair, payload, "phone")
-        device_id = credentials["device"]["id"]
-        with trio.fail_after(30):
-            await until(lambda: device_id in owner.handle.rtc.subscribed())
-        sid = (await owner.create(work_dir, "[[bash:echo hi > hi.txt]]"))["session"]["id"]
-        record = device_record(owner.handle.url, credentials, payload)
-        record["base"] = ""  # paired on the daemon's own origin, as the app does there
+        offer, sid = await offer_and_session(owner, work_dir)
         port = int(owner.handle.url.rstrip("/").rsplit(":", 1)[1])
-        (quic_port,) = {int(url.split("/")[2].rsplit(":", 1)[1]) for url in payload["quic"]}
+        quic = {int(url.split("/")[2].rsplit(":", 1)[1]) for url in offer["payload"]["quic"]}
+        (quic_port,) = quic
         app = owner.handle.url.rstrip("/") + "/app/"
+        assert offer["web_link"].startswith(app)
 
         def run() -> None:
             direct = Forwarder(lab, port, quic_port)
             try:
                 with phone_in_lab(lab, tmp_path, problems) as page:
-                    page.goto(app)
-                    page.evaluate(
-                        STORE_DEVICE, [list(unb64(credentials["device"]["seed"])), record]
-                    )
-                    page.context.add_init_script(SIGNALING_HOOK % credentials["device"]["seed"])
-                    page.goto(f"{app}#s={sid}")
-                    page.reload()
-                    page.wait_for_selector(
-                        "#conn[data-state='live'][data-transport='webtransport']"
+                    pair_in_app(page, offer["web_link"])  # POST /v1/pair on the daemon's origin
+                    started = open_session(page, app, sid, "webtransport")
+                    print(
+                        f"page open to first frame over WebTransport (relayed in): {started:.0f} ms"
                     )
                     assert header(page)["text"] == "live · direct"
                     approve_the_tool(page)

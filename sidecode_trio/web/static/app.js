@@ -354,9 +354,7 @@ async function start() {
     app.stale = known.length > 0;
   } catch { /* nothing known */ }
   app.outbox = loadOutbox();
-  // self.sidecodeSignaling(device) -> {box, topics}: a signaling key supplied by the page's
-  // embedder (the browser tests), in place of the one rtc-signal.js derives from the device.
-  app.client = new Client({ onStatus, preferWebTransport, signaling: self.sidecodeSignaling });
+  app.client = new Client({ onStatus, preferWebTransport });
   app.listFeed = app.client.follow("/v1/events", onListFrame);
   window.addEventListener("hashchange", route);
   route();

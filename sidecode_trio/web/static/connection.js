@@ -209,14 +209,13 @@ class HTTPLink {
  * 2. HTTP with streamed SSE, only on the daemon's own origin (it served this page);
  * 3. the WebRTC DataChannel (rtc-link.js), when the device record names a rendezvous broker
  *    (`rendezvous.url`, the pairing payload's `rv`): from any other origin, from Safari, or when
- *    the daemon's addresses are unreachable. `signaling(device)` may supply the signaling box
- *    and topics (tests, embedders); by default rtc-signal.js derives them from the device.
+ *    the daemon's addresses are unreachable; it signs with the device key and boxes with the
+ *    box key that pairing stored (rtc-signal.js deviceSignalingBox).
  */
 export class Client {
-  constructor({ onStatus = () => {}, preferWebTransport = true, signaling = null } = {}) {
+  constructor({ onStatus = () => {}, preferWebTransport = true } = {}) {
     this.onStatus = onStatus;
     this.preferWT = preferWebTransport && typeof WebTransport !== "undefined";
-    this.signaling = signaling;
     this.link = null;
     this.linking = null;
     this.wtFailedAt = 0;
@@ -271,7 +270,8 @@ export class Client {
     let failure = null;
     // An address that did not answer is not asked again for a while when the WebRTC path is
     // there: a re-dial after a network change must not wait for INFO_TIMEOUT each time.
-    const skipInfo = device.rendezvous?.url && Date.now() - this.infoFailedAt < WT_RETRY_AFTER;
+    const skipInfo = (device.rendezvous?.url && Date.now() - this.infoFailedAt < WT_RETRY_AFTER)
+      || !ownOrigin(device); // /v1/info would go to the host of this page, not the daemon
     if (!skipInfo) {
       try {
         // fresh after the first link: a cached answer says nothing about reachability now
@@ -328,10 +328,10 @@ export class Client {
   }
 
   async openRtc(device) {
-    const [{ RtcLink }, { unb64url }] = await this.loadRtc();
-    const { box, topics } = await this.signalingFor(device);
-    const link = await RtcLink.open({ device, box, topics, brokerUrl: device.rendezvous.url,
-      daemonKey: unb64url(device.daemon.pk) });
+    const [{ RtcLink }, signal] = await this.loadRtc();
+    const box = await signal.deviceSignalingBox(device); // "pair it again" for an old record
+    const link = await RtcLink.open({ device, box, topics: await signal.deviceTopics(device),
+      brokerUrl: device.rendezvous.url, daemonKey: box.daemonKey });
     link.onPath = () => {
       if (this.link === link && this.lastStatus?.state === "live") this.status("live");
     };
@@ -345,17 +345,6 @@ export class Client {
       }
     }
     return link;
-  }
-
-  /** The device's signaling box and topics for the WebRTC path. */
-  async signalingFor(device) {
-    if (this.signaling) return this.signaling(device);
-    const signal = await import("./rtc-signal.js");
-    if (typeof signal.deviceSignalingBox !== "function") {
-      throw new Error("this app cannot dial the daemon yet (no signaling key for the device)");
-    }
-    return { box: await signal.deviceSignalingBox(device),
-      topics: await signal.deviceTopics(device) };
   }
 
   /** A request over the current transport: {status, body}. */
@@ -457,14 +446,22 @@ export class Client {
   }
 }
 
-/** Whether this page comes from the daemon that `device` is paired with (where HTTP works). */
-function ownOrigin(device) {
-  if (!device.base) return true; // paired from this origin: requests go to it
+const sameOrigin = (url, origin) => {
   try {
-    return new URL(device.base, location.href).origin === location.origin;
+    return new URL(url, origin).origin === origin;
   } catch {
     return false;
   }
+};
+
+/** Whether this page comes from the daemon that `device` is paired with: where its requests
+ * (`device.base`, or this origin) reach the daemon and HTTP may carry them. Another host (the
+ * exported app on a static origin) must never get a device's signed requests. */
+function ownOrigin(device) {
+  const here = location.origin;
+  if (device.base) return sameOrigin(device.base, here);
+  const addresses = device.daemon?.http || [];
+  return !addresses.length || addresses.some((url) => sameOrigin(url, here)); // none: legacy
 }
 
 function pickWebTransportURL(urls) {
