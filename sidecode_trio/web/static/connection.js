@@ -145,6 +145,7 @@ export async function readEventStream(body, onFrame) {
 
 class HTTPLink {
   kind = "sse";
+  path = "direct";
   closed = false;
 
   constructor() {
