@@ -225,7 +225,7 @@ class RtcService:
         }
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        from .broker import open_mqtt
+        from .broker import open_rendezvous
         from .peer import open_asyncio_thread
         from .rendezvous import Answerer
 
@@ -236,7 +236,7 @@ class RtcService:
         self._subscribed.clear()  # a new connection: nothing is subscribed on it yet
         async with (
             open_asyncio_thread(self._thread_setup) as aio,
-            open_mqtt(url, self._thread_setup) as broker,
+            open_rendezvous(url, self._thread_setup) as broker,
         ):
             for device, _secret in self._devices.with_rendezvous():
                 await self._sync(broker, device.id)
