@@ -57,6 +57,8 @@ class FakeNtfy:
         self.headers_seen: list[dict[str, str]] = []  #: each publication's headers
         self._subscribers: list[_Subscriber] = []
         self.port = 0
+        self.refuse_publishing = False  #: answer every publication 429 (rate-limited, as ntfy)
+        self.refuse_subscribing = False  #: answer every subscription 429 (rate-limited)
 
     @property
     def url(self) -> str:
@@ -133,6 +135,10 @@ class FakeNtfy:
             return False
         if method == "GET" and len(parts) == 3 and parts[2] == "json":
             names = [name for name in parts[1].split(",") if name]
+            if self.refuse_subscribing:
+                error = _error(42905, 429, "limit reached: too many active subscriptions")
+                await self._send_json(conn, stream, 429, error)
+                return False
             if names and all(TOPIC.match(name) for name in names):
                 await self._stream(conn, stream, names, params)
                 return True
@@ -148,6 +154,9 @@ class FakeNtfy:
     ) -> tuple[int, dict[str, Any]]:
         if not TOPIC.match(topic):
             return 400, _error(40009, 400, "invalid request: topic invalid")
+        if self.refuse_publishing:
+            self.refused.append((429, "limit reached: too many requests"))
+            return 429, _error(42901, 429, "limit reached: too many requests")
         try:
             text = body.decode()
         except UnicodeDecodeError:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import secrets
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -232,3 +233,99 @@ async def test_doctor_reports_an_ntfy_rendezvous_reachable_or_why_not() -> None:
     report = await _rendezvous(url, None)
     assert report["reachable"] is False
     assert "cannot subscribe at http://127.0.0.1:" in report["detail"]
+
+
+async def test_a_reply_the_rendezvous_refuses_costs_one_attempt_not_the_webrtc_task(
+    make_config: Callable[..., DaemonConfig],
+) -> None:
+    """ntfy.sh rate-limits (429); an MQTT broker can drop us between a message and its reply.
+    The device's attempt goes unanswered (it retries); the daemon keeps answering."""
+    netlab.skip_unless_possible(lab=False)  # aiortc
+    from sidecode_trio.rtc.peer import open_asyncio_thread
+    from sidecode_trio.rtc.rendezvous import dial
+    from sidecode_trio.rtc.signaling import Hello, new_cid
+
+    async with fake_ntfy() as server:
+        rtc = RtcSettings(rendezvous=server.url, stun=(), ping_interval=1.0, ping_misses=30)
+        async with running_daemon(make_config(https=True, rtc=rtc)) as owner:
+            offer = (await owner.http.post("/v1/pairings", json={"scope": "admin"})).json()
+            phone = Phone(await trio.to_thread.run_sync(pc.pair, offer["payload"], "phone"))
+            the_topics = topics(unb64(phone.credentials["rendezvous"]["secret"]))
+            daemon = phone.daemon_key
+            box = SignalingBox(phone.key, lambda key: key == daemon)
+            device_id = phone.credentials["device"]["id"]
+            service = owner.handle.rtc
+            with trio.fail_after(60):
+                while service.subscribed() != [device_id]:
+                    await trio.sleep(0.02)
+                async with (
+                    open_asyncio_thread() as aio,
+                    open_rendezvous(server.url) as broker,
+                ):
+                    await broker.subscribe(the_topics.to_device)
+                    await broker.publish(
+                        the_topics.to_daemon, box.seal(daemon, Hello(new_cid()), time.time())
+                    )
+                    server.refuse_publishing = True  # the daemon's reply is refused
+                    while not server.refused:
+                        await trio.sleep(0.02)
+                    server.refuse_publishing = False
+                    link = await dial(aio, broker, box, phone.key, daemon, the_topics)
+                    await link.connection.aclose()
+                assert service.error is None
+
+
+async def test_a_subscription_the_rendezvous_refuses_is_retried_not_fatal_to_the_daemon(
+    make_config: Callable[..., DaemonConfig],
+) -> None:
+    """A device paired while the server refuses subscriptions: the WebRTC task says why and
+    retries; once the server takes them again, the device's topic is subscribed."""
+    netlab.skip_unless_possible(lab=False)  # aiortc
+    async with fake_ntfy() as server:
+        rtc = RtcSettings(rendezvous=server.url, stun=(), ping_interval=1.0, ping_misses=30)
+        async with running_daemon(make_config(https=True, rtc=rtc)) as owner:
+            service = owner.handle.rtc
+            server.refuse_subscribing = True
+            offer = (await owner.http.post("/v1/pairings", json={"scope": "admin"})).json()
+            phone = Phone(await trio.to_thread.run_sync(pc.pair, offer["payload"], "phone"))
+            device_id = phone.credentials["device"]["id"]
+            with trio.fail_after(60):
+                while service.error is None:
+                    await trio.sleep(0.02)
+                assert "429" in service.error
+                server.refuse_subscribing = False
+                while service.subscribed() != [device_id] or service.error is not None:
+                    await trio.sleep(0.02)
+            assert (await owner.http.get("/v1/status")).json()["rtc"]["connected"] is True
+
+
+async def test_a_rendezvous_error_from_a_task_deep_in_the_webrtc_task_is_retried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Errors of the rendezvous raised in a task of ``run()``'s nurseries arrive wrapped in
+    exception groups; they are retried like a plain one, never taken down the daemon."""
+    from sidecode_trio.rtc import service as service_module
+    from sidecode_trio.security.devices import DeviceStore
+
+    service = service_module.RtcService(
+        RtcSettings(rendezvous="ntfy+http://127.0.0.1:9"),
+        nacl.signing.SigningKey.generate(),
+        DeviceStore(tmp_path / "devices.sqlite3"),
+    )
+    runs = 0
+
+    async def failing_run() -> None:
+        nonlocal runs
+        runs += 1
+        inner = BaseExceptionGroup("answerer", [RendezvousError("refused: HTTP 429")])
+        raise BaseExceptionGroup("run", [inner])
+
+    monkeypatch.setattr(service, "run", failing_run)
+    monkeypatch.setattr(service_module, "RETRY_MAX", 0.0)  # no waiting between attempts
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(service.supervise)
+            while runs < 3:
+                await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+    assert service.error == "refused: HTTP 429"

@@ -202,6 +202,15 @@ class RtcService:
             except (RendezvousError, RtcError) as exc:
                 self.error = exc.message
                 log.warning("rtc: %s (retrying in %.0fs)", exc.message, delay)
+            except BaseExceptionGroup as group:  # from a task of run()'s nurseries
+                failed, others = group.split((RendezvousError, RtcError))
+                if others is not None or failed is None:
+                    raise
+                first: BaseException = failed
+                while isinstance(first, BaseExceptionGroup):
+                    first = first.exceptions[0]
+                self.error = getattr(first, "message", str(first))
+                log.warning("rtc: %s (retrying in %.0fs)", self.error, delay)
             await trio.sleep(delay)
             delay = min(delay * 2, RETRY_MAX)
 
