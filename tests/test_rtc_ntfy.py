@@ -329,3 +329,23 @@ async def test_a_rendezvous_error_from_a_task_deep_in_the_webrtc_task_is_retried
                 await trio.sleep(0.01)
             nursery.cancel_scope.cancel()
     assert service.error == "refused: HTTP 429"
+
+
+async def test_a_refused_subscription_leaves_the_previous_one_working() -> None:
+    other = "sidecode/" + "cd" * 16
+    async with fake_ntfy() as server, two_clients(server) as (daemon, device):
+        with trio.fail_after(10):
+            await device.subscribe(TOPIC)
+            server.refuse_subscribing = True
+            with pytest.raises(RendezvousError, match="429"):
+                await device.subscribe(other)
+            server.refuse_subscribing = False
+            assert server.subscribers() == 1  # the first stream, still open
+            await daemon.publish(other, b"not subscribed")
+            await daemon.publish(TOPIC, b"still subscribed")
+            assert await device.receive() == (TOPIC, b"still subscribed")
+            await device.subscribe(other)
+            await daemon.publish(other, b"now subscribed")
+            assert await device.receive() == (other, b"now subscribed")
+            while server.subscribers() != 1:  # one stream for both: none was left behind
+                await trio.sleep(0.01)

@@ -159,9 +159,16 @@ class NtfyRendezvous:
     # --- Rendezvous ----------------------------------------------------------------------------
 
     async def subscribe(self, topic: str) -> None:
+        name = ntfy_topic(topic)
         async with self._changing:
-            self._topics[ntfy_topic(topic)] = topic
-            await self._restream()
+            added = name not in self._topics
+            self._topics[name] = topic
+            try:
+                await self._restream()
+            except BaseException:
+                if added:  # not subscribed: the stream still running does not carry it
+                    del self._topics[name]
+                raise
 
     async def unsubscribe(self, topic: str) -> None:
         async with self._changing:
@@ -190,10 +197,13 @@ class NtfyRendezvous:
     # --- the stream --------------------------------------------------------------------------
 
     async def _restream(self) -> None:
-        """Open a stream for the current topics, then close the previous one (no gap)."""
-        old, self._stream = self._stream, None
+        """Open a stream for the current topics, then close the previous one (no gap). If the
+        new one cannot be opened, the previous one stays."""
+        old = self._stream
         if self._topics:
             self._stream = await self._nursery.start(self._follow, sorted(self._topics))
+        else:
+            self._stream = None
         if old is not None:
             old.cancel()
 
