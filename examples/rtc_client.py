@@ -32,9 +32,9 @@ from typing import Any
 import nacl.signing
 import trio
 
-from sidecode_trio.rtc.broker import open_rendezvous
 from sidecode_trio.rtc.client import DeviceSession, LinkCarrier, SessionClosed, open_session
 from sidecode_trio.rtc.peer import RtcError, open_asyncio_thread
+from sidecode_trio.rtc.pubsub import open_rendezvous
 from sidecode_trio.rtc.rendezvous import dial
 from sidecode_trio.rtc.signaling import SignalingBox, SignalingRefused, topics
 from sidecode_trio.security.identity import unb64

@@ -25,7 +25,7 @@ from fake_ntfy import FakeNtfy, fake_ntfy
 
 from sidecode_trio.config import DaemonConfig
 from sidecode_trio.errors import ConfigError
-from sidecode_trio.rtc.broker import RendezvousError, open_rendezvous
+from sidecode_trio.rtc.broker import RendezvousError
 from sidecode_trio.rtc.ntfy import (
     MESSAGE_LIMIT,
     NtfyRendezvous,
@@ -35,6 +35,7 @@ from sidecode_trio.rtc.ntfy import (
     open_ntfy,
     parse_url,
 )
+from sidecode_trio.rtc.pubsub import open_rendezvous
 from sidecode_trio.rtc.settings import RtcSettings
 from sidecode_trio.rtc.signaling import SignalingBox, topics
 from sidecode_trio.security.identity import unb64

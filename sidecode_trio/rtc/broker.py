@@ -10,7 +10,8 @@ mosquitto at 0.1-0.5 ms publish-to-deliver once connected. The :class:`Rendezvou
 below is all the signaling flows use: :mod:`.ntfy` is the ntfy driver beside
 :class:`MqttRendezvous` (``POST /<topic>`` to publish, one ``GET /<topic>,<topic>/json`` stream to
 subscribe, through httpx which the daemon already has), chosen by the URL's scheme
-(:func:`open_rendezvous`). MQTT stays the one we suggest: a broker per standard rather than one
+(:func:`.pubsub.open_rendezvous`). MQTT stays the one we suggest: a broker per standard
+rather than one
 project's server, one connection whatever the number of topics (an ntfy subscription change
 re-opens the stream), no 4,096-byte message limit (the ntfy driver sends a large offer in parts),
 and the browser's signaling module (``rtc-signal.js``) speaks MQTT only.
@@ -222,23 +223,6 @@ class MqttRendezvous:
 
     async def receive(self) -> tuple[str, bytes]:
         return await self._inbox_rx.receive()
-
-
-@asynccontextmanager
-async def open_rendezvous(
-    url: str, thread_setup: Callable[[], None] | None = None
-) -> AsyncIterator[Rendezvous]:
-    """The rendezvous ``url`` names, by its scheme: ``ntfy+http(s)://`` is ntfy (:mod:`.ntfy`),
-    ``mqtt[s]://`` and ``ws[s]://`` MQTT. ``thread_setup`` (the network lab) applies to MQTT's
-    thread; the ntfy driver has none (it runs on the caller's Trio thread)."""
-    if url.startswith("ntfy+"):
-        from .ntfy import open_ntfy
-
-        async with open_ntfy(url) as ntfy:
-            yield ntfy
-    else:
-        async with open_mqtt(url, thread_setup) as mqtt:
-            yield mqtt
 
 
 @asynccontextmanager

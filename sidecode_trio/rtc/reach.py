@@ -272,7 +272,8 @@ def _on_own_thread(fn: Callable[[], dict[str, Any]], setup: Callable[[], None] |
 
 
 async def _rendezvous(url: str, setup: Callable[[], None] | None) -> dict[str, Any]:
-    from .broker import RendezvousError, open_rendezvous
+    from .broker import RendezvousError
+    from .pubsub import open_rendezvous
 
     topic = f"sidecode/doctor-{secrets.token_hex(8)}"
     try:

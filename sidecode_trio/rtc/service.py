@@ -321,8 +321,8 @@ class RtcService:
         }
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        from .broker import open_rendezvous
         from .peer import open_asyncio_thread
+        from .pubsub import open_rendezvous
         from .rendezvous import Answerer
 
         url = self._settings.rendezvous
