@@ -11,9 +11,9 @@ below is all the signaling flows use: :mod:`.ntfy` is the ntfy driver beside
 :class:`MqttRendezvous` (``POST /<topic>`` to publish, one ``GET /<topic>,<topic>/json`` stream to
 subscribe, through httpx which the daemon already has), chosen by the URL's scheme
 (:func:`.pubsub.open_rendezvous`). MQTT stays the one we suggest: a broker per standard rather than
-one project's server, one connection whatever the number of topics (an ntfy subscription change re-
-opens the stream), no 4,096-byte message limit (the ntfy driver sends a large offer in parts), and
-the browser's signaling module (``rtc-signal.js``) speaks MQTT only.
+one project's server, one connection whatever the number of topics (an ntfy subscription change
+re-opens the stream), no 4,096-byte message limit (the ntfy driver sends a large offer in parts),
+and the browser's signaling module (``rtc-signal.js``) speaks MQTT only.
 
 **Why paho-mqtt on a thread rather than our own Trio client.** No maintained Trio-native MQTT
 client exists: ``anyio-mqtt`` pins ``anyio<4`` and ``paho<2``; ``mqttproto`` is not on the index;
