@@ -32,9 +32,9 @@ from typing import Any
 import nacl.signing
 import trio
 
-from sidecode_trio.rtc.broker import open_mqtt
 from sidecode_trio.rtc.client import DeviceSession, LinkCarrier, SessionClosed, open_session
 from sidecode_trio.rtc.peer import RtcError, open_asyncio_thread
+from sidecode_trio.rtc.pubsub import open_rendezvous
 from sidecode_trio.rtc.rendezvous import dial
 from sidecode_trio.rtc.signaling import SignalingBox, SignalingRefused, topics
 from sidecode_trio.security.identity import unb64
@@ -62,7 +62,7 @@ class Device:
     @asynccontextmanager
     async def connected(self) -> AsyncIterator[Any]:
         """The aiortc thread and the broker connection, for as many links as needed."""
-        async with open_asyncio_thread() as aio, open_mqtt(self.url) as broker:
+        async with open_asyncio_thread() as aio, open_rendezvous(self.url) as broker:
             await broker.subscribe(self.topics.to_device)
             yield lambda nursery: self._connect(nursery, aio, broker)
 

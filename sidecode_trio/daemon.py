@@ -363,6 +363,9 @@ async def _serve(
                 quic_port = await services.start(partial(endpoint.run, shutdown_trigger=stop))
                 # a proxy carries HTTP, not QUIC: WebTransport goes to this host directly
                 guard.pairings.quic_urls = session_urls(direct_urls, quic_port)
+            if rtc is not None:  # a broker down at start is retried, never fatal; at stop, its
+                # links end as WebTransport's do (after their streams, with going_away)
+                services.start_soon(rtc.supervise, stop)
             _announce(config, url, guard)
             async with trio.open_nursery() as housekeeping:  # lives exactly until stop
                 housekeeping.start_soon(_rotate_certificates, guard.certificates)
@@ -371,8 +374,6 @@ async def _serve(
                 await housekeeping.start(notifier.run)
                 if handle_signals:
                     housekeeping.start_soon(_stop_on_signal, stop)
-                if rtc is not None:  # a broker down at start is retried, never fatal
-                    housekeeping.start_soon(rtc.supervise)
                 if show_pairing and not guard.devices.active():
                     _offer_pairing(guard, config.pairing_ttl)
                 gc.freeze()  # start-up objects never become garbage; keep them out of GC passes

@@ -24,6 +24,7 @@ import trio
 from test_rtc_daemon import Phone, until
 from test_rtc_link import Dialer, cursor, next_event, phone_of
 
+from sidecode_trio.channel.client import SessionClosed
 from sidecode_trio.config import DaemonConfig
 from sidecode_trio.rtc import service as service_module
 from sidecode_trio.rtc.broker import INBOX_SIZE, open_mqtt
@@ -461,3 +462,61 @@ async def test_a_phone_knowing_only_the_payload_pairs_through_the_broker_and_dri
     print(
         f"paired through the broker in {paired_in * 1000:.0f} ms; link in {linked_in * 1000:.0f} ms"
     )
+
+
+async def test_a_phone_behind_a_nat_revoked_mid_link_is_cut_and_not_answered_again(
+    lab: netlab.Lab,
+    make_config: Callable[..., DaemonConfig],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    work_dir: Path,
+) -> None:
+    """Revocation while the phone's link is open, through two NATs: the link is closed at once,
+    the device's topic dropped, and its next dial goes unanswered (nothing of it reaches the
+    daemon), while another paired phone in the same network still gets its link."""
+    lab.nat("nath", "cone")
+    lab.nat("natp", "cone")
+    config = lab_daemon(lab, make_config, monkeypatch, tmp_path)
+    async with running_daemon(config) as owner:
+        service = owner.handle.rtc
+        created = await owner.create(work_dir, "hello")
+        session_id = created["session"]["id"]
+        with trio.fail_after(90):
+            async with (
+                phone_of(owner, netlab.MQTT_URL, setup=lab.enter("phone")) as phone,
+                phone_of(owner, netlab.MQTT_URL, setup=lab.enter("phone")) as other,
+            ):
+                both = sorted([phone.device_id, other.device_id])
+                await until(lambda: service.subscribed() == both)
+                async with trio.open_nursery() as nursery:
+                    session, carrier = await phone.connect(nursery)
+                    local, remote = await selected_pair(phone.aio, carrier.link.connection)
+                    assert "relay" not in (local, remote)  # a punched link, through both NATs
+                    stream = await session.subscribe(f"/v1/sessions/{session_id}/events")
+                    assert (await stream.next())["type"] == "snapshot"
+                    response = await owner.http.delete(f"/v1/devices/{phone.device_id}")
+                    assert response.status_code == 200, response.text
+                    await until(lambda: carrier.closed is not None)
+                    await until(lambda: service.links() == 0)
+                    assert service.closed[-1].code == "revoked"
+                    with pytest.raises(SessionClosed):
+                        await session.request("GET", "/v1/sessions")
+                    await carrier.aclose()
+                    nursery.cancel_scope.cancel()
+                await until(lambda: service.subscribed() == [other.device_id])
+                # the revoked phone dials again: its hello reaches the broker, not the daemon
+                refused = service.refused
+                the_topics = topics(unb64(phone.phone.credentials["rendezvous"]["secret"]))
+                hello = phone.phone.box().seal(
+                    phone.phone.daemon_key, Hello(new_cid()), time.time()
+                )
+                await phone.broker.publish(the_topics.to_daemon, hello)
+                # a later dial by the other phone is answered: the daemon has read past where
+                # the revoked phone's hello would have been (one broker connection, in order)
+                async with trio.open_nursery() as nursery:
+                    session, carrier = await other.connect(nursery)
+                    assert (await session.request("GET", "/v1/sessions"))["sessions"]
+                    await carrier.aclose()
+                    nursery.cancel_scope.cancel()
+                assert service.refused == refused  # not even refused: it never arrived
+                assert phone.broker._inbox_rx.statistics().current_buffer_used == 0  # no reply

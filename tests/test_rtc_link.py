@@ -23,6 +23,7 @@ import trio
 from test_rtc_daemon import Phone, broker, until
 
 from sidecode_trio import daemon as daemon_module
+from sidecode_trio.channel import frames as fr
 from sidecode_trio.config import DaemonConfig
 from sidecode_trio.rtc.broker import open_mqtt
 from sidecode_trio.rtc.client import DeviceSession, LinkCarrier, SessionClosed, open_session
@@ -190,6 +191,33 @@ async def test_revoking_a_device_cuts_its_authenticated_link(
                     assert service.closed[-1].code == "revoked"
                     with pytest.raises(SessionClosed):
                         await session.request("GET", "/v1/sessions")
+                    nursery.cancel_scope.cancel()
+
+
+async def test_stopping_the_daemon_ends_streams_then_closes_the_link_going_away(
+    make_config: Callable[..., DaemonConfig], broker: str, work_dir: Path
+) -> None:
+    """As WebTransport (test_quic): the device sees its turns end, then ``going_away``, and
+    knows to dial again at once rather than wait for the keep-alive to give up."""
+    async with running_daemon(rtc_config(make_config, broker)) as owner:
+        service = owner.handle.rtc
+        created = await owner.create(work_dir, "hello")
+        with trio.fail_after(60):
+            async with phone_of(owner, broker) as phone:
+                await until(lambda: service.subscribed() == [phone.device_id])
+                async with trio.open_nursery() as nursery:
+                    session, carrier = await phone.connect(nursery)
+                    stream = await session.subscribe(
+                        f"/v1/sessions/{created['session']['id']}/events"
+                    )
+                    assert (await stream.next())["type"] == "snapshot"
+                    owner.handle.stop.set()
+                    while (await stream.next())["type"] != "end":
+                        pass
+                    await until(lambda: carrier.closed is not None)
+                    assert carrier.closed == (fr.CloseCode.GOING_AWAY, "going_away")
+                    await until(lambda: bool(service.closed))
+                    assert [closed.code for closed in service.closed] == ["going_away"]
                     nursery.cancel_scope.cancel()
 
 

@@ -7,9 +7,13 @@ subscriptions over one long-lived connection with QoS 1 acknowledgements, and br
 over WebSocket (npm ``mqtt``). ntfy is one project's server (ntfy.sh or self-hosted), not packaged
 in Debian, and its subscriptions are HTTP long-polls or WebSockets per topic. The lab measured
 mosquitto at 0.1-0.5 ms publish-to-deliver once connected. The :class:`Rendezvous` protocol
-below is all the signaling flows use, so an ntfy driver (``POST /<topic>`` to publish, one
-``GET /<topic>,<topic>/json`` stream to subscribe, through httpx which the daemon already has)
-can be added beside :class:`MqttRendezvous` without touching them.
+below is all the signaling flows use: :mod:`.ntfy` is the ntfy driver beside
+:class:`MqttRendezvous` (``POST /<topic>`` to publish, one ``GET /<topic>,<topic>/json`` stream to
+subscribe, through httpx which the daemon already has), chosen by the URL's scheme
+(:func:`.pubsub.open_rendezvous`). MQTT stays the one we suggest: a broker per standard rather than
+one project's server, one connection whatever the number of topics (an ntfy subscription change
+re-opens the stream), no 4,096-byte message limit (the ntfy driver sends a large offer in parts),
+and the browser's signaling module (``rtc-signal.js``) speaks MQTT only.
 
 **Why paho-mqtt on a thread rather than our own Trio client.** No maintained Trio-native MQTT
 client exists: ``anyio-mqtt`` pins ``anyio<4`` and ``paho<2``; ``mqttproto`` is not on the index;
@@ -72,7 +76,9 @@ class Rendezvous(Protocol):
 def _parse_url(url: str) -> tuple[str, str, int, str]:
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in DEFAULT_PORTS or not parts.hostname:
-        raise ConfigError(f"bad rendezvous URL {url!r}: use mqtt://, mqtts://, ws:// or wss://")
+        raise ConfigError(
+            f"bad rendezvous URL {url!r}: use mqtt://, mqtts://, ws://, wss:// or ntfy+https://"
+        )
     port = parts.port or DEFAULT_PORTS[parts.scheme]
     return parts.scheme, parts.hostname, port, parts.path or "/mqtt"
 

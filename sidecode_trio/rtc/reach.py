@@ -272,12 +272,13 @@ def _on_own_thread(fn: Callable[[], dict[str, Any]], setup: Callable[[], None] |
 
 
 async def _rendezvous(url: str, setup: Callable[[], None] | None) -> dict[str, Any]:
-    from .broker import RendezvousError, open_mqtt
+    from .broker import RendezvousError
+    from .pubsub import open_rendezvous
 
     topic = f"sidecode/doctor-{secrets.token_hex(8)}"
     try:
         with trio.fail_after(15):
-            async with open_mqtt(url, setup) as broker:
+            async with open_rendezvous(url, setup) as broker:
                 await broker.subscribe(topic)
                 await broker.unsubscribe(topic)
     except RendezvousError as exc:
@@ -311,7 +312,11 @@ async def check(
         _on_own_thread, lambda: probe_nat(stun), thread_setup
     )
     report["rendezvous"] = await _rendezvous(settings.rendezvous, thread_setup)
-    if not settings.rendezvous.startswith(("ws://", "wss://")):
+    if settings.rendezvous.startswith("ntfy+"):
+        report["rendezvous"]["note"] = (
+            "the web app's signaling speaks MQTT only: it cannot use an ntfy server"
+        )
+    elif not settings.rendezvous.startswith(("ws://", "wss://")):
         report["rendezvous"]["note"] = (
             "browsers reach a broker only over ws:// or wss://: the web app cannot use this URL"
         )

@@ -30,7 +30,7 @@ import attrs
 import nacl.signing
 import trio
 
-from .broker import Rendezvous
+from .broker import Rendezvous, RendezvousError
 from .ice import IceServer
 from .peer import AsyncioThread, PeerConnection, RtcError, TrioDataChannel
 from .signaling import (
@@ -98,6 +98,7 @@ class Answerer:
         self._cids: dict[str, None] = {}
         self._pending: dict[bytes, int] = {}  # device -> attempts answered, not yet open
         self.answered = 0
+        self.unsent = 0  #: replies the broker refused
 
     async def serve(
         self,
@@ -132,8 +133,14 @@ class Answerer:
                     nursery.start_soon(self._answer, opened, opened.message, reply_to, on_link)
 
     async def _reply(self, opened: Opened, topics: Topics, message: Message) -> None:
+        """Publish a reply; one the broker refuses (a rate limit, a dropped connection) costs
+        this attempt only: the device's deadline passes and it dials again."""
         sealed = self._box.seal(opened.sender, message, self._clock())
-        await self._broker.publish(topics.to_device, sealed)
+        try:
+            await self._broker.publish(topics.to_device, sealed)
+        except RendezvousError as exc:
+            self.unsent += 1
+            log.info("rtc: a %s reply was not published: %s", type(message).__name__, exc.message)
 
     def _check_offer(self, sender: bytes, offer: Offer) -> None:
         """Refuse a reused connection id, an offer without a DataChannel, fingerprints the device

@@ -6,7 +6,8 @@ aiortc nor paho: :mod:`.peer` and :mod:`.broker` import them when the task start
 
 ::
 
-    rtc task (RtcService.run)
+    rtc task (RtcService.supervise: run, retried; at the daemon's stop, every link is told
+    │         ``going_away`` and gets STOP_GRACE seconds to end before the task is cancelled)
     ├── aiortc's asyncio thread, the MQTT thread      (closed when the task ends)
     ├── subscriptions                                 (each active device's to_daemon topic;
     │                                                  added on pairing, dropped on revoke;
@@ -48,6 +49,7 @@ log = logging.getLogger(__name__)
 
 EXTRA_MODULES: Final = ("aiortc", "paho")
 RETRY_MAX: Final = 60.0  # seconds between attempts to reach an unreachable broker, at most
+STOP_GRACE: Final = 5.0  # seconds links get at shutdown to send their last frames (as WebTransport)
 
 #: Builds the session driver (``channel/link.py``) for one link: its transport, the daemon's
 #: DTLS certificate hash (what ``auth`` signs), the pinned device key and a
@@ -91,6 +93,9 @@ class RtcService:
         )
         self._subscribed: dict[str, tuple[bytes, Topics]] = {}  # device id -> (key, topics)
         self._links: dict[str, set[trio.CancelScope]] = {}  # device id -> its open links
+        self._sessions: set[Session] = set()  # the session driver of every open link
+        self._link_ended = trio.Event()  # set (and renewed) whenever a link ends
+        self.stopping = False  #: the daemon is stopping: links are told so, none is served
         # a device id whose subscription may have changed, or None: the pairing offers did
         self._changes_tx, self._changes_rx = trio.open_memory_channel[str | None](math.inf)
         self.closed: list[Closed] = []  #: why each link ended (statistics, tests)
@@ -245,9 +250,34 @@ class RtcService:
 
     # --- the task ----------------------------------------------------------------------------
 
-    async def supervise(self) -> None:
-        """:meth:`run` until cancelled; a broker that cannot be reached (or drops us for good) is
-        retried with a growing delay, logged once per failure, never fatal to the daemon."""
+    async def supervise(self, stop: trio.Event | None = None, grace: float = STOP_GRACE) -> None:
+        """:meth:`run` until ``stop`` is set (or until cancelled); a broker that cannot be reached
+        (or drops us for good) is retried with a growing delay, logged once per failure, never
+        fatal to the daemon. At ``stop``, every open link is ended as WebTransport sessions are:
+        its subscriptions end when the sessions' do (clients see how their turns ended), then
+        ``going_away`` (its devices dial again at once); after ``grace`` seconds the rest is
+        cut."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._retrying)
+            if stop is None:
+                await trio.sleep_forever()
+            else:
+                await stop.wait()
+            self.going_away()
+            with trio.move_on_after(grace):
+                while self._sessions:
+                    await self._link_ended.wait()
+                    self._link_ended = trio.Event()
+            nursery.cancel_scope.cancel()
+
+    def going_away(self) -> None:
+        """The daemon is stopping: tell every open link (``going_away`` once its subscriptions
+        have ended), and serve no new one."""
+        self.stopping = True
+        for session in list(self._sessions):
+            session.stop()
+
+    async def _retrying(self) -> None:
         from .broker import RendezvousError
         from .peer import RtcError
 
@@ -258,6 +288,15 @@ class RtcService:
             except (RendezvousError, RtcError) as exc:
                 self.error = exc.message
                 log.warning("rtc: %s (retrying in %.0fs)", exc.message, delay)
+            except BaseExceptionGroup as group:  # from a task of run()'s nurseries
+                failed, others = group.split((RendezvousError, RtcError))
+                if others is not None or failed is None:
+                    raise
+                first: BaseException = failed
+                while isinstance(first, BaseExceptionGroup):
+                    first = first.exceptions[0]
+                self.error = getattr(first, "message", str(first))
+                log.warning("rtc: %s (retrying in %.0fs)", self.error, delay)
             await trio.sleep(delay)
             delay = min(delay * 2, RETRY_MAX)
 
@@ -282,8 +321,8 @@ class RtcService:
         }
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        from .broker import open_mqtt
         from .peer import open_asyncio_thread
+        from .pubsub import open_rendezvous
         from .rendezvous import Answerer
 
         url = self._settings.rendezvous
@@ -294,7 +333,7 @@ class RtcService:
         self._pair_topics.clear()
         async with (
             open_asyncio_thread(self._thread_setup) as aio,
-            open_mqtt(url, self._thread_setup) as broker,
+            open_rendezvous(url, self._thread_setup) as broker,
         ):
             for device, _secret in self._devices.with_rendezvous():
                 await self._sync(broker, device.id)
@@ -340,15 +379,20 @@ class RtcService:
 
     async def _serve(self, link: _Link) -> None:
         device = self._devices.by_key(b64(link.peer_key))
-        if device is None or device.revoked_at is not None:
+        if device is None or device.revoked_at is not None or self.stopping:
             return
         cert = dtls_sha256(link.connection.local_fingerprints())
         remote = f"webrtc device {device.id}"
         make_link = self._make_link
         assert make_link is not None  # run() refuses to start without it
 
+        made: list[Session] = []
+
         def make(transport: DataChannelTransport) -> Session:
-            return make_link(transport, cert, link.peer_key, remote)
+            session = make_link(transport, cert, link.peer_key, remote)
+            made.append(session)
+            self._sessions.add(session)
+            return session
 
         with trio.CancelScope() as scope:
             self._links.setdefault(device.id, set()).add(scope)
@@ -360,6 +404,8 @@ class RtcService:
                 self.closed.append(closed)
                 log.info("rtc: link %s closed (%s): %s", link.cid, closed.code, closed.message)
             finally:
+                self._sessions.difference_update(made)
+                self._link_ended.set()
                 scopes = self._links.get(device.id)
                 if scopes is not None:
                     scopes.discard(scope)

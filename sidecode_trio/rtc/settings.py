@@ -28,12 +28,13 @@ if TYPE_CHECKING:
 
 #: public STUN servers used when ``--stun`` is not given (two operators: either may go away)
 DEFAULT_STUN: Final = ("stun:stun.l.google.com:19302", "stun:stun.cloudflare.com:3478")
-RENDEZVOUS_SCHEMES: Final = ("mqtt", "mqtts", "ws", "wss")
+RENDEZVOUS_SCHEMES: Final = ("mqtt", "mqtts", "ws", "wss", "ntfy+http", "ntfy+https")
 
 
 @attrs.frozen
 class RtcSettings:
-    #: the signaling broker (``mqtt[s]://`` or ``ws[s]://host[:port][/path]``); None: path off
+    #: the signaling broker (``mqtt[s]://`` or ``ws[s]://host[:port][/path]``, or an ntfy server:
+    #: ``ntfy+https://host[/path]``); None: path off
     rendezvous: str | None = None
     stun: tuple[str, ...] = DEFAULT_STUN  #: ``stun:host[:port]`` URLs; () = host candidates only
     #: ``turn:``/``turns:`` URLs of one coturn (``use-auth-secret``); () = no relay
@@ -53,8 +54,8 @@ class RtcSettings:
             parts = urlsplit(self.rendezvous)
             if parts.scheme not in RENDEZVOUS_SCHEMES or not parts.hostname:
                 found.append(
-                    "bad value @ $.rtc.rendezvous: an mqtt://, mqtts://, ws:// or wss:// URL of "
-                    f"a broker, got {self.rendezvous!r}"
+                    "bad value @ $.rtc.rendezvous: an mqtt://, mqtts://, ws://, wss:// URL of "
+                    f"a broker or an ntfy+https:// one of an ntfy server, got {self.rendezvous!r}"
                 )
         for i, url in enumerate(self.stun):
             if not url.startswith(("stun:", "stuns:")) or len(url.partition(":")[2]) < 1:
@@ -110,8 +111,9 @@ def add_flags(serve: argparse.ArgumentParser) -> None:
     rtc.add_argument(
         "--rendezvous",
         metavar="URL",
-        help="the MQTT broker signaling goes through (wss://host:port/path, mqtts://...); "
-        "turns the WebRTC path on (off by default; needs the rtc extra)",
+        help="the MQTT broker signaling goes through (wss://host:port/path, mqtts://...), or an "
+        "ntfy server (ntfy+https://ntfy.sh); turns the WebRTC path on (off by default; needs the "
+        "rtc extra)",
     )
     rtc.add_argument(
         "--stun",

@@ -26,8 +26,12 @@ What is measured, each against a baseline in the same run (see each module's doc
 9. A message to an opened session whose CLI had stopped: POST → ``turn.started``, with warm CLIs
    and without (:mod:`bench_warm`).
 
-``--only live,log,replay,wt,footprint,warm`` runs some parts (for development; the report then has
-gaps).
+10. Time from opening to the first event, by path (direct WebTransport, STUN-punched WebRTC,
+    TURN), in the network lab of ``tests/netlab.py`` (:mod:`bench_rtc_open`, a child process
+    as it moves its threads between namespaces); needs root: skipped, saying why, elsewhere.
+
+``--only live,log,replay,wt,footprint,warm,open`` runs some parts (for development; the report
+then has gaps).
 
 The daemon under test is the real one, ``python -m sidecode_trio serve`` in a child process
 driving ``tests/fake_claude.py``; the clients are one separate process (:mod:`bench_client`), its
@@ -67,6 +71,7 @@ from bench_lograte import log_rates
 from bench_profile import profile_token_path
 from bench_replay import ReplayPlan, from_memory, from_relay, from_sqlite
 from bench_report import render
+from bench_rtc_open import render as render_first_event
 from bench_targets import ChildRelay, DaemonSession, Target, child_daemon, child_relay
 from bench_warm import warm_message
 from bench_wt import compare as compare_webtransport
@@ -330,6 +335,20 @@ class Runner:
     async def warm(self) -> None:
         self.results["warm"] = await warm_message(self.layout, self.daemon_cpu, self.args.quick)
 
+    async def first_event(self) -> None:
+        """Part 10 in a child process (it needs root for the namespaces; without, it reports
+        why and the part is skipped, not failed)."""
+        out = self.layout.root / "first-event.json"
+        runs = "3" if self.args.quick else "7"
+        argv = [sys.executable, str(BENCH / "bench_rtc_open.py"), "--runs", runs]
+        argv += ["--json", str(out)]
+        with self.layout.log("bench-rtc-open").open("ab") as log:
+            await trio.run_process(argv, stdout=log, stderr=log, check=True)
+        result = json.loads(out.read_text())
+        if "skipped" in result:
+            print(f"[bench] 10. skipped: {result['skipped']}", file=sys.stderr, flush=True)
+        self.results["first_event"] = result
+
     async def run(self) -> dict[str, Any]:
         started = time.monotonic()
         pin(0, self.client_cpu)
@@ -343,6 +362,8 @@ class Runner:
                 await self.part("5. WebTransport vs HTTP/SSE", self.webtransport)
             if self.wants("warm"):
                 await self.part("9. message to an opened session", self.warm)
+            if self.wants("open"):
+                await self.part("10. opening to first event, by path", self.first_event)
         if budget.cancelled_caught:
             self.results["errors"].append("the run exceeded its time budget and was stopped")
         self.results["errors"].extend(KILLED)
@@ -391,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", type=Path, help="also write the raw results (JSON) here")
     parser.add_argument(
-        "--only", default="", help="comma list of live,log,replay,wt,footprint,warm"
+        "--only", default="", help="comma list of live,log,replay,wt,footprint,warm,open"
     )
     parser.add_argument("--dump-dir", type=Path, help="write every live run's deliveries (CSV)")
     parser.add_argument(
@@ -412,6 +433,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     results = trio.run(main_async, args)
     text = render(results) + render_webtransport(results.get("webtransport"))
+    text += render_first_event(results.get("first_event"))
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
