@@ -209,7 +209,7 @@ class HTTPLink {
  *    carries the signed certificate hashes) and the browser has WebTransport;
  * 2. HTTP with streamed SSE, only on the daemon's own origin (it served this page);
  * 3. the WebRTC DataChannel (rtc-link.js), when the device record names a rendezvous broker
- *    (`rendezvous.url`, the pairing payload's `rv`): from any other origin, from Safari, or when
+ *    a browser can reach (`rendezvous.url`, the pairing payload's `rv`: ws:// or wss://): from any other origin, from Safari, or when
  *    the daemon's addresses are unreachable; it signs with the device key and boxes with the
  *    box key that pairing stored (rtc-signal.js deviceSignalingBox).
  */
@@ -265,13 +265,13 @@ export class Client {
     this.status("connecting");
     const device = await loadDevice();
     if (!device) throw new Error("not paired");
-    if (device.rendezvous?.url) this.loadRtc(); // now, while whoever served this page answers
+    if (dialable(device)) this.loadRtc(); // now, while whoever served this page answers
     let info = null;
     let hashes = [];
     let failure = null;
     // An address that did not answer is not asked again for a while when the WebRTC path is
     // there: a re-dial after a network change must not wait for INFO_TIMEOUT each time.
-    const skipInfo = (device.rendezvous?.url && Date.now() - this.infoFailedAt < WT_RETRY_AFTER)
+    const skipInfo = (dialable(device) && Date.now() - this.infoFailedAt < WT_RETRY_AFTER)
       || !ownOrigin(device); // /v1/info would go to the host of this page, not the daemon
     if (!skipInfo) {
       try {
@@ -302,7 +302,7 @@ export class Client {
       await authorization(device); // fails early when the daemon's info is unusable
       link = new HTTPLink();
     }
-    if (!link && device.rendezvous?.url) {
+    if (!link && dialable(device)) {
       try {
         link = await this.openRtc(device);
       } catch (error) {
@@ -446,6 +446,10 @@ export class Client {
     for (const sub of this.subs) sub.controller?.abort();
   }
 }
+
+/** Whether the device's broker is one a browser can reach (MQTT over WebSocket; not mqtt://
+ * nor an ntfy rendezvous, which this app does not speak). */
+const dialable = (device) => /^wss?:\/\//.test(device.rendezvous?.url || "");
 
 const sameOrigin = (url, origin) => {
   try {
