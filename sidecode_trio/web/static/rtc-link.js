@@ -74,6 +74,7 @@ export class RtcLink extends FramedLink {
   static async open({ device, box, topics, brokerUrl, daemonKey, policy = "all" }) {
     const broker = await connectBroker(brokerUrl);
     let pc = null;
+    let link = null;
     try {
       await broker.subscribe(topics.toDevice);
       const dialing = dial({ box, daemonKey, topics, broker, policy });
@@ -85,7 +86,7 @@ export class RtcLink extends FramedLink {
         throw error;
       }
       pc = dialed.pc;
-      const link = new RtcLink(pc, dialed.channel); // before any await: the first ping is near
+      link = new RtcLink(pc, dialed.channel); // before any await: the first ping is near
       const signed = dialed.fps.filter((fp) => fp.startsWith("sha-256 ")).map(hexOfFingerprint);
       await link.handshake(device, (cert) => signed.includes(cert), "WebRTC");
       link.pump();
@@ -94,7 +95,8 @@ export class RtcLink extends FramedLink {
       ice?.addEventListener("selectedcandidatepairchange", () => link.refreshPath());
       return link;
     } catch (error) {
-      pc?.close();
+      if (link) link.end(`the handshake failed: ${error.message || error}`);
+      else pc?.close();
       throw error;
     } finally {
       broker.close().catch(() => {});
