@@ -48,6 +48,7 @@ import pytest
 CLONE_NEWNET: Final = 0x40000000
 INET_IP: Final = "203.0.113.1"
 MQTT_URL: Final = f"mqtt://{INET_IP}:1883"
+MQTT_WS_URL: Final = f"ws://{INET_IP}:9001"  # the same broker for a browser (MQTT over WebSocket)
 STUN_URL: Final = f"stun:{INET_IP}:3478"
 TURN_URL: Final = f"turn:{INET_IP}:3478?transport=udp"
 TURN_SECRET: Final = secrets.token_hex(16).encode()
@@ -103,6 +104,8 @@ persistence false
 set_tcp_nodelay true
 log_dest stdout
 listener 1883 {INET_IP}
+listener 9001 {INET_IP}
+protocol websockets
 """
 
 TURN_CONF = f"""\
@@ -287,6 +290,7 @@ class Lab:
         self.coturn = self.start("inet", "coturn", "turnserver", "-c", conf, "--pidfile", pid)
         deadline = time.monotonic() + 20
         self._wait_tcp(INET_IP, 1883, deadline)
+        self._wait_tcp(INET_IP, 9001, deadline)
         self._wait_stun(INET_IP, 3478, deadline)
 
     def _wait_tcp(self, host: str, port: int, deadline: float) -> None:

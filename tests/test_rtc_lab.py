@@ -284,6 +284,7 @@ def lab_daemon(
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
     turn: bool = False,
+    rendezvous: str = netlab.MQTT_URL,
 ) -> DaemonConfig:
     """A daemon whose WebRTC task (its aiortc and MQTT threads) lives in ``home``; its HTTPS
     listener stays on the test's loopback, where the phone pairs."""
@@ -298,7 +299,7 @@ def lab_daemon(
         secret_file.write_bytes(netlab.TURN_SECRET)
         secret_file.chmod(0o600)
     rtc = RtcSettings(
-        rendezvous=netlab.MQTT_URL,
+        rendezvous=rendezvous,
         stun=(netlab.STUN_URL,),
         turn=(netlab.TURN_URL,) if turn else (),
         turn_secret_file=secret_file,

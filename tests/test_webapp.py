@@ -95,6 +95,21 @@ async def test_the_pairing_offer_carries_a_web_link_with_the_payload_in_its_frag
     assert "?" not in link  # nothing of the payload goes to a server
 
 
+def test_the_page_may_reach_a_websocket_rendezvous_and_nothing_else_of_it() -> None:
+    """The app dials the WebRTC path from the daemon's own origin too (when its addresses are
+    out of reach): the CSP must let it reach a ws:/wss: broker; an mqtt:// one is not for
+    browsers and a path is not an origin."""
+    wt = ["https://127.0.0.1:8443/v1/wt"]
+    assert web.page_origins(wt, "wss://broker.example:8884/mqtt") == [
+        "https://127.0.0.1:8443",
+        "wss://broker.example:8884",
+    ]
+    assert web.page_origins(wt, "mqtts://broker.example:8883") == ["https://127.0.0.1:8443"]
+    assert web.page_origins(wt, None) == ["https://127.0.0.1:8443"]
+    policy = web.security_policy(web.page_origins([], "ws://10.0.0.2:9001"))
+    assert "connect-src 'self' ws://10.0.0.2:9001;" in policy
+
+
 def test_the_service_worker_precaches_only_files_that_exist() -> None:
     source = (STATIC / "sw.js").read_text()
     shell = re.search(r"const SHELL = \[(.*?)\];", source, re.S)

@@ -294,6 +294,8 @@ async def test_over_sse_a_dropped_connection_resumes_exactly_and_an_image_is_att
             with phone_page(chromium, problems) as page:
                 pair(page, link, fingerprint)
                 assert page.get_attribute("#conn", "data-transport") == "sse"
+                assert page.get_attribute("#conn", "data-path") == "direct"
+                assert page.text_content("#conn-label") == "live · direct"  # words, not a dot
                 page.goto(link.split("#")[0] + f"#s={session_id}")
                 wait_text(page, "You said: first")
 

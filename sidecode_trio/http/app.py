@@ -226,5 +226,5 @@ def create_app(
         return _sse_response(stream())
 
     watchcode.add_routes(app, ops, guard, settings)
-    web.add_routes(app, lambda: guard.pairings.quic_urls)
+    web.add_routes(app, lambda: guard.pairings.quic_urls, lambda: guard.pairings.rendezvous_url)
     return app

@@ -179,9 +179,23 @@ def origins(urls: list[str]) -> list[str]:
     return out
 
 
-def add_routes(app: QuartTrio, quic_urls: Callable[[], list[str]]) -> None:
-    """Serve the app under ``/app/``; ``quic_urls()`` names the WebTransport endpoints the CSP
-    lets the page reach."""
+def page_origins(quic_urls: list[str], rendezvous: str | None) -> list[str]:
+    """The off-origin places the page may connect to: the WebTransport endpoints, and the
+    rendezvous broker when a browser can speak to it (MQTT over WebSocket, ``ws:``/``wss:``), so
+    that the app dials the WebRTC path also when it was loaded from the daemon itself."""
+    urls = list(quic_urls)
+    if rendezvous and rendezvous.startswith(("ws://", "wss://")):
+        urls.append(rendezvous)
+    return origins(urls)
+
+
+def add_routes(
+    app: QuartTrio,
+    quic_urls: Callable[[], list[str]],
+    rendezvous: Callable[[], str | None] = lambda: None,
+) -> None:
+    """Serve the app under ``/app/``; ``quic_urls()`` names the WebTransport endpoints and
+    ``rendezvous()`` the broker (or None) that the CSP lets the page reach."""
     files = load_files()
 
     def serve(name: str) -> Response:
@@ -198,7 +212,7 @@ def add_routes(app: QuartTrio, quic_urls: Callable[[], list[str]]) -> None:
             "ETag": etag,
             "X-Content-Type-Options": "nosniff",
             "Referrer-Policy": "no-referrer",
-            "Content-Security-Policy": security_policy(origins(quic_urls())),
+            "Content-Security-Policy": security_policy(page_origins(quic_urls(), rendezvous())),
             "Cross-Origin-Opener-Policy": "same-origin",
         }
         if found.gzipped is not None:

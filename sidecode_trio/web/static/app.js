@@ -39,15 +39,21 @@ wideScreen.addEventListener("change", () => setDrawer(false));
 
 // -- the connection indicator ----------------------------------------------------------------
 
-function onStatus({ state, transport, retryIn }) {
+// The path in use, in words (not only the dot's colour): "direct" (WebTransport or HTTP to the
+// daemon's address), "peer-to-peer" (a DataChannel through the NATs), "relayed" (through TURN).
+const TRANSPORT_NAMES = { webtransport: "WebTransport", sse: "HTTP", webrtc: "WebRTC" };
+
+function onStatus({ state, transport, path, retryIn }) {
   const conn = $("conn");
   conn.dataset.state = state;
   conn.dataset.transport = transport || "";
-  const label = state === "live" ? `live · ${transport === "webtransport" ? "WT" : "SSE"}`
+  conn.dataset.path = path || "";
+  const label = state === "live" ? `live · ${path || "direct"}`
     : state === "offline" ? (retryIn ? `offline · retry ${retryIn}s` : "offline")
       : state === "unpaired" ? "not paired" : "connecting…";
-  conn.title = label;
-  conn.setAttribute("aria-label", `Connection: ${label}`);
+  const via = state === "live" && transport ? ` (${TRANSPORT_NAMES[transport] || transport})` : "";
+  conn.title = label + via;
+  conn.setAttribute("aria-label", `Connection: ${label}${via}`);
   $("conn-label").textContent = label;
   app.live = state === "live";
   if (app.live) flushOutbox();

@@ -1,51 +1,31 @@
 // The connection to the daemon: WebTransport when it works (PROTOCOL.md §10, certificate pinned
-// by hash), otherwise HTTP with event streams read through fetch() (§6, §7). Subscriptions
+// by hash), HTTP with event streams read through fetch() on the daemon's own origin (§6, §7),
+// or the WebRTC DataChannel through the rendezvous broker (§13, rtc-link.js) when the daemon's
+// addresses are out of reach. The framed protocol both links speak is framed.js. Subscriptions
 // survive transport changes: each remembers the id of the last event it delivered and resumes
 // from it, so a reconnect replays exactly what was missed (or the daemon sends a snapshot).
 
-import { authorization, authorizedFetch, daemonInfo, hexBytes, loadDevice, signWelcome }
-  from "./auth.js";
+import { authorization, authorizedFetch, daemonInfo, hexBytes, loadDevice } from "./auth.js";
+import { FramedLink, HANDSHAKE_TIMEOUT, join, withTimeout } from "./framed.js";
 
 const enc = new TextEncoder();
 const dec = new TextDecoder();
 const BACKOFF = [500, 1000, 2000, 4000, 8000, 15000];
-const WT_TIMEOUT = 8000; // per handshake step; a network that drops UDP falls back after it
-const WT_RETRY_AFTER = 60_000; // after WebTransport failed, use HTTP for this long
-
-const frame = (message) => {
-  const body = enc.encode(JSON.stringify(message));
-  const out = new Uint8Array(4 + body.length);
-  new DataView(out.buffer).setUint32(0, body.length);
-  out.set(body, 4);
-  return out;
-};
-const join = (a, b) => {
-  const out = new Uint8Array(a.length + b.length);
-  out.set(a);
-  out.set(b, a.length);
-  return out;
-};
-const withTimeout = (promise, ms, what) => Promise.race([
-  promise,
-  new Promise((_, reject) => setTimeout(() => reject(new Error(what + " timed out")), ms)),
-]);
+const WT_RETRY_AFTER = 60_000; // after WebTransport failed, use another path for this long
+const INFO_TIMEOUT = 5000; // GET /v1/info from the daemon's address (unreachable: dropped SYNs)
 
 // -- WebTransport ----------------------------------------------------------------------------
 
-class WebTransportLink {
+class WebTransportLink extends FramedLink {
   kind = "webtransport";
+  path = "direct";
 
   constructor(wt, writer, reader) {
+    super();
     this.wt = wt;
     this.writer = writer;
     this.reader = reader;
-    this.buffer = new Uint8Array(0);
-    this.nextId = 1;
-    this.pending = new Map(); // request id -> resolve
-    this.subs = new Map(); // sub id -> {deliver, end}
     this.large = new Map(); // ref -> payload or waiter
-    this.closed = false;
-    this.ended = new Promise((resolve) => { this.onEnded = resolve; });
   }
 
   static async open(url, hashes, device) {
@@ -54,20 +34,13 @@ class WebTransportLink {
     });
     wt.closed.catch(() => {}); // a failed connection rejects it; the caller sees ready fail
     try {
-      await withTimeout(wt.ready, WT_TIMEOUT, "WebTransport");
+      await withTimeout(wt.ready, HANDSHAKE_TIMEOUT, "WebTransport");
       const control = await wt.createBidirectionalStream();
       const link = new WebTransportLink(wt, control.writable.getWriter(),
         control.readable.getReader());
       link.readLarge();
-      await link.send({ type: "hello", versions: [1], client: "sidecode-trio web" });
-      const welcome = await withTimeout(link.next(), WT_TIMEOUT, "welcome");
-      if (welcome.type !== "welcome" || !hashes.includes(welcome.cert)) {
-        throw new Error("unexpected welcome from the daemon");
-      }
-      await link.send({ type: "auth", device: device.id,
-        signature: await signWelcome(device, welcome) });
-      const ready = await withTimeout(link.next(), WT_TIMEOUT, "auth");
-      if (ready.type !== "ready") throw new Error("WebTransport authentication failed");
+      const welcome = await link.handshake(device, (cert) => hashes.includes(cert),
+        "WebTransport");
       link.heartbeat(welcome.heartbeat || 20);
       link.pump();
       wt.closed.then(() => link.shut(), () => link.shut());
@@ -78,35 +51,23 @@ class WebTransportLink {
     }
   }
 
-  send(message) {
-    return this.writer.write(frame(message));
+  writeBytes(bytes) {
+    return this.writer.write(bytes);
   }
 
-  async next() {
-    for (;;) {
-      if (this.buffer.length >= 4) {
-        const size = new DataView(this.buffer.buffer, this.buffer.byteOffset).getUint32(0);
-        if (this.buffer.length >= 4 + size) {
-          const payload = this.buffer.slice(4, 4 + size);
-          this.buffer = this.buffer.slice(4 + size);
-          const message = JSON.parse(dec.decode(payload));
-          // A large frame is applied in its placeholder's place: wait for its stream.
-          return message.type === "large" ? await this.largePayload(message.ref) : message;
-        }
-      }
-      const { value, done } = await this.reader.read();
-      if (done) throw new Error("the control stream ended");
-      this.buffer = join(this.buffer, value);
-    }
+  async readChunk() {
+    const { value, done } = await this.reader.read();
+    if (done) throw new Error("the control stream ended");
+    return value;
   }
 
-  largePayload(ref) {
-    const have = this.large.get(ref);
+  expandLarge(message) {
+    const have = this.large.get(message.ref);
     if (have && have.payload !== undefined) {
-      this.large.delete(ref);
+      this.large.delete(message.ref);
       return Promise.resolve(have.payload);
     }
-    return new Promise((resolve) => this.large.set(ref, { resolve }));
+    return new Promise((resolve) => this.large.set(message.ref, { resolve }));
   }
 
   async readLarge() {
@@ -147,81 +108,9 @@ class WebTransportLink {
       Math.max(5, seconds) * 1000);
   }
 
-  async pump() {
-    try {
-      for (;;) this.dispatch(await this.next());
-    } catch {
-      this.shut();
-    }
-  }
-
-  dispatch(message) {
-    if (message.type === "reply" && this.pending.has(message.id)) {
-      this.pending.get(message.id)(message);
-      this.pending.delete(message.id);
-      return;
-    }
-    const sub = this.subs.get(message.sub ?? message.id);
-    if (!sub) return;
-    if (message.type === "reply" && message.status !== 200) {
-      this.subs.delete(message.id);
-      const error = new Error(message.body?.error?.message || `subscribe: ${message.status}`);
-      sub.end(Object.assign(error, { status: message.status })); // 404: the session is gone
-    } else if (message.type === "snapshot") {
-      sub.deliver({ kind: "snapshot", id: message.id, reason: message.reason,
-        snapshot: message.snapshot });
-    } else if (message.type === "event") {
-      sub.deliver({ kind: "event", id: message.id, envelope: message.data });
-    } else if (message.type === "sessions") {
-      sub.deliver({ kind: "sessions", sessions: message.sessions });
-    } else if (message.type === "session") {
-      sub.deliver({ kind: "session", session: message.session });
-    } else if (message.type === "end") {
-      this.subs.delete(message.sub);
-      sub.end(message.reason === "unsubscribed" ? null : new Error("ended: " + message.reason));
-    }
-  }
-
-  shut() {
-    if (this.closed) return;
-    this.closed = true;
+  teardown() {
     clearInterval(this.beat);
-    for (const resolve of this.pending.values()) {
-      resolve({ status: 0, body: { error: { code: "disconnected", message: "disconnected" } } });
-    }
-    for (const sub of this.subs.values()) sub.end(new Error("disconnected"));
-    this.pending.clear();
-    this.subs.clear();
-    try { this.wt.close({ closeCode: 0, reason: "done" }); } catch { /* closed */ }
-    this.onEnded();
-  }
-
-  async request(method, path, body) {
-    if (this.closed) throw new Error("disconnected");
-    const id = this.nextId++;
-    const reply = new Promise((resolve) => this.pending.set(id, resolve));
-    await this.send({ type: "request", id, method, path, ...(body === undefined ? {} : { body }) });
-    const { status, body: answer } = await reply;
-    if (status === 0) throw new Error("disconnected");
-    return { status, body: answer };
-  }
-
-  /** Follow `path` from `since`; `deliver` gets each frame; resolves when the stream ends. */
-  stream(path, since, deliver, signal) {
-    return new Promise((resolve, reject) => {
-      if (this.closed) return reject(new Error("disconnected"));
-      const id = this.nextId++;
-      this.subs.set(id, { deliver, end: (error) => (error ? reject(error) : resolve()) });
-      signal.addEventListener("abort", () => {
-        if (this.subs.delete(id)) this.send({ type: "unsubscribe", id }).catch(() => {});
-        resolve();
-      });
-      this.send({ type: "subscribe", id, path, ...(since ? { since } : {}) }).catch(reject);
-    });
-  }
-
-  close() {
-    this.shut();
+    this.wt.close({ closeCode: 0, reason: "done" });
   }
 }
 
@@ -256,6 +145,7 @@ export async function readEventStream(body, onFrame) {
 
 class HTTPLink {
   kind = "sse";
+  path = "direct";
   closed = false;
 
   constructor() {
@@ -310,8 +200,18 @@ class HTTPLink {
 // -- the client ------------------------------------------------------------------------------
 
 /**
- * One logical connection. `onStatus({state, transport, retryIn})` reports what the indicator
- * shows: state is "connecting", "live" or "offline".
+ * One logical connection. `onStatus({state, transport, path, retryIn})` reports what the
+ * indicator shows: state is "connecting", "live" or "offline"; path is "direct",
+ * "peer-to-peer" or "relayed".
+ *
+ * The path to the daemon, tried in this order at each (re)connection:
+ * 1. WebTransport pinned by `serverCertificateHashes`, when the daemon's /v1/info answers (it
+ *    carries the signed certificate hashes) and the browser has WebTransport;
+ * 2. HTTP with streamed SSE, only on the daemon's own origin (it served this page);
+ * 3. the WebRTC DataChannel (rtc-link.js), when the device record names a rendezvous broker
+ *    a browser can reach (`rendezvous.url`, the pairing payload's `rv`: ws:// or wss://): from any other origin, from Safari, or when
+ *    the daemon's addresses are unreachable; it signs with the device key and boxes with the
+ *    box key that pairing stored (rtc-signal.js deviceSignalingBox).
  */
 export class Client {
   constructor({ onStatus = () => {}, preferWebTransport = true } = {}) {
@@ -320,13 +220,21 @@ export class Client {
     this.link = null;
     this.linking = null;
     this.wtFailedAt = 0;
+    this.infoFailedAt = 0;
+    this.linked = false; // a link was made: later ones ask /v1/info afresh
     this.subs = new Set();
     this.wakers = new Set();
     this.lastStatus = null;
     this.info = null;
-    const wake = () => this.wakeAll();
+    this.firstFrameAt = null; // performance.now() when the first frame arrived (measured)
     if (typeof window !== "undefined") {
-      window.addEventListener("online", wake);
+      // A network change: a WebRTC link's ICE path may be gone with the old address, and
+      // aiortc cannot restart ICE, so dial anew (the subscriptions resume exactly).
+      window.addEventListener("online", () => {
+        this.wtFailedAt = this.infoFailedAt = 0; // another network: the daemon may be near
+        if (this.link?.kind === "webrtc") this.link.end("the browser came back online");
+        this.wakeAll();
+      });
       // The network is gone: say so now (a stream can hang for a long time before it fails)
       // and break the streams, which retry with backoff and resume when it is back.
       window.addEventListener("offline", () => {
@@ -334,14 +242,14 @@ export class Client {
         this.drop();
       });
       document.addEventListener("visibilitychange", () => {
-        if (document.visibilityState === "visible") wake();
+        if (document.visibilityState === "visible") this.wakeAll();
       });
     }
   }
 
   status(state, extra = {}) {
-    const transport = this.link && !this.link.closed ? this.link.kind : null;
-    this.lastStatus = { state, transport, ...extra };
+    const live = this.link && !this.link.closed ? this.link : null;
+    this.lastStatus = { state, transport: live?.kind ?? null, path: live?.path ?? null, ...extra };
     this.onStatus(this.lastStatus);
   }
 
@@ -357,29 +265,86 @@ export class Client {
     this.status("connecting");
     const device = await loadDevice();
     if (!device) throw new Error("not paired");
-    const { info, hashes } = await daemonInfo(device);
-    this.info = info; // remote_modes: what a paired device may choose (modes.js)
-    const urls = info.quic && info.quic.length ? info.quic : device.daemon.quic;
-    const wtAllowed = this.preferWT && urls.length && hashes.length
-      && Date.now() - this.wtFailedAt > WT_RETRY_AFTER;
-    let link = null;
-    if (wtAllowed) {
-      const url = pickWebTransportURL(urls);
+    if (dialable(device)) this.loadRtc(); // now, while whoever served this page answers
+    let info = null;
+    let hashes = [];
+    let failure = null;
+    // An address that did not answer is not asked again for a while when the WebRTC path is
+    // there: a re-dial after a network change must not wait for INFO_TIMEOUT each time.
+    const skipInfo = (dialable(device) && Date.now() - this.infoFailedAt < WT_RETRY_AFTER)
+      || !ownOrigin(device); // /v1/info would go to the host of this page, not the daemon
+    if (!skipInfo) {
       try {
-        link = await WebTransportLink.open(url, hashes, device);
+        // fresh after the first link: a cached answer says nothing about reachability now
+        const asked = daemonInfo(device, { refresh: this.linked });
+        ({ info, hashes } = await withTimeout(asked, INFO_TIMEOUT, "GET /v1/info"));
+        this.info = info; // remote_modes: what a paired device may choose (modes.js)
+        this.infoFailedAt = 0;
       } catch (error) {
-        console.warn("WebTransport unavailable, using HTTP:", error);
-        this.wtFailedAt = Date.now();
+        if (/identity changed/.test(error.message)) throw error; // never talk to another key
+        failure = error; // unreachable from here: the WebRTC path may still reach it
+        this.infoFailedAt = Date.now();
       }
     }
-    if (!link) {
+    let link = null;
+    const urls = info?.quic?.length ? info.quic : device.daemon.quic || [];
+    if (info && this.preferWT && urls.length && hashes.length
+      && Date.now() - this.wtFailedAt > WT_RETRY_AFTER) {
+      try {
+        link = await WebTransportLink.open(pickWebTransportURL(urls), hashes, device);
+      } catch (error) {
+        console.warn("WebTransport unavailable:", error);
+        this.wtFailedAt = Date.now();
+        failure = error;
+      }
+    }
+    if (!link && info && ownOrigin(device)) {
       await authorization(device); // fails early when the daemon's info is unusable
       link = new HTTPLink();
     }
+    if (!link && dialable(device)) {
+      try {
+        link = await this.openRtc(device);
+      } catch (error) {
+        console.warn("the WebRTC path failed:", error);
+        failure = error;
+      }
+    }
+    if (!link) throw failure || new Error("no path to the daemon");
     this.link = link;
+    this.linked = true;
     link.ended.then(() => {
       if (this.link === link) this.link = null;
     });
+    return link;
+  }
+
+  /** The WebRTC path's modules, fetched once: the app must be able to switch to it after
+   * the host that served it (the daemon itself, on its own origin) went out of reach. */
+  loadRtc() {
+    this.rtcModules ??= Promise.all([import("./rtc-link.js"), import("./rtc-signal.js"),
+      import("./vendor/mqtt.esm.js")]); // what rtc-signal.js imports when it meets a broker
+    this.rtcModules.catch(() => { this.rtcModules = null; }); // offline: the next try fetches
+    return this.rtcModules;
+  }
+
+  async openRtc(device) {
+    const [{ RtcLink }, signal] = await this.loadRtc();
+    const box = await signal.deviceSignalingBox(device); // "pair it again" for an old record
+    const link = await RtcLink.open({ device, box, topics: await signal.deviceTopics(device),
+      brokerUrl: device.rendezvous.url, daemonKey: box.daemonKey });
+    link.onPath = () => {
+      if (this.link === link && this.lastStatus?.state === "live") this.status("live");
+    };
+    if (!this.info) { // /v1/info over the link: the daemon's HTTPS is out of reach
+      try {
+        const { status, body } = await link.request("GET", "/v1/info");
+        if (status === 200) this.info = body;
+      } catch (error) {
+        link.close();
+        throw error;
+      }
+    }
     return link;
   }
 
@@ -400,6 +365,7 @@ export class Client {
           if (error instanceof TypeError || error.message === "disconnected") {
             this.status("offline", { retryIn: null }); // fetch failed: the link is gone
             error.network = true;
+            if (link.kind === "sse" && error instanceof TypeError) link.close(); // choose again
           }
           throw error;
         }
@@ -431,10 +397,12 @@ export class Client {
     while (!sub.closed) {
       sub.controller = new AbortController();
       let delivered = false;
+      let link = null;
       try {
-        const link = await this.connect();
+        link = await this.connect();
         if (sub.closed) break;
         const deliver = (message) => {
+          this.firstFrameAt ??= performance.now();
           if (!delivered) {
             delivered = true;
             failures = 0;
@@ -452,6 +420,9 @@ export class Client {
           break;
         }
         console.warn("stream", sub.path, error);
+        // fetch() failed: the daemon's address no longer answers. Choose the path again (a
+        // WebRTC link may reach it); an HTTP link never ends by itself.
+        if (link?.kind === "sse" && error instanceof TypeError) link.close();
       }
       const wait = BACKOFF[Math.min(failures, BACKOFF.length - 1)] * (0.75 + Math.random() / 2);
       failures += 1;
@@ -474,6 +445,28 @@ export class Client {
     this.link?.close();
     for (const sub of this.subs) sub.controller?.abort();
   }
+}
+
+/** Whether the device's broker is one a browser can reach (MQTT over WebSocket; not mqtt://
+ * nor an ntfy rendezvous, which this app does not speak). */
+const dialable = (device) => /^wss?:\/\//.test(device.rendezvous?.url || "");
+
+const sameOrigin = (url, origin) => {
+  try {
+    return new URL(url, origin).origin === origin;
+  } catch {
+    return false;
+  }
+};
+
+/** Whether this page comes from the daemon that `device` is paired with: where its requests
+ * (`device.base`, or this origin) reach the daemon and HTTP may carry them. Another host (the
+ * exported app on a static origin) must never get a device's signed requests. */
+function ownOrigin(device) {
+  const here = location.origin;
+  if (device.base) return sameOrigin(device.base, here);
+  const addresses = device.daemon?.http || [];
+  return !addresses.length || addresses.some((url) => sameOrigin(url, here)); // none: legacy
 }
 
 function pickWebTransportURL(urls) {
