@@ -318,7 +318,12 @@ async def watch_stream(
     built: tuple[Position, float | None] | None = None  #: the last position in what was yielded
 
     def taken() -> None:
-        """Everything yielded so far was sent (or nothing was: an event with no frames)."""
+        """Everything yielded so far was sent (or nothing was: an event with no frames).
+
+        A chunk whose write failed (a reset) is marked too: hypercorn tells the app with a
+        disconnect, not from the send. The stream ends then, so a retry comes within
+        :data:`RETRY_WINDOW` of that mark and steps back :data:`REWIND` before it, never to it
+        (later, a connect is fresh)."""
         nonlocal built
         if built is not None and written is not None and connection is not None:
             written.mark(built[0])
