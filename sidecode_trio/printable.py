@@ -59,6 +59,23 @@ def device_name_problem(name: str) -> str | None:
     return None
 
 
+def kept_device_name(name: str, device_id: str) -> str:
+    """A stored name as the daemon shows and records it: ``name`` if it passes
+    :func:`device_name_problem`, else one that does. A name kept by a daemon from before names
+    were checked has its control and format characters escaped (what it said stays visible),
+    is cut to :data:`MAX_NAME`, and, blank or a name the daemon uses for itself, is marked as
+    a device's (with its id, so that two of them are still told apart)."""
+    if device_name_problem(name) is None:
+        return name
+    shown = " ".join(escape(name).split())  # what escape() leaves of spaces: one, between words
+    if len(shown) > MAX_NAME:
+        shown = shown[: MAX_NAME - 1] + "…"
+    if device_name_problem(shown) is None:
+        return shown
+    marked = f"{shown} (device {device_id})" if shown else f"device {device_id}"
+    return marked if device_name_problem(marked) is None else f"device {device_id}"[:MAX_NAME]
+
+
 def check_device_name(name: str) -> None:
     """Refuse a device name (400 ``bad_device_name``); see :func:`device_name_problem`."""
     problem = device_name_problem(name)

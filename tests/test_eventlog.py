@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -24,8 +25,10 @@ from sidecode_trio.eventlog.core import (
 from sidecode_trio.eventlog.fold import SessionFold
 from sidecode_trio.eventlog.log import EventLog, LogLimits, Replay, SnapshotRead
 from sidecode_trio.eventlog.store import SessionRow, SQLiteStore
+from sidecode_trio.wire import converter as wire
 from sidecode_trio.wire import events as ev
 from sidecode_trio.wire.converter import converter, json_bytes
+from sidecode_trio.wire.snapshot import Snapshot
 
 
 def test_plan_read_decisions() -> None:
@@ -320,7 +323,24 @@ def test_the_fold_keeps_client_ids_but_not_those_of_refused_messages() -> None:
     assert fold.message_client_ids() == [("c1", "m1"), ("k4", "m4")]
     again = SessionFold.from_snapshot(fold.snapshot("e", len(events)))
     assert again.message_client_ids() == fold.message_client_ids()
-    assert again.created_client_id == "c1"  # from its first message
+    assert again.created_client_id == "c1"  # kept in the snapshot
+
+
+def test_a_snapshot_keeps_the_client_id_of_a_create_without_a_prompt() -> None:
+    """Compaction drops ``session.created``: the stored snapshot must carry its client_id (a
+    create without a prompt has no first message to take it from; a later message's id is not
+    the create's), through the JSON the store keeps."""
+    fold = SessionFold("s")
+    for event in (
+        ev.SessionCreated("/w", "t", client_id="bare"),
+        ev.MessageQueued("m1", "hi", "k1"),
+    ):
+        fold.apply(event, 1.0)
+    stored = wire.structure(json.loads(wire.dumps(fold.snapshot("e", 2))), Snapshot)
+    again = SessionFold.from_snapshot(stored)
+    assert again.created_client_id == "bare"
+    assert again.message_client_ids() == [("k1", "m1")]
+    assert again.snapshot("e", 2) == fold.snapshot("e", 2)
 
 
 @given(

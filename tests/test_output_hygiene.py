@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -23,7 +24,7 @@ from sidecode_trio.daemon import DaemonHandle, serve
 from sidecode_trio.eventlog.log import EventLog
 from sidecode_trio.eventlog.store import SQLiteStore
 from sidecode_trio.printable import EscapingFormatter, device_name_problem, escape
-from sidecode_trio.security.devices import DeviceStore
+from sidecode_trio.security.devices import DeviceStore, Scope
 from sidecode_trio.sessions.supervisor import SessionSupervisor, SupervisorSettings
 from sidecode_trio.term.render import Renderer
 from sidecode_trio.wire import events as ev
@@ -232,3 +233,87 @@ async def test_the_attach_renderer_escapes_names_titles_and_text() -> None:
     assert "\x1b" not in shown
     assert "by a\\x1bb" in shown and "new\\x1b[2Jtitle" in shown
     assert "there\\x1b]0;PWNED\\x07" in shown and "quoted \\x1b[31mred\\x1b[0m\n\tok" in shown
+
+
+# -- device names kept from before names were checked ------------------------------------------
+
+OLD_NAMES = [
+    "rtl\u202eenohp",  # a bidi override
+    "old\x1b]0;PWNED\x07phone\nFORGED",
+    "zero\u200bwidth",
+    "timeout",
+    "Local Owner",
+    "\uff34\uff29\uff2d\uff25\uff2f\uff35\uff34",  # fullwidth "TIMEOUT"
+    "   ",
+    "",
+    "x" * 150 + "\x1b",
+]
+
+
+def _rename(state_dir: Path, device_id: str, name: str) -> None:
+    """What a daemon from before names were checked could have stored."""
+    with sqlite3.connect(state_dir / "devices.sqlite3") as db:
+        db.execute("UPDATE devices SET name = ? WHERE id = ?", (name, device_id))
+    db.close()
+
+
+async def test_a_stored_name_from_before_the_check_is_loaded_as_one_that_passes_it(
+    tmp_path: Path,
+) -> None:
+    """Every path out (the device list, a token's principal: ``permission.resolved.by``, the
+    audit log, the CLI) takes the name from the loaded device: it must pass the check, keep
+    what it said visible (escaped), and never be a name the daemon uses for itself."""
+    path = tmp_path / "devices.sqlite3"
+    store = DeviceStore(path)
+    ids = [store.add_secret(f"device {n}", Scope.CHAT)[0].id for n in range(len(OLD_NAMES))]
+    store.close()
+    for device_id, name in zip(ids, OLD_NAMES, strict=True):
+        _rename(tmp_path, device_id, name)
+    store = DeviceStore(path)
+    shown = {device_id: store.get(device_id).name for device_id in ids}
+    store.close()
+    assert {n: device_name_problem(n) for n in shown.values()} == dict.fromkeys(shown.values())
+    assert len(set(shown.values())) == len(ids)  # still told apart
+    names = dict(zip(OLD_NAMES, shown.values(), strict=True))
+    assert names["rtl\u202eenohp"] == "rtl\\u202eenohp"  # what was there, visible
+    assert names["old\x1b]0;PWNED\x07phone\nFORGED"] == "old\\x1b]0;PWNED\\x07phone\\x0aFORGED"
+    assert "timeout" in names["timeout"] and names["timeout"] != "timeout"
+
+
+@pytest.mark.parametrize("name", ["rtl\u202eenohp", "timeout"])
+async def test_a_device_with_a_name_from_before_the_check_is_shown_and_recorded_safely(
+    make_config: Callable[..., DaemonConfig], work_dir: Path, name: str
+) -> None:
+    """A device paired by an older daemon under a name refused now: the device list, and the
+    ``by`` its answer to a permission request records (every client shows it: a watch prints
+    it as it is), say its name escaped, and never one the daemon uses for itself."""
+    config = make_config(https=True)
+    async with running_daemon(config) as owner:
+        offer = await owner.http.post("/v1/pairings", json={"scope": "approve"})
+        credentials = await trio.to_thread.run_sync(pc.pair, offer.json()["payload"], "phone")
+    _rename(config.state_dir, credentials["device"]["id"], name)
+    async with running_daemon(config) as owner:
+        credentials["daemon"]["urls"] = [owner.handle.url]  # port 0: another port now
+        device = pc.Client(credentials)
+        with trio.fail_after(30):
+            listed = (await owner.http.get("/v1/devices")).json()["devices"]
+            sid = (await owner.create(work_dir, "[[bash:ls]]"))["session"]["id"]
+            while not (snapshot := await owner.snapshot(sid))["pending_permissions"]:
+                await trio.sleep(0.05)
+            request_id = snapshot["pending_permissions"][0]["request_id"]
+            path = f"/v1/sessions/{sid}/permissions/{request_id}"
+            await trio.to_thread.run_sync(device.call, "POST", path, {"behavior": "allow"})
+
+            def resolved() -> dict[str, Any]:
+                events = device.follow(sid, f"{snapshot['epoch']}:0")
+                try:
+                    for _, data in events:
+                        if data.get("event", {}).get("type") == "permission.resolved":
+                            return data["event"]  # type: ignore[no-any-return]
+                finally:
+                    events.close()
+                raise AssertionError("the stream ended")
+
+            by = (await trio.to_thread.run_sync(resolved, abandon_on_cancel=True))["by"]
+    assert [d["name"] for d in listed] == [by]
+    assert device_name_problem(by) is None and by != name

@@ -42,7 +42,11 @@ pytestmark = pytest.mark.trio
 
 @asynccontextmanager
 async def daemon_process(
-    tmp_path: Path, fake_claude: Path, work_dir: Path, claude_env: dict[str, str]
+    tmp_path: Path,
+    fake_claude: Path,
+    work_dir: Path,
+    claude_env: dict[str, str],
+    config: str = "",
 ) -> AsyncIterator[tuple[trio.Process, Client]]:
     ready = tmp_path / f"ready-{os.urandom(4).hex()}.json"
     argv = [
@@ -55,7 +59,7 @@ async def daemon_process(
     (tmp_path / "state").mkdir(mode=0o700, exist_ok=True)
     # warm_limit = 0: opening a session here must not start its CLI (what recovery records is
     # checked; warming has its own tests, test_warm.py)
-    (tmp_path / "state" / "config.toml").write_text('keystore = "file"\nwarm_limit = 0\n')
+    (tmp_path / "state" / "config.toml").write_text('keystore = "file"\nwarm_limit = 0\n' + config)
     proc = await trio.lowlevel.open_process(argv, env=env)
     try:
         with trio.fail_after(15):
@@ -472,3 +476,35 @@ async def test_a_retried_send_or_create_after_a_restart_runs_once(
             assert after["session"]["turns"] == 2
             fresh = await client.send(session_id, "third", client_id="send-2")
             assert fresh["created"] is True
+
+
+async def test_a_bare_create_retried_after_its_creation_was_compacted_runs_once(
+    tmp_path: Path, fake_claude: Path, work_dir: Path, claude_env: dict[str, str]
+) -> None:
+    """A create without a prompt keeps its client_id only in ``session.created``; once
+    compaction dropped that event, the stored snapshot must still carry it, or a create
+    retried after a restart makes a second session."""
+    start = partial(
+        daemon_process, tmp_path, fake_claude, work_dir, claude_env, "retain_events = 100\n"
+    )
+    with trio.fail_after(60):
+        async with start() as (proc, client):
+            bare = await client.create(work_dir, None, client_id="create-bare")
+            session_id = bare["session"]["id"]
+            await client.send(session_id, "[[fast:200:2000]]")  # 200 events: compacted
+            while True:  # until a read from the start gets the snapshot that replaced it
+                async with client.events(session_id) as stream:
+                    first = await stream.next()
+                if first.type == "snapshot" and first.body["reason"] == "compacted":
+                    break
+                await trio.sleep(0.05)
+            proc.send_signal(signal.SIGTERM)
+            await proc.wait()
+        async with start() as (proc, client):
+            again = await client.http.post(
+                "/v1/sessions", json={"cwd": str(work_dir), "client_id": "create-bare"}
+            )
+            assert again.json()["created"] is False
+            assert again.json()["session"]["id"] == session_id
+            listed = (await client.http.get("/v1/sessions")).json()["sessions"]
+            assert [s["id"] for s in listed] == [session_id]

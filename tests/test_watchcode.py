@@ -20,6 +20,7 @@ import h11
 import httpx
 import pytest
 import trio
+import trio.testing
 
 from sidecode_trio.eventlog.core import Position
 from sidecode_trio.http import direct, watchcode
@@ -119,7 +120,8 @@ async def test_a_watch_session_round_trip_without_duplicates(
                 # and the retry would rightly repeat it (its first frame would not be "after")
                 await until_content(stream, "status", "Idle")
                 before = [e.data for e in stream.seen]
-                clock.now += 100  # it read all that long ago: the retry steps back less (REWIND)
+                # it read all that long ago: the retry steps back less (REWIND)
+                await clock.advance(100)
             # The stream broke (the watch lost signal); it re-connects, as RelayClient does.
             await wait_streams(http, cid, 0)
             again = await connect(http, sid)
@@ -233,13 +235,32 @@ class RawWatch:
     def __init__(self, stream: trio.SocketStream) -> None:
         self.stream, self.conn = stream, h11.Connection(h11.CLIENT)
         self.buffer, self.events = b"", []  # type: tuple[bytes, list[dict[str, Any]]]
+        self.last_id: str | None = None  #: the last ``id:`` read (an EventSource's Last-Event-ID)
 
     @classmethod
-    async def open(cls, daemon: Client, secret: str, sid: str, cid: str) -> RawWatch:
+    async def open(
+        cls,
+        daemon: Client,
+        secret: str,
+        sid: str,
+        cid: str,
+        last_event_id: str | None = None,
+        receive_buffer: int | None = None,
+    ) -> RawWatch:
+        """``receive_buffer``: a small socket buffer, so that a large frame the watch does not
+        read stays in the daemon's write, untaken by the socket."""
         host, port = daemon.handle.url.split("//")[1].rsplit(":", 1)
-        watch = cls(await trio.open_tcp_stream(host, int(port)))
+        if receive_buffer is None:
+            watch = cls(await trio.open_tcp_stream(host, int(port)))
+        else:
+            sock = trio.socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+            await sock.connect((host, int(port)))
+            watch = cls(trio.SocketStream(sock))
         target = f"/api/sessions/{sid}/events?connectionId={cid}"
         headers = [("host", f"{host}:{port}"), ("x-watchcode-secret", secret)]
+        if last_event_id is not None:
+            headers.append(("last-event-id", last_event_id))
         request = h11.Request(method="GET", target=target, headers=headers)
         await watch.stream.send_all(watch.conn.send(request) or b"")
         return watch
@@ -256,18 +277,28 @@ class RawWatch:
         self, kind: str, content: str, count: int = 1, after: str | None = None
     ) -> None:
         while self.count(kind, content, after) < count:
-            event = self.conn.next_event()
-            if event is h11.NEED_DATA:
-                self.conn.receive_data(await self.stream.receive_some(65536))
-            elif isinstance(event, h11.Data):
-                self.buffer += bytes(event.data)
-                *frames, self.buffer = self.buffer.split(b"\n\n")
-                for frame in frames:
-                    for line in frame.split(b"\n"):
-                        if line.startswith(b"data: "):
-                            self.events.append(json.loads(line[6:]))
-            elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
-                raise AssertionError(f"the stream ended: {self.events}")
+            await self._read()
+
+    async def until_partial(self, marker: bytes) -> None:
+        """Until ``marker`` is in a frame read only in part (its end not read yet)."""
+        while marker not in self.buffer:
+            await self._read()
+
+    async def _read(self) -> None:
+        event = self.conn.next_event()
+        if event is h11.NEED_DATA:
+            self.conn.receive_data(await self.stream.receive_some(65536))
+        elif isinstance(event, h11.Data):
+            self.buffer += bytes(event.data)
+            *frames, self.buffer = self.buffer.split(b"\n\n")
+            for frame in frames:
+                for line in frame.split(b"\n"):
+                    if line.startswith(b"data: "):
+                        self.events.append(json.loads(line[6:]))
+                    elif line.startswith(b"id: "):
+                        self.last_id = line[4:].decode()
+        elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
+            raise AssertionError(f"the stream ended: {self.events}")
 
     def reset(self) -> None:
         self.stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -278,6 +309,12 @@ class WallClock:
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.now = 1_000_000.0
         monkeypatch.setattr(watchcode, "wall_clock", lambda: self.now, raising=False)
+
+    async def advance(self, seconds: float) -> None:
+        """Move the clock once the daemon did all it could: a stream notes what its socket
+        took only when it runs again after the write, which may be after the client read it."""
+        await trio.testing.wait_all_tasks_blocked()
+        self.now += seconds
 
 
 def idle(event: SSEEvent) -> bool:
@@ -319,7 +356,8 @@ async def test_a_broken_stream_retried_like_the_watch_loses_and_repeats_nothing(
                         await old.until("assistant", "You said: two")
                         await v1.until(idle)
                         await old.until("status", "Idle", 2)
-                clock.now += 1000  # the break: what is written from now on, the watch never gets
+                # the break: what is written from now on, the watch never gets
+                await clock.advance(1000)
                 if how == "reset":
                     old.reset()
                 if moment == "before":
@@ -332,7 +370,7 @@ async def test_a_broken_stream_retried_like_the_watch_loses_and_repeats_nothing(
                 if how == "silent-then-reset":  # the dead socket resets only now (the lost turn)
                     old.reset()
                     await wait_streams(http, old_cid, 0)
-                clock.now += 8  # the watch's 2 s back-off and a little more
+                await clock.advance(8)  # the watch's 2 s back-off and a little more
                 again = await RawWatch.open(daemon, secret, sid, await connect(http, sid))
                 await http.post(f"/api/sessions/{sid}/message", json={"content": "three"})
                 # three's own Idle: a replayed turn's Idle may come before it
@@ -362,7 +400,7 @@ async def test_a_fresh_connect_after_a_silent_drop_gets_the_history_once(
         async with relay(daemon, secret) as http:
             old = await RawWatch.open(daemon, secret, sid, await connect(http, sid))
             await old.until("status", "Idle")
-            clock.now += 5
+            await clock.advance(5)
             retry = await connect(http, sid)
             again = await RawWatch.open(daemon, secret, sid, retry)
             await http.post(f"/api/sessions/{sid}/message", json={"content": "two"})
@@ -376,6 +414,126 @@ async def test_a_fresh_connect_after_a_silent_drop_gets_the_history_once(
             await fresh.until("assistant", "You said: two")
             await trio.aclose_forcefully(fresh.stream)
     assert texts(fresh.events, "user") == ["one", "two"]
+
+
+BIG = "[[fast:50:100000]]"  # a 5 MB answer: more than the socket buffers on both sides hold
+
+
+@pytest.mark.parametrize("how", ["silent", "silent-then-reset"])
+async def test_a_frame_the_socket_never_took_is_sent_again_after_a_retry(
+    daemon: Client, work_dir: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """A slow link: the daemon built the frame of a long answer, but the socket never took all
+    of it before the link died, while the watch went on receiving (the frames before it) for
+    longer than REWIND - the idle timeout. Built long enough ago is not written: the retry sends
+    it again, or the watch never shows the answer."""
+    clock = WallClock(monkeypatch)
+    secret = await watch_device(daemon)
+    sid = (await daemon.create(work_dir, "one"))["session"]["id"]
+    with trio.fail_after(60):
+        async with relay(daemon, secret) as http:
+            old_cid = await connect(http, sid)
+            old = await RawWatch.open(daemon, secret, sid, old_cid, receive_buffer=4096)
+            await old.until("status", "Idle")
+            await http.post(f"/api/sessions/{sid}/message", json={"content": BIG})
+            await old.until("status", "Running", after=BIG)
+            await old.until_partial(b'"assistant"')  # the answer's frame was built, and began
+            async with daemon.events(sid) as v1:
+                await v1.until(idle)
+                await v1.until(idle)  # the long turn ended ("three" must not join it)
+            # the watch goes on getting bits of it for 30 s (a slow link), then loses the link
+            await clock.advance(80)
+            if how == "silent-then-reset":  # the dead link's socket resets later
+                old.reset()
+                await wait_streams(http, old_cid, 0)
+            await clock.advance(16)  # URLSession's 60 s idle timeout and the back-off
+            again = await RawWatch.open(daemon, secret, sid, await connect(http, sid))
+            await http.post(f"/api/sessions/{sid}/message", json={"content": "three"})
+            await again.until("status", "Idle", after="You said: three")
+            await trio.aclose_forcefully(again.stream)
+            if how == "silent":
+                await trio.aclose_forcefully(old.stream)
+    watch = old.events + again.events
+    assert texts(watch, "user") == ["one", BIG, "three"]
+    answers = texts(watch, "assistant")
+    assert [len(a) for a in answers[1:-1]] == [5_000_000]  # the long answer, once
+    assert answers[0] == "You said: one" and answers[-1] == "You said: three"
+    assert texts(watch, "status").count("Idle") == 3
+
+
+async def test_a_retry_whose_stream_never_opened_is_still_a_retry(
+    daemon: Client, work_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The watch's retry reached the daemon (POST /api/connect) but its stream request did not
+    (the link failed again), so it retries once more: that is a retry too, which repeats no
+    more than the first would have (never the whole history: the watch kept its list)."""
+    clock = WallClock(monkeypatch)
+    secret = await watch_device(daemon)
+    sid = (await daemon.create(work_dir, "one"))["session"]["id"]
+    with trio.fail_after(30):
+        async with relay(daemon, secret) as http:
+            old_cid = await connect(http, sid)
+            old = await RawWatch.open(daemon, secret, sid, old_cid)
+            await old.until("status", "Idle")
+            await clock.advance(1000)  # read long ago
+            old.reset()
+            await wait_streams(http, old_cid, 0)
+            await clock.advance(8)
+            await connect(http, sid)  # its GET never arrives
+            await clock.advance(4)  # RelayClient's second attempt
+            again = await RawWatch.open(daemon, secret, sid, await connect(http, sid))
+            await http.post(f"/api/sessions/{sid}/message", json={"content": "two"})
+            await again.until("status", "Idle", after="You said: two")
+            await trio.aclose_forcefully(again.stream)
+    watch = old.events + again.events
+    assert texts(watch, "user") == ["one", "two"]
+    assert texts(watch, "status").count("Idle") == 2
+
+
+@pytest.mark.parametrize("proved", ["less", "more"])
+async def test_a_retry_steps_back_to_what_a_last_event_id_proved(
+    daemon: Client, work_dir: Path, monkeypatch: pytest.MonkeyPatch, proved: str
+) -> None:
+    """A client resumes a retry's connection with ``Last-Event-ID``, proving where it is; its
+    link dies before that stream wrote anything long ago. The next retry starts where the proof
+    said, not where the retry's connection was to start without proof: the proof says ``less``
+    (the daemon's guess was too far: starting there loses a turn), or ``more`` (starting there
+    repeats a turn the client proved it had)."""
+    clock = WallClock(monkeypatch)
+    secret = await watch_device(daemon)
+    sid = (await daemon.create(work_dir, "one"))["session"]["id"]
+    with trio.fail_after(30):
+        async with relay(daemon, secret) as http:
+            old = await RawWatch.open(daemon, secret, sid, await connect(http, sid))
+            await old.until("status", "Idle")
+            if proved == "more":
+                # "two" is written just before the break: the guess is "one"
+                await clock.advance(1000)
+            await http.post(f"/api/sessions/{sid}/message", json={"content": "two"})
+            async with daemon.events(sid) as v1:
+                await v1.until(idle)
+                await v1.until(idle)  # "two"'s turn is written to the old stream
+            if proved == "more":
+                await old.until("status", "Idle", after="You said: two")
+            else:  # written long before the break (the guess is "two"), but never read
+                await clock.advance(1000)
+            last = old.last_id
+            assert last is not None
+            old.reset()
+            await clock.advance(8)
+            cid = await connect(http, sid)
+            proving = await RawWatch.open(daemon, secret, sid, cid, last_event_id=last)
+            await proving.until("status", "SSE stream opened")
+            proving.reset()  # what the stream wrote after the proof, the client never read
+            await wait_streams(http, cid, 0)
+            await clock.advance(8)
+            again = await RawWatch.open(daemon, secret, sid, await connect(http, sid))
+            await http.post(f"/api/sessions/{sid}/message", json={"content": "three"})
+            await again.until("status", "Idle", after="You said: three")
+            await trio.aclose_forcefully(again.stream)
+    watch = old.events + proving.events + again.events
+    assert texts(watch, "user") == ["one", "two", "three"]
+    assert texts(watch, "status").count("Idle") == 3
 
 
 async def test_deleting_an_unknown_connection_names_it(daemon: Client) -> None:
@@ -428,10 +586,10 @@ async def test_a_quick_retry_repeats_only_the_last_rewind_seconds(
             old_cid = await connect(http, sid)
             old = await RawWatch.open(daemon, secret, sid, old_cid)
             await old.until("status", "Idle")
-            clock.now += 10 * REWIND
+            await clock.advance(10 * REWIND)
             await http.post(f"/api/sessions/{sid}/message", json={"content": "two"})
             await old.until("status", "Idle", 2)
-            clock.now += 5
+            await clock.advance(5)
             old.reset()
             await wait_streams(http, old_cid, 0)
             again = await RawWatch.open(daemon, secret, sid, await connect(http, sid))
@@ -571,7 +729,7 @@ async def test_a_connection_remembers_only_the_marks_a_retry_can_need(
     assert connection.written_before(clock.now) == start  # nothing written yet
     for cursor in range(4, 1004):  # one event a second for 1000 s
         clock.now += 1
-        connection.mark(Position("e", cursor))
-    assert len(connection.marks) <= REWIND + 2  # not 1000
+        connection.written.mark(Position("e", cursor))
+    assert len(connection.written.marks) <= REWIND + 2  # not 1000
     assert connection.written_before(clock.now + 5 - REWIND) == Position("e", 1003 - 85)
     assert connection.written_before(clock.now - 10_000) == start

@@ -132,6 +132,7 @@ class SessionFold:
             pending_permissions=list(self.pending.values()),
             active_turn=self.active_turn,
             queued=list(self.queued),
+            created_client_id=self.created_client_id,
         )
 
     @classmethod
@@ -147,8 +148,9 @@ class SessionFold:
         fold.mirrored, fold.mirror_name = info.mirrored, info.mirror_name
         fold.active_turn = snap.active_turn
         fold.queued = list(snap.queued)
-        first = snap.items[0] if snap.items else None  # a create's prompt carries its client_id
-        fold.created_client_id = first.client_id if isinstance(first, UserItem) else None
+        # Kept in the snapshot: a create without a prompt has no first message to take it from,
+        # and a later message's client_id is not the create's.
+        fold.created_client_id = snap.created_client_id
         fold.pending = {p.request_id: p for p in snap.pending_permissions}
         for item in snap.items:
             if isinstance(item, AssistantItem):

@@ -57,7 +57,7 @@ HISTORY_LIMIT: Final = 200  # watch events of history sent to a fresh client (a 
 HISTORY_REPLAY_EVENTS: Final = 10_000
 RETRY_WINDOW: Final = 30.0  # seconds after a stream ended in which a re-connect is a retry
 REWIND: Final = 90.0  # a retry repeats what was written this long before it (see Connections)
-MARKS: Final = 1024  # written positions remembered per connection (those of the last REWIND)
+MARKS: Final = 1024  # written positions remembered per stream (those of the last REWIND)
 MAX_CONNECTIONS: Final = 32  # per device; the oldest is forgotten beyond that
 WS_OPEN: Final = 1  # WebSocket.readyState OPEN: WatchCode's wsState (the daemon's feed is open)
 MAX_LATEST: Final = 256  # (device, session) pairs whose latest connection is remembered
@@ -115,41 +115,27 @@ def wall_clock() -> float:
     return time.time()
 
 
-@attrs.define
-class Connection:
-    """WatchCode's "connection": a device following one session.
+@attrs.define(eq=False)
+class Written:
+    """What one stream of a connection wrote: where it began (what the client proved with
+    ``Last-Event-ID``, else the connection's ``start``), and each position the socket *took*
+    (every byte up to that event's frame was sent, not just built), with when. Positions of the
+    last :data:`REWIND` only: a retry needs the newest one at least that old."""
 
-    ``start`` is where its next stream begins when the client proves nothing (no
-    ``Last-Event-ID``): None for the whole history, else the position a retry continues from.
-    ``marks`` remember when each position was written to its streams, so a later retry can
-    step back to what the client certainly had (see :meth:`Connections.connect`)."""
-
-    id: str
-    session_id: str
-    device_id: str | None
-    created_at: float
-    start: Position | None = None
-    position: Position | None = None  #: the last event this connection's streams wrote
-    streams: int = 0
-    streamed: bool = False  #: a stream of it ever started
-    last_event: float | None = None
-    broken_at: float | None = None  #: when its last stream ended
-    deleted: bool = False  #: ended by DELETE: the client left the session (and clears its list)
+    since: Position | None
     marks: deque[tuple[float, Position]] = attrs.field(factory=lambda: deque(maxlen=MARKS))
-    closers: set[Callable[[], None]] = attrs.field(factory=set)
 
     def mark(self, position: Position) -> None:
         now = wall_clock()
-        self.position = position
         self.marks.append((now, position))
         # A retry (later than now) steps back to the last mark at least REWIND old: of the
         # marks that old, only the newest can be that one.
         while len(self.marks) > 1 and self.marks[1][0] <= now - REWIND:
             self.marks.popleft()
 
-    def written_before(self, cutoff: float) -> Position | None:
-        """The last position written at or before ``cutoff``, else where the stream began."""
-        found = self.start
+    def before(self, cutoff: float) -> Position | None:
+        """The last position taken at or before ``cutoff``, else where the stream began."""
+        found = self.since
         for at, position in self.marks:
             if at > cutoff:
                 break
@@ -157,21 +143,66 @@ class Connection:
         return found
 
 
+@attrs.define
+class Connection:
+    """WatchCode's "connection": a device following one session.
+
+    ``start`` is where its next stream begins when the client proves nothing (no
+    ``Last-Event-ID``): None for the whole history, else the position a retry continues from
+    (``retry``: it was made by one). ``written`` is what its latest stream wrote, so a later
+    retry can step back to what the client certainly had (see :meth:`Connections.connect`)."""
+
+    id: str
+    session_id: str
+    device_id: str | None
+    created_at: float
+    start: Position | None = None
+    retry: bool = False
+    streams: int = 0
+    streamed: bool = False  #: a stream of it ever started
+    last_event: float | None = None
+    broken_at: float | None = None  #: when its last stream ended
+    deleted: bool = False  #: ended by DELETE: the client left the session (and clears its list)
+    written: Written = attrs.field()
+    closers: set[Callable[[], None]] = attrs.field(factory=set)
+
+    @written.default
+    def _nothing_written(self) -> Written:
+        return Written(self.start)
+
+    def begin(self, since: Position | None) -> Written:
+        """A stream of it is asked for, from ``since``: the client has everything up to there
+        (it said so, or it proves nothing and gets ``start``). Only this stream's writes count
+        from now on; an older stream still writing writes into a socket the client left."""
+        self.written = Written(since)
+        return self.written
+
+    def written_before(self, cutoff: float) -> Position | None:
+        """What the client certainly has if it got all the latest stream's socket took at or
+        before ``cutoff``."""
+        return self.written.before(cutoff)
+
+
 class Connections:
     """The connections, and per (device, session) the latest one, which tells a fresh
     ``POST /api/connect`` from the Swift client's retry (both send the same request):
 
     * the client left the session (DELETE), or its last stream ended more than
-      :data:`RETRY_WINDOW` ago, or it never streamed: a fresh connect. ``connect()`` in
-      ``RelayClient.swift`` empties the watch's list first, so the stream starts with the
-      whole history, once.
+      :data:`RETRY_WINDOW` ago, or it never streamed (and was not itself a retry): a fresh
+      connect. ``connect()`` in ``RelayClient.swift`` empties the watch's list first, so the
+      stream starts with the whole history, once.
     * its stream is still open (a silent drop: the daemon still writes into a dead socket)
       or ended moments ago, and no DELETE came: ``attemptReconnect()``, which keeps the list.
       The client proves nothing (no ``Last-Event-ID``, a new connection id), so the new stream
       continues from the last position written at least :data:`REWIND` seconds ago: the watch
       noticed the break at most URLSession's 60 s idle timeout after its last bytes arrived
       (keep-alives flow every 15 s), then waited 2-6 s. Nothing is lost; what is repeated is
-      at most the last :data:`REWIND` seconds, never the whole history again.
+      at most the last :data:`REWIND` seconds, never the whole history again. "Written" is
+      what the socket took (:class:`Written`), and the latest stream counts from where its
+      request proved the client was.
+    * it was a retry whose stream request never came (the link failed again), made less than
+      :data:`RETRY_WINDOW` ago: ``attemptReconnect()``'s next attempt, a retry from where that
+      one was to start.
     """
 
     def __init__(self) -> None:
@@ -182,11 +213,11 @@ class Connections:
         now = wall_clock()
         key = (who.device_id, session_id)
         previous = self._latest.get(key)
-        start = None
+        start, retry = None, False
         if previous is not None and self._retrying(previous, now):
-            start = previous.written_before(now - REWIND)
+            start, retry = previous.written_before(now - REWIND), True
             self.close(previous.id)  # a silently dropped stream stops writing into the void
-        connection = Connection(secrets.token_hex(16), session_id, who.device_id, now, start)
+        connection = Connection(secrets.token_hex(16), session_id, who.device_id, now, start, retry)
         self._by_id[connection.id] = connection
         self._latest[key] = connection
         self._latest.move_to_end(key)
@@ -199,8 +230,10 @@ class Connections:
 
     @staticmethod
     def _retrying(previous: Connection, now: float) -> bool:
-        if previous.deleted or not previous.streamed:
+        if previous.deleted:
             return False
+        if not previous.streamed:  # its stream request never came: a retry if it was one
+            return previous.retry and now - previous.created_at <= RETRY_WINDOW
         if previous.streams:
             return True  # one stream per watch: an open one is dead on the client's side
         return previous.broken_at is not None and now - previous.broken_at <= RETRY_WINDOW
@@ -221,8 +254,7 @@ class Connections:
         found = self._by_id.get(connection_id)
         if found is None or found.device_id != who.device_id:
             raise NotFound(f"No active connection {connection_id}")
-        found.deleted = True
-        found.marks.clear()  # never a retry's starting point now
+        found.deleted = True  # never a retry's starting point now
         self.close(found.id)
 
     def close(self, connection_id: str) -> Connection | None:
@@ -271,20 +303,39 @@ async def watch_stream(
     *,
     compatible: bool = False,
     connection: Connection | None = None,
+    written: Written | None = None,
 ) -> AsyncIterator[bytes]:
     """A session's events in the watch view, resumable by ``(epoch, cursor)``.
 
     ``compatible`` writes WatchCode's format (``data:`` frames only, history as single events,
-    the opening status); otherwise frames are named ``watch`` and history is one frame."""
+    the opening status); otherwise frames are named ``watch`` and history is one frame.
+    ``written`` (with ``connection``) learns each position once the socket took its frames:
+    this generator resumes after a ``yield`` only when the server has sent the chunk (hypercorn
+    awaits ``send_all``), and never if the client stopped reading; so a position is marked
+    after the yield of its chunk, not when its frame is built."""
     projection = WatchProjection()
     name = None if compatible else b"watch"
+    built: tuple[Position, float | None] | None = None  #: the last position in what was yielded
+
+    def taken() -> None:
+        """Everything yielded so far was sent (or nothing was: an event with no frames).
+
+        A chunk whose write failed (a reset) is marked too: hypercorn tells the app with a
+        disconnect, not from the send. The stream ends then, so a retry comes within
+        :data:`RETRY_WINDOW` of that mark and steps back :data:`REWIND` before it, never to it
+        (later, a connect is fresh)."""
+        nonlocal built
+        if built is not None and written is not None and connection is not None:
+            written.mark(built[0])
+            if built[1] is not None:
+                connection.last_event = built[1]
+        built = None
 
     def frames(stored: StoredEvent) -> bytes:
+        nonlocal built
         position = Position(stored.epoch, stored.cursor)
         watch = projection.feed(decode_event(stored), stored.at)
-        if connection is not None:
-            connection.mark(position)
-            connection.last_event = stored.at
+        built = position, stored.at
         if compatible:
             watch = [_watchcode_event(w) for w in watch]
         # Only the last frame of an event carries its id: a client cut off between two frames
@@ -295,11 +346,11 @@ async def watch_stream(
         )
 
     def history(item: feed.Snapshot) -> bytes:
+        nonlocal built
         snap = item.snapshot
         position = Position(snap.epoch, snap.cursor)
         rows = projection.history(snap, snap.session.last_activity)[-HISTORY_LIMIT:]
-        if connection is not None:
-            connection.mark(position)
+        built = position, None
         if compatible:
             rows = [_watchcode_event(w) for w in rows]
             return (
@@ -342,6 +393,7 @@ async def watch_stream(
                 yield b"".join(kept) or b": history is empty\n\n"
             elif chunk := b"".join(map(frames, item.events)):
                 yield chunk
+            taken()
         live = fd.live()
         async with aclosing(live):  # closed with this stream, not left to the GC (a warning)
             async for each in live:
@@ -352,6 +404,7 @@ async def watch_stream(
                     chunk = sse.KEEPALIVE if isinstance(each, feed.KeepAlive) else b""
                 if chunk:  # the projection may have nothing to say about some events
                     yield chunk
+                taken()
     finally:
         fd.close()
         if connection is not None:
@@ -437,6 +490,7 @@ def add_routes(app: QuartTrio, ops: Operations, guard: Guard, settings: Settings
         ops.snapshot_position(principal, connection.session_id)  # 404 now, not mid-stream
         last = request.headers.get("Last-Event-ID")
         since = Position.parse(last) if last else connection.start
+        written = connection.begin(since)  # the client's proof counts even if nothing is sent
         stream = watch_stream(
             ops,
             guard,
@@ -446,6 +500,7 @@ def add_routes(app: QuartTrio, ops: Operations, guard: Guard, settings: Settings
             settings,
             compatible=True,
             connection=connection,
+            written=written,
         )
         response = Response(
             stream,

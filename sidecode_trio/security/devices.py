@@ -27,7 +27,7 @@ import attrs
 
 from ..errors import NotFound, StoreError
 from ..host.private import open_store
-from ..printable import check_device_name, escape
+from ..printable import check_device_name, device_name_problem, escape, kept_device_name
 
 log = logging.getLogger(__name__)
 
@@ -144,13 +144,30 @@ class DeviceStore:
             raise StoreError(f"cannot update the device store: {exc}") from exc
 
     def _load(self) -> list[Device]:
+        """The stored devices. A name stored before names were checked (or one the check
+        refuses now) is replaced here, in memory, by :func:`kept_device_name`: every device
+        the daemon hands out comes from here or from :meth:`add`/:meth:`add_secret` (which
+        check), so no listing, principal (``permission.resolved.by``), audit line or log
+        shows it as it was. The row is left as it is: a store opened read-only, or on a full
+        disk, still loads, and it is done again at each start (and logged)."""
         rows = self._db.execute(
             "SELECT id, name, public_key, fingerprint, scope, paired_at, last_seen, revoked_at, "
             "kind, box_public_key FROM devices ORDER BY paired_at"
         ).fetchall()
-        return [
-            Device(r[0], r[1], r[2], r[3], Scope(r[4]), r[5], r[6], r[7], r[8], r[9]) for r in rows
-        ]
+        devices = []
+        for r in rows:
+            name = kept_device_name(r[1], r[0])
+            if name != r[1]:
+                log.warning(
+                    "device %s: its stored name is not a valid name now (%s); shown as %r",
+                    r[0],
+                    device_name_problem(r[1]),
+                    name,
+                )
+            devices.append(
+                Device(r[0], name, r[2], r[3], Scope(r[4]), r[5], r[6], r[7], r[8], r[9])
+            )
+        return devices
 
     def all(self) -> list[Device]:
         return list(self._devices.values())

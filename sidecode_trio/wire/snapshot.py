@@ -129,3 +129,6 @@ class Snapshot:
     pending_permissions: list[PermissionRequested]
     active_turn: str | None = None
     queued: list[str] = attrs.field(factory=list)
+    #: the ``client_id`` the session was created with: the log's compaction drops
+    #: ``session.created``, and a create retried after a restart must still find this session
+    created_client_id: str | None = None
