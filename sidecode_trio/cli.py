@@ -10,19 +10,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import subprocess
 import sys
 import time
-import urllib.parse
 from pathlib import Path
 from typing import Any
 
 from . import __version__
 from .defaults import DEFAULT_PORT, default_state_dir
 from .errors import ConfigError, SidecodeError
-from .rtc.settings import add_flags as add_rtc_flags
-from .rtc.settings import overrides as rtc_overrides
+
+#: the commands whose parsers carry ``serve``'s flags (``service install`` reuses them)
+SERVE_FLAGS = frozenset({"serve", "service"})
 
 
 def escape(text: str) -> str:
@@ -32,7 +30,9 @@ def escape(text: str) -> str:
     return printable(text)
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(serve_flags: bool = True) -> argparse.ArgumentParser:
+    """The whole command line; without ``serve_flags``, ``serve`` lacks its WebRTC flags (they
+    load the ``[rtc]`` settings class and attrs: only ``serve`` and ``service`` need them)."""
     parser = argparse.ArgumentParser(
         prog="sidecode-trio",
         description="Drive Claude Code sessions from a phone or a watch.",
@@ -122,7 +122,10 @@ def _parser() -> argparse.ArgumentParser:
         help="where the exported web app is hosted (sidecode-trio web export): pairing links "
         "open it there, e.g. https://you.github.io/sidecode/",
     )
-    add_rtc_flags(serve)
+    if serve_flags:
+        from .rtc.settings import add_flags as add_rtc_flags
+
+        add_rtc_flags(serve)
 
     pair = commands.add_parser("pair", help="show a one-time pairing code for a new device")
     _state_dir_flag(pair)
@@ -230,8 +233,14 @@ def _state_dir_flag(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _command(argv: list[str]) -> str | None:
+    """The command word (the top level has only ``-h`` and ``--version`` as options)."""
+    return next((arg for arg in argv if not arg.startswith("-")), None)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = _parser(serve_flags=_command(argv) in SERVE_FLAGS).parse_args(argv)
     try:
         if args.command == "serve":
             return _serve(args)
@@ -260,6 +269,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from .printable import configure_logging
+    from .rtc.settings import overrides as rtc_overrides
 
     configure_logging(args.log_level)  # a request path or a device name cannot drive the tty
     overrides = {
@@ -354,6 +364,8 @@ def _call(
 
 def _local_url(url: str) -> str:
     """The daemon's URL as seen from this machine (a wildcard bind is reached on loopback)."""
+    import urllib.parse
+
     parts = urllib.parse.urlsplit(url)
     if parts.hostname in ("0.0.0.0", "::"):  # noqa: S104 - recognising the wildcard
         return f"{parts.scheme}://127.0.0.1:{parts.port}"
@@ -450,6 +462,9 @@ def _sessions(args: argparse.Namespace) -> int:
 
 
 def _check_claude(claude: str) -> dict[str, Any]:
+    import shutil
+    import subprocess
+
     path = shutil.which(claude)
     if path is None:
         return {
@@ -486,6 +501,7 @@ def _check_mirroring(claude: str, env: dict[str, str]) -> dict[str, Any]:
 
 
 def _check_state(state_dir: Path) -> dict[str, Any]:
+    import shutil
     import sqlite3
 
     problems = []
@@ -550,6 +566,8 @@ def _check_daemon(state_dir: Path) -> dict[str, Any]:
 
 def _check_keep_awake(state_dir: Path) -> dict[str, Any]:
     """What keeps the host awake during a turn; a running daemon's live state if there is one."""
+    import shutil
+
     from .config import load_config
     from .host.awake import choose_inhibitor
 

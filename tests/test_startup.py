@@ -60,12 +60,11 @@ def test_sessions_loads_nothing_heavy_before_it_calls_the_daemon(
     assert loaded_after(code, ("quart", "hypercorn", "aioquic", "httpx", "trio"), tmp_path) == []
 
 
-def test_the_daemon_without_remote_control_or_quic_never_loads_them(
-    tmp_path: Path, fake_claude: Path
-) -> None:
-    """Remote Control off (the default) and QUIC off: no bridge, trio-websocket or aioquic; the
-    identity key in a file: no keyring; no terminal: no QR code renderer."""
-    code = f"""
+def serve_once(tmp_path: Path, fake_claude: Path, **settings: object) -> str:
+    """Code that starts the daemon (``settings`` over a minimal config), waits until it is
+    ready and stops it."""
+    fields = "".join(f"{name}={value!r}, " for name, value in settings.items())
+    return f"""
 from pathlib import Path
 import trio
 from sidecode_trio.config import DaemonConfig
@@ -73,7 +72,7 @@ from sidecode_trio.daemon import serve
 
 config = DaemonConfig(
     state_dir=Path({str(tmp_path / "state")!r}), port=0, claude={str(fake_claude)!r},
-    allowed_roots=(Path({str(tmp_path)!r}),), quic_port=-1, keystore="file", keep_awake="off",
+    allowed_roots=(Path({str(tmp_path)!r}),), {fields}
 )
 
 async def main():
@@ -83,5 +82,35 @@ async def main():
 
 trio.run(main)
 """
+
+
+def test_the_daemon_without_remote_control_or_quic_never_loads_them(
+    tmp_path: Path, fake_claude: Path
+) -> None:
+    """Remote Control off (the default) and QUIC off: no bridge, trio-websocket or aioquic; the
+    identity key in a file: no keyring; no terminal: no QR code renderer."""
+    code = serve_once(tmp_path, fake_claude, quic_port=-1, keystore="file", keep_awake="off")
     wanted = ("sidecode_trio.bridge.remote", "trio_websocket", "aioquic", "keyring", "segno")
+    assert loaded_after(code, wanted, tmp_path) == []
+
+
+def test_the_default_daemon_loads_no_http_client_nor_optional_paths(
+    tmp_path: Path, fake_claude: Path
+) -> None:
+    """The default configuration (QUIC on, no push subscription, no webhook, Remote Control and
+    WebRTC off): httpx (and the rich/pygments its import drags in) waits for the first
+    notification; the bridge and the WebRTC path are never loaded."""
+    code = serve_once(tmp_path, fake_claude, quic_port=0)
+    wanted = (
+        "httpx",
+        "httpcore",
+        "rich",
+        "pygments",
+        "sidecode_trio.notify.transport",
+        "sidecode_trio.bridge.remote",
+        "trio_websocket",
+        "sidecode_trio.rtc.service",
+        "aiortc",
+        "paho",
+    )
     assert loaded_after(code, wanted, tmp_path) == []
