@@ -8,19 +8,19 @@ standard library; only ``serve`` loads the daemon). tests/test_startup.py holds 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 from . import __version__
 from .defaults import DEFAULT_PORT, default_state_dir
 from .errors import ConfigError, SidecodeError
 
-#: the commands whose parsers carry ``serve``'s flags (``service install`` reuses them)
-SERVE_FLAGS = frozenset({"serve", "service"})
+TYPE_CHECKING = False  # typing itself is 10 % of --version; mypy reads this name as usual
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any, Final
 
 
 def escape(text: str) -> str:
@@ -30,17 +30,25 @@ def escape(text: str) -> str:
     return printable(text)
 
 
-def _parser(serve_flags: bool = True) -> argparse.ArgumentParser:
-    """The whole command line; without ``serve_flags``, ``serve`` lacks its WebRTC flags (they
-    load the ``[rtc]`` settings class and attrs: only ``serve`` and ``service`` need them)."""
+def _parser(command: str | None = "*") -> argparse.ArgumentParser:
+    """The command line. Every command is listed (``--help``), but only ``command``'s own flags
+    are added (every command's for ``"*"``, none for None: ``--version``): adding them all
+    would cost ``--version`` more than the rest of it does, and ``serve``'s WebRTC flags load
+    attrs."""
     parser = argparse.ArgumentParser(
         prog="sidecode-trio",
         description="Drive Claude Code sessions from a phone or a watch.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
+    for name, (help_text, add_flags) in COMMANDS.items():
+        sub = commands.add_parser(name, help=help_text)
+        if command in ("*", name):
+            add_flags(sub)
+    return parser
 
-    serve = commands.add_parser("serve", help="run the daemon in the foreground")
+
+def _serve_flags(serve: argparse.ArgumentParser) -> None:
     _state_dir_flag(serve)
     serve.add_argument("--config", type=Path, help="config file (default: STATE_DIR/config.toml)")
     serve.add_argument(
@@ -122,12 +130,12 @@ def _parser(serve_flags: bool = True) -> argparse.ArgumentParser:
         help="where the exported web app is hosted (sidecode-trio web export): pairing links "
         "open it there, e.g. https://you.github.io/sidecode/",
     )
-    if serve_flags:
-        from .rtc.settings import add_flags as add_rtc_flags
+    from .rtc.settings import add_flags as add_rtc_flags  # attrs: only for serve and service
 
-        add_rtc_flags(serve)
+    add_rtc_flags(serve)
 
-    pair = commands.add_parser("pair", help="show a one-time pairing code for a new device")
+
+def _pair_flags(pair: argparse.ArgumentParser) -> None:
     _state_dir_flag(pair)
     pair.add_argument(
         "--scope",
@@ -145,7 +153,8 @@ def _parser(serve_flags: bool = True) -> argparse.ArgumentParser:
     pair.add_argument("--name", default="WatchCode", help="the device's name (--watchcode)")
     pair.add_argument("--json", action="store_true", help="print the payload as JSON only")
 
-    devices = commands.add_parser("devices", help="list, revoke or re-scope paired devices")
+
+def _devices_flags(devices: argparse.ArgumentParser) -> None:
     _state_dir_flag(devices)
     devices.add_argument("--json", action="store_true", help="print JSON")
     devices.add_argument("--log", action="store_true", help="show the audit log instead")
@@ -153,13 +162,13 @@ def _parser(serve_flags: bool = True) -> argparse.ArgumentParser:
     devices.add_argument("device_id", nargs="?", help="the device (see the list)")
     devices.add_argument("scope", nargs="?", choices=["approve", "chat", "admin"])
 
-    sessions = commands.add_parser("sessions", help="list the sessions of the running daemon")
+
+def _sessions_flags(sessions: argparse.ArgumentParser) -> None:
     _state_dir_flag(sessions)
     sessions.add_argument("--json", action="store_true", help="print JSON")
 
-    attach = commands.add_parser(
-        "attach", help="follow a session in this terminal and answer its permission requests"
-    )
+
+def _attach_flags(attach: argparse.ArgumentParser) -> None:
     _state_dir_flag(attach)
     attach.add_argument("session", help="the session's id, or a unique prefix of it")
     attach.add_argument(
@@ -169,7 +178,8 @@ def _parser(serve_flags: bool = True) -> argparse.ArgumentParser:
         "--color", action=argparse.BooleanOptionalAction, help="default: when printing to a TTY"
     )
 
-    send = commands.add_parser("send", help="send a message to a session (for scripts)")
+
+def _send_flags(send: argparse.ArgumentParser) -> None:
     _state_dir_flag(send)
     send.add_argument("session", help="the session's id, or a unique prefix of it")
     send.add_argument("text", help="the message ('-' reads it from standard input)")
@@ -177,7 +187,8 @@ def _parser(serve_flags: bool = True) -> argparse.ArgumentParser:
         "--wait", action="store_true", help="wait for the turn to end and print its result"
     )
 
-    web = commands.add_parser("web", help="the phone web app")
+
+def _web_flags(web: argparse.ArgumentParser) -> None:
     web_actions = web.add_subparsers(dest="web_command", required=True)
     export = web_actions.add_parser(
         "export",
@@ -188,18 +199,16 @@ def _parser(serve_flags: bool = True) -> argparse.ArgumentParser:
     )
     export.add_argument("dir", type=Path, help="where to write it")
 
-    doctor = commands.add_parser(
-        "doctor", help="check the claude CLI, the state directory and the daemon"
-    )
+
+def _doctor_flags(doctor: argparse.ArgumentParser) -> None:
     _state_dir_flag(doctor)
     doctor.add_argument(
         "--claude", metavar="PATH", help="the claude CLI to check (default: claude on PATH)"
     )
     doctor.add_argument("--json", action="store_true", help="print JSON")
 
-    service = commands.add_parser(
-        "service", help="run the daemon at login (systemd user unit / macOS LaunchAgent)"
-    )
+
+def _service_flags(service: argparse.ArgumentParser) -> None:
     actions = service.add_subparsers(dest="service_command", required=True)
     install = actions.add_parser(
         "install",
@@ -224,7 +233,23 @@ def _parser(serve_flags: bool = True) -> argparse.ArgumentParser:
     logs.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
     for sub in (status, actions.choices["restart"], logs):
         sub.set_defaults(state_dir=None)
-    return parser
+
+
+#: each command: its line in ``--help``, and what adds its flags
+COMMANDS: Final[dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]]] = {
+    "serve": ("run the daemon in the foreground", _serve_flags),
+    "pair": ("show a one-time pairing code for a new device", _pair_flags),
+    "devices": ("list, revoke or re-scope paired devices", _devices_flags),
+    "sessions": ("list the sessions of the running daemon", _sessions_flags),
+    "attach": (
+        "follow a session in this terminal and answer its permission requests",
+        _attach_flags,
+    ),
+    "send": ("send a message to a session (for scripts)", _send_flags),
+    "web": ("the phone web app", _web_flags),
+    "doctor": ("check the claude CLI, the state directory and the daemon", _doctor_flags),
+    "service": ("run the daemon at login (systemd user unit / macOS LaunchAgent)", _service_flags),
+}
 
 
 def _state_dir_flag(parser: argparse.ArgumentParser) -> None:
@@ -240,7 +265,7 @@ def _command(argv: list[str]) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = _parser(serve_flags=_command(argv) in SERVE_FLAGS).parse_args(argv)
+    args = _parser(_command(argv)).parse_args(argv)
     try:
         if args.command == "serve":
             return _serve(args)
@@ -323,6 +348,8 @@ def _service(args: argparse.Namespace) -> int:
 
 def _daemon(state_dir: Path) -> tuple[str, str]:
     """The URL and token of the daemon running on ``state_dir``."""
+    import json
+
     try:
         info = json.loads((state_dir / "daemon.json").read_text())
         token = (state_dir / "token").read_text().strip()
@@ -337,6 +364,7 @@ def _call(
     url: str, token: str | None, method: str = "GET", body: Any = None, timeout: float = 5.0
 ) -> Any:
     """One request to the local daemon with the local token (it is accepted from loopback)."""
+    import json
     import ssl
     import urllib.error
     import urllib.request
@@ -373,6 +401,8 @@ def _local_url(url: str) -> str:
 
 
 def _pair(args: argparse.Namespace) -> int:
+    import json
+
     url, token = _daemon(args.state_dir or default_state_dir())
     if args.watchcode:
         body = {"name": args.name, "scope": args.scope}
@@ -403,6 +433,8 @@ def _pair(args: argparse.Namespace) -> int:
 
 
 def _devices(args: argparse.Namespace) -> int:
+    import json
+
     url, token = _daemon(args.state_dir or default_state_dir())
     if args.action == "revoke" and args.device_id:
         reply = _call(f"{url}/v1/devices/{args.device_id}", token, "DELETE")
@@ -440,6 +472,8 @@ def _devices(args: argparse.Namespace) -> int:
 
 
 def _sessions(args: argparse.Namespace) -> int:
+    import json
+
     url, token = _daemon(args.state_dir or default_state_dir())
     sessions = _call(f"{url}/v1/sessions", token)["sessions"]
     if args.json:
@@ -605,6 +639,8 @@ def _live_status(state_dir: Path) -> dict[str, Any] | None:
 
 
 def _check_identity(state_dir: Path) -> dict[str, Any]:
+    import json
+
     from cryptography import x509
 
     from .security.identity import KEY_FILE, keyring_usable
@@ -681,6 +717,8 @@ def _check_reachability(state_dir: Path) -> dict[str, Any]:
 
 def _daemon_file(state_dir: Path) -> str | None:
     """The URL the running daemon bound (a wildcard kept: it serves every address)."""
+    import json
+
     try:
         return str(json.loads((state_dir / "daemon.json").read_text())["http"])
     except (OSError, ValueError, KeyError, TypeError):
@@ -694,6 +732,8 @@ def _check_service(state_dir: Path) -> dict[str, Any]:
 
 
 def _doctor(args: argparse.Namespace) -> int:
+    import json
+
     from .config import DaemonConfig, load_config
 
     state_dir = args.state_dir or default_state_dir()

@@ -34,13 +34,15 @@ def loaded_after(code: str, wanted: tuple[str, ...], tmp_path: Path) -> list[str
 
 
 def test_version_loads_nothing_heavy(tmp_path: Path) -> None:
+    """Nor attrs (``serve``'s WebRTC flags load it; only ``serve``'s parser adds them)."""
     code = (
         "import contextlib, io\n"
         "from sidecode_trio import cli\n"
         "with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
         "    cli.main(['--version'])"
     )
-    assert loaded_after(code, HEAVY, tmp_path) == []
+    wanted = (*HEAVY, "attr", "sidecode_trio.rtc.settings")
+    assert loaded_after(code, wanted, tmp_path) == []
 
 
 @pytest.mark.parametrize("argv", [["sessions"], ["sessions", "--json"]])
