@@ -62,6 +62,24 @@ def test_sessions_loads_nothing_heavy_before_it_calls_the_daemon(
     assert loaded_after(code, ("quart", "hypercorn", "aioquic", "httpx", "trio"), tmp_path) == []
 
 
+@pytest.mark.parametrize("argv", [["send", "abc", "hi"], ["attach", "abc"]])
+def test_send_and_attach_load_trio_but_no_http_library_nor_the_daemon(
+    tmp_path: Path, argv: list[str]
+) -> None:
+    """They run on Trio, talking HTTP/1.1 with h11: no httpx (with the rich and pygments its
+    import drags in), no config module, nothing of the daemon's stack."""
+    state = tmp_path / "state"
+    code = (
+        "import contextlib, io\n"
+        "from sidecode_trio import cli\n"
+        "with contextlib.redirect_stderr(io.StringIO()) as err:\n"
+        f"    assert cli.main({[argv[0], '--state-dir', str(state), *argv[1:]]!r}) == 2\n"
+        "assert 'no daemon is running' in err.getvalue()"
+    )
+    wanted = ("httpx", "rich", "quart", "hypercorn", "aioquic", "sidecode_trio.config", "trio")
+    assert loaded_after(code, wanted, tmp_path) == ["trio"]
+
+
 def serve_once(tmp_path: Path, fake_claude: Path, **settings: object) -> str:
     """Code that starts the daemon (``settings`` over a minimal config), waits until it is
     ready and stops it."""

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Final, Protocol, TextIO
 from urllib.parse import quote
 
-import httpx
 import trio
 
 from ..errors import SidecodeError
@@ -92,15 +91,11 @@ async def follow(
                     if inspect.isasyncgen(chunks):  # the consumer may stop mid-stream
                         await chunks.aclose()
             why = "the daemon ended the stream"
-        except SidecodeError as exc:
+        except SidecodeError as exc:  # the client's errors, a broken connection's included
             if exc.code in FATAL:
                 raise
             why = exc.message
             if exc.code == "unreachable" and better:
-                why = better
-        except httpx.HTTPError as exc:
-            why = str(exc) or type(exc).__name__
-            if isinstance(exc, httpx.TransportError) and better:
                 why = better
         on_drop(f"disconnected ({why}); reconnecting in {delay:g} s")
         await trio.sleep(delay)

@@ -9,7 +9,7 @@ from functools import partial
 
 import trio
 
-from ..config import default_state_dir
+from ..defaults import default_state_dir
 from ..errors import ConfigError
 from .attach import attach, send
 
