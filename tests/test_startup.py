@@ -67,16 +67,20 @@ def test_send_and_attach_load_trio_but_no_http_library_nor_the_daemon(
     tmp_path: Path, argv: list[str]
 ) -> None:
     """They run on Trio, talking HTTP/1.1 with h11: no httpx (with the rich and pygments its
-    import drags in), no config module, nothing of the daemon's stack."""
+    import drags in), no config module, nothing of the daemon's stack; a plain ``send`` not
+    even the wire classes (only ``--wait`` reads events)."""
     state = tmp_path / "state"
     code = (
         "import contextlib, io\n"
         "from sidecode_trio import cli\n"
         "with contextlib.redirect_stderr(io.StringIO()) as err:\n"
         f"    assert cli.main({[argv[0], '--state-dir', str(state), *argv[1:]]!r}) == 2\n"
-        "assert 'no daemon is running' in err.getvalue()"
+        "assert 'no daemon is running' in err.getvalue()\n"
+        f"import sidecode_trio.term.{argv[0]}"
     )
     wanted = ("httpx", "rich", "quart", "hypercorn", "aioquic", "sidecode_trio.config", "trio")
+    if argv[0] == "send":
+        wanted += ("sidecode_trio.wire.converter", "cattrs", "sidecode_trio.term.attach")
     assert loaded_after(code, wanted, tmp_path) == ["trio"]
 
 

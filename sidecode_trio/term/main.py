@@ -11,7 +11,6 @@ import trio
 
 from ..defaults import default_state_dir
 from ..errors import ConfigError
-from .attach import attach, send
 
 
 def wants_color(stream: object) -> bool:
@@ -21,12 +20,16 @@ def wants_color(stream: object) -> bool:
 
 
 def run(args: argparse.Namespace, url: str, token: str) -> int:
-    if args.command == "send":
+    if args.command == "send":  # the attach module (the wire classes, the renderer) not needed
+        from .send import send
+
         text = sys.stdin.read() if args.text == "-" else args.text
         if not text.strip():
             raise ConfigError("the message is empty")
         job = partial(send, url, token, args.session, text, sys.stdout, sys.stderr, wait=args.wait)
         return trio.run(job)
+    from .attach import attach
+
     keys = sys.stdin.fileno() if sys.stdin.isatty() else None  # keys only from a terminal
     color = wants_color(sys.stdout) if args.color is None else args.color
     job = partial(
