@@ -78,7 +78,8 @@ def test_send_and_attach_load_trio_but_no_http_library_nor_the_daemon(
         "assert 'no daemon is running' in err.getvalue()\n"
         f"import sidecode_trio.term.{argv[0]}"
     )
-    wanted = ("httpx", "rich", "quart", "hypercorn", "aioquic", "sidecode_trio.config", "trio")
+    wanted: tuple[str, ...] = ("httpx", "rich", "quart", "hypercorn", "aioquic", "trio")
+    wanted += ("sidecode_trio.config",)
     if argv[0] == "send":
         wanted += ("sidecode_trio.wire.converter", "cattrs", "sidecode_trio.term.attach")
     assert loaded_after(code, wanted, tmp_path) == ["trio"]
