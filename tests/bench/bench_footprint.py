@@ -25,7 +25,7 @@ from typing import Any, Final
 
 import trio
 from bench_harness import Layout, LineReader, child, client_argv, rss_mib
-from bench_startup import commands, summary
+from bench_startup import commands, cpu_seconds, summary
 from bench_targets import ChildDaemon, ChildRelay, child_daemon, child_relay
 from bench_wt import KeepAlive
 
@@ -192,6 +192,7 @@ async def _start(
     """One start-up with an empty state: its time, and its RSS once settled."""
     async with child_daemon(layout, name, cpu, **how) as fresh:
         results.setdefault(f"startup_{key}_s", []).append(fresh.startup_s)
+        results.setdefault(f"cpu_{key}_s", []).append(cpu_seconds(fresh.pid))
         await trio.sleep(SETTLE)
         results.setdefault(f"rss_{key}_mib", []).append(rss_mib(fresh.pid))
 
@@ -227,10 +228,14 @@ async def footprint(
             await _start(layout, f"previous-{run}", daemon_cpu, results, "previous", code=previous)
         async with child_relay(layout, daemon_cpu, 0) as another:
             results["relay_startup_s"].append(another.startup_s)
+            results.setdefault("cpu_relay_s", []).append(cpu_seconds(another.pid))
+    results["startup_relay_s"] = results["relay_startup_s"]
     results["startup_fresh_s"] += results.pop("startup_fresh_all_s")
+    results["cpu_fresh_s"] += results.pop("cpu_fresh_all_s")
     results["rss_fresh_runs_mib"] = [results["rss_fresh_mib"], *results.pop("rss_fresh_all_mib")]
     results["startup_loaded_s"] = []
     for _ in range(3 if quick else 5):  # a restart: load and fold every stored session
         async with child_daemon(layout, "footprint", daemon_cpu, extra) as loaded:
             results["startup_loaded_s"].append(loaded.startup_s)
+            results.setdefault("cpu_loaded_s", []).append(cpu_seconds(loaded.pid))
     return results
