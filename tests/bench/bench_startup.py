@@ -165,7 +165,7 @@ def report(results: dict[str, Any]) -> str:
         ("fresh", "default (QUIC on)"),
         ("noquic", "QUIC off (`--quic-port -1`)"),
         ("previous", "the previous code (QUIC on)"),
-        ("loaded", "a restart holding the sessions below (QUIC on)"),
+        ("loaded", "a restart holding the sessions of 7-8 (QUIC on)"),
         ("relay", "the raw relay (baseline)"),
     ):
         if fp.get(f"startup_{key}_s"):
