@@ -279,6 +279,10 @@ def main(argv: list[str] | None = None) -> int:
             return _service(args)
         if args.command == "web":
             return _web_export(args.dir)
+        if args.command == "send":
+            args.text = _message_text(args.text)
+            if not args.wait:
+                return _send(args)
         if args.command in ("attach", "send"):
             from .term.main import run
 
@@ -382,7 +386,12 @@ def _call(
         with urllib.request.urlopen(request, timeout=timeout, context=context) as response:  # noqa: S310
             return json.loads(response.read())
     except urllib.error.HTTPError as exc:
-        detail = exc.read().decode(errors="replace")[:300]
+        body = exc.read()
+        try:  # the daemon's own error: its code and message, as the other clients show them
+            error = json.loads(body)["error"]
+            raise SidecodeError(str(error["message"]), code=str(error["code"])) from None
+        except (ValueError, KeyError, TypeError):
+            detail = body.decode(errors="replace")[:300]
         raise SidecodeError(f"the daemon said {exc.code}: {detail}", code="refused") from None
     except (urllib.error.URLError, OSError, ValueError) as exc:
         raise SidecodeError(
@@ -468,6 +477,31 @@ def _devices(args: argparse.Namespace) -> int:
             f"{escape(d['id']):18} {state:8} {escape(d['fingerprint'])}  last seen {seen:16}  "
             f"{escape(d['name'])}"
         )
+    return 0
+
+
+def _message_text(text: str) -> str:
+    """``send``'s message (``-``: standard input); an empty one is refused before any call."""
+    text = sys.stdin.read() if text == "-" else text
+    if not text.strip():
+        raise ConfigError("the message is empty")
+    return text
+
+
+def _send(args: argparse.Namespace) -> int:
+    """``send`` without ``--wait``: two calls made like ``sessions``'s, without Trio (``--wait``
+    follows the turn's events: ``term.send`` on Trio)."""
+    import urllib.parse
+    import uuid
+
+    from .term.prefix import match_session
+
+    url, token = _daemon(args.state_dir or default_state_dir())
+    listed = _call(f"{url}/v1/sessions?archived=all", token)["sessions"]
+    session_id = match_session(args.session, [str(s["id"]) for s in listed])
+    path = f"{url}/v1/sessions/{urllib.parse.quote(session_id, safe='')}/messages"
+    body = {"text": args.text, "client_id": str(uuid.uuid4())}  # a retry cannot send it twice
+    print(_call(path, token, "POST", body)["message_id"])
     return 0
 
 

@@ -396,7 +396,7 @@ async def test_attach_in_a_pty_streams_and_answers_a_permission_with_a_key(
 
 
 async def test_send_for_scripts(make_config: Callable[..., DaemonConfig], work_dir: Path) -> None:
-    config = make_config()
+    config = make_config(max_body=1024)
     async with running_daemon(config) as client:
         sid = (await client.create(work_dir))["session"]["id"]
         with trio.fail_after(40):
@@ -425,6 +425,18 @@ async def test_send_for_scripts(make_config: Callable[..., DaemonConfig], work_d
             )
             assert unknown.returncode == 2 and unknown.stdout == b""
             assert unknown.stderr.decode() == "sidecode-trio: no session matches 'ffffffff'\n"
+
+            # a refusal shows the daemon's own message (the plain send: no Trio, urllib)
+            too_big = await trio.run_process(
+                [*cli_argv(config, "send"), sid, "-"],
+                stdin=b"x" * 2048,
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+            )
+            assert too_big.returncode == 2 and too_big.stdout == b""
+            error = too_big.stderr.decode()
+            assert error.startswith("sidecode-trio: ") and "the daemon said" not in error, error
 
 
 async def test_send_without_a_daemon(tmp_path: Path) -> None:

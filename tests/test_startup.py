@@ -62,13 +62,21 @@ def test_sessions_loads_nothing_heavy_before_it_calls_the_daemon(
     assert loaded_after(code, ("quart", "hypercorn", "aioquic", "httpx", "trio"), tmp_path) == []
 
 
-@pytest.mark.parametrize("argv", [["send", "abc", "hi"], ["attach", "abc"]])
-def test_send_and_attach_load_trio_but_no_http_library_nor_the_daemon(
-    tmp_path: Path, argv: list[str]
+@pytest.mark.parametrize(
+    ("argv", "trio"),
+    [
+        (["send", "abc", "hi"], False),
+        (["send", "abc", "hi", "--wait"], True),
+        (["attach", "abc"], True),
+    ],
+)
+def test_send_and_attach_load_no_http_library_nor_the_daemon(
+    tmp_path: Path, argv: list[str], trio: bool
 ) -> None:
-    """They run on Trio, talking HTTP/1.1 with h11: no httpx (with the rich and pygments its
-    import drags in), no config module, nothing of the daemon's stack; a plain ``send`` not
-    even the wire classes (only ``--wait`` reads events)."""
+    """A plain ``send`` is two calls made like ``sessions``'s: no Trio. ``send --wait`` and
+    ``attach`` run on Trio, talking HTTP/1.1 with h11: no httpx (with the rich and pygments its
+    import drags in), no config module, nothing of the daemon's stack; ``send --wait`` not even
+    the attach module's renderer (only the wire classes, when it reads events)."""
     state = tmp_path / "state"
     code = (
         "import contextlib, io\n"
@@ -76,13 +84,13 @@ def test_send_and_attach_load_trio_but_no_http_library_nor_the_daemon(
         "with contextlib.redirect_stderr(io.StringIO()) as err:\n"
         f"    assert cli.main({[argv[0], '--state-dir', str(state), *argv[1:]]!r}) == 2\n"
         "assert 'no daemon is running' in err.getvalue()\n"
-        f"import sidecode_trio.term.{argv[0]}"
+        + (f"import sidecode_trio.term.{argv[0]}" if trio else "")  # what the command runs
     )
     wanted: tuple[str, ...] = ("httpx", "rich", "quart", "hypercorn", "aioquic", "trio")
     wanted += ("sidecode_trio.config",)
     if argv[0] == "send":
         wanted += ("sidecode_trio.wire.converter", "cattrs", "sidecode_trio.term.attach")
-    assert loaded_after(code, wanted, tmp_path) == ["trio"]
+    assert loaded_after(code, wanted, tmp_path) == (["trio"] if trio else [])
 
 
 def serve_once(tmp_path: Path, fake_claude: Path, **settings: object) -> str:

@@ -28,6 +28,7 @@ import h11
 import trio
 
 from ..errors import SidecodeError
+from .prefix import match_session
 
 TIMEOUT: Final = 10.0  #: seconds to connect and get a reply (an event stream's body: no limit)
 CHUNK: Final = 65536
@@ -94,16 +95,7 @@ class DaemonAPI:
     async def resolve(self, prefix: str) -> str:
         """The session whose id is ``prefix``, or the only one that starts with it."""
         sessions = (await self.call("GET", "/v1/sessions?archived=all"))["sessions"]
-        ids = [str(s["id"]) for s in sessions]
-        if prefix in ids:
-            return prefix
-        found = [i for i in ids if prefix and i.startswith(prefix)]
-        if len(found) == 1:
-            return found[0]
-        if not found:
-            raise SidecodeError(f"no session matches {prefix!r}", code="unknown_session")
-        shown = ", ".join(found[:5])
-        raise SidecodeError(f"{prefix!r} matches {len(found)} sessions: {shown}", code="ambiguous")
+        return match_session(prefix, [str(s["id"]) for s in sessions])
 
     @asynccontextmanager
     async def events(self, session_id: str, since: str | None) -> AsyncIterator[Response]:

@@ -10,7 +10,6 @@ from functools import partial
 import trio
 
 from ..defaults import default_state_dir
-from ..errors import ConfigError
 
 
 def wants_color(stream: object) -> bool:
@@ -23,10 +22,10 @@ def run(args: argparse.Namespace, url: str, token: str) -> int:
     if args.command == "send":  # the attach module (the wire classes, the renderer) not needed
         from .send import send
 
-        text = sys.stdin.read() if args.text == "-" else args.text
-        if not text.strip():
-            raise ConfigError("the message is empty")
-        job = partial(send, url, token, args.session, text, sys.stdout, sys.stderr, wait=args.wait)
+        # args.text: the message, read and checked by the command line (cli.py)
+        job = partial(
+            send, url, token, args.session, args.text, sys.stdout, sys.stderr, wait=args.wait
+        )
         return trio.run(job)
     from .attach import attach
 

@@ -1,6 +1,6 @@
-"""The Trio driver of ``sidecode-trio send``: queue one message and, with ``--wait``, follow the
-stream from just before it until its turn ends (only then are the wire classes loaded: a plain
-``send`` is two HTTP calls, and starts in about the time of importing Trio).
+"""The Trio driver of ``sidecode-trio send --wait``: queue one message and follow the stream from
+just before it until its turn ends (the wire classes are loaded only for that). A plain ``send``
+is two HTTP calls: the command line makes them without Trio (``cli._send``).
 """
 
 from __future__ import annotations
