@@ -367,36 +367,65 @@ def _daemon(state_dir: Path) -> tuple[str, str]:
 def _call(
     url: str, token: str | None, method: str = "GET", body: Any = None, timeout: float = 5.0
 ) -> Any:
-    """One request to the local daemon with the local token (it is accepted from loopback)."""
-    import json
-    import ssl
-    import urllib.error
-    import urllib.request
+    """One request to the local daemon with the local token (it is accepted from loopback).
 
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    data = None if body is None else json.dumps(body).encode()
-    if data is not None:
-        headers["Content-Type"] = "application/json"
-    request = urllib.request.Request(url, data, headers, method=method)  # noqa: S310 - ours
-    # The daemon's own certificate on this machine, at the address its 0600 daemon.json names;
-    # there is no CA to check it against (devices pin the identity key instead).
-    context = ssl.create_default_context()
-    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    HTTP/1.1 through h11 over a blocking socket: urllib (with the email and http.client modules
+    it loads) was a third of ``sessions``'s start. The daemon's own certificate on this machine,
+    at the address its 0600 daemon.json names, is not verified: there is no CA to check it
+    against (devices pin the identity key instead)."""
+    import json
+    import socket
+    import urllib.parse
+
+    import h11
+
+    parts = urllib.parse.urlsplit(url)
+    tls = parts.scheme == "https"
+    host, port = parts.hostname or "127.0.0.1", parts.port or (443 if tls else 80)
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    headers = [("Host", parts.netloc), ("Connection", "close")]
+    headers += [("Authorization", f"Bearer {token}")] if token else []
+    data = b"" if body is None else json.dumps(body).encode()
+    if body is not None:
+        headers += [("Content-Type", "application/json"), ("Content-Length", str(len(data)))]
+    conn = h11.Connection(h11.CLIENT)
+    status, chunks = 0, []
     try:
-        with urllib.request.urlopen(request, timeout=timeout, context=context) as response:  # noqa: S310
-            return json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        body = exc.read()
-        try:  # the daemon's own error: its code and message, as the other clients show them
-            error = json.loads(body)["error"]
-            raise SidecodeError(str(error["message"]), code=str(error["code"])) from None
-        except (ValueError, KeyError, TypeError):
-            detail = body.decode(errors="replace")[:300]
-        raise SidecodeError(f"the daemon said {exc.code}: {detail}", code="refused") from None
-    except (urllib.error.URLError, OSError, ValueError) as exc:
+        with socket.create_connection((host, port), timeout=timeout) as raw:
+            sock = raw
+            if tls:
+                import ssl
+
+                context = ssl.create_default_context()
+                context.check_hostname, context.verify_mode = False, ssl.CERT_NONE  # see above
+                sock = context.wrap_socket(raw, server_hostname=host)
+            request = conn.send(h11.Request(method=method, target=target, headers=headers))
+            sock.sendall((request or b"") + (conn.send(h11.Data(data=data)) if data else b""))
+            sock.sendall(conn.send(h11.EndOfMessage()) or b"")
+            while True:
+                event = conn.next_event()
+                if event is h11.NEED_DATA:
+                    conn.receive_data(sock.recv(65536))
+                elif isinstance(event, h11.Response):
+                    status = event.status_code
+                elif isinstance(event, h11.Data):
+                    chunks.append(bytes(event.data))
+                elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
+                    break
+        payload = b"".join(chunks)
+        reply = json.loads(payload) if 200 <= status < 300 else None
+    except (OSError, h11.ProtocolError, ValueError) as exc:
         raise SidecodeError(
             f"cannot reach the daemon at {url}: {exc}", code="unreachable"
         ) from None
+    if 200 <= status < 300:
+        return reply
+    try:  # the daemon's own error: its code and message, as the other clients show them
+        error = json.loads(payload)["error"]
+        raise SidecodeError(str(error["message"]), code=str(error["code"])) from None
+    except (ValueError, KeyError, TypeError):
+        detail = payload.decode(errors="replace")[:300]
+    raise SidecodeError(f"the daemon said {status}: {detail}", code="refused") from None
 
 
 def _local_url(url: str) -> str:

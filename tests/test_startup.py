@@ -9,9 +9,15 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import trio
+
+from sidecode_trio.config import DaemonConfig
+
+from helpers import running_daemon
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -91,6 +97,30 @@ def test_send_and_attach_load_no_http_library_nor_the_daemon(
     if argv[0] == "send":
         wanted += ("sidecode_trio.wire.converter", "cattrs", "sidecode_trio.term.attach")
     assert loaded_after(code, wanted, tmp_path) == (["trio"] if trio else [])
+
+
+@pytest.mark.trio
+async def test_the_commands_that_call_the_daemon_once_use_a_socket_not_urllib(
+    tmp_path: Path, make_config: Callable[..., DaemonConfig], work_dir: Path
+) -> None:
+    """``sessions`` and a plain ``send`` against a running daemon (plain HTTP on loopback):
+    h11 over a socket, without urllib, http.client, ssl or Trio."""
+    config = make_config()
+    async with running_daemon(config) as owner:
+        sid = (await owner.create(work_dir))["session"]["id"]
+        state = str(config.state_dir)
+        code = (
+            "import contextlib, io\n"
+            "from sidecode_trio import cli\n"
+            "with contextlib.redirect_stdout(io.StringIO()) as out:\n"
+            f"    assert cli.main(['sessions', '--state-dir', {state!r}]) == 0\n"
+            f"    assert cli.main(['send', '--state-dir', {state!r}, {sid[:8]!r}, 'hi']) == 0\n"
+            f"assert {sid!r} in out.getvalue()"
+        )
+        wanted = ("urllib.request", "http.client", "ssl", "trio", "sidecode_trio.config")
+        with trio.fail_after(60):
+            found = await trio.to_thread.run_sync(loaded_after, code, wanted, tmp_path)
+        assert found == []
 
 
 def serve_once(tmp_path: Path, fake_claude: Path, **settings: object) -> str:

@@ -10,8 +10,8 @@
   daemon holding the idle sessions of scenario 7; each alternating with the baselines
   ``python -c pass``, ``python -c "import trio"`` (the goal of issue 19 for ``sessions``,
   ``send`` and ``attach``) and ``python -c "import quart_trio"`` (what Quart's import alone
-  costs: the daemon's web framework, kept). With ``--previous-code``, that version's commands
-  too.
+  costs: the daemon's web framework, kept), and the import of every library the default daemon
+  loads (the floor of its start-up). With ``--previous-code``, that version's commands too.
 """
 
 from __future__ import annotations
@@ -35,6 +35,11 @@ BASELINES: Final = {
     "python -c pass": "pass",
     'python -c "import trio"': "import trio",
     'python -c "import quart_trio"': "import quart_trio",
+    #: every library the default daemon loads before it is ready: the floor of its start-up
+    "the daemon's libraries": (
+        "import trio, quart_trio, hypercorn.trio, cryptography.x509, nacl.signing, sqlite3, "
+        "cattrs, aioquic.h3.connection"
+    ),
 }
 COMMAND_TIMEOUT: Final = 60.0
 AFTER_SEND: Final = 2.0  # seconds for the turn a send starts to end before the next command
