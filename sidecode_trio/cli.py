@@ -8,21 +8,19 @@ standard library; only ``serve`` loads the daemon). tests/test_startup.py holds 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shutil
-import subprocess
 import sys
 import time
-import urllib.parse
 from pathlib import Path
-from typing import Any
 
 from . import __version__
 from .defaults import DEFAULT_PORT, default_state_dir
 from .errors import ConfigError, SidecodeError
-from .rtc.settings import add_flags as add_rtc_flags
-from .rtc.settings import overrides as rtc_overrides
+
+TYPE_CHECKING = False  # typing itself is 10 % of --version; mypy reads this name as usual
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any, Final
 
 
 def escape(text: str) -> str:
@@ -32,15 +30,25 @@ def escape(text: str) -> str:
     return printable(text)
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(command: str | None = "*") -> argparse.ArgumentParser:
+    """The command line. Every command is listed (``--help``), but only ``command``'s own flags
+    are added (every command's for ``"*"``, none for None: ``--version``): adding them all
+    would cost ``--version`` more than the rest of it does, and ``serve``'s WebRTC flags load
+    attrs."""
     parser = argparse.ArgumentParser(
         prog="sidecode-trio",
         description="Drive Claude Code sessions from a phone or a watch.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
+    for name, (help_text, add_flags) in COMMANDS.items():
+        sub = commands.add_parser(name, help=help_text)
+        if command in ("*", name):
+            add_flags(sub)
+    return parser
 
-    serve = commands.add_parser("serve", help="run the daemon in the foreground")
+
+def _serve_flags(serve: argparse.ArgumentParser) -> None:
     _state_dir_flag(serve)
     serve.add_argument("--config", type=Path, help="config file (default: STATE_DIR/config.toml)")
     serve.add_argument(
@@ -122,9 +130,12 @@ def _parser() -> argparse.ArgumentParser:
         help="where the exported web app is hosted (sidecode-trio web export): pairing links "
         "open it there, e.g. https://you.github.io/sidecode/",
     )
+    from .rtc.settings import add_flags as add_rtc_flags  # attrs: only for serve and service
+
     add_rtc_flags(serve)
 
-    pair = commands.add_parser("pair", help="show a one-time pairing code for a new device")
+
+def _pair_flags(pair: argparse.ArgumentParser) -> None:
     _state_dir_flag(pair)
     pair.add_argument(
         "--scope",
@@ -142,7 +153,8 @@ def _parser() -> argparse.ArgumentParser:
     pair.add_argument("--name", default="WatchCode", help="the device's name (--watchcode)")
     pair.add_argument("--json", action="store_true", help="print the payload as JSON only")
 
-    devices = commands.add_parser("devices", help="list, revoke or re-scope paired devices")
+
+def _devices_flags(devices: argparse.ArgumentParser) -> None:
     _state_dir_flag(devices)
     devices.add_argument("--json", action="store_true", help="print JSON")
     devices.add_argument("--log", action="store_true", help="show the audit log instead")
@@ -150,13 +162,13 @@ def _parser() -> argparse.ArgumentParser:
     devices.add_argument("device_id", nargs="?", help="the device (see the list)")
     devices.add_argument("scope", nargs="?", choices=["approve", "chat", "admin"])
 
-    sessions = commands.add_parser("sessions", help="list the sessions of the running daemon")
+
+def _sessions_flags(sessions: argparse.ArgumentParser) -> None:
     _state_dir_flag(sessions)
     sessions.add_argument("--json", action="store_true", help="print JSON")
 
-    attach = commands.add_parser(
-        "attach", help="follow a session in this terminal and answer its permission requests"
-    )
+
+def _attach_flags(attach: argparse.ArgumentParser) -> None:
     _state_dir_flag(attach)
     attach.add_argument("session", help="the session's id, or a unique prefix of it")
     attach.add_argument(
@@ -166,7 +178,8 @@ def _parser() -> argparse.ArgumentParser:
         "--color", action=argparse.BooleanOptionalAction, help="default: when printing to a TTY"
     )
 
-    send = commands.add_parser("send", help="send a message to a session (for scripts)")
+
+def _send_flags(send: argparse.ArgumentParser) -> None:
     _state_dir_flag(send)
     send.add_argument("session", help="the session's id, or a unique prefix of it")
     send.add_argument("text", help="the message ('-' reads it from standard input)")
@@ -174,7 +187,8 @@ def _parser() -> argparse.ArgumentParser:
         "--wait", action="store_true", help="wait for the turn to end and print its result"
     )
 
-    web = commands.add_parser("web", help="the phone web app")
+
+def _web_flags(web: argparse.ArgumentParser) -> None:
     web_actions = web.add_subparsers(dest="web_command", required=True)
     export = web_actions.add_parser(
         "export",
@@ -185,18 +199,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     export.add_argument("dir", type=Path, help="where to write it")
 
-    doctor = commands.add_parser(
-        "doctor", help="check the claude CLI, the state directory and the daemon"
-    )
+
+def _doctor_flags(doctor: argparse.ArgumentParser) -> None:
     _state_dir_flag(doctor)
     doctor.add_argument(
         "--claude", metavar="PATH", help="the claude CLI to check (default: claude on PATH)"
     )
     doctor.add_argument("--json", action="store_true", help="print JSON")
 
-    service = commands.add_parser(
-        "service", help="run the daemon at login (systemd user unit / macOS LaunchAgent)"
-    )
+
+def _service_flags(service: argparse.ArgumentParser) -> None:
     actions = service.add_subparsers(dest="service_command", required=True)
     install = actions.add_parser(
         "install",
@@ -221,7 +233,23 @@ def _parser() -> argparse.ArgumentParser:
     logs.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
     for sub in (status, actions.choices["restart"], logs):
         sub.set_defaults(state_dir=None)
-    return parser
+
+
+#: each command: its line in ``--help``, and what adds its flags
+COMMANDS: Final[dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]]] = {
+    "serve": ("run the daemon in the foreground", _serve_flags),
+    "pair": ("show a one-time pairing code for a new device", _pair_flags),
+    "devices": ("list, revoke or re-scope paired devices", _devices_flags),
+    "sessions": ("list the sessions of the running daemon", _sessions_flags),
+    "attach": (
+        "follow a session in this terminal and answer its permission requests",
+        _attach_flags,
+    ),
+    "send": ("send a message to a session (for scripts)", _send_flags),
+    "web": ("the phone web app", _web_flags),
+    "doctor": ("check the claude CLI, the state directory and the daemon", _doctor_flags),
+    "service": ("run the daemon at login (systemd user unit / macOS LaunchAgent)", _service_flags),
+}
 
 
 def _state_dir_flag(parser: argparse.ArgumentParser) -> None:
@@ -230,8 +258,14 @@ def _state_dir_flag(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _command(argv: list[str]) -> str | None:
+    """The command word (the top level has only ``-h`` and ``--version`` as options)."""
+    return next((arg for arg in argv if not arg.startswith("-")), None)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = _parser(_command(argv)).parse_args(argv)
     try:
         if args.command == "serve":
             return _serve(args)
@@ -245,6 +279,10 @@ def main(argv: list[str] | None = None) -> int:
             return _service(args)
         if args.command == "web":
             return _web_export(args.dir)
+        if args.command == "send":
+            args.text = _message_text(args.text)
+            if not args.wait:
+                return _send(args)
         if args.command in ("attach", "send"):
             from .term.main import run
 
@@ -260,6 +298,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from .printable import configure_logging
+    from .rtc.settings import overrides as rtc_overrides
 
     configure_logging(args.log_level)  # a request path or a device name cannot drive the tty
     overrides = {
@@ -313,6 +352,8 @@ def _service(args: argparse.Namespace) -> int:
 
 def _daemon(state_dir: Path) -> tuple[str, str]:
     """The URL and token of the daemon running on ``state_dir``."""
+    import json
+
     try:
         info = json.loads((state_dir / "daemon.json").read_text())
         token = (state_dir / "token").read_text().strip()
@@ -326,34 +367,71 @@ def _daemon(state_dir: Path) -> tuple[str, str]:
 def _call(
     url: str, token: str | None, method: str = "GET", body: Any = None, timeout: float = 5.0
 ) -> Any:
-    """One request to the local daemon with the local token (it is accepted from loopback)."""
-    import ssl
-    import urllib.error
-    import urllib.request
+    """One request to the local daemon with the local token (it is accepted from loopback).
 
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    data = None if body is None else json.dumps(body).encode()
-    if data is not None:
-        headers["Content-Type"] = "application/json"
-    request = urllib.request.Request(url, data, headers, method=method)  # noqa: S310 - ours
-    # The daemon's own certificate on this machine, at the address its 0600 daemon.json names;
-    # there is no CA to check it against (devices pin the identity key instead).
-    context = ssl.create_default_context()
-    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    HTTP/1.1 through h11 over a blocking socket: urllib (with the email and http.client modules
+    it loads) was a third of ``sessions``'s start. The daemon's own certificate on this machine,
+    at the address its 0600 daemon.json names, is not verified: there is no CA to check it
+    against (devices pin the identity key instead)."""
+    import json
+    import socket
+    import urllib.parse
+
+    import h11
+
+    parts = urllib.parse.urlsplit(url)
+    tls = parts.scheme == "https"
+    host, port = parts.hostname or "127.0.0.1", parts.port or (443 if tls else 80)
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    headers = [("Host", parts.netloc), ("Connection", "close")]
+    headers += [("Authorization", f"Bearer {token}")] if token else []
+    data = b"" if body is None else json.dumps(body).encode()
+    if body is not None:
+        headers += [("Content-Type", "application/json"), ("Content-Length", str(len(data)))]
+    conn = h11.Connection(h11.CLIENT)
+    status, chunks = 0, []
     try:
-        with urllib.request.urlopen(request, timeout=timeout, context=context) as response:  # noqa: S310
-            return json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        detail = exc.read().decode(errors="replace")[:300]
-        raise SidecodeError(f"the daemon said {exc.code}: {detail}", code="refused") from None
-    except (urllib.error.URLError, OSError, ValueError) as exc:
+        with socket.create_connection((host, port), timeout=timeout) as raw:
+            sock = raw
+            if tls:
+                import ssl
+
+                context = ssl.create_default_context()
+                context.check_hostname, context.verify_mode = False, ssl.CERT_NONE  # see above
+                sock = context.wrap_socket(raw, server_hostname=host)
+            request = conn.send(h11.Request(method=method, target=target, headers=headers))
+            sock.sendall((request or b"") + (conn.send(h11.Data(data=data)) if data else b""))
+            sock.sendall(conn.send(h11.EndOfMessage()) or b"")
+            while True:
+                event = conn.next_event()
+                if event is h11.NEED_DATA:
+                    conn.receive_data(sock.recv(65536))
+                elif isinstance(event, h11.Response):
+                    status = event.status_code
+                elif isinstance(event, h11.Data):
+                    chunks.append(bytes(event.data))
+                elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
+                    break
+        payload = b"".join(chunks)
+        reply = json.loads(payload) if 200 <= status < 300 else None
+    except (OSError, h11.ProtocolError, ValueError) as exc:
         raise SidecodeError(
             f"cannot reach the daemon at {url}: {exc}", code="unreachable"
         ) from None
+    if 200 <= status < 300:
+        return reply
+    try:  # the daemon's own error: its code and message, as the other clients show them
+        error = json.loads(payload)["error"]
+        raise SidecodeError(str(error["message"]), code=str(error["code"])) from None
+    except (ValueError, KeyError, TypeError):
+        detail = payload.decode(errors="replace")[:300]
+    raise SidecodeError(f"the daemon said {status}: {detail}", code="refused") from None
 
 
 def _local_url(url: str) -> str:
     """The daemon's URL as seen from this machine (a wildcard bind is reached on loopback)."""
+    import urllib.parse
+
     parts = urllib.parse.urlsplit(url)
     if parts.hostname in ("0.0.0.0", "::"):  # noqa: S104 - recognising the wildcard
         return f"{parts.scheme}://127.0.0.1:{parts.port}"
@@ -361,6 +439,8 @@ def _local_url(url: str) -> str:
 
 
 def _pair(args: argparse.Namespace) -> int:
+    import json
+
     url, token = _daemon(args.state_dir or default_state_dir())
     if args.watchcode:
         body = {"name": args.name, "scope": args.scope}
@@ -391,6 +471,8 @@ def _pair(args: argparse.Namespace) -> int:
 
 
 def _devices(args: argparse.Namespace) -> int:
+    import json
+
     url, token = _daemon(args.state_dir or default_state_dir())
     if args.action == "revoke" and args.device_id:
         reply = _call(f"{url}/v1/devices/{args.device_id}", token, "DELETE")
@@ -427,7 +509,34 @@ def _devices(args: argparse.Namespace) -> int:
     return 0
 
 
+def _message_text(text: str) -> str:
+    """``send``'s message (``-``: standard input); an empty one is refused before any call."""
+    text = sys.stdin.read() if text == "-" else text
+    if not text.strip():
+        raise ConfigError("the message is empty")
+    return text
+
+
+def _send(args: argparse.Namespace) -> int:
+    """``send`` without ``--wait``: two calls made like ``sessions``'s, without Trio (``--wait``
+    follows the turn's events: ``term.send`` on Trio)."""
+    import urllib.parse
+    import uuid
+
+    from .term.prefix import match_session
+
+    url, token = _daemon(args.state_dir or default_state_dir())
+    listed = _call(f"{url}/v1/sessions?archived=all", token)["sessions"]
+    session_id = match_session(args.session, [str(s["id"]) for s in listed])
+    path = f"{url}/v1/sessions/{urllib.parse.quote(session_id, safe='')}/messages"
+    body = {"text": args.text, "client_id": str(uuid.uuid4())}  # a retry cannot send it twice
+    print(_call(path, token, "POST", body)["message_id"])
+    return 0
+
+
 def _sessions(args: argparse.Namespace) -> int:
+    import json
+
     url, token = _daemon(args.state_dir or default_state_dir())
     sessions = _call(f"{url}/v1/sessions", token)["sessions"]
     if args.json:
@@ -450,6 +559,9 @@ def _sessions(args: argparse.Namespace) -> int:
 
 
 def _check_claude(claude: str) -> dict[str, Any]:
+    import shutil
+    import subprocess
+
     path = shutil.which(claude)
     if path is None:
         return {
@@ -486,6 +598,7 @@ def _check_mirroring(claude: str, env: dict[str, str]) -> dict[str, Any]:
 
 
 def _check_state(state_dir: Path) -> dict[str, Any]:
+    import shutil
     import sqlite3
 
     problems = []
@@ -550,6 +663,8 @@ def _check_daemon(state_dir: Path) -> dict[str, Any]:
 
 def _check_keep_awake(state_dir: Path) -> dict[str, Any]:
     """What keeps the host awake during a turn; a running daemon's live state if there is one."""
+    import shutil
+
     from .config import load_config
     from .host.awake import choose_inhibitor
 
@@ -587,6 +702,8 @@ def _live_status(state_dir: Path) -> dict[str, Any] | None:
 
 
 def _check_identity(state_dir: Path) -> dict[str, Any]:
+    import json
+
     from cryptography import x509
 
     from .security.identity import KEY_FILE, keyring_usable
@@ -663,6 +780,8 @@ def _check_reachability(state_dir: Path) -> dict[str, Any]:
 
 def _daemon_file(state_dir: Path) -> str | None:
     """The URL the running daemon bound (a wildcard kept: it serves every address)."""
+    import json
+
     try:
         return str(json.loads((state_dir / "daemon.json").read_text())["http"])
     except (OSError, ValueError, KeyError, TypeError):
@@ -676,6 +795,8 @@ def _check_service(state_dir: Path) -> dict[str, Any]:
 
 
 def _doctor(args: argparse.Namespace) -> int:
+    import json
+
     from .config import DaemonConfig, load_config
 
     state_dir = args.state_dir or default_state_dir()

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Final
+
+TYPE_CHECKING = False  # not typing: the command line's --version does without it
+if TYPE_CHECKING:
+    from typing import Final
 
 DEFAULT_PORT: Final = 8765
 

@@ -12,11 +12,11 @@ import pty
 import sys
 import termios
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import trio
 
@@ -228,7 +228,7 @@ class ScriptedStreams:
     async def aiter_bytes(self) -> AsyncIterator[bytes]:
         for chunk in self.chunks:
             yield chunk
-        raise httpx.ReadError("connection reset")
+        raise SidecodeError("connection reset", code="unreachable")  # what DaemonAPI raises
 
 
 async def test_follow_resumes_from_the_last_id_after_a_drop(autojump_clock: Any) -> None:
@@ -264,7 +264,7 @@ class MovingDaemon:
     async def events(self, session_id: str, since: str | None) -> AsyncIterator[MovingDaemon]:
         self.urls.append(self.url)
         if self.url.endswith(":1"):
-            raise httpx.ConnectError("connection refused")
+            raise SidecodeError("connection refused", code="unreachable")
         yield self
 
     async def aiter_bytes(self) -> AsyncIterator[bytes]:
@@ -396,7 +396,7 @@ async def test_attach_in_a_pty_streams_and_answers_a_permission_with_a_key(
 
 
 async def test_send_for_scripts(make_config: Callable[..., DaemonConfig], work_dir: Path) -> None:
-    config = make_config()
+    config = make_config(max_body=1024)
     async with running_daemon(config) as client:
         sid = (await client.create(work_dir))["session"]["id"]
         with trio.fail_after(40):
@@ -426,6 +426,18 @@ async def test_send_for_scripts(make_config: Callable[..., DaemonConfig], work_d
             assert unknown.returncode == 2 and unknown.stdout == b""
             assert unknown.stderr.decode() == "sidecode-trio: no session matches 'ffffffff'\n"
 
+            # a refusal shows the daemon's own message (the plain send: no Trio, urllib)
+            too_big = await trio.run_process(
+                [*cli_argv(config, "send"), sid, "-"],
+                stdin=b"x" * 2048,
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+            )
+            assert too_big.returncode == 2 and too_big.stdout == b""
+            error = too_big.stderr.decode()
+            assert error.startswith("sidecode-trio: ") and "the daemon said" not in error, error
+
 
 async def test_send_without_a_daemon(tmp_path: Path) -> None:
     with trio.fail_after(20):
@@ -435,3 +447,65 @@ async def test_send_without_a_daemon(tmp_path: Path) -> None:
             check=False,
         )
     assert done.returncode == 2 and b"no daemon is running" in done.stderr
+
+
+# -- the HTTP/1.1 client (h11 on Trio, no httpx) --------------------------------------------------
+
+
+@pytest.mark.parametrize("https", [False, True])
+async def test_the_client_calls_and_streams_over_http_and_https(
+    make_config: Callable[..., DaemonConfig], work_dir: Path, https: bool
+) -> None:
+    """Calls, the daemon's own errors (its code and message), and an event stream read across
+    many receives, over plain HTTP and over TLS with the daemon's own certificate."""
+    async with running_daemon(make_config(https=https)) as client:
+        sid = (await client.create(work_dir))["session"]["id"]
+        api = DaemonAPI(client.handle.url, client.handle.token)
+        assert api.url.startswith("https://" if https else "http://")
+        with trio.fail_after(30):
+            assert await api.resolve(sid[:8]) == sid
+            with pytest.raises(SidecodeError) as refused:
+                await api.call("GET", "/v1/sessions/nope")
+            assert refused.value.code == "unknown_session" and "nope" in refused.value.message
+            with pytest.raises(SidecodeError) as missing:
+                await api.resolve("ffffffff")
+            assert missing.value.code == "unknown_session"
+            sent = await api.call("POST", f"/v1/sessions/{sid}/messages", {"text": "hi"})
+            assert sent["message_id"]
+            frames = follow(api, sid, None, lambda why: None)
+            seen: list[str] = []
+            async with aclosing(frames):
+                async for frame in frames:
+                    item = decode(frame)
+                    seen.append(frame.event)
+                    if isinstance(item, ev.TurnCompleted):
+                        break
+            assert seen[0] == "snapshot" and "turn.completed" in seen
+        await api.aclose()
+
+
+async def test_the_client_says_when_the_daemon_cannot_be_reached_or_breaks_off() -> None:
+    """Nothing listening: ``unreachable``. A server that sends a response head and then drops
+    the connection mid-body: ``unreachable`` too (follow() reconnects on it)."""
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(partial(trio.serve_tcp, _half_a_reply, 0, host="127.0.0.1"))
+        port = listeners[0].socket.getsockname()[1]
+        with trio.fail_after(20):
+            with pytest.raises(SidecodeError) as broke:
+                await DaemonAPI(f"http://127.0.0.1:{port}", "t").call("GET", "/v1/status")
+            assert broke.value.code == "unreachable" and "broke" in broke.value.message
+            nursery.cancel_scope.cancel()
+    closed = trio.socket.socket()
+    await closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()  # a port nothing listens on
+    with trio.fail_after(20), pytest.raises(SidecodeError) as refused:
+        await DaemonAPI(f"http://127.0.0.1:{port}", "t").call("GET", "/v1/status")
+    assert refused.value.code == "unreachable"
+    assert "cannot reach the daemon" in refused.value.message
+
+
+async def _half_a_reply(stream: trio.SocketStream) -> None:
+    await stream.receive_some(65536)
+    await stream.send_all(b'HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{"partial":')
+    await stream.aclose()

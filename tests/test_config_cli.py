@@ -77,11 +77,13 @@ def test_serve_refuses_bad_flags_clearly(tmp_path: Path) -> None:
 
 
 @pytest.mark.trio
+@pytest.mark.parametrize("https", [False, True])
 async def test_sessions_and_doctor_talk_to_the_running_daemon(
-    make_config: Callable[..., DaemonConfig], work_dir: Path, fake_claude: Path
+    make_config: Callable[..., DaemonConfig], work_dir: Path, fake_claude: Path, https: bool
 ) -> None:
-    config = make_config()
+    config = make_config(https=https)  # https: the daemon's own certificate, not verified
     async with running_daemon(config) as daemon:
+        assert daemon.handle.url.startswith("https:" if https else "http:")
         await daemon.create(work_dir, "hello")
         state = str(config.state_dir)
         listing = await trio.to_thread.run_sync(_cli, "sessions", "--state-dir", state, "--json")

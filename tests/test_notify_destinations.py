@@ -20,14 +20,10 @@ from test_notify import new_browser
 
 from sidecode_trio.config import DaemonConfig
 from sidecode_trio.errors import BadRequest
-from sidecode_trio.notify.destinations import (
-    GlobalOnlyBackend,
-    allowed_address,
-    endpoint_problem,
-    push_transport,
-)
+from sidecode_trio.notify.destinations import allowed_address, endpoint_problem
 from sidecode_trio.notify.service import check_endpoint
 from sidecode_trio.notify.subscriptions import SubscriptionStore
+from sidecode_trio.notify.transport import GlobalOnlyBackend, push_transport
 
 from helpers import load_example, running_daemon
 

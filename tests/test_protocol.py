@@ -48,6 +48,7 @@ INPUTS = st.dictionaries(st.text(max_size=5), JSON, max_size=3)
 
 
 def _event_strategy(cls: type[ev.Event]) -> st.SearchStrategy[ev.Event]:
+    attrs.resolve_types(cls)  # Hypothesis reads the fields' types (strings until resolved)
     fields = {f.name for f in attrs.fields(cls)}
     overrides: dict[str, Any] = {"input": INPUTS} if "input" in fields else {}
     if cls is ev.ToolFinished:

@@ -9,9 +9,15 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import trio
+
+from sidecode_trio.config import DaemonConfig
+
+from helpers import running_daemon
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -34,13 +40,15 @@ def loaded_after(code: str, wanted: tuple[str, ...], tmp_path: Path) -> list[str
 
 
 def test_version_loads_nothing_heavy(tmp_path: Path) -> None:
+    """Nor attrs (``serve``'s WebRTC flags load it; only ``serve``'s parser adds them)."""
     code = (
         "import contextlib, io\n"
         "from sidecode_trio import cli\n"
         "with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
         "    cli.main(['--version'])"
     )
-    assert loaded_after(code, HEAVY, tmp_path) == []
+    wanted = (*HEAVY, "attr", "sidecode_trio.rtc.settings")
+    assert loaded_after(code, wanted, tmp_path) == []
 
 
 @pytest.mark.parametrize("argv", [["sessions"], ["sessions", "--json"]])
@@ -60,12 +68,66 @@ def test_sessions_loads_nothing_heavy_before_it_calls_the_daemon(
     assert loaded_after(code, ("quart", "hypercorn", "aioquic", "httpx", "trio"), tmp_path) == []
 
 
-def test_the_daemon_without_remote_control_or_quic_never_loads_them(
-    tmp_path: Path, fake_claude: Path
+@pytest.mark.parametrize(
+    ("argv", "trio"),
+    [
+        (["send", "abc", "hi"], False),
+        (["send", "abc", "hi", "--wait"], True),
+        (["attach", "abc"], True),
+    ],
+)
+def test_send_and_attach_load_no_http_library_nor_the_daemon(
+    tmp_path: Path, argv: list[str], trio: bool
 ) -> None:
-    """Remote Control off (the default) and QUIC off: no bridge, trio-websocket or aioquic; the
-    identity key in a file: no keyring; no terminal: no QR code renderer."""
-    code = f"""
+    """A plain ``send`` is two calls made like ``sessions``'s: no Trio. ``send --wait`` and
+    ``attach`` run on Trio, talking HTTP/1.1 with h11: no httpx (with the rich and pygments its
+    import drags in), no config module, nothing of the daemon's stack; ``send --wait`` not even
+    the attach module's renderer (only the wire classes, when it reads events)."""
+    state = tmp_path / "state"
+    code = (
+        "import contextlib, io\n"
+        "from sidecode_trio import cli\n"
+        "with contextlib.redirect_stderr(io.StringIO()) as err:\n"
+        f"    assert cli.main({[argv[0], '--state-dir', str(state), *argv[1:]]!r}) == 2\n"
+        "assert 'no daemon is running' in err.getvalue()\n"
+        + (f"import sidecode_trio.term.{argv[0]}" if trio else "")  # what the command runs
+    )
+    wanted: tuple[str, ...] = ("httpx", "rich", "quart", "hypercorn", "aioquic", "trio")
+    wanted += ("sidecode_trio.config",)
+    if argv[0] == "send":
+        wanted += ("sidecode_trio.wire.converter", "cattrs", "sidecode_trio.term.attach")
+    assert loaded_after(code, wanted, tmp_path) == (["trio"] if trio else [])
+
+
+@pytest.mark.trio
+async def test_the_commands_that_call_the_daemon_once_use_a_socket_not_urllib(
+    tmp_path: Path, make_config: Callable[..., DaemonConfig], work_dir: Path
+) -> None:
+    """``sessions`` and a plain ``send`` against a running daemon (plain HTTP on loopback):
+    h11 over a socket, without urllib, http.client, ssl or Trio."""
+    config = make_config()
+    async with running_daemon(config) as owner:
+        sid = (await owner.create(work_dir))["session"]["id"]
+        state = str(config.state_dir)
+        code = (
+            "import contextlib, io\n"
+            "from sidecode_trio import cli\n"
+            "with contextlib.redirect_stdout(io.StringIO()) as out:\n"
+            f"    assert cli.main(['sessions', '--state-dir', {state!r}]) == 0\n"
+            f"    assert cli.main(['send', '--state-dir', {state!r}, {sid[:8]!r}, 'hi']) == 0\n"
+            f"assert {sid!r} in out.getvalue()"
+        )
+        wanted = ("urllib.request", "http.client", "ssl", "trio", "sidecode_trio.config")
+        with trio.fail_after(60):
+            found = await trio.to_thread.run_sync(loaded_after, code, wanted, tmp_path)
+        assert found == []
+
+
+def serve_once(tmp_path: Path, fake_claude: Path, **settings: object) -> str:
+    """Code that starts the daemon (``settings`` over a minimal config), waits until it is
+    ready and stops it."""
+    fields = "".join(f"{name}={value!r}, " for name, value in settings.items())
+    return f"""
 from pathlib import Path
 import trio
 from sidecode_trio.config import DaemonConfig
@@ -73,7 +135,7 @@ from sidecode_trio.daemon import serve
 
 config = DaemonConfig(
     state_dir=Path({str(tmp_path / "state")!r}), port=0, claude={str(fake_claude)!r},
-    allowed_roots=(Path({str(tmp_path)!r}),), quic_port=-1, keystore="file", keep_awake="off",
+    allowed_roots=(Path({str(tmp_path)!r}),), {fields}
 )
 
 async def main():
@@ -83,5 +145,35 @@ async def main():
 
 trio.run(main)
 """
+
+
+def test_the_daemon_without_remote_control_or_quic_never_loads_them(
+    tmp_path: Path, fake_claude: Path
+) -> None:
+    """Remote Control off (the default) and QUIC off: no bridge, trio-websocket or aioquic; the
+    identity key in a file: no keyring; no terminal: no QR code renderer."""
+    code = serve_once(tmp_path, fake_claude, quic_port=-1, keystore="file", keep_awake="off")
     wanted = ("sidecode_trio.bridge.remote", "trio_websocket", "aioquic", "keyring", "segno")
+    assert loaded_after(code, wanted, tmp_path) == []
+
+
+def test_the_default_daemon_loads_no_http_client_nor_optional_paths(
+    tmp_path: Path, fake_claude: Path
+) -> None:
+    """The default configuration (QUIC on, no push subscription, no webhook, Remote Control and
+    WebRTC off): httpx (and the rich/pygments its import drags in) waits for the first
+    notification; the bridge and the WebRTC path are never loaded."""
+    code = serve_once(tmp_path, fake_claude, quic_port=0)
+    wanted = (
+        "httpx",
+        "httpcore",
+        "rich",
+        "pygments",
+        "sidecode_trio.notify.transport",
+        "sidecode_trio.bridge.remote",
+        "trio_websocket",
+        "sidecode_trio.rtc.service",
+        "aiortc",
+        "paho",
+    )
     assert loaded_after(code, wanted, tmp_path) == []

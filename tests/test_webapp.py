@@ -200,3 +200,28 @@ async def test_the_shell_is_served_gzipped_and_versioned_files_are_cached_for_a_
                 raw = await http.get("/app/app.js", headers={"Accept-Encoding": refuse})
                 assert "content-encoding" not in raw.headers and raw.content == files["app.js"].body
     assert sent < plain * 0.45, (sent, plain)  # ~378 KB -> ~139 KB
+
+
+async def test_the_files_are_loaded_once_at_the_first_request_not_at_start(
+    make_config: Callable[..., DaemonConfig], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Start-up does not read, hash and gzip the shell (most starts serve no page soon); the
+    first requests, even at once, share one load."""
+    loads: list[int] = []
+
+    def counted() -> dict[str, web.StaticFile]:
+        loads.append(1)
+        return load_files()
+
+    load_files = web.load_files
+    monkeypatch.setattr(web, "load_files", counted)
+    async with running_daemon(make_config()) as owner:
+        assert loads == []
+        with trio.fail_after(30):
+            async with anonymous(owner) as http, trio.open_nursery() as nursery:
+                for name in ("", "app.js", "style.css", "nothing-here.js"):
+                    nursery.start_soon(http.get, f"/app/{name}")
+            async with anonymous(owner) as http:
+                response = await http.get("/app/")
+        assert response.status_code == 200 and b"<html" in response.content
+        assert loads == [1]

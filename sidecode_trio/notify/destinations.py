@@ -9,12 +9,12 @@ device could aim it at ``https://127.1``, ``169.254.169.254`` or a LAN printer a
   before this check is dropped, never sent to): an ``https`` URL on port 443 whose host is a
   *name* under one of the push services browsers use (:data:`PUSH_SERVICES`). IP literals in
   any spelling (``2130706433``, ``0x7f.1``, ``[::ffff:127.0.0.1]``) are refused as such.
-* :class:`GlobalOnlyBackend`, the push client's network backend: it resolves the name itself,
-  requires **every** address to be global (not loopback, private, link-local, unique-local,
-  multicast, reserved, nor an IPv4-mapped one of those), and connects to the checked address
-  (TLS still verifies the certificate for the name: httpcore sends SNI and checks the name from
-  the URL, not from the address). A push service whose DNS answer was poisoned or split-horizon
-  cannot route a push inwards.
+* :class:`~.transport.GlobalOnlyBackend`, the push client's network backend: it resolves the
+  name itself, requires **every** address to be global (not loopback, private, link-local,
+  unique-local, multicast, reserved, nor an IPv4-mapped one of those), and connects to the
+  checked address (TLS still verifies the certificate for the name: httpcore sends SNI and
+  checks the name from the URL, not from the address). A push service whose DNS answer was
+  poisoned or split-horizon cannot route a push inwards.
 
 An allow-list was chosen over "any global host" because push endpoints only ever come from the
 browsers' push services, and a global-address check alone still lets a device make the daemon
@@ -33,8 +33,6 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Final
 from urllib.parse import urlsplit
 
-import httpcore
-import httpx
 import trio
 
 from ..host.addresses import is_loopback
@@ -105,64 +103,3 @@ def allowed_address(address: str, allow_loopback: bool) -> bool:
 async def resolve(host: str, port: int) -> list[str]:
     infos = await trio.socket.getaddrinfo(host, port, type=trio.socket.SOCK_STREAM)
     return [str(info[4][0]) for info in infos]
-
-
-class GlobalOnlyBackend(httpcore.AsyncNetworkBackend):
-    """httpcore's Trio backend, connecting only to checked addresses (see the module's doc)."""
-
-    def __init__(self, allow_loopback: bool, resolver: Resolver = resolve) -> None:
-        self._inner = httpcore.TrioBackend()
-        self._allow_loopback = allow_loopback
-        self._resolve = resolver
-
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        try:
-            addresses = list(await self._resolve(host, port))
-        except OSError as exc:
-            raise httpcore.ConnectError(f"cannot resolve {host}: {exc}") from exc
-        if not addresses or not all(allowed_address(a, self._allow_loopback) for a in addresses):
-            # all or nothing: a name that also points inwards is not a push service
-            raise httpcore.ConnectError(f"{host} resolves to an address pushes may not go to")
-        failure: Exception | None = None
-        for address in addresses:  # in the resolver's order (e.g. IPv6 first): the first that
-            try:  # connects; TLS then checks the certificate against the name, not the address
-                return await self._inner.connect_tcp(
-                    address, port, timeout, local_address, socket_options
-                )
-            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
-                failure = exc
-        assert failure is not None
-        raise failure
-
-    async def connect_unix_socket(
-        self,
-        path: str,
-        timeout: float | None = None,
-        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        raise httpcore.ConnectError("pushes never go to a unix socket")
-
-    async def sleep(self, seconds: float) -> None:
-        await self._inner.sleep(seconds)
-
-
-def push_transport(allow_loopback: bool, resolver: Resolver = resolve) -> httpx.AsyncBaseTransport:
-    """httpx's transport with the pool's network backend swapped for :class:`GlobalOnlyBackend`
-    (httpx does not take a backend; the pool is built exactly as httpx builds it, no proxy:
-    a proxy would make the peer the proxy, and the address check meaningless)."""
-    transport = httpx.AsyncHTTPTransport(trust_env=False)
-    transport._pool = httpcore.AsyncConnectionPool(
-        ssl_context=httpx.create_ssl_context(trust_env=False),
-        max_connections=100,  # httpx's defaults
-        max_keepalive_connections=20,
-        keepalive_expiry=5.0,
-        network_backend=GlobalOnlyBackend(allow_loopback, resolver),
-    )
-    return transport

@@ -12,6 +12,10 @@ hands those events to :meth:`Notifier.watched`, which only queues them and wakes
 (a commit of text deltas alone wakes nothing). Queues drop their oldest entry when full
 (counted in ``statistics()``). Deliveries are retried a bounded number of times; a push service
 answering 404 or 410 removes the subscription.
+
+Each drain makes its HTTP client when its first delivery is queued (in a worker thread: loading
+httpx and the CA store takes tens of milliseconds), not at start-up: a daemon that never notifies
+never loads httpx (tests/test_startup.py).
 """
 
 from __future__ import annotations
@@ -22,10 +26,9 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import Final, Generic, TypeVar
+from typing import TYPE_CHECKING, Final, Generic, TypeVar
 from urllib.parse import urlsplit
 
-import httpx
 import trio
 
 from ..errors import BadRequest, NotFound
@@ -35,12 +38,15 @@ from ..security.auth import Principal
 from ..security.devices import DeviceStore, Scope
 from ..wire import requests as rq
 from . import ece
-from .destinations import Resolver, endpoint_problem, push_transport, resolve
+from .destinations import Resolver, endpoint_problem, resolve
 from .messages import Outgoing, push_headers, push_payload, webhook_request
 from .policy import Decider, Kind, Notification, SessionLabel, trial_notification
 from .settings import NotifySettings
 from .subscriptions import Subscription, SubscriptionStore
 from .vapid import JWT_LIFETIME, VapidKey
+
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger(__name__)
 
@@ -219,18 +225,34 @@ class Notifier:
     # -- the driver ------------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        timeout = httpx.Timeout(self.settings.timeout)
-        # Pushes go only to global addresses of push services; the owner's webhook anywhere.
-        guarded = push_transport(self.settings.allow_loopback, self._resolver)
-        async with (
-            httpx.AsyncClient(timeout=timeout, transport=guarded) as pushes,
-            httpx.AsyncClient(timeout=timeout) as webhooks,
-            trio.open_nursery() as nursery,
-        ):
-            nursery.start_soon(self._drain_pushes, pushes)
-            nursery.start_soon(self._drain_webhooks, webhooks)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._drain_pushes)
+            nursery.start_soon(self._drain_webhooks)
             task_status.started()
             await self._decide_loop()
+
+    async def _client(self, guarded: bool) -> httpx.AsyncClient | None:
+        """An HTTP client, made in a worker thread (importing httpx and loading the CA store
+        would hold up the event loop); None if it cannot be made (logged; the next delivery
+        tries again). Pushes go only to global addresses of push services (``guarded``); the
+        owner's webhook anywhere."""
+
+        def make() -> httpx.AsyncClient:
+            import httpx
+
+            from .transport import push_transport
+
+            timeout = httpx.Timeout(self.settings.timeout)
+            if guarded:
+                transport = push_transport(self.settings.allow_loopback, self._resolver)
+                return httpx.AsyncClient(timeout=timeout, transport=transport)
+            return httpx.AsyncClient(timeout=timeout)
+
+        try:
+            return await trio.to_thread.run_sync(make)
+        except Exception:  # e.g. an unreadable CA store: no delivery, but the daemon goes on
+            log.exception("cannot make the HTTP client for notifications")
+            return None
 
     async def _decide_loop(self) -> None:
         while True:
@@ -274,19 +296,28 @@ class Notifier:
             and (note.only_device is None or sub.device_id == note.only_device)
         ]
 
-    async def _drain_pushes(self, http: httpx.AsyncClient) -> None:
+    async def _drain_pushes(self) -> None:
+        note, sub = await self._pushes.get()
+        while (http := await self._client(guarded=True)) is None:
+            self._counts["push_failed"] += 1
+            note, sub = await self._pushes.get()
         limit = trio.Semaphore(CONCURRENCY)
-        async with trio.open_nursery() as deliveries:
+        async with http, trio.open_nursery() as deliveries:
             while True:
-                note, sub = await self._pushes.get()
                 await limit.acquire()
                 work = partial(self._push, http, note, sub)
                 deliveries.start_soon(self._release_after, limit, work)
+                note, sub = await self._pushes.get()
 
-    async def _drain_webhooks(self, http: httpx.AsyncClient) -> None:
-        while True:
+    async def _drain_webhooks(self) -> None:
+        note = await self._webhooks.get()
+        while (http := await self._client(guarded=False)) is None:
+            self._counts["webhook_failed"] += 1
             note = await self._webhooks.get()
-            await _contained(partial(self._webhook, http, note))
+        async with http:
+            while True:
+                await _contained(partial(self._webhook, http, note))
+                note = await self._webhooks.get()
 
     @staticmethod
     async def _release_after(limit: trio.Semaphore, work: Callable[[], Awaitable[None]]) -> None:
@@ -348,6 +379,8 @@ class Notifier:
 
     async def _post(self, http: httpx.AsyncClient, request: Outgoing) -> int | None:
         """POST with bounded retries; the last status (None: never answered)."""
+        import httpx  # loaded already: ``http`` is its client
+
         status: int | None = None
         for attempt in range(self.settings.attempts):
             retry_after = None

@@ -1,11 +1,10 @@
-"""The Trio drivers of ``sidecode-trio attach`` and ``sidecode-trio send`` (thin: the printing
-is :mod:`.render`'s, the parsing :mod:`.sse`'s).
+"""The Trio driver of ``sidecode-trio attach`` (thin: the printing is :mod:`.render`'s, the
+parsing :mod:`.sse`'s), and the stream following that ``send --wait`` (:mod:`.send`) shares.
 
 ``attach`` runs two tasks in one nursery: one follows the session's event stream, reconnecting
 with ``Last-Event-ID`` after a drop (so the daemon replays exactly what was missed), one reads
 keys from a terminal (cbreak mode: one key at a time, no echo; restored on every exit path,
-signals included) and makes the HTTP call each key asks for. ``send`` queues one message and,
-with ``--wait``, follows the stream from just before it until its turn ends.
+signals included) and makes the HTTP call each key asks for.
 """
 
 from __future__ import annotations
@@ -16,14 +15,11 @@ import os
 import signal
 import termios
 import tty
-import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, aclosing, contextmanager
 from pathlib import Path
 from typing import Final, Protocol, TextIO
-from urllib.parse import quote
 
-import httpx
 import trio
 
 from ..errors import SidecodeError
@@ -92,15 +88,11 @@ async def follow(
                     if inspect.isasyncgen(chunks):  # the consumer may stop mid-stream
                         await chunks.aclose()
             why = "the daemon ended the stream"
-        except SidecodeError as exc:
+        except SidecodeError as exc:  # the client's errors, a broken connection's included
             if exc.code in FATAL:
                 raise
             why = exc.message
             if exc.code == "unreachable" and better:
-                why = better
-        except httpx.HTTPError as exc:
-            why = str(exc) or type(exc).__name__
-            if isinstance(exc, httpx.TransportError) and better:
                 why = better
         on_drop(f"disconnected ({why}); reconnecting in {delay:g} s")
         await trio.sleep(delay)
@@ -281,52 +273,3 @@ async def attach(
     if run.error is not None:
         raise run.error
     return 0
-
-
-async def send(
-    url: str, token: str, session: str, text: str, out: TextIO, err: TextIO, *, wait: bool
-) -> int:
-    """Queue ``text``; with ``wait``, print the turn's result. 0: accepted (or completed)."""
-    api = DaemonAPI(url, token)
-    try:
-        session_id = await api.resolve(session)
-        path = f"/v1/sessions/{quote(session_id, safe='')}"
-        body = {"text": text, "client_id": str(uuid.uuid4())}  # a retry cannot send it twice
-        if not wait:
-            reply = await api.call("POST", f"{path}/messages", body)
-            out.write(f"{reply['message_id']}\n")
-            return 0
-        snap = await api.call("GET", path)
-        since = f"{snap['epoch']}:{snap['cursor']}"  # everything after it is replayed
-        reply = await api.call("POST", f"{path}/messages", body)
-        return await _wait_for_turn(api, session_id, since, reply["message_id"], out, err)
-    finally:
-        await api.aclose()
-
-
-async def _wait_for_turn(
-    api: DaemonAPI, session_id: str, since: str, turn_id: str, out: TextIO, err: TextIO
-) -> int:
-    def note(text: str) -> None:
-        err.write(f"sidecode-trio: {text}\n")
-        err.flush()
-
-    frames = follow(api, session_id, since, note)
-    async with aclosing(frames):
-        async for frame in frames:
-            event = decode(frame)
-            if isinstance(event, ev.PermissionRequested):
-                note(f"waiting for a permission answer: {event.summary or event.tool_name}")
-            elif isinstance(event, TURN_ENDS) and event.turn_id == turn_id:
-                if isinstance(event, ev.TurnCompleted):
-                    out.write(event.result + ("\n" if not event.result.endswith("\n") else ""))
-                    return 0
-                if isinstance(event, ev.TurnFailed):
-                    note(f"the turn failed ({event.reason}): {event.message}")
-                else:
-                    note("the turn was interrupted")
-                return 1
-            elif isinstance(event, ev.SessionDeleted):
-                note("the session was deleted")
-                return 1
-    return 1  # not reached: follow() reconnects until the turn ends

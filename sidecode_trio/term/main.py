@@ -9,9 +9,7 @@ from functools import partial
 
 import trio
 
-from ..config import default_state_dir
-from ..errors import ConfigError
-from .attach import attach, send
+from ..defaults import default_state_dir
 
 
 def wants_color(stream: object) -> bool:
@@ -21,12 +19,16 @@ def wants_color(stream: object) -> bool:
 
 
 def run(args: argparse.Namespace, url: str, token: str) -> int:
-    if args.command == "send":
-        text = sys.stdin.read() if args.text == "-" else args.text
-        if not text.strip():
-            raise ConfigError("the message is empty")
-        job = partial(send, url, token, args.session, text, sys.stdout, sys.stderr, wait=args.wait)
+    if args.command == "send":  # the attach module (the wire classes, the renderer) not needed
+        from .send import send
+
+        # args.text: the message, read and checked by the command line (cli.py)
+        job = partial(
+            send, url, token, args.session, args.text, sys.stdout, sys.stderr, wait=args.wait
+        )
         return trio.run(job)
+    from .attach import attach
+
     keys = sys.stdin.fileno() if sys.stdin.isatty() else None  # keys only from a terminal
     color = wants_color(sys.stdout) if args.color is None else args.color
     job = partial(

@@ -2,8 +2,10 @@
 
 Only the shell is open: HTML, scripts, styles, icons and the vendored libraries. Everything the
 app shows comes from the v1 API, which it calls with its own device key (``static/auth.js``), so
-serving the shell to anyone reveals nothing but the app's code. The files are read once at start
-and served from memory with an ETag and a strict Content-Security-Policy.
+serving the shell to anyone reveals nothing but the app's code. The files are read once, at the
+first request for one (in a worker thread: reading, hashing and gzipping them takes tens of
+milliseconds, which start-up no longer pays), and served from memory with an ETag and a strict
+Content-Security-Policy.
 
 Text files are gzipped once, at load, and sent compressed to a client that accepts it. The page
 and its modules name each other with ``?v=<build>`` (a hash of every shipped file, added to the
@@ -23,6 +25,7 @@ from importlib import resources
 from typing import Final
 
 import attrs
+import trio
 from quart import Response, redirect, request
 from quart_trio import QuartTrio
 
@@ -196,9 +199,14 @@ def add_routes(
 ) -> None:
     """Serve the app under ``/app/``; ``quic_urls()`` names the WebTransport endpoints and
     ``rendezvous()`` the broker (or None) that the CSP lets the page reach."""
-    files = load_files()
+    files: dict[str, StaticFile] = {}
+    loading = trio.Lock()
 
-    def serve(name: str) -> Response:
+    async def serve(name: str) -> Response:
+        if not files:
+            async with loading:  # the first requests wait for one load
+                if not files:
+                    files.update(await trio.to_thread.run_sync(load_files))
         found = files.get(name)
         if found is None:
             return Response(b"not found\n", status=404, mimetype="text/plain")
@@ -237,8 +245,8 @@ def add_routes(
 
     @app.get(PREFIX)
     async def index() -> Response:
-        return serve(INDEX)
+        return await serve(INDEX)
 
     @app.get(PREFIX + "<path:name>")
     async def static_file(name: str) -> Response:
-        return serve(name)
+        return await serve(name)

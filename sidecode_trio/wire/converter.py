@@ -105,9 +105,14 @@ def register_union(
     # Predicates, not singledispatch: a member class must not fall back to the union's hooks.
     conv.register_structure_hook_func(lambda t: t is base, structure)
     conv.register_unstructure_hook_func(lambda t: t is base, unstructure)
-    for cls in classes.values():
-        # A member unstructured on its own (not through the base) still carries its tag.
-        conv.register_unstructure_hook(cls, _tagged_unstructure(conv, cls))
+    # A member unstructured on its own (not through the base) still carries its tag. Its hook is
+    # generated the first time a member of that class is written (cattrs caches it), not here:
+    # generating all of them (resolving every member's annotations, compiling a function each)
+    # was most of this module's import time, and a process writes few of the classes.
+    members = frozenset(classes.values())
+    conv.register_unstructure_hook_factory(
+        lambda t: t in members, lambda cls: _tagged_unstructure(conv, cls)
+    )
 
 
 def _tagged_unstructure(conv: cattrs.Converter, cls: type[Any]) -> Callable[[Any], dict[str, Any]]:

@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import statistics
 import time
+from functools import partial
 from typing import Any, Final
 
 import trio
 from bench_harness import Layout, LineReader, child, client_argv, rss_mib
+from bench_startup import commands, cpu_seconds, summary
 from bench_targets import ChildDaemon, ChildRelay, child_daemon, child_relay
 from bench_wt import KeepAlive
 
@@ -31,6 +33,7 @@ IDLE_SESSIONS: Final = 50
 OPEN_LINKS: Final = 100
 SNAPSHOT_REQUESTS: Final = 30
 WAIT: Final = 120.0  # seconds for sessions to finish their turns
+SETTLE: Final = 0.5  # seconds after ready before the RSS is read (the housekeeping tasks start)
 
 
 async def _sessions(daemon: ChildDaemon) -> list[dict[str, Any]]:
@@ -183,28 +186,56 @@ async def snapshot(
     }
 
 
+async def _start(
+    layout: Layout, name: str, cpu: int, results: dict[str, Any], key: str, **how: Any
+) -> None:
+    """One start-up with an empty state: its time, and its RSS once settled."""
+    async with child_daemon(layout, name, cpu, **how) as fresh:
+        results.setdefault(f"startup_{key}_s", []).append(fresh.startup_s)
+        results.setdefault(f"cpu_{key}_s", []).append(cpu_seconds(fresh.pid))
+        await trio.sleep(SETTLE)
+        results.setdefault(f"rss_{key}_mib", []).append(rss_mib(fresh.pid))
+
+
 async def footprint(
-    layout: Layout, relay: ChildRelay, cpus: tuple[int, int], quick: bool
+    layout: Layout,
+    relay: ChildRelay,
+    cpus: tuple[int, int],
+    quick: bool,
+    previous: str = "",
+    bytecode: str = "",
 ) -> dict[str, Any]:
-    """Scenarios 7 and 8 on one daemon, then 6 (start-ups) with empty and with that state."""
+    """Scenarios 7 and 8 on one daemon, and the commands against it; then 6 (start-ups) with
+    empty and with that state; with ``previous`` (a code dir), its start-ups alternating."""
     daemon_cpu, client_cpu = cpus
-    results: dict[str, Any] = {"relay_startup_s": [relay.startup_s]}
-    async with child_daemon(layout, "fresh", daemon_cpu) as fresh:
-        results["startup_fresh_s"] = [fresh.startup_s]
-        results["rss_fresh_mib"] = rss_mib(fresh.pid)
+    results: dict[str, Any] = {"relay_startup_s": [relay.startup_s], "bytecode": bytecode}
+    await _start(layout, "fresh", daemon_cpu, results, "fresh")
+    results["rss_fresh_mib"] = results["rss_fresh_mib"][0]
     extra = ["--idle-timeout", "1"]
     async with child_daemon(layout, "footprint", daemon_cpu, extra) as daemon:
         sessions = await idle_sessions(daemon, layout, IDLE_SESSIONS)
         results["memory"] = await memory(daemon, relay, layout, client_cpu, sessions)
+        state = layout.state("footprint")
+        measure = partial(commands, state, sessions[0], 3 if quick else 7, layout.root, previous)
+        results["commands"] = summary(await trio.to_thread.run_sync(measure))
         session_id = await long_session(daemon, layout, 40 if quick else 200)
         results["snapshot"] = await snapshot(daemon, relay, layout, session_id)
+    quic_off = ["--quic-port", "-1"]
     for run in range(2 if quick else 4):
-        async with child_daemon(layout, f"fresh-{run}", daemon_cpu) as fresh:
-            results["startup_fresh_s"].append(fresh.startup_s)
+        await _start(layout, f"fresh-{run}", daemon_cpu, results, "fresh_all")
+        await _start(layout, f"noquic-{run}", daemon_cpu, results, "noquic", extra=quic_off)
+        if previous:
+            await _start(layout, f"previous-{run}", daemon_cpu, results, "previous", code=previous)
         async with child_relay(layout, daemon_cpu, 0) as another:
             results["relay_startup_s"].append(another.startup_s)
+            results.setdefault("cpu_relay_s", []).append(cpu_seconds(another.pid))
+    results["startup_relay_s"] = results["relay_startup_s"]
+    results["startup_fresh_s"] += results.pop("startup_fresh_all_s")
+    results["cpu_fresh_s"] += results.pop("cpu_fresh_all_s")
+    results["rss_fresh_runs_mib"] = [results["rss_fresh_mib"], *results.pop("rss_fresh_all_mib")]
     results["startup_loaded_s"] = []
     for _ in range(3 if quick else 5):  # a restart: load and fold every stored session
         async with child_daemon(layout, "footprint", daemon_cpu, extra) as loaded:
             results["startup_loaded_s"].append(loaded.startup_s)
+            results.setdefault("cpu_loaded_s", []).append(cpu_seconds(loaded.pid))
     return results

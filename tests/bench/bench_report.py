@@ -11,6 +11,8 @@ import statistics
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
+import bench_startup
+
 Row = Sequence[str]
 TARGETS: Final = {
     "p99_20": 1000.0,  # µs
@@ -336,6 +338,10 @@ def replay(results: dict[str, Any]) -> str:
     )
     headers = ["served from", "metric", "sidecode-trio", "raw relay", "ratio", "ratio is"]
     return intro + table(headers, rows)
+
+
+def startup_report(results: dict[str, Any]) -> str:
+    return bench_startup.report(results)
 
 
 def footprint(results: dict[str, Any]) -> str:
@@ -679,6 +685,25 @@ def performance(results: dict[str, Any]) -> str:
             if fp.get(key):
                 figure = statistics.median(fp[key]) * 1e3
                 rows.append([f"start-up to ready ({label})", *_pair(figure, relay_start, "ms")])
+        if fp.get("startup_noquic_s"):
+            figure = statistics.median(fp["startup_noquic_s"]) * 1e3
+            rows.append(["start-up to ready (empty, QUIC off)", *_pair(figure, relay_start, "ms")])
+        cmds = fp.get("commands") or {}
+        trio_ms = _get(cmds, 'python -c "import trio"', "median_ms")
+        for label, base_label in (
+            ("--version", "python -c pass"),
+            ("sessions", 'python -c "import trio"'),
+            ("send", 'python -c "import trio"'),
+            ("attach (to the snapshot)", 'python -c "import trio"'),
+        ):
+            if label in cmds:
+                name = f"`sidecode-trio {label}` (baseline: `{base_label}`)"
+                base = _get(cmds, base_label, "median_ms")
+                rows.append([name, *_pair(_get(cmds, label, "median_ms"), base, "ms", 1)])
+        if 'python -c "import quart_trio"' in cmds:
+            quart = _get(cmds, 'python -c "import quart_trio"', "median_ms")
+            rows.append(["`import quart_trio` alone (baseline: `import trio`)",
+                         *_pair(quart, trio_ms, "ms", 1)])  # fmt: skip
     warm = results.get("warm") or {}
     if warm:
         rows.append(
@@ -767,6 +792,7 @@ SECTIONS: Final[list[Callable[[dict[str, Any]], str]]] = [
     throughput,
     replay,
     footprint,
+    startup_report,
     warm_section,
     profile,
     machine,

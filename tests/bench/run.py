@@ -72,6 +72,7 @@ from bench_profile import profile_token_path
 from bench_replay import ReplayPlan, from_memory, from_relay, from_sqlite
 from bench_report import render
 from bench_rtc_open import render as render_first_event
+from bench_startup import PACKAGE, compile_bytecode
 from bench_targets import ChildRelay, DaemonSession, Target, child_daemon, child_relay
 from bench_warm import warm_message
 from bench_wt import compare as compare_webtransport
@@ -167,6 +168,10 @@ class Runner:
 
     def __init__(self, args: argparse.Namespace, layout: Layout, plan: Plan, cpus: tuple[int, int]):
         self.args, self.layout, self.plan = args, layout, plan
+        # every daemon started below loads the package from its bytecode, as an install does
+        previous = [args.previous_code / "sidecode_trio"] if args.previous_code else []
+        packages = [PACKAGE, *previous]
+        self.bytecode = compile_bytecode(*packages)
         self.daemon_cpu, self.client_cpu = cpus
         self.results: dict[str, Any] = {
             "mode": "quick" if args.quick else "full",
@@ -302,7 +307,10 @@ class Runner:
 
     async def footprint(self, relay: ChildRelay) -> None:
         cpus = (self.daemon_cpu, self.client_cpu)
-        self.results["footprint"] = await footprint(self.layout, relay, cpus, self.args.quick)
+        previous = str(self.args.previous_code or "")
+        self.results["footprint"] = await footprint(
+            self.layout, relay, cpus, self.args.quick, previous, self.bytecode
+        )
 
     async def replay_relay(self, relay: Target) -> None:
         result = await from_relay(self.layout, self.replay_plan, relay.port)
