@@ -14,8 +14,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from typing import Final
 
 import attrs
@@ -95,6 +94,21 @@ class Subscription:
         self._send.close()
 
 
+class _Inline:
+    """:meth:`EventLog.inline`'s block: a plain class, not a generator (it runs per delta)."""
+
+    __slots__ = ("_log",)
+
+    def __init__(self, log: EventLog) -> None:
+        self._log = log
+
+    def __enter__(self) -> None:
+        self._log._inline = True
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._log._leave_inline()
+
+
 class _Session:
     """One session's log: numbering, the in-memory tail, the fold and the subscribers."""
 
@@ -130,6 +144,7 @@ class EventLog:
         self._listeners: list[Callable[[set[str]], None]] = []
         self._watchers: list[tuple[frozenset[str], Callable[[list[StoredEvent]], None]]] = []
         self._inline = False  #: an inline commit follows the appends: no need to wake the writer
+        self._inline_block = _Inline(self)
         self.store_error: str | None = None  #: the last commit failure, until a commit succeeds
         self.commits = 0
         self.writer_wakeups = 0  #: times the writer task woke (the token path should not wake it)
@@ -210,19 +225,17 @@ class EventLog:
         if self.store_error is None:
             self._commit_now()
 
-    @contextmanager
-    def inline(self) -> Iterator[None]:
+    def inline(self) -> _Inline:
         """Append inside, then :meth:`commit` inline on leaving, without waking the writer task
         (the token path's one wake-up per delta is its reader's). If the commit cannot happen
         now (a failing store), the writer task is woken to retry."""
-        self._inline = True
-        try:
-            yield
-        finally:
-            self._inline = False
-            self.commit()
-            if self._pending or self._new_rows or self._outputs:
-                self._wake.set()
+        return self._inline_block
+
+    def _leave_inline(self) -> None:
+        self._inline = False
+        self.commit()
+        if self._pending or self._new_rows or self._outputs:
+            self._wake.set()
 
     async def flush(self, patience: float = FLUSH_PATIENCE) -> None:
         """Wait until everything appended before this call is durable.
