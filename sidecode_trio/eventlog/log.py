@@ -70,8 +70,13 @@ class Subscription:
 
     def offer(self, event: StoredEvent) -> bool:
         """Queue ``event`` without blocking; on a full queue drop this subscriber."""
-        if self.direct is not None and self.direct(event):
+        direct = self.direct
+        if direct is not None and direct(event):
             return True
+        return self.queue(event)
+
+    def queue(self, event: StoredEvent) -> bool:
+        """:meth:`offer` without the direct path (the publisher tries that one itself)."""
         try:
             self._send.send_nowait(event)
         except trio.WouldBlock:
@@ -294,18 +299,24 @@ class EventLog:
 
     def _publish(self, batch: list[tuple[StoredEvent, Event]]) -> None:
         touched: set[str] = set()
+        sessions = self._sessions
         for stored, event in batch:
-            session = self._sessions[stored.session_id]
+            session = sessions[stored.session_id]
             session.fold.apply(event, stored.at)
             session.durable = stored.cursor
             session.tail.append(stored)
             touched.add(stored.session_id)
-            if session.subscribers:
-                for sub in [s for s in session.subscribers if not s.offer(stored)]:
-                    session.subscribers.discard(sub)
-        self._compact_due.update(
-            s for s in touched if self._over_retention(self._sessions[s])
-        )  # compacted by the writer task, never inline on a session's stdout reader
+            if subscribers := session.subscribers:
+                dropped = None
+                for sub in subscribers:  # sub.offer(stored), one call less per event and client
+                    direct = sub.direct
+                    if (direct is None or not direct(stored)) and not sub.queue(stored):
+                        dropped = [*(dropped or ()), sub]
+                for sub in dropped or ():
+                    subscribers.discard(sub)
+        for session_id in touched:  # compacted by the writer task, never inline on a reader
+            if self._over_retention(sessions[session_id]):
+                self._compact_due.add(session_id)
         for listener in self._listeners:
             listener(touched)
         for types, watcher in self._watchers:
