@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -367,3 +368,28 @@ def test_a_text_delta_envelope_is_the_same_bytes_on_the_fast_path(
     }
     assert stored.data == json_bytes(envelope)
     assert stored.type == "text.delta" and decode_event(stored) == event
+
+
+def test_a_one_event_commit_is_one_statement_and_durable(tmp_path: Path) -> None:
+    """The token path's usual commit (one event) runs one INSERT, its own transaction: no
+    BEGIN or COMMIT from Python; it is on disk for another connection when commit() returns,
+    and a failing one leaves nothing half done (the next commit works)."""
+    store = SQLiteStore(tmp_path / "e.sqlite3")
+    store.commit([SessionRow("s", "ep", 1, 0.0, 0, 0, None)], [])
+    ran: list[str] = []
+    store._db.set_trace_callback(ran.append)
+    event = StoredEvent("s", "ep", 1, 1.0, "text.delta", b"{}")
+    store.commit([], [event])
+    store._db.set_trace_callback(None)
+    assert [statement.split()[0] for statement in ran] == ["INSERT"]
+    other = sqlite3.connect(tmp_path / "e.sqlite3")
+    assert other.execute("SELECT cursor, data FROM events").fetchall() == [(1, b"{}")]
+    store._db.execute("PRAGMA query_only = ON")
+    with pytest.raises(StoreError, match="readonly"):
+        store.commit([], [StoredEvent("s", "ep", 2, 1.0, "text.delta", b"{}")])
+    store._db.execute("PRAGMA query_only = OFF")
+    assert not store._db.in_transaction
+    store.commit([], [StoredEvent("s", "ep", 2, 1.0, "text.delta", b"[]")])
+    assert other.execute("SELECT cursor FROM events").fetchall() == [(1,), (2,)]
+    other.close()
+    store.close()

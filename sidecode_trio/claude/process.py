@@ -141,14 +141,22 @@ class ClaudeProcess:
     # -- reading -----------------------------------------------------------------------------
 
     async def _read_stdout(self, proc: trio.Process) -> None:
-        assert proc.stdout is not None
+        """Park until stdout is readable, read once, hand the frames over: one scheduler step
+        per read. (``receive_some`` takes two: it checkpoints first, then finds the pipe empty
+        and parks; on the token path that is a second pass of the run loop per delta.)"""
+        stdout = proc.stdout
+        assert isinstance(stdout, trio.lowlevel.FdStream)
+        fd = stdout.fileno()  # non-blocking (FdStream made it so); closing it wakes the wait
         while True:
             try:
-                data = await proc.stdout.receive_some(READ_SIZE)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                await trio.lowlevel.wait_readable(fd)
+                data = os.read(fd, READ_SIZE)
+            except BlockingIOError:
+                continue  # woken with nothing to read after all
+            except (trio.ClosedResourceError, OSError):  # closed (EBADF) or broken: the end
                 data = b""
             # text-delta lines take the framer's fast path
-            frames = self.framer.feed_frames(bytes(data)) if data else self._closing()
+            frames = self.framer.feed_frames(data) if data else self._closing()
             if frames:
                 self._dispatch(frames)
             if not data:

@@ -9,17 +9,17 @@ which (:func:`plan_read`) and encodes an event once into the bytes every transpo
 from __future__ import annotations
 
 import json
+import json.encoder
 import secrets
+from collections.abc import Callable
 from math import isfinite
 from typing import Final
 
 import attrs
 
 from ..errors import BadRequest
-from ..wire.converter import JSON_ENCODER, converter, json_bytes
+from ..wire.converter import converter, json_bytes
 from ..wire.events import Event, TextDelta
-
-_json: Final = JSON_ENCODER.encode
 
 EPOCH_BYTES: Final = 9  # 12 url-safe characters
 
@@ -83,33 +83,36 @@ def encode(session_id: str, epoch: str, cursor: int, at: float, event: Event) ->
     return StoredEvent(session_id, epoch, cursor, at, event.TYPE, data)
 
 
-_TEXT_DELTA: Final = (
-    '{"session_id":%s,"epoch":%s,"cursor":%s,"at":%s,'
-    '"event":{"type":"text.delta","message_id":%s,"index":%s,"text":%s}}'
-)
+#: ``JSON_ENCODER.encode`` of a str (``ensure_ascii=False``), without the method's Python frame
+_quote: Final[Callable[[str], str]] = json.encoder.encode_basestring
+#: (session id, epoch, message id) -> the envelope's text before the cursor, and before the index
+_HEADS: Final[dict[tuple[str, str, str], tuple[str, str]]] = {}
+_MAX_HEADS: Final = 256
 
 
 def _text_delta_envelope(
     session_id: str, epoch: str, cursor: int, at: float, event: TextDelta
 ) -> bytes | None:
     """What ``json_bytes`` makes of a text delta's envelope, without the converter and the
-    general encoder (tests/test_eventlog.py holds the two equal); None where it would differ."""
-    strings = (session_id, epoch, event.message_id, event.text)
-    if not (type(cursor) is type(event.index) is int and type(at) is float and isfinite(at)):
+    general encoder (tests/test_eventlog.py holds the two equal); None where it would differ.
+    The parts that stay the same from delta to delta (ids) are quoted once."""
+    message_id, text, index = event.message_id, event.text, event.index
+    if not (type(cursor) is type(index) is int and type(at) is float and isfinite(at)):
         return None  # (json writes a finite float as its repr, and NaN as NaN)
-    if any(type(value) is not str for value in strings):
+    if not (type(session_id) is type(epoch) is type(message_id) is type(text) is str):
         return None
-    text = _TEXT_DELTA % (
-        _json(session_id),
-        _json(epoch),
-        cursor,
-        repr(at),
-        _json(event.message_id),
-        event.index,
-        _json(event.text),
-    )
+    key = (session_id, epoch, message_id)
+    parts = _HEADS.get(key)
+    if parts is None:
+        if len(_HEADS) >= _MAX_HEADS:
+            _HEADS.clear()
+        parts = _HEADS[key] = (
+            f'{{"session_id":{_quote(session_id)},"epoch":{_quote(epoch)},"cursor":',
+            f',"event":{{"type":"text.delta","message_id":{_quote(message_id)},"index":',
+        )
+    head, middle = parts
     try:
-        return text.encode()
+        return f'{head}{cursor},"at":{at!r}{middle}{index},"text":{_quote(text)}}}}}'.encode()
     except UnicodeEncodeError:  # a lone surrogate: json_bytes writes ASCII escapes instead
         return None
 

@@ -14,8 +14,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from typing import Final
 
 import attrs
@@ -71,8 +70,13 @@ class Subscription:
 
     def offer(self, event: StoredEvent) -> bool:
         """Queue ``event`` without blocking; on a full queue drop this subscriber."""
-        if self.direct is not None and self.direct(event):
+        direct = self.direct
+        if direct is not None and direct(event):
             return True
+        return self.queue(event)
+
+    def queue(self, event: StoredEvent) -> bool:
+        """:meth:`offer` without the direct path (the publisher tries that one itself)."""
         try:
             self._send.send_nowait(event)
         except trio.WouldBlock:
@@ -93,6 +97,21 @@ class Subscription:
         self._log._unsubscribe(self)
         self.direct = None
         self._send.close()
+
+
+class _Inline:
+    """:meth:`EventLog.inline`'s block: a plain class, not a generator (it runs per delta)."""
+
+    __slots__ = ("_log",)
+
+    def __init__(self, log: EventLog) -> None:
+        self._log = log
+
+    def __enter__(self) -> None:
+        self._log._inline = True
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._log._leave_inline()
 
 
 class _Session:
@@ -130,6 +149,7 @@ class EventLog:
         self._listeners: list[Callable[[set[str]], None]] = []
         self._watchers: list[tuple[frozenset[str], Callable[[list[StoredEvent]], None]]] = []
         self._inline = False  #: an inline commit follows the appends: no need to wake the writer
+        self._inline_block = _Inline(self)
         self.store_error: str | None = None  #: the last commit failure, until a commit succeeds
         self.commits = 0
         self.writer_wakeups = 0  #: times the writer task woke (the token path should not wake it)
@@ -210,19 +230,17 @@ class EventLog:
         if self.store_error is None:
             self._commit_now()
 
-    @contextmanager
-    def inline(self) -> Iterator[None]:
+    def inline(self) -> _Inline:
         """Append inside, then :meth:`commit` inline on leaving, without waking the writer task
         (the token path's one wake-up per delta is its reader's). If the commit cannot happen
         now (a failing store), the writer task is woken to retry."""
-        self._inline = True
-        try:
-            yield
-        finally:
-            self._inline = False
-            self.commit()
-            if self._pending or self._new_rows or self._outputs:
-                self._wake.set()
+        return self._inline_block
+
+    def _leave_inline(self) -> None:
+        self._inline = False
+        self.commit()
+        if self._pending or self._new_rows or self._outputs:
+            self._wake.set()
 
     async def flush(self, patience: float = FLUSH_PATIENCE) -> None:
         """Wait until everything appended before this call is durable.
@@ -281,18 +299,24 @@ class EventLog:
 
     def _publish(self, batch: list[tuple[StoredEvent, Event]]) -> None:
         touched: set[str] = set()
+        sessions = self._sessions
         for stored, event in batch:
-            session = self._sessions[stored.session_id]
+            session = sessions[stored.session_id]
             session.fold.apply(event, stored.at)
             session.durable = stored.cursor
             session.tail.append(stored)
             touched.add(stored.session_id)
-            if session.subscribers:
-                for sub in [s for s in session.subscribers if not s.offer(stored)]:
-                    session.subscribers.discard(sub)
-        self._compact_due.update(
-            s for s in touched if self._over_retention(self._sessions[s])
-        )  # compacted by the writer task, never inline on a session's stdout reader
+            if subscribers := session.subscribers:
+                dropped = None
+                for sub in subscribers:  # sub.offer(stored), one call less per event and client
+                    direct = sub.direct
+                    if (direct is None or not direct(stored)) and not sub.queue(stored):
+                        dropped = [*(dropped or ()), sub]
+                for sub in dropped or ():
+                    subscribers.discard(sub)
+        for session_id in touched:  # compacted by the writer task, never inline on a reader
+            if self._over_retention(sessions[session_id]):
+                self._compact_due.add(session_id)
         for listener in self._listeners:
             listener(touched)
         for types, watcher in self._watchers:

@@ -245,14 +245,14 @@ class _Encoder:
     every subscriber in turn, so remembering the last one is enough."""
 
     def __init__(self) -> None:
-        self._last: StoredEvent | None = None
-        self._data = b""
+        self.last: StoredEvent | None = None
+        self.data = b""  #: the chunk of ``last``
 
     def __call__(self, item: StoredEvent) -> bytes:
-        if item is not self._last:
+        if item is not self.last:
             frame = sse.KEEPALIVE if item is KEEPALIVE else sse.event_frame(item)
-            self._last, self._data = item, _chunk(frame)
-        return self._data
+            self.last, self.data = item, _chunk(frame)
+        return self.data
 
 
 class _SocketDirect:
@@ -267,7 +267,8 @@ class _SocketDirect:
         self._pending = b""
 
     def write(self, item: StoredEvent) -> bool:
-        data = self._encode(item)
+        encode = self._encode  # (its cache checked here: this runs once per event and client)
+        data = encode.data if item is encode.last else encode(item)
         try:
             sent = self._sock.send(data)
         except BlockingIOError:
