@@ -299,6 +299,7 @@ async def drive(
                 started = open_session(page, site + "/", sid, "webrtc")
                 print(f"page open to first frame over WebRTC: {started:.0f} ms")
                 scenario(page)
+                assert violations(page) == []  # the broker client within the app's policy
 
         with trio.fail_after(240):
             await trio.to_thread.run_sync(run)
