@@ -37,13 +37,15 @@ import signal
 import socket
 import struct
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 import pytest
+import trio
 
 CLONE_NEWNET: Final = 0x40000000
 INET_IP: Final = "203.0.113.1"
@@ -95,6 +97,58 @@ def _setns(path: str) -> None:
             raise OSError(err, f"setns({path}): {os.strerror(err)}")
     finally:
         os.close(fd)
+
+
+def run_in_namespace(path: str, fn: Callable[[], Any]) -> Any:
+    """``fn()`` on a new thread moved into the namespace at ``path``; its result or exception.
+
+    Threads made from inside it are born there, and that includes Trio's worker threads when
+    ``fn`` runs ``trio.run``: those go back to Trio's process-wide thread cache and would run a
+    later ``trio.to_thread.run_sync`` (of another test: a browser launched there, say) in this
+    namespace. So before returning, every Trio worker is moved back (:func:`return_trio_workers`).
+    """
+    out: list[Any] = []
+    failed: list[BaseException] = []
+
+    def main() -> None:
+        try:
+            _setns(path)
+            out.append(fn())
+        except BaseException as exc:  # re-raised on the caller's thread
+            failed.append(exc)
+
+    thread = threading.Thread(target=main)
+    thread.start()
+    thread.join()
+    return_trio_workers()
+    if failed:
+        raise failed[0]
+    return out[0]
+
+
+def return_trio_workers(timeout: float = 10.0) -> None:
+    """Move every thread of Trio's thread cache into the calling thread's namespace.
+
+    One job per live worker, each holding its worker at a barrier until all have run, so no
+    worker takes two jobs and every idle one takes one (a busy one's job goes to a new worker,
+    made here, in this namespace already)."""
+    here = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    try:
+        workers = [t for t in threading.enumerate() if t.name.startswith("Trio thread")]
+        barrier = threading.Barrier(len(workers) + 1, timeout=timeout)
+        errors: list[str] = []
+
+        def move() -> None:
+            if _libc.setns(here, CLONE_NEWNET) != 0:
+                errors.append(os.strerror(ctypes.get_errno()))
+            barrier.wait()
+
+        for _ in workers:
+            trio.lowlevel.start_thread_soon(move, lambda result: None)
+        barrier.wait()
+        assert errors == [], f"a Trio worker could not leave the namespace: {errors}"
+    finally:
+        os.close(here)
 
 
 MOSQUITTO_CONF = f"""\

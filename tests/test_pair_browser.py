@@ -7,9 +7,11 @@ namespace of its own with only the broker, as in test_rtc_browser_dial.py)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import http.server
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ from sidecode_trio.rtc import service as service_module
 from sidecode_trio.rtc.settings import RtcSettings
 from sidecode_trio.security.devices import DeviceStore
 from sidecode_trio.security.identity import unb64
+from sidecode_trio.security.tls import PROMOTE_BEFORE, make_certificate
 from sidecode_trio.web.export import export
 
 from helpers import chromium_args, chromium_or_skip, running_daemon
@@ -152,3 +155,173 @@ async def test_the_exported_app_pairs_through_the_broker_when_no_address_answers
         finally:
             store.close()
     print(f"paired through the broker in {paired['ms']:.0f} ms")
+
+
+#: The device record as a browser paired before box keys had it: no box key, a broker to dial
+#: (nothing listens there), and no direct address (the daemon is away from this browser).
+AGE_THE_RECORD = """async () => {
+  const db = await new Promise((resolve, reject) => {
+    const req = indexedDB.open('sidecode-trio', 1);
+    req.onsuccess = () => resolve(req.result);
+    req.onerror = () => reject(req.error);
+  });
+  await new Promise((resolve, reject) => {
+    const tx = db.transaction('device', 'readwrite');
+    const store = tx.objectStore('device');
+    const get = store.get('self');
+    get.onsuccess = () => {
+      const device = get.result;
+      delete device.box;
+      device.daemon.quic = [];
+      device.rendezvous.url = 'ws://127.0.0.1:9/mqtt';
+      store.put(device, 'self');
+    };
+    tx.oncomplete = resolve;
+    tx.onerror = () => reject(tx.error);
+  });
+  db.close();
+}"""
+
+
+async def test_a_device_paired_before_box_keys_is_told_to_pair_again_on_the_page(
+    make_config: Callable[..., DaemonConfig], static_site: str
+) -> None:
+    """Opened away from the daemon, an old device record cannot use the WebRTC path: the page
+    says why and what to do (not only the console), and the indicator says offline."""
+    chromium = chromium_or_skip()
+    async with running_daemon(make_config()) as owner:
+        offer = (await owner.http.post("/v1/pairings", json={"scope": "chat"})).json()
+        fragment = offer["web_link"].split("#", 1)[1]
+
+        def run() -> dict[str, Any]:
+            with playwright_api.sync_playwright() as pw:
+                browser = pw.chromium.launch(
+                    executable_path=chromium, headless=True, args=chromium_args()
+                )
+                try:
+                    page = browser.new_page()
+                    page.set_default_timeout(30_000)
+                    page.goto(f"{static_site}/#{fragment}")
+                    page.wait_for_selector("#pair-view:not([hidden])")
+                    page.fill("#pair-name", "old phone")
+                    page.click("#pair-button")  # over WebTransport, as above
+                    page.wait_for_selector(
+                        "#conn[data-state='live'][data-transport='webtransport']"
+                    )
+                    page.evaluate(AGE_THE_RECORD)
+                    page.goto(f"{static_site}/")
+                    page.wait_for_selector("#conn-problem:not([hidden])")
+                    page.wait_for_selector("#conn[data-state='offline']")
+                    return dict(
+                        page.evaluate(
+                            """() => ({ problem: document.getElementById('conn-problem')
+                                          .textContent,
+                                        role: document.getElementById('conn-problem')
+                                          .getAttribute('role'),
+                                        label: document.getElementById('conn-label')
+                                          .textContent })"""
+                        )
+                    )
+                finally:
+                    browser.close()
+
+        with trio.fail_after(90):
+            shown = await trio.to_thread.run_sync(run)
+    assert "paired before it could use the peer-to-peer path: pair it again" in shown["problem"]
+    assert "Open a new pairing link" in shown["problem"] and shown["role"] == "alert"
+    assert shown["label"].startswith("offline")
+
+
+PINNED = "async () => (await (await import('./auth.js')).loadDevice()).daemon.certs"
+
+
+def until_pinned(page: Any, condition: Callable[[list[dict[str, Any]]], bool]) -> None:
+    """Wait until the device record's certificates satisfy ``condition`` (the record is
+    written after the link is up, by its /v1/info)."""
+    deadline = time.monotonic() + 30  # a deadline only
+    while not condition(certs := page.evaluate(PINNED)):
+        assert time.monotonic() < deadline, certs
+        page.wait_for_timeout(50)
+
+
+async def test_from_another_origin_the_app_dials_direct_pinning_the_certificate_it_learnt(
+    make_config: Callable[..., DaemonConfig], static_site: str
+) -> None:
+    """The exported app's links go direct over WebTransport, pinned by the certificates its
+    device record keeps: the payload's at first, then each link's /v1/info. It learns the next
+    certificate while the current one still serves, so after the daemon switches to it the next
+    dial still goes direct (and the record then forgets the old one)."""
+    chromium = chromium_or_skip()
+    async with running_daemon(make_config()) as owner:
+        certificates = owner.handle.quic.certificates
+        first = certificates.current.sha256.hex()
+        offer = (await owner.http.post("/v1/pairings", json={"scope": "chat"})).json()
+        fragment = offer["web_link"].split("#", 1)[1]
+        token = trio.lowlevel.current_trio_token()
+
+        def make_next() -> str:
+            current = certificates.current
+            certificates.next = make_certificate(
+                current.cert_path.parent, "next", [], dt.datetime.now(dt.UTC)
+            )
+            certificates.refresh()
+            return str(certificates.next.sha256.hex())
+
+        def switch() -> str:
+            """The daemon's rotation a day before the current certificate expires (its clock
+            moved there; the next one was made a few seconds after the current one)."""
+            current, upcoming = certificates.current, certificates.next
+            gap = upcoming.not_after - current.not_after
+            assert gap > dt.timedelta(0)
+            assert certificates.refresh(now=upcoming.not_after - PROMOTE_BEFORE - gap / 2)
+            assert certificates.current.sha256 == upcoming.sha256
+            return str(upcoming.sha256.hex())
+
+        def redial(page: Any) -> None:
+            page.evaluate("() => { window.old = window.sidecode.client.link; }")
+            page.evaluate("() => window.sidecode.client.drop()")
+            page.wait_for_function(
+                "() => { const l = window.sidecode.client.link; return l && l !== window.old"
+                " && !l.closed && l.kind === 'webtransport'; }"
+            )
+            page.wait_for_selector("#conn[data-state='live'][data-transport='webtransport']")
+
+        def run() -> dict[str, Any]:
+            seen: dict[str, Any] = {}
+            with playwright_api.sync_playwright() as pw:
+                browser = pw.chromium.launch(
+                    executable_path=chromium, headless=True, args=chromium_args()
+                )
+                try:
+                    page = browser.new_page()
+                    page.set_default_timeout(30_000)
+                    page.goto(f"{static_site}/#{fragment}")
+                    page.wait_for_selector("#pair-view:not([hidden])")
+                    page.fill("#pair-name", "phone")
+                    page.click("#pair-button")
+                    page.wait_for_selector(
+                        "#conn[data-state='live'][data-transport='webtransport']"
+                    )
+                    seen["label"] = page.text_content("#conn-label")
+                    seen["paired"] = page.evaluate(PINNED)
+                    seen["next"] = trio.from_thread.run_sync(make_next, trio_token=token)
+                    redial(page)  # its /v1/info names the next certificate too
+                    until_pinned(page, lambda certs: len(certs) == 2)
+                    seen["both"] = page.evaluate(PINNED)
+                    seen["switched"] = trio.from_thread.run_sync(switch, trio_token=token)
+                    redial(page)  # pinned by what the record learnt
+                    until_pinned(page, lambda certs: certs[0]["sha256"] == seen["switched"])
+                    seen["after"] = page.evaluate(PINNED)
+                    return seen
+                finally:
+                    browser.close()
+
+        with trio.fail_after(120):
+            seen = await trio.to_thread.run_sync(run)
+    assert seen["label"] == "live · direct"
+    assert [c["sha256"] for c in seen["paired"]] == [first]
+    assert [c["sha256"] for c in seen["both"]] == [first, seen["next"]]
+    assert all(c["not_after"] for c in seen["both"])
+    assert seen["switched"] == seen["next"] != first
+    assert seen["after"][0]["sha256"] == seen["next"]  # then the one made after it
+    assert first not in [c["sha256"] for c in seen["after"]]

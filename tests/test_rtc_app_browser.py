@@ -62,6 +62,13 @@ def static_site(lab: netlab.Lab, root: Path) -> Iterator[str]:
     """The exported app on http://127.0.0.1:<port> inside ``phone`` (loopback: a secure context).
     Its policy also lets the page reach the lab's broker, a plain ``ws:`` (a real one is
     ``wss:``, which the exported policy allows)."""
+    with static_server(lab, root) as (url, _stop):
+        yield url
+
+
+@contextmanager
+def static_server(lab: netlab.Lab, root: Path) -> Iterator[tuple[str, Callable[[], None]]]:
+    """:func:`static_site` and a function that stops it (the host goes away)."""
     export(root)
     index = root / "index.html"
     policy = meta_policy()
@@ -78,21 +85,28 @@ def static_site(lab: netlab.Lab, root: Path) -> Iterator[str]:
         server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
+
+    def stop() -> None:
         server.shutdown()
         server.server_close()
         thread.join()
+
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", stop
+    finally:
+        stop()
 
 
 class Forwarder:
     """Makes the daemon's loopback ports reachable from ``phone``: 127.0.0.1:``tcp`` (HTTPS) and
     127.0.0.1:``udp`` (QUIC) there are relayed to the same here, until :meth:`cut` (the phone's
-    direct path to the daemon goes away, and every relayed connection with it)."""
+    direct path to the daemon goes away, and every relayed connection with it). Without
+    ``relay_tcp`` the HTTPS port is only counted (``tcp_connections``) and closed, never relayed."""
 
-    def __init__(self, lab: netlab.Lab, tcp: int, udp: int) -> None:
+    def __init__(self, lab: netlab.Lab, tcp: int, udp: int, relay_tcp: bool = True) -> None:
         self.ports = (tcp, udp)
+        self.relay_tcp = relay_tcp
+        self.tcp_connections = 0
         with lab.inside("phone"):  # these two stay in ``phone``
             self.tcp = socket.create_server(("127.0.0.1", tcp))
             self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -116,6 +130,10 @@ class Forwarder:
         with contextlib.suppress(OSError):
             while True:
                 phone, _ = self.tcp.accept()
+                self.tcp_connections += 1
+                if not self.relay_tcp:
+                    phone.close()
+                    continue
                 daemon = socket.create_connection(("127.0.0.1", self.ports[0]))  # made here: root
                 self.open += [phone, daemon]
                 for a, b in ((phone, daemon), (daemon, phone)):
@@ -156,6 +174,19 @@ class Forwarder:
             thread.join(5)
 
 
+#: Every Content-Security-Policy violation of a page, kept for :func:`violations`.
+VIOLATIONS = """
+window.violations = [];
+document.addEventListener('securitypolicyviolation', (e) => {
+  window.violations.push(`${e.effectiveDirective} ${e.blockedURI}`);
+});
+"""
+
+
+def violations(page: Any) -> list[str]:
+    return list(page.evaluate("() => window.violations"))
+
+
 @contextmanager
 def phone_in_lab(
     lab: netlab.Lab, tmp_path: Path, problems: list[str], **options: Any
@@ -173,6 +204,7 @@ def phone_in_lab(
         browser = pw.chromium.launch(executable_path=str(wrapper), headless=True, args=args)
         try:
             context = browser.new_context(viewport=PHONE, is_mobile=True, has_touch=True, **options)
+            context.add_init_script(VIOLATIONS)
             page = context.new_page()
             page.set_default_timeout(STEP_TIMEOUT_MS)
             page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
@@ -267,6 +299,7 @@ async def drive(
                 started = open_session(page, site + "/", sid, "webrtc")
                 print(f"page open to first frame over WebRTC: {started:.0f} ms")
                 scenario(page)
+                assert violations(page) == []  # the broker client within the app's policy
 
         with trio.fail_after(240):
             await trio.to_thread.run_sync(run)
@@ -459,4 +492,79 @@ async def test_the_app_goes_direct_when_it_can_and_switches_paths_without_losing
         with trio.fail_after(240):
             await trio.to_thread.run_sync(run)
         assert (work_dir / "hi.txt").read_text() == "hi\n"
+    assert problems == []
+
+
+async def test_from_another_origin_the_app_goes_direct_then_peer_to_peer_and_opens_offline(
+    lab: netlab.Lab,
+    make_config: Callable[..., DaemonConfig],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    work_dir: Path,
+) -> None:
+    """The exported app on a static origin in ``phone``, the daemon's QUIC port relayed there
+    and its HTTPS port counted but never answered: it pairs over WebTransport, keeps the
+    certificates it pins, and drives a session "live · direct" without one connection to the
+    daemon's HTTPS. The direct path goes away: it carries on peer-to-peer, exactly. Its host goes
+    away: it opens from its service worker's cache and dials again. MQTT.js runs within the
+    app's policy (no blob: worker refused)."""
+    chromium_or_skip()
+    lab.nat("nath", "cone")
+    lab.nat("natp", "cone")
+    config = lab_daemon(lab, make_config, monkeypatch, tmp_path, rendezvous=netlab.MQTT_WS_URL)
+    problems: list[str] = []
+    async with running_daemon(config) as owner:
+        offer, sid = await offer_and_session(owner, work_dir)
+        port = int(owner.handle.url.rstrip("/").rsplit(":", 1)[1])
+        (quic_port,) = {
+            int(url.split("/")[2].rsplit(":", 1)[1]) for url in offer["payload"]["quic"]
+        }
+        fragment = offer["web_link"].split("#", 1)[1]
+        counted: list[int] = []
+
+        def run() -> None:
+            direct = Forwarder(lab, port, quic_port, relay_tcp=False)
+            try:
+                with (
+                    static_server(lab, tmp_path / "site") as (site, stop_site),
+                    phone_in_lab(lab, tmp_path, problems) as page,
+                ):
+                    pair_in_app(page, f"{site}/#{fragment}")  # over WebTransport
+                    started = open_session(page, site + "/", sid, "webtransport")
+                    print(f"page open to first frame, direct from another origin: {started:.0f} ms")
+                    assert header(page)["text"] == "live · direct"
+                    record = page.evaluate(
+                        "async () => (await (await import('./auth.js')).loadDevice()).daemon"
+                    )
+                    pinned = [cert["sha256"] for cert in record["certs"]]
+                    assert pinned[0] == offer["payload"]["cert"], record
+                    # refreshed over the link: signed, with an expiry (the payload has none)
+                    assert all(cert["not_after"] for cert in record["certs"]), record
+                    assert record["quic"] == offer["payload"]["quic"]
+                    approve_the_tool(page)
+                    counted.append(direct.tcp_connections)
+
+                    def away() -> None:
+                        direct.cut()
+                        page.evaluate("() => window.sidecode.client.drop()")
+
+                    dropped_and_resumed(page, 2, 40, away, "webrtc")
+                    assert header(page)["text"] == "live · peer-to-peer"
+
+                    # the static host goes away; the app opens from its cache and dials
+                    page.wait_for_function("() => navigator.serviceWorker.controller !== null")
+                    stop_site()
+                    page.reload()
+                    page.wait_for_selector("#conn[data-state='live'][data-transport='webrtc']")
+                    wait_turn_ends(page, 2)
+                    assert header(page)["text"] == "live · peer-to-peer"
+                    assert violations(page) == []
+                    counted.append(direct.tcp_connections)
+            finally:
+                direct.cut()
+
+        with trio.fail_after(240):
+            await trio.to_thread.run_sync(run)
+        assert (work_dir / "hi.txt").read_text() == "hi\n"
+    assert counted == [0, 0]  # never a connection to the daemon's HTTPS
     assert problems == []

@@ -13,14 +13,13 @@ through a wrapper. The namespace is removed at the end.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
-from test_rtc_browser_dial import WS_PORT, _chromium_in, _setns, namespace
+from test_rtc_browser_dial import WS_PORT, _chromium_in, namespace
 
 from sidecode_trio.config import DaemonConfig
 from sidecode_trio.rtc.settings import RtcSettings
@@ -70,23 +69,9 @@ CLOSE = "async () => { window.held.pc.close(); await window.held.broker.close();
 
 
 def _run_in_namespace(name: str, fn: Callable[[], Any]) -> Any:
-    """``fn()`` on a new thread inside ``name``; threads it starts are there too."""
-    out: list[Any] = []
-    failed: list[BaseException] = []
-
-    def main() -> None:
-        try:
-            _setns(name)
-            out.append(fn())
-        except BaseException as exc:  # re-raised on the test's thread
-            failed.append(exc)
-
-    thread = threading.Thread(target=main)
-    thread.start()
-    thread.join()
-    if failed:
-        raise failed[0]
-    return out[0]
+    """``fn()`` on a new thread inside ``name``; threads it starts are there too, and the Trio
+    workers among them are moved back after (netlab.run_in_namespace says why)."""
+    return netlab.run_in_namespace(f"/run/netns/{name}", fn)
 
 
 async def _until(condition: Callable[[], bool]) -> None:

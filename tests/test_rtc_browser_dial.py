@@ -125,16 +125,7 @@ def namespace(tmp_path: Path) -> Iterator[str]:
 
 def _in_namespace(name: str, fn: Any) -> Any:
     """``fn()`` on a new thread inside ``name`` (never a reused worker thread)."""
-    out: list[Any] = []
-
-    def main() -> None:
-        _setns(name)
-        out.append(fn())
-
-    thread = threading.Thread(target=main)
-    thread.start()
-    thread.join()
-    return out[0]
+    return netlab.run_in_namespace(f"/run/netns/{name}", fn)
 
 
 def _wait_port(name: str, port: int) -> None:

@@ -120,6 +120,24 @@ def test_the_service_worker_precaches_only_files_that_exist() -> None:
     assert 'import "./sw-push.js";' in source and "sw-push.js" in files
 
 
+def test_the_service_worker_precaches_every_module_the_app_imports() -> None:
+    """The exported app opens when its host is unreachable and still dials the daemon: every
+    module any page module imports, statically or when it dials or pairs, is in the shell."""
+    source = (STATIC / "sw.js").read_text()
+    shell = re.search(r"const SHELL = \[(.*?)\];", source, re.S)
+    assert shell is not None
+    names = set(re.findall(r'"([^"]+)"', shell.group(1)))
+    imported = set()
+    for module in STATIC.glob("*.js"):
+        if module.name in ("sw.js", "sw-push.js"):
+            continue  # the worker's own (the browser keeps a module worker's imports)
+        text = module.read_text()
+        found = re.findall(r'(?:from|import)\s*\(?\s*"\./([^"]+)"', text)
+        imported |= set(found)
+    assert {"pair-remote.js", "rtc-link.js", "framed.js", "vendor/mqtt.esm.js"} <= imported
+    assert imported - names == set()
+
+
 def test_vendored_libraries_are_recorded_with_their_licences() -> None:
     versions = (STATIC / "vendor" / "VERSIONS.md").read_text()
     for vendored in (STATIC / "vendor").glob("*.*"):

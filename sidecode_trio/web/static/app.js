@@ -43,8 +43,14 @@ wideScreen.addEventListener("change", () => setDrawer(false));
 // daemon's address), "peer-to-peer" (a DataChannel through the NATs), "relayed" (through TURN).
 const TRANSPORT_NAMES = { webtransport: "WebTransport", sse: "HTTP", webrtc: "WebRTC" };
 
-function onStatus({ state, transport, path, retryIn }) {
+function onStatus({ state, transport, path, retryIn, problem }) {
   const conn = $("conn");
+  const note = $("conn-problem");
+  if (note.hidden !== !problem || note.textContent !== (problem || "")) {
+    note.textContent = problem ? `Cannot connect: ${problem}. Open a new pairing link `
+      + "(sidecode-trio pair on the computer) in this browser." : "";
+    note.hidden = !problem;
+  }
   conn.dataset.state = state;
   conn.dataset.transport = transport || "";
   conn.dataset.path = path || "";

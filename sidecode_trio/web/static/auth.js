@@ -73,7 +73,7 @@ async function withStore(mode, action) {
 }
 
 /** The paired device or null: {id, name, scope, privateKey (CryptoKey), publicKey, daemon: {pk,
- * fp, quic, http}, base, rendezvous: {url, secret}, box: {publicKey, secretKey}} (keys and
+ * fp, quic, http, certs: [{sha256, not_after}]}, base, rendezvous: {url, secret}, box: {publicKey, secretKey}} (keys and
  * secrets base64url). A device paired before box keys existed has no `box`. */
 export async function loadDevice() {
   return (await withStore("readonly", (s) => s.get(SELF))) || null;
@@ -144,10 +144,17 @@ export async function pair(payload, name, base = "") {
     throw new Error((reply && reply.error && reply.error.message) || `pairing failed (${status})`);
   }
   if (reply.daemon.public_key !== payload.pk) throw new Error("another daemon answered");
+  // The certificates to pin on a later direct dial (WebTransport from any origin): those of the
+  // reply that the daemon's key signed, and the payload's, which came with its key in the QR.
+  const certs = await signedCertificates(payload.pk, reply.daemon.certificates);
+  if (payload.cert && !certs.some((c) => c.sha256 === payload.cert)) {
+    certs.unshift({ sha256: payload.cert, not_after: null });
+  }
   const device = {
     id: reply.device.id, name: reply.device.name, scope: reply.device.scope,
     privateKey: keys.privateKey, publicKey: b64url(publicKey),
-    daemon: { pk: payload.pk, fp: payload.fp, quic: payload.quic || [], http: payload.http || [] },
+    daemon: { pk: payload.pk, fp: payload.fp, http: payload.http || [], certs,
+      quic: [...new Set([...(payload.quic || []), ...(reply.daemon.quic || [])])] },
     base,
     // PROTOCOL.md "Rendezvous": the daemon computed the same secret; "rv" names the broker
     rendezvous: { url: payload.rv || null, secret: b64url(rendezvous) },
@@ -162,6 +169,50 @@ export async function pair(payload, name, base = "") {
 
 let cached = null; // {at, info, hashes, skew}
 
+/** The entries of /v1/info's `certificates` whose hash the daemon key `pk` signed (§2), as
+ * {sha256 (hex), not_after (unix seconds)}. */
+export async function signedCertificates(pk, certificates) {
+  const key = await crypto.subtle.importKey(
+    "raw", unb64url(pk), { name: "Ed25519" }, false, ["verify"]);
+  const signed = [];
+  for (const cert of certificates || []) {
+    try {
+      const message = concat([enc.encode(CERT_CONTEXT), hexBytes(cert.sha256)]);
+      if (await crypto.subtle.verify({ name: "Ed25519" }, key, unb64url(cert.signature), message)) {
+        signed.push({ sha256: cert.sha256, not_after: cert.not_after ?? null });
+      }
+    } catch { /* a malformed entry: not one to pin */ }
+  }
+  return signed;
+}
+
+/** The certificate hashes a direct dial may pin (serverCertificateHashes): the device record's,
+ * less those that have expired (a browser refuses them anyway). */
+export function pinnedHashes(device, now = Date.now()) {
+  return (device.daemon.certs || [])
+    .filter((c) => c.not_after === null || c.not_after * 1000 > now)
+    .map((c) => c.sha256);
+}
+
+/** Keep what `info` (/v1/info, read over an authenticated link) says of the daemon's direct
+ * path in the device record: its WebTransport addresses and its signed certificates, the current
+ * one and, from a week before it is replaced, the next (§2), so that a later dial from any
+ * origin pins the certificate the daemon presents then. Returns whether the record changed. */
+export async function rememberDaemon(device, info) {
+  if (!info || info.public_key !== device.daemon.pk) return false; // never another key's
+  const certs = await signedCertificates(device.daemon.pk, info.certificates);
+  const quic = Array.isArray(info.quic) ? info.quic : device.daemon.quic || [];
+  const same = JSON.stringify([certs, quic])
+    === JSON.stringify([device.daemon.certs || [], device.daemon.quic || []]);
+  if (same || !certs.length) return false;
+  const stored = await loadDevice();
+  if (!stored || stored.id !== device.id) return false; // forgotten or paired again meanwhile
+  stored.daemon = { ...stored.daemon, certs, quic };
+  device.daemon = stored.daemon;
+  await saveDevice(stored);
+  return true;
+}
+
 /** /v1/info with its certificates checked against the paired daemon's key (§2): returns
  * {info, hashes: [hex sha256 that verify], skew: ms to add to our clock}. */
 export async function daemonInfo(device, { refresh = false } = {}) {
@@ -171,14 +222,8 @@ export async function daemonInfo(device, { refresh = false } = {}) {
   if (info.public_key !== device.daemon.pk) {
     throw new Error("the daemon's identity changed: pair this device again");
   }
-  const key = await crypto.subtle.importKey(
-    "raw", unb64url(device.daemon.pk), { name: "Ed25519" }, false, ["verify"]);
-  const hashes = [];
-  for (const cert of info.certificates || []) {
-    const signed = concat([enc.encode(CERT_CONTEXT), hexBytes(cert.sha256)]);
-    const sig = unb64url(cert.signature);
-    if (await crypto.subtle.verify({ name: "Ed25519" }, key, sig, signed)) hashes.push(cert.sha256);
-  }
+  const hashes = (await signedCertificates(device.daemon.pk, info.certificates))
+    .map((c) => c.sha256);
   const date = Date.parse(response.headers.get("Date") || "");
   const skew = Number.isNaN(date) || Math.abs(date - Date.now()) < 30_000 ? 0 : date - Date.now();
   cached = { at: Date.now(), info, hashes, skew };

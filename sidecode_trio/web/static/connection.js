@@ -5,7 +5,8 @@
 // survive transport changes: each remembers the id of the last event it delivered and resumes
 // from it, so a reconnect replays exactly what was missed (or the daemon sends a snapshot).
 
-import { authorization, authorizedFetch, daemonInfo, hexBytes, loadDevice } from "./auth.js";
+import { authorization, authorizedFetch, daemonInfo, hexBytes, loadDevice, pinnedHashes,
+  rememberDaemon } from "./auth.js";
 import { FramedLink, HANDSHAKE_TIMEOUT, join, withTimeout } from "./framed.js";
 
 const enc = new TextEncoder();
@@ -200,13 +201,16 @@ class HTTPLink {
 // -- the client ------------------------------------------------------------------------------
 
 /**
- * One logical connection. `onStatus({state, transport, path, retryIn})` reports what the
+ * One logical connection. `onStatus({state, transport, path, retryIn, problem})` reports what the
  * indicator shows: state is "connecting", "live" or "offline"; path is "direct",
- * "peer-to-peer" or "relayed".
+ * "peer-to-peer" or "relayed"; problem, when set, why no path will work until this browser is
+ * paired again (an old device record: shown to the person, not only in the console).
  *
  * The path to the daemon, tried in this order at each (re)connection:
- * 1. WebTransport pinned by `serverCertificateHashes`, when the daemon's /v1/info answers (it
- *    carries the signed certificate hashes) and the browser has WebTransport;
+ * 1. WebTransport pinned by `serverCertificateHashes`, when the browser has WebTransport: on the
+ *    daemon's own origin when its /v1/info answers (it carries the signed certificate hashes);
+ *    from any other origin with the addresses and hashes the device record keeps (pairing
+ *    stored them; every link refreshes them, refreshDaemon), never asking the daemon's HTTPS;
  * 2. HTTP with streamed SSE, only on the daemon's own origin (it served this page);
  * 3. the WebRTC DataChannel (rtc-link.js), when the device record names a rendezvous broker
  *    a browser can reach (`rendezvous.url`, the pairing payload's `rv`: ws:// or wss://): from any other origin, from Safari, or when
@@ -225,6 +229,7 @@ export class Client {
     this.subs = new Set();
     this.wakers = new Set();
     this.lastStatus = null;
+    this.problem = null; // why no path can work until this browser pairs again, or null
     this.info = null;
     this.firstFrameAt = null; // performance.now() when the first frame arrived (measured)
     if (typeof window !== "undefined") {
@@ -249,7 +254,8 @@ export class Client {
 
   status(state, extra = {}) {
     const live = this.link && !this.link.closed ? this.link : null;
-    this.lastStatus = { state, transport: live?.kind ?? null, path: live?.path ?? null, ...extra };
+    this.lastStatus = { state, transport: live?.kind ?? null, path: live?.path ?? null,
+      problem: this.problem, ...extra };
     this.onStatus(this.lastStatus);
   }
 
@@ -281,14 +287,22 @@ export class Client {
         this.info = info; // remote_modes: what a paired device may choose (modes.js)
         this.infoFailedAt = 0;
       } catch (error) {
-        if (/identity changed/.test(error.message)) throw error; // never talk to another key
+        if (/identity changed/.test(error.message)) { // never talk to another key
+          this.problem = error.message;
+          throw error;
+        }
         failure = error; // unreachable from here: the WebRTC path may still reach it
         this.infoFailedAt = Date.now();
       }
     }
     let link = null;
     const urls = info?.quic?.length ? info.quic : device.daemon.quic || [];
-    if (info && this.preferWT && urls.length && hashes.length
+    // From another origin there is no /v1/info to ask: pin what the device record keeps (from
+    // pairing, refreshed over every link since: rememberDaemon). On the daemon's own origin an
+    // address that did not answer /v1/info is not dialled either.
+    const direct = !ownOrigin(device);
+    if (direct) hashes = pinnedHashes(device);
+    if ((info || direct) && this.preferWT && urls.length && hashes.length
       && Date.now() - this.wtFailedAt > WT_RETRY_AFTER) {
       try {
         link = await WebTransportLink.open(pickWebTransportURL(urls), hashes, device);
@@ -310,7 +324,16 @@ export class Client {
         failure = error;
       }
     }
-    if (!link) throw failure || new Error("no path to the daemon");
+    if (!link) {
+      // What only pairing again can mend (an old device record, another daemon key) is for the
+      // person to read: status() carries it as `problem` until a link opens.
+      if (failure && /pair (it|this device) again/.test(failure.message)) {
+        this.problem = failure.message;
+      }
+      throw failure || new Error("no path to the daemon");
+    }
+    if (link.kind !== "sse") await this.refreshDaemon(link, device);
+    this.problem = null;
     this.link = link;
     this.linked = true;
     link.ended.then(() => {
@@ -336,16 +359,28 @@ export class Client {
     link.onPath = () => {
       if (this.link === link && this.lastStatus?.state === "live") this.status("live");
     };
-    if (!this.info) { // /v1/info over the link: the daemon's HTTPS is out of reach
-      try {
-        const { status, body } = await link.request("GET", "/v1/info");
-        if (status === 200) this.info = body;
-      } catch (error) {
-        link.close();
-        throw error;
-      }
-    }
     return link;
+  }
+
+  /** /v1/info over a new WebTransport or WebRTC link (the daemon's HTTPS may be out of reach,
+   * and from another origin it is never asked): what a paired device may choose (modes.js),
+   * and the daemon's current addresses and certificates, kept in the device record for the next
+   * direct dial (auth.js rememberDaemon). */
+  async refreshDaemon(link, device) {
+    let reply;
+    try {
+      reply = await link.request("GET", "/v1/info");
+    } catch (error) {
+      link.close();
+      throw error;
+    }
+    if (reply.status !== 200) return;
+    this.info = reply.body;
+    try {
+      await rememberDaemon(device, reply.body);
+    } catch (error) {
+      console.warn("could not keep the daemon's certificates:", error); // the link still works
+    }
   }
 
   /** A request over the current transport: {status, body}. */

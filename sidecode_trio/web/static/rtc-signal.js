@@ -320,6 +320,9 @@ export async function connectBroker(url, { timeout = 10_000 } = {}) {
   const client = mqtt.connect(url, {
     protocolVersion: 4, reconnectPeriod: 0, connectTimeout: timeout, clean: true,
     clientId: "sc-" + newCid().slice(0, 16),
+    // keepalive on setInterval: the default ("auto") starts a blob: worker for its timers,
+    // which the app's policy (worker-src 'self') refuses, with a violation each time
+    timerVariant: "native",
   });
   await new Promise((resolve, reject) => {
     client.once("connect", resolve);

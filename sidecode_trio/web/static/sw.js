@@ -3,12 +3,13 @@
 // the next start; the API (/v1/...) is never cached or intercepted.
 import "./sw-push.js"; // notifications (Web Push, Allow/Deny from a notification)
 
-const CACHE = "sidecode-shell-v1";
+const CACHE = "sidecode-shell-v2"; // a new name when SHELL changes: the old cache goes
 const SHELL = [
   "./", "app.js", "auth.js", "connection.js", "framed.js", "modes.js", "render.js",
   "session-view.js", "state.js", "thumbs.js",
   // the WebRTC path: the app must dial the daemon when it opens away from it
   "rtc-link.js", "rtc-signal.js", "vendor/nacl-fast.min.js", "vendor/mqtt.esm.js",
+  "pair-remote.js", // pairing from another origin (a pairing link opened offline, then online)
   "push.js", "style.css", "manifest.webmanifest", "icons/icon.svg", "icons/icon-192.png",
   "icons/icon-512.png", "vendor/marked.umd.js", "vendor/purify.min.js",
   "vendor/highlight.min.js", "vendor/highlight-github.min.css",
