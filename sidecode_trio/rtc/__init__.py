@@ -21,9 +21,10 @@ payload's ``"rv"`` names the broker); :mod:`.settings` is the ``[rtc]`` configur
 active device, the answerer, TURN credentials minted per device); :mod:`.link` serves each open
 link (the framed protocol of ``channel/``, the text keep-alive, ``bufferedAmount`` as
 back-pressure); :mod:`.client` is a device's side of it; :mod:`.reach` is ``doctor``'s
-reachability report. The browser's side is ``web/static/rtc-signal.js``.
+reachability report.
 
-What is still missing: the web app dialling (its device key is a non-extractable WebCrypto key;
-the sealed box needs an X25519 key: a second, X25519 key registered at pairing is decided, not
-built), and a re-dial on network change (aiortc has no ICE restart).
+The browser's side is ``web/static/rtc-signal.js`` (signaling, with the X25519 box key the app
+registers at pairing), ``rtc-link.js`` (the link) and ``pair-remote.js`` (pairing through the
+broker or over WebTransport). aiortc has no ICE restart: after a network change a device dials
+anew and its subscriptions resume from their cursors.
 """
