@@ -46,7 +46,7 @@ from .control import (
 )
 from .frames import CloseCode
 from .outbox import ControlWrite, Limits, Outbox, Overflow, StreamWrite
-from .routes import OPEN_ROUTES, Requests
+from .routes import Requests
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ class Link:
             welcome=welcome,
             max_frame=settings.max_frame,
             now=trio.current_time(),
-            open_routes=OPEN_ROUTES,
+            open_routes=guard.open_routes,
             open_frame=OPEN_BODY_LIMIT + 1024,  # an open route's body and the frame around it
         )
         self.outbox = Outbox(settings.outbox)
