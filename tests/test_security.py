@@ -233,6 +233,27 @@ async def test_stream_tickets_are_single_use_and_single_path(
         await call(phone, "POST", "/v1/tickets", {"path": "/v1/devices"})
 
 
+async def test_a_ticket_names_an_event_stream_exactly(secure: Client) -> None:
+    phone = await paired(secure, "approve")
+    for path in ["/v1/events", "/v1/sessions/abc/events"]:
+        assert (await call(phone, "POST", "/v1/tickets", {"path": path}))["ticket"]
+    for path in [
+        "/v1/sessionsevents",  # ends with "events" under /v1/: what the old check let through
+        "/v1/xevents",
+        "/v1/devices/events",
+        "/v1/sessions/abc/tools/events",
+        "/v1/sessions//events",
+        "/v1/events/",
+        "/v1//events",
+        "/v1/events?since=1",
+        "v1/events",
+        "/v2/events",
+        "",
+    ]:
+        with pytest.raises(RuntimeError, match="400"):
+            await call(phone, "POST", "/v1/tickets", {"path": path})
+
+
 @pytest.fixture
 def impostor(tmp_path: Path) -> Iterator[Callable[[dict[str, Any]], str]]:
     """An HTTPS server on 127.0.0.1 with its own certificate that answers /v1/info as told."""
