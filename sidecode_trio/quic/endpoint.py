@@ -390,6 +390,7 @@ class _Connection:
         self.link: Link | None = None
         self._nursery: trio.Nursery | None = None
         self._wake = trio.Event()
+        self._sleep: trio.CancelScope | None = None  #: the driver's wait, while it waits
         self._done = False
         self._close_at = math.inf
         self._close_code = CloseCode.NORMAL
@@ -440,8 +441,10 @@ class _Connection:
                 return
             timer = self.quic.get_timer()
             deadline = min(timer if timer is not None else math.inf, self._close_at)
-            with trio.move_on_at(min(deadline, self._handshake_by, self._auth_by)):
+            with trio.move_on_at(min(deadline, self._handshake_by, self._auth_by)) as sleep:
+                self._sleep = sleep
                 await self._wake.wait()
+            self._sleep = None
             now = trio.current_time()
             if now >= self._handshake_by:
                 return  # never completed a handshake: junk, or a peer that went away; forget it
@@ -579,16 +582,26 @@ class _Connection:
         self.quic.send_stream_data(stream_id, data, end_stream=end)
         self._wake.set()
 
-    def transmit_now(self) -> None:
-        """Put what aioquic has ready on the wire now, from the caller (the log's publisher
-        delivering a live event), not a task switch later; the driver task still wakes to
-        re-arm aioquic's timers and to send anything that could not go now."""
-        if self._done:
+    def write_live(self, data: bytes) -> None:
+        """A live event's frames, on the wire now from the caller (the log's publisher), not a
+        task switch later. The driver is woken only if something could not go now (a full
+        socket buffer, a task sending, pacing); otherwise its wait is just cut short to
+        aioquic's new timer (loss detection for this packet), without a task switch."""
+        stream_id = self._router.control_stream
+        if stream_id is None or stream_id in self._stopped or self._done:
             return
+        self.quic.send_stream_data(stream_id, data)
         datagrams = self.quic.datagrams_to_send(now=trio.current_time())
-        if datagrams:
-            self._unsent += self._endpoint.send_now(datagrams) if not self._unsent else datagrams
-        self._wake.set()
+        if self._unsent:  # older datagrams wait for the driver: these go after them
+            self._unsent += datagrams
+        elif datagrams:
+            self._unsent = self._endpoint.send_now(datagrams)
+        if self._unsent or not datagrams or self._sleep is None:
+            self._wake.set()
+            return
+        timer = self.quic.get_timer()
+        if timer is not None and timer < self._sleep.deadline:
+            self._sleep.deadline = timer
 
     def send_datagram(self, data: bytes) -> None:
         if self._h3 is None or self._router.session_id is None or self._done:
