@@ -2,17 +2,18 @@
 
 Three figures, each measured over both transports of one child daemon
 (``python -m sidecode_trio serve``, pinned to the daemon's CPU), from the orchestrator (the
-client's CPU); the two transports alternate, so slow drifts of the machine land on both:
+client's CPU); the two transports alternate in short turns, so drifts of the machine's load
+land on both:
 
 1. **Round trip of a small operation**: ``GET /v1/sessions`` (one session) as a WebTransport
    request on an open, authenticated session, against the same request on a keep-alive
    HTTP/1.1 connection.
 2. **Added latency of streamed events**: the fake CLI stamps each text delta with
    ``time.monotonic_ns()`` right before writing it (``[[stamp:N:RATE]]``); over a WebTransport
-   subscription and over an SSE stream (one turn each), the client takes, for every stamp, the
-   time its socket's ``recv`` returned the bytes that carry it minus the stamp (**the
-   comparison**: the same point on both transports, the daemon's whole path and the wire), and
-   the time the frame is decoded minus the stamp. The clients differ after the socket: the SSE
+   subscription and over an SSE stream (turns of 100 or 400 deltas, alternated), the client
+   takes, for every stamp, the time its socket's ``recv`` returned the bytes that carry it
+   minus the stamp (**the comparison**: the same point on both transports, the daemon's whole
+   path and the wire), and the time the frame is decoded minus the stamp. The clients differ after the socket: the SSE
    one is a light reader (h11, one ``json.loads``); the WebTransport one is aioquic in Python
    (decrypt, parse, build and send the ACK) and the client's two task hops (connection reader,
    session reader, subscriber), which cost it a few hundred µs a frame that no daemon change
@@ -294,9 +295,11 @@ async def compare(daemon: ChildDaemon, quic_port: int, work: str, quick: bool) -
         try:
             live = await daemon.create_session(work)
             results["round_trip_us"] = await round_trips(session, http, 300 if quick else 1000)
-            deltas, rate = (400, 200) if quick else (2000, 200)
+            # the transports alternate in short turns (400 / 4,000 deltas each in all), so the
+            # load of a shared machine, which drifts within seconds, lands on both alike
+            (deltas, turns), rate = ((100, 4) if quick else (400, 10)), 200
             wt, sse = Latencies(), Latencies()
-            for _ in range(1 if quick else 2):  # alternate the transports
+            for _ in range(turns):
                 wt += await wt_latency(daemon, session, socket, live, deltas, rate)
                 sse += await sse_latency(daemon, live, deltas, rate)
             results["event_latency_us"] = {
