@@ -13,11 +13,13 @@ land on both:
    subscription and over an SSE stream (turns of 100 or 400 deltas, alternated), the client
    takes, for every stamp, the time its socket's ``recv`` returned the bytes that carry it
    minus the stamp (**the comparison**: the same point on both transports, the daemon's whole
-   path and the wire), and the time the frame is decoded minus the stamp. The clients differ after the socket: the SSE
-   one is a light reader (h11, one ``json.loads``); the WebTransport one is aioquic in Python
-   (decrypt, parse, build and send the ACK) and the client's two task hops (connection reader,
-   session reader, subscriber), which cost it a few hundred µs a frame that no daemon change
-   can remove, so the decoded-frame figures are shown but are not the comparison.
+   path and the wire), and the time the frame is decoded minus the stamp. The clients differ
+   after the socket: the SSE one is a light reader (h11, one ``json.loads``); the WebTransport
+   one is aioquic in Python (decrypt, parse, build and send the ACK) and the client's two task
+   hops (connection reader, session reader, subscriber), which cost it a few hundred µs a frame
+   that no daemon change can remove, so the decoded-frame figures are shown but are not the
+   comparison. The daemon's CPU time over each transport's turns, per event delivered, is
+   shown too (the whole turn: CLI, log and transport, and over WebTransport the ACKs).
 3. **One-way throughput of a large payload**: a session's snapshot of several MB, as the
    ``snapshot`` that opens a subscription (over WebTransport: on its own unidirectional stream)
    against ``GET /v1/sessions/{id}`` over HTTP/1.1.
@@ -31,14 +33,17 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
 import statistics
 import time
+from collections.abc import Awaitable
 from typing import Any
 
 import attrs
 import h11
 import nacl.signing
 import trio
+from bench_harness import cpu_seconds
 from bench_targets import ChildDaemon
 
 from sidecode_trio.quic.client import DeviceSession, QuicClient
@@ -174,6 +179,7 @@ class Latencies:
     decoded: list[float] = attrs.Factory(list)
     arrived: list[float] = attrs.Factory(list)
     client: list[float] = attrs.Factory(list)  #: the client's own work: arrival → decoded
+    daemon_cpu_s: float = 0.0  #: the daemon's CPU time over the turns (all of its work)
 
     def add(self, text: str, arrived_ns: int, now_ns: int) -> None:
         for stamp in stamps(text):
@@ -185,7 +191,19 @@ class Latencies:
         self.decoded += other.decoded
         self.arrived += other.arrived
         self.client += other.client
+        self.daemon_cpu_s += other.daemon_cpu_s
         return self
+
+    def cpu_per_event_us(self) -> float:
+        return self.daemon_cpu_s / max(len(self.decoded), 1) * 1e6
+
+
+async def timed(pid: int, turn: Awaitable[Latencies]) -> Latencies:
+    """``turn``'s latencies, with the daemon's CPU seconds while it ran."""
+    before = cpu_seconds(pid)
+    latencies = await turn
+    latencies.daemon_cpu_s = cpu_seconds(pid) - before
+    return latencies
 
 
 async def wt_latency(
@@ -300,8 +318,10 @@ async def compare(daemon: ChildDaemon, quic_port: int, work: str, quick: bool) -
             (deltas, turns), rate = ((100, 4) if quick else (400, 10)), 200
             wt, sse = Latencies(), Latencies()
             for _ in range(turns):
-                wt += await wt_latency(daemon, session, socket, live, deltas, rate)
-                sse += await sse_latency(daemon, live, deltas, rate)
+                wt += await timed(
+                    daemon.pid, wt_latency(daemon, session, socket, live, deltas, rate)
+                )
+                sse += await timed(daemon.pid, sse_latency(daemon, live, deltas, rate))
             results["event_latency_us"] = {
                 "webtransport": summary(wt.decoded),
                 "sse": summary(sse.decoded),
@@ -309,6 +329,8 @@ async def compare(daemon: ChildDaemon, quic_port: int, work: str, quick: bool) -
                 "sse_arrived": summary(sse.arrived),
                 "webtransport_client": summary(wt.client),
                 "sse_client": summary(sse.client),
+                "webtransport_daemon_cpu_us": wt.cpu_per_event_us(),
+                "sse_daemon_cpu_us": sse.cpu_per_event_us(),
             }
             bulky = await daemon.create_session(work)
             for _ in range(4 if quick else 12):
@@ -363,6 +385,11 @@ def render(results: dict[str, Any] | None) -> str:
             ev["sse"]["p99"],
         ),
         (f"{cost}, p50 (µs)", ev["webtransport_client"]["p50"], ev["sse_client"]["p50"]),
+        (
+            "daemon CPU per event delivered, whole turns (CLI, log, transport, ACKs) (µs)",
+            ev.get("webtransport_daemon_cpu_us", math.nan),
+            ev.get("sse_daemon_cpu_us", math.nan),
+        ),
         (
             f"one-way large payload ({big['bytes'] / 1e6:.1f} MB snapshot), MB/s",
             big["webtransport_mb_s"],
