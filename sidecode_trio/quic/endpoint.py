@@ -466,6 +466,7 @@ class _Connection:
         try:
             self.quic.receive_datagram(data, addr, now=trio.current_time())
             self._process()
+            self._transmit()  # what it calls for (mostly nothing: an ACK), not a task later
         except Exception:
             log.exception("a WebTransport connection from %s failed; closing it", self.addr)
             self._done = True
@@ -482,7 +483,28 @@ class _Connection:
         self.peak_buffered = max(self.peak_buffered, buffered)
         if self.link is not None:
             self.link.kick()  # acknowledgements may have made room
-        self._wake.set()
+
+    def _transmit(self) -> None:
+        """Put what aioquic has ready on the wire now, from the caller (as aioquic's own asyncio
+        protocol does after each datagram). The driver task is woken only if something could not
+        go now (a full socket buffer, a task sending), the connection ended, or the driver is not
+        waiting; otherwise its wait is only cut short to aioquic's timer if that moved earlier
+        (loss detection for a packet just sent, pacing), without a task switch: a live event and
+        the client's ACK of it cost no wake-up of the driver."""
+        if self._done or self._sleep is None:
+            self._wake.set()
+            return
+        datagrams = self.quic.datagrams_to_send(now=trio.current_time())
+        if self._unsent:  # older datagrams wait for the driver: these go after them
+            self._unsent += datagrams
+        elif datagrams:
+            self._unsent = self._endpoint.send_now(datagrams)
+        if self._unsent:
+            self._wake.set()
+            return
+        timer = self.quic.get_timer()
+        if timer is not None and timer < self._sleep.deadline:
+            self._sleep.deadline = timer
 
     def _quic_event(self, event: QuicEvent) -> None:
         if isinstance(event, HandshakeCompleted):
@@ -584,24 +606,12 @@ class _Connection:
 
     def write_live(self, data: bytes) -> None:
         """A live event's frames, on the wire now from the caller (the log's publisher), not a
-        task switch later. The driver is woken only if something could not go now (a full
-        socket buffer, a task sending, pacing); otherwise its wait is just cut short to
-        aioquic's new timer (loss detection for this packet), without a task switch."""
+        task switch later (see :meth:`_transmit`)."""
         stream_id = self._router.control_stream
         if stream_id is None or stream_id in self._stopped or self._done:
             return
         self.quic.send_stream_data(stream_id, data)
-        datagrams = self.quic.datagrams_to_send(now=trio.current_time())
-        if self._unsent:  # older datagrams wait for the driver: these go after them
-            self._unsent += datagrams
-        elif datagrams:
-            self._unsent = self._endpoint.send_now(datagrams)
-        if self._unsent or not datagrams or self._sleep is None:
-            self._wake.set()
-            return
-        timer = self.quic.get_timer()
-        if timer is not None and timer < self._sleep.deadline:
-            self._sleep.deadline = timer
+        self._transmit()
 
     def send_datagram(self, data: bytes) -> None:
         if self._h3 is None or self._router.session_id is None or self._done:
