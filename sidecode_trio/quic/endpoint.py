@@ -396,7 +396,7 @@ class _Connection:
         self._close_code = CloseCode.NORMAL
         self._close_reason = ""
         self._stopped: set[int] = set()  # streams the peer stopped or reset
-        self._unsent: list[tuple[bytes, tuple[str, int]]] = []  #: transmit_now could not send
+        self._unsent: list[tuple[bytes, tuple[str, int]]] = []  #: _transmit could not send
         self._handshake_by = trio.current_time() + HANDSHAKE_TIMEOUT
         self._auth_by = math.inf  #: set when the handshake completes
         self.peak_buffered = 0
