@@ -60,7 +60,7 @@ from .notify.settings import settings_for as notify_settings
 from .notify.subscriptions import SubscriptionStore
 from .notify.vapid import load_vapid
 from .ops import Operations, Policy
-from .ops.front import Front, routes
+from .ops.front import Front, open_routes, routes
 from .security.devices import DeviceStore, Scope
 from .security.guard import Guard
 from .security.identity import load_identity
@@ -173,7 +173,7 @@ async def serve(
         certificates.refresh()
         devices = DeviceStore(config.state_dir / "devices.sqlite3")
         store = SQLiteStore(config.db_path)
-        guard = Guard(identity, certificates, devices, token)
+        guard = Guard(identity, certificates, devices, token, open_routes=open_routes())
         pushes = SubscriptionStore(config.state_dir / "push.sqlite3")
         try:
             await _serve(

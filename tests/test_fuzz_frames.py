@@ -32,6 +32,7 @@ from sidecode_trio.channel.control import (
 from sidecode_trio.claude.framing import LineFramer
 from sidecode_trio.claude.translate import Translator, coalesce
 from sidecode_trio.eventlog.core import encode
+from sidecode_trio.ops.front import open_routes
 from sidecode_trio.security.auth import Principal
 from sidecode_trio.security.devices import Scope
 from sidecode_trio.wire import events as ev
@@ -46,7 +47,7 @@ VALIDATORS = {
     )
     for cls in ev.EVENT_CLASSES.values()
 }
-OPEN_ROUTES = frozenset({("GET", "/v1/info"), ("POST", "/v1/pair")})
+OPEN_ROUTES = open_routes()  # the operation table's, as the daemon hands its guard
 WHO = Principal("dev_1", "phone", Scope.CHAT)
 MAX_FRAME = 16384
 PROFILE = settings()  # the profile loaded in conftest.py

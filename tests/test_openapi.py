@@ -11,7 +11,6 @@ import jsonschema
 
 from sidecode_trio.ops import front
 from sidecode_trio.ops.openapi import OPERATIONS, OTHER_ROUTES, document, render
-from sidecode_trio.security.routes import OPEN_ROUTES
 
 from helpers import Client
 
@@ -118,9 +117,13 @@ def test_the_document_describes_each_operation_from_its_row_of_the_table() -> No
         )
 
 
-def test_only_the_open_routes_are_described_without_credentials() -> None:
+def test_the_open_routes_are_the_table_rows_described_without_credentials() -> None:
+    """One source: the rows marked ``security=OPEN`` are what the guard lets in without
+    credentials (every transport asks it), and they are exactly the identity and pairing."""
     open_rows = {(r.method, r.path) for r in front.described_routes() if r.security == ()}
-    assert open_rows == OPEN_ROUTES
+    assert open_rows == front.open_routes() == {("GET", "/v1/info"), ("POST", "/v1/pair")}
+    served = front.routes(UNSERVED, UNSERVED)
+    assert front.open_routes(served) == front.open_routes()
 
 
 def test_the_daemon_serves_the_described_table() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import attrs
 import pytest
 from aioquic.h3.events import (
     DatagramReceived,
@@ -28,6 +29,7 @@ from sidecode_trio.channel.control import (
     Send,
 )
 from sidecode_trio.channel.frames import CloseCode
+from sidecode_trio.channel.link import Link, LinkSettings
 from sidecode_trio.channel.outbox import ControlWrite, Limits, Outbox, Overflow, StreamWrite
 from sidecode_trio.quic import routing
 from sidecode_trio.quic.client import _parse_close
@@ -239,6 +241,79 @@ def test_overflow_when_a_client_does_not_read() -> None:
         box.push(4, b"x" * 20)
     box.clear(1)
     assert box.statistics()["peak_frames"] == 5
+
+
+def test_a_live_frame_skips_the_outbox_only_when_nothing_waits() -> None:
+    box = Outbox(Limits(inline_limit=100))
+    assert box.bypass(b'{"i":0}') == fr.frame(b'{"i":0}')
+    assert box.statistics()["written"] == len(fr.frame(b'{"i":0}')) and not box.pending
+    assert box.bypass(b"x" * 101) is None  # large: a placeholder and a stream, via push
+    box.push(2, b'{"i":1}')
+    assert box.bypass(b'{"i":2}') is None  # something waits (any lane): it goes after it
+
+
+class FakeTransport:
+    """What a link writes, and the back-pressure it is shown."""
+
+    def __init__(self) -> None:
+        self.buffered_bytes = 0
+        self.control: list[bytes] = []
+        self.live: list[bytes] = []
+
+    def buffered(self) -> int:
+        return self.buffered_bytes
+
+    def write_control(self, data: bytes) -> None:
+        self.control.append(data)
+
+    def write_live(self, data: bytes) -> None:
+        self.live.append(data)
+
+    def open_stream(self) -> int:
+        return 3
+
+    def write_stream(self, stream_id: int, data: bytes, end: bool) -> None:
+        pass
+
+    def send_datagram(self, data: bytes) -> None:
+        pass
+
+    def close_session(self, code: CloseCode, message: str) -> None:
+        pass
+
+    def close_now(self, code: CloseCode, message: str) -> None:
+        pass
+
+
+def fake_link(transport: FakeTransport) -> Link:
+    guard: Any = attrs.make_class("G", {"open_routes": attrs.field(default=frozenset())})()
+    requests: Any = None
+    ops: Any = None
+    settings = LinkSettings(high_water=1000, outbox=Limits(inline_limit=100))
+    return Link(transport, requests, ops, guard, settings, nonce=b"n" * 32,
+                cert_sha256=b"c" * 32, version="1", remote=None)  # fmt: skip
+
+
+def waiting(link: Link) -> bool:
+    return link.outbox.pending  # (a call: mypy would take the property as narrowed)
+
+
+async def test_a_caught_up_link_puts_a_live_event_on_the_wire_in_the_call() -> None:
+    transport = FakeTransport()
+    link = fake_link(transport)
+    link.live(1, b'{"i":0}')  # nothing waits, room: straight to the transport, no task
+    assert transport.live == [fr.frame(b'{"i":0}')] and not waiting(link)
+    link.kick()  # an acknowledgement with nothing queued wakes no writer
+    assert not link._kick.is_set()
+    transport.buffered_bytes = 1000  # at the high-water mark: the outbox holds it, bounded
+    link.live(1, b'{"i":1}')
+    assert len(transport.live) == 1 and waiting(link) and link._kick.is_set()
+    transport.buffered_bytes = 0
+    link.live(1, b'{"i":2}')  # something waits: it goes after it, in order
+    assert len(transport.live) == 1
+    assert control_frames([ControlWrite(b"".join(transport.control))]) == [{"i": 1}, {"i": 2}]
+    link.live(1, b'{"pad":"%s"}' % (b"y" * 200))  # large: a placeholder, then its own stream
+    assert len(transport.live) == 1 and fr.REF.size < len(transport.control[-1]) < 100
 
 
 # -- routing ----------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ import trio
 
 from sidecode_trio.channel.link import LinkSettings
 from sidecode_trio.daemon import rtc_sessions
+from sidecode_trio.ops.front import open_routes
 from sidecode_trio.rtc.service import RtcService
 from sidecode_trio.rtc.settings import RtcSettings
 from sidecode_trio.security.auth import Principal
@@ -192,7 +193,8 @@ async def test_chromium_dials_the_daemon_through_the_broker_and_a_text_request_i
     )
     service = RtcService(settings, daemon_key, devices, thread_setup=lambda: _setns(namespace))
     identity = load_identity(tmp_path, "file")
-    guard = Guard(identity, CertificateStore(tmp_path / "tls", identity, []), devices, "t" * 43)
+    certs = CertificateStore(tmp_path / "tls", identity, [])
+    guard = Guard(identity, certs, devices, "t" * 43, open_routes=open_routes())
     # the links' sessions, as the daemon makes them; this page sends no binary frame, so
     # neither requests nor operations are reached (test_rtc_link.py drives them)
     service.serve_with(rtc_sessions(_no_requests, cast(Any, None), guard, LinkSettings()))

@@ -26,6 +26,7 @@ import trio
 from sidecode_trio import web
 from sidecode_trio.config import DaemonConfig
 from sidecode_trio.errors import ConfigError, Unauthorized
+from sidecode_trio.ops.front import open_routes
 from sidecode_trio.security import identity as identity_module
 from sidecode_trio.security.auth import AUTH_CONTEXT, LOCAL, Principal, check_token
 from sidecode_trio.security.devices import DeviceStore, Scope
@@ -232,6 +233,27 @@ async def test_stream_tickets_are_single_use_and_single_path(
         await call(phone, "POST", "/v1/tickets", {"path": "/v1/devices"})
 
 
+async def test_a_ticket_names_an_event_stream_exactly(secure: Client) -> None:
+    phone = await paired(secure, "approve")
+    for path in ["/v1/events", "/v1/sessions/abc/events"]:
+        assert (await call(phone, "POST", "/v1/tickets", {"path": path}))["ticket"]
+    for path in [
+        "/v1/sessionsevents",  # ends with "events" under /v1/: what the old check let through
+        "/v1/xevents",
+        "/v1/devices/events",
+        "/v1/sessions/abc/tools/events",
+        "/v1/sessions//events",
+        "/v1/events/",
+        "/v1//events",
+        "/v1/events?since=1",
+        "v1/events",
+        "/v2/events",
+        "",
+    ]:
+        with pytest.raises(RuntimeError, match="400"):
+            await call(phone, "POST", "/v1/tickets", {"path": path})
+
+
 @pytest.fixture
 def impostor(tmp_path: Path) -> Iterator[Callable[[dict[str, Any]], str]]:
     """An HTTPS server on 127.0.0.1 with its own certificate that answers /v1/info as told."""
@@ -310,7 +332,7 @@ def test_guard_refuses_the_local_token_from_elsewhere(tmp_path: Path) -> None:
     certs = CertificateStore(tmp_path / "tls", identity, ["127.0.0.1"])
     certs.refresh()
     devices = DeviceStore(tmp_path / "devices.sqlite3")
-    guard = Guard(identity, certs, devices, "t" * 43)
+    guard = Guard(identity, certs, devices, "t" * 43, open_routes=open_routes())
     assert (
         guard.authenticate("Bearer " + "t" * 43, None, "/v1/sessions", "127.0.0.1").scope
         is Scope.ADMIN
@@ -318,6 +340,19 @@ def test_guard_refuses_the_local_token_from_elsewhere(tmp_path: Path) -> None:
     with pytest.raises(Unauthorized, match="this computer only"):
         guard.authenticate("Bearer " + "t" * 43, None, "/v1/sessions", "192.0.2.7")
     assert [e.kind for e in devices.audit_log()] == ["auth_failed"]
+    devices.close()
+
+
+def test_the_guard_lets_in_exactly_the_open_rows_of_the_table(tmp_path: Path) -> None:
+    identity = load_identity(tmp_path, "file")
+    devices = DeviceStore(tmp_path / "devices.sqlite3")
+    certs = CertificateStore(tmp_path / "tls", identity, ["127.0.0.1"])
+    guard = Guard(identity, certs, devices, "t" * 43, open_routes=open_routes())
+    assert guard.is_open("GET", "/v1/info") and guard.is_open("post", "/v1/pair")
+    closed = [("POST", "/v1/info"), ("GET", "/v1/pair"), ("GET", "/v1/info/")]
+    closed += [("GET", "/v1/info?x=1"), ("GET", "/v1/sessions"), ("GET", "/")]
+    for method, path in closed:
+        assert not guard.is_open(method, path), (method, path)
     devices.close()
 
 
@@ -436,7 +471,9 @@ def test_failures_never_lock_out_a_credential_that_verifies(tmp_path: Path) -> N
     certs.refresh()
     devices = DeviceStore(tmp_path / "devices.sqlite3")
     now = [1_000_000.0]
-    guard = Guard(identity, certs, devices, "t" * 43, clock=lambda: now[0])
+    guard = Guard(
+        identity, certs, devices, "t" * 43, open_routes=open_routes(), clock=lambda: now[0]
+    )
     key = nacl.signing.SigningKey.generate()
     device = devices.add("phone", b64(bytes(key.verify_key)), "f", Scope.CHAT)
     cert = next(iter(certs.hashes()))
@@ -469,7 +506,7 @@ def test_links_and_requests_share_one_authentication_path(tmp_path: Path) -> Non
     certs = CertificateStore(tmp_path / "tls", identity, ["127.0.0.1"])
     certs.refresh()
     devices = DeviceStore(tmp_path / "devices.sqlite3")
-    guard = Guard(identity, certs, devices, "t" * 43)
+    guard = Guard(identity, certs, devices, "t" * 43, open_routes=open_routes())
     key = nacl.signing.SigningKey.generate()
     device = devices.add("phone", b64(bytes(key.verify_key)), "f", Scope.CHAT)
     message = b"link nonce and certificate" + device.id.encode()

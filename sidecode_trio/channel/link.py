@@ -46,7 +46,7 @@ from .control import (
 )
 from .frames import CloseCode
 from .outbox import ControlWrite, Limits, Outbox, Overflow, StreamWrite
-from .routes import OPEN_ROUTES, Requests
+from .routes import Requests
 
 log = logging.getLogger(__name__)
 
@@ -85,9 +85,12 @@ class Transport(Protocol):
 
     def buffered(self) -> int: ...
     def write_control(self, data: bytes) -> None: ...
+    def write_live(self, data: bytes) -> None:
+        """Like ``write_control``, and on the wire before returning when the transport can:
+        a live event, written from the log's publisher."""
+
     def open_stream(self) -> int: ...
     def write_stream(self, stream_id: int, data: bytes, end: bool) -> None: ...
-    def transmit_now(self) -> None: ...
     def send_datagram(self, data: bytes) -> None: ...
     def close_session(self, code: CloseCode, message: str) -> None: ...
     def close_now(self, code: CloseCode, message: str) -> None: ...
@@ -131,7 +134,7 @@ class Link:
             welcome=welcome,
             max_frame=settings.max_frame,
             now=trio.current_time(),
-            open_routes=OPEN_ROUTES,
+            open_routes=guard.open_routes,
             open_frame=OPEN_BODY_LIMIT + 1024,  # an open route's body and the frame around it
         )
         self.outbox = Outbox(settings.outbox)
@@ -228,14 +231,27 @@ class Link:
 
     # -- from the connection (synchronous) ---------------------------------------------------
 
-    def transmit_now(self) -> None:
-        """What was just written goes on the wire now, from the caller (see _OutboxDirect)."""
-        if not self.outbox.pending:  # all of it reached the QUIC streams
-            self._transport.transmit_now()
+    def live(self, lane: int, payload: bytes) -> None:
+        """A live event from the log's publisher (:class:`_OutboxDirect`). While nothing waits
+        in the outbox and the connection holds less than ``high_water`` unacknowledged bytes,
+        its frame goes to the transport and the wire in this call: the order and the bounds
+        are those of the outbox, which it skips only when it would have written the frame at
+        once. Otherwise (and while closing) it is queued like any frame."""
+        if self.close_code is None:
+            buffered = self._transport.buffered()
+            self.peak_buffered = max(self.peak_buffered, buffered)
+            if buffered < self._settings.high_water:
+                data = self.outbox.bypass(payload)
+                if data is not None:
+                    self._transport.write_live(data)
+                    return
+        self._push(lane, payload)
 
     def kick(self) -> None:
-        """Something changed: new frames queued, or acknowledgements made room."""
-        self._kick.set()
+        """Acknowledgements may have made room: wake the writer if it waits for any (frames
+        queued, or a close waiting for them to drain), not on every acknowledgement."""
+        if self.outbox.pending or self._closing is not None:
+            self._kick.set()
 
     def data_received(self, data: bytes, ended: bool) -> None:
         self._act(self.protocol.receive(data, ended))
@@ -438,8 +454,8 @@ class Link:
 @attrs.frozen
 class _Pump:
     """Moves one subscription's live feed into the outbox (never waits on the client). A
-    session's events mostly skip it: the publisher pushes them through :class:`_OutboxDirect`
-    while the pump waits, and they go into the QUIC stream at once when there is room."""
+    session's events mostly skip it: the publisher hands them to :class:`_OutboxDirect` while
+    the pump waits, and they go onto the wire at once when there is room."""
 
     link: Link
     sub: int
@@ -473,9 +489,10 @@ class _Pump:
 @attrs.frozen
 class _OutboxDirect:
     """The feed's direct path (:class:`~..feed.Direct`) for one subscription: while the link
-    has nothing waiting, the publisher pushes each live event into the outbox, which writes it
-    to the QUIC stream at once (there is room). Otherwise the event is queued in the log as
-    without it, so a client that does not read is dropped by the same bound."""
+    has nothing waiting, the publisher hands each live event to :meth:`Link.live`, which puts
+    it on the wire at once when the connection has room (else in the outbox). While something
+    waits, the event is queued in the log as without it, so a client that does not read is
+    dropped by the same bound."""
 
     link: Link
     sub: int
@@ -485,8 +502,7 @@ class _OutboxDirect:
         if self.link.outbox.pending:
             return False  # not caught up: queued in the log, whose bound drops a lagging client
         if event is not KEEPALIVE:  # the session has its own heartbeat
-            self.link._push(self.lane, fr.event(self.sub, event))
-            self.link.transmit_now()
+            self.link.live(self.lane, fr.event(self.sub, event))
         return True
 
     async def flush(self) -> None:

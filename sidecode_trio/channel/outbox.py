@@ -125,6 +125,16 @@ class Outbox:
     def pending(self) -> bool:
         return bool(self._turns or self._blobs)
 
+    def bypass(self, payload: bytes) -> bytes | None:
+        """The control-stream bytes to write at once for ``payload`` instead of queueing it,
+        when that keeps the order and the bounds: nothing waits in any lane and it goes
+        inline (counted as written). None: :meth:`push` it."""
+        if self._turns or self._blobs or len(payload) > self.limits.inline_limit:
+            return None
+        data = frame(payload)
+        self.written += len(data)
+        return data
+
     def pull(self, budget: int) -> list[Write]:
         """At most about ``budget`` bytes of writes (a frame is never split)."""
         control = bytearray()

@@ -14,9 +14,6 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from ..security.auth import Principal
-from ..security.routes import OPEN_ROUTES
-
-__all__ = ["OPEN_ROUTES", "Requests"]
 
 
 class Requests(Protocol):

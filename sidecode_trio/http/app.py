@@ -29,7 +29,6 @@ from ..ops import Operations, front
 from ..security.auth import Principal
 from ..security.devices import Scope
 from ..security.guard import Credentials, Guard, check_host
-from ..security.routes import OPEN_ROUTES
 from ..wire import converter as wire
 from ..wire import requests as rq
 from . import bodies, direct, sse, watchcode
@@ -140,7 +139,7 @@ def create_app(
                 check_host((request.headers.get("Host") or "").lower(), allowed_hosts())
             except SidecodeError as exc:
                 return _error(exc.status, exc.code, exc.message)  # the v1 shape, even on /api
-            if (request.method, request.path) in OPEN_ROUTES:
+            if guard.is_open(request.method, request.path):
                 return None
             if web.is_public(request.method, request.path):
                 return None  # the web app's static shell; its API calls carry device tokens

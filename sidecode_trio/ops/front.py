@@ -382,6 +382,16 @@ def push_routes(notifier: Notifier) -> list[Route]:
     ]  # fmt: skip
 
 
+def open_routes(table: tuple[Route, ...] | None = None) -> frozenset[tuple[str, str]]:
+    """``(method, path)`` of the rows served without credentials (``security=OPEN``), of
+    ``table`` or of the described one: what the daemon hands its guard. Open rows take no path
+    parameters, so the set holds the paths requests name."""
+    rows = described_routes() if table is None else table
+    found = frozenset((r.method, r.path) for r in rows if r.security == OPEN)
+    assert not any("{" in path for _, path in found), "an open route with a path parameter"
+    return found
+
+
 class _Unserved:
     """Stands for the services in a table that is only described, never served."""
 

@@ -26,6 +26,7 @@ from ..claude.probe import CLIProbe
 from ..errors import BadRequest, Forbidden, NotFound, StoreError, Unsupported
 from ..eventlog.core import Position
 from ..eventlog.log import EventLog, Replay, SnapshotRead, Subscription
+from ..feed.paths import parse_events_path
 from ..printable import check_device_name
 from ..security.auth import MODE_RANK, Principal
 from ..security.devices import Device, Scope
@@ -441,9 +442,11 @@ class Operations:
 
     def ticket(self, who: Principal, request: rq.TicketRequest) -> rq.TicketReply:
         who.require(Scope.APPROVE)
-        if not request.path.startswith("/v1/") or not request.path.endswith("events"):
+        stream = parse_events_path(request.path)
+        if stream is None or stream.path != request.path:  # exactly a stream's path, no query
             raise BadRequest(
-                "tickets are for event streams: /v1/events or /v1/sessions/{id}/events"
+                "tickets are for event streams, by their exact path: /v1/events or "
+                "/v1/sessions/{id}/events"
             )
         ticket, expires = self._guard.tickets.issue(who, request.path)
         return rq.TicketReply(ticket, expires)

@@ -390,12 +390,13 @@ class _Connection:
         self.link: Link | None = None
         self._nursery: trio.Nursery | None = None
         self._wake = trio.Event()
+        self._sleep: trio.CancelScope | None = None  #: the driver's wait, while it waits
         self._done = False
         self._close_at = math.inf
         self._close_code = CloseCode.NORMAL
         self._close_reason = ""
         self._stopped: set[int] = set()  # streams the peer stopped or reset
-        self._unsent: list[tuple[bytes, tuple[str, int]]] = []  #: transmit_now could not send
+        self._unsent: list[tuple[bytes, tuple[str, int]]] = []  #: _transmit could not send
         self._handshake_by = trio.current_time() + HANDSHAKE_TIMEOUT
         self._auth_by = math.inf  #: set when the handshake completes
         self.peak_buffered = 0
@@ -440,8 +441,10 @@ class _Connection:
                 return
             timer = self.quic.get_timer()
             deadline = min(timer if timer is not None else math.inf, self._close_at)
-            with trio.move_on_at(min(deadline, self._handshake_by, self._auth_by)):
+            with trio.move_on_at(min(deadline, self._handshake_by, self._auth_by)) as sleep:
+                self._sleep = sleep
                 await self._wake.wait()
+            self._sleep = None
             now = trio.current_time()
             if now >= self._handshake_by:
                 return  # never completed a handshake: junk, or a peer that went away; forget it
@@ -463,6 +466,7 @@ class _Connection:
         try:
             self.quic.receive_datagram(data, addr, now=trio.current_time())
             self._process()
+            self._transmit()  # what it calls for (mostly nothing: an ACK), not a task later
         except Exception:
             log.exception("a WebTransport connection from %s failed; closing it", self.addr)
             self._done = True
@@ -479,7 +483,28 @@ class _Connection:
         self.peak_buffered = max(self.peak_buffered, buffered)
         if self.link is not None:
             self.link.kick()  # acknowledgements may have made room
-        self._wake.set()
+
+    def _transmit(self) -> None:
+        """Put what aioquic has ready on the wire now, from the caller (as aioquic's own asyncio
+        protocol does after each datagram). The driver task is woken only if something could not
+        go now (a full socket buffer, a task sending), the connection ended, or the driver is not
+        waiting; otherwise its wait is only cut short to aioquic's timer if that moved earlier
+        (loss detection for a packet just sent, pacing), without a task switch: a live event and
+        the client's ACK of it cost no wake-up of the driver."""
+        if self._done or self._sleep is None:
+            self._wake.set()
+            return
+        datagrams = self.quic.datagrams_to_send(now=trio.current_time())
+        if self._unsent:  # older datagrams wait for the driver: these go after them
+            self._unsent += datagrams
+        elif datagrams:
+            self._unsent = self._endpoint.send_now(datagrams)
+        if self._unsent:
+            self._wake.set()
+            return
+        timer = self.quic.get_timer()
+        if timer is not None and timer < self._sleep.deadline:
+            self._sleep.deadline = timer
 
     def _quic_event(self, event: QuicEvent) -> None:
         if isinstance(event, HandshakeCompleted):
@@ -579,16 +604,14 @@ class _Connection:
         self.quic.send_stream_data(stream_id, data, end_stream=end)
         self._wake.set()
 
-    def transmit_now(self) -> None:
-        """Put what aioquic has ready on the wire now, from the caller (the log's publisher
-        delivering a live event), not a task switch later; the driver task still wakes to
-        re-arm aioquic's timers and to send anything that could not go now."""
-        if self._done:
+    def write_live(self, data: bytes) -> None:
+        """A live event's frames, on the wire now from the caller (the log's publisher), not a
+        task switch later (see :meth:`_transmit`)."""
+        stream_id = self._router.control_stream
+        if stream_id is None or stream_id in self._stopped or self._done:
             return
-        datagrams = self.quic.datagrams_to_send(now=trio.current_time())
-        if datagrams:
-            self._unsent += self._endpoint.send_now(datagrams) if not self._unsent else datagrams
-        self._wake.set()
+        self.quic.send_stream_data(stream_id, data)
+        self._transmit()
 
     def send_datagram(self, data: bytes) -> None:
         if self._h3 is None or self._router.session_id is None or self._done:

@@ -152,8 +152,8 @@ class DataChannelTransport:
     def write_stream(self, stream_id: int, data: bytes, end: bool) -> None:
         raise AssertionError("a DataChannel link sends no large payloads")
 
-    def transmit_now(self) -> None:
-        pass  # aiortc sends as soon as its loop runs
+    def write_live(self, data: bytes) -> None:
+        self.write_control(data)  # aiortc sends as soon as its loop runs
 
     def send_datagram(self, data: bytes) -> None:
         pass  # no datagrams: the text ping is the keep-alive

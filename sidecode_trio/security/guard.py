@@ -92,9 +92,15 @@ class Guard:
         certificates: CertificateStore,
         devices: DeviceStore,
         local_token: str,
+        *,
+        open_routes: frozenset[tuple[str, str]],
         clock: Callable[[], float] = time.time,
     ) -> None:
+        """``open_routes``: the ``(method, path)`` served without credentials, from the
+        operation table (``ops.front.open_routes()``: the guard is below the table, so it is
+        handed the set rather than reading it)."""
         self.identity = identity
+        self.open_routes = open_routes
         self.certificates = certificates
         self.devices = devices
         self._local_hash = hashlib.sha256(local_token.encode()).digest()
@@ -108,6 +114,10 @@ class Guard:
         self.urls: list[str] = []  #: where this daemon can be reached (for pairing payloads)
 
     # -- requests ----------------------------------------------------------------------------
+
+    def is_open(self, method: str, path: str) -> bool:
+        """Whether a request is served without credentials (the path exactly, no query)."""
+        return (method.upper(), path) in self.open_routes
 
     def admit(self, offered: Credentials) -> Principal:
         """The principal a request's credentials prove (every request transport's one check):

@@ -11,7 +11,7 @@ a device once, then:
 1. **Added latency of streamed events**: the fake CLI stamps each text delta with
    ``time.monotonic_ns()`` before writing it (``[[stamp:N:RATE]]``); the client takes receive
    time minus stamp for every stamp, over a DataChannel subscription, a WebTransport one and an
-   SSE stream (one turn each, alternated, ``rounds`` times).
+   SSE stream (turns of 100 or 400 deltas, alternated 4 or 10 times).
 2. **Round trip of a small operation** (``GET /v1/sessions``) over the DataChannel and over
    WebTransport.
 3. **Memory per WebRTC link**: the daemon's VmRSS (``/proc/PID/status``) before and after
@@ -212,11 +212,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 await trio.sleep(0.5)  # the daemon subscribes to the new device's topic
                 rtc, carrier = await connect(nursery, aio, phone_broker, phone)
                 live = await daemon.create_session(str(layout.work))
-                deltas, rate = (400, 200) if args.quick else (2000, 200)
+                (deltas, turns), rate = ((100, 4) if args.quick else (400, 10)), 200
                 socket = stamp_arrivals(wt)
                 by_path = {"datachannel": Latencies(), "webtransport": Latencies()}
                 by_path["sse"] = Latencies()
-                for _ in range(1 if args.quick else 2):  # alternate the transports
+                for _ in range(turns):  # alternate the transports in short turns
                     by_path["datachannel"] += await rtc_latency(daemon, rtc, live, deltas, rate)
                     by_path["webtransport"] += await wt_latency(
                         daemon, wt, socket, live, deltas, rate

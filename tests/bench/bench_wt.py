@@ -2,21 +2,24 @@
 
 Three figures, each measured over both transports of one child daemon
 (``python -m sidecode_trio serve``, pinned to the daemon's CPU), from the orchestrator (the
-client's CPU); the two transports alternate, so slow drifts of the machine land on both:
+client's CPU); the two transports alternate in short turns, so drifts of the machine's load
+land on both:
 
 1. **Round trip of a small operation**: ``GET /v1/sessions`` (one session) as a WebTransport
    request on an open, authenticated session, against the same request on a keep-alive
    HTTP/1.1 connection.
 2. **Added latency of streamed events**: the fake CLI stamps each text delta with
    ``time.monotonic_ns()`` right before writing it (``[[stamp:N:RATE]]``); over a WebTransport
-   subscription and over an SSE stream (one turn each), the client takes, for every stamp, the
-   time its socket's ``recv`` returned the bytes that carry it minus the stamp (**the
-   comparison**: the same point on both transports, the daemon's whole path and the wire), and
-   the time the frame is decoded minus the stamp. The clients differ after the socket: the SSE
-   one is a light reader (h11, one ``json.loads``); the WebTransport one is aioquic in Python
-   (decrypt, parse, build and send the ACK) and the client's two task hops (connection reader,
-   session reader, subscriber), which cost it a few hundred µs a frame that no daemon change
-   can remove, so the decoded-frame figures are shown but are not the comparison.
+   subscription and over an SSE stream (turns of 100 or 400 deltas, alternated), the client
+   takes, for every stamp, the time its socket's ``recv`` returned the bytes that carry it
+   minus the stamp (**the comparison**: the same point on both transports, the daemon's whole
+   path and the wire), and the time the frame is decoded minus the stamp. The clients differ
+   after the socket: the SSE one is a light reader (h11, one ``json.loads``); the WebTransport
+   one is aioquic in Python (decrypt, parse, build and send the ACK) and the client's two task
+   hops (connection reader, session reader, subscriber), which cost it a few hundred µs a frame
+   that no daemon change can remove, so the decoded-frame figures are shown but are not the
+   comparison. The daemon's CPU time over each transport's turns, per event delivered, is
+   shown too (the whole turn: CLI, log and transport, and over WebTransport the ACKs).
 3. **One-way throughput of a large payload**: a session's snapshot of several MB, as the
    ``snapshot`` that opens a subscription (over WebTransport: on its own unidirectional stream)
    against ``GET /v1/sessions/{id}`` over HTTP/1.1.
@@ -30,14 +33,17 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
 import statistics
 import time
+from collections.abc import Awaitable
 from typing import Any
 
 import attrs
 import h11
 import nacl.signing
 import trio
+from bench_harness import cpu_seconds
 from bench_targets import ChildDaemon
 
 from sidecode_trio.quic.client import DeviceSession, QuicClient
@@ -173,6 +179,7 @@ class Latencies:
     decoded: list[float] = attrs.Factory(list)
     arrived: list[float] = attrs.Factory(list)
     client: list[float] = attrs.Factory(list)  #: the client's own work: arrival → decoded
+    daemon_cpu_s: float = 0.0  #: the daemon's CPU time over the turns (all of its work)
 
     def add(self, text: str, arrived_ns: int, now_ns: int) -> None:
         for stamp in stamps(text):
@@ -184,7 +191,19 @@ class Latencies:
         self.decoded += other.decoded
         self.arrived += other.arrived
         self.client += other.client
+        self.daemon_cpu_s += other.daemon_cpu_s
         return self
+
+    def cpu_per_event_us(self) -> float:
+        return self.daemon_cpu_s / max(len(self.decoded), 1) * 1e6
+
+
+async def timed(pid: int, turn: Awaitable[Latencies]) -> Latencies:
+    """``turn``'s latencies, with the daemon's CPU seconds while it ran."""
+    before = cpu_seconds(pid)
+    latencies = await turn
+    latencies.daemon_cpu_s = cpu_seconds(pid) - before
+    return latencies
 
 
 async def wt_latency(
@@ -294,11 +313,15 @@ async def compare(daemon: ChildDaemon, quic_port: int, work: str, quick: bool) -
         try:
             live = await daemon.create_session(work)
             results["round_trip_us"] = await round_trips(session, http, 300 if quick else 1000)
-            deltas, rate = (400, 200) if quick else (2000, 200)
+            # the transports alternate in short turns (400 / 4,000 deltas each in all), so the
+            # load of a shared machine, which drifts within seconds, lands on both alike
+            (deltas, turns), rate = ((100, 4) if quick else (400, 10)), 200
             wt, sse = Latencies(), Latencies()
-            for _ in range(1 if quick else 2):  # alternate the transports
-                wt += await wt_latency(daemon, session, socket, live, deltas, rate)
-                sse += await sse_latency(daemon, live, deltas, rate)
+            for _ in range(turns):
+                wt += await timed(
+                    daemon.pid, wt_latency(daemon, session, socket, live, deltas, rate)
+                )
+                sse += await timed(daemon.pid, sse_latency(daemon, live, deltas, rate))
             results["event_latency_us"] = {
                 "webtransport": summary(wt.decoded),
                 "sse": summary(sse.decoded),
@@ -306,6 +329,8 @@ async def compare(daemon: ChildDaemon, quic_port: int, work: str, quick: bool) -
                 "sse_arrived": summary(sse.arrived),
                 "webtransport_client": summary(wt.client),
                 "sse_client": summary(sse.client),
+                "webtransport_daemon_cpu_us": wt.cpu_per_event_us(),
+                "sse_daemon_cpu_us": sse.cpu_per_event_us(),
             }
             bulky = await daemon.create_session(work)
             for _ in range(4 if quick else 12):
@@ -360,6 +385,11 @@ def render(results: dict[str, Any] | None) -> str:
             ev["sse"]["p99"],
         ),
         (f"{cost}, p50 (µs)", ev["webtransport_client"]["p50"], ev["sse_client"]["p50"]),
+        (
+            "daemon CPU per event delivered, whole turns (CLI, log, transport, ACKs) (µs)",
+            ev.get("webtransport_daemon_cpu_us", math.nan),
+            ev.get("sse_daemon_cpu_us", math.nan),
+        ),
         (
             f"one-way large payload ({big['bytes'] / 1e6:.1f} MB snapshot), MB/s",
             big["webtransport_mb_s"],
