@@ -373,6 +373,7 @@ def _call(
     it loads) was a third of ``sessions``'s start. The daemon's own certificate on this machine,
     at the address its 0600 daemon.json names, is not verified: there is no CA to check it
     against (devices pin the identity key instead)."""
+    import contextlib
     import json
     import socket
     import urllib.parse
@@ -391,14 +392,15 @@ def _call(
     conn = h11.Connection(h11.CLIENT)
     status, chunks = 0, []
     try:
-        with socket.create_connection((host, port), timeout=timeout) as raw:
-            sock = raw
+        with contextlib.ExitStack() as stack:
+            sock = stack.enter_context(socket.create_connection((host, port), timeout=timeout))
             if tls:
                 import ssl
 
                 context = ssl.create_default_context()
                 context.check_hostname, context.verify_mode = False, ssl.CERT_NONE  # see above
-                sock = context.wrap_socket(raw, server_hostname=host)
+                # the TLS socket takes over the descriptor: it is the one to close
+                sock = stack.enter_context(context.wrap_socket(sock, server_hostname=host))
             request = conn.send(h11.Request(method=method, target=target, headers=headers))
             sock.sendall((request or b"") + (conn.send(h11.Data(data=data)) if data else b""))
             sock.sendall(conn.send(h11.EndOfMessage()) or b"")
