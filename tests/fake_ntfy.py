@@ -59,6 +59,7 @@ class FakeNtfy:
         self.port = 0
         self.refuse_publishing = False  #: answer every publication 429 (rate-limited, as ntfy)
         self.refuse_subscribing = False  #: answer every subscription 429 (rate-limited)
+        self.refuse_topics: set[str] = set()  #: answer publications to these topics 429
 
     @property
     def url(self) -> str:
@@ -154,7 +155,7 @@ class FakeNtfy:
     ) -> tuple[int, dict[str, Any]]:
         if not TOPIC.match(topic):
             return 400, _error(40009, 400, "invalid request: topic invalid")
-        if self.refuse_publishing:
+        if self.refuse_publishing or topic in self.refuse_topics:
             self.refused.append((429, "limit reached: too many requests"))
             return 429, _error(42901, 429, "limit reached: too many requests")
         try:

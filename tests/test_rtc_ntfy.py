@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
@@ -350,3 +351,47 @@ async def test_a_refused_subscription_leaves_the_previous_one_working() -> None:
             assert await device.receive() == (other, b"now subscribed")
             while server.subscribers() != 1:  # one stream for both: none was left behind
                 await trio.sleep(0.01)
+
+
+async def test_a_pair_reply_the_rendezvous_refuses_costs_that_reply_not_the_webrtc_task(
+    make_config: Callable[..., DaemonConfig], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A refused pair reply (ntfy.sh's 429) is that device's lost answer, as a refused signaling
+    reply is: the WebRTC task is not torn down (which would cut every open link) and answers
+    the next request at once."""
+    import nacl.public
+
+    from sidecode_trio.rtc.pairing import open_reply, pairing_topics, seal_request
+
+    caplog.set_level(logging.INFO, logger="sidecode_trio.rtc")
+    async with fake_ntfy() as server:
+        rtc = RtcSettings(rendezvous=server.url, stun=(), ping_interval=1.0, ping_misses=30)
+        async with running_daemon(make_config(https=True, rtc=rtc)) as owner:
+            service = owner.handle.rtc
+            with trio.fail_after(30):
+                await service.ready.wait()
+                made = await owner.http.post("/v1/pairings", json={"scope": "chat"})
+                payload = made.json()["payload"]
+                while payload["sid"] not in service.pairing():
+                    await trio.sleep(0.02)
+                the_topics = pairing_topics(unb64(payload["secret"]))
+                daemon_key = unb64(payload["pk"])
+                async with open_rendezvous(server.url) as device:
+                    await device.subscribe(the_topics.to_device)
+                    server.refuse_topics.add(ntfy_topic(the_topics.to_device))
+                    wrong, _, _ = pc.pair_request({**payload, "secret": "w" * 43}, "intruder")
+                    box_key = nacl.public.PrivateKey.generate()
+                    envelope, _ = seal_request(daemon_key, box_key, wrong, time.time())
+                    await device.publish(the_topics.to_daemon, envelope)
+                    while not server.refused:  # the daemon's 403 was refused
+                        await trio.sleep(0.02)
+                    server.refuse_topics.clear()
+                    body, _, _ = pc.pair_request(payload, "phone")
+                    envelope, nonce = seal_request(daemon_key, box_key, body, time.time())
+                    await device.publish(the_topics.to_daemon, envelope)
+                    _topic, raw = await device.receive()
+                    status, reply = open_reply(daemon_key, box_key, raw, nonce, time.time())
+            assert status == 201 and reply["device"]["name"] == "phone"
+            assert service.error is None and service.unsent_pair_replies == 1
+    retried = [r.getMessage() for r in caplog.records if "retrying" in r.getMessage()]
+    assert retried == []

@@ -38,6 +38,7 @@ from ..security.devices import DeviceStore
 from ..security.identity import b64, unb64
 from ..security.pairing import Pairings
 from .broker import Rendezvous as _Broker  # paho and aiortc are imported when used, not here
+from .broker import RendezvousError
 from .ice import IceServer, turn_server
 from .link import Closed, DataChannelTransport, Session, dtls_sha256, serve
 from .pairing import REMOTE, PairingDesk, pairing_topics
@@ -104,6 +105,7 @@ class RtcService:
         #: requests answered with an error
         self.refusals: Counter[str] = Counter()
         self.paired = 0  #: devices paired through the rendezvous
+        self.unsent_pair_replies = 0  #: pair replies the broker refused
         self.ready = trio.Event()  #: set once subscribed and answering (the first time)
         self.error: str | None = None  #: why the last attempt to reach the broker failed
         devices.on_rendezvous(self._changes_tx.send_nowait)
@@ -240,9 +242,16 @@ class RtcService:
         # a used or withdrawn offer's topic goes before the reply, so a device that has its
         # answer finds the daemon's state settled
         await self._sync_pairing(broker)
-        await broker.publish(
-            the_topics.to_device, desk.seal_reply(opened, status, reply, self._clock())
-        )
+        try:
+            await broker.publish(
+                the_topics.to_device, desk.seal_reply(opened, status, reply, self._clock())
+            )
+        except RendezvousError as exc:  # a rate limit (ntfy.sh's 429), a dropped connection:
+            # this device's answer is lost (its deadline passes; after a 201 it needs a new
+            # offer), as a refused signaling reply is; raised, it restarted the task, which cut
+            # every open link and lost what was published meanwhile
+            self.unsent_pair_replies += 1
+            log.info("rtc: a pair reply was not published: %s", exc.message)
         return True
 
     def links(self) -> int:
