@@ -60,6 +60,8 @@ class FakeNtfy:
         self.refuse_publishing = False  #: answer every publication 429 (rate-limited, as ntfy)
         self.refuse_subscribing = False  #: answer every subscription 429 (rate-limited)
         self.refuse_topics: set[str] = set()  #: answer publications to these topics 429
+        #: raw bytes each new stream sends right after its "open" event (a hostile server's junk)
+        self.junk: list[bytes] = []
 
     @property
     def url(self) -> str:
@@ -227,6 +229,8 @@ class FakeNtfy:
         async def pump() -> None:
             if not poll:
                 await line(event("open"))
+                for junk in self.junk:
+                    await stream.send_all(conn.send(h11.Data(data=junk)) or b"")
             for cached in self._cached(names, params.get("since"), poll):
                 await line(cached)
             if poll:

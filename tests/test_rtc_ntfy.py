@@ -395,3 +395,19 @@ async def test_a_pair_reply_the_rendezvous_refuses_costs_that_reply_not_the_webr
             assert service.error is None and service.unsent_pair_replies == 1
     retried = [r.getMessage() for r in caplog.records if "retrying" in r.getMessage()]
     assert retried == []
+
+
+async def test_a_hostile_servers_junk_lines_are_skipped_bounded_and_the_stream_carries_on() -> None:
+    """The ntfy server is not trusted with more than sealed bytes: a line with no end in sight
+    is skipped once past MAX_LINE (never buffered whole), a line nested past the recursion
+    limit is skipped too (a RecursionError would end the WebRTC task and the daemon), and
+    neither drops the stream: the next message arrives on it, with no reconnect."""
+    from sidecode_trio.rtc.ntfy import MAX_LINE
+
+    async with fake_ntfy() as server, two_clients(server) as (daemon, device):
+        server.junk = [b"x" * 65536] * (MAX_LINE // 65536 + 64) + [b"\n", b"[" * 50_000 + b"\n"]
+        with trio.fail_after(30):
+            await device.subscribe(TOPIC)
+            await daemon.publish(TOPIC, b"after the junk")
+            assert await device.receive() == (TOPIC, b"after the junk")
+        assert device.reconnects == 0 and device.skipped_lines == 2
