@@ -411,3 +411,62 @@ async def test_a_hostile_servers_junk_lines_are_skipped_bounded_and_the_stream_c
             await daemon.publish(TOPIC, b"after the junk")
             assert await device.receive() == (TOPIC, b"after the junk")
         assert device.reconnects == 0 and device.skipped_lines == 2
+
+
+async def test_a_message_replayed_after_the_daemon_reconnects_is_still_refused(
+    make_config: Callable[..., DaemonConfig],
+) -> None:
+    """The replay windows (signaling's and pairing's) outlive a reconnection to the broker: a
+    broker that drops the daemon (or a refusal that makes it reconnect) and then plays a captured
+    hello or pair request again within the skew window gets ``replayed``, not a second answer."""
+    import nacl.public
+
+    from sidecode_trio.rtc.pairing import pairing_topics, seal_request
+    from sidecode_trio.rtc.signaling import Hello, new_cid
+
+    async with fake_ntfy() as server:
+        rtc = RtcSettings(rendezvous=server.url, stun=(), ping_interval=1.0, ping_misses=30)
+        async with running_daemon(make_config(https=True, rtc=rtc)) as owner:
+            service = owner.handle.rtc
+
+            async def offer() -> dict[str, Any]:
+                made = await owner.http.post("/v1/pairings", json={"scope": "chat"})
+                return dict(made.json()["payload"])
+
+            with trio.fail_after(60):
+                await service.ready.wait()
+                phone = Phone(await trio.to_thread.run_sync(pc.pair, await offer(), "phone"))
+                device_id = phone.credentials["device"]["id"]
+                the_topics = topics(unb64(phone.credentials["rendezvous"]["secret"]))
+                daemon = phone.daemon_key
+                box = SignalingBox(phone.key, lambda key: key == daemon)
+                payload = await offer()
+                pairing = pairing_topics(unb64(payload["secret"]))
+                while service.subscribed() != [device_id] or service.pairing() != [payload["sid"]]:
+                    await trio.sleep(0.02)
+                async with open_rendezvous(server.url) as device:
+                    await device.subscribe(the_topics.to_device)
+                    await device.subscribe(pairing.to_device)
+                    wrong, _, _ = pc.pair_request({**payload, "secret": "w" * 43}, "intruder")
+                    request, _ = seal_request(
+                        daemon, nacl.public.PrivateKey.generate(), wrong, time.time()
+                    )
+                    hello = box.seal(daemon, Hello(new_cid()), time.time())
+                    await device.publish(pairing.to_daemon, request)
+                    await device.publish(the_topics.to_daemon, hello)
+                    answered = {(await device.receive())[0], (await device.receive())[0]}
+                    assert answered == {pairing.to_device, the_topics.to_device}
+                    # the daemon reconnects: a subscription it needs is refused, then taken
+                    server.refuse_subscribing = True
+                    later = await offer()
+                    while service.error is None:
+                        await trio.sleep(0.02)
+                    server.refuse_subscribing = False
+                    while service.error is not None or later["sid"] not in service.pairing():
+                        await trio.sleep(0.02)
+                    assert service.refusals["replayed"] == 0
+                    await device.publish(pairing.to_daemon, request)
+                    await device.publish(the_topics.to_daemon, hello)
+                    while service.refusals["replayed"] < 2:
+                        await trio.sleep(0.02)
+            assert service.refusals["http 403"] == 1  # the pair request was dispatched once

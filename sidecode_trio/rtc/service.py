@@ -106,6 +106,10 @@ class RtcService:
         self.refusals: Counter[str] = Counter()
         self.paired = 0  #: devices paired through the rendezvous
         self.unsent_pair_replies = 0  #: pair replies the broker refused
+        # One of each for the service's life, not per connection to the broker: their replay
+        # windows must outlive a reconnection (a broker can drop us, then replay what it saw).
+        self._box = SignalingBox(key, self._is_paired, box_key=self._box_key)
+        self._desk = PairingDesk(key)
         self.ready = trio.Event()  #: set once subscribed and answering (the first time)
         self.error: str | None = None  #: why the last attempt to reach the broker failed
         devices.on_rendezvous(self._changes_tx.send_nowait)
@@ -347,7 +351,7 @@ class RtcService:
             for device, _secret in self._devices.with_rendezvous():
                 await self._sync(broker, device.id)
             await self._sync_pairing(broker)
-            desk = PairingDesk(self._key)
+            desk = self._desk
 
             async def pairing(topic: str, raw: bytes) -> bool:
                 return await self._pairing_message(broker, desk, topic, raw)
@@ -355,7 +359,7 @@ class RtcService:
             answerer = Answerer(
                 aio,
                 broker,
-                SignalingBox(self._key, self._is_paired, box_key=self._box_key),
+                self._box,
                 self._key,
                 self._topics_for,
                 lambda now: self.ice_servers("daemon", now),
