@@ -399,19 +399,20 @@ def _call(
                 context = ssl.create_default_context()
                 context.check_hostname, context.verify_mode = False, ssl.CERT_NONE  # see above
                 sock = context.wrap_socket(raw, server_hostname=host)
-            request = conn.send(h11.Request(method=method, target=target, headers=headers))
-            sock.sendall((request or b"") + (conn.send(h11.Data(data=data)) if data else b""))
-            sock.sendall(conn.send(h11.EndOfMessage()) or b"")
-            while True:
-                event = conn.next_event()
-                if event is h11.NEED_DATA:
-                    conn.receive_data(sock.recv(65536))
-                elif isinstance(event, h11.Response):
-                    status = event.status_code
-                elif isinstance(event, h11.Data):
-                    chunks.append(bytes(event.data))
-                elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
-                    break
+            with sock:  # the TLS socket took over raw's descriptor: closing raw does not close it
+                request = conn.send(h11.Request(method=method, target=target, headers=headers))
+                sock.sendall((request or b"") + (conn.send(h11.Data(data=data)) if data else b""))
+                sock.sendall(conn.send(h11.EndOfMessage()) or b"")
+                while True:
+                    event = conn.next_event()
+                    if event is h11.NEED_DATA:
+                        conn.receive_data(sock.recv(65536))
+                    elif isinstance(event, h11.Response):
+                        status = event.status_code
+                    elif isinstance(event, h11.Data):
+                        chunks.append(bytes(event.data))
+                    elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
+                        break
         payload = b"".join(chunks)
         reply = json.loads(payload) if 200 <= status < 300 else None
     except (OSError, h11.ProtocolError, ValueError) as exc:
