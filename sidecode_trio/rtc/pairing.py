@@ -57,6 +57,7 @@ import nacl.public
 import nacl.signing
 
 from ..security.identity import b64, unb64
+from ..security.pairing import usable_box_key
 from ..security.routes import OPEN_BODY_LIMIT
 from .signaling import ENVELOPE_VERSION, MAX_SKEW, SignalingRefused, Topics
 
@@ -131,14 +132,14 @@ def _load(raw: bytes) -> dict[str, Any]:
 
 
 def _x25519(key: str | None) -> bytes | None:
-    """A 32-byte X25519 public key from base64url, or None."""
+    """A 32-byte X25519 public key from base64url that a box can be made with, or None."""
     if not isinstance(key, str):
         return None
     try:
         raw = unb64(key)
     except (ValueError, binascii.Error):
         return None
-    return raw if len(raw) == 32 else None
+    return raw if len(raw) == 32 and usable_box_key(raw) else None
 
 
 # --- the daemon's side ----------------------------------------------------------------------
