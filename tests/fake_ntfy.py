@@ -62,6 +62,8 @@ class FakeNtfy:
         self.refuse_topics: set[str] = set()  #: answer publications to these topics 429
         #: raw bytes each new stream sends right after its "open" event (a hostile server's junk)
         self.junk: list[bytes] = []
+        #: acknowledge publications with a body that never ends (a hostile server)
+        self.endless_replies = False
 
     @property
     def url(self) -> str:
@@ -134,6 +136,14 @@ class FakeNtfy:
         method = request.method.decode()
         if method in ("POST", "PUT") and len(parts) == 2:
             status, reply = self._publish(parts[1], body, request.headers)
+            if self.endless_replies:
+                head = h11.Response(status_code=status, headers=[("Content-Type", "text/plain")])
+                await stream.send_all(conn.send(head) or b"")
+                try:
+                    while True:  # until the client hangs up
+                        await stream.send_all(conn.send(h11.Data(data=b"x" * 65536)) or b"")
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    return True  # the connection is done
             await self._send_json(conn, stream, status, reply)
             return False
         if method == "GET" and len(parts) == 3 and parts[2] == "json":

@@ -39,7 +39,7 @@ import time
 import urllib.parse
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager
 from typing import Any, Final
 
 import attrs
@@ -60,6 +60,7 @@ SEEN_IDS: Final = 1024  # message ids remembered to deliver a message seen on tw
 #: a stream's line, at most (a message event of a 4,096-byte message, JSON-escaped, is < 30 KiB):
 #: a longer one is skipped, never buffered whole (the server is trusted with sealed bytes only)
 MAX_LINE: Final = 64 * 1024
+REPLY_LIMIT: Final = 64 * 1024  # bytes of a publication's reply read (ntfy's: < 1 KiB of JSON)
 READ_TIMEOUT: Final = 120.0  # seconds of silence on a stream (ntfy says keepalive every 45 s)
 RETRY_MAX: Final = 30.0  # seconds between attempts to re-open a dropped stream, at most
 _TOPIC: Final = re.compile(r"^[-_A-Za-z0-9]{1,64}$")
@@ -182,17 +183,20 @@ class NtfyRendezvous:
     async def publish(self, topic: str, payload: bytes) -> None:
         """Publish and return when the server has stored the message (all parts, in order)."""
         url = f"{self._base}/{ntfy_topic(topic)}"
+        headers = {"Firebase": "no", "Accept-Encoding": "identity"}
         for body in encode(payload):
             try:
-                response = await self._client.post(
-                    url, content=body.encode(), headers={"Firebase": "no"}
-                )
+                async with self._client.stream(
+                    "POST", url, content=body.encode(), headers=headers
+                ) as response:
+                    # the reply (the stored message, or why not) is read up to REPLY_LIMIT only
+                    said = await _first_bytes(response, REPLY_LIMIT)
             except httpx.HTTPError as exc:
                 raise RendezvousError(f"cannot publish to {self._base}: {exc!r}") from None
             if response.status_code != 200:
                 raise RendezvousError(
                     f"{self._base} refused a message: HTTP {response.status_code} "
-                    f"{response.text[:200]}"
+                    f"{said[:200].decode(errors='replace')}"
                 )
 
     async def receive(self) -> tuple[str, bytes]:
@@ -251,13 +255,10 @@ class NtfyRendezvous:
             "GET", url, params=params, headers=headers, timeout=timeout
         ) as response:
             if response.status_code != 200:
-                said = b""
-                async for chunk in response.aiter_raw():  # why, in its first bytes only
-                    said += chunk
-                    if len(said) >= 200:
-                        break
-                text = said[:200].decode(errors="replace")
-                raise RendezvousError(f"HTTP {response.status_code} {text}")
+                said = await _first_bytes(response, 200)  # why, in its first bytes only
+                raise RendezvousError(
+                    f"HTTP {response.status_code} {said[:200].decode(errors='replace')}"
+                )
             partial, skipping = b"", False  # the line being read; past MAX_LINE: skip to its end
             async for chunk in response.aiter_raw():
                 *lines, rest = (partial + chunk).split(b"\n")
@@ -311,6 +312,18 @@ class NtfyRendezvous:
             self._inbox_tx.send_nowait((topic, payload))
         except trio.WouldBlock:
             self.dropped += 1
+
+
+async def _first_bytes(response: httpx.Response, limit: int) -> bytes:
+    """The start of ``response``'s body, up to about ``limit`` bytes (the whole of a short one,
+    which lets its connection be used again); the rest is never read."""
+    said = b""
+    async with aclosing(response.aiter_raw()) as chunks:  # closed now, not by the GC
+        async for chunk in chunks:
+            said += chunk
+            if len(said) >= limit:
+                break
+    return said
 
 
 @asynccontextmanager
