@@ -39,7 +39,7 @@ import time
 import urllib.parse
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
-from contextlib import aclosing, asynccontextmanager
+from contextlib import asynccontextmanager
 from typing import Any, Final
 
 import attrs
@@ -318,11 +318,10 @@ async def _first_bytes(response: httpx.Response, limit: int) -> bytes:
     """The start of ``response``'s body, up to about ``limit`` bytes (the whole of a short one,
     which lets its connection be used again); the rest is never read."""
     said = b""
-    async with aclosing(response.aiter_raw()) as chunks:  # closed now, not by the GC
-        async for chunk in chunks:
-            said += chunk
-            if len(said) >= limit:
-                break
+    async for chunk in response.aiter_raw():  # the caller's ``stream`` block closes the rest
+        said += chunk
+        if len(said) >= limit:
+            break
     return said
 
 
