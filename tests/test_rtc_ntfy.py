@@ -490,3 +490,41 @@ async def test_a_publication_whose_reply_never_ends_is_not_read_to_its_end(refus
             else:
                 await daemon.publish(TOPIC, b"stored")
                 assert await device.receive() == (TOPIC, b"stored")
+
+
+async def test_a_device_paired_through_the_broker_gets_its_reply_when_a_subscription_fails(
+    make_config: Callable[..., DaemonConfig],
+) -> None:
+    """Pairing succeeded, but the broker refuses the subscription to the new device's topic (or
+    the offer's unsubscription): the device still gets its 201 (else it is paired on the
+    daemon's side only, its one-time secret spent), and the WebRTC task then reconnects and
+    subscribes it."""
+    import nacl.public
+
+    from sidecode_trio.rtc.pairing import open_reply, pairing_topics, seal_request
+
+    async with fake_ntfy() as server:
+        rtc = RtcSettings(rendezvous=server.url, stun=(), ping_interval=1.0, ping_misses=30)
+        async with running_daemon(make_config(https=True, rtc=rtc)) as owner:
+            service = owner.handle.rtc
+            with trio.fail_after(60):
+                await service.ready.wait()
+                made = await owner.http.post("/v1/pairings", json={"scope": "chat"})
+                payload = made.json()["payload"]
+                while payload["sid"] not in service.pairing():
+                    await trio.sleep(0.02)
+                the_topics = pairing_topics(unb64(payload["secret"]))
+                daemon_key = unb64(payload["pk"])
+                async with open_rendezvous(server.url) as device:
+                    await device.subscribe(the_topics.to_device)
+                    server.refuse_subscribing = True
+                    body, _, _ = pc.pair_request(payload, "phone")
+                    box_key = nacl.public.PrivateKey.generate()
+                    envelope, nonce = seal_request(daemon_key, box_key, body, time.time())
+                    await device.publish(the_topics.to_daemon, envelope)
+                    _topic, raw = await device.receive()
+                    status, reply = open_reply(daemon_key, box_key, raw, nonce, time.time())
+                assert status == 201
+                server.refuse_subscribing = False
+                while service.subscribed() != [reply["device"]["id"]] or service.error:
+                    await trio.sleep(0.02)

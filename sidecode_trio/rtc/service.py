@@ -238,14 +238,18 @@ class RtcService:
             return True
         status, body = await self._pair(None, "POST", "/v1/pair", opened.request, REMOTE)
         reply = json.loads(body)
-        if status == 201:  # subscribed before the reply: the device may dial at once
-            self.paired += 1
-            await self._sync(broker, reply["device"]["id"])
-        else:
-            self.refusals[f"http {status}"] += 1
-        # a used or withdrawn offer's topic goes before the reply, so a device that has its
-        # answer finds the daemon's state settled
-        await self._sync_pairing(broker)
+        failed: RendezvousError | None = None
+        try:
+            if status == 201:  # subscribed before the reply: the device may dial at once
+                self.paired += 1
+                await self._sync(broker, reply["device"]["id"])
+            else:
+                self.refusals[f"http {status}"] += 1
+            # a used or withdrawn offer's topic goes before the reply, so a device that has its
+            # answer finds the daemon's state settled
+            await self._sync_pairing(broker)
+        except RendezvousError as exc:  # the reply still goes (a 201 unsent leaves the device
+            failed = exc  # paired on our side only, its secret spent); then we reconnect
         try:
             await broker.publish(
                 the_topics.to_device, desk.seal_reply(opened, status, reply, self._clock())
@@ -256,6 +260,8 @@ class RtcService:
             # every open link and lost what was published meanwhile
             self.unsent_pair_replies += 1
             log.info("rtc: a pair reply was not published: %s", exc.message)
+        if failed is not None:
+            raise failed  # run() again: subscribed anew on a new connection
         return True
 
     def links(self) -> int:
