@@ -528,3 +528,21 @@ async def test_a_device_paired_through_the_broker_gets_its_reply_when_a_subscrip
                 server.refuse_subscribing = False
                 while service.subscribed() != [reply["device"]["id"]] or service.error:
                     await trio.sleep(0.02)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "ntfy+https://user:tk_secret@ntfy.sh",
+        "ntfy+https://ntfy.sh/?auth=x",
+        "ntfy+https://ntfy.sh:99999",
+        "mqtt://broker.example:http",
+        "wss://broker.example:70000/mqtt",
+    ],
+)
+def test_a_rendezvous_url_its_driver_would_refuse_is_a_config_problem_at_start(url: str) -> None:
+    """The configuration check refuses what the drivers refuse (credentials, a query, a bad
+    port): otherwise the daemon starts, then its WebRTC task fails on the URL with an error the
+    task does not retry (ConfigError, ValueError), which ends the daemon after it said ready."""
+    problems = RtcSettings(rendezvous=url).problems()
+    assert problems and "$.rtc.rendezvous" in problems[0]
