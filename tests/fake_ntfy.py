@@ -59,6 +59,11 @@ class FakeNtfy:
         self.port = 0
         self.refuse_publishing = False  #: answer every publication 429 (rate-limited, as ntfy)
         self.refuse_subscribing = False  #: answer every subscription 429 (rate-limited)
+        self.refuse_topics: set[str] = set()  #: answer publications to these topics 429
+        #: raw bytes each new stream sends right after its "open" event (a hostile server's junk)
+        self.junk: list[bytes] = []
+        #: acknowledge publications with a body that never ends (a hostile server)
+        self.endless_replies = False
 
     @property
     def url(self) -> str:
@@ -131,6 +136,14 @@ class FakeNtfy:
         method = request.method.decode()
         if method in ("POST", "PUT") and len(parts) == 2:
             status, reply = self._publish(parts[1], body, request.headers)
+            if self.endless_replies:
+                head = h11.Response(status_code=status, headers=[("Content-Type", "text/plain")])
+                await stream.send_all(conn.send(head) or b"")
+                try:
+                    while True:  # until the client hangs up
+                        await stream.send_all(conn.send(h11.Data(data=b"x" * 65536)) or b"")
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    return True  # the connection is done
             await self._send_json(conn, stream, status, reply)
             return False
         if method == "GET" and len(parts) == 3 and parts[2] == "json":
@@ -154,7 +167,7 @@ class FakeNtfy:
     ) -> tuple[int, dict[str, Any]]:
         if not TOPIC.match(topic):
             return 400, _error(40009, 400, "invalid request: topic invalid")
-        if self.refuse_publishing:
+        if self.refuse_publishing or topic in self.refuse_topics:
             self.refused.append((429, "limit reached: too many requests"))
             return 429, _error(42901, 429, "limit reached: too many requests")
         try:
@@ -226,6 +239,8 @@ class FakeNtfy:
         async def pump() -> None:
             if not poll:
                 await line(event("open"))
+                for junk in self.junk:
+                    await stream.send_all(conn.send(h11.Data(data=junk)) or b"")
             for cached in self._cached(names, params.get("since"), poll):
                 await line(cached)
             if poll:

@@ -509,3 +509,28 @@ async def _half_a_reply(stream: trio.SocketStream) -> None:
     await stream.receive_some(65536)
     await stream.send_all(b'HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{"partial":')
     await stream.aclose()
+
+
+async def test_a_tls_handshake_that_fails_closes_its_connection() -> None:
+    """``attach`` re-connects while a daemon restarts: a TLS handshake that fails (the peer
+    closed, or the deadline passed) closes the TCP connection under it, rather than leaving one
+    socket per attempt to the garbage collector."""
+    import gc
+    import warnings
+
+    async def hang_up(stream: trio.SocketStream) -> None:
+        await stream.aclose()
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(partial(trio.serve_tcp, hang_up, 0, host="127.0.0.1"))
+        port = listeners[0].socket.getsockname()[1]
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ResourceWarning)
+            with trio.fail_after(20), pytest.raises(SidecodeError) as refused:
+                await DaemonAPI(f"https://127.0.0.1:{port}", "t").call("GET", "/v1/status")
+            code = refused.value.code
+            del refused  # its traceback holds the frames that held the connection
+            gc.collect()
+        nursery.cancel_scope.cancel()
+    assert code == "unreachable"
+    assert [str(w.message) for w in caught if w.category is ResourceWarning] == []

@@ -169,3 +169,24 @@ def test_pairing_urls_name_this_hosts_addresses() -> None:
     urls = reachable_urls("https://0.0.0.0:9000")
     assert urls[-1] == "https://127.0.0.1:9000" and all(u.endswith(":9000") for u in urls)
     assert "127.0.0.1" in local_addresses()  # read from the interfaces, no traffic sent
+
+
+async def test_a_call_over_https_closes_its_tls_socket(
+    make_config: Callable[..., DaemonConfig],
+) -> None:
+    """``_call`` wraps its socket in TLS: the wrapped socket is closed too, not left to the
+    garbage collector (a ResourceWarning in every in-process caller: doctor's live status)."""
+    import gc
+    import warnings
+
+    from sidecode_trio import cli
+
+    config = make_config(https=True)
+    async with running_daemon(config) as daemon:
+        url, token = cli._daemon(config.state_dir)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ResourceWarning)
+            status = await trio.to_thread.run_sync(cli._call, f"{url}/v1/status", token)
+            gc.collect()
+        assert daemon.handle.url.startswith("https:") and "sessions" in status
+    assert [str(w.message) for w in caught if w.category is ResourceWarning] == []

@@ -281,3 +281,44 @@ def test_a_registration_made_later_takes_effect_at_once() -> None:
     assert _code(daemon, deriving.seal(pk(DAEMON), Hello("c2"), NOW)) == "forged"
     web = SignalingBox(WEB, lambda key: key == pk(DAEMON), box_secret=WEB_BOX)
     assert daemon.open(web.seal(pk(DAEMON), Hello("c3"), NOW), NOW).message == Hello("c3")
+
+
+#: X25519 points of small order: every secret key makes the all-zero shared secret with them,
+#: which libsodium refuses (PyNaCl raises), so no box can be made to or from them
+LOW_ORDER = [
+    bytes(32),
+    b"\x01" + bytes(31),
+    bytes.fromhex("e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800"),
+]
+
+
+@pytest.mark.parametrize("low", LOW_ORDER)
+def test_a_box_key_no_box_can_be_made_with_is_a_400_not_a_registered_key(low: bytes) -> None:
+    """A device registering such a key could never be answered; signaling to it would fail
+    inside the daemon. It is refused as malformed, before the secret is spent."""
+    daemon = bytes(nacl.signing.SigningKey.generate().verify_key)
+    pairings = Pairings(daemon, lambda: NOW)
+    offer = pairings.offer(Scope.CHAT, ttl=300)
+    proof, _ = _proof(daemon, offer.secret_id, offer.secret, low)  # a valid proof over it
+    with pytest.raises(BadRequest) as caught:
+        pairings.redeem(proof, "a")
+    assert caught.value.code == "bad_box_key"
+
+
+@pytest.mark.parametrize("low", LOW_ORDER)
+def test_a_pair_request_through_the_broker_naming_such_a_key_is_answered_to_its_sender(
+    low: bytes,
+) -> None:
+    """The desk boxes its reply to the request's ``box_public_key``: one no box can be made
+    with is ignored (the reply goes to the envelope's key), rather than raising out of the
+    WebRTC task (and the daemon) when the reply is sealed."""
+    from sidecode_trio.rtc.pairing import PairingDesk, open_reply, seal_request
+
+    daemon = nacl.signing.SigningKey.generate()
+    desk = PairingDesk(daemon)
+    sender = nacl.public.PrivateKey.generate()
+    request = {"secret_id": "s1", "box_public_key": b64(low)}
+    envelope, nonce = seal_request(bytes(daemon.verify_key), sender, request, NOW)
+    opened = desk.open(envelope, NOW, "s1")
+    reply = desk.seal_reply(opened, 400, {"error": {"code": "bad_box_key"}}, NOW)
+    assert open_reply(bytes(daemon.verify_key), sender, reply, nonce, NOW)[0] == 400

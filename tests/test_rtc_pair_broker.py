@@ -178,3 +178,22 @@ async def test_failures_through_the_broker_are_rate_limited_as_one_client_addres
             credentials = await trio.to_thread.run_sync(pc.pair, second, "over https")
         assert statuses == [403] * 5 + [429]
         assert credentials["scope"] == "chat"
+
+
+async def test_junk_on_a_pairing_topic_is_refused_and_the_daemon_keeps_answering(
+    make_config: Callable[..., DaemonConfig], broker: str
+) -> None:
+    """Whoever sees the topic names (the broker, a public broker's ``#`` subscriber) can publish
+    on an offer's topic: JSON nested past the recursion limit is dropped as malformed, and the
+    WebRTC task (and the daemon) carry on: the device then pairs through the same offer."""
+    async with running_daemon(rtc_config(make_config, broker)) as owner:
+        service = owner.handle.rtc
+        with trio.fail_after(30):
+            payload = await offer(owner)
+            async with open_mqtt(broker) as stranger:
+                topic = pairing_topics(unb64(payload["secret"])).to_daemon
+                await stranger.publish(topic, b"[" * 5000)
+                await until(lambda: service.refusals["malformed"] == 1)
+            credentials = await pc.pair_over_rendezvous(payload, "phone")
+        assert credentials["device"]["id"] in service.subscribed()
+        assert service.error is None

@@ -4,6 +4,7 @@ No aiortc or broker needed: this is the pairing side of the WebRTC path."""
 
 from __future__ import annotations
 
+import json
 import stat
 from collections.abc import Callable
 from pathlib import Path
@@ -22,7 +23,7 @@ from sidecode_trio.rtc.pairing import (
     pairing_topics,
     seal_request,
 )
-from sidecode_trio.rtc.signaling import SignalingRefused, topics
+from sidecode_trio.rtc.signaling import SignalingBox, SignalingRefused, topics
 from sidecode_trio.security.devices import DeviceStore, Scope
 from sidecode_trio.security.identity import b64, unb64
 from sidecode_trio.security.pairing import (
@@ -214,3 +215,38 @@ def test_pairing_topics_are_unguessable_and_not_the_device_topics() -> None:
     )
     assert pairing_topics(b"t" * 32).to_daemon != mine.to_daemon
     assert len(mine.to_daemon.rpartition("/")[2]) == 32  # 128 bits of HMAC, hex
+
+
+def _sealed_raw(daemon: nacl.signing.SigningKey, raw: bytes) -> bytes:
+    """An envelope whose box holds ``raw`` as its body: anyone can seal to the daemon's key."""
+    box_key = nacl.public.PrivateKey.generate()
+    daemon_x = daemon.verify_key.to_curve25519_public_key()
+    sealed = bytes(nacl.public.Box(box_key, daemon_x).encrypt(raw))
+    return json.dumps({"v": 1, "from": b64(bytes(box_key.public_key)), "box": b64(sealed)}).encode()
+
+
+def test_deeply_nested_or_non_finite_input_is_refused_not_raised() -> None:
+    """Anyone who sees a pairing topic (a public broker's ``#`` subscriber, the broker) can
+    publish there: JSON nested past the recursion limit, outside or inside the box, is
+    ``malformed`` (a RecursionError would end the WebRTC task and the daemon with it), and a
+    body timed NaN or infinity is refused, never taken as fresh (and kept forever)."""
+    daemon = nacl.signing.SigningKey.generate()
+    desk = PairingDesk(daemon)
+    deep = b"[" * 5000
+    request = {"secret_id": "s1"}
+    cases = [deep, b'{"v": 1, "from": ' + deep, _sealed_raw(daemon, deep)]
+    for ts in ("NaN", "Infinity", "-Infinity"):
+        body = '{"to": "%s", "ts": %s, "n": "x", "msg": {"type": "pair", "request": %s}}'
+        raw = body % (b64(bytes(daemon.verify_key)), ts, json.dumps(request))
+        cases.append(_sealed_raw(daemon, raw.encode()))
+    for data in cases:
+        with pytest.raises(SignalingRefused) as refused:
+            desk.open(data, 1000.0, "s1")
+        assert refused.value.code in ("malformed", "stale"), data[:60]
+    box_key = nacl.public.PrivateKey.generate()
+    with pytest.raises(SignalingRefused):  # the device's side too
+        open_reply(bytes(daemon.verify_key), box_key, deep, "n", 1000.0)
+    signaling = SignalingBox(daemon, lambda _key: True)
+    with pytest.raises(SignalingRefused) as refused:
+        signaling.open(deep, 1000.0)
+    assert refused.value.code == "malformed"

@@ -57,6 +57,10 @@ PART_CHARS: Final = 4000  # base64 characters per part (the header fits in the r
 MAX_PARTS: Final = 24  # parts of one payload, at most (~70 KiB: a sealed message is <= 64 KiB)
 MAX_ASSEMBLING: Final = 32  # payloads being reassembled at once; the oldest is dropped past it
 SEEN_IDS: Final = 1024  # message ids remembered to deliver a message seen on two streams once
+#: a stream's line, at most (a message event of a 4,096-byte message, JSON-escaped, is < 30 KiB):
+#: a longer one is skipped, never buffered whole (the server is trusted with sealed bytes only)
+MAX_LINE: Final = 64 * 1024
+REPLY_LIMIT: Final = 64 * 1024  # bytes of a publication's reply read (ntfy's: < 1 KiB of JSON)
 READ_TIMEOUT: Final = 120.0  # seconds of silence on a stream (ntfy says keepalive every 45 s)
 RETRY_MAX: Final = 30.0  # seconds between attempts to re-open a dropped stream, at most
 _TOPIC: Final = re.compile(r"^[-_A-Za-z0-9]{1,64}$")
@@ -155,6 +159,7 @@ class NtfyRendezvous:
         self._inbox_tx, self._inbox_rx = trio.open_memory_channel[tuple[str, bytes]](INBOX_SIZE)
         self.dropped = 0  #: messages dropped because the inbox was full
         self.reconnects = 0
+        self.skipped_lines = 0  #: lines of the stream that were not JSON or over MAX_LINE
 
     # --- Rendezvous ----------------------------------------------------------------------------
 
@@ -178,17 +183,20 @@ class NtfyRendezvous:
     async def publish(self, topic: str, payload: bytes) -> None:
         """Publish and return when the server has stored the message (all parts, in order)."""
         url = f"{self._base}/{ntfy_topic(topic)}"
+        headers = {"Firebase": "no", "Accept-Encoding": "identity"}
         for body in encode(payload):
             try:
-                response = await self._client.post(
-                    url, content=body.encode(), headers={"Firebase": "no"}
-                )
+                async with self._client.stream(
+                    "POST", url, content=body.encode(), headers=headers
+                ) as response:
+                    # the reply (the stored message, or why not) is read up to REPLY_LIMIT only
+                    said = await _first_bytes(response, REPLY_LIMIT)
             except httpx.HTTPError as exc:
                 raise RendezvousError(f"cannot publish to {self._base}: {exc!r}") from None
             if response.status_code != 200:
                 raise RendezvousError(
                     f"{self._base} refused a message: HTTP {response.status_code} "
-                    f"{response.text[:200]}"
+                    f"{said[:200].decode(errors='replace')}"
                 )
 
     async def receive(self) -> tuple[str, bytes]:
@@ -241,22 +249,48 @@ class NtfyRendezvous:
 
     async def _read(self, url: str, params: dict[str, str], on_open: Callable[[], None]) -> None:
         timeout = httpx.Timeout(30.0, read=READ_TIMEOUT)
-        async with self._client.stream("GET", url, params=params, timeout=timeout) as response:
+        # identity: a compressed stream could inflate a small read into a huge one
+        headers = {"Accept-Encoding": "identity"}
+        async with self._client.stream(
+            "GET", url, params=params, headers=headers, timeout=timeout
+        ) as response:
             if response.status_code != 200:
-                await response.aread()
-                raise RendezvousError(f"HTTP {response.status_code} {response.text[:200]}")
-            async for line in response.aiter_lines():
-                if not line.strip():
-                    continue
-                message: Any = json.loads(line)
-                if not isinstance(message, dict):
-                    continue
-                event = message.get("event")
-                if event == "open":
-                    on_open()
-                elif event == "message":
-                    self._message(message)
+                said = await _first_bytes(response, 200)  # why, in its first bytes only
+                raise RendezvousError(
+                    f"HTTP {response.status_code} {said[:200].decode(errors='replace')}"
+                )
+            partial, skipping = b"", False  # the line being read; past MAX_LINE: skip to its end
+            async for chunk in response.aiter_raw():
+                *lines, rest = (partial + chunk).split(b"\n")
+                if skipping and lines:  # the over-long line ends in this chunk
+                    lines, skipping = lines[1:], False
+                partial = b"" if skipping else rest
+                if len(partial) > MAX_LINE:
+                    partial, skipping = b"", True
+                    self.skipped_lines += 1
+                for line in lines:
+                    self._line(line, on_open)
         raise RendezvousError("the server ended the stream")
+
+    def _line(self, line: bytes, on_open: Callable[[], None]) -> None:
+        """One line of the stream: an event we act on, or junk we skip (never an exception:
+        a line the server sends is not a reason to drop the stream or the task)."""
+        if not line.strip():
+            return
+        try:
+            message: Any = json.loads(line) if len(line) <= MAX_LINE else None
+        except (ValueError, RecursionError):  # not JSON, or nested past the recursion limit
+            message = None
+        if message is None:
+            self.skipped_lines += 1
+            return
+        if not isinstance(message, dict):
+            return
+        event = message.get("event")
+        if event == "open":
+            on_open()
+        elif event == "message":
+            self._message(message)
 
     def _message(self, message: dict[str, Any]) -> None:
         ident, name, body = message.get("id"), message.get("topic"), message.get("message")
@@ -278,6 +312,17 @@ class NtfyRendezvous:
             self._inbox_tx.send_nowait((topic, payload))
         except trio.WouldBlock:
             self.dropped += 1
+
+
+async def _first_bytes(response: httpx.Response, limit: int) -> bytes:
+    """The start of ``response``'s body, up to about ``limit`` bytes (the whole of a short one,
+    which lets its connection be used again); the rest is never read."""
+    said = b""
+    async for chunk in response.aiter_raw():  # the caller's ``stream`` block closes the rest
+        said += chunk
+        if len(said) >= limit:
+            break
+    return said
 
 
 @asynccontextmanager

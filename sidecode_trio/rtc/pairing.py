@@ -45,6 +45,7 @@ import binascii
 import hmac
 import json
 import logging
+import math
 import secrets
 import time
 from collections.abc import Callable
@@ -56,6 +57,7 @@ import nacl.public
 import nacl.signing
 
 from ..security.identity import b64, unb64
+from ..security.pairing import usable_box_key
 from ..security.routes import OPEN_BODY_LIMIT
 from .signaling import ENVELOPE_VERSION, MAX_SKEW, SignalingRefused, Topics
 
@@ -102,7 +104,8 @@ def _parse(data: bytes, limit: int) -> tuple[bytes, bytes]:
         if not isinstance(envelope, dict) or envelope.get("v") != ENVELOPE_VERSION:
             raise _refuse("malformed", "not a version-1 pairing envelope")
         sender, sealed = unb64(envelope["from"]), unb64(envelope["box"])
-    except (ValueError, KeyError, TypeError, binascii.Error):
+    except (ValueError, KeyError, TypeError, binascii.Error, RecursionError):
+        # RecursionError: JSON nested past the recursion limit (anyone on the topic can send it)
         raise _refuse("malformed", "not a pairing envelope") from None
     if len(sender) != 32 or len(sealed) < 24 + 16:
         raise _refuse("malformed", "bad key or box length")
@@ -112,7 +115,7 @@ def _parse(data: bytes, limit: int) -> tuple[bytes, bytes]:
 def _load(raw: bytes) -> dict[str, Any]:
     try:
         body = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested past the recursion limit
         raise _refuse("malformed", "the body is not JSON") from None
     ts = body.get("ts") if isinstance(body, dict) else None
     if not (
@@ -121,6 +124,7 @@ def _load(raw: bytes) -> dict[str, Any]:
         and isinstance(body.get("n"), str)
         and isinstance(ts, int | float)
         and not isinstance(ts, bool)
+        and math.isfinite(ts)  # NaN passes every skew check, and its nonce is never forgotten
         and isinstance(body.get("msg"), dict)
     ):
         raise _refuse("malformed", "the body lacks to, ts, n or msg")
@@ -128,14 +132,14 @@ def _load(raw: bytes) -> dict[str, Any]:
 
 
 def _x25519(key: str | None) -> bytes | None:
-    """A 32-byte X25519 public key from base64url, or None."""
+    """A 32-byte X25519 public key from base64url that a box can be made with, or None."""
     if not isinstance(key, str):
         return None
     try:
         raw = unb64(key)
     except (ValueError, binascii.Error):
         return None
-    return raw if len(raw) == 32 else None
+    return raw if len(raw) == 32 and usable_box_key(raw) else None
 
 
 # --- the daemon's side ----------------------------------------------------------------------

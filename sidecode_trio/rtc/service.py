@@ -38,6 +38,7 @@ from ..security.devices import DeviceStore
 from ..security.identity import b64, unb64
 from ..security.pairing import Pairings
 from .broker import Rendezvous as _Broker  # paho and aiortc are imported when used, not here
+from .broker import RendezvousError
 from .ice import IceServer, turn_server
 from .link import Closed, DataChannelTransport, Session, dtls_sha256, serve
 from .pairing import REMOTE, PairingDesk, pairing_topics
@@ -104,6 +105,11 @@ class RtcService:
         #: requests answered with an error
         self.refusals: Counter[str] = Counter()
         self.paired = 0  #: devices paired through the rendezvous
+        self.unsent_pair_replies = 0  #: pair replies the broker refused
+        # One of each for the service's life, not per connection to the broker: their replay
+        # windows must outlive a reconnection (a broker can drop us, then replay what it saw).
+        self._box = SignalingBox(key, self._is_paired, box_key=self._box_key)
+        self._desk = PairingDesk(key)
         self.ready = trio.Event()  #: set once subscribed and answering (the first time)
         self.error: str | None = None  #: why the last attempt to reach the broker failed
         devices.on_rendezvous(self._changes_tx.send_nowait)
@@ -232,17 +238,30 @@ class RtcService:
             return True
         status, body = await self._pair(None, "POST", "/v1/pair", opened.request, REMOTE)
         reply = json.loads(body)
-        if status == 201:  # subscribed before the reply: the device may dial at once
-            self.paired += 1
-            await self._sync(broker, reply["device"]["id"])
-        else:
-            self.refusals[f"http {status}"] += 1
-        # a used or withdrawn offer's topic goes before the reply, so a device that has its
-        # answer finds the daemon's state settled
-        await self._sync_pairing(broker)
-        await broker.publish(
-            the_topics.to_device, desk.seal_reply(opened, status, reply, self._clock())
-        )
+        failed: RendezvousError | None = None
+        try:
+            if status == 201:  # subscribed before the reply: the device may dial at once
+                self.paired += 1
+                await self._sync(broker, reply["device"]["id"])
+            else:
+                self.refusals[f"http {status}"] += 1
+            # a used or withdrawn offer's topic goes before the reply, so a device that has its
+            # answer finds the daemon's state settled
+            await self._sync_pairing(broker)
+        except RendezvousError as exc:  # the reply still goes (a 201 unsent leaves the device
+            failed = exc  # paired on our side only, its secret spent); then we reconnect
+        try:
+            await broker.publish(
+                the_topics.to_device, desk.seal_reply(opened, status, reply, self._clock())
+            )
+        except RendezvousError as exc:  # a rate limit (ntfy.sh's 429), a dropped connection:
+            # this device's answer is lost (its deadline passes; after a 201 it needs a new
+            # offer), as a refused signaling reply is; raised, it restarted the task, which cut
+            # every open link and lost what was published meanwhile
+            self.unsent_pair_replies += 1
+            log.info("rtc: a pair reply was not published: %s", exc.message)
+        if failed is not None:
+            raise failed  # run() again: subscribed anew on a new connection
         return True
 
     def links(self) -> int:
@@ -338,7 +357,7 @@ class RtcService:
             for device, _secret in self._devices.with_rendezvous():
                 await self._sync(broker, device.id)
             await self._sync_pairing(broker)
-            desk = PairingDesk(self._key)
+            desk = self._desk
 
             async def pairing(topic: str, raw: bytes) -> bool:
                 return await self._pairing_message(broker, desk, topic, raw)
@@ -346,7 +365,7 @@ class RtcService:
             answerer = Answerer(
                 aio,
                 broker,
-                SignalingBox(self._key, self._is_paired, box_key=self._box_key),
+                self._box,
                 self._key,
                 self._topics_for,
                 lambda now: self.ice_servers("daemon", now),

@@ -19,7 +19,7 @@ import os
 import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import attrs
 
@@ -29,6 +29,19 @@ if TYPE_CHECKING:
 #: public STUN servers used when ``--stun`` is not given (two operators: either may go away)
 DEFAULT_STUN: Final = ("stun:stun.l.google.com:19302", "stun:stun.cloudflare.com:3478")
 RENDEZVOUS_SCHEMES: Final = ("mqtt", "mqtts", "ws", "wss", "ntfy+http", "ntfy+https")
+
+
+def _rendezvous_url_problem(parts: SplitResult) -> str | None:
+    """What the broker drivers (``broker._parse_url``, ``ntfy.parse_url``) would refuse."""
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a port that is not 0-65535
+    except ValueError as exc:
+        return f"a bad port ({exc})"
+    if parts.scheme.startswith("ntfy+") and (
+        parts.username or parts.password or parts.query or parts.fragment
+    ):
+        return "an ntfy URL takes no credentials, query or fragment"
+    return None
 
 
 @attrs.frozen
@@ -57,6 +70,10 @@ class RtcSettings:
                     "bad value @ $.rtc.rendezvous: an mqtt://, mqtts://, ws://, wss:// URL of "
                     f"a broker or an ntfy+https:// one of an ntfy server, got {self.rendezvous!r}"
                 )
+            else:  # what the drivers refuse, said now rather than by the WebRTC task later
+                why = _rendezvous_url_problem(parts)
+                if why:
+                    found.append(f"bad value @ $.rtc.rendezvous: {why}, got {self.rendezvous!r}")
         for i, url in enumerate(self.stun):
             if not url.startswith(("stun:", "stuns:")) or len(url.partition(":")[2]) < 1:
                 found.append(f"bad value @ $.rtc.stun[{i}]: a stun:host[:port] URL, got {url!r}")

@@ -52,6 +52,7 @@ import binascii
 import hashlib
 import hmac
 import json
+import math
 import re
 import secrets
 from collections.abc import Callable
@@ -214,7 +215,8 @@ class SignalingBox:
             if not isinstance(envelope, dict) or envelope.get("v") != ENVELOPE_VERSION:
                 raise _refuse("malformed", "not a version-1 signaling envelope")
             sender, sealed = unb64(envelope["from"]), unb64(envelope["box"])
-        except (ValueError, KeyError, TypeError, binascii.Error):
+        except (ValueError, KeyError, TypeError, binascii.Error, RecursionError):
+            # RecursionError: JSON nested past the recursion limit (anyone on a topic can send it)
             raise _refuse("malformed", "not a signaling envelope") from None
         if len(sender) != 32 or len(sealed) < 24 + 16 + 64:
             raise _refuse("malformed", "bad key or box length")
@@ -223,7 +225,7 @@ class SignalingBox:
     def _parse_body(self, raw: bytes) -> dict[str, Any]:
         try:
             body = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested past the recursion limit
             raise _refuse("malformed", "the body is not JSON") from None
         if not (
             isinstance(body, dict)
@@ -231,6 +233,7 @@ class SignalingBox:
             and isinstance(body.get("n"), str)
             and isinstance(body.get("ts"), int | float)
             and not isinstance(body.get("ts"), bool)
+            and math.isfinite(body["ts"])  # NaN passes every skew check
             and isinstance(body.get("msg"), dict)
         ):
             raise _refuse("malformed", "the body lacks to, ts, n or msg")

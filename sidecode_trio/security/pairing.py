@@ -22,6 +22,8 @@ from collections.abc import Callable
 from typing import Any, Final
 
 import attrs
+import nacl.bindings
+import nacl.exceptions
 
 from ..errors import BadRequest, ClientError
 from .devices import Scope
@@ -79,7 +81,26 @@ def box_public_key(text: str | None) -> bytes | None:
             "box_public_key must be a base64url X25519 public key of 32 bytes",
             code="bad_box_key",
         )
+    if not usable_box_key(raw):
+        raise BadRequest(
+            "box_public_key is a point of small order: no box can be made with it",
+            code="bad_box_key",
+        )
     return raw
+
+
+def usable_box_key(raw: bytes) -> bool:
+    """Whether a box can be made with the 32-byte X25519 public key ``raw``: a point of small
+    order gives every secret key the all-zero shared secret, which libsodium refuses (PyNaCl
+    raises from ``Box``, wherever a box to or from it is made)."""
+    try:
+        nacl.bindings.crypto_scalarmult(_ANY_SCALAR, raw)
+    except nacl.exceptions.CryptoError:
+        return False
+    return True
+
+
+_ANY_SCALAR: Final = hashlib.sha256(b"sidecode-trio small order probe").digest()
 
 
 def prove(secret: bytes, message: bytes) -> bytes:

@@ -139,18 +139,23 @@ class DaemonAPI:
     async def _connect(self) -> trio.abc.Stream:
         try:
             stream: trio.abc.Stream = await trio.open_tcp_stream(self._host, self._port)
-            if self._tls:
-                import ssl
-
-                context = ssl.create_default_context()
-                context.check_hostname, context.verify_mode = False, ssl.CERT_NONE  # see above
-                stream = trio.SSLStream(
-                    stream, context, server_hostname=self._host, https_compatible=True
-                )
-                await stream.do_handshake()
         except BROKEN as exc:
             raise unreachable(self.url, _why(exc)) from None
-        return stream
+        if not self._tls:
+            return stream
+        import ssl
+
+        context = ssl.create_default_context()
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE  # see above
+        tls = trio.SSLStream(stream, context, server_hostname=self._host, https_compatible=True)
+        try:
+            await tls.do_handshake()
+        except BaseException as exc:  # failed or cancelled (TIMEOUT): close the connection
+            await trio.aclose_forcefully(stream)
+            if isinstance(exc, BROKEN):
+                raise unreachable(self.url, _why(exc)) from None
+            raise
+        return tls
 
     async def _send(
         self,
