@@ -99,6 +99,7 @@ class Answerer:
         self._pending: dict[bytes, int] = {}  # device -> attempts answered, not yet open
         self.answered = 0
         self.unsent = 0  #: replies the broker refused
+        self.failed = 0  #: messages and attempts whose handling failed unforeseen (logged)
 
     async def serve(
         self,
@@ -115,22 +116,42 @@ class Answerer:
                 except trio.EndOfChannel:  # the broker connection was closed: nothing more
                     nursery.cancel_scope.cancel()
                     return
-                if self._other is not None and await self._other(topic, raw):
-                    continue
                 try:
-                    opened = self._box.open(raw, self._clock())
-                except SignalingRefused as exc:
-                    log.info("rtc: signaling refused (%s): %s", exc.code, exc.message)
-                    self._on_refused(exc)
-                    continue
-                reply_to = self._topics_for(opened.sender)
-                if reply_to is None:
-                    continue
-                if isinstance(opened.message, Hello):
-                    servers = self._device_ice(opened.sender, self._clock())
-                    await self._reply(opened, reply_to, IceConfig(opened.message.cid, servers))
-                elif isinstance(opened.message, Offer):
-                    nursery.start_soon(self._answer, opened, opened.message, reply_to, on_link)
+                    await self._handle(topic, raw, nursery, on_link)
+                except Exception:  # one message, not the daemon: see _contained
+                    self._contained("a signaling message")
+
+    def _contained(self, what: str) -> None:
+        """The boundary for what the broker delivers: a message or an attempt whose handling
+        fails in a way nobody foresaw (a bug, a library's unexpected error) is logged and
+        counted, and the answerer goes on with the next; it must not end the WebRTC task (every
+        open link) or the daemon. Cancellation is not an ``Exception`` and passes through."""
+        self.failed += 1
+        log.exception("rtc: %s failed; answering the next", what)
+
+    async def _handle(
+        self,
+        topic: str,
+        raw: bytes,
+        nursery: trio.Nursery,
+        on_link: Callable[[Link], Awaitable[None]],
+    ) -> None:
+        if self._other is not None and await self._other(topic, raw):
+            return
+        try:
+            opened = self._box.open(raw, self._clock())
+        except SignalingRefused as exc:
+            log.info("rtc: signaling refused (%s): %s", exc.code, exc.message)
+            self._on_refused(exc)
+            return
+        reply_to = self._topics_for(opened.sender)
+        if reply_to is None:
+            return
+        if isinstance(opened.message, Hello):
+            servers = self._device_ice(opened.sender, self._clock())
+            await self._reply(opened, reply_to, IceConfig(opened.message.cid, servers))
+        elif isinstance(opened.message, Offer):
+            nursery.start_soon(self._answer, opened, opened.message, reply_to, on_link)
 
     async def _reply(self, opened: Opened, topics: Topics, message: Message) -> None:
         """Publish a reply; one the broker refuses (a rate limit, a dropped connection) costs
@@ -183,6 +204,8 @@ class Answerer:
 
         try:
             await self._answer_pending(opened, offer, topics, on_link, settled)
+        except Exception:  # this attempt (or its link), not the others
+            self._contained(f"attempt {offer.cid}")
         finally:
             settled()
 
