@@ -20,7 +20,13 @@ from sidecode_trio.config import load_config
 from sidecode_trio.errors import ConfigError
 from sidecode_trio.rtc.link import Closed, LinkKeeper, dtls_sha256
 from sidecode_trio.rtc.service import RtcService, check_available
-from sidecode_trio.rtc.settings import DEFAULT_STUN, RtcSettings
+from sidecode_trio.rtc.settings import (
+    DEFAULT_RENDEZVOUS,
+    DEFAULT_STUN,
+    RtcSettings,
+    add_flags,
+    overrides,
+)
 from sidecode_trio.security.devices import DeviceStore, Scope
 from sidecode_trio.security.identity import b64
 
@@ -35,6 +41,25 @@ def secret_file(tmp_path: Path, mode: int = 0o600, text: str = "s3cret-shared") 
 def test_off_by_default_with_public_stun(tmp_path: Path) -> None:
     config = load_config({"state_dir": tmp_path})
     assert not config.rtc.enabled and config.rtc.stun == DEFAULT_STUN and config.rtc.turn == ()
+
+
+def test_the_default_broker_is_used_only_when_asked_for(tmp_path: Path) -> None:
+    """``--rendezvous`` without a URL, or ``rendezvous = "default"``, is a public broker that needs
+    no account and that browsers reach (MQTT over wss); without either the path stays off."""
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_flags(parser)
+    assert overrides(parser.parse_args([]))["rendezvous"] is None
+    bare = overrides(parser.parse_args(["--rendezvous"]))
+    named = overrides(parser.parse_args(["--rendezvous", "mqtts://mine.example"]))
+    assert load_config({"state_dir": tmp_path, "rtc": bare}).rtc.rendezvous == DEFAULT_RENDEZVOUS
+    assert named["rendezvous"] == "mqtts://mine.example"
+    (tmp_path / "config.toml").write_text('[rtc]\nrendezvous = "default"\n')
+    config = load_config({"state_dir": tmp_path})
+    assert config.rtc.enabled and config.rtc.rendezvous == DEFAULT_RENDEZVOUS
+    assert DEFAULT_RENDEZVOUS.startswith("wss://")  # the web app speaks MQTT over WebSocket only
+    assert not config.rtc.problems()
 
 
 def test_flags_win_over_the_rtc_table_setting_by_setting(tmp_path: Path) -> None:

@@ -1,13 +1,14 @@
 """The WebRTC path's settings: the ``[rtc]`` table of the config file and ``serve``'s flags.
 
-**No default broker: the path is off until ``--rendezvous URL`` names one.** A default public
-broker would make every daemon open a connection to a third party at start-up, without being
-asked: its operator would learn the computer's address and when it is on (the sealed payloads hide
-everything else), the public test brokers (test.mosquitto.org, broker.emqx.io, broker.hivemq.com)
-promise no availability, and the path needs the ``rtc`` extra (aiortc, 133 MB with PyAV) that a
-plain install does not have. So a user says which broker to trust, once: a self-hosted mosquitto,
-or one of those public ones (README "Use it from anywhere"). The pairing payload then carries it
-(``"rv"``), so devices need no configuration.
+**A default broker, used only when asked.** ``--rendezvous`` alone (or ``rendezvous = "default"``)
+turns the path on through :data:`DEFAULT_RENDEZVOUS`, a public MQTT broker that needs no account and
+speaks MQTT over secure WebSocket (so the web app can use it too); ``--rendezvous URL`` names
+another. Without the flag the path stays off, on purpose: a daemon that connected to a third party
+at every start, unasked, would tell that operator the computer's address and when it is on (the
+sealed payloads hide everything else); public brokers promise no availability; and the path needs
+the ``rtc`` extra (aiortc, 133 MB with PyAV) that a plain install does not have. The pairing payload
+carries the broker (``"rv"``), so devices need no configuration, and switching brokers costs a
+re-pairing, nothing else (README "Use it from anywhere").
 
 STUN, by contrast, has public defaults: a binding request tells the server only the address it
 already sees, and without one no device behind a NAT could be reached without TURN.
@@ -25,6 +26,10 @@ import attrs
 
 if TYPE_CHECKING:
     import argparse  # only the CLI passes a parser; the daemon imports these settings too
+
+#: the broker ``--rendezvous`` without a URL names: EMQX's public broker (no account, MQTT over
+#: WebSocket with TLS on 8084, which browsers can reach; one of the three big public test brokers)
+DEFAULT_RENDEZVOUS: Final = "wss://broker.emqx.io:8084/mqtt"
 
 #: public STUN servers used when ``--stun`` is not given (two operators: either may go away)
 DEFAULT_STUN: Final = ("stun:stun.l.google.com:19302", "stun:stun.cloudflare.com:3478")
@@ -44,11 +49,16 @@ def _rendezvous_url_problem(parts: SplitResult) -> str | None:
     return None
 
 
+def _named(url: str | None) -> str | None:
+    """``"default"`` is :data:`DEFAULT_RENDEZVOUS`; anything else is itself."""
+    return DEFAULT_RENDEZVOUS if url == "default" else url
+
+
 @attrs.frozen
 class RtcSettings:
     #: the signaling broker (``mqtt[s]://`` or ``ws[s]://host[:port][/path]``, or an ntfy server:
     #: ``ntfy+https://host[/path]``); None: path off
-    rendezvous: str | None = None
+    rendezvous: str | None = attrs.field(default=None, converter=_named)
     stun: tuple[str, ...] = DEFAULT_STUN  #: ``stun:host[:port]`` URLs; () = host candidates only
     #: ``turn:``/``turns:`` URLs of one coturn (``use-auth-secret``); () = no relay
     turn: tuple[str, ...] = ()
@@ -128,9 +138,11 @@ def add_flags(serve: argparse.ArgumentParser) -> None:
     rtc.add_argument(
         "--rendezvous",
         metavar="URL",
-        help="the MQTT broker signaling goes through (wss://host:port/path, mqtts://...), or an "
-        "ntfy server (ntfy+https://ntfy.sh); turns the WebRTC path on (off by default; needs the "
-        "rtc extra)",
+        nargs="?",
+        const="default",
+        help="turn the WebRTC path on (off by default; needs the rtc extra) through this MQTT "
+        "broker (wss://host:port/path, mqtts://...) or ntfy server (ntfy+https://ntfy.sh); "
+        f"without a URL, the public {DEFAULT_RENDEZVOUS}",
     )
     rtc.add_argument(
         "--stun",

@@ -258,7 +258,7 @@ def payload(
     offer: Offer, daemon_key: bytes, fingerprint: str, http: list[str], cert_sha256: str
 ) -> dict[str, Any]:
     """The pairing payload. ``"rv"`` (the broker's URL) appears only when a rendezvous is on:
-    there is no default broker (README "Use it from anywhere" says why)."""
+    the path is off unless asked for (README "Use it from anywhere" says why)."""
     rv = {"rv": offer.rendezvous} if offer.rendezvous else {}
     return {
         "v": PAYLOAD_VERSION,
