@@ -93,10 +93,59 @@ def test_send_and_attach_load_no_http_library_nor_the_daemon(
         + (f"import sidecode_trio.term.{argv[0]}" if trio else "")  # what the command runs
     )
     wanted: tuple[str, ...] = ("httpx", "rich", "quart", "hypercorn", "aioquic", "trio")
-    wanted += ("sidecode_trio.config",)
+    wanted += ("sidecode_trio.config", *WIRE)
     if argv[0] == "send":
-        wanted += ("sidecode_trio.wire.converter", "cattrs", "sidecode_trio.term.attach")
+        wanted += ("sidecode_trio.term.attach",)
     assert loaded_after(code, wanted, tmp_path) == (["trio"] if trio else [])
+
+
+#: the converter and the wire classes: ``attach`` and ``send --wait`` read the events' JSON
+WIRE = (
+    "sidecode_trio.wire.converter",
+    "cattrs",
+    "sidecode_trio.wire.events",
+    "sidecode_trio.wire.snapshot",
+)
+SNAPSHOT = {
+    "epoch": "ep", "cursor": 2, "items": [], "pending_permissions": [],
+    "session": {"title": "t", "cwd": "/w", "status": "idle", "permission_mode": "default",
+                "cost_usd": 0.0},
+}  # fmt: skip
+DELTA = {"type": "text.delta", "message_id": "m", "index": 0, "text": "hi"}
+DONE = {"type": "turn.completed", "turn_id": "m", "result": "done"}
+
+
+def test_attach_and_send_wait_follow_a_stream_without_the_converter(tmp_path: Path) -> None:
+    """Frames of a stream as the daemon sends them, through what ``attach`` shows and what
+    ``send --wait`` reads: neither loads the converter (cattrs) nor a wire class, which were
+    most of ``attach``'s start-up beyond Trio."""
+    stream = "".join(
+        f"id: ep:{n}\nevent: {kind}\ndata: {json.dumps(data)}\n\n"
+        for n, kind, data in (
+            (2, "snapshot", {"reason": "new_client", "snapshot": SNAPSHOT}),
+            (3, "text.delta", {"event": DELTA}),
+            (4, "turn.completed", {"event": DONE}),
+        )
+    )
+    code = (
+        "import io\n"
+        "from sidecode_trio.term.attach import Attach, decode\n"
+        "from sidecode_trio.term.client import DaemonAPI\n"
+        "from sidecode_trio.term.render import Renderer\n"
+        "from sidecode_trio.term.send import _turn_event\n"
+        "from sidecode_trio.term.sse import SSEParser\n"
+        "out = []\n"
+        "api = DaemonAPI('http://127.0.0.1:1', 't')\n"
+        "run = Attach(api, Renderer('s'), out.append, keys=False)\n"
+        f"frames = SSEParser().feed({stream.encode()!r})\n"
+        "for frame in frames:\n"
+        "    run._show(frame)\n"
+        "assert out[0].startswith('● t') and 'hi' in out and '✓ done' in out[-1], out\n"
+        "result = io.StringIO()\n"
+        "assert _turn_event(decode(frames[-1]), 'm', result, print) == 0\n"
+        "assert result.getvalue() == 'done\\n'"
+    )
+    assert loaded_after(code, WIRE, tmp_path) == []
 
 
 @pytest.mark.trio
