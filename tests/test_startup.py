@@ -7,15 +7,19 @@ Each check runs in a fresh interpreter (this one has imported everything) and lo
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
+from werkzeug.routing import Rule
 
 from sidecode_trio.config import DaemonConfig
+from sidecode_trio.http.app import HTTPSettings, create_app
 
 from helpers import running_daemon
 
@@ -226,3 +230,30 @@ def test_the_default_daemon_loads_no_http_client_nor_optional_paths(
         "paho",
     )
     assert loaded_after(code, wanted, tmp_path) == []
+
+
+def test_the_app_compiles_no_url_builder_until_one_is_built(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Werkzeug compiles two URL builders (generated code, for ``url_for``) per rule as it is
+    added: most of what the app's routes cost at start-up. They wait for a first build, which
+    gives the URL it gave before."""
+    compiled: list[str] = []
+    real = Rule._compile_builder
+
+    def counted(rule: Rule, append_unknown: bool = True) -> Any:
+        compiled.append(rule.rule)
+        return real(rule, append_unknown)
+
+    monkeypatch.setattr(Rule, "_compile_builder", counted)
+    unserved: Any = object()  # routes only registered here, never served
+    app = create_app(unserved, unserved, HTTPSettings(), lambda: None)
+    rules = [rule for rule in app.url_map.iter_rules() if rule.endpoint != "static"]
+    assert len(rules) > 30 and compiled == []
+    urls = app.url_map.bind("localhost")
+    for rule in rules:
+        method = next(iter(rule.methods or {"GET"}))
+        values = {name: "a b" for name in rule.arguments}
+        expected = re.sub(r"<(?:\w+:)?\w+>", "a%20b", rule.rule)
+        assert urls.build(rule.endpoint, values, method=method) == expected
+    assert len(compiled) == len(rules)  # the one each build needed
