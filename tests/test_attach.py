@@ -7,6 +7,7 @@ then ``attach`` runs as a real process in a pseudo-terminal against a real daemo
 
 from __future__ import annotations
 
+import json
 import os
 import pty
 import sys
@@ -19,27 +20,39 @@ from typing import Any
 
 import pytest
 import trio
+from hypothesis import given
+from hypothesis import strategies as st
+from test_protocol import EVENT
 
 from sidecode_trio.config import DaemonConfig
 from sidecode_trio.errors import SidecodeError
 from sidecode_trio.term.attach import STATUS_REWRITE, Attach, decode, follow
 from sidecode_trio.term.client import DaemonAPI, locate, why_unreachable
-from sidecode_trio.term.render import Renderer
+from sidecode_trio.term.render import Malformed, Renderer
 from sidecode_trio.term.sse import Frame, SSEParser
 from sidecode_trio.wire import events as ev
+from sidecode_trio.wire.converter import unstructure
 from sidecode_trio.wire.snapshot import (
     AssistantItem,
+    ErrorItem,
     MessageState,
     SessionInfo,
     Snapshot,
     ToolItem,
     ToolStatus,
+    TurnEndItem,
     UserItem,
 )
 
 from helpers import running_daemon
 
 SID = "0b5f8c2e-1111-4222-8333-944445555666"
+
+
+def wire(value: object) -> dict[str, Any]:
+    """An event or snapshot as the daemon writes it (the converter's JSON): what attach reads."""
+    data: dict[str, Any] = unstructure(value)
+    return data
 
 
 def info(**changes: Any) -> SessionInfo:
@@ -74,16 +87,18 @@ def bash_request(request_id: str = "req-1", **extra: Any) -> ev.PermissionReques
 
 def test_streamed_text_tools_and_turn_end() -> None:
     r = Renderer(SID)
-    out = r.event(ev.MessageQueued("m1", "run the tests\nplease"))
-    out += r.event(ev.TextDelta("msg_1", 0, "I will "))
-    out += r.event(ev.TextDelta("msg_1", 0, "run them."))
+    out = r.event(wire(ev.MessageQueued("m1", "run the tests\nplease")))
+    out += r.event(wire(ev.TextDelta("msg_1", 0, "I will ")))
+    out += r.event(wire(ev.TextDelta("msg_1", 0, "run them.")))
     assert out.endswith("I will run them.")  # streamed, on one open line
-    out += r.event(ev.AssistantText("msg_1", 0, "I will run them."))  # no duplicate
-    out += r.event(ev.ToolStarted("tu_1", "Bash", {"command": "pytest"}, "Running `pytest`"))
-    out += r.event(ev.ToolFinished("tu_1", True, "\nE   boom\nmore", title="Ran `pytest`"))
-    out += r.event(ev.AssistantText("msg_2", 0, "It failed."))  # never streamed: whole
-    out += r.event(ev.TurnCompleted("m1", cost_usd=0.0123, total_cost_usd=0.5, duration_ms=1500))
-    out += r.event(ev.StatusChanged(ev.SessionStatus.IDLE))
+    out += r.event(wire(ev.AssistantText("msg_1", 0, "I will run them.")))  # no duplicate
+    out += r.event(wire(ev.ToolStarted("tu_1", "Bash", {"command": "pytest"}, "Running `pytest`")))
+    out += r.event(wire(ev.ToolFinished("tu_1", True, "\nE   boom\nmore", title="Ran `pytest`")))
+    out += r.event(wire(ev.AssistantText("msg_2", 0, "It failed.")))  # never streamed: whole
+    out += r.event(
+        wire(ev.TurnCompleted("m1", cost_usd=0.0123, total_cost_usd=0.5, duration_ms=1500))
+    )
+    out += r.event(wire(ev.StatusChanged(ev.SessionStatus.IDLE)))
     assert out.splitlines() == [
         "> run the tests",
         "  please",
@@ -95,25 +110,27 @@ def test_streamed_text_tools_and_turn_end() -> None:
         "✓ done in 1.5 s · $0.0123 (session $0.5000)",
         "· status: idle",
     ]
-    failed = r.event(ev.TurnFailed("m2", "cli_exited", "claude exited with code 1"))
+    failed = r.event(wire(ev.TurnFailed("m2", "cli_exited", "claude exited with code 1")))
     assert failed == "✗ failed (cli_exited: claude exited with code 1) · $0.0000\n"
-    assert r.event(ev.TurnInterrupted("m3", total_cost_usd=0.5)).startswith("■ interrupted")
-    assert r.event(ev.MessageDelivered("m4")) == ""  # nothing new to say
-    assert "mirrored to Remote Control as 'box'" in r.event(ev.SessionMirror(True, "box", True))
+    assert r.event(wire(ev.TurnInterrupted("m3", total_cost_usd=0.5))).startswith("■ interrupted")
+    assert r.event(wire(ev.MessageDelivered("m4"))) == ""  # nothing new to say
+    assert "mirrored to Remote Control as 'box'" in r.event(
+        wire(ev.SessionMirror(True, "box", True))
+    )
 
 
 def test_a_line_interrupting_streamed_text_starts_on_a_new_line() -> None:
     r = Renderer(SID)
-    out = r.event(ev.TextDelta("msg_1", 0, "Let me check"))
-    out += r.event(ev.ToolStarted("tu_1", "Read", {}, "Reading app.py"))
-    out += r.event(ev.TextDelta("msg_1", 1, "Done"))
+    out = r.event(wire(ev.TextDelta("msg_1", 0, "Let me check")))
+    out += r.event(wire(ev.ToolStarted("tu_1", "Read", {}, "Reading app.py")))
+    out += r.event(wire(ev.TextDelta("msg_1", 1, "Done")))
     assert out == "Let me check\n  ▸ Reading app.py\nDone"
 
 
 def test_permission_prompt_and_keys() -> None:
     r = Renderer(SID)
     first = bash_request(suggestions=[{"type": "addRules"}], suggestion_labels=["Bash(rm *)"])
-    out = r.event(first)
+    out = r.event(wire(first))
     assert "┌ permission: Run `rm -rf build`" in out and "│ clean up" in out
     assert "[a] allow  [A] allow always: Bash(rm *)  [d] deny  [i] interrupt" in out
     path = f"/v1/sessions/{SID}/permissions/req-1"
@@ -130,20 +147,22 @@ def test_permission_prompt_and_keys() -> None:
     interrupt = r.key("i")
     assert interrupt is not None and interrupt.path == f"/v1/sessions/{SID}/interrupt"
     assert r.key("x") is None
-    r.event(bash_request("req-2"))  # a second request waits behind the first
-    resolved = r.event(ev.PermissionResolved("req-1", ev.PermissionOutcome.ALLOWED, by="phone"))
+    r.event(wire(bash_request("req-2")))  # a second request waits behind the first
+    resolved = r.event(
+        wire(ev.PermissionResolved("req-1", ev.PermissionOutcome.ALLOWED, by="phone"))
+    )
     assert resolved.startswith("  → allowed by phone\n┌ permission")  # then the next one
     second = r.key("a")
     assert second is not None and second.path.endswith("/req-2")
     assert r.key("A") is None  # no suggestion to remember
-    r.event(ev.PermissionResolved("req-2", ev.PermissionOutcome.WITHDRAWN))
+    r.event(wire(ev.PermissionResolved("req-2", ev.PermissionOutcome.WITHDRAWN)))
     assert r.key("a") is None and r.key("i") is not None
 
 
 def test_ask_user_question_is_answered_with_a_digit() -> None:
     r = Renderer(SID)
     question = {"question": "Which one?", "options": [{"label": "red"}, {"label": "blue"}]}
-    out = r.event(ev.PermissionRequested("q1", "AskUserQuestion", {"questions": [question]}))
+    out = r.event(wire(ev.PermissionRequested("q1", "AskUserQuestion", {"questions": [question]})))
     assert "│ 1. red" in out and "│ 2. blue" in out and "[1-9] answer" in out
     call = r.key("2")
     assert call is not None and call.body == {
@@ -159,7 +178,7 @@ def test_snapshot_shows_recent_history_and_pending_requests() -> None:
     partial = AssistantItem("msg_9", 0, "Half a sen", complete=False)
     snap = Snapshot("ep", 40, info(), [*items, tool, partial], [bash_request()])
     r = Renderer(SID, history=3)
-    out = r.snapshot(snap)
+    out = r.snapshot(wire(snap))
     lines = out.splitlines()
     assert lines[0] == "● fix the tests  /work/app"
     assert lines[1] == "running · default · $0.2500"
@@ -168,14 +187,90 @@ def test_snapshot_shows_recent_history_and_pending_requests() -> None:
     assert "Half a sen" in lines and "┌ permission: Run `rm -rf build`" in lines
     assert r.key("a") is not None  # the snapshot's pending request is answerable
     # the half-written block continues where the snapshot left it (after the prompt's lines)
-    assert r.event(ev.TextDelta("msg_9", 0, "tence.")) == "tence."
-    resync = r.snapshot(snap, "compacted")
+    assert r.event(wire(ev.TextDelta("msg_9", 0, "tence."))) == "tence."
+    resync = r.snapshot(wire(snap), "compacted")
     assert "resynchronised from the daemon's state (compacted)" in resync
 
 
+def test_the_other_events_and_items_it_shows() -> None:
+    """The events and snapshot items not shown above, read from their wire form, print what
+    they printed when the renderer read the wire classes."""
+    r = Renderer(SID)
+    items = [
+        TurnEndItem("m1", "failed", "api_error", "overloaded", 0.5),
+        TurnEndItem("m2", "interrupted"),
+        ErrorItem("cli_exited", "boom"),
+        ToolItem("t1", "Bash", {}, ToolStatus.RUNNING),
+        ToolItem("t2", "Edit", {}, ToolStatus.FAILED, title="Edit x"),
+    ]
+    diff = ev.FileDiff("a.py", "@@", 3, 1)
+    edit = ev.PermissionRequested("r1", "Edit", {"file_path": "/w/a.py"}, diff=diff)
+    status = dict(status=ev.SessionStatus.REQUIRES_ACTION, permission_mode="acceptEdits")
+    snap = Snapshot("ep", 4, info(title="fix", cost_usd=1, **status), items, [edit])
+    assert r.snapshot(wire(snap)).splitlines() == [
+        "● fix  /work/app",
+        "requires_action · acceptEdits · $1.0000",
+        "✗ failed (api_error: overloaded) · $0.5000",
+        "■ interrupted · $0.0000",
+        "! boom",
+        "  ▸ Bash",
+        "  ✗ Edit x",
+        "┌ permission: Edit",
+        "│ a.py +3 -1",
+        "└ [a] allow  [d] deny  [i] interrupt",
+    ]
+    crashed = ev.CLIStateChanged(ev.CLIState.CRASHED, 12, 1, "Traceback\n  boom")
+    assert r.event(wire(crashed)) == "! claude crashed: Traceback boom\n"
+    assert r.event(wire(ev.CLIStateChanged(ev.CLIState.STOPPED))) == ""
+    assert r.event(wire(ev.SessionError("cli_exited", "it\nfailed"))) == "! it failed\n"
+    updated = ev.SessionUpdated(model="opus", archived=True)
+    assert r.event(wire(updated)) == "· model → opus, archived → True\n"
+    mirror = ev.SessionMirror(False, detail="no flag")
+    assert r.event(wire(mirror)) == "· not mirrored to Remote Control (no flag)\n"
+    assert r.event(wire(ev.TurnStarted("m3"))) == ""
+    assert not r.ended
+    assert r.event(wire(ev.SessionDeleted())) == "· the session was deleted\n"
+    assert r.ended
+
+
+@given(st.lists(EVENT, max_size=8))
+def test_no_event_the_daemon_writes_is_taken_for_malformed(events: list[ev.Event]) -> None:
+    """Every field the renderer reads has the name and type of the wire class's: no valid
+    event is skipped (Malformed would propagate here)."""
+    r = Renderer(SID)
+    for event in events:
+        assert isinstance(r.event(wire(event)), str)
+
+
+def test_a_malformed_event_or_snapshot_is_skipped_and_changes_nothing() -> None:
+    """A field it shows missing or of the wrong type (a boolean is not a number): Malformed,
+    the renderer as it was; attach writes nothing for that frame and goes on."""
+    r = Renderer(SID)
+    assert r.event(wire(ev.TextDelta("m", 0, "Hel"))) == "Hel"
+    with pytest.raises(Malformed, match="index"):
+        r.event({**wire(ev.TextDelta("n", 0, "x")), "index": "0"})
+    with pytest.raises(Malformed, match="cost_usd"):
+        r.event({**wire(ev.TurnCompleted("t")), "cost_usd": True})
+    with pytest.raises(Malformed, match="text: missing"):
+        r.event({"type": "message.queued", "message_id": "m"})
+    assert r.event(wire(ev.TextDelta("m", 0, "lo"))) == "lo"  # still the same open line
+    snap = wire(Snapshot("ep", 1, info(), [], [bash_request()]))
+    snap["items"] = [{"type": "user", "message_id": "m", "text": 5, "state": "queued"}]
+    with pytest.raises(Malformed, match="text"):
+        r.snapshot(snap)
+    assert r.key("a") is None  # the skipped snapshot's request was not taken
+    out: list[str] = []
+    run = Attach(DaemonAPI("http://127.0.0.1:1", "t"), r, out.append, keys=False)
+    run._show(Frame("ep:2", "snapshot", json.dumps({"reason": "compacted", "snapshot": snap})))
+    run._show(Frame("ep:3", "text.delta", '{"event": {"type": "text.delta", "text": "x"}}'))
+    assert out == []
+    run._show(Frame("ep:4", "text.delta", json.dumps({"event": wire(ev.TextDelta("m", 0, "!"))})))
+    assert out == ["!"]
+
+
 def test_colors_only_when_asked() -> None:
-    assert "\x1b[" not in Renderer(SID).event(ev.StatusChanged(ev.SessionStatus.IDLE))
-    colored = Renderer(SID, color=True).event(ev.StatusChanged(ev.SessionStatus.IDLE))
+    assert "\x1b[" not in Renderer(SID).event(wire(ev.StatusChanged(ev.SessionStatus.IDLE)))
+    colored = Renderer(SID, color=True).event(wire(ev.StatusChanged(ev.SessionStatus.IDLE)))
     assert colored == "\x1b[2m· status: idle\x1b[0m\n"
 
 
@@ -201,11 +296,14 @@ def test_sse_parser_handles_any_split_and_line_ending() -> None:
 
 def test_decode_skips_what_it_does_not_know() -> None:
     envelope = '{"event": {"type": "session.status", "status": "idle"}}'
-    assert decode(Frame("e:1", "session.status", envelope)) == ev.StatusChanged(
-        ev.SessionStatus.IDLE
-    )
-    assert decode(Frame("e:2", "x.new", '{"event": {"type": "x.new"}}')) is None
+    status = decode(Frame("e:1", "session.status", envelope))
+    assert status == {"type": "session.status", "status": "idle"}
+    assert Renderer(SID).event(status) == "· status: idle\n"
+    newer = decode(Frame("e:2", "x.new", '{"event": {"type": "x.new"}}'))
+    assert newer is not None and Renderer(SID).event(newer) == ""  # a newer type: nothing
     assert decode(Frame("e:3", "x", "not json")) is None
+    assert decode(Frame("e:4", "x", '{"event": [1]}')) is None
+    assert decode(Frame("e:5", "snapshot", '{"reason": "new_client"}')) is None
 
 
 # -- reconnecting: the next request carries the last id seen ------------------------------------
@@ -478,7 +576,7 @@ async def test_the_client_calls_and_streams_over_http_and_https(
                 async for frame in frames:
                     item = decode(frame)
                     seen.append(frame.event)
-                    if isinstance(item, ev.TurnCompleted):
+                    if item is not None and item.get("type") == "turn.completed":
                         break
             assert seen[0] == "snapshot" and "turn.completed" in seen
         await api.aclose()

@@ -28,6 +28,7 @@ from sidecode_trio.security.devices import DeviceStore, Scope
 from sidecode_trio.sessions.supervisor import SessionSupervisor, SupervisorSettings
 from sidecode_trio.term.render import Renderer
 from sidecode_trio.wire import events as ev
+from sidecode_trio.wire.converter import unstructure
 
 from helpers import Client, load_example, running_daemon
 
@@ -225,11 +226,13 @@ async def test_cli_listings_print_names_and_titles_escaped(
 async def test_the_attach_renderer_escapes_names_titles_and_text() -> None:
     renderer = Renderer("s1")
     asked = ev.PermissionRequested("r1", "Bash", {"command": "ls"}, "t1")
-    shown = renderer.event(asked)
-    shown += renderer.event(ev.PermissionResolved("r1", ev.PermissionOutcome.ALLOWED, "", "a\x1bb"))
-    shown += renderer.event(ev.SessionUpdated(title="new\x1b[2Jtitle"))
-    shown += renderer.event(ev.MessageQueued("m1", "hi\nthere\x1b]0;PWNED\x07"))
-    shown += renderer.event(ev.TextDelta("a1", 0, "quoted \x1b[31mred\x1b[0m\n\tok"))
+    resolved = ev.PermissionResolved("r1", ev.PermissionOutcome.ALLOWED, "", "a\x1bb")
+    updated = ev.SessionUpdated(title="new\x1b[2Jtitle")
+    queued = ev.MessageQueued("m1", "hi\nthere\x1b]0;PWNED\x07")
+    delta = ev.TextDelta("a1", 0, "quoted \x1b[31mred\x1b[0m\n\tok")
+    shown = "".join(
+        renderer.event(unstructure(e)) for e in (asked, resolved, updated, queued, delta)
+    )
     assert "\x1b" not in shown
     assert "by a\\x1bb" in shown and "new\\x1b[2Jtitle" in shown
     assert "there\\x1b]0;PWNED\\x07" in shown and "quoted \\x1b[31mred\\x1b[0m\n\tok" in shown

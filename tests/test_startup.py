@@ -7,15 +7,19 @@ Each check runs in a fresh interpreter (this one has imported everything) and lo
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
+from werkzeug.routing import Rule
 
 from sidecode_trio.config import DaemonConfig
+from sidecode_trio.http.app import HTTPSettings, create_app
 
 from helpers import running_daemon
 
@@ -93,10 +97,59 @@ def test_send_and_attach_load_no_http_library_nor_the_daemon(
         + (f"import sidecode_trio.term.{argv[0]}" if trio else "")  # what the command runs
     )
     wanted: tuple[str, ...] = ("httpx", "rich", "quart", "hypercorn", "aioquic", "trio")
-    wanted += ("sidecode_trio.config",)
+    wanted += ("sidecode_trio.config", *WIRE)
     if argv[0] == "send":
-        wanted += ("sidecode_trio.wire.converter", "cattrs", "sidecode_trio.term.attach")
+        wanted += ("sidecode_trio.term.attach",)
     assert loaded_after(code, wanted, tmp_path) == (["trio"] if trio else [])
+
+
+#: the converter and the wire classes: ``attach`` and ``send --wait`` read the events' JSON
+WIRE = (
+    "sidecode_trio.wire.converter",
+    "cattrs",
+    "sidecode_trio.wire.events",
+    "sidecode_trio.wire.snapshot",
+)
+SNAPSHOT = {
+    "epoch": "ep", "cursor": 2, "items": [], "pending_permissions": [],
+    "session": {"title": "t", "cwd": "/w", "status": "idle", "permission_mode": "default",
+                "cost_usd": 0.0},
+}  # fmt: skip
+DELTA = {"type": "text.delta", "message_id": "m", "index": 0, "text": "hi"}
+DONE = {"type": "turn.completed", "turn_id": "m", "result": "done"}
+
+
+def test_attach_and_send_wait_follow_a_stream_without_the_converter(tmp_path: Path) -> None:
+    """Frames of a stream as the daemon sends them, through what ``attach`` shows and what
+    ``send --wait`` reads: neither loads the converter (cattrs) nor a wire class, which were
+    most of ``attach``'s start-up beyond Trio."""
+    stream = "".join(
+        f"id: ep:{n}\nevent: {kind}\ndata: {json.dumps(data)}\n\n"
+        for n, kind, data in (
+            (2, "snapshot", {"reason": "new_client", "snapshot": SNAPSHOT}),
+            (3, "text.delta", {"event": DELTA}),
+            (4, "turn.completed", {"event": DONE}),
+        )
+    )
+    code = (
+        "import io\n"
+        "from sidecode_trio.term.attach import Attach, decode\n"
+        "from sidecode_trio.term.client import DaemonAPI\n"
+        "from sidecode_trio.term.render import Renderer\n"
+        "from sidecode_trio.term.send import _turn_event\n"
+        "from sidecode_trio.term.sse import SSEParser\n"
+        "out = []\n"
+        "api = DaemonAPI('http://127.0.0.1:1', 't')\n"
+        "run = Attach(api, Renderer('s'), out.append, keys=False)\n"
+        f"frames = SSEParser().feed({stream.encode()!r})\n"
+        "for frame in frames:\n"
+        "    run._show(frame)\n"
+        "assert out[0].startswith('● t') and 'hi' in out and '✓ done' in out[-1], out\n"
+        "result = io.StringIO()\n"
+        "assert _turn_event(decode(frames[-1]), 'm', result, print) == 0\n"
+        "assert result.getvalue() == 'done\\n'"
+    )
+    assert loaded_after(code, WIRE, tmp_path) == []
 
 
 @pytest.mark.trio
@@ -177,3 +230,30 @@ def test_the_default_daemon_loads_no_http_client_nor_optional_paths(
         "paho",
     )
     assert loaded_after(code, wanted, tmp_path) == []
+
+
+def test_the_app_compiles_no_url_builder_until_one_is_built(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Werkzeug compiles two URL builders (generated code, for ``url_for``) per rule as it is
+    added: most of what the app's routes cost at start-up. They wait for a first build, which
+    gives the URL it gave before."""
+    compiled: list[str] = []
+    real = Rule._compile_builder
+
+    def counted(rule: Rule, append_unknown: bool = True) -> Any:
+        compiled.append(rule.rule)
+        return real(rule, append_unknown)
+
+    monkeypatch.setattr(Rule, "_compile_builder", counted)
+    unserved: Any = object()  # routes only registered here, never served
+    app = create_app(unserved, unserved, HTTPSettings(), lambda: None)
+    rules = [rule for rule in app.url_map.iter_rules() if rule.endpoint != "static"]
+    assert len(rules) > 30 and compiled == []
+    urls = app.url_map.bind("localhost")
+    for rule in rules:
+        method = next(iter(rule.methods or {"GET"}))
+        values = {name: "a b" for name in rule.arguments}
+        expected = re.sub(r"<(?:\w+:)?\w+>", "a%20b", rule.rule)
+        assert urls.build(rule.endpoint, values, method=method) == expected
+    assert len(compiled) == len(rules)  # the one each build needed

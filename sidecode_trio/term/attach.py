@@ -18,16 +18,13 @@ import tty
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, aclosing, contextmanager
 from pathlib import Path
-from typing import Final, Protocol, TextIO
+from typing import Any, Final, Protocol, TextIO
 
 import trio
 
 from ..errors import SidecodeError
-from ..wire import converter as wire
-from ..wire import events as ev
-from ..wire.snapshot import Snapshot
 from .client import DaemonAPI, locate, why_unreachable
-from .render import KEYS_HELP, Call, Renderer
+from .render import KEYS_HELP, Call, Malformed, Renderer
 from .sse import Frame, SSEParser
 
 RETRY_FIRST: Final = 0.5  # seconds before the first reconnect; doubles up to RETRY_MAX
@@ -35,7 +32,6 @@ RETRY_MAX: Final = 10.0
 FATAL: Final = frozenset({"unknown_session", "unauthorized", "forbidden", "scope_required"})
 QUIT_KEYS: Final = frozenset({"q", "\x04"})  # q, Ctrl-D
 STATUS_REWRITE: Final = "\x1b[1A\x1b[2K"  # cursor up one line, clear it: the status line again
-TURN_ENDS: Final = (ev.TurnCompleted, ev.TurnFailed, ev.TurnInterrupted)
 
 Write = Callable[[str], None]
 
@@ -108,15 +104,15 @@ def _reason(status: str) -> str:
     return status.partition("; reconnecting in")[0]
 
 
-def decode(frame: Frame) -> Snapshot | ev.Event | None:
-    """A frame's snapshot or event; None for what this client does not know (a newer event)."""
+def decode(frame: Frame) -> dict[str, Any] | None:
+    """A frame's snapshot (``frame.event == "snapshot"``) or event, the JSON object the daemon
+    wrote (:mod:`.render` reads it: no converter, no wire classes); None if it carries none."""
     try:
         data = json.loads(frame.data)
-        if frame.event == "snapshot":
-            return wire.structure(data["snapshot"], Snapshot)
-        return wire.structure(data["event"], ev.Event)
+        item = data["snapshot" if frame.event == "snapshot" else "event"]
     except (ValueError, KeyError, TypeError, RecursionError):
         return None
+    return item if isinstance(item, dict) else None
 
 
 def snapshot_reason(frame: Frame) -> str:
@@ -165,19 +161,29 @@ class Attach:
         try:
             async with aclosing(frames):
                 async for frame in frames:
-                    item = decode(frame)
-                    if isinstance(item, Snapshot):
-                        self.write(self.renderer.snapshot(item, snapshot_reason(frame)))
-                        if self._help:
-                            self.write(self.renderer.note(KEYS_HELP))
-                            self._help = False
-                    elif item is not None:
-                        self.write(self.renderer.event(item))
+                    self._show(frame)
                     if self.renderer.ended:
                         break
         except SidecodeError as exc:
             self.error = exc
         self.stop.set()
+
+    def _show(self, frame: Frame) -> None:
+        """A frame's text; nothing for one this client cannot read (not JSON, a field of the
+        wrong type) or does not know (a newer event type)."""
+        item = decode(frame)
+        if item is None:
+            return
+        try:
+            if frame.event != "snapshot":
+                self.write(self.renderer.event(item))
+                return
+            self.write(self.renderer.snapshot(item, snapshot_reason(frame)))
+        except Malformed:
+            return
+        if self._help:
+            self.write(self.renderer.note(KEYS_HELP))
+            self._help = False
 
     def _dropped(self, why: str) -> None:
         """One status line for a run of failed reconnects: rewritten in place on a terminal

@@ -11,6 +11,8 @@ from typing import Any, ClassVar, Final
 
 import attrs
 
+from . import share_repr
+
 
 class ClientMessage:
     """Root of the messages a client sends (tagged by ``type``)."""
@@ -18,21 +20,21 @@ class ClientMessage:
     TYPE: ClassVar[str] = ""
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class Hello(ClientMessage):
     TYPE: ClassVar[str] = "hello"
     versions: list[int]
     client: str = ""
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class Auth(ClientMessage):
     TYPE: ClassVar[str] = "auth"
     device: str
     signature: str  #: base64url Ed25519 signature of :func:`auth_message`
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class Request(ClientMessage):
     """An HTTP API request: the same method, path and JSON body as over HTTP."""
 
@@ -43,7 +45,7 @@ class Request(ClientMessage):
     body: dict[str, Any] | None = None
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class Subscribe(ClientMessage):
     """Follow an event stream: ``/v1/sessions/{id}/events`` (with ``since``) or ``/v1/events``."""
 
@@ -53,7 +55,7 @@ class Subscribe(ClientMessage):
     since: str | None = None  #: ``"<epoch>:<cursor>"``, like SSE's Last-Event-ID
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class Unsubscribe(ClientMessage):
     TYPE: ClassVar[str] = "unsubscribe"
     id: int
@@ -62,3 +64,6 @@ class Unsubscribe(ClientMessage):
 CLIENT_MESSAGES: Final[dict[str, type[ClientMessage]]] = {
     cls.TYPE: cls for cls in (Hello, Auth, Request, Subscribe, Unsubscribe)
 }
+
+
+share_repr(globals())  # one __repr__ for all, not one compiled per class (see __init__)

@@ -13,6 +13,8 @@ from typing import Any, ClassVar
 
 import attrs
 
+from . import share_repr
+
 
 class SessionStatus(enum.StrEnum):
     IDLE = "idle"  #: no turn running; the CLI may be stopped (it is resumed on the next message)
@@ -34,7 +36,7 @@ class PermissionOutcome(enum.StrEnum):
     WITHDRAWN = "withdrawn"  #: the CLI cancelled the request (interrupt) or the CLI went away
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class Usage:
     input_tokens: int = 0
     output_tokens: int = 0
@@ -42,7 +44,7 @@ class Usage:
     cache_read_input_tokens: int = 0
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class ImageRef:
     """An image attached to a user message: what it was, not its bytes (those go to the CLI)."""
 
@@ -51,7 +53,7 @@ class ImageRef:
     sha256: str
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class FileDiff:
     """A file change as a unified diff (``--- a/path`` / ``+++ b/path`` headers, ``@@`` hunks)."""
 
@@ -63,14 +65,14 @@ class FileDiff:
     truncated: bool = False  #: ``unified`` was cut at a line boundary; the counts are exact
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class Event:
     """Base of every domain event. Never instantiated itself."""
 
     TYPE: ClassVar[str] = ""
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class SessionCreated(Event):
     TYPE: ClassVar[str] = "session.created"
     cwd: str
@@ -81,7 +83,7 @@ class SessionCreated(Event):
     client_id: str | None = None  #: the create's ``client_id``: a retried create is one
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class SessionUpdated(Event):
     """Title, model or permission mode changed; fields left ``None`` are unchanged."""
 
@@ -92,7 +94,7 @@ class SessionUpdated(Event):
     archived: bool | None = None
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class SessionDeleted(Event):
     """The session was deleted: its CLI is stopped and it leaves every list. The last event of a
     session; with ``log_removed`` the daemon's log and the CLI's transcript are gone too."""
@@ -101,13 +103,13 @@ class SessionDeleted(Event):
     log_removed: bool = False
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class StatusChanged(Event):
     TYPE: ClassVar[str] = "session.status"
     status: SessionStatus
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class CLIStateChanged(Event):
     """The session's ``claude`` process started, stopped or crashed."""
 
@@ -118,7 +120,7 @@ class CLIStateChanged(Event):
     detail: str = ""
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class MessageQueued(Event):
     """A user message was accepted; it runs when the turns before it are done."""
 
@@ -129,7 +131,7 @@ class MessageQueued(Event):
     images: list[ImageRef] = attrs.field(factory=list)
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class MessageDelivered(Event):
     """The message was written to the CLI's stdin."""
 
@@ -137,7 +139,7 @@ class MessageDelivered(Event):
     message_id: str
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class TurnStarted(Event):
     """The CLI began the turn for ``turn_id`` (the id of the message that caused it)."""
 
@@ -146,7 +148,7 @@ class TurnStarted(Event):
     model: str | None = None
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class TextDelta(Event):
     """Streamed assistant text, coalesced: several CLI deltas may arrive as one."""
 
@@ -156,7 +158,7 @@ class TextDelta(Event):
     text: str
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class AssistantText(Event):
     """A text block of the assistant is complete; ``text`` is the whole block."""
 
@@ -167,7 +169,7 @@ class AssistantText(Event):
     is_api_error: bool = False
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class ToolStarted(Event):
     TYPE: ClassVar[str] = "tool.started"
     tool_use_id: str
@@ -176,7 +178,7 @@ class ToolStarted(Event):
     title: str = ""  #: one line for a list: "Running `pytest -q`", "Editing app.py"
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class ToolFinished(Event):
     """A tool ran or was refused. ``output`` is the text the model saw, cut to a bounded size
     (``truncated``; ``output_chars`` is the full length, fetchable from the tool-output route);
@@ -194,7 +196,7 @@ class ToolFinished(Event):
     output_chars: int = 0
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class PermissionRequested(Event):
     TYPE: ClassVar[str] = "permission.requested"
     request_id: str
@@ -211,7 +213,7 @@ class PermissionRequested(Event):
     expires_at: float | None = None  #: when the timeout policy will deny it (None: it waits)
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class PermissionResolved(Event):
     TYPE: ClassVar[str] = "permission.resolved"
     request_id: str
@@ -222,7 +224,7 @@ class PermissionResolved(Event):
     summary: str = ""  #: the request's ``summary``, so an answer read alone says what it answered
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class TurnCompleted(Event):
     TYPE: ClassVar[str] = "turn.completed"
     turn_id: str
@@ -235,7 +237,7 @@ class TurnCompleted(Event):
     num_turns: int = 0
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class TurnFailed(Event):
     """The turn ended in error. ``reason``: ``api_error``, ``max_turns``, ``cli_exited``,
     ``daemon_restarted``, ``error_during_execution``, ``store_unavailable`` (refused with a 503:
@@ -250,7 +252,7 @@ class TurnFailed(Event):
     total_cost_usd: float | None = None
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class TurnInterrupted(Event):
     TYPE: ClassVar[str] = "turn.interrupted"
     turn_id: str
@@ -259,7 +261,7 @@ class TurnInterrupted(Event):
     total_cost_usd: float | None = None
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class SessionError(Event):
     """Something went wrong that is not one turn's failure (e.g. the CLI's stderr on a crash)."""
 
@@ -268,7 +270,7 @@ class SessionError(Event):
     message: str
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class SessionMirror(Event):
     """Mirroring the session to Claude Code's Remote Control (claude.ai) was turned on or off.
 
@@ -284,7 +286,7 @@ class SessionMirror(Event):
     detail: str = ""
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class UpstreamConnected(Event):
     """A remote session's live link to the Remote Control API is up. After a reconnect,
     ``recovered`` counts the events fetched from its history that the gap had missed."""
@@ -294,7 +296,7 @@ class UpstreamConnected(Event):
     recovered: int = 0
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class UpstreamDisconnected(Event):
     """A remote session's live link dropped (``reason``: ``closed``, ``stalled``, ``error``,
     ``unauthorized``, ``unfollowed``). ``retry_in`` is the delay before the next attempt in
@@ -334,3 +336,6 @@ EVENT_CLASSES: dict[str, type[Event]] = {
         UpstreamDisconnected,
     )
 }
+
+
+share_repr(globals())  # one __repr__ for all, not one compiled per class (see __init__)

@@ -6,13 +6,14 @@ from typing import Any, Final, Literal
 
 import attrs
 
+from . import share_repr
 from .snapshot import SessionInfo
 
 PROTOCOL_VERSION: Final = 1
 MAX_TEXT_CHARS: Final = 200_000
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class Image:
     """An image for a prompt: PNG, JPEG, GIF or WebP, base64 (at most 5 MB of base64 text)."""
 
@@ -20,7 +21,7 @@ class Image:
     data: str
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class CreateSession:
     cwd: str
     prompt: str | None = None
@@ -31,14 +32,14 @@ class CreateSession:
     title: str | None = None
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class SendMessage:
     text: str
     client_id: str | None = None
     images: list[Image] = attrs.field(factory=list)
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class AnswerPermission:
     """Allow or deny a pending tool request.
 
@@ -56,7 +57,7 @@ class AnswerPermission:
     answers: dict[str, str | list[str]] | None = None
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class UpdateSession:
     permission_mode: str | None = None
     model: str | None = None
@@ -64,7 +65,7 @@ class UpdateSession:
     archived: bool | None = None
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class SetMirror:
     """Mirror the session to Claude Code's Remote Control (claude.ai) or stop mirroring it.
     ``name`` is the Remote Control session's name (default: the current one, else the title)."""
@@ -73,7 +74,7 @@ class SetMirror:
     name: str | None = None
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class MirrorReply:
     """The state now in effect: the CLI was restarted with it and confirmed it (``changed``),
     or it already was so and nothing was restarted."""
@@ -84,13 +85,13 @@ class MirrorReply:
     session: SessionInfo
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class DeleteReply:
     id: str
     log_removed: bool
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class FolderEntry:
     name: str
     path: str  #: absolute real path (a symlink's target)
@@ -99,7 +100,7 @@ class FolderEntry:
     git: bool = False  #: a directory that holds a .git entry
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class FolderListing:
     path: str | None  #: the real path listed; None for the list of roots
     parent: str | None  #: the parent, if it is still inside a root
@@ -108,19 +109,19 @@ class FolderListing:
     truncated: bool = False  #: there were more than ``limit`` entries
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class RecentFolder:
     path: str
     last_used: float
     sessions: int
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class RecentFolders:
     folders: list[RecentFolder]
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class ToolOutput:
     """The whole output of one tool call (events carry at most a bounded part of it)."""
 
@@ -129,41 +130,41 @@ class ToolOutput:
     chars: int
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class SessionCreatedReply:
     session: SessionInfo
     message_id: str | None = None
     created: bool = True  #: False when ``client_id`` repeated an earlier create (nothing new)
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class MessageAccepted:
     message_id: str
     created: bool  #: False when ``client_id`` repeated an earlier message (nothing was queued)
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class InterruptReply:
     interrupted: bool
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class SessionList:
     sessions: list[SessionInfo]
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class ErrorDetail:
     code: str
     message: str
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class ErrorReply:
     error: ErrorDetail
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class CertificateHash:
     """A TLS certificate the daemon uses or will use, vouched for by its identity key."""
 
@@ -173,7 +174,7 @@ class CertificateHash:
     not_after: float
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class DaemonInfo:
     protocol: int
     version: str
@@ -188,7 +189,7 @@ class DaemonInfo:
     remote_modes: list[str] = attrs.field(factory=list)
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class PairRequest:
     """Completes pairing: proof of the one-time secret (HMAC) and of the device key (signature)."""
 
@@ -202,7 +203,7 @@ class PairRequest:
     box_public_key: str | None = None
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class DeviceView:
     id: str
     name: str
@@ -214,13 +215,13 @@ class DeviceView:
     kind: str = "key"  #: "key" (Ed25519) or "secret" (a WatchCode-compatible device)
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class WatchCodeDeviceRequest:
     name: str = "WatchCode"
     scope: Literal["approve", "chat", "admin"] = "chat"
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class WatchCodeDeviceReply:
     """The secret is shown once: enter it in the WatchCode app as its relay secret."""
 
@@ -229,35 +230,35 @@ class WatchCodeDeviceReply:
     urls: list[str]
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class PairReply:
     device: DeviceView
     daemon: DaemonInfo
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class PairingOfferRequest:
     scope: Literal["approve", "chat", "admin"] = "chat"
     ttl: float = 300.0
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class DeviceList:
     devices: list[DeviceView]
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class DeviceUpdate:
     scope: Literal["approve", "chat", "admin"]
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class RevokeReply:
     device: DeviceView
     closed_streams: int
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class AuditView:
     at: float
     kind: str
@@ -265,29 +266,29 @@ class AuditView:
     detail: str
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class AuditLog:
     entries: list[AuditView]
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class TicketRequest:
     path: str
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class TicketReply:
     ticket: str
     expires_at: float
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class PushKeys:
     p256dh: str  #: base64url P-256 public key of the browser (65 bytes, uncompressed)
     auth: str  #: base64url authentication secret (16 bytes)
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class PushSubscriptionRequest:
     """A browser's ``PushSubscription.toJSON()``; ``expirationTime`` is ignored."""
 
@@ -295,7 +296,7 @@ class PushSubscriptionRequest:
     keys: PushKeys
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class PushSubscription:
     id: str
     device_id: str | None  #: None: the local owner's
@@ -305,23 +306,26 @@ class PushSubscription:
     failures: int = 0  #: deliveries failed since the last one that worked
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class PushSubscriptionList:
     public_key: str  #: the VAPID key to subscribe with (``applicationServerKey``), base64url
     subscriptions: list[PushSubscription]
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class PushSubscriptionRemoved:
     id: str
     removed: bool = True
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class VapidKeyReply:
     public_key: str  #: base64url uncompressed P-256 point: the ``applicationServerKey``
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class PushTestReply:
     queued: int  #: pushes queued (one per subscription of the asking device)
+
+
+share_repr(globals())  # one __repr__ for all, not one compiled per class (see __init__)

@@ -11,8 +11,10 @@ from typing import ClassVar, Final
 
 import attrs
 
+from . import share_repr
 
-@attrs.frozen
+
+@attrs.frozen(repr=False)
 class IceServer:
     """One ``RTCIceServer``: STUN URLs, or TURN URLs with a username and a password."""
 
@@ -21,7 +23,7 @@ class IceServer:
     credential: str | None = None
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class Hello:
     """Device → daemon: "I am about to offer; which ICE servers may I use?" """
 
@@ -29,7 +31,7 @@ class Hello:
     cid: str
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class IceConfig:
     """Daemon → device: the ICE servers for this attempt (TURN credentials minted for it)."""
 
@@ -38,7 +40,7 @@ class IceConfig:
     servers: list[IceServer]
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class Offer:
     """Device → daemon: a complete (non-trickle) SDP offer and the device's signed fingerprints."""
 
@@ -49,7 +51,7 @@ class Offer:
     fp_sig: str
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class Answer:
     """Daemon → device: the SDP answer and the daemon's signed fingerprints."""
 
@@ -60,7 +62,7 @@ class Answer:
     fp_sig: str
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class Refused:
     """Daemon → a paired device: why its offer was not answered (``code`` of the refusal)."""
 
@@ -78,3 +80,6 @@ class SignalingMessage:
 
 
 SIGNALING_CLASSES: Final = {c.TYPE: c for c in (Hello, IceConfig, Offer, Answer, Refused)}
+
+
+share_repr(globals())  # one __repr__ for all, not one compiled per class (see __init__)

@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 
 import attrs
 
+from . import share_repr
 from .events import CLIState, FileDiff, ImageRef, PermissionRequested, SessionStatus, Usage
 
 
@@ -30,7 +31,7 @@ class ToolStatus(enum.StrEnum):
     FAILED = "failed"
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class SessionInfo:
     id: str
     cwd: str
@@ -52,14 +53,14 @@ class SessionInfo:
     mirror_name: str | None = None  #: its Remote Control session name
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class Item:
     """Base of transcript items; the ``type`` tag tells them apart on the wire."""
 
     TYPE: ClassVar[str] = ""
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class UserItem(Item):
     TYPE: ClassVar[str] = "user"
     message_id: str
@@ -69,7 +70,7 @@ class UserItem(Item):
     images: list[ImageRef] = attrs.field(factory=list)
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class AssistantItem(Item):
     TYPE: ClassVar[str] = "assistant"
     message_id: str
@@ -79,7 +80,7 @@ class AssistantItem(Item):
     is_api_error: bool = False
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class ToolItem(Item):
     TYPE: ClassVar[str] = "tool"
     tool_use_id: str
@@ -93,7 +94,7 @@ class ToolItem(Item):
     truncated: bool = False  #: ``output`` is cut; the tool-output route has all of it
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class TurnEndItem(Item):
     """How a turn ended: ``outcome`` is ``completed``, ``failed`` or ``interrupted``."""
 
@@ -106,7 +107,7 @@ class TurnEndItem(Item):
     usage: Usage = Usage()
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class ErrorItem(Item):
     TYPE: ClassVar[str] = "error"
     code: str
@@ -118,7 +119,7 @@ ITEM_CLASSES: dict[str, type[Item]] = {
 }
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class Snapshot:
     """The whole state of one session at ``(epoch, cursor)``."""
 
@@ -132,3 +133,6 @@ class Snapshot:
     #: the ``client_id`` the session was created with: the log's compaction drops
     #: ``session.created``, and a create retried after a restart must still find this session
     created_client_id: str | None = None
+
+
+share_repr(globals())  # one __repr__ for all, not one compiled per class (see __init__)

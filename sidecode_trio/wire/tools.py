@@ -13,19 +13,20 @@ from typing import ClassVar
 
 import attrs
 
+from . import share_repr
 from .events import FileDiff
 
 # -- typed details -------------------------------------------------------------------------------
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class ToolDetail:
     """Base of the typed tool details; the ``type`` tag tells them apart on the wire."""
 
     TYPE: ClassVar[str] = ""
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class Bash(ToolDetail):
     TYPE: ClassVar[str] = "bash"
     command: str
@@ -34,7 +35,7 @@ class Bash(ToolDetail):
     background: bool = False
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class Read(ToolDetail):
     TYPE: ClassVar[str] = "read"
     file_path: str
@@ -42,7 +43,7 @@ class Read(ToolDetail):
     limit: int | None = None
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class Write(ToolDetail):
     TYPE: ClassVar[str] = "write"
     file_path: str
@@ -50,21 +51,21 @@ class Write(ToolDetail):
     lines: int
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class Edit(ToolDetail):
     TYPE: ClassVar[str] = "edit"
     file_path: str
     replace_all: bool = False
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class MultiEdit(ToolDetail):
     TYPE: ClassVar[str] = "multi_edit"
     file_path: str
     edits: int
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class Grep(ToolDetail):
     TYPE: ClassVar[str] = "grep"
     pattern: str
@@ -73,27 +74,27 @@ class Grep(ToolDetail):
     output_mode: str | None = None
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class Glob(ToolDetail):
     TYPE: ClassVar[str] = "glob"
     pattern: str
     path: str | None = None
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class WebFetch(ToolDetail):
     TYPE: ClassVar[str] = "web_fetch"
     url: str
     prompt: str = ""
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class WebSearch(ToolDetail):
     TYPE: ClassVar[str] = "web_search"
     query: str
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class Task(ToolDetail):
     """A subagent (the tool is called ``Task`` or ``Agent`` depending on the CLI version)."""
 
@@ -103,26 +104,26 @@ class Task(ToolDetail):
     subagent_type: str | None = None
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class Todo:
     content: str
     status: str  #: "pending" | "in_progress" | "completed" (open set)
     active_form: str = ""
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class TodoWrite(ToolDetail):
     TYPE: ClassVar[str] = "todo_write"
     todos: list[Todo] = attrs.field(factory=list)
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class Option:
     label: str
     description: str = ""
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class Question:
     question: str
     header: str = ""
@@ -130,13 +131,13 @@ class Question:
     options: list[Option] = attrs.field(factory=list)
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class AskUserQuestion(ToolDetail):
     TYPE: ClassVar[str] = "ask_user_question"
     questions: list[Question] = attrs.field(factory=list)
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class NotebookEdit(ToolDetail):
     TYPE: ClassVar[str] = "notebook_edit"
     notebook_path: str
@@ -145,7 +146,7 @@ class NotebookEdit(ToolDetail):
     cell_type: str | None = None
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class ExitPlanMode(ToolDetail):
     """The model asks to leave plan mode with ``plan``; approving it starts the work."""
 
@@ -153,7 +154,7 @@ class ExitPlanMode(ToolDetail):
     plan: str
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class Unknown(ToolDetail):
     """Any other tool (MCP tools included): its short scalar fields, as text."""
 
@@ -184,7 +185,7 @@ TOOL_DETAIL_CLASSES: dict[str, type[ToolDetail]] = {
 }
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class ToolView:
     """One tool call as a client shows it."""
 
@@ -196,3 +197,6 @@ class ToolView:
     diff: FileDiff | None = None
     output: str = ""
     truncated: bool = False  #: ``output`` was cut; the full text is fetchable elsewhere
+
+
+share_repr(globals())  # one __repr__ for all, not one compiled per class (see __init__)
