@@ -197,12 +197,14 @@ class DeviceStore:
         box_public_key: str | None = None,
     ) -> Device:
         """A device paired with ``public_key``. ``rendezvous`` (its rendezvous secret) marks a
-        pairing: when the key is already paired, that pairing's secret and box key (None: derive
-        it) replace the old ones, on the same record."""
+        pairing: when the key is already paired, that pairing's secret, box key (None: derive
+        it), scope and name replace the old ones, on the same record (the user just approved
+        that offer's scope; the phone sent that name)."""
         check_device_name(name)
         existing = self.by_key(public_key)
         if existing is not None and existing.revoked_at is None:
             if rendezvous is not None:  # a new pairing: the device computed a new secret
+                existing = self._paired_again(existing, name, scope)
                 existing = self._set_box_key(existing, box_public_key)
                 self._set_rendezvous(existing.id, rendezvous)
                 self._rendezvous_changed(existing.id)
@@ -281,6 +283,27 @@ class DeviceStore:
             if hmac.compare_digest(device.public_key.encode(), digest) and candidate:
                 found = device
         return found
+
+    def _paired_again(self, device: Device, name: str, scope: Scope) -> Device:
+        """The new pairing's name and scope on the same record, audited as a pairing that
+        says what it replaced."""
+        if (device.name, device.scope) != (name, scope):
+            with self._transaction():
+                self._db.execute(
+                    "UPDATE devices SET name = ?, scope = ? WHERE id = ?",
+                    (name, scope.value, device.id),
+                )
+            was = device
+            device = self._devices[device.id] = attrs.evolve(device, name=name, scope=scope)
+            changed = f"; was {was.name!r} scope={was.scope.value}"
+        else:
+            changed = ""
+        self.audit(
+            "paired",
+            device.id,
+            f"{name!r} scope={scope.value} key={device.fingerprint} (again{changed})",
+        )
+        return device
 
     def _set_box_key(self, device: Device, box_public_key: str | None) -> Device:
         if device.box_public_key == box_public_key:
