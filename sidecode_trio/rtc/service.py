@@ -420,6 +420,9 @@ class RtcService:
 
     async def _serve(self, link: _Link) -> None:
         device = self._devices.by_key(b64(link.peer_key))
+        # A link that comes once stopping began is refused here. No checkpoint lies between
+        # this check and ``make`` below (serve() calls it before its first await): every
+        # session is either refused or in ``_sessions`` when going_away() looks. Keep it so.
         if device is None or device.revoked_at is not None or self.stopping:
             return
         cert = dtls_sha256(link.connection.local_fingerprints())
