@@ -204,9 +204,7 @@ class DeviceStore:
         existing = self.by_key(public_key)
         if existing is not None and existing.revoked_at is None:
             if rendezvous is not None:  # a new pairing: the device computed a new secret
-                existing = self._paired_again(existing, name, scope)
-                existing = self._set_box_key(existing, box_public_key)
-                self._set_rendezvous(existing.id, rendezvous)
+                existing = self._paired_again(existing, name, scope, rendezvous, box_public_key)
                 self._rendezvous_changed(existing.id)
             return existing  # the same key pairing again: keep one record
         device = Device(
@@ -284,36 +282,37 @@ class DeviceStore:
                 found = device
         return found
 
-    def _paired_again(self, device: Device, name: str, scope: Scope) -> Device:
-        """The new pairing's name and scope on the same record, audited as a pairing that
+    def _paired_again(
+        self, device: Device, name: str, scope: Scope, secret: bytes, box_public_key: str | None
+    ) -> Device:
+        """The new pairing on the same record, in one transaction (a failing disk changes
+        nothing): its name, scope, box key and rendezvous secret; audited as a pairing that
         says what it replaced."""
-        if (device.name, device.scope) != (name, scope):
-            with self._transaction():
-                self._db.execute(
-                    "UPDATE devices SET name = ?, scope = ? WHERE id = ?",
-                    (name, scope.value, device.id),
-                )
-            was = device
-            device = self._devices[device.id] = attrs.evolve(device, name=name, scope=scope)
-            changed = f"; was {was.name!r} scope={was.scope.value}"
-        else:
-            changed = ""
+        was = device
+        with self._transaction():
+            self._db.execute(
+                "UPDATE devices SET name = ?, scope = ?, box_public_key = ? WHERE id = ?",
+                (name, scope.value, box_public_key, device.id),
+            )
+            self._db.execute(
+                "INSERT OR REPLACE INTO rendezvous (device_id, secret) VALUES (?, ?)",
+                (device.id, secret),
+            )
+        device = attrs.evolve(device, name=name, scope=scope, box_public_key=box_public_key)
+        self._devices[device.id] = device
+        self._rendezvous[device.id] = secret
+        if was.box_public_key != box_public_key:
+            self.audit("box_key_changed", device.id, "registered" if box_public_key else "derived")
+        replaced = (
+            f"; was {was.name!r} scope={was.scope.value}"
+            if (was.name, was.scope) != (name, scope)
+            else ""
+        )
         self.audit(
             "paired",
             device.id,
-            f"{name!r} scope={scope.value} key={device.fingerprint} (again{changed})",
+            f"{name!r} scope={scope.value} key={device.fingerprint} (again{replaced})",
         )
-        return device
-
-    def _set_box_key(self, device: Device, box_public_key: str | None) -> Device:
-        if device.box_public_key == box_public_key:
-            return device
-        with self._transaction():
-            self._db.execute(
-                "UPDATE devices SET box_public_key = ? WHERE id = ?", (box_public_key, device.id)
-            )
-        device = self._devices[device.id] = attrs.evolve(device, box_public_key=box_public_key)
-        self.audit("box_key_changed", device.id, "registered" if box_public_key else "derived")
         return device
 
     def box_key(self, public_key: str) -> str | None:
@@ -323,14 +322,6 @@ class DeviceStore:
         if device is None or device.revoked_at is not None:
             return None
         return device.box_public_key
-
-    def _set_rendezvous(self, device_id: str, secret: bytes) -> None:
-        with self._transaction():
-            self._db.execute(
-                "INSERT OR REPLACE INTO rendezvous (device_id, secret) VALUES (?, ?)",
-                (device_id, secret),
-            )
-        self._rendezvous[device_id] = secret
 
     def _rendezvous_changed(self, device_id: str) -> None:
         for listener in self._rendezvous_listeners:
