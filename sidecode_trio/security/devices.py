@@ -138,7 +138,10 @@ class DeviceStore:
     def _transaction(self) -> Iterator[None]:
         """One write transaction; a full or read-only disk is a 503 ``store_unavailable``."""
         try:
+            # the connection autocommits (open_store): without BEGIN each statement would be
+            # its own transaction, and a write failing half-way would leave the first half
             with self._db:
+                self._db.execute("BEGIN")
                 yield
         except sqlite3.Error as exc:
             raise StoreError(f"cannot update the device store: {exc}") from exc
