@@ -29,6 +29,7 @@ from sidecode_trio.rtc.settings import (
 )
 from sidecode_trio.security.devices import DeviceStore, Scope
 from sidecode_trio.security.identity import b64
+from sidecode_trio.security.pairing import PairingProof, PairingRefused, Pairings
 
 
 def secret_file(tmp_path: Path, mode: int = 0o600, text: str = "s3cret-shared") -> Path:
@@ -192,3 +193,27 @@ def test_auth_on_a_datachannel_signs_the_daemons_dtls_certificate_hash() -> None
     assert dtls_sha256(fps) == bytes.fromhex("abcdef")
     with pytest.raises(ValueError, match="no sha-256"):
         dtls_sha256(["sha-1 00:11"])
+
+
+def test_the_changes_waiting_for_the_broker_are_bounded_by_the_devices(tmp_path: Path) -> None:
+    """While the broker is down nothing applies the changes: pair attempts (failed ones too)
+    from ever new addresses, offers, pairings again and revocations leave one pending change
+    per device and one for the offers, not one per event."""
+    daemon = nacl.signing.SigningKey.generate()
+    pairings = Pairings(bytes(daemon.verify_key), lambda: 1000.0)
+    devices = DeviceStore(tmp_path / "devices.sqlite3")
+    try:
+        settings = RtcSettings(rendezvous="mqtt://127.0.0.1:9")
+        service = RtcService(settings, daemon, devices, pairings=pairings)
+        pairings.offer(Scope.CHAT, ttl=300)
+        wrong = PairingProof("unknown", b64(b"k" * 32), "x", b64(b"m" * 32), b64(b"s" * 64))
+        for n in range(1000):
+            with pytest.raises(PairingRefused):
+                pairings.redeem(wrong, f"10.0.{n // 256}.{n % 256}")
+        phone = devices.add("phone", b64(b"p" * 32), "fp", Scope.CHAT, b"r" * 32)
+        for n in range(10):  # the same key pairing again
+            devices.add("phone", b64(b"p" * 32), "fp", Scope.CHAT, bytes([n]) * 32)
+        devices.revoke(phone.id)
+        assert service.pending_changes() == 2  # the phone, and the offers
+    finally:
+        devices.close()

@@ -16,6 +16,7 @@ import pytest
 import trio
 
 from sidecode_trio.config import DaemonConfig
+from sidecode_trio.errors import StoreError
 from sidecode_trio.rtc.pairing import (
     MAX_REQUEST,
     PairingDesk,
@@ -118,6 +119,26 @@ def test_the_secret_survives_a_restart_and_a_repairing_replaces_it(tmp_path: Pat
     anew = store.add("phone", b64(b"k" * 32), "fp", Scope.CHAT, b"3" * 32)
     assert store.rendezvous(anew.id) == b"3" * 32 and store.rendezvous(device.id) is None
     store.close()
+
+
+def test_a_pairing_again_that_the_store_cannot_write_changes_nothing(tmp_path: Path) -> None:
+    """Name, scope, box key and rendezvous secret are replaced together or not at all: a write
+    failing half-way (here the secret's) leaves the old pairing whole, in memory and on disk."""
+    path = tmp_path / "devices.sqlite3"
+    store = DeviceStore(path)
+    key = b64(b"k" * 32)
+    device = store.add("watch", key, "fp", Scope.APPROVE, b"1" * 32)
+    store._db.execute(  # the secret's write fails, after the record's
+        "CREATE TEMP TRIGGER full BEFORE INSERT ON rendezvous "
+        "BEGIN SELECT RAISE(ABORT, 'disk full'); END"
+    )
+    with pytest.raises(StoreError):
+        store.add("phone", key, "fp", Scope.ADMIN, b"2" * 32, b64(b"b" * 32))
+    for seen in (store, DeviceStore(path)):
+        kept = seen.get(device.id)
+        assert (kept.name, kept.scope, kept.box_public_key) == ("watch", Scope.APPROVE, None)
+        assert seen.rendezvous(device.id) == b"1" * 32
+        seen.close()
 
 
 # -- pairing over the rendezvous: the sealed request and reply (rtc/pairing.py) ---------------

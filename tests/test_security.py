@@ -104,6 +104,46 @@ async def test_used_and_wrong_secrets_are_refused(secure: Client) -> None:
     assert len((await secure.http.get("/v1/devices")).json()["devices"]) == 1
 
 
+async def pair_key(
+    owner: Client, payload: dict[str, Any], name: str, key: nacl.signing.SigningKey
+) -> Any:
+    """``POST /v1/pair`` for ``payload`` with this device key (pc.pair makes a new one)."""
+    device = bytes(key.verify_key)
+    sid = payload["sid"].encode()
+    message = b"".join(
+        [pc.PAIR_CONTEXT, pc.unb64(payload["pk"]), device, name.encode(), b"\n", sid]
+    )
+    body = {
+        "secret_id": payload["sid"],
+        "device_public_key": pc.b64(device),
+        "name": name,
+        "mac": pc.b64(prove(pc.unb64(payload["secret"]), message)),
+        "signature": pc.b64(key.sign(message).signature),
+    }
+    response = await owner.http.post("/v1/pair", json=body)
+    assert response.status_code == 201, response.text
+    return response.json()["device"]
+
+
+async def test_a_key_pairing_again_takes_the_new_offers_scope_and_name(secure: Client) -> None:
+    """The user just approved the new offer (its scope) and the phone sent its name: both win
+    over the old pairing's, on the same record, and the audit says what changed."""
+    key = nacl.signing.SigningKey.generate()
+    first = await pair_key(secure, await offer(secure, "approve"), "watch", key)
+    again = await pair_key(secure, await offer(secure, "admin"), "my phone", key)
+    assert again["id"] == first["id"]
+    assert (again["name"], again["scope"]) == ("my phone", "admin")
+    devices = (await secure.http.get("/v1/devices")).json()["devices"]
+    assert [(d["id"], d["name"], d["scope"]) for d in devices] == [
+        (first["id"], "my phone", "admin")
+    ]
+    entries = (await secure.http.get("/v1/audit")).json()["entries"]
+    newest = next(e for e in entries if e["kind"] == "paired")
+    assert newest["device_id"] == first["id"]
+    assert "'my phone' scope=admin" in newest["detail"]
+    assert "was 'watch' scope=approve" in newest["detail"]
+
+
 async def test_failed_pairing_is_rate_limited(secure: Client) -> None:
     body = {"secret_id": "nope", "device_public_key": pc.b64(b"k" * 32), "name": "x",
             "mac": pc.b64(b"m" * 32), "signature": pc.b64(b"s" * 64)}  # fmt: skip

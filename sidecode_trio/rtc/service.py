@@ -97,8 +97,12 @@ class RtcService:
         self._sessions: set[Session] = set()  # the session driver of every open link
         self._link_ended = trio.Event()  # set (and renewed) whenever a link ends
         self.stopping = False  #: the daemon is stopping: links are told so, none is served
-        # a device id whose subscription may have changed, or None: the pairing offers did
-        self._changes_tx, self._changes_rx = trio.open_memory_channel[str | None](math.inf)
+        # What the broker has yet to be told, coalesced (a set, a flag: bounded by the devices,
+        # however many events come while the broker is down): the devices whose subscription
+        # may have changed, and whether the pairing offers did. ``_changed`` wakes run().
+        self._dirty_devices: set[str] = set()
+        self._dirty_pairings = False
+        self._changed = trio.Event()
         self.closed: list[Closed] = []  #: why each link ended (statistics, tests)
         self.refused = 0
         #: refusals by code (tests, statistics): signaling's, and "http <status>" for pair
@@ -112,10 +116,10 @@ class RtcService:
         self._desk = PairingDesk(key)
         self.ready = trio.Event()  #: set once subscribed and answering (the first time)
         self.error: str | None = None  #: why the last attempt to reach the broker failed
-        devices.on_rendezvous(self._changes_tx.send_nowait)
+        devices.on_rendezvous(self._device_changed)
         devices.on_revoke(self._revoked)
         if pairings is not None:
-            pairings.on_change(lambda: self._changes_tx.send_nowait(None))
+            pairings.on_change(self._pairings_changed)
 
     def serve_with(self, make_link: MakeLink, pair: Requests | None = None) -> None:
         """How links are served and pair requests answered (the daemon's front door: both exist
@@ -162,10 +166,18 @@ class RtcService:
         secret = self._devices.rendezvous(device.id)
         return topics(secret) if secret is not None else None
 
+    def _device_changed(self, device_id: str) -> None:
+        self._dirty_devices.add(device_id)
+        self._changed.set()
+
+    def _pairings_changed(self) -> None:
+        self._dirty_pairings = True
+        self._changed.set()
+
     def _revoked(self, device_id: str) -> None:
         for scope in self._links.pop(device_id, set()):
             scope.cancel()
-        self._changes_tx.send_nowait(device_id)
+        self._device_changed(device_id)
 
     async def _sync(self, broker: _Broker, device_id: str) -> None:
         """Make the subscription of ``device_id`` match the store (subscribed iff active)."""
@@ -185,6 +197,10 @@ class RtcService:
                 await broker.subscribe(wanted[1].to_daemon)
                 log.info("rtc: subscribed device %s", device_id)
             self._subscribed[device_id] = wanted
+
+    def pending_changes(self) -> int:
+        """Changes not yet applied to the broker: one per device, one for the offers (tests)."""
+        return len(self._dirty_devices) + self._dirty_pairings
 
     def subscribed(self) -> list[str]:
         """The devices whose topic is subscribed (doctor, tests)."""
@@ -350,6 +366,9 @@ class RtcService:
             raise ConfigError("the WebRTC task cannot serve links: serve_with() was not called")
         self._subscribed.clear()  # a new connection: nothing is subscribed on it yet
         self._pair_topics.clear()
+        # synced below from the store, all of them: what changes from now on is noted anew
+        self._dirty_devices.clear()
+        self._dirty_pairings = False
         async with (
             open_asyncio_thread(self._thread_setup) as aio,
             open_rendezvous(url, self._thread_setup) as broker,
@@ -383,14 +402,17 @@ class RtcService:
                 self.ready.set()
                 task_status.started()
                 while True:
-                    with trio.move_on_at(self._pairing_deadline()):
-                        device_id = await self._changes_rx.receive()
-                        if device_id is None:
-                            await self._sync_pairing(broker)
-                        else:
-                            await self._sync(broker, device_id)
-                        continue
-                    await self._sync_pairing(broker)  # an offer expired
+                    with trio.move_on_at(self._pairing_deadline()) as waiting:
+                        await self._changed.wait()
+                    # taken at once (no checkpoint): a change made while these are synced sets
+                    # the new event and is synced on the next round
+                    self._changed = trio.Event()
+                    dirty, self._dirty_devices = self._dirty_devices, set()
+                    offers, self._dirty_pairings = self._dirty_pairings, False
+                    for device_id in sorted(dirty):
+                        await self._sync(broker, device_id)
+                    if offers or waiting.cancelled_caught:  # offers changed, or one expired
+                        await self._sync_pairing(broker)
 
     def _count_refusal(self, exc: SignalingRefused) -> None:
         self.refused += 1
@@ -398,6 +420,9 @@ class RtcService:
 
     async def _serve(self, link: _Link) -> None:
         device = self._devices.by_key(b64(link.peer_key))
+        # A link that comes once stopping began is refused here. No checkpoint lies between
+        # this check and ``make`` below (serve() calls it before its first await): every
+        # session is either refused or in ``_sessions`` when going_away() looks. Keep it so.
         if device is None or device.revoked_at is not None or self.stopping:
             return
         cert = dtls_sha256(link.connection.local_fingerprints())

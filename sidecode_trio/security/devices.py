@@ -138,7 +138,10 @@ class DeviceStore:
     def _transaction(self) -> Iterator[None]:
         """One write transaction; a full or read-only disk is a 503 ``store_unavailable``."""
         try:
+            # the connection autocommits (open_store): without BEGIN each statement would be
+            # its own transaction, and a write failing half-way would leave the first half
             with self._db:
+                self._db.execute("BEGIN")
                 yield
         except sqlite3.Error as exc:
             raise StoreError(f"cannot update the device store: {exc}") from exc
@@ -197,14 +200,14 @@ class DeviceStore:
         box_public_key: str | None = None,
     ) -> Device:
         """A device paired with ``public_key``. ``rendezvous`` (its rendezvous secret) marks a
-        pairing: when the key is already paired, that pairing's secret and box key (None: derive
-        it) replace the old ones, on the same record."""
+        pairing: when the key is already paired, that pairing's secret, box key (None: derive
+        it), scope and name replace the old ones, on the same record (the user just approved
+        that offer's scope; the phone sent that name)."""
         check_device_name(name)
         existing = self.by_key(public_key)
         if existing is not None and existing.revoked_at is None:
             if rendezvous is not None:  # a new pairing: the device computed a new secret
-                existing = self._set_box_key(existing, box_public_key)
-                self._set_rendezvous(existing.id, rendezvous)
+                existing = self._paired_again(existing, name, scope, rendezvous, box_public_key)
                 self._rendezvous_changed(existing.id)
             return existing  # the same key pairing again: keep one record
         device = Device(
@@ -282,15 +285,37 @@ class DeviceStore:
                 found = device
         return found
 
-    def _set_box_key(self, device: Device, box_public_key: str | None) -> Device:
-        if device.box_public_key == box_public_key:
-            return device
+    def _paired_again(
+        self, device: Device, name: str, scope: Scope, secret: bytes, box_public_key: str | None
+    ) -> Device:
+        """The new pairing on the same record, in one transaction (a failing disk changes
+        nothing): its name, scope, box key and rendezvous secret; audited as a pairing that
+        says what it replaced."""
+        was = device
         with self._transaction():
             self._db.execute(
-                "UPDATE devices SET box_public_key = ? WHERE id = ?", (box_public_key, device.id)
+                "UPDATE devices SET name = ?, scope = ?, box_public_key = ? WHERE id = ?",
+                (name, scope.value, box_public_key, device.id),
             )
-        device = self._devices[device.id] = attrs.evolve(device, box_public_key=box_public_key)
-        self.audit("box_key_changed", device.id, "registered" if box_public_key else "derived")
+            self._db.execute(
+                "INSERT OR REPLACE INTO rendezvous (device_id, secret) VALUES (?, ?)",
+                (device.id, secret),
+            )
+        device = attrs.evolve(device, name=name, scope=scope, box_public_key=box_public_key)
+        self._devices[device.id] = device
+        self._rendezvous[device.id] = secret
+        if was.box_public_key != box_public_key:
+            self.audit("box_key_changed", device.id, "registered" if box_public_key else "derived")
+        replaced = (
+            f"; was {was.name!r} scope={was.scope.value}"
+            if (was.name, was.scope) != (name, scope)
+            else ""
+        )
+        self.audit(
+            "paired",
+            device.id,
+            f"{name!r} scope={scope.value} key={device.fingerprint} (again{replaced})",
+        )
         return device
 
     def box_key(self, public_key: str) -> str | None:
@@ -300,14 +325,6 @@ class DeviceStore:
         if device is None or device.revoked_at is not None:
             return None
         return device.box_public_key
-
-    def _set_rendezvous(self, device_id: str, secret: bytes) -> None:
-        with self._transaction():
-            self._db.execute(
-                "INSERT OR REPLACE INTO rendezvous (device_id, secret) VALUES (?, ?)",
-                (device_id, secret),
-            )
-        self._rendezvous[device_id] = secret
 
     def _rendezvous_changed(self, device_id: str) -> None:
         for listener in self._rendezvous_listeners:
