@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from sidecode_trio.config import load_config
-from sidecode_trio.errors import BadRequest, ConfigError
+from sidecode_trio.errors import BadRequest, ConfigError, StoreError
 from sidecode_trio.notify import ece, messages
 from sidecode_trio.notify.policy import (
     Decider,
@@ -375,6 +375,25 @@ def test_subscriptions_are_kept_per_device_and_pruned(tmp_path: Path) -> None:
     finally:
         store.close()
     assert (tmp_path / "push.sqlite3").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_subscription_the_store_cannot_prune_for_is_not_kept_either(tmp_path: Path) -> None:
+    """``put`` adds and prunes in one transaction: the store's connection autocommits, so without
+    a BEGIN a failing prune would leave the new row (a device over its cap) behind a 500."""
+    store = SubscriptionStore(tmp_path / "push.sqlite3")
+    try:
+        for i in range(8):  # the device's cap: the next one prunes the oldest
+            store.put("dev_a", f"https://p.example/{i}", "k", "a", float(i))
+        kept = [s.endpoint for s in store.all()]
+        store._db.execute(
+            "CREATE TRIGGER no_prune BEFORE DELETE ON subscriptions "
+            "BEGIN SELECT RAISE(ABORT, 'disk says no'); END"
+        )
+        with pytest.raises(StoreError, match="disk says no"):
+            store.put("dev_a", "https://p.example/new", "k", "a", 9.0)
+        assert [s.endpoint for s in store.all()] == kept
+    finally:
+        store.close()
 
 
 @pytest.mark.parametrize(

@@ -81,7 +81,8 @@ class SubscriptionStore:
         """Add or replace the subscription for ``endpoint`` (it now belongs to ``device_id``)."""
         sub = Subscription(subscription_id(endpoint), device_id, endpoint, p256dh, auth, now)
         try:
-            with self._db:
+            with self._db:  # the connection autocommits: BEGIN makes the add and prune one
+                self._db.execute("BEGIN")
                 self._db.execute(
                     "INSERT OR REPLACE INTO subscriptions "
                     "(id, device_id, endpoint, p256dh, auth, created_at) VALUES (?,?,?,?,?,?)",
