@@ -10,8 +10,11 @@ and the Debian packages mosquitto, coturn, iptables, conntrack, tcpdump; skips o
 
 from __future__ import annotations
 
+import json
 import secrets
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from functools import partial
@@ -51,6 +54,7 @@ from rtclab import STUN, World, connect, echo_once, peer_certificate, selected_p
 
 netlab.skip_unless_possible()
 pc = load_example("pair_client")
+EXAMPLES = Path(__file__).parent.parent / "examples"
 
 
 @pytest.fixture(scope="module")
@@ -520,3 +524,81 @@ async def test_a_phone_behind_a_nat_revoked_mid_link_is_cut_and_not_answered_aga
                     nursery.cancel_scope.cancel()
                 assert service.refused == refused  # not even refused: it never arrived
                 assert phone.broker._inbox_rx.statistics().current_buffer_used == 0  # no reply
+
+
+async def test_the_example_programs_in_the_phone_namespace_pair_and_drive_a_session(
+    lab: netlab.Lab,
+    make_config: Callable[..., DaemonConfig],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    work_dir: Path,
+) -> None:
+    """The issue's phone, as a user runs it: ``examples/pair_client.py`` and
+    ``examples/rtc_client.py``, processes in the phone's namespace behind its NAT (no route to
+    the daemon's addresses), given only the pairing payload: they pair through the broker, start
+    a session, follow it approving its tool, and the tool runs on the computer behind the other
+    NAT."""
+    lab.nat("nath", "cone")
+    lab.nat("natp", "cone")
+    config = lab_daemon(lab, make_config, monkeypatch, tmp_path)
+    store = tmp_path / "phone.json"
+
+    async def phone(*argv: str) -> trio.Process:
+        return await trio.lowlevel.open_process(
+            ["ip", "netns", "exec", lab.ns["phone"], sys.executable, *argv],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+
+    async def finish(proc: trio.Process) -> str:
+        assert proc.stdout is not None
+        output = b""
+        while chunk := await proc.stdout.receive_some(4096):
+            output += chunk
+        assert await proc.wait() == 0, output.decode(errors="replace")
+        return output.decode()
+
+    async with running_daemon(config) as owner:
+        service = owner.handle.rtc
+        with trio.fail_after(120):
+            await service.ready.wait()
+            offer = (await owner.http.post("/v1/pairings", json={"scope": "chat"})).json()
+            payload = json.dumps(offer["payload"])  # what the QR code shows, nothing more
+            await until(lambda: service.pairing() == [offer["payload"]["sid"]])
+            pairing = await phone(
+                str(EXAMPLES / "pair_client.py"),
+                "--store",
+                str(store),
+                "pair",
+                payload,
+                "--name",
+                "lab phone",
+                "--via",
+                "auto",
+            )
+            assert "paired" in await finish(pairing)
+            await until(lambda: len(service.subscribed()) == 1)
+            devices = (await owner.http.get("/v1/devices")).json()["devices"]
+            [paired_as] = [d["id"] for d in devices if d["name"] == "lab phone"]
+            example = [str(EXAMPLES / "rtc_client.py"), "--store", str(store)]
+            created = await finish(
+                await phone(*example, "new", str(work_dir), "[[bash:echo lab > lab.txt]]")
+            )
+            session_id = created.strip().splitlines()[-1]
+            epoch = (await owner.http.get(f"/v1/sessions/{session_id}")).json()["epoch"]
+            follow = await phone(
+                *example, "follow", session_id, "--approve", "allow", f"--since={epoch}:0"
+            )
+            output = b""
+            try:
+                assert follow.stdout is not None
+                while b"[turn.completed]" not in output:
+                    chunk = await follow.stdout.receive_some(4096)
+                    assert chunk, output
+                    output += chunk
+            finally:
+                follow.terminate()
+                await follow.wait()
+    assert b"[permission.requested]" in output
+    assert (work_dir / "lab.txt").read_text() == "lab\n"  # approved from behind the phone's NAT
+    assert json.loads(store.read_text())["device"]["id"] == paired_as
