@@ -18,7 +18,7 @@ import trio
 
 from sidecode_trio.claude.messages import transcript_path
 from sidecode_trio.config import DaemonConfig
-from sidecode_trio.errors import Forbidden
+from sidecode_trio.errors import BadRequest, Forbidden
 from sidecode_trio.ops.operations import Policy, check_permission_update
 from sidecode_trio.security.auth import LOCAL, Principal
 from sidecode_trio.security.devices import Scope
@@ -605,6 +605,35 @@ async def test_no_device_may_write_the_users_global_settings() -> None:
                 Policy(), phone, {"type": relaxing, "behavior": "deny"}, "default"
             )
     check_permission_update(Policy(), phone, {"type": "addRules", "behavior": "deny"}, "default")
+
+
+async def test_a_device_gives_a_session_only_directories_it_could_open_a_session_in(
+    tmp_path: Path,
+) -> None:
+    """``addDirectories`` widens what the CLI may touch: from a device, each directory must be
+    inside an allowed root (symlinks resolved), as a session's own folder must be; the user at
+    the terminal is not limited."""
+    root = tmp_path / "code"
+    (root / "app").mkdir(parents=True)
+    outside = tmp_path / "secrets"
+    outside.mkdir()
+    (root / "sneaky").symlink_to(outside)
+    phone = Principal("d2", "phone", Scope.CHAT)
+
+    def add(who: Principal, *directories: object) -> None:
+        rule = {"type": "addDirectories", "directories": list(directories)}
+        check_permission_update(Policy(), who, rule | {"destination": "session"}, "default", [root])
+
+    add(phone, str(root / "app"))
+    add(phone, str(root))
+    for refused in ("/", str(outside), str(root / "sneaky"), str(root / "app" / ".." / "..")):
+        with pytest.raises(Forbidden, match="outside the allowed roots") as caught:
+            add(phone, str(root / "app"), refused)
+        assert caught.value.code == "path_not_allowed"
+    for junk in ([], [3], ["a\x00b"], [""]):
+        with pytest.raises(BadRequest, match="addDirectories"):
+            add(phone, *junk)
+    add(LOCAL, "/", str(outside))
 
 
 async def test_a_device_approves_a_plan_with_a_session_mode_switch_checked_like_a_direct_one(

@@ -14,7 +14,9 @@ permission mode, applies rules that allow, and manages devices.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, Final
 
 import attrs
@@ -59,10 +61,13 @@ class Policy:
             )
 
 
-def check_permission_update(policy: Policy, who: Principal, rule: Any, current: str) -> None:
+def check_permission_update(
+    policy: Policy, who: Principal, rule: Any, current: str, roots: Sequence[Path] = ()
+) -> None:
     """One permission update: a rule that allows, or that removes or replaces deny/ask rules,
-    widens (``admin``); a device never writes the user's global settings; a mode switch is
-    checked like a direct one."""
+    widens (``admin``); a device never writes the user's global settings, nor gives a session a
+    directory outside the allowed ``roots`` (where it could not open a session either); a mode
+    switch is checked like a direct one."""
     if not isinstance(rule, Mapping):
         who.require(Scope.ADMIN)  # not understood: it may widen
         return
@@ -71,6 +76,8 @@ def check_permission_update(policy: Policy, who: Principal, rule: Any, current: 
             "a paired device cannot change the user's global settings (userSettings)",
             code="destination_not_allowed",
         )
+    if who.device_id is not None and rule.get("type") == "addDirectories":
+        _check_directories(rule.get("directories"), roots)
     kind, behavior = rule.get("type"), rule.get("behavior")
     allows = kind in ("addRules", "replaceRules") and behavior == "allow"
     relaxes = kind in ("removeRules", "replaceRules") and behavior in ("deny", "ask")
@@ -82,6 +89,23 @@ def check_permission_update(policy: Policy, who: Principal, rule: Any, current: 
             raise BadRequest(f"setMode needs a known mode, got {mode!r}")
         who.require_mode_change(current, mode)
         policy.check_mode(who, mode)
+
+
+def _check_directories(directories: Any, roots: Sequence[Path]) -> None:
+    """The directories a device adds to a session: each inside an allowed root (symlinks
+    resolved), as a session's own folder must be (``resolve_cwd``)."""
+    if not isinstance(directories, list) or not directories:
+        raise BadRequest("addDirectories needs a list of directories")
+    for directory in directories:
+        if not isinstance(directory, str) or not directory or "\x00" in directory:
+            raise BadRequest("addDirectories needs a list of directories")
+        real = Path(os.path.realpath(Path(directory).expanduser()))
+        if not any(real == root or real.is_relative_to(root) for root in roots):
+            raise Forbidden(
+                f"{directory} is outside the allowed roots: a paired device cannot give a "
+                "session access to it",
+                code="path_not_allowed",
+            )
 
 
 def _is_session_mode_switch(rule: Any) -> bool:
@@ -305,7 +329,7 @@ class Operations:
             who.require(Scope.CHAT)
             current = self._registry.info(session_id).permission_mode
             for rule in rules:
-                check_permission_update(self._policy, who, rule, current)
+                check_permission_update(self._policy, who, rule, current, self._registry.roots)
         await supervisor.answer_permission(
             request_id,
             allow,
