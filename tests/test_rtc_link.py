@@ -24,6 +24,7 @@ from test_rtc_daemon import Phone, broker, until
 
 from sidecode_trio import daemon as daemon_module
 from sidecode_trio.channel import frames as fr
+from sidecode_trio.channel.client import Subscription
 from sidecode_trio.config import DaemonConfig
 from sidecode_trio.rtc.broker import open_mqtt
 from sidecode_trio.rtc.client import DeviceSession, LinkCarrier, SessionClosed, open_session
@@ -99,6 +100,41 @@ def cursor(message: dict[str, Any]) -> int:
     return int(message["id"].rpartition(":")[2])
 
 
+async def approved_turn(
+    session: DeviceSession, work_dir: Path, prompt: str
+) -> tuple[str, Subscription]:
+    """Over a link: create a session in `work_dir` with `prompt` (one that asks for a tool),
+    follow its events from the start, allow the tool and wait until the turn completed.
+    Returns the session's id and its stream, still open for what comes next."""
+    body = {"cwd": str(work_dir), "prompt": prompt}
+    created = await session.request("POST", "/v1/sessions", body)
+    session_id: str = created["session"]["id"]
+    epoch = (await session.request("GET", f"/v1/sessions/{session_id}"))["epoch"]
+    stream = await session.subscribe(f"/v1/sessions/{session_id}/events", f"{epoch}:0")
+    asked = await next_event(stream, "permission.requested")
+    request_id = asked["data"]["event"]["request_id"]
+    permission = f"/v1/sessions/{session_id}/permissions/{request_id}"
+    assert await session.request("POST", permission, {"behavior": "allow"}) == {"ok": True}
+    await next_event(stream, "turn.completed")
+    return session_id, stream
+
+
+async def output_until_turn_completed(proc: trio.Process) -> bytes:
+    """What `rtc_client.py follow` printed up to its `[turn.completed]` line; the process is
+    ended either way."""
+    output = b""
+    try:
+        assert proc.stdout is not None
+        while b"[turn.completed]" not in output:
+            chunk = await proc.stdout.receive_some(4096)
+            assert chunk, output
+            output += chunk
+    finally:
+        proc.terminate()
+        await proc.wait()
+    return output
+
+
 async def test_a_phone_drives_a_session_over_the_datachannel_and_resumes_exactly(
     make_config: Callable[..., DaemonConfig], broker: str, work_dir: Path
 ) -> None:
@@ -111,18 +147,8 @@ async def test_a_phone_drives_a_session_over_the_datachannel_and_resumes_exactly
                     session, carrier = await phone.connect(nursery)
                     assert session.welcome["inline_limit"] > 1 << 30  # no "large" frames here
                     assert await session.request("GET", "/v1/sessions") == {"sessions": []}
-                    body = {"cwd": str(work_dir), "prompt": "[[bash:echo hi > hi.txt]]"}
-                    created = await session.request("POST", "/v1/sessions", body)
-                    session_id = created["session"]["id"]
-                    epoch = (await session.request("GET", f"/v1/sessions/{session_id}"))["epoch"]
-                    path = f"/v1/sessions/{session_id}/events"
-                    stream = await session.subscribe(path, f"{epoch}:0")
-                    asked = await next_event(stream, "permission.requested")
-                    request_id = asked["data"]["event"]["request_id"]
-                    permission = f"/v1/sessions/{session_id}/permissions/{request_id}"
-                    approved = await session.request("POST", permission, {"behavior": "allow"})
-                    assert approved == {"ok": True}
-                    await next_event(stream, "turn.completed")
+                    prompt = "[[bash:echo hi > hi.txt]]"
+                    session_id, stream = await approved_turn(session, work_dir, prompt)
                     assert (work_dir / "hi.txt").read_text() == "hi\n"
                     text = {"text": "[[slow:30]]"}
                     await session.request("POST", f"/v1/sessions/{session_id}/messages", text)
@@ -301,15 +327,6 @@ async def test_the_example_rtc_client_drives_a_session_knowing_only_its_pairing(
                 [*example, "follow", session_id, "--approve", "allow", f"--since={epoch}:0"],
                 stdout=subprocess.PIPE,
             )
-            output = b""
-            try:
-                assert proc.stdout is not None
-                while b"[turn.completed]" not in output:
-                    chunk = await proc.stdout.receive_some(4096)
-                    assert chunk, output
-                    output += chunk
-            finally:
-                proc.terminate()
-                await proc.wait()
+            output = await output_until_turn_completed(proc)
         assert b"[permission.requested]" in output
         assert (work_dir / "hi.txt").read_text() == "hi\n"  # the tool ran: it was approved
