@@ -32,9 +32,9 @@ from test_rtc_link import (
     next_event,
     output_until_turn_completed,
     phone_of,
+    revoked_while_following,
 )
 
-from sidecode_trio.channel.client import SessionClosed
 from sidecode_trio.config import DaemonConfig
 from sidecode_trio.rtc import service as service_module
 from sidecode_trio.rtc.broker import INBOX_SIZE, open_mqtt
@@ -479,15 +479,9 @@ async def test_a_phone_behind_a_nat_revoked_mid_link_is_cut_and_not_answered_aga
                     session, carrier = await phone.connect(nursery)
                     local, remote = await selected_pair(phone.aio, carrier.link.connection)
                     assert "relay" not in (local, remote)  # a punched link, through both NATs
-                    stream = await session.subscribe(f"/v1/sessions/{session_id}/events")
-                    assert (await stream.next())["type"] == "snapshot"
-                    response = await owner.http.delete(f"/v1/devices/{phone.device_id}")
-                    assert response.status_code == 200, response.text
-                    await until(lambda: carrier.closed is not None)
-                    await until(lambda: service.links() == 0)
-                    assert service.closed[-1].code == "revoked"
-                    with pytest.raises(SessionClosed):
-                        await session.request("GET", "/v1/sessions")
+                    await revoked_while_following(
+                        owner, phone.device_id, session, carrier, session_id
+                    )
                     await carrier.aclose()
                     nursery.cancel_scope.cancel()
                 await until(lambda: service.subscribed() == [other.device_id])

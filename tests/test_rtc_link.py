@@ -119,6 +119,23 @@ async def approved_turn(
     return session_id, stream
 
 
+async def revoked_while_following(
+    owner: Client, device_id: str, session: DeviceSession, carrier: LinkCarrier, session_id: str
+) -> None:
+    """The device following `session_id` over its link is revoked: the daemon cuts the link as
+    "revoked", and the session can ask nothing more."""
+    stream = await session.subscribe(f"/v1/sessions/{session_id}/events")
+    assert (await stream.next())["type"] == "snapshot"
+    response = await owner.http.delete(f"/v1/devices/{device_id}")
+    assert response.status_code == 200, response.text
+    service = owner.handle.rtc
+    await until(lambda: carrier.closed is not None)
+    await until(lambda: service.links() == 0)
+    assert service.closed[-1].code == "revoked"
+    with pytest.raises(SessionClosed):
+        await session.request("GET", "/v1/sessions")
+
+
 async def output_until_turn_completed(proc: trio.Process) -> bytes:
     """What `rtc_client.py follow` printed up to its `[turn.completed]` line; the process is
     ended either way."""
@@ -208,15 +225,9 @@ async def test_revoking_a_device_cuts_its_authenticated_link(
                 await until(lambda: service.subscribed() == [phone.device_id])
                 async with trio.open_nursery() as nursery:
                     session, carrier = await phone.connect(nursery)
-                    stream = await session.subscribe(f"/v1/sessions/{session_id}/events")
-                    assert (await stream.next())["type"] == "snapshot"
-                    response = await owner.http.delete(f"/v1/devices/{phone.device_id}")
-                    assert response.status_code == 200, response.text
-                    await until(lambda: carrier.closed is not None)
-                    await until(lambda: service.links() == 0)
-                    assert service.closed[-1].code == "revoked"
-                    with pytest.raises(SessionClosed):
-                        await session.request("GET", "/v1/sessions")
+                    await revoked_while_following(
+                        owner, phone.device_id, session, carrier, session_id
+                    )
                     nursery.cancel_scope.cancel()
 
 
