@@ -24,7 +24,7 @@ from typing import Any
 import nacl.signing
 import pytest
 import trio
-from test_rtc_daemon import Phone, until
+from test_rtc_daemon import until
 from test_rtc_link import (
     Dialer,
     approved_turn,
@@ -56,7 +56,7 @@ from sidecode_trio.rtc.signaling import (
 from sidecode_trio.security.identity import unb64
 
 import netlab
-from helpers import load_example, running_daemon
+from helpers import Phone, load_example, running_daemon
 from rtclab import STUN, World, connect, echo_once, peer_certificate, selected_pair, world
 
 netlab.skip_unless_possible()

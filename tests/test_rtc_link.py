@@ -20,7 +20,7 @@ from typing import Any
 import attrs
 import pytest
 import trio
-from test_rtc_daemon import Phone, broker, until
+from test_rtc_daemon import broker, until
 
 from sidecode_trio import daemon as daemon_module
 from sidecode_trio.channel import frames as fr
@@ -34,7 +34,7 @@ from sidecode_trio.rtc.settings import RtcSettings
 from sidecode_trio.rtc.signaling import topics
 from sidecode_trio.security.identity import unb64
 
-from helpers import Client, load_example, running_daemon
+from helpers import Client, Phone, load_example, running_daemon
 
 __all__ = ["broker"]  # the fixture, imported
 EXAMPLES = Path(__file__).parent.parent / "examples"

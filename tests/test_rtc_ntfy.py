@@ -18,7 +18,6 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import attrs
 import nacl.signing
 import pytest
 import trio
@@ -42,7 +41,7 @@ from sidecode_trio.rtc.signaling import SignalingBox, topics
 from sidecode_trio.security.identity import unb64
 
 import netlab
-from helpers import Client, load_example, running_daemon
+from helpers import Client, Phone, load_example, running_daemon
 
 TOPIC = "sidecode/" + "ab" * 16
 
@@ -167,19 +166,6 @@ async def test_an_unreachable_server_fails_subscribe_and_publish_clearly() -> No
 
 
 pc = load_example("pair_client")
-
-
-@attrs.frozen
-class Phone:
-    credentials: dict[str, Any]
-
-    @property
-    def key(self) -> nacl.signing.SigningKey:
-        return nacl.signing.SigningKey(unb64(self.credentials["device"]["seed"]))
-
-    @property
-    def daemon_key(self) -> bytes:
-        return unb64(self.credentials["daemon"]["public_key"])
 
 
 async def test_the_daemon_answers_a_devices_offer_over_ntfy_which_sees_only_sealed_bytes(
