@@ -17,11 +17,14 @@ from typing import Any
 import attrs
 import h11
 import httpx
+import nacl.signing
 import pytest
 import trio
 
 from sidecode_trio.config import DaemonConfig
 from sidecode_trio.daemon import DaemonHandle, serve
+from sidecode_trio.rtc.signaling import SignalingBox
+from sidecode_trio.security.identity import unb64
 
 
 @attrs.define
@@ -64,6 +67,25 @@ class Client:
         headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
         async with open_sse(self, f"/v1/sessions/{session_id}/events", headers) as stream:
             yield stream
+
+
+@attrs.frozen
+class Phone:
+    """A device paired with pair_client.py's ``pair()``: its credentials, and its keys."""
+
+    credentials: dict[str, Any]
+
+    @property
+    def key(self) -> nacl.signing.SigningKey:
+        return nacl.signing.SigningKey(unb64(self.credentials["device"]["seed"]))
+
+    @property
+    def daemon_key(self) -> bytes:
+        return unb64(self.credentials["daemon"]["public_key"])
+
+    def box(self) -> SignalingBox:
+        daemon = self.daemon_key
+        return SignalingBox(self.key, lambda key: key == daemon)
 
 
 @attrs.frozen

@@ -13,6 +13,7 @@ import http.server
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +85,25 @@ def run_pairings(
             results = [page.evaluate(PAIR, [payload, "chromium"]) for payload in attempts]
             assert errors == []
             return results
+        finally:
+            browser.close()
+
+
+@contextmanager
+def paired_page(chromium: str, static_site: str, fragment: str, name: str) -> Iterator[Any]:
+    """A page of the app on ``static_site`` that paired as ``name`` with the offer's link
+    ``fragment`` (over WebTransport) and is live on it; the browser closes after."""
+    with playwright_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, headless=True, args=chromium_args())
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(30_000)
+            page.goto(f"{static_site}/#{fragment}")
+            page.wait_for_selector("#pair-view:not([hidden])")
+            page.fill("#pair-name", name)
+            page.click("#pair-button")
+            page.wait_for_selector("#conn[data-state='live'][data-transport='webtransport']")
+            yield page
         finally:
             browser.close()
 
@@ -194,36 +214,22 @@ async def test_a_device_paired_before_box_keys_is_told_to_pair_again_on_the_page
         fragment = offer["web_link"].split("#", 1)[1]
 
         def run() -> dict[str, Any]:
-            with playwright_api.sync_playwright() as pw:
-                browser = pw.chromium.launch(
-                    executable_path=chromium, headless=True, args=chromium_args()
+            # paired over WebTransport, as above
+            with paired_page(chromium, static_site, fragment, "old phone") as page:
+                page.evaluate(AGE_THE_RECORD)
+                page.goto(f"{static_site}/")
+                page.wait_for_selector("#conn-problem:not([hidden])")
+                page.wait_for_selector("#conn[data-state='offline']")
+                return dict(
+                    page.evaluate(
+                        """() => ({ problem: document.getElementById('conn-problem')
+                                      .textContent,
+                                    role: document.getElementById('conn-problem')
+                                      .getAttribute('role'),
+                                    label: document.getElementById('conn-label')
+                                      .textContent })"""
+                    )
                 )
-                try:
-                    page = browser.new_page()
-                    page.set_default_timeout(30_000)
-                    page.goto(f"{static_site}/#{fragment}")
-                    page.wait_for_selector("#pair-view:not([hidden])")
-                    page.fill("#pair-name", "old phone")
-                    page.click("#pair-button")  # over WebTransport, as above
-                    page.wait_for_selector(
-                        "#conn[data-state='live'][data-transport='webtransport']"
-                    )
-                    page.evaluate(AGE_THE_RECORD)
-                    page.goto(f"{static_site}/")
-                    page.wait_for_selector("#conn-problem:not([hidden])")
-                    page.wait_for_selector("#conn[data-state='offline']")
-                    return dict(
-                        page.evaluate(
-                            """() => ({ problem: document.getElementById('conn-problem')
-                                          .textContent,
-                                        role: document.getElementById('conn-problem')
-                                          .getAttribute('role'),
-                                        label: document.getElementById('conn-label')
-                                          .textContent })"""
-                        )
-                    )
-                finally:
-                    browser.close()
 
         with trio.fail_after(90):
             shown = await trio.to_thread.run_sync(run)
@@ -288,33 +294,18 @@ async def test_from_another_origin_the_app_dials_direct_pinning_the_certificate_
 
         def run() -> dict[str, Any]:
             seen: dict[str, Any] = {}
-            with playwright_api.sync_playwright() as pw:
-                browser = pw.chromium.launch(
-                    executable_path=chromium, headless=True, args=chromium_args()
-                )
-                try:
-                    page = browser.new_page()
-                    page.set_default_timeout(30_000)
-                    page.goto(f"{static_site}/#{fragment}")
-                    page.wait_for_selector("#pair-view:not([hidden])")
-                    page.fill("#pair-name", "phone")
-                    page.click("#pair-button")
-                    page.wait_for_selector(
-                        "#conn[data-state='live'][data-transport='webtransport']"
-                    )
-                    seen["label"] = page.text_content("#conn-label")
-                    seen["paired"] = page.evaluate(PINNED)
-                    seen["next"] = trio.from_thread.run_sync(make_next, trio_token=token)
-                    redial(page)  # its /v1/info names the next certificate too
-                    until_pinned(page, lambda certs: len(certs) == 2)
-                    seen["both"] = page.evaluate(PINNED)
-                    seen["switched"] = trio.from_thread.run_sync(switch, trio_token=token)
-                    redial(page)  # pinned by what the record learnt
-                    until_pinned(page, lambda certs: certs[0]["sha256"] == seen["switched"])
-                    seen["after"] = page.evaluate(PINNED)
-                    return seen
-                finally:
-                    browser.close()
+            with paired_page(chromium, static_site, fragment, "phone") as page:
+                seen["label"] = page.text_content("#conn-label")
+                seen["paired"] = page.evaluate(PINNED)
+                seen["next"] = trio.from_thread.run_sync(make_next, trio_token=token)
+                redial(page)  # its /v1/info names the next certificate too
+                until_pinned(page, lambda certs: len(certs) == 2)
+                seen["both"] = page.evaluate(PINNED)
+                seen["switched"] = trio.from_thread.run_sync(switch, trio_token=token)
+                redial(page)  # pinned by what the record learnt
+                until_pinned(page, lambda certs: certs[0]["sha256"] == seen["switched"])
+                seen["after"] = page.evaluate(PINNED)
+                return seen
 
         with trio.fail_after(120):
             seen = await trio.to_thread.run_sync(run)

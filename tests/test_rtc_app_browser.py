@@ -335,6 +335,24 @@ def dropped_and_resumed(
     return str(page.evaluate("() => window.oldLink.why"))
 
 
+def daemon_ports(owner: Any, offer: dict[str, Any]) -> tuple[int, int]:
+    """The daemon's HTTPS port, and the one QUIC port its pairing payload names."""
+    port = int(owner.handle.url.rstrip("/").rsplit(":", 1)[1])
+    (quic_port,) = {int(url.split("/")[2].rsplit(":", 1)[1]) for url in offer["payload"]["quic"]}
+    return port, quic_port
+
+
+def direct_path_goes_away(page: Any, direct: Forwarder) -> None:
+    """The direct path is cut mid-turn: the app carries on peer-to-peer, resuming exactly."""
+
+    def away() -> None:  # QUIC alone would wait for its 60 s idle timeout
+        direct.cut()
+        page.evaluate("() => window.sidecode.client.drop()")
+
+    dropped_and_resumed(page, 2, 40, away, "webrtc")
+    assert header(page)["text"] == "live · peer-to-peer"
+
+
 async def test_the_app_drives_a_session_over_webrtc_through_two_nats_and_resumes_after_drops(
     lab: netlab.Lab,
     make_config: Callable[..., DaemonConfig],
@@ -453,9 +471,7 @@ async def test_the_app_goes_direct_when_it_can_and_switches_paths_without_losing
     problems: list[str] = []
     async with running_daemon(config) as owner:
         offer, sid = await offer_and_session(owner, work_dir)
-        port = int(owner.handle.url.rstrip("/").rsplit(":", 1)[1])
-        quic = {int(url.split("/")[2].rsplit(":", 1)[1]) for url in offer["payload"]["quic"]}
-        (quic_port,) = quic
+        port, quic_port = daemon_ports(owner, offer)
         app = owner.handle.url.rstrip("/") + "/app/"
         assert offer["web_link"].startswith(app)
 
@@ -470,13 +486,7 @@ async def test_the_app_goes_direct_when_it_can_and_switches_paths_without_losing
                     )
                     assert header(page)["text"] == "live · direct"
                     approve_the_tool(page)
-
-                    def away() -> None:  # QUIC alone would wait for its 60 s idle timeout
-                        direct.cut()
-                        page.evaluate("() => window.sidecode.client.drop()")
-
-                    dropped_and_resumed(page, 2, 40, away, "webrtc")
-                    assert header(page)["text"] == "live · peer-to-peer"
+                    direct_path_goes_away(page, direct)
 
                     def back() -> None:
                         nonlocal direct
@@ -515,10 +525,7 @@ async def test_from_another_origin_the_app_goes_direct_then_peer_to_peer_and_ope
     problems: list[str] = []
     async with running_daemon(config) as owner:
         offer, sid = await offer_and_session(owner, work_dir)
-        port = int(owner.handle.url.rstrip("/").rsplit(":", 1)[1])
-        (quic_port,) = {
-            int(url.split("/")[2].rsplit(":", 1)[1]) for url in offer["payload"]["quic"]
-        }
+        port, quic_port = daemon_ports(owner, offer)
         fragment = offer["web_link"].split("#", 1)[1]
         counted: list[int] = []
 
@@ -543,13 +550,7 @@ async def test_from_another_origin_the_app_goes_direct_then_peer_to_peer_and_ope
                     assert record["quic"] == offer["payload"]["quic"]
                     approve_the_tool(page)
                     counted.append(direct.tcp_connections)
-
-                    def away() -> None:
-                        direct.cut()
-                        page.evaluate("() => window.sidecode.client.drop()")
-
-                    dropped_and_resumed(page, 2, 40, away, "webrtc")
-                    assert header(page)["text"] == "live · peer-to-peer"
+                    direct_path_goes_away(page, direct)
 
                     # the static host goes away; the app opens from its cache and dials
                     page.wait_for_function("() => navigator.serviceWorker.controller !== null")

@@ -16,8 +16,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import attrs
-import nacl.signing
 import pytest
 import trio
 
@@ -28,11 +26,11 @@ from sidecode_trio.rtc.broker import open_mqtt
 from sidecode_trio.rtc.peer import open_asyncio_thread
 from sidecode_trio.rtc.rendezvous import Link, dial
 from sidecode_trio.rtc.settings import RtcSettings
-from sidecode_trio.rtc.signaling import SignalingBox, topics
+from sidecode_trio.rtc.signaling import topics
 from sidecode_trio.security.identity import unb64
 
 import netlab
-from helpers import load_example, running_daemon
+from helpers import Phone, load_example, running_daemon
 
 netlab.skip_unless_possible(lab=False)
 if shutil.which("mosquitto") is None:  # CI installs it: a skip there would hide a lost test
@@ -80,23 +78,6 @@ async def until(condition: Callable[[], bool]) -> None:
     """Wait for ``condition`` (the caller's fail_after is the deadline)."""
     while not condition():
         await trio.sleep(0.02)
-
-
-@attrs.define
-class Phone:
-    credentials: dict[str, Any]
-
-    @property
-    def key(self) -> nacl.signing.SigningKey:
-        return nacl.signing.SigningKey(unb64(self.credentials["device"]["seed"]))
-
-    @property
-    def daemon_key(self) -> bytes:
-        return unb64(self.credentials["daemon"]["public_key"])
-
-    def box(self) -> SignalingBox:
-        daemon = self.daemon_key
-        return SignalingBox(self.key, lambda key: key == daemon)
 
 
 async def receive_json(link: Link) -> dict[str, Any]:

@@ -24,10 +24,17 @@ from typing import Any
 import nacl.signing
 import pytest
 import trio
-from test_rtc_daemon import Phone, until
-from test_rtc_link import Dialer, cursor, next_event, phone_of
+from test_rtc_daemon import until
+from test_rtc_link import (
+    Dialer,
+    approved_turn,
+    cursor,
+    next_event,
+    output_until_turn_completed,
+    phone_of,
+    revoked_while_following,
+)
 
-from sidecode_trio.channel.client import SessionClosed
 from sidecode_trio.config import DaemonConfig
 from sidecode_trio.rtc import service as service_module
 from sidecode_trio.rtc.broker import INBOX_SIZE, open_mqtt
@@ -49,7 +56,7 @@ from sidecode_trio.rtc.signaling import (
 from sidecode_trio.security.identity import unb64
 
 import netlab
-from helpers import load_example, running_daemon
+from helpers import Phone, load_example, running_daemon
 from rtclab import STUN, World, connect, echo_once, peer_certificate, selected_pair, world
 
 netlab.skip_unless_possible()
@@ -332,20 +339,8 @@ async def test_a_phone_behind_a_nat_drives_a_session_on_a_daemon_behind_another_
                     session, carrier = await phone.connect(nursery)
                     local, remote = await selected_pair(phone.aio, carrier.link.connection)
                     assert "relay" not in (local, remote)  # punched through both NATs
-                    body = {"cwd": str(work_dir), "prompt": "[[bash:echo hi > hi.txt]]"}
-                    created = await session.request("POST", "/v1/sessions", body)
-                    session_id = created["session"]["id"]
-                    epoch = (await session.request("GET", f"/v1/sessions/{session_id}"))["epoch"]
-                    stream = await session.subscribe(
-                        f"/v1/sessions/{session_id}/events", f"{epoch}:0"
-                    )
-                    asked = await next_event(stream, "permission.requested")
-                    request_id = asked["data"]["event"]["request_id"]
-                    permission = f"/v1/sessions/{session_id}/permissions/{request_id}"
-                    assert await session.request("POST", permission, {"behavior": "allow"}) == {
-                        "ok": True
-                    }
-                    await next_event(stream, "turn.completed")
+                    prompt = "[[bash:echo hi > hi.txt]]"
+                    session_id, stream = await approved_turn(session, work_dir, prompt)
                     assert (work_dir / "hi.txt").read_text() == "hi\n"
                     text = {"text": "[[slow:30]]"}
                     await session.request("POST", f"/v1/sessions/{session_id}/messages", text)
@@ -446,19 +441,7 @@ async def test_a_phone_knowing_only_the_payload_pairs_through_the_broker_and_dri
                     linked_in = time.monotonic() - started
                     local, remote = await selected_pair(aio, carrier.link.connection)
                     assert "relay" not in (local, remote)
-                    body = {"cwd": str(work_dir), "prompt": "[[bash:echo far > far.txt]]"}
-                    created = await session.request("POST", "/v1/sessions", body)
-                    session_id = created["session"]["id"]
-                    epoch = (await session.request("GET", f"/v1/sessions/{session_id}"))["epoch"]
-                    stream = await session.subscribe(
-                        f"/v1/sessions/{session_id}/events", f"{epoch}:0"
-                    )
-                    asked = await next_event(stream, "permission.requested")
-                    request_id = asked["data"]["event"]["request_id"]
-                    permission = f"/v1/sessions/{session_id}/permissions/{request_id}"
-                    allowed = await session.request("POST", permission, {"behavior": "allow"})
-                    assert allowed == {"ok": True}
-                    await next_event(stream, "turn.completed")
+                    await approved_turn(session, work_dir, "[[bash:echo far > far.txt]]")
                     await carrier.aclose()
                     nursery.cancel_scope.cancel()
     assert (work_dir / "far.txt").read_text() == "far\n"
@@ -496,15 +479,9 @@ async def test_a_phone_behind_a_nat_revoked_mid_link_is_cut_and_not_answered_aga
                     session, carrier = await phone.connect(nursery)
                     local, remote = await selected_pair(phone.aio, carrier.link.connection)
                     assert "relay" not in (local, remote)  # a punched link, through both NATs
-                    stream = await session.subscribe(f"/v1/sessions/{session_id}/events")
-                    assert (await stream.next())["type"] == "snapshot"
-                    response = await owner.http.delete(f"/v1/devices/{phone.device_id}")
-                    assert response.status_code == 200, response.text
-                    await until(lambda: carrier.closed is not None)
-                    await until(lambda: service.links() == 0)
-                    assert service.closed[-1].code == "revoked"
-                    with pytest.raises(SessionClosed):
-                        await session.request("GET", "/v1/sessions")
+                    await revoked_while_following(
+                        owner, phone.device_id, session, carrier, session_id
+                    )
                     await carrier.aclose()
                     nursery.cancel_scope.cancel()
                 await until(lambda: service.subscribed() == [other.device_id])
@@ -589,16 +566,7 @@ async def test_the_example_programs_in_the_phone_namespace_pair_and_drive_a_sess
             follow = await phone(
                 *example, "follow", session_id, "--approve", "allow", f"--since={epoch}:0"
             )
-            output = b""
-            try:
-                assert follow.stdout is not None
-                while b"[turn.completed]" not in output:
-                    chunk = await follow.stdout.receive_some(4096)
-                    assert chunk, output
-                    output += chunk
-            finally:
-                follow.terminate()
-                await follow.wait()
+            output = await output_until_turn_completed(follow)
     assert b"[permission.requested]" in output
     assert (work_dir / "lab.txt").read_text() == "lab\n"  # approved from behind the phone's NAT
     assert json.loads(store.read_text())["device"]["id"] == paired_as

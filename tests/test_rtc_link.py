@@ -20,10 +20,11 @@ from typing import Any
 import attrs
 import pytest
 import trio
-from test_rtc_daemon import Phone, broker, until
+from test_rtc_daemon import broker, until
 
 from sidecode_trio import daemon as daemon_module
 from sidecode_trio.channel import frames as fr
+from sidecode_trio.channel.client import Subscription
 from sidecode_trio.config import DaemonConfig
 from sidecode_trio.rtc.broker import open_mqtt
 from sidecode_trio.rtc.client import DeviceSession, LinkCarrier, SessionClosed, open_session
@@ -33,7 +34,7 @@ from sidecode_trio.rtc.settings import RtcSettings
 from sidecode_trio.rtc.signaling import topics
 from sidecode_trio.security.identity import unb64
 
-from helpers import Client, load_example, running_daemon
+from helpers import Client, Phone, load_example, running_daemon
 
 __all__ = ["broker"]  # the fixture, imported
 EXAMPLES = Path(__file__).parent.parent / "examples"
@@ -99,6 +100,58 @@ def cursor(message: dict[str, Any]) -> int:
     return int(message["id"].rpartition(":")[2])
 
 
+async def approved_turn(
+    session: DeviceSession, work_dir: Path, prompt: str
+) -> tuple[str, Subscription]:
+    """Over a link: create a session in `work_dir` with `prompt` (one that asks for a tool),
+    follow its events from the start, allow the tool and wait until the turn completed.
+    Returns the session's id and its stream, still open for what comes next."""
+    body = {"cwd": str(work_dir), "prompt": prompt}
+    created = await session.request("POST", "/v1/sessions", body)
+    session_id: str = created["session"]["id"]
+    epoch = (await session.request("GET", f"/v1/sessions/{session_id}"))["epoch"]
+    stream = await session.subscribe(f"/v1/sessions/{session_id}/events", f"{epoch}:0")
+    asked = await next_event(stream, "permission.requested")
+    request_id = asked["data"]["event"]["request_id"]
+    permission = f"/v1/sessions/{session_id}/permissions/{request_id}"
+    assert await session.request("POST", permission, {"behavior": "allow"}) == {"ok": True}
+    await next_event(stream, "turn.completed")
+    return session_id, stream
+
+
+async def revoked_while_following(
+    owner: Client, device_id: str, session: DeviceSession, carrier: LinkCarrier, session_id: str
+) -> None:
+    """The device following `session_id` over its link is revoked: the daemon cuts the link as
+    "revoked", and the session can ask nothing more."""
+    stream = await session.subscribe(f"/v1/sessions/{session_id}/events")
+    assert (await stream.next())["type"] == "snapshot"
+    response = await owner.http.delete(f"/v1/devices/{device_id}")
+    assert response.status_code == 200, response.text
+    service = owner.handle.rtc
+    await until(lambda: carrier.closed is not None)
+    await until(lambda: service.links() == 0)
+    assert service.closed[-1].code == "revoked"
+    with pytest.raises(SessionClosed):
+        await session.request("GET", "/v1/sessions")
+
+
+async def output_until_turn_completed(proc: trio.Process) -> bytes:
+    """What `rtc_client.py follow` printed up to its `[turn.completed]` line; the process is
+    ended either way."""
+    output = b""
+    try:
+        assert proc.stdout is not None
+        while b"[turn.completed]" not in output:
+            chunk = await proc.stdout.receive_some(4096)
+            assert chunk, output
+            output += chunk
+    finally:
+        proc.terminate()
+        await proc.wait()
+    return output
+
+
 async def test_a_phone_drives_a_session_over_the_datachannel_and_resumes_exactly(
     make_config: Callable[..., DaemonConfig], broker: str, work_dir: Path
 ) -> None:
@@ -111,18 +164,8 @@ async def test_a_phone_drives_a_session_over_the_datachannel_and_resumes_exactly
                     session, carrier = await phone.connect(nursery)
                     assert session.welcome["inline_limit"] > 1 << 30  # no "large" frames here
                     assert await session.request("GET", "/v1/sessions") == {"sessions": []}
-                    body = {"cwd": str(work_dir), "prompt": "[[bash:echo hi > hi.txt]]"}
-                    created = await session.request("POST", "/v1/sessions", body)
-                    session_id = created["session"]["id"]
-                    epoch = (await session.request("GET", f"/v1/sessions/{session_id}"))["epoch"]
-                    path = f"/v1/sessions/{session_id}/events"
-                    stream = await session.subscribe(path, f"{epoch}:0")
-                    asked = await next_event(stream, "permission.requested")
-                    request_id = asked["data"]["event"]["request_id"]
-                    permission = f"/v1/sessions/{session_id}/permissions/{request_id}"
-                    approved = await session.request("POST", permission, {"behavior": "allow"})
-                    assert approved == {"ok": True}
-                    await next_event(stream, "turn.completed")
+                    prompt = "[[bash:echo hi > hi.txt]]"
+                    session_id, stream = await approved_turn(session, work_dir, prompt)
                     assert (work_dir / "hi.txt").read_text() == "hi\n"
                     text = {"text": "[[slow:30]]"}
                     await session.request("POST", f"/v1/sessions/{session_id}/messages", text)
@@ -182,15 +225,9 @@ async def test_revoking_a_device_cuts_its_authenticated_link(
                 await until(lambda: service.subscribed() == [phone.device_id])
                 async with trio.open_nursery() as nursery:
                     session, carrier = await phone.connect(nursery)
-                    stream = await session.subscribe(f"/v1/sessions/{session_id}/events")
-                    assert (await stream.next())["type"] == "snapshot"
-                    response = await owner.http.delete(f"/v1/devices/{phone.device_id}")
-                    assert response.status_code == 200, response.text
-                    await until(lambda: carrier.closed is not None)
-                    await until(lambda: service.links() == 0)
-                    assert service.closed[-1].code == "revoked"
-                    with pytest.raises(SessionClosed):
-                        await session.request("GET", "/v1/sessions")
+                    await revoked_while_following(
+                        owner, phone.device_id, session, carrier, session_id
+                    )
                     nursery.cancel_scope.cancel()
 
 
@@ -301,15 +338,6 @@ async def test_the_example_rtc_client_drives_a_session_knowing_only_its_pairing(
                 [*example, "follow", session_id, "--approve", "allow", f"--since={epoch}:0"],
                 stdout=subprocess.PIPE,
             )
-            output = b""
-            try:
-                assert proc.stdout is not None
-                while b"[turn.completed]" not in output:
-                    chunk = await proc.stdout.receive_some(4096)
-                    assert chunk, output
-                    output += chunk
-            finally:
-                proc.terminate()
-                await proc.wait()
+            output = await output_until_turn_completed(proc)
         assert b"[permission.requested]" in output
         assert (work_dir / "hi.txt").read_text() == "hi\n"  # the tool ran: it was approved

@@ -18,7 +18,6 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import attrs
 import nacl.signing
 import pytest
 import trio
@@ -42,7 +41,7 @@ from sidecode_trio.rtc.signaling import SignalingBox, topics
 from sidecode_trio.security.identity import unb64
 
 import netlab
-from helpers import load_example, running_daemon
+from helpers import Client, Phone, load_example, running_daemon
 
 TOPIC = "sidecode/" + "ab" * 16
 
@@ -167,19 +166,6 @@ async def test_an_unreachable_server_fails_subscribe_and_publish_clearly() -> No
 
 
 pc = load_example("pair_client")
-
-
-@attrs.frozen
-class Phone:
-    credentials: dict[str, Any]
-
-    @property
-    def key(self) -> nacl.signing.SigningKey:
-        return nacl.signing.SigningKey(unb64(self.credentials["device"]["seed"]))
-
-    @property
-    def daemon_key(self) -> bytes:
-        return unb64(self.credentials["daemon"]["public_key"])
 
 
 async def test_the_daemon_answers_a_devices_offer_over_ntfy_which_sees_only_sealed_bytes(
@@ -353,6 +339,17 @@ async def test_a_refused_subscription_leaves_the_previous_one_working() -> None:
                 await trio.sleep(0.01)
 
 
+async def listened_offer(owner: Client) -> dict[str, Any]:
+    """A new pairing offer's payload, once the daemon's WebRTC task listens for its requests."""
+    service = owner.handle.rtc
+    await service.ready.wait()
+    made = await owner.http.post("/v1/pairings", json={"scope": "chat"})
+    payload: dict[str, Any] = made.json()["payload"]
+    while payload["sid"] not in service.pairing():
+        await trio.sleep(0.02)
+    return payload
+
+
 async def test_a_pair_reply_the_rendezvous_refuses_costs_that_reply_not_the_webrtc_task(
     make_config: Callable[..., DaemonConfig], caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -369,11 +366,7 @@ async def test_a_pair_reply_the_rendezvous_refuses_costs_that_reply_not_the_webr
         async with running_daemon(make_config(https=True, rtc=rtc)) as owner:
             service = owner.handle.rtc
             with trio.fail_after(30):
-                await service.ready.wait()
-                made = await owner.http.post("/v1/pairings", json={"scope": "chat"})
-                payload = made.json()["payload"]
-                while payload["sid"] not in service.pairing():
-                    await trio.sleep(0.02)
+                payload = await listened_offer(owner)
                 the_topics = pairing_topics(unb64(payload["secret"]))
                 daemon_key = unb64(payload["pk"])
                 async with open_rendezvous(server.url) as device:
@@ -508,11 +501,7 @@ async def test_a_device_paired_through_the_broker_gets_its_reply_when_a_subscrip
         async with running_daemon(make_config(https=True, rtc=rtc)) as owner:
             service = owner.handle.rtc
             with trio.fail_after(60):
-                await service.ready.wait()
-                made = await owner.http.post("/v1/pairings", json={"scope": "chat"})
-                payload = made.json()["payload"]
-                while payload["sid"] not in service.pairing():
-                    await trio.sleep(0.02)
+                payload = await listened_offer(owner)
                 the_topics = pairing_topics(unb64(payload["secret"]))
                 daemon_key = unb64(payload["pk"])
                 async with open_rendezvous(server.url) as device:

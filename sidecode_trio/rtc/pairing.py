@@ -45,7 +45,6 @@ import binascii
 import hmac
 import json
 import logging
-import math
 import secrets
 import time
 from collections.abc import Callable
@@ -59,7 +58,14 @@ import nacl.signing
 from ..security.identity import b64, unb64
 from ..security.pairing import usable_box_key
 from ..security.routes import OPEN_BODY_LIMIT
-from .signaling import ENVELOPE_VERSION, MAX_SKEW, SignalingRefused, Topics
+from .signaling import (
+    ENVELOPE_VERSION,
+    MAX_SKEW,
+    SignalingRefused,
+    Topics,
+    parse_body,
+    parse_envelope,
+)
 
 if TYPE_CHECKING:
     from .broker import Rendezvous
@@ -69,6 +75,7 @@ log = logging.getLogger(__name__)
 PAIR_TOPIC_CONTEXT: Final = b"sidecode-trio pair topic v1\n"
 #: an envelope carrying the open routes' largest body: base64 of box overhead + body + JSON
 MAX_REQUEST: Final = (OPEN_BODY_LIMIT + 1024) * 4 // 3 + 256
+LEAST_BOX: Final = 24 + 16  # a sealed box: its nonce and MAC around the body
 REPLAY_KEPT: Final = 1_000  # request nonces remembered within the skew window, at most
 REMOTE: Final = "rendezvous"  #: the "client address" the rate limiter and the audit log see
 
@@ -94,41 +101,6 @@ def _body(to: bytes, now: float, msg: dict[str, Any], **extra: str) -> bytes:
 def _envelope(sender: bytes, sealed: bytes) -> bytes:
     envelope = {"v": ENVELOPE_VERSION, "from": b64(sender), "box": b64(sealed)}
     return json.dumps(envelope, separators=(",", ":")).encode()
-
-
-def _parse(data: bytes, limit: int) -> tuple[bytes, bytes]:
-    if len(data) > limit:
-        raise _refuse("malformed", "the envelope is too large")
-    try:
-        envelope = json.loads(data)
-        if not isinstance(envelope, dict) or envelope.get("v") != ENVELOPE_VERSION:
-            raise _refuse("malformed", "not a version-1 pairing envelope")
-        sender, sealed = unb64(envelope["from"]), unb64(envelope["box"])
-    except (ValueError, KeyError, TypeError, binascii.Error, RecursionError):
-        # RecursionError: JSON nested past the recursion limit (anyone on the topic can send it)
-        raise _refuse("malformed", "not a pairing envelope") from None
-    if len(sender) != 32 or len(sealed) < 24 + 16:
-        raise _refuse("malformed", "bad key or box length")
-    return sender, sealed
-
-
-def _load(raw: bytes) -> dict[str, Any]:
-    try:
-        body = json.loads(raw)
-    except (ValueError, RecursionError):  # not JSON, or nested past the recursion limit
-        raise _refuse("malformed", "the body is not JSON") from None
-    ts = body.get("ts") if isinstance(body, dict) else None
-    if not (
-        isinstance(body, dict)
-        and isinstance(body.get("to"), str)
-        and isinstance(body.get("n"), str)
-        and isinstance(ts, int | float)
-        and not isinstance(ts, bool)
-        and math.isfinite(ts)  # NaN passes every skew check, and its nonce is never forgotten
-        and isinstance(body.get("msg"), dict)
-    ):
-        raise _refuse("malformed", "the body lacks to, ts, n or msg")
-    return body
 
 
 def _x25519(key: str | None) -> bytes | None:
@@ -166,13 +138,13 @@ class PairingDesk:
 
     def open(self, data: bytes, now: float, secret_id: str) -> PairOpened:
         """The request in ``data``, which must be for the offer ``secret_id`` (the topic's)."""
-        sender, sealed = _parse(data, MAX_REQUEST)
+        sender, sealed = parse_envelope(data, "pairing", MAX_REQUEST, LEAST_BOX)
         try:
             box = nacl.public.Box(self._x25519, nacl.public.PublicKey(sender))
             raw = box.decrypt(sealed)
         except (nacl.exceptions.CryptoError, nacl.exceptions.ValueError, ValueError):
             raise _refuse("forged", "the pair request does not open") from None
-        body = _load(raw)
+        body = parse_body(raw)
         if not hmac.compare_digest(body["to"].encode(), b64(self._public).encode()):
             raise _refuse("wrong_recipient", "the pair request was meant for another key")
         ts: float = body["ts"]
@@ -231,7 +203,8 @@ def open_reply(
 ) -> tuple[int, Any]:
     """``(status, body)`` of the daemon's reply to the request of ``nonce``; a message that is
     not that reply, from that daemon, raises :class:`SignalingRefused`."""
-    sender, sealed = _parse(data, 4 * MAX_REQUEST)  # a PairReply is a few KB
+    # a PairReply is a few KB
+    sender, sealed = parse_envelope(data, "pairing", 4 * MAX_REQUEST, LEAST_BOX)
     if not hmac.compare_digest(sender, daemon_key):
         raise _refuse("not_paired", "the reply is not from the payload's daemon")
     try:
@@ -240,7 +213,7 @@ def open_reply(
         nacl.signing.VerifyKey(daemon_key).verify(signed[64:], signed[:64])
     except (nacl.exceptions.CryptoError, nacl.exceptions.ValueError, ValueError):
         raise _refuse("forged", "the reply does not open or its signature is wrong") from None
-    body = _load(signed[64:])
+    body = parse_body(signed[64:])
     if body["to"] != b64(bytes(box_key.public_key)) or body.get("re") != nonce:
         raise _refuse("wrong_recipient", "the reply answers another request")
     if abs(now - body["ts"]) > max_skew:

@@ -113,8 +113,51 @@ class Opened:
 # --- sealing and opening --------------------------------------------------------------------
 
 
+LEAST_SIGNED_BOX: Final = 24 + 16 + 64  # nonce, MAC and the signature inside the body
+
+
 def _refuse(code: str, message: str) -> SignalingRefused:
     return SignalingRefused(message, code=code)
+
+
+def parse_envelope(data: bytes, kind: str, limit: int, least_box: int) -> tuple[bytes, bytes]:
+    """The sender's key and the sealed box of a version-1 `kind` envelope ("signaling",
+    "pairing") of at most `limit` bytes whose box is at least `least_box` bytes; refused as
+    malformed otherwise."""
+    if len(data) > limit:
+        raise _refuse("malformed", "the envelope is too large")
+    try:
+        envelope = json.loads(data)
+        if not isinstance(envelope, dict) or envelope.get("v") != ENVELOPE_VERSION:
+            raise _refuse("malformed", f"not a version-1 {kind} envelope")
+        sender, sealed = unb64(envelope["from"]), unb64(envelope["box"])
+    except (ValueError, KeyError, TypeError, binascii.Error, RecursionError):
+        # RecursionError: JSON nested past the recursion limit (anyone on a topic can send it)
+        raise _refuse("malformed", f"not a {kind} envelope") from None
+    if len(sender) != 32 or len(sealed) < least_box:
+        raise _refuse("malformed", "bad key or box length")
+    return sender, sealed
+
+
+def parse_body(raw: bytes) -> dict[str, Any]:
+    """An opened envelope's body: a JSON object with to, n, a finite ts and msg; refused as
+    malformed otherwise."""
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError):  # not JSON, or nested past the recursion limit
+        raise _refuse("malformed", "the body is not JSON") from None
+    ts = body.get("ts") if isinstance(body, dict) else None
+    if not (
+        isinstance(body, dict)
+        and isinstance(body.get("to"), str)
+        and isinstance(body.get("n"), str)
+        and isinstance(ts, int | float)
+        and not isinstance(ts, bool)
+        and math.isfinite(ts)  # NaN passes every skew check, and its nonce is never forgotten
+        and isinstance(body.get("msg"), dict)
+    ):
+        raise _refuse("malformed", "the body lacks to, ts, n or msg")
+    return body
 
 
 class SignalingBox:
@@ -184,7 +227,7 @@ class SignalingBox:
 
     def open(self, data: bytes, now: float) -> Opened:
         """The message in ``data``, or :class:`SignalingRefused` saying why not."""
-        sender, sealed = self._parse_envelope(data)
+        sender, sealed = parse_envelope(data, "signaling", MAX_ENVELOPE, LEAST_SIGNED_BOX)
         if not self._is_paired(sender):
             raise _refuse("not_paired", "the sender is not a paired key")
         try:
@@ -194,7 +237,7 @@ class SignalingBox:
             raise _refuse(
                 "forged", "the envelope does not open or its signature is wrong"
             ) from None
-        body = self._parse_body(signed[64:])
+        body = parse_body(signed[64:])
         if not hmac.compare_digest(body["to"].encode(), b64(self._public).encode()):
             raise _refuse("wrong_recipient", "the message was meant for another key")
         ts: float = body["ts"]
@@ -206,38 +249,6 @@ class SignalingBox:
         except ValueError as exc:
             raise _refuse("malformed", f"bad signaling message: {exc}") from None
         return Opened(sender, message, ts)
-
-    def _parse_envelope(self, data: bytes) -> tuple[bytes, bytes]:
-        if len(data) > MAX_ENVELOPE:
-            raise _refuse("malformed", "the envelope is too large")
-        try:
-            envelope = json.loads(data)
-            if not isinstance(envelope, dict) or envelope.get("v") != ENVELOPE_VERSION:
-                raise _refuse("malformed", "not a version-1 signaling envelope")
-            sender, sealed = unb64(envelope["from"]), unb64(envelope["box"])
-        except (ValueError, KeyError, TypeError, binascii.Error, RecursionError):
-            # RecursionError: JSON nested past the recursion limit (anyone on a topic can send it)
-            raise _refuse("malformed", "not a signaling envelope") from None
-        if len(sender) != 32 or len(sealed) < 24 + 16 + 64:
-            raise _refuse("malformed", "bad key or box length")
-        return sender, sealed
-
-    def _parse_body(self, raw: bytes) -> dict[str, Any]:
-        try:
-            body = json.loads(raw)
-        except (ValueError, RecursionError):  # not JSON, or nested past the recursion limit
-            raise _refuse("malformed", "the body is not JSON") from None
-        if not (
-            isinstance(body, dict)
-            and isinstance(body.get("to"), str)
-            and isinstance(body.get("n"), str)
-            and isinstance(body.get("ts"), int | float)
-            and not isinstance(body.get("ts"), bool)
-            and math.isfinite(body["ts"])  # NaN passes every skew check
-            and isinstance(body.get("msg"), dict)
-        ):
-            raise _refuse("malformed", "the body lacks to, ts, n or msg")
-        return body
 
     def _remember(self, sender: bytes, nonce: str, ts: float, now: float) -> None:
         seen = self._seen.setdefault(sender, {})
