@@ -306,6 +306,11 @@ def _lines_per_cpu_second(run: dict[str, Any]) -> float:
     return float(lines / seconds) if seconds else math.nan
 
 
+def _lines_per_s(run: dict[str, Any]) -> Any:
+    """CLI text-delta lines/s, from the first to the last delta one client received."""
+    return _get(run, "deltas_per_s") / max(1, _get(run, "clients"))
+
+
 def _deltas_per_event(run: dict[str, Any]) -> float:
     events = _get(run, "events")
     return float(_get(run, "deltas") / events) if events else math.nan
@@ -702,6 +707,16 @@ def performance(results: dict[str, Any]) -> str:
             figure = _median_of(through["daemon"], measure)
             base = _median_of(through["relay"], measure)
             floor_value = _median_of(through.get("a0", []), measure)
+            rows.append([label, *_pair(figure, base, "/s", rate=True, floor=floor_value)])
+    reader = results.get("lines_runs") or {}
+    if reader.get("daemon"):
+        for label, measure in (
+            ("the reader's saturation: CLI lines/s, unpaced, 1 client", _lines_per_s),
+            ("the reader's saturation: CLI lines per server CPU-second", _lines_per_cpu_second),
+        ):
+            figure = _median_of(reader["daemon"], measure)
+            base = _median_of(reader.get("relay", []), measure)
+            floor_value = _median_of(reader.get("a0", []), measure)
             rows.append([label, *_pair(figure, base, "/s", rate=True, floor=floor_value)])
     batch = results["plan"]["headline_batch"]
     log = _get(results, "log", batch)
