@@ -172,3 +172,35 @@ def test_the_cli_s_own_delta_lines_take_the_fast_path() -> None:
     ):
         assert fast_delta(line) is not None
     assert fast_delta(HEAD + b"x" + TAIL) == TextDeltaLine("msg_01", 0, "x")
+
+
+def test_a_delta_line_over_the_cap_is_dropped_on_the_fast_path_too() -> None:
+    """The fast path matches a line at its start: one longer than the cap is still oversize."""
+    framer = LineFramer(max_line=len(HEAD + TAIL) + 10)
+    frames = framer.feed_frames(HEAD + b"x" * 20 + TAIL + b"\n" + HEAD + b"y" + TAIL + b"\n")
+    assert (framer.oversize, framer.skipped) == (1, 1)
+    assert frames == [TextDeltaLine("msg_01", 0, "y")]
+
+
+def test_one_read_s_lines_keep_their_own_block_and_message() -> None:
+    """The framer decodes a read's block and message id once while they repeat: a change in
+    either, or an index json.loads refuses (past int's digits), is seen line by line."""
+    other = TAIL.replace(b"msg_01", b"msg_02")
+    huge = HEAD.replace(b'"index":0', b'"index":' + b"1" * 5000)
+    lines = [
+        HEAD + b"a" + TAIL,
+        HEAD.replace(b'"index":0', b'"index":1') + b"b" + TAIL,
+        HEAD + b"c" + other,
+        huge + b"d" + TAIL,
+        HEAD + b"e" + other,
+    ]
+    data = b"\n".join(lines) + b"\n"
+    framer = LineFramer()
+    assert framer.feed_frames(data) == [
+        TextDeltaLine("msg_01", 0, "a"),
+        TextDeltaLine("msg_01", 1, "b"),
+        TextDeltaLine("msg_02", 0, "c"),
+        TextDeltaLine("msg_02", 0, "e"),
+    ]
+    assert framer.skipped == 1  # the huge index: json.loads refuses it too
+    assert fast_events(data) == slow_events(data)

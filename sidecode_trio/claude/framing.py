@@ -52,6 +52,12 @@ Frame = dict[str, Any] | TextDeltaLine
 _tuple_new: Final = tuple.__new__  # TextDeltaLine(*values) without its Python-level __new__
 
 
+#: :data:`DELTA_LINE` and its newline, matched at a line's start in the framer's buffer: one
+#: C call finds the line's end and takes its values (no ``find``, no slice); the body cannot hold
+#: a newline, so a match is exactly the line, as ``fullmatch`` of it would be
+_DELTA_LINE_NL: Final = re.compile(DELTA_LINE.pattern + rb"\n")
+
+
 def fast_delta(
     line: bytes | bytearray, start: int = 0, end: int | None = None
 ) -> TextDeltaLine | None:
@@ -59,7 +65,12 @@ def fast_delta(
     match = DELTA_LINE.fullmatch(line, start, len(line) if end is None else end)
     if match is None:
         return None
-    index, raw, message_id = match.groups()
+    return _delta_of(*match.groups())
+
+
+def _delta_of(index: bytes, raw: bytes, message_id: bytes | None) -> TextDeltaLine | None:
+    """The values :data:`DELTA_LINE` matched, decoded as ``json.loads`` would; None if it would
+    refuse them."""
     try:
         text = raw.decode("utf-8", "surrogatepass")  # as json.loads decodes bytes
         if b"\\" in raw:
@@ -91,19 +102,47 @@ class LineFramer:
         buffer = self._buffer
         buffer += data
         start = 0
+        match = _DELTA_LINE_NL.match if fast else None
+        max_line = self._max_line
+        last_index: bytes | None = None
+        last_id: bytes | None = None  # (with last_index None: the first line decodes them)
+        block, message = 0, ""
         while True:
+            # the fast path first: a text-delta line, whole and within the cap
+            if match is not None and not self._discarding:
+                found = match(buffer, start)
+                if found is not None and found.end() - 1 - start <= max_line:
+                    index, raw, message_id = found.groups()
+                    # a read's lines share their block and message id: decode each once
+                    if index != last_index or message_id != last_id:
+                        head = _delta_of(index, b"", message_id)
+                        if head is None:  # past int()'s digits: the general way decides
+                            last_index = None
+                        else:
+                            last_index, last_id = index, message_id
+                            block, message = head.block, head.message_id
+                    text: str | None = None
+                    if last_index is not None:
+                        try:
+                            text = raw.decode("utf-8", "surrogatepass")  # as json.loads does
+                            if b"\\" in raw:
+                                text = _scanstring(text + '"', 0, True)[0]
+                        except ValueError:  # not UTF-8, or a bad escape: json.loads refuses it
+                            text = None
+                    if text is not None:
+                        frames.append(_tuple_new(TextDeltaLine, (message, block, text)))
+                        start = found.end()
+                        continue
             end = buffer.find(b"\n", start)
             if end < 0:
                 break
             if self._discarding:
                 self._discarding = False
-            elif end - start > self._max_line:
+            elif end - start > max_line:
                 # Whole but over the cap: dropped like one that arrives in pieces, so a line's
                 # fate never depends on how the pipe happened to split it (found by fuzzing).
                 self.oversize += 1
                 self.skipped += 1
-            elif fast and (delta := fast_delta(buffer, start, end)) is not None:
-                frames.append(delta)
             else:
                 frame = self._parse(bytes(buffer[start:end]))
                 if frame is not None:

@@ -166,21 +166,22 @@ class ClaudeProcess:
         return list(self.framer.close())
 
     def _dispatch(self, frames: list[Frame]) -> None:
-        passed: list[Frame] = []
-        for frame in frames:
-            if type(frame) is TextDeltaLine:
-                passed.append(frame)
-                continue
-            assert isinstance(frame, dict)
-            kind = frame.get("type")
-            if kind == "control_response":
-                self._resolve(frame.get("response"))
-            elif kind == "control_request" and _subtype(frame) != "can_use_tool":
-                self._answer_unhandled(frame)
-            else:
-                passed.append(frame)
+        # one comprehension: a text-delta line (nearly every frame of a read) costs a type test
+        passed = [f for f in frames if type(f) is TextDeltaLine or self._passes(f)]
         if passed:
             self._on_frames(passed)
+
+    def _passes(self, frame: Frame) -> bool:
+        """Whether a general frame goes on to the session (control traffic stops here)."""
+        assert isinstance(frame, dict)
+        kind = frame.get("type")
+        if kind == "control_response":
+            self._resolve(frame.get("response"))
+            return False
+        if kind == "control_request" and _subtype(frame) != "can_use_tool":
+            self._answer_unhandled(frame)
+            return False
+        return True
 
     def _resolve(self, response: Any) -> None:
         if not isinstance(response, Mapping):

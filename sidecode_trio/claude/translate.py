@@ -108,14 +108,26 @@ class Translator:
         size = 0
         for frame in frames:
             if type(frame) is TextDeltaLine:
-                pieces: Iterable[Any] = (frame,)
-            else:
-                assert isinstance(frame, dict)
-                pieces = self.feed(frame)
-            for piece in pieces:
-                if type(piece) is TextDeltaLine:
-                    text, here = piece.text, (piece.message_id, piece.block)
-                elif isinstance(piece, ev.TextDelta):
+                # the dominant line, inline: no tuple for the piece, none for its key
+                text = frame.text
+                if not text:
+                    continue  # as feed(): an empty delta is no event
+                if (
+                    key is not None
+                    and frame.message_id == key[0]
+                    and frame.block == key[1]
+                    and size + len(text) <= MAX_COALESCED
+                ):
+                    texts.append(text)
+                    size += len(text)
+                    continue
+                if key is not None:
+                    out.append(ev.TextDelta(key[0], key[1], "".join(texts)))
+                key, texts, size = (frame.message_id, frame.block), [text], len(text)
+                continue
+            assert isinstance(frame, dict)
+            for piece in self.feed(frame):
+                if isinstance(piece, ev.TextDelta):
                     text, here = piece.text, (piece.message_id, piece.index)
                 else:
                     if key is not None:

@@ -5,6 +5,10 @@
    records when each arrived. The first ``warmup`` deltas of each client are not counted.
 3. Throughput: ``[[stamp:N:0]]`` (no pacing) for ``turns`` turns queued at once, 20 clients;
    events and deltas per second from the first to the last ``text.delta`` received.
+3b. The reader's own saturation (:func:`lines`): the same unpaced turns to one client, so that
+   the fan-out costs next to nothing and the daemon's CLI reader (frame, parse, translate,
+   coalesce, commit before delivery) is what limits; CLI text-delta lines/s and lines per server
+   CPU-second. (One client, not none: the client is what sees the turns end.)
 
 The server's CPU use is measured over each run (from the prompt to the last byte received).
 """
@@ -129,6 +133,19 @@ async def throughput(target: Target, layout: Layout, plan: LivePlan) -> dict[str
         layout,
         plan,
         clients=plan.max_clients,
+        directive=f"[[stamp:{plan.max_deltas}:0]]",
+        turns=plan.max_turns,
+        timeout=60.0 * plan.max_turns,
+    )
+
+
+async def lines(target: Target, layout: Layout, plan: LivePlan) -> dict[str, Any]:
+    """Scenario 3b: unpaced turns to one client (the reader's saturation, not the fan-out's)."""
+    return await live_run(
+        target,
+        layout,
+        plan,
+        clients=1,
         directive=f"[[stamp:{plan.max_deltas}:0]]",
         turns=plan.max_turns,
         timeout=60.0 * plan.max_turns,

@@ -306,6 +306,11 @@ def _lines_per_cpu_second(run: dict[str, Any]) -> float:
     return float(lines / seconds) if seconds else math.nan
 
 
+def _lines_per_s(run: dict[str, Any]) -> Any:
+    """CLI text-delta lines/s, from the first to the last delta one client received."""
+    return _get(run, "deltas_per_s") / max(1, _get(run, "clients"))
+
+
 def _deltas_per_event(run: dict[str, Any]) -> float:
     events = _get(run, "events")
     return float(_get(run, "deltas") / events) if events else math.nan
@@ -612,6 +617,58 @@ def floor(results: dict[str, Any]) -> str:
     return intro + table(headers, rows)
 
 
+def reader_saturation(results: dict[str, Any]) -> str:
+    """3b: the CLI reader's own saturation, unpaced turns to one client, each target's repeats;
+    ratios to the previous code (issue 19's "at least 2x today's CLI lines/s")."""
+    runs = results.get("lines_runs") or {}
+    if not runs:
+        return ""
+
+    def rate(run: dict[str, Any]) -> Any:
+        return _get(run, "deltas_per_s")
+
+    def cpu_us(run: dict[str, Any]) -> Any:
+        lines = _get(run, "deltas")
+        return _get(run, "cpu_seconds") * 1e6 / lines if lines else math.nan
+
+    measures: tuple[tuple[str, Callable[[dict[str, Any]], Any], bool, int], ...] = (
+        ("CLI text-delta lines/s", rate, True, 0),
+        ("lines per server CPU-second", _lines_per_cpu_second, True, 0),
+        ("server CPU µs per line", cpu_us, False, 2),
+        ("server CPU %", lambda run: _get(run, "cpu_percent"), False, 0),
+        ("load average (1 min) after the run", lambda run: _get(run, "loadavg"), False, 1),
+    )
+    names = {"daemon": "sidecode-trio", "previous": "previous code", "a0": "A0", "relay": "relay"}
+    keys = [key for key in names if runs.get(key)]
+    rows: list[Row] = []
+    for label, pick, is_rate, digits in measures:
+        row = [label, *(_spread([pick(run) for run in runs[key]], digits) for key in keys)]
+        if "previous" in keys and not label.startswith(("load", "server CPU %")):
+            mine = _median_of(runs["daemon"], pick)
+            before = _median_of(runs["previous"], pick)
+            row.append(ratio(before, mine, is_rate))
+        elif "previous" in keys:
+            row.append("")
+        rows.append(row)
+    headers = ["metric", *(names[key] for key in keys)]
+    if "previous" in keys:
+        headers.append("sidecode-trio vs previous (above 1: faster)")
+    plan = results["plan"]
+    return (
+        "## 3b. The CLI reader's saturation: unpaced, 1 client, median [min-max] of "
+        f"{max(len(r) for r in runs.values())} run(s)\n\n"
+        f"The fake CLI writes {plan['max_turns']} turns of {plan['max_deltas']:,} text-delta "
+        "lines as fast as it can; one client, so the fan-out costs next to nothing and the "
+        "daemon's reader (frame, parse, translate, coalesce, commit before delivery) is the limit. "
+        "Lines/s: from the first to the last delta received; per CPU-second: the lines over the "
+        "daemon's CPU time (user + system) from the prompt to the last byte received. "
+        f"Previous code: `{results.get('previous_code') or 'none'}`.\n\n"
+        + load_note(results)
+        + "\n"
+        + table(headers, rows)
+    )
+
+
 def performance(results: dict[str, Any]) -> str:
     """One table for the README: each figure, its same-run baseline, the ratio (higher is
     worse for the daemon: figure/baseline for times and sizes, baseline/figure for rates)."""
@@ -650,6 +707,16 @@ def performance(results: dict[str, Any]) -> str:
             figure = _median_of(through["daemon"], measure)
             base = _median_of(through["relay"], measure)
             floor_value = _median_of(through.get("a0", []), measure)
+            rows.append([label, *_pair(figure, base, "/s", rate=True, floor=floor_value)])
+    reader = results.get("lines_runs") or {}
+    if reader.get("daemon"):
+        for label, measure in (
+            ("the reader's saturation: CLI lines/s, unpaced, 1 client", _lines_per_s),
+            ("the reader's saturation: CLI lines per server CPU-second", _lines_per_cpu_second),
+        ):
+            figure = _median_of(reader["daemon"], measure)
+            base = _median_of(reader.get("relay", []), measure)
+            floor_value = _median_of(reader.get("a0", []), measure)
             rows.append([label, *_pair(figure, base, "/s", rate=True, floor=floor_value)])
     batch = results["plan"]["headline_batch"]
     log = _get(results, "log", batch)
@@ -785,6 +852,7 @@ def errors(results: dict[str, Any]) -> str:
 SECTIONS: Final[list[Callable[[dict[str, Any]], str]]] = [
     performance,
     floor,
+    reader_saturation,
     summary,
     latency,
     previous,

@@ -14,7 +14,8 @@ What is measured, each against a baseline in the same run (see each module's doc
 2. Durable log appends per second, ``EventLog.append`` + ``flush`` (:mod:`bench_lograte`);
    baseline: raw ``sqlite3`` ``executemany``.
 3. The most events/s delivered to 20 clients, the fake CLI unpaced (:mod:`bench_live`); baselines:
-   the raw relay and A0.
+   the raw relay and A0. 3b. The CLI reader's saturation: the same unpaced turns to one client,
+   CLI text-delta lines/s and per server CPU-second, against ``--previous-code`` and A0.
 4. Replay of 10,000 missed events, from memory and from SQLite (:mod:`bench_replay`); baseline:
    the raw relay writing pre-encoded frames.
 5. WebTransport against HTTP/SSE: small-operation round trip, streamed-event latency, one-way
@@ -30,7 +31,7 @@ What is measured, each against a baseline in the same run (see each module's doc
     TURN), in the network lab of ``tests/netlab.py`` (:mod:`bench_rtc_open`, a child process
     as it moves its threads between namespaces); needs root: skipped, saying why, elsewhere.
 
-``--only live,log,replay,wt,footprint,warm,open`` runs some parts (for development; the report
+``--only live,lines,log,replay,wt,footprint,warm,open`` runs some parts (for development; the report
 then has gaps).
 
 The daemon under test is the real one, ``python -m sidecode_trio serve`` in a child process
@@ -66,7 +67,7 @@ import trio
 from bench_client import build_native
 from bench_footprint import footprint
 from bench_harness import BENCH, KILLED, Layout, can_pin, pin, rss_mib
-from bench_live import LivePlan, latency, throughput, warm_up
+from bench_live import LivePlan, latency, lines, throughput, warm_up
 from bench_lograte import log_rates
 from bench_profile import profile_token_path
 from bench_replay import ReplayPlan, from_memory, from_relay, from_sqlite
@@ -191,6 +192,7 @@ class Runner:
             "latency": {"daemon": {}, "relay": {}, "a0": {}, "previous": {}},
             "latency_runs": {"daemon": {}, "relay": {}, "a0": {}, "previous": {}},
             "throughput_runs": {},
+            "lines_runs": {},
             "client": "C" if plan.live.native else "Python",
             "repeats": plan.repeats,
             "loadavg": {"start": os.getloadavg()},
@@ -225,34 +227,39 @@ class Runner:
     async def live(self) -> None:
         """Scenarios 1 and 3 (and 4's baseline), daemon and relay alternating run by run, so
         that slow drifts of the machine land on both alike."""
-        live = self.wants("live")
-        if not any(self.wants(part) for part in ("live", "replay", "footprint")):
+        live, reader = self.wants("live"), self.wants("lines")
+        if not any(self.wants(part) for part in ("live", "lines", "replay", "footprint")):
             return
         async with AsyncExitStack() as stack:
             targets: dict[str, Any] = {}
             await self.part("start the relay", lambda: self.start_relay(stack, targets))
-            if live:
+            if live or reader:
                 await self.part("start A0", lambda: self.start_floor(stack, targets))
             await self.part("start the daemon", lambda: self.start_daemon(stack, targets))
-            if self.args.previous_code and live:
+            if self.args.previous_code and (live or reader):
                 await self.part(
                     "start the previous daemon", lambda: self.start_previous(stack, targets)
                 )
-            for key, target in targets.items() if live else ():
+            for key, target in targets.items() if live or reader else ():
                 await self.part(
                     f"warm-up ({key})", partial(warm_up, target, self.layout, self.plan.live)
                 )
-            for repeat in range(self.plan.repeats if live else 0):
-                for clients in self.plan.live.fanouts:
+            for repeat in range(self.plan.repeats if live or reader else 0):
+                for clients in self.plan.live.fanouts if live else ():
                     for key, target in targets.items():
                         await self.part(
                             f"1. latency, {clients} clients ({key}, run {repeat + 1})",
                             partial(self.latency, key, target, clients),
                         )
-                for key, target in targets.items():
+                for key, target in targets.items() if live else ():
                     await self.part(
                         f"3. max rate ({key}, run {repeat + 1})",
                         partial(self.throughput, key, target),
+                    )
+                for key, target in targets.items() if reader else ():
+                    await self.part(
+                        f"3b. reader saturation, 1 client ({key}, run {repeat + 1})",
+                        partial(self.lines, key, target),
                     )
             if "relay" in targets and self.wants("replay"):
                 await self.part("4. replay (relay)", partial(self.replay_relay, targets["relay"]))
@@ -301,6 +308,10 @@ class Runner:
         runs = self.results["throughput_runs"].setdefault(key, [])
         runs.append(result)
         self.results["throughput"][key] = _median_run(runs, ("events_per_s",))
+
+    async def lines(self, key: str, target: Target) -> None:
+        result = await lines(target, self.layout, self.plan.live)
+        self.results["lines_runs"].setdefault(key, []).append(result)
 
     def wants(self, part: str) -> bool:
         return not self.args.only or part in self.args.only.split(",")
@@ -416,11 +427,11 @@ def main(argv: list[str] | None = None) -> int:
         "--previous-code",
         type=Path,
         help="a directory with another sidecode_trio package (e.g. `git archive HEAD "
-        "sidecode_trio | tar -x -C DIR`): its daemon joins the latency runs (before/after)",
+        "sidecode_trio | tar -x -C DIR`): its daemon joins the live and lines runs (before/after)",
     )
     parser.add_argument("--json", type=Path, help="also write the raw results (JSON) here")
     parser.add_argument(
-        "--only", default="", help="comma list of live,log,replay,wt,footprint,warm,open"
+        "--only", default="", help="comma list of live,lines,log,replay,wt,footprint,warm,open"
     )
     parser.add_argument("--dump-dir", type=Path, help="write every live run's deliveries (CSV)")
     parser.add_argument(
