@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import StoreError
@@ -71,3 +73,13 @@ def open_store(path: Path, schema: str, what: str) -> sqlite3.Connection:
     except (sqlite3.Error, OSError) as exc:
         raise StoreError(f"cannot open the {what} {path}: {exc}") from exc
     return db
+
+
+@contextmanager
+def transaction(db: sqlite3.Connection) -> Iterator[None]:
+    """One transaction on an :func:`open_store` connection. It autocommits, so ``with db:``
+    alone would commit each statement on its own and a write failing half-way would keep its
+    first half: BEGIN makes the block one."""
+    with db:
+        db.execute("BEGIN")
+        yield

@@ -17,7 +17,7 @@ from typing import Final
 import attrs
 
 from ..errors import StoreError
-from ..host.private import open_store
+from ..host.private import open_store, transaction
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +81,7 @@ class SubscriptionStore:
         """Add or replace the subscription for ``endpoint`` (it now belongs to ``device_id``)."""
         sub = Subscription(subscription_id(endpoint), device_id, endpoint, p256dh, auth, now)
         try:
-            with self._db:  # the connection autocommits: BEGIN makes the add and prune one
-                self._db.execute("BEGIN")
+            with transaction(self._db):  # the add and the prune: one
                 self._db.execute(
                     "INSERT OR REPLACE INTO subscriptions "
                     "(id, device_id, endpoint, p256dh, auth, created_at) VALUES (?,?,?,?,?,?)",

@@ -35,7 +35,7 @@ from ..security.devices import Device, Scope
 from ..security.guard import Guard
 from ..security.pairing import PairingProof
 from ..sessions import folders
-from ..sessions.registry import SessionFilter, SessionRegistry
+from ..sessions.registry import SessionFilter, SessionRegistry, inside_roots
 from ..sessions.supervisor import Prompt
 from ..views import tools
 from ..wire import events as ev
@@ -93,14 +93,14 @@ def check_permission_update(
 
 def _check_directories(directories: Any, roots: Sequence[Path]) -> None:
     """The directories a device adds to a session: each inside an allowed root (symlinks
-    resolved), as a session's own folder must be (``resolve_cwd``)."""
+    resolved), the check ``resolve_cwd`` makes of a session's own folder."""
     if not isinstance(directories, list) or not directories:
         raise BadRequest("addDirectories needs a list of directories")
     for directory in directories:
         if not isinstance(directory, str) or not directory or "\x00" in directory:
             raise BadRequest("addDirectories needs a list of directories")
         real = Path(os.path.realpath(Path(directory).expanduser()))
-        if not any(real == root or real.is_relative_to(root) for root in roots):
+        if not inside_roots(real, roots):
             raise Forbidden(
                 f"{directory} is outside the allowed roots: a paired device cannot give a "
                 "session access to it",

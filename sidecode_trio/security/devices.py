@@ -26,7 +26,7 @@ from typing import Final
 import attrs
 
 from ..errors import NotFound, StoreError
-from ..host.private import open_store
+from ..host.private import open_store, transaction
 from ..printable import check_device_name, device_name_problem, escape, kept_device_name
 
 log = logging.getLogger(__name__)
@@ -138,10 +138,7 @@ class DeviceStore:
     def _transaction(self) -> Iterator[None]:
         """One write transaction; a full or read-only disk is a 503 ``store_unavailable``."""
         try:
-            # the connection autocommits (open_store): without BEGIN each statement would be
-            # its own transaction, and a write failing half-way would leave the first half
-            with self._db:
-                self._db.execute("BEGIN")
+            with transaction(self._db):
                 yield
         except sqlite3.Error as exc:
             raise StoreError(f"cannot update the device store: {exc}") from exc

@@ -60,6 +60,11 @@ def title_from(prompt: str | None, cwd: Path) -> str:
     return first if len(first) <= TITLE_CHARS else first[: TITLE_CHARS - 1] + "…"
 
 
+def inside_roots(real: Path, roots: Sequence[Path]) -> bool:
+    """Whether the resolved path ``real`` is one of ``roots`` or below one."""
+    return any(real == root or real.is_relative_to(root) for root in roots)
+
+
 def resolve_cwd(cwd: str, roots: Sequence[Path]) -> Path:
     """The real path of ``cwd`` if it is a directory inside one of ``roots``."""
     if not isinstance(cwd, str) or not cwd or "\x00" in cwd:
@@ -68,7 +73,7 @@ def resolve_cwd(cwd: str, roots: Sequence[Path]) -> Path:
     if not path.is_absolute():
         raise BadRequest(f"cwd must be an absolute path, got {cwd!r}")
     real = Path(os.path.realpath(path))
-    if not any(real == root or real.is_relative_to(root) for root in roots):
+    if not inside_roots(real, roots):
         raise Forbidden(f"{cwd} is outside the allowed roots", code="path_not_allowed")
     if not real.is_dir():
         raise BadRequest(f"{cwd} is not a directory", code="not_a_directory")
