@@ -24,6 +24,8 @@ from urllib.parse import SplitResult, urlsplit
 
 import attrs
 
+from .auth import Credentials, read_credentials, redact, split_url
+
 if TYPE_CHECKING:
     import argparse  # only the CLI passes a parser; the daemon imports these settings too
 
@@ -42,10 +44,8 @@ def _rendezvous_url_problem(parts: SplitResult) -> str | None:
         parts.port  # noqa: B018 - raises ValueError for a port that is not 0-65535
     except ValueError as exc:
         return f"a bad port ({exc})"
-    if parts.scheme.startswith("ntfy+") and (
-        parts.username or parts.password or parts.query or parts.fragment
-    ):
-        return "an ntfy URL takes no credentials, query or fragment"
+    if parts.scheme.startswith("ntfy+") and (parts.query or parts.fragment):
+        return "an ntfy URL takes no query or fragment"
     return None
 
 
@@ -58,11 +58,16 @@ def _named(url: str | None) -> str | None:
 class RtcSettings:
     #: the signaling broker (``mqtt[s]://`` or ``ws[s]://host[:port][/path]``, or an ntfy server:
     #: ``ntfy+https://host[/path]``); None: path off
-    rendezvous: str | None = attrs.field(default=None, converter=_named)
+    #: credentials may be in it (``user:pass@``): shown only through :func:`.auth.redact`
+    rendezvous: str | None = attrs.field(
+        default=None, converter=_named, repr=lambda url: repr(redact(url))
+    )
     stun: tuple[str, ...] = DEFAULT_STUN  #: ``stun:host[:port]`` URLs; () = host candidates only
     #: ``turn:``/``turns:`` URLs of one coturn (``use-auth-secret``); () = no relay
     turn: tuple[str, ...] = ()
     turn_secret_file: Path | None = None  #: coturn's ``static-auth-secret``, in a 0600 file
+    #: the rendezvous's access token or ``user:password`` (:mod:`.auth`), in a 0600 file
+    rendezvous_token_file: Path | None = None
     turn_ttl: float = 600.0  #: seconds a minted TURN credential stays valid
     ping_interval: float = 5.0  #: seconds between application pings on an idle link
     ping_misses: int = 3  #: unanswered pings before a link is closed as dead
@@ -71,19 +76,26 @@ class RtcSettings:
     def enabled(self) -> bool:
         return self.rendezvous is not None
 
+    def credentials(self) -> Credentials | None:
+        """The rendezvous's credentials: the token file's, else the URL's, else None."""
+        if self.rendezvous_token_file is not None:
+            return read_credentials(self.rendezvous_token_file)
+        return split_url(self.rendezvous)[1] if self.rendezvous is not None else None
+
     def problems(self) -> list[str]:
         found = []
         if self.rendezvous is not None:
-            parts = urlsplit(self.rendezvous)
+            parts, shown = urlsplit(self.rendezvous), redact(self.rendezvous)
             if parts.scheme not in RENDEZVOUS_SCHEMES or not parts.hostname:
                 found.append(
                     "bad value @ $.rtc.rendezvous: an mqtt://, mqtts://, ws://, wss:// URL of "
-                    f"a broker or an ntfy+https:// one of an ntfy server, got {self.rendezvous!r}"
+                    f"a broker or an ntfy+https:// one of an ntfy server, got {shown!r}"
                 )
             else:  # what the drivers refuse, said now rather than by the WebRTC task later
                 why = _rendezvous_url_problem(parts)
                 if why:
-                    found.append(f"bad value @ $.rtc.rendezvous: {why}, got {self.rendezvous!r}")
+                    found.append(f"bad value @ $.rtc.rendezvous: {why}, got {shown!r}")
+        found.extend(self._token_problems())
         for i, url in enumerate(self.stun):
             if not url.startswith(("stun:", "stuns:")) or len(url.partition(":")[2]) < 1:
                 found.append(f"bad value @ $.rtc.stun[{i}]: a stun:host[:port] URL, got {url!r}")
@@ -108,6 +120,23 @@ class RtcSettings:
         if self.ping_misses < 1:
             found.append("bad value @ $.rtc.ping_misses: must be at least 1")
         return found
+
+    def _token_problems(self) -> list[str]:
+        path = self.rendezvous_token_file
+        if path is None:
+            return []
+        where = "bad value @ $.rtc.rendezvous_token_file"
+        if self.rendezvous is None:
+            return [f"{where}: given without a rendezvous (--rendezvous URL)"]
+        problem = secret_file_problem(path)
+        if problem:
+            return [f"{where}: {problem}"]
+        text = path.read_text(errors="replace").strip()
+        if not (text.isascii() and text.isprintable()):
+            return [f"{where}: {path} must hold one line of printable ASCII"]
+        if split_url(self.rendezvous)[1] is not None:
+            return [f"{where}: the rendezvous URL has credentials too: give them in one place"]
+        return []
 
 
 def secret_file_problem(path: Path) -> str | None:
@@ -142,7 +171,15 @@ def add_flags(serve: argparse.ArgumentParser) -> None:
         const="default",
         help="turn the WebRTC path on (off by default; needs the rtc extra) through this MQTT "
         "broker (wss://host:port/path, mqtts://...) or ntfy server (ntfy+https://ntfy.sh); "
+        "user:password@ in the URL is sent to it, as --rendezvous-token-file is; "
         f"without a URL, the public {DEFAULT_RENDEZVOUS}",
+    )
+    rtc.add_argument(
+        "--rendezvous-token-file",
+        metavar="FILE",
+        help="the rendezvous's access token (ntfy's tk_...) or user:password, for a server "
+        "that lets nobody in without one; in a file only you can read (0600). Devices get it "
+        "in the pairing payload",
     )
     rtc.add_argument(
         "--stun",
@@ -165,7 +202,10 @@ def overrides(args: argparse.Namespace) -> dict[str, Any]:
         "rendezvous": args.rendezvous,
         "stun": args.stun,
         "turn": args.turn,
-        "turn_secret_file": str(Path(args.turn_secret_file).expanduser().resolve())
-        if args.turn_secret_file
-        else None,
+        "turn_secret_file": _absolute(args.turn_secret_file),
+        "rendezvous_token_file": _absolute(args.rendezvous_token_file),
     }
+
+
+def _absolute(path: str | None) -> str | None:
+    return str(Path(path).expanduser().resolve()) if path else None
