@@ -127,6 +127,52 @@ def test_doctor_uses_the_config_files_credentials_when_the_running_daemon_shows_
     assert live_settings(with_file, RtcSettings()).credentials() == Credentials("", "tk_abc123")
 
 
+def test_a_service_install_pins_the_secret_files_as_absolute_paths(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``service install -- --rendezvous-token-file tok`` runs serve later, elsewhere: the
+    files' paths are made absolute as the other path flags are (the unit holds the path, never
+    the secret)."""
+    from sidecode_trio.service_command import serve_flags
+
+    monkeypatch.chdir(tmp_path)
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--state-dir", type=Path)
+    add_flags(parser)
+    given = ["--rendezvous", "ntfy+https://h", "--rendezvous-token-file", "tok"]
+    given += ["--turn", "turn:t", "--turn-secret-file", "sec", "--rendezvous-token-keyring"]
+    _state, flags = serve_flags(parser, given)
+    assert flags[flags.index("--rendezvous-token-file") + 1] == str(tmp_path / "tok")
+    assert flags[flags.index("--turn-secret-file") + 1] == str(tmp_path / "sec")
+    assert "--rendezvous-token-keyring" in flags
+
+
+def test_the_token_can_come_from_the_os_keychain(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sidecode_trio.security import identity
+
+    class Keychain:
+        def __init__(self) -> None:
+            self.entries: dict[tuple[str, str], str] = {}
+
+        def get_password(self, service: str, account: str) -> str | None:
+            return self.entries.get((service, account))
+
+    keychain = Keychain()
+    monkeypatch.setattr(identity, "keychain", lambda: keychain)
+    settings = RtcSettings(rendezvous="ntfy+https://h", rendezvous_token_keyring=True)
+    [problem] = settings.problems()
+    assert "$.rtc.rendezvous_token_keyring: no entry" in problem
+    assert "keyring set sidecode-trio rendezvous" in problem
+    keychain.entries[("sidecode-trio", "rendezvous")] = "phil:pw\n"
+    assert settings.problems() == [] and settings.credentials() == Credentials("phil", "pw")
+    both = RtcSettings(rendezvous="ntfy+https://:tk@h", rendezvous_token_keyring=True)
+    assert "give them in one place" in both.problems()[0]
+    monkeypatch.setattr(identity, "keychain", lambda: None)  # a headless machine
+    assert "no usable OS keychain" in settings.problems()[0]
+
+
 # -- MQTT: a real mosquitto that lets nobody in without a password -------------------------------
 
 

@@ -1,9 +1,10 @@
 """Credentials for a rendezvous that does not let anybody in: a self-hosted ntfy server with
 ``auth-default-access: deny-all``, a mosquitto with ``allow_anonymous false``.
 
-Given either in a 0600 file (``serve --rendezvous-token-file F``: an access token such as ntfy's
-``tk_...``, or ``user:password``) or in the URL (``ntfy+https://user:pass@host``,
-``ntfy+https://:tk_...@host``, ``mqtts://user:pass@host``). Sent as ntfy asks
+Given in a 0600 file (``serve --rendezvous-token-file F``: an access token such as ntfy's
+``tk_...``, or ``user:password``), in the OS keychain (``--rendezvous-token-keyring``), or in
+the URL (``ntfy+https://user:pass@host``, ``ntfy+https://:tk_...@host``,
+``mqtts://user:pass@host``). Sent as ntfy asks
 (``Authorization: Bearer <token>``, or HTTP basic for a user and password) and in MQTT's CONNECT
 (user name and password; a bare token is the password with an empty user name, as brokers that
 take tokens read it).
@@ -24,6 +25,9 @@ from typing import Final, overload
 
 import attrs
 
+#: the OS keychain's account of the rendezvous's credentials (``serve --rendezvous-token-keyring``;
+#: the service is the identity key's, ``sidecode-trio``)
+KEYRING_ACCOUNT: Final = "rendezvous"
 _USERINFO: Final = re.compile(r"^([A-Za-z][-+.A-Za-z0-9]*://)[^/?#]*@")
 
 
@@ -88,6 +92,7 @@ def redact(url: str | None) -> str | None:
 
 
 __all__ = [
+    "KEYRING_ACCOUNT",
     "Credentials",
     "device_url",
     "parse_credentials",

@@ -33,6 +33,7 @@ from urllib.parse import urlsplit
 import attrs
 import trio
 
+from ..errors import ConfigError
 from .auth import Credentials, redact, split_url
 from .ice import turn_credentials
 from .settings import RtcSettings, read_secret
@@ -257,6 +258,7 @@ def live_settings(status: dict[str, Any] | None, configured: RtcSettings) -> Rtc
             turn=tuple(str(u) for u in given.get("turn", ())),
             turn_secret_file=Path(secret_file) if secret_file else None,
             rendezvous_token_file=Path(token_file) if token_file else None,
+            rendezvous_token_keyring=bool(given.get("rendezvous_token_keyring")),
         )
     except (KeyError, TypeError, AttributeError):
         return configured
@@ -328,6 +330,8 @@ async def check(
             "reachable": False,
             "detail": f"cannot read the rendezvous token file: {exc.strerror}",
         }
+    except ConfigError as exc:  # the keychain has none, or failed
+        report["rendezvous"] = {"reachable": False, "detail": exc.message}
     else:
         report["rendezvous"] = await _rendezvous(settings.rendezvous, thread_setup, credentials)
     if settings.rendezvous.startswith("ntfy+"):

@@ -355,6 +355,7 @@ class RtcService:
                 "turn": list(self._settings.turn),
                 "turn_secret_file": str(self._settings.turn_secret_file or "") or None,
                 "rendezvous_token_file": str(self._settings.rendezvous_token_file or "") or None,
+                "rendezvous_token_keyring": self._settings.rendezvous_token_keyring,
             },
         }
 

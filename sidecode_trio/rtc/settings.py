@@ -24,7 +24,15 @@ from urllib.parse import SplitResult, urlsplit
 
 import attrs
 
-from .auth import Credentials, read_credentials, redact, split_url
+from ..errors import ConfigError
+from .auth import (
+    KEYRING_ACCOUNT,
+    Credentials,
+    parse_credentials,
+    read_credentials,
+    redact,
+    split_url,
+)
 
 if TYPE_CHECKING:
     import argparse  # only the CLI passes a parser; the daemon imports these settings too
@@ -68,6 +76,8 @@ class RtcSettings:
     turn_secret_file: Path | None = None  #: coturn's ``static-auth-secret``, in a 0600 file
     #: the rendezvous's access token or ``user:password`` (:mod:`.auth`), in a 0600 file
     rendezvous_token_file: Path | None = None
+    #: the same, from the OS keychain (service ``sidecode-trio``, account ``rendezvous``)
+    rendezvous_token_keyring: bool = False
     turn_ttl: float = 600.0  #: seconds a minted TURN credential stays valid
     ping_interval: float = 5.0  #: seconds between application pings on an idle link
     ping_misses: int = 3  #: unanswered pings before a link is closed as dead
@@ -77,9 +87,12 @@ class RtcSettings:
         return self.rendezvous is not None
 
     def credentials(self) -> Credentials | None:
-        """The rendezvous's credentials: the token file's, else the URL's, else None."""
+        """The rendezvous's credentials: the token file's or the keychain's, else the URL's,
+        else None. OSError: the file cannot be read; ConfigError: the keychain has none."""
         if self.rendezvous_token_file is not None:
             return read_credentials(self.rendezvous_token_file)
+        if self.rendezvous_token_keyring:
+            return parse_credentials(_from_keychain())
         return split_url(self.rendezvous)[1] if self.rendezvous is not None else None
 
     def problems(self) -> list[str]:
@@ -123,6 +136,8 @@ class RtcSettings:
 
     def _token_problems(self) -> list[str]:
         path = self.rendezvous_token_file
+        if self.rendezvous_token_keyring:
+            return self._keychain_problems()
         if path is None:
             return []
         where = "bad value @ $.rtc.rendezvous_token_file"
@@ -137,6 +152,39 @@ class RtcSettings:
         if split_url(self.rendezvous)[1] is not None:
             return [f"{where}: the rendezvous URL has credentials too: give them in one place"]
         return []
+
+    def _keychain_problems(self) -> list[str]:
+        where = "bad value @ $.rtc.rendezvous_token_keyring"
+        if self.rendezvous is None:
+            return [f"{where}: given without a rendezvous (--rendezvous URL)"]
+        if self.rendezvous_token_file is not None or split_url(self.rendezvous)[1] is not None:
+            return [f"{where}: credentials are given elsewhere too: give them in one place"]
+        try:
+            text = _from_keychain()
+        except ConfigError as exc:
+            return [f"{where}: {exc.message}"]
+        if not (text.isascii() and text.isprintable()):
+            return [f"{where}: the keychain's entry must be one line of printable ASCII"]
+        return []
+
+
+def _from_keychain() -> str:
+    """The rendezvous's credentials in the OS keychain (:data:`.auth.KEYRING_ACCOUNT`)."""
+    from ..security import identity  # keyring: imported only when asked for
+
+    backend = identity.keychain()
+    if backend is None:
+        raise ConfigError("no usable OS keychain here: use --rendezvous-token-file")
+    try:
+        text = backend.get_password(identity.KEYRING_SERVICE, KEYRING_ACCOUNT)
+    except Exception as exc:  # keyring's backends raise their own kinds
+        raise ConfigError(f"the OS keychain failed: {exc}") from None
+    if not isinstance(text, str) or not text.strip():
+        raise ConfigError(
+            f"no entry in the OS keychain: keyring set {identity.KEYRING_SERVICE} "
+            f"{KEYRING_ACCOUNT}, then paste the token (or user:password)"
+        )
+    return text.strip()
 
 
 def secret_file_problem(path: Path) -> str | None:
@@ -182,6 +230,13 @@ def add_flags(serve: argparse.ArgumentParser) -> None:
         "in the pairing payload",
     )
     rtc.add_argument(
+        "--rendezvous-token-keyring",
+        action="store_true",
+        default=None,
+        help="the same, from the OS keychain: service sidecode-trio, account rendezvous "
+        "(keyring set sidecode-trio rendezvous)",
+    )
+    rtc.add_argument(
         "--stun",
         metavar="URL",
         action="append",
@@ -204,6 +259,7 @@ def overrides(args: argparse.Namespace) -> dict[str, Any]:
         "turn": args.turn,
         "turn_secret_file": _absolute(args.turn_secret_file),
         "rendezvous_token_file": _absolute(args.rendezvous_token_file),
+        "rendezvous_token_keyring": args.rendezvous_token_keyring,
     }
 
 
