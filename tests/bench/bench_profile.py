@@ -59,6 +59,8 @@ STAGES: Final = (
     ("TCPServer", "hypercorn connection tasks (reads, idle timer)"),
     ("SQLiteStore.checkpoint", "WAL checkpoint (worker thread)"),
     ("unrolled_run", "trio scheduler (run loop, epoll, reschedule)"),
+    # trio's run() waits in epoll itself, outside unrolled_run (the main thread's idle wait)
+    ("EpollIOManager", "trio scheduler (run loop, epoll, reschedule)"),
 )
 # py-spy --native counts a thread blocked on a lock (trio's idle worker threads) as active
 IDLE: Final = ("PyThread_acquire_lock_timed", "lock_PyThread_acquire_lock")
