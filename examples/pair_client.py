@@ -193,19 +193,20 @@ async def pair_over_rendezvous(
     """Pair through the payload's broker (``"rv"``) when no address of the daemon is reachable
     (PROTOCOL.md "Pairing over the rendezvous"): the request is sealed to the daemon's key from a
     fresh X25519 key, and the reply comes back sealed to it and signed by the daemon. Needs the
-    rtc extra (paho-mqtt); ``setup`` runs first on the broker's thread (the tests' namespaces)."""
+    rtc extra (paho-mqtt); ``setup`` runs first on the broker's thread (the tests' namespaces).
+    The broker's credentials, when the daemon's has any, are in ``rv`` (``user:password@``)."""
     import nacl.public
     import trio
 
-    from sidecode_trio.rtc.broker import open_mqtt
     from sidecode_trio.rtc.pairing import request_pairing
+    from sidecode_trio.rtc.pubsub import open_rendezvous
 
     if not payload.get("rv"):
         raise SystemExit("this pairing code names no broker: the daemon runs without --rendezvous")
     body, device_key, transcript = pair_request(payload, name)
     box_key = nacl.public.PrivateKey.generate()
     with trio.fail_after(timeout):
-        async with open_mqtt(payload["rv"], setup) as broker:
+        async with open_rendezvous(payload["rv"], setup) as broker:  # MQTT or ntfy
             status, reply = await request_pairing(broker, payload, body, box_key)
     if status != 201:
         error = (reply or {}).get("error", {}) if isinstance(reply, dict) else {}

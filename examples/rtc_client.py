@@ -31,6 +31,7 @@ from typing import Any
 
 import nacl.signing
 import trio
+from _common import add_session_commands, answer, describe, parse_args, run_command
 
 from sidecode_trio.rtc.client import DeviceSession, LinkCarrier, SessionClosed, open_session
 from sidecode_trio.rtc.peer import RtcError, open_asyncio_thread
@@ -82,16 +83,6 @@ class Device:
         return session, carrier
 
 
-def describe(message: dict[str, Any]) -> str:
-    if message["type"] == "snapshot":
-        items = message["snapshot"]["items"]
-        return f"[snapshot: {len(items)} transcript items, at {message['id']}]\n"
-    event = message.get("data", {}).get("event", {})
-    if event.get("type") == "text.delta":
-        return str(event["text"])
-    return f"\n[{event.get('type', message['type'])}]\n"
-
-
 async def follow(device: Device, args: argparse.Namespace) -> None:
     """Stream a session, answering permission requests; after a drop, dial again and resume
     from the last event printed (exactly: no gap, no duplicate)."""
@@ -118,19 +109,6 @@ async def follow(device: Device, args: argparse.Namespace) -> None:
             await trio.sleep(RECONNECT_DELAY)
 
 
-async def answer(session: DeviceSession, args: argparse.Namespace, message: dict[str, Any]) -> None:
-    event = message.get("data", {}).get("event", {})
-    if event.get("type") != "permission.requested" or args.approve == "no":
-        return
-    behavior = args.approve
-    if behavior == "ask":
-        prompt = f"allow {event['tool_name']} {json.dumps(event['input'])}? [y/N] "
-        line = await trio.to_thread.run_sync(input, prompt)
-        behavior = "allow" if line.strip().lower().startswith("y") else "deny"
-    path = f"/v1/sessions/{args.session_id}/permissions/{event['request_id']}"
-    await session.request("POST", path, {"behavior": behavior})
-
-
 async def run(args: argparse.Namespace) -> int:
     device = Device(json.loads(args.store.read_text()))
     if args.command == "follow":
@@ -138,15 +116,7 @@ async def run(args: argparse.Namespace) -> int:
         return 0
     async with device.connected() as connect, trio.open_nursery() as nursery:
         session, carrier = await connect(nursery)
-        if args.command == "sessions":
-            for s in (await session.request("GET", "/v1/sessions"))["sessions"]:
-                print(f"{s['id']}  {s['status']:15}  {s['title']}")
-        elif args.command == "new":
-            body = {"cwd": args.cwd, "prompt": args.prompt}
-            print((await session.request("POST", "/v1/sessions", body))["session"]["id"])
-        elif args.command == "send":
-            path = f"/v1/sessions/{args.session_id}/messages"
-            print(await session.request("POST", path, {"text": args.text}))
+        await run_command(session, args)
         await carrier.aclose()
         nursery.cancel_scope.cancel()
     return 0
@@ -155,22 +125,8 @@ async def run(args: argparse.Namespace) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description="a paired sidecode-trio device (WebRTC)")
     parser.add_argument("--store", type=Path, default=DEFAULT_STORE, help="pair_client.py's file")
-    commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("sessions", help="list sessions")
-    new = commands.add_parser("new", help="start a session")
-    new.add_argument("cwd")
-    new.add_argument("prompt")
-    follow_cmd = commands.add_parser("follow", help="stream a session, answering permissions")
-    follow_cmd.add_argument("session_id")
-    follow_cmd.add_argument("--since", help="resume after this '<epoch>:<cursor>'")
-    follow_cmd.add_argument("--approve", choices=["ask", "allow", "deny", "no"], default="ask")
-    send = commands.add_parser("send", help="send a message")
-    send.add_argument("session_id")
-    send.add_argument("text")
-    args = parser.parse_args()
-    if args.command == "new":
-        args.cwd = str(Path(args.cwd).resolve())
-    return trio.run(run, args)
+    add_session_commands(parser)
+    return trio.run(run, parse_args(parser))
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 
 import nacl.signing
 import trio
+from _common import add_session_commands, answer, describe, parse_args, run_command
 
 from sidecode_trio.quic.client import DeviceSession, QuicClient, SessionClosed
 from sidecode_trio.security.identity import b64, unb64
@@ -142,16 +143,6 @@ class Device:
             await trio.sleep(RECONNECT_DELAY)
 
 
-def describe(message: dict[str, Any]) -> str:
-    if message["type"] == "snapshot":
-        items = message["snapshot"]["items"]
-        return f"[snapshot: {len(items)} transcript items, at {message['id']}]\n"
-    event = message.get("data", {}).get("event", {})
-    if event.get("type") == "text.delta":
-        return str(event["text"])
-    return f"\n[{event.get('type', message['type'])}]\n"
-
-
 def _save(path: Path, credentials: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -173,30 +164,14 @@ async def run(args: argparse.Namespace) -> int:
 
         async def show(session: DeviceSession, message: dict[str, Any]) -> bool:
             print(describe(message), end="", flush=True)
-            event = message.get("data", {}).get("event", {})
-            if event.get("type") == "permission.requested" and args.approve != "no":
-                answer = args.approve
-                if answer == "ask":
-                    prompt = f"allow {event['tool_name']} {json.dumps(event['input'])}? [y/N] "
-                    line = await trio.to_thread.run_sync(input, prompt)
-                    answer = "allow" if line.strip().lower().startswith("y") else "deny"
-                path = f"/v1/sessions/{args.session_id}/permissions/{event['request_id']}"
-                await session.request("POST", path, {"behavior": answer})
+            await answer(session, args, message)
             return False
 
         await device.follow(args.session_id, show, args.since)
         return 0
     async with trio.open_nursery() as nursery:
         session = await device.connect(nursery)
-        if args.command == "sessions":
-            for s in (await session.request("GET", "/v1/sessions"))["sessions"]:
-                print(f"{s['id']}  {s['status']:15}  {s['title']}")
-        elif args.command == "new":
-            body = {"cwd": args.cwd, "prompt": args.prompt}
-            print((await session.request("POST", "/v1/sessions", body))["session"]["id"])
-        elif args.command == "send":
-            path = f"/v1/sessions/{args.session_id}/messages"
-            print(await session.request("POST", path, {"text": args.text}))
+        await run_command(session, args)
         await session.client.aclose()
         nursery.cancel_scope.cancel()
     return 0
@@ -205,25 +180,11 @@ async def run(args: argparse.Namespace) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description="a paired sidecode-trio device (WebTransport)")
     parser.add_argument("--store", type=Path, default=DEFAULT_STORE, help="credentials file")
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = add_session_commands(parser)
     pairing = commands.add_parser("pair", help="pair from a QR link or JSON payload")
     pairing.add_argument("payload")
     pairing.add_argument("--name", default="wt client")
-    commands.add_parser("sessions", help="list sessions")
-    new = commands.add_parser("new", help="start a session")
-    new.add_argument("cwd")
-    new.add_argument("prompt")
-    follow = commands.add_parser("follow", help="stream a session, answering permission requests")
-    follow.add_argument("session_id")
-    follow.add_argument("--since", help="resume after this '<epoch>:<cursor>'")
-    follow.add_argument("--approve", choices=["ask", "allow", "deny", "no"], default="ask")
-    send = commands.add_parser("send", help="send a message")
-    send.add_argument("session_id")
-    send.add_argument("text")
-    args = parser.parse_args()
-    if args.command == "new":
-        args.cwd = str(Path(args.cwd).resolve())  # relative to the shell's directory
-    return trio.run(run, args)
+    return trio.run(run, parse_args(parser))
 
 
 if __name__ == "__main__":

@@ -290,10 +290,12 @@ async def _serve(
         registry.remote_factory = bridge.session_for
     guard.pairings.web_origin = config.web_origin
     rtc = None
-    if config.rtc.enabled:  # aiortc and paho are imported only when its task starts
+    if config.rtc.rendezvous is not None:  # aiortc and paho: imported when its task starts
+        from .rtc.auth import device_url
         from .rtc.service import RtcService
 
-        guard.pairings.rendezvous_url = config.rtc.rendezvous
+        # a device reaches the rendezvous as the daemon does: with its credentials, if any
+        guard.pairings.rendezvous_url = device_url(config.rtc.rendezvous, config.rtc.credentials())
         rtc = RtcService(
             config.rtc, guard.identity.signing_key, guard.devices, pairings=guard.pairings
         )

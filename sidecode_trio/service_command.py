@@ -30,7 +30,9 @@ from .host.service import (
 )
 
 #: serve flags naming a path: made absolute at install (the service runs elsewhere, later)
-PATH_FLAGS = frozenset({"allowed_roots", "config", "ready_file"})
+PATH_FLAGS = frozenset(
+    {"allowed_roots", "config", "ready_file", "turn_secret_file", "rendezvous_token_file"}
+)
 
 
 def serve_flags(

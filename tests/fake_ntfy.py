@@ -12,12 +12,21 @@ docs.ntfy.sh ("Publishing", "Subscribe via API") and as ntfy's ``server/server.g
   ``keepalive`` seconds. ``poll=1`` sends the cached messages (``since`` defaulting to all) and
   ends.
 
+With ``tokens`` or ``users`` given, it is a server with ``auth-default-access: deny-all`` whose
+users have read-write access: every request needs ``Authorization: Bearer <token>``, or HTTP basic
+with a user's password or with an empty user and a token as the password (as ntfy's
+``server/server.go`` ``maybeAuthenticate`` takes them). None is ``403 {"code": 40301,
+"error": "forbidden"}``; credentials it does not know are ``401 {"code": 40101, "error":
+"unauthorized"}``.
+
 Messages are cached in memory for the server's life (ntfy: 12 h). Everything else ntfy does
-(auth, rate limits, attachments, SSE/WebSocket, priorities, titles) is not here.
+(per-topic access lists, rate limits, attachments, SSE/WebSocket, priorities, titles) is not here.
 """
 
 from __future__ import annotations
 
+import base64
+import hmac
 import json
 import re
 import secrets
@@ -49,8 +58,18 @@ class _Subscriber:
 class FakeNtfy:
     """The server; :func:`fake_ntfy` runs it. ``published`` is every message stored, in order."""
 
-    def __init__(self, message_limit: int = 4096, keepalive: float = 45.0) -> None:
+    def __init__(
+        self,
+        message_limit: int = 4096,
+        keepalive: float = 45.0,
+        tokens: Iterable[str] = (),
+        users: dict[str, str] | None = None,
+    ) -> None:
         self.message_limit, self.keepalive = message_limit, keepalive
+        self.tokens = set(tokens)  #: access tokens it takes (any: deny-all for anyone else)
+        self.users = dict(users or {})  #: user -> password it takes
+        self.unauthorized = 0  #: requests refused for want of (good) credentials
+        self.targets: list[str] = []  #: every request's target (path and query), in order
         self.published: list[dict[str, Any]] = []
         self.refused: list[tuple[int, str]] = []  #: (status, reason) of refused publications
         self.streams_opened = 0
@@ -130,10 +149,16 @@ class FakeNtfy:
         self, conn: h11.Connection, stream: trio.SocketStream, request: h11.Request, body: bytes
     ) -> bool:
         """Answer one request; True when it was a stream (the connection is done after it)."""
+        self.targets.append(request.target.decode())
         target = urllib.parse.urlsplit(request.target.decode())
         params = dict(urllib.parse.parse_qsl(target.query))
         parts = target.path.split("/")
         method = request.method.decode()
+        refused = self._access(request.headers)
+        if refused is not None:
+            self.unauthorized += 1
+            await self._send_json(conn, stream, refused[1]["http"], refused[1])
+            return False
         if method in ("POST", "PUT") and len(parts) == 2:
             status, reply = self._publish(parts[1], body, request.headers)
             if self.endless_replies:
@@ -159,6 +184,31 @@ class FakeNtfy:
             return False
         await self._send_json(conn, stream, 404, _error(40401, 404, "page not found"))
         return False
+
+    def _access(self, headers: Iterable[tuple[bytes, bytes]]) -> tuple[int, dict[str, Any]] | None:
+        """None when the request may go on, else the refusal (a server that lets anyone in
+        takes every request, credentials or not, as ntfy's default ``read-write`` does)."""
+        if not self.tokens and not self.users:
+            return None
+        given = {k.decode().lower(): v.decode(errors="replace") for k, v in headers}
+        header = given.get("authorization")
+        if header is None:
+            return 403, _error(40301, 403, "forbidden")
+        kind, _, value = header.partition(" ")
+        ok = False
+        if kind.lower() == "bearer":
+            ok = any(hmac.compare_digest(value, token) for token in self.tokens)
+        elif kind.lower() == "basic":
+            try:
+                user, _, password = base64.b64decode(value).decode().partition(":")
+            except ValueError:
+                user, password = "", ""
+            if user == "":
+                ok = any(hmac.compare_digest(password, token) for token in self.tokens)
+            else:
+                wanted = self.users.get(user)
+                ok = wanted is not None and hmac.compare_digest(password, wanted)
+        return None if ok else (401, _error(40101, 401, "unauthorized"))
 
     # --- publish and subscribe -----------------------------------------------------------------
 
@@ -290,9 +340,14 @@ def _error(code: int, http: int, message: str) -> dict[str, Any]:
 
 
 @asynccontextmanager
-async def fake_ntfy(message_limit: int = 4096, keepalive: float = 45.0) -> AsyncIterator[FakeNtfy]:
+async def fake_ntfy(
+    message_limit: int = 4096,
+    keepalive: float = 45.0,
+    tokens: Iterable[str] = (),
+    users: dict[str, str] | None = None,
+) -> AsyncIterator[FakeNtfy]:
     """The server on 127.0.0.1 (a free port) while the body runs."""
-    server = FakeNtfy(message_limit, keepalive)
+    server = FakeNtfy(message_limit, keepalive, tokens, users)
     async with trio.open_nursery() as nursery:
         await nursery.start(server.serve)
         yield server

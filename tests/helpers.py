@@ -238,8 +238,12 @@ def pid_alive(pid: int) -> bool:
 
 
 def load_example(name: str) -> ModuleType:
-    """Import ``examples/<name>.py`` as module ``name`` (examples are scripts, not a package)."""
-    path = Path(__file__).parent.parent / "examples" / f"{name}.py"
+    """Import ``examples/<name>.py`` as module ``name`` (examples are scripts, not a package;
+    their folder goes on ``sys.path`` as running one puts it, for their shared ``_common``)."""
+    folder = Path(__file__).parent.parent / "examples"
+    if str(folder) not in sys.path:
+        sys.path.append(str(folder))
+    path = folder / f"{name}.py"
     spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

@@ -25,6 +25,7 @@ from fake_ntfy import FakeNtfy, fake_ntfy
 
 from sidecode_trio.config import DaemonConfig
 from sidecode_trio.errors import ConfigError
+from sidecode_trio.rtc.auth import Credentials, split_url
 from sidecode_trio.rtc.broker import RendezvousError
 from sidecode_trio.rtc.ntfy import (
     MESSAGE_LIMIT,
@@ -52,8 +53,11 @@ def test_topics_urls_and_settings_for_ntfy() -> None:
     assert parse_url("ntfy+http://10.0.0.5:8080/ntfy/") == "http://10.0.0.5:8080/ntfy"
     with pytest.raises(ConfigError, match="ntfy\\+https://"):
         parse_url("ntfy+ftp://ntfy.sh")
-    with pytest.raises(ConfigError, match="no credentials"):
-        parse_url("ntfy+https://user:tk_secret@ntfy.sh")
+    # credentials in the URL are the driver's (an Authorization header), never the base URL's
+    assert parse_url("ntfy+https://user:tk_secret@ntfy.sh/") == "https://ntfy.sh"
+    with pytest.raises(ConfigError, match="no query") as refused:
+        parse_url("ntfy+https://user:tk_secret@ntfy.sh/?x=1")
+    assert "tk_secret" not in str(refused.value)
     assert RtcSettings(rendezvous="ntfy+https://ntfy.sh").problems() == []
     problems = RtcSettings(rendezvous="ntfy://ntfy.sh").problems()
     assert problems and "ntfy+https://" in problems[0]
@@ -522,7 +526,6 @@ async def test_a_device_paired_through_the_broker_gets_its_reply_when_a_subscrip
 @pytest.mark.parametrize(
     "url",
     [
-        "ntfy+https://user:tk_secret@ntfy.sh",
         "ntfy+https://ntfy.sh/?auth=x",
         "ntfy+https://ntfy.sh:99999",
         "mqtt://broker.example:http",
@@ -535,3 +538,153 @@ def test_a_rendezvous_url_its_driver_would_refuse_is_a_config_problem_at_start(u
     task does not retry (ConfigError, ValueError), which ends the daemon after it said ready."""
     problems = RtcSettings(rendezvous=url).problems()
     assert problems and "$.rtc.rendezvous" in problems[0]
+
+
+# -- a server that lets nobody in without credentials (auth-default-access: deny-all) ----------
+
+TOKEN = "tk_" + "a1" * 14 + "z"
+
+
+async def test_a_closed_server_takes_a_token_or_a_password_and_says_why_not_without_them() -> None:
+    """The token goes in an ``Authorization`` header (bearer, or HTTP basic for a user and
+    password from the URL), never in a request's target; a server that wants credentials, or
+    refuses ours, gives a RendezvousError that says which, and never repeats the secret."""
+    async with fake_ntfy(tokens={TOKEN}, users={"phil": "p@ss:word"}) as server:
+        port = server.port
+        with trio.fail_after(10):
+            async with (
+                open_ntfy(server.url, Credentials("", TOKEN)) as daemon,
+                open_ntfy(f"ntfy+http://phil:p%40ss%3Aword@127.0.0.1:{port}") as device,
+            ):
+                await device.subscribe(TOPIC)
+                await daemon.publish(TOPIC, b"through a closed server")
+                assert await device.receive() == (TOPIC, b"through a closed server")
+            assert server.unauthorized == 0
+            assert not any("tk_" in t or "phil" in t for t in server.targets)
+            async with open_ntfy(server.url) as anonymous:
+                with pytest.raises(RendezvousError, match=r"403.*wants credentials"):
+                    await anonymous.subscribe(TOPIC)
+                with pytest.raises(RendezvousError, match=r"403.*wants credentials"):
+                    await anonymous.publish(TOPIC, b"x")
+            async with open_ntfy(server.url, Credentials("", "tk_wrong")) as wrong:
+                with pytest.raises(RendezvousError, match=r"401.*refused our cred") as refused:
+                    await wrong.subscribe(TOPIC)
+            assert "tk_wrong" not in str(refused.value)
+            assert server.unauthorized == 3
+
+
+async def test_doctor_probes_a_closed_server_with_the_token_file_and_redacts_url_credentials(
+    tmp_path: Path,
+) -> None:
+    from sidecode_trio.rtc.reach import check
+
+    token_file = tmp_path / "ntfy.token"
+    token_file.write_text(TOKEN + "\n")
+    token_file.chmod(0o600)
+    async with fake_ntfy(tokens={TOKEN}, users={"phil": "pw"}) as server:
+        settings = RtcSettings(rendezvous=server.url, stun=(), rendezvous_token_file=token_file)
+        assert settings.problems() == []
+        with trio.fail_after(60):
+            report = await check(settings, [])
+            assert report["rendezvous"]["reachable"] is True
+            token_file.write_text("tk_wrong")
+            report = await check(settings, [])
+            detail = report["rendezvous"]["detail"]
+            assert "401" in detail and "refused our credentials" in detail
+            assert "tk_wrong" not in json.dumps(report) and report["ok"] is False
+            in_url = f"ntfy+http://phil:pw-{TOKEN}@127.0.0.1:{server.port}"
+            report = await check(RtcSettings(rendezvous=in_url, stun=()), [])
+            assert "401" in report["rendezvous"]["detail"] and TOKEN not in json.dumps(report)
+
+
+async def test_a_daemon_with_a_token_file_pairs_and_answers_a_device_through_a_closed_server(
+    make_config: Callable[..., DaemonConfig],
+    work_dir: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """End to end on a deny-all server: the daemon subscribes with its token, the pairing payload
+    carries the token to the device (``rv``), which pairs through the server and dials; the token
+    shows nowhere else (status, the CSP, the log), and the server only saw it in headers."""
+    netlab.skip_unless_possible(lab=False)  # aiortc
+    from sidecode_trio.rtc.client import open_session
+    from sidecode_trio.rtc.peer import open_asyncio_thread
+    from sidecode_trio.rtc.rendezvous import dial
+
+    caplog.set_level(logging.DEBUG)
+    token_file = tmp_path / "ntfy.token"
+    token_file.write_text(TOKEN)
+    token_file.chmod(0o600)
+    async with fake_ntfy(tokens={TOKEN}) as server:
+        rtc = RtcSettings(
+            rendezvous=server.url,
+            rendezvous_token_file=token_file,
+            stun=(),
+            ping_interval=1.0,
+            ping_misses=30,
+        )
+        async with running_daemon(make_config(https=True, rtc=rtc)) as owner:
+            service = owner.handle.rtc
+            with trio.fail_after(60):
+                created = await owner.create(work_dir, "hello")
+                payload = await listened_offer(owner)
+                assert split_url(payload["rv"]) == (server.url, Credentials("", TOKEN))
+                credentials = await pc.pair_over_rendezvous(payload, "phone")
+                phone = Phone(credentials)
+                the_topics = topics(unb64(phone.credentials["rendezvous"]["secret"]))
+                daemon = phone.daemon_key
+                box = SignalingBox(phone.key, lambda key: key == daemon)
+                device_id = phone.credentials["device"]["id"]
+                while service.subscribed() != [device_id]:
+                    await trio.sleep(0.02)
+                async with (
+                    open_asyncio_thread() as aio,
+                    open_rendezvous(phone.credentials["rendezvous"]["url"]) as broker,
+                    trio.open_nursery() as nursery,
+                ):
+                    await broker.subscribe(the_topics.to_device)
+                    link = await dial(aio, broker, box, phone.key, daemon, the_topics)
+                    session, carrier = await open_session(nursery, link, "test")
+                    await session.authenticate(device_id, phone.key)
+                    listed = await session.request("GET", "/v1/sessions")
+                    assert [s["id"] for s in listed["sessions"]] == [created["session"]["id"]]
+                    await carrier.aclose()
+                    nursery.cancel_scope.cancel()
+            status = (await owner.http.get("/v1/status")).json()["rtc"]
+            assert status["rendezvous"] == server.url
+            assert status["settings"]["rendezvous_token_file"] == str(token_file)
+            page = await owner.http.get("/app/")
+            assert TOKEN not in page.headers.get("content-security-policy", "")
+    assert not any(TOKEN in r.getMessage() for r in caplog.records)
+    assert server.unauthorized == 0 and not any(TOKEN in t for t in server.targets)
+
+
+async def test_a_wrong_token_is_said_in_the_status_and_retried_not_fatal_to_the_daemon(
+    make_config: Callable[..., DaemonConfig], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A token the server refuses: the WebRTC task says so (status, log) and retries with its
+    growing delay; once the server takes the token (an admin fixed its access), it connects."""
+    netlab.skip_unless_possible(lab=False)  # aiortc
+    caplog.set_level(logging.INFO, logger="sidecode_trio.rtc")
+    token_file = tmp_path / "ntfy.token"
+    token_file.write_text("tk_not_yet_granted")
+    token_file.chmod(0o600)
+    async with fake_ntfy(tokens={TOKEN}) as server:
+        rtc = RtcSettings(rendezvous=server.url, rendezvous_token_file=token_file, stun=())
+        async with running_daemon(make_config(https=True, rtc=rtc)) as owner:
+            service = owner.handle.rtc
+            with trio.fail_after(60):
+                # the first subscription (an offer's pairing topic) is where it shows
+                made = await owner.http.post("/v1/pairings", json={"scope": "chat"})
+                sid = made.json()["payload"]["sid"]
+                while service.error is None:
+                    await trio.sleep(0.02)
+                status = (await owner.http.get("/v1/status")).json()["rtc"]
+                assert "401" in status["error"] and "refused our credentials" in status["error"]
+                assert status["connected"] is False
+                server.tokens.add("tk_not_yet_granted")
+                while service.error is not None or service.pairing() != [sid]:
+                    await trio.sleep(0.02)
+    retried = [r.getMessage() for r in caplog.records if "retrying" in r.getMessage()]
+    assert retried and all("refused our credentials" in m for m in retried)
+    assert not any("tk_not_yet_granted" in r.getMessage() for r in caplog.records)

@@ -4,7 +4,8 @@
   derived from the pairing secret; the signed DTLS fingerprint statements (pinning).
 - :mod:`.ice`: ICE server lists, coturn REST credentials, SDP candidate clean-up.
 - :mod:`.broker`: the pub/sub driver the signaling rides on (MQTT via mosquitto); :mod:`.ntfy`
-  the same over an ntfy server (``ntfy+https://``), chosen by the URL's scheme.
+  the same over an ntfy server (``ntfy+https://``), chosen by the URL's scheme; :mod:`.auth`
+  the credentials of a server that lets nobody in without them (redacted wherever shown).
 - :mod:`.peer`: aiortc on its own asyncio thread, bridged to Trio.
 - :mod:`.rendezvous`: the two flows over those: the daemon answering offers, a device dialling.
 - :mod:`.pairing` (sans-IO, and the device's driver): pairing through the broker for a device

@@ -44,6 +44,7 @@ from typing import Any, Final, Literal, Protocol
 import trio
 
 from ..errors import ConfigError, SidecodeError
+from .auth import Credentials, redact, split_url
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,8 @@ def _parse_url(url: str) -> tuple[str, str, int, str]:
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in DEFAULT_PORTS or not parts.hostname:
         raise ConfigError(
-            f"bad rendezvous URL {url!r}: use mqtt://, mqtts://, ws://, wss:// or ntfy+https://"
+            f"bad rendezvous URL {redact(url)!r}: "
+            "use mqtt://, mqtts://, ws://, wss:// or ntfy+https://"
         )
     port = parts.port or DEFAULT_PORTS[parts.scheme]
     return parts.scheme, parts.hostname, port, parts.path or "/mqtt"
@@ -101,7 +103,12 @@ class MqttRendezvous:
     inbox (``INBOX_SIZE``); a flood past it is dropped and counted, never queued without end.
     """
 
-    def __init__(self, url: str, thread_setup: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        thread_setup: Callable[[], None] | None = None,
+        credentials: Credentials | None = None,
+    ) -> None:
         import paho.mqtt.client as paho  # the broker is only needed with the WebRTC path on
         from paho.mqtt.enums import CallbackAPIVersion
 
@@ -111,6 +118,9 @@ class MqttRendezvous:
         self._client = paho.Client(
             CallbackAPIVersion.VERSION2, transport=transport, protocol=paho.MQTTv311
         )
+        credentials = credentials or split_url(url)[1]
+        if credentials is not None:  # CONNECT's user name and password (a bare token: password)
+            self._client.username_pw_set(credentials.user, credentials.password or None)
         if transport == "websockets":
             self._client.ws_set_options(path=path)
         if scheme in ("mqtts", "wss"):
@@ -226,13 +236,15 @@ class MqttRendezvous:
 
 @asynccontextmanager
 async def open_mqtt(
-    url: str, thread_setup: Callable[[], None] | None = None
+    url: str,
+    thread_setup: Callable[[], None] | None = None,
+    credentials: Credentials | None = None,
 ) -> AsyncIterator[MqttRendezvous]:
     """A connected :class:`MqttRendezvous`; disconnected and its thread joined on exit.
 
     ``thread_setup`` runs first on the client's thread (the network lab uses it to put the
-    connection in a network namespace)."""
-    client = MqttRendezvous(url, thread_setup)
+    connection in a network namespace); ``credentials`` (or those in ``url``) go in CONNECT."""
+    client = MqttRendezvous(url, thread_setup, credentials)
     try:
         with trio.fail_after(30):
             await client._start()

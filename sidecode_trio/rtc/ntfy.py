@@ -1,7 +1,8 @@
 """The :class:`~.broker.Rendezvous` over ntfy (ntfy.sh or self-hosted), Trio-native over httpx.
 
 Selected by the URL's scheme: ``ntfy+https://ntfy.sh`` (or ``ntfy+http://host:port`` for a
-self-hosted server on a trusted network; a path after the host is the server's base path). ntfy's
+self-hosted server on a trusted network; a path after the host is the server's base path;
+``user:password@`` or ``:token@`` before the host are credentials). ntfy's
 own API (docs.ntfy.sh, "Publishing" and "Subscribe via API"):
 
 * **publish**: ``POST <base>/<topic>`` with the message as the body; the reply (200, the stored
@@ -25,6 +26,11 @@ Two of ntfy's limits shape the payloads:
   with ``~`` is sent base64url-encoded in parts: ``~<id>:<i>:<n>:<part>`` (``id`` 16 hex
   digits, ``i`` from 0), reassembled in order on receipt with bounded state (:class:`Parts`).
 
+A server that lets nobody in without credentials (``auth-default-access: deny-all``) gets them
+in every request's ``Authorization`` header (:mod:`.auth`: ``Bearer <token>``, or HTTP basic for
+a user and password), never in the URL; its refusal (401: credentials it does not take, 403: none,
+or too few rights) is a :class:`~.broker.RendezvousError` that says which.
+
 Why MQTT stays the default choice (README "Use it from anywhere"): see :mod:`.broker`.
 """
 
@@ -47,6 +53,7 @@ import httpx
 import trio
 
 from ..errors import ConfigError
+from .auth import Credentials, redact, split_url
 from .broker import INBOX_SIZE, RendezvousError
 
 log = logging.getLogger(__name__)
@@ -68,12 +75,14 @@ _PART: Final = re.compile(r"^~([0-9a-f]{16}):(\d{1,3}):(\d{1,3}):([-_A-Za-z0-9=]
 
 
 def parse_url(url: str) -> str:
-    """The server's base URL (``https://ntfy.sh``) of an ``ntfy+http(s)://`` rendezvous URL."""
-    parts = urllib.parse.urlsplit(url)
+    """The server's base URL (``https://ntfy.sh``) of an ``ntfy+http(s)://`` rendezvous URL,
+    without the credentials it may carry (:func:`.auth.split_url` gives those)."""
+    bare, _credentials = split_url(url)
+    parts = urllib.parse.urlsplit(bare)
     if parts.scheme not in SCHEMES or not parts.hostname:
-        raise ConfigError(f"bad rendezvous URL {url!r}: use ntfy+https://host[/path]")
-    if parts.username or parts.password or parts.query or parts.fragment:
-        raise ConfigError(f"bad rendezvous URL {url!r}: no credentials, query or fragment")
+        raise ConfigError(f"bad rendezvous URL {redact(url)!r}: use ntfy+https://host[/path]")
+    if parts.query or parts.fragment:
+        raise ConfigError(f"bad rendezvous URL {redact(url)!r}: no query or fragment")
     return f"{SCHEMES[parts.scheme]}://{parts.netloc}{parts.path.rstrip('/')}"
 
 
@@ -196,11 +205,20 @@ class NtfyRendezvous:
             if response.status_code != 200:
                 raise RendezvousError(
                     f"{self._base} refused a message: HTTP {response.status_code} "
-                    f"{said[:200].decode(errors='replace')}"
+                    f"{said[:200].decode(errors='replace').strip()}{self._auth_hint(response)}"
                 )
 
     async def receive(self) -> tuple[str, bytes]:
         return await self._inbox_rx.receive()
+
+    def _auth_hint(self, response: httpx.Response) -> str:
+        """What to do about a refusal for want of access (ntfy: 401 for credentials it does not
+        take, 403 for none or too few rights), said after the server's own words."""
+        if response.status_code not in (401, 403):
+            return ""
+        if "authorization" in response.request.headers:
+            return " (the server refused our credentials: check --rendezvous-token-file)"
+        return " (the server wants credentials: serve --rendezvous-token-file F)"
 
     # --- the stream --------------------------------------------------------------------------
 
@@ -257,7 +275,8 @@ class NtfyRendezvous:
             if response.status_code != 200:
                 said = await _first_bytes(response, 200)  # why, in its first bytes only
                 raise RendezvousError(
-                    f"HTTP {response.status_code} {said[:200].decode(errors='replace')}"
+                    f"HTTP {response.status_code} {said[:200].decode(errors='replace').strip()}"
+                    f"{self._auth_hint(response)}"
                 )
             partial, skipping = b"", False  # the line being read; past MAX_LINE: skip to its end
             async for chunk in response.aiter_raw():
@@ -326,14 +345,19 @@ async def _first_bytes(response: httpx.Response, limit: int) -> bytes:
 
 
 @asynccontextmanager
-async def open_ntfy(url: str) -> AsyncIterator[NtfyRendezvous]:
+async def open_ntfy(
+    url: str, credentials: Credentials | None = None
+) -> AsyncIterator[NtfyRendezvous]:
     """An :class:`NtfyRendezvous` on the server ``url`` names; its streams end on exit. Nothing
     is sent until the first subscription or publication (``subscribe`` fails with
-    :class:`~.broker.RendezvousError` when the server cannot be reached)."""
+    :class:`~.broker.RendezvousError` when the server cannot be reached). ``credentials`` (or
+    those in ``url``) go in every request's ``Authorization`` header, never in its URL."""
     base = parse_url(url)
+    credentials = credentials or split_url(url)[1]
+    headers = {"Authorization": credentials.authorization()} if credentials else {}
     try:
         async with (
-            httpx.AsyncClient(timeout=30.0, follow_redirects=False) as client,
+            httpx.AsyncClient(timeout=30.0, follow_redirects=False, headers=headers) as client,
             trio.open_nursery() as nursery,
         ):
             yield NtfyRendezvous(base, client, nursery)

@@ -33,6 +33,8 @@ from urllib.parse import urlsplit
 import attrs
 import trio
 
+from ..errors import ConfigError
+from .auth import Credentials, redact, split_url
 from .ice import turn_credentials
 from .settings import RtcSettings, read_secret
 
@@ -243,12 +245,20 @@ def live_settings(status: dict[str, Any] | None, configured: RtcSettings) -> Rtc
     given = status.get("settings") or {}
     try:
         secret_file = given.get("turn_secret_file")
+        token_file = given.get("rendezvous_token_file")
+        rendezvous = str(status["rendezvous"])  # redacted: credentials in it show as ***
+        if configured.rendezvous is not None and redact(configured.rendezvous) == rendezvous:
+            rendezvous = configured.rendezvous  # the config file's, credentials and all
+        else:
+            rendezvous = split_url(rendezvous)[0] if "***@" in rendezvous else rendezvous
         return attrs.evolve(
             configured,
-            rendezvous=str(status["rendezvous"]),
+            rendezvous=rendezvous,
             stun=tuple(str(u) for u in given.get("stun", configured.stun)),
             turn=tuple(str(u) for u in given.get("turn", ())),
             turn_secret_file=Path(secret_file) if secret_file else None,
+            rendezvous_token_file=Path(token_file) if token_file else None,
+            rendezvous_token_keyring=bool(given.get("rendezvous_token_keyring")),
         )
     except (KeyError, TypeError, AttributeError):
         return configured
@@ -271,20 +281,22 @@ def _on_own_thread(fn: Callable[[], dict[str, Any]], setup: Callable[[], None] |
     return result[0]
 
 
-async def _rendezvous(url: str, setup: Callable[[], None] | None) -> dict[str, Any]:
+async def _rendezvous(
+    url: str, setup: Callable[[], None] | None, credentials: Credentials | None = None
+) -> dict[str, Any]:
     from .broker import RendezvousError
     from .pubsub import open_rendezvous
 
     topic = f"sidecode/doctor-{secrets.token_hex(8)}"
     try:
         with trio.fail_after(15):
-            async with open_rendezvous(url, setup) as broker:
+            async with open_rendezvous(url, setup, credentials) as broker:
                 await broker.subscribe(topic)
                 await broker.unsubscribe(topic)
     except RendezvousError as exc:
         return {"reachable": False, "detail": exc.message}
     except trio.TooSlowError:
-        return {"reachable": False, "detail": f"no answer from {url} within 15s"}
+        return {"reachable": False, "detail": f"no answer from {redact(url)} within 15s"}
     return {"reachable": True}
 
 
@@ -311,7 +323,17 @@ async def check(
     report["stun"] = await trio.to_thread.run_sync(
         _on_own_thread, lambda: probe_nat(stun), thread_setup
     )
-    report["rendezvous"] = await _rendezvous(settings.rendezvous, thread_setup)
+    try:
+        credentials = settings.credentials()
+    except OSError as exc:
+        report["rendezvous"] = {
+            "reachable": False,
+            "detail": f"cannot read the rendezvous token file: {exc.strerror}",
+        }
+    except ConfigError as exc:  # the keychain has none, or failed
+        report["rendezvous"] = {"reachable": False, "detail": exc.message}
+    else:
+        report["rendezvous"] = await _rendezvous(settings.rendezvous, thread_setup, credentials)
     if settings.rendezvous.startswith("ntfy+"):
         report["rendezvous"]["note"] = (
             "the web app's signaling speaks MQTT only: it cannot use an ntfy server"

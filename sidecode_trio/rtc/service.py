@@ -37,6 +37,7 @@ from ..errors import ConfigError
 from ..security.devices import DeviceStore
 from ..security.identity import b64, unb64
 from ..security.pairing import Pairings
+from .auth import redact
 from .broker import Rendezvous as _Broker  # paho and aiortc are imported when used, not here
 from .broker import RendezvousError
 from .ice import IceServer, turn_server
@@ -92,6 +93,7 @@ class RtcService:
         self._turn_secret = (
             read_secret(settings.turn_secret_file) if settings.turn_secret_file else None
         )
+        self._credentials = settings.credentials()  #: the rendezvous's (token file or URL)
         self._subscribed: dict[str, tuple[bytes, Topics]] = {}  # device id -> (key, topics)
         self._links: dict[str, set[trio.CancelScope]] = {}  # device id -> its open links
         self._sessions: set[Session] = set()  # the session driver of every open link
@@ -339,7 +341,7 @@ class RtcService:
         """For ``/v1/statistics`` and ``doctor``."""
         return {
             "enabled": True,
-            "rendezvous": self._settings.rendezvous,
+            "rendezvous": redact(self._settings.rendezvous),
             "connected": self.ready.is_set() and self.error is None,
             "devices": len(self._subscribed),
             "links": self.links(),
@@ -352,6 +354,8 @@ class RtcService:
                 "stun": list(self._settings.stun),
                 "turn": list(self._settings.turn),
                 "turn_secret_file": str(self._settings.turn_secret_file or "") or None,
+                "rendezvous_token_file": str(self._settings.rendezvous_token_file or "") or None,
+                "rendezvous_token_keyring": self._settings.rendezvous_token_keyring,
             },
         }
 
@@ -371,7 +375,7 @@ class RtcService:
         self._dirty_pairings = False
         async with (
             open_asyncio_thread(self._thread_setup) as aio,
-            open_rendezvous(url, self._thread_setup) as broker,
+            open_rendezvous(url, self._thread_setup, self._credentials) as broker,
         ):
             for device, _secret in self._devices.with_rendezvous():
                 await self._sync(broker, device.id)
@@ -396,7 +400,9 @@ class RtcService:
             async with trio.open_nursery() as nursery:
                 await nursery.start(answerer.serve, self._serve)
                 log.info(
-                    "rtc: answering offers through %s for %d device(s)", url, len(self._subscribed)
+                    "rtc: answering offers through %s for %d device(s)",
+                    redact(url),
+                    len(self._subscribed),
                 )
                 self.error = None
                 self.ready.set()

@@ -24,6 +24,16 @@ from urllib.parse import SplitResult, urlsplit
 
 import attrs
 
+from ..errors import ConfigError
+from .auth import (
+    KEYRING_ACCOUNT,
+    Credentials,
+    parse_credentials,
+    read_credentials,
+    redact,
+    split_url,
+)
+
 if TYPE_CHECKING:
     import argparse  # only the CLI passes a parser; the daemon imports these settings too
 
@@ -42,10 +52,8 @@ def _rendezvous_url_problem(parts: SplitResult) -> str | None:
         parts.port  # noqa: B018 - raises ValueError for a port that is not 0-65535
     except ValueError as exc:
         return f"a bad port ({exc})"
-    if parts.scheme.startswith("ntfy+") and (
-        parts.username or parts.password or parts.query or parts.fragment
-    ):
-        return "an ntfy URL takes no credentials, query or fragment"
+    if parts.scheme.startswith("ntfy+") and (parts.query or parts.fragment):
+        return "an ntfy URL takes no query or fragment"
     return None
 
 
@@ -58,11 +66,18 @@ def _named(url: str | None) -> str | None:
 class RtcSettings:
     #: the signaling broker (``mqtt[s]://`` or ``ws[s]://host[:port][/path]``, or an ntfy server:
     #: ``ntfy+https://host[/path]``); None: path off
-    rendezvous: str | None = attrs.field(default=None, converter=_named)
+    #: credentials may be in it (``user:pass@``): shown only through :func:`.auth.redact`
+    rendezvous: str | None = attrs.field(
+        default=None, converter=_named, repr=lambda url: repr(redact(url))
+    )
     stun: tuple[str, ...] = DEFAULT_STUN  #: ``stun:host[:port]`` URLs; () = host candidates only
     #: ``turn:``/``turns:`` URLs of one coturn (``use-auth-secret``); () = no relay
     turn: tuple[str, ...] = ()
     turn_secret_file: Path | None = None  #: coturn's ``static-auth-secret``, in a 0600 file
+    #: the rendezvous's access token or ``user:password`` (:mod:`.auth`), in a 0600 file
+    rendezvous_token_file: Path | None = None
+    #: the same, from the OS keychain (service ``sidecode-trio``, account ``rendezvous``)
+    rendezvous_token_keyring: bool = False
     turn_ttl: float = 600.0  #: seconds a minted TURN credential stays valid
     ping_interval: float = 5.0  #: seconds between application pings on an idle link
     ping_misses: int = 3  #: unanswered pings before a link is closed as dead
@@ -71,19 +86,29 @@ class RtcSettings:
     def enabled(self) -> bool:
         return self.rendezvous is not None
 
+    def credentials(self) -> Credentials | None:
+        """The rendezvous's credentials: the token file's or the keychain's, else the URL's,
+        else None. OSError: the file cannot be read; ConfigError: the keychain has none."""
+        if self.rendezvous_token_file is not None:
+            return read_credentials(self.rendezvous_token_file)
+        if self.rendezvous_token_keyring:
+            return parse_credentials(_from_keychain())
+        return split_url(self.rendezvous)[1] if self.rendezvous is not None else None
+
     def problems(self) -> list[str]:
         found = []
         if self.rendezvous is not None:
-            parts = urlsplit(self.rendezvous)
+            parts, shown = urlsplit(self.rendezvous), redact(self.rendezvous)
             if parts.scheme not in RENDEZVOUS_SCHEMES or not parts.hostname:
                 found.append(
                     "bad value @ $.rtc.rendezvous: an mqtt://, mqtts://, ws://, wss:// URL of "
-                    f"a broker or an ntfy+https:// one of an ntfy server, got {self.rendezvous!r}"
+                    f"a broker or an ntfy+https:// one of an ntfy server, got {shown!r}"
                 )
             else:  # what the drivers refuse, said now rather than by the WebRTC task later
                 why = _rendezvous_url_problem(parts)
                 if why:
-                    found.append(f"bad value @ $.rtc.rendezvous: {why}, got {self.rendezvous!r}")
+                    found.append(f"bad value @ $.rtc.rendezvous: {why}, got {shown!r}")
+        found.extend(self._token_problems())
         for i, url in enumerate(self.stun):
             if not url.startswith(("stun:", "stuns:")) or len(url.partition(":")[2]) < 1:
                 found.append(f"bad value @ $.rtc.stun[{i}]: a stun:host[:port] URL, got {url!r}")
@@ -108,6 +133,58 @@ class RtcSettings:
         if self.ping_misses < 1:
             found.append("bad value @ $.rtc.ping_misses: must be at least 1")
         return found
+
+    def _token_problems(self) -> list[str]:
+        path = self.rendezvous_token_file
+        if self.rendezvous_token_keyring:
+            return self._keychain_problems()
+        if path is None:
+            return []
+        where = "bad value @ $.rtc.rendezvous_token_file"
+        if self.rendezvous is None:
+            return [f"{where}: given without a rendezvous (--rendezvous URL)"]
+        problem = secret_file_problem(path)
+        if problem:
+            return [f"{where}: {problem}"]
+        text = path.read_text(errors="replace").strip()
+        if not (text.isascii() and text.isprintable()):
+            return [f"{where}: {path} must hold one line of printable ASCII"]
+        if split_url(self.rendezvous)[1] is not None:
+            return [f"{where}: the rendezvous URL has credentials too: give them in one place"]
+        return []
+
+    def _keychain_problems(self) -> list[str]:
+        where = "bad value @ $.rtc.rendezvous_token_keyring"
+        if self.rendezvous is None:
+            return [f"{where}: given without a rendezvous (--rendezvous URL)"]
+        if self.rendezvous_token_file is not None or split_url(self.rendezvous)[1] is not None:
+            return [f"{where}: credentials are given elsewhere too: give them in one place"]
+        try:
+            text = _from_keychain()
+        except ConfigError as exc:
+            return [f"{where}: {exc.message}"]
+        if not (text.isascii() and text.isprintable()):
+            return [f"{where}: the keychain's entry must be one line of printable ASCII"]
+        return []
+
+
+def _from_keychain() -> str:
+    """The rendezvous's credentials in the OS keychain (:data:`.auth.KEYRING_ACCOUNT`)."""
+    from ..security import identity  # keyring: imported only when asked for
+
+    backend = identity.keychain()
+    if backend is None:
+        raise ConfigError("no usable OS keychain here: use --rendezvous-token-file")
+    try:
+        text = backend.get_password(identity.KEYRING_SERVICE, KEYRING_ACCOUNT)
+    except Exception as exc:  # keyring's backends raise their own kinds
+        raise ConfigError(f"the OS keychain failed: {exc}") from None
+    if not isinstance(text, str) or not text.strip():
+        raise ConfigError(
+            f"no entry in the OS keychain: keyring set {identity.KEYRING_SERVICE} "
+            f"{KEYRING_ACCOUNT}, then paste the token (or user:password)"
+        )
+    return text.strip()
 
 
 def secret_file_problem(path: Path) -> str | None:
@@ -142,7 +219,22 @@ def add_flags(serve: argparse.ArgumentParser) -> None:
         const="default",
         help="turn the WebRTC path on (off by default; needs the rtc extra) through this MQTT "
         "broker (wss://host:port/path, mqtts://...) or ntfy server (ntfy+https://ntfy.sh); "
+        "user:password@ in the URL is sent to it, as --rendezvous-token-file is; "
         f"without a URL, the public {DEFAULT_RENDEZVOUS}",
+    )
+    rtc.add_argument(
+        "--rendezvous-token-file",
+        metavar="FILE",
+        help="the rendezvous's access token (ntfy's tk_...) or user:password, for a server "
+        "that lets nobody in without one; in a file only you can read (0600). Devices get it "
+        "in the pairing payload",
+    )
+    rtc.add_argument(
+        "--rendezvous-token-keyring",
+        action="store_true",
+        default=None,
+        help="the same, from the OS keychain: service sidecode-trio, account rendezvous "
+        "(keyring set sidecode-trio rendezvous)",
     )
     rtc.add_argument(
         "--stun",
@@ -165,7 +257,11 @@ def overrides(args: argparse.Namespace) -> dict[str, Any]:
         "rendezvous": args.rendezvous,
         "stun": args.stun,
         "turn": args.turn,
-        "turn_secret_file": str(Path(args.turn_secret_file).expanduser().resolve())
-        if args.turn_secret_file
-        else None,
+        "turn_secret_file": _absolute(args.turn_secret_file),
+        "rendezvous_token_file": _absolute(args.rendezvous_token_file),
+        "rendezvous_token_keyring": args.rendezvous_token_keyring,
     }
+
+
+def _absolute(path: str | None) -> str | None:
+    return str(Path(path).expanduser().resolve()) if path else None

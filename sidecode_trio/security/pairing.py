@@ -122,7 +122,8 @@ class Offer:
     expires_at: float
     failures: int = 0
     quic: list[str] = attrs.field(factory=list)  #: WebTransport URLs when the offer was made
-    rendezvous: str | None = None  #: the signaling broker's URL (``"rv"``), when one is on
+    #: the signaling broker's URL (``"rv"``), when one is on; credentials may be in it
+    rendezvous: str | None = attrs.field(default=None, repr=False)
 
 
 @attrs.frozen

@@ -172,11 +172,12 @@ def security_policy(connect: list[str]) -> str:
 
 
 def origins(urls: list[str]) -> list[str]:
-    """``https://host:port/v1/wt`` → ``https://host:port`` (CSP sources carry no path)."""
+    """``https://host:port/v1/wt`` → ``https://host:port`` (CSP sources carry no path, nor
+    the credentials a rendezvous URL may hold: ``wss://user:pass@host`` → ``wss://host``)."""
     out: list[str] = []
     for url in urls:
         scheme, _, rest = url.partition("://")
-        origin = f"{scheme}://{rest.split('/', 1)[0]}"
+        origin = f"{scheme}://{rest.split('/', 1)[0].rpartition('@')[2]}"
         if origin not in out:
             out.append(origin)
     return out

@@ -35,20 +35,32 @@ LAYERS: Final = (
     ("json", "json/"),
     ("sqlite3", "sqlite3/"),
 )
-# The stage of the token path a sample belongs to: the first marker found in its stack wins.
+# The stage of the token path a sample belongs to: the first marker that names a frame of its
+# stack wins (so a direct write, made inside the publisher, is counted as one, not as fan-out).
+# A marker is a function's qualified name as py-spy prints it (``Class.method``, or a function),
+# a class (every method of it: ``TCPServer``), a method whose class is left out
+# (``_send_response``), or a native symbol's prefix ending in ``*``. Each one must name a
+# function of the code it profiles (tests/test_bench_profile.py checks them against the source).
 STAGES: Final = (
-    ("gc_collect", "cyclic GC"),
+    ("gc_collect*", "cyclic GC"),
     ("SQLiteStore.commit", "SQLite group commit"),
-    ("_Sink.offer", "direct send() to each idle client, from the fan-out (http/direct.py)"),
+    (
+        "SessionFeed._offer",
+        "direct write to each caught-up client, from the publisher (feed/session.py: an SSE "
+        "socket's send(), or a WebTransport/WebRTC link's outbox)",
+    ),
     ("EventLog._publish", "fold + fan-out (offer to each subscriber)"),
     ("ClaudeProcess._read_stdout", "CLI stdout: read, frame, translate, append (encode)"),
     ("EventLog.run", "log writer task (other)"),
-    ("_live_fast", "SSE per client: writer task for what was queued (http/direct.py)"),
-    ("_pump", "SSE per client: generator and send() (direct path: watch view, TLS)"),
+    ("DirectEvents._fast", "SSE per client: writer task for what was queued (http/direct.py)"),
+    ("_pump", "SSE per client: generator and send() (not a plain socket: TLS, watch view)"),
     ("_send_response", "SSE per client: generator, quart, hypercorn, h11, send()"),
+    ("_Pump", "WebTransport/WebRTC per subscription: what was queued, to the outbox"),
     ("TCPServer", "hypercorn connection tasks (reads, idle timer)"),
-    ("checkpoint", "WAL checkpoint (worker thread)"),
+    ("SQLiteStore.checkpoint", "WAL checkpoint (worker thread)"),
     ("unrolled_run", "trio scheduler (run loop, epoll, reschedule)"),
+    # trio's run() waits in epoll itself, outside unrolled_run (the main thread's idle wait)
+    ("EpollIOManager", "trio scheduler (run loop, epoll, reschedule)"),
 )
 # py-spy --native counts a thread blocked on a lock (trio's idle worker threads) as active
 IDLE: Final = ("PyThread_acquire_lock_timed", "lock_PyThread_acquire_lock")
@@ -94,8 +106,19 @@ def _layer(stack: list[str]) -> str:
     return "native only"
 
 
-def _stage(stack_text: str) -> str:
-    return next((name for marker, name in STAGES if marker in stack_text), "other")
+def names(marker: str, name: str) -> bool:
+    """Does the :data:`STAGES` ``marker`` name the frame function ``name``?"""
+    if marker.endswith("*"):
+        return name.startswith(marker[:-1])
+    return name == marker or name.startswith(marker + ".") or name.endswith("." + marker)
+
+
+def _stage(stack: list[str]) -> str:
+    functions = [_parse(frame)[0] for frame in stack]
+    for marker, stage in STAGES:
+        if any(names(marker, name) for name in functions):
+            return stage
+    return "other"
 
 
 def self_time(raw: Path, top: int = 15) -> dict[str, Any]:
@@ -115,7 +138,7 @@ def self_time(raw: Path, top: int = 15) -> dict[str, Any]:
         name, file = _parse(stack[-1])
         leaves[f"{name} ({file})" if file else name] += count
         layers[_layer(stack)] += count
-        stages[_stage(stack_text)] += count
+        stages[_stage(stack)] += count
         total += count
     return {
         "samples": total,
