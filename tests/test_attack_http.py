@@ -19,6 +19,8 @@ import httpx
 import pytest
 import trio
 
+from sidecode_trio.claude.messages import encode_line
+
 from helpers import Client, read_cli_log
 
 
@@ -85,15 +87,6 @@ def answers_to(request_id: str) -> Any:
     )
 
 
-def user_texts(line: dict[str, Any]) -> list[str]:
-    if line.get("type") != "user":
-        return []
-    content = line["message"]["content"]
-    if isinstance(content, str):
-        return [content]
-    return [block.get("text", "") for block in content if isinstance(block, dict)]
-
-
 @pytest.fixture
 async def live(daemon: Client) -> AsyncIterator[Client]:
     """The daemon; after the test, still serving (a crash of a session's task ended it)."""
@@ -102,27 +95,68 @@ async def live(daemon: Client) -> AsyncIterator[Client]:
     assert (await daemon.http.get("/v1/sessions")).status_code == 200
 
 
-# -- lone surrogates: valid JSON escapes with no UTF-8 form -----------------------------------
+# -- lone surrogates: valid JSON escapes that are not text ------------------------------------
 
 
-async def test_a_prompt_and_a_message_with_lone_surrogates_reach_the_cli_escaped(
-    live: Client, work_dir: Path, cli_log: Path
+def test_a_line_for_the_cli_with_a_lone_surrogate_is_valid_json() -> None:
+    """Requests refuse them (below), but a message may come from the log of an older daemon:
+    the line is written with ASCII escapes, where encoding it raised in the session's task."""
+    message = {"type": "user", "message": {"content": "a\ud800 🙂"}}
+    line = encode_line(message)
+    assert line.endswith(b"\n") and line.isascii()
+    assert json.loads(line) == message
+    assert encode_line({"content": "é 🙂"}) == '{"content":"é 🙂"}\n'.encode()  # as before
+
+
+async def test_lone_surrogates_in_a_session_body_are_invalid_json(
+    live: Client, work_dir: Path
 ) -> None:
-    """The prompt was encoded for the CLI's stdin in the session's task: UnicodeEncodeError
-    ended the task, the registry and the daemon, for any device with the chat scope."""
-    created = await live.http.post(
-        "/v1/sessions", **raw({"cwd": str(work_dir), "prompt": "a\ud800"})
-    )
-    assert created.status_code == 201, created.text
-    sid = created.json()["session"]["id"]
+    """A prompt's was encoded for the CLI's stdin in the session's task, and a model's went on
+    its command line: UnicodeEncodeError ended the task, the registry and the daemon, for any
+    device with the chat scope. A cwd's was a 500 (realpath)."""
+    sid = (await live.create(work_dir, "hello"))["session"]["id"]
     await until_idle(live, sid)
-    sent = await live.http.post(f"/v1/sessions/{sid}/messages", **raw({"text": "b\udfff"}))
+    cwd = str(work_dir)
+    for method, path, body in (
+        ("POST", "/v1/sessions", {"cwd": cwd, "prompt": "a\ud800"}),
+        ("POST", "/v1/sessions", {"cwd": cwd, "model": "m\ud800"}),
+        ("POST", "/v1/sessions", {"cwd": cwd + "/\ud800"}),
+        ("POST", "/v1/sessions", {"cwd": cwd, "title": "t\udfff", "client_id": "\ud800"}),
+        ("POST", "/v1/sessions", {"cwd": cwd, "unknown field": "\ud800"}),
+        ("POST", f"/v1/sessions/{sid}/messages", {"text": "b\udfff"}),
+        ("PATCH", f"/v1/sessions/{sid}", {"model": "m\ud800"}),
+        ("PATCH", f"/v1/sessions/{sid}", {"title": "\ud800"}),
+        ("PUT", f"/v1/sessions/{sid}/mirror", {"enabled": False, "name": "n\ud800"}),
+        ("POST", "/v1/pairings", {"scope": "chat", "\ud800": 1}),
+    ):
+        refused = await live.http.request(method, path, **raw(body))
+        message = check_error(refused, 400, "invalid_json")
+        assert "lone surrogate" in message, message
+    watch = await live.http.post("/api/connect", **raw({"sessionId": "\ud800"}))
+    assert watch.status_code == 400 and isinstance(watch.json()["error"], str), watch.text
+    paired = "🙂 \ud83d\ude00"  # a surrogate pair is a character: served
+    sent = await live.http.post(f"/v1/sessions/{sid}/messages", **raw({"text": paired}))
     assert sent.status_code == 202, sent.text
-    await until_idle(live, sid)
-    texts = [t for line in read_cli_log(cli_log) for t in user_texts(line)]
-    assert "a\ud800" in texts and "b\udfff" in texts, texts  # the same strings, as escapes
-    other = await live.create(work_dir, "hello")  # and the daemon serves on
-    assert (await until_idle(live, other["session"]["id"]))["session"]["status"] == "idle"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"cwd": "", "prompt": "hi", "model": "a\x00b"},
+        {"cwd": "", "prompt": "hi", "model": "opus", "title": "x\x00"},
+    ],
+    ids=["model", "title"],
+)
+async def test_a_nul_where_a_name_goes_on_the_cli_command_line_is_400(
+    live: Client, work_dir: Path, body: dict[str, Any]
+) -> None:
+    """A NUL in a model's name made the CLI's launch raise (embedded null byte), which ended
+    the daemon; a mirror's name goes on the same command line."""
+    check_error(await live.http.post("/v1/sessions", json={**body, "cwd": str(work_dir)}), 400)
+    sid = (await live.create(work_dir, "hello"))["session"]["id"]
+    check_error(await live.http.patch(f"/v1/sessions/{sid}", json={"model": "a\x00b"}), 400)
+    mirror = {"enabled": False, "name": "n\x00"}
+    check_error(await live.http.put(f"/v1/sessions/{sid}/mirror", json=mirror), 400)
 
 
 @pytest.mark.parametrize(
@@ -134,23 +168,16 @@ async def test_a_prompt_and_a_message_with_lone_surrogates_reach_the_cli_escaped
     ],
     ids=["deny message", "updated input", "updated input key"],
 )
-async def test_an_answer_with_lone_surrogates_reaches_the_cli_escaped(
+async def test_an_answer_with_lone_surrogates_is_invalid_json_and_can_be_given_again(
     live: Client, work_dir: Path, cli_log: Path, answer: dict[str, Any]
 ) -> None:
     """Was a 500 after the request had been resolved: the CLI never heard the answer."""
     waiting = await waiting_session(live, work_dir)
-    reply = await live.http.post(waiting.answer_path, **raw(answer))
-    assert reply.status_code == 200, reply.text
-    lines = await sent_to_cli(cli_log, answers_to(waiting.request_id))
-    assert len(lines) == 1, lines
-    decision = lines[0]["response"]["response"]
-    assert decision["behavior"] == answer["behavior"]
-    if "message" in answer:
-        assert decision["message"] == answer["message"]
-    else:
-        assert decision["updatedInput"] == answer["updated_input"]
-    again = await live.http.post(waiting.answer_path, json={"behavior": "allow"})
-    check_error(again, 409, "already_resolved")
+    check_error(await live.http.post(waiting.answer_path, **raw(answer)), 400, "invalid_json")
+    good = await live.http.post(waiting.answer_path, json={"behavior": "deny", "message": "no"})
+    assert good.status_code == 200, good.text
+    (line,) = await sent_to_cli(cli_log, answers_to(waiting.request_id))
+    assert line["response"]["response"] == {"behavior": "deny", "message": "no"}
 
 
 # -- NaN and Infinity: not JSON ----------------------------------------------------------------

@@ -336,6 +336,29 @@ async def test_targets_and_methods_nobody_sends_are_client_errors(daemon: Client
         nursery.cancel_scope.cancel()
 
 
+async def test_lone_surrogates_over_a_link_are_refused_with_the_request_id(
+    daemon: Client, work_dir: Path
+) -> None:
+    """A model's name with one went on the CLI's command line (the daemon ended); a cwd's
+    reached realpath (a 500); a query's reached the folder browser."""
+    device = await paired(daemon)
+    async with trio.open_nursery() as nursery:
+        peer = await ready_peer(daemon, nursery, device)
+        cwd = str(work_dir)
+        for method, path, body in (
+            ("POST", "/v1/sessions", {"cwd": cwd, "model": "m\ud800"}),
+            ("POST", "/v1/sessions", {"cwd": cwd + "/\udfff"}),
+            ("POST", "/v1/sessions", {"cwd": cwd, "prompt": "\ud800"}),
+            ("GET", f"/v1/folders?path={cwd}/\ud800", None),
+            ("GET", "/v1/sessions?q=\ud800", None),
+        ):
+            error = assert_4xx(await peer.call(method, path, body), 400)
+            assert "lone surrogate" in error["message"] or "request target" in error["message"]
+        created = await peer.call("POST", "/v1/sessions", {"cwd": cwd, "prompt": "\ud83d\ude00"})
+        assert created["status"] == 201, created  # a pair is a character
+        nursery.cancel_scope.cancel()
+
+
 # -- subscriptions -----------------------------------------------------------------------------
 
 

@@ -439,6 +439,7 @@ async def _json_body() -> dict[str, Any]:
     g.body_read = True  # the connection may carry another request (app.close_after_unread_body)
     try:
         data = wire.loads(raw or b"{}")
+        wire.check_text(data)  # no lone surrogates: they are not text
     except (ValueError, RecursionError):  # NaN, not UTF-8; RecursionError: nested past ~1000
         raise BadRequest("the body is not valid JSON") from None
     if not isinstance(data, dict):

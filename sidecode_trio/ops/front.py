@@ -118,9 +118,14 @@ def structure_body(data: Any, cls: type[Any]) -> Any:
     if not isinstance(data, dict):
         raise BadRequest("the body must be a JSON object", code="invalid_json")
     try:
-        return wire.structure(data, cls)
+        body = wire.structure(data, cls)
     except ValueError as exc:
         raise BadRequest(str(exc), code="invalid_field") from None
+    try:
+        wire.check_text(data)
+    except ValueError as exc:
+        raise BadRequest(f"the body is not valid JSON text: {exc}", code="invalid_json") from None
+    return body
 
 
 def decode_body(raw: bytes | str, cls: type[Any]) -> Any:
@@ -444,6 +449,7 @@ class Front:
     ) -> Reply:
         try:
             parts = urlsplit(target)
+            wire.check_text(target)  # a request over a link: a JSON string, "\\ud800" and all
         except ValueError:  # "//[": a network location that is not one (was a 500)
             raise BadRequest(f"not a request target: {target[:80]!r}") from None
         path = parts.path

@@ -176,6 +176,32 @@ def _not_json(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+def check_text(value: Any) -> None:
+    """Raise ``ValueError`` if decoded JSON ``value`` holds a string with a lone surrogate.
+
+    ``"\\ud800"`` is a valid JSON escape, and ``json.loads`` keeps it, but it is no text: it has
+    no UTF-8 form, so it cannot reach a command line (a model's name made the CLI's launch
+    raise, which ended the daemon), a file name (a ``cwd`` was a 500), the CLI's stdin or a
+    notification. Walked without recursion (the value may be nested ~1000 deep)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if not item.isascii():
+                try:
+                    item.encode()
+                except UnicodeEncodeError:
+                    raise ValueError(
+                        f"{item[:40]!r} holds a lone surrogate (an unpaired \\ud800-\\udfff "
+                        "escape), which is not text"
+                    ) from None
+        elif isinstance(item, dict):
+            stack += item
+            stack += item.values()
+        elif isinstance(item, list):
+            stack += item
+
+
 def loads(data: bytes | str) -> Any:
     """``json.loads`` of a peer's JSON, without the ``NaN``, ``Infinity`` and ``-Infinity`` that
     Python's parser takes and JSON does not have (RFC 8259): a ``NaN`` in a request's body
