@@ -17,7 +17,6 @@ with a code. The machine never raises on peer input.
 from __future__ import annotations
 
 import enum
-import json
 from collections.abc import Collection
 from typing import Any, Final
 
@@ -129,13 +128,13 @@ class ControlProtocol:
     def _frame(self, payload: bytes) -> list[Action]:
         self.frames += 1
         try:
-            data = json.loads(payload)
-        except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # or nested too deep
+            data = wire.loads(payload)
+        except (ValueError, RecursionError) as exc:  # not UTF-8, NaN, nested too deep, ...
             return self._bad("bad_frame", f"a frame is not JSON: {exc}")
         if not isinstance(data, dict):
             return self._bad("bad_frame", "a frame must be a JSON object")
         kind = data.get("type")
-        if kind not in fr.CLIENT_MESSAGES:
+        if not isinstance(kind, str) or kind not in fr.CLIENT_MESSAGES:  # a list: unhashable
             if self.phase is Phase.HELLO:
                 return self._close(CloseCode.PROTOCOL_ERROR, "the first frame must be 'hello'")
             return self._bad("unknown_type", f"unknown frame type {str(kind)[:40]!r}", data)

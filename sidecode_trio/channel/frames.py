@@ -93,8 +93,10 @@ def frame(payload: bytes) -> bytes:
 
 
 def auth_message(nonce: bytes, cert_sha256: bytes, device_id: str) -> bytes:
-    """What a device signs to authenticate one connection (domain-separated)."""
-    return AUTH_CONTEXT + nonce + cert_sha256 + device_id.encode()
+    """What a device signs to authenticate one connection (domain-separated). A device id with
+    a lone surrogate (``"\\ud800"`` is valid JSON) has no UTF-8 form: its bytes are written as is,
+    so the link refuses it as an unknown device rather than raising out of the control stream."""
+    return AUTH_CONTEXT + nonce + cert_sha256 + device_id.encode("utf-8", "surrogatepass")
 
 
 # -- server messages -------------------------------------------------------------------------

@@ -305,7 +305,11 @@ class Link:
             elif isinstance(action, Open):
                 self._subscribe(action.subscribe, action.principal)
             elif isinstance(action, Cancel):
-                self._unsubscribe(action.sub, "unsubscribed")
+                if action.sub in self._subs:
+                    self._unsubscribe(action.sub, "unsubscribed")
+                else:  # said, not counted as a bad frame: it may have ended as it was sent
+                    text = f"no subscription {action.sub} on this session"
+                    self._push(0, fr.error("unknown_subscription", text[:80], action.sub))
 
     def _push(self, lane: int, payload: bytes) -> None:
         if self.close_code is CloseCode.LAGGING:

@@ -6,7 +6,6 @@ here from typed arguments and serialised by :func:`encode_line`, never concatena
 
 from __future__ import annotations
 
-import json
 import os
 import uuid as uuidlib
 from collections.abc import Mapping, Sequence
@@ -14,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+
+from ..wire import converter as wire
 
 PERMISSION_MODES = ("default", "acceptEdits", "plan", "bypassPermissions", "dontAsk", "auto")
 
@@ -79,7 +80,11 @@ def transcript_path(cwd: str, session_id: str, env: Mapping[str, str]) -> Path:
 
 
 def encode_line(message: Mapping[str, Any]) -> bytes:
-    return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+    """One stdin line. A client's text may hold a lone surrogate (``"\\ud800"`` is valid JSON):
+    it has no UTF-8 form, and raising here ended the session's task and with it the daemon (a
+    prompt) or answered 500 after the permission was resolved (an answer); such a message is
+    written with ASCII escapes instead, which the CLI's JSON parser reads as the same string."""
+    return wire.json_bytes(message) + b"\n"
 
 
 def user_message(

@@ -20,7 +20,6 @@ buffer is the event log's bounded queue. ``protocol/PROTOCOL.md`` §9 lists ever
 
 from __future__ import annotations
 
-import json
 import logging
 import secrets
 import time
@@ -439,8 +438,9 @@ async def _json_body() -> dict[str, Any]:
     raw = await request.get_data(cache=False, as_text=False)
     g.body_read = True  # the connection may carry another request (app.close_after_unread_body)
     try:
-        data = json.loads(raw or b"{}")
-    except (ValueError, RecursionError):  # RecursionError: nested deeper than ~1000
+        data = wire.loads(raw or b"{}")
+        wire.check_text(data)  # no lone surrogates: they are not text
+    except (ValueError, RecursionError):  # NaN, not UTF-8; RecursionError: nested past ~1000
         raise BadRequest("the body is not valid JSON") from None
     if not isinstance(data, dict):
         raise BadRequest("the body must be a JSON object")

@@ -13,7 +13,6 @@ Event streams are not operations (they are feeds: ``sidecode_trio/feed``), nor a
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping
@@ -119,16 +118,21 @@ def structure_body(data: Any, cls: type[Any]) -> Any:
     if not isinstance(data, dict):
         raise BadRequest("the body must be a JSON object", code="invalid_json")
     try:
-        return wire.structure(data, cls)
+        body = wire.structure(data, cls)
     except ValueError as exc:
         raise BadRequest(str(exc), code="invalid_field") from None
+    try:
+        wire.check_text(data)
+    except ValueError as exc:
+        raise BadRequest(f"the body is not valid JSON text: {exc}", code="invalid_json") from None
+    return body
 
 
 def decode_body(raw: bytes | str, cls: type[Any]) -> Any:
     """A body's bytes as ``cls`` (empty: ``{}``)."""
     try:
-        data = json.loads(raw or b"{}")
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # nesting deeper than ~1000
+        data = wire.loads(raw or b"{}")
+    except (ValueError, RecursionError) as exc:  # NaN, not UTF-8, nesting deeper than ~1000
         raise BadRequest(f"the body is not valid JSON: {exc}", code="invalid_json") from None
     return structure_body(data, cls)
 
@@ -443,7 +447,11 @@ class Front:
     async def _call(
         self, who: Principal | None, method: str, target: str, body: Any, remote: str | None
     ) -> Reply:
-        parts = urlsplit(target)
+        try:
+            parts = urlsplit(target)
+            wire.check_text(target)  # a request over a link: a JSON string, "\\ud800" and all
+        except ValueError:  # "//[": a network location that is not one (was a 500)
+            raise BadRequest(f"not a request target: {target[:80]!r}") from None
         path = parts.path
         if not path.startswith(PREFIX):
             raise NotFound(f"no route {path!r} (the API is under {PREFIX})", code="not_found")

@@ -515,12 +515,15 @@ class Operations:
 
 
 def _check_title(title: str) -> None:
-    if not title.strip() or len(title) > TITLE_MAX or "\n" in title:
+    # NUL: a mirror's name goes on the CLI's command line, where it raised (ending the daemon)
+    if not title.strip() or len(title) > TITLE_MAX or "\n" in title or "\x00" in title:
         raise BadRequest(f"a title is one non-empty line of at most {TITLE_MAX} characters")
 
 
 def _check_model(model: str | None) -> None:
-    if model is not None and (not model or len(model) > 200 or any(c.isspace() for c in model)):
+    if model is not None and (
+        not model or len(model) > 200 or any(c.isspace() or c == "\x00" for c in model)
+    ):
         raise BadRequest("model must be a non-empty name without spaces")
 
 

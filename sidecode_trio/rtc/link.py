@@ -96,7 +96,7 @@ class LinkKeeper:
         message: Any = None
         try:
             message = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):  # nested deeper than json.loads recurses
             pass
         if isinstance(message, dict) and message.get("type") == "pong":
             n = message.get("n")

@@ -482,7 +482,8 @@ class SessionCore:
             )
 
     def check_model(self, model: str) -> None:
-        if not model or len(model) > 200 or any(c.isspace() for c in model):
+        # NUL: the name goes on the CLI's command line, where it raised (and ended the daemon)
+        if not model or len(model) > 200 or any(c.isspace() or c == "\x00" for c in model):
             raise BadRequest("model must be a non-empty name without spaces")
 
     def set_settings(self, *, mode: str | None = None, model: str | None = None) -> list[Output]:

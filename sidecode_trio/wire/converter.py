@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import enum
 import json
+import typing
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
 import cattrs
+from cattrs.cols import list_structure_factory
 from cattrs.errors import ClassValidationError, IterableValidationError
 from cattrs.gen import make_dict_unstructure_fn
 from cattrs.v import transform_error
@@ -51,6 +53,25 @@ def _text_or_texts(value: Any, _: Any) -> str | list[str]:
     return _strict(value, str, "a string or a list of strings")  # type: ignore[no-any-return]
 
 
+def _strict_list(conv: cattrs.Converter, cls: Any) -> Callable[[Any, Any], list[Any]]:
+    # cattrs builds a list from any iterable: "abc" became ["a", "b", "c"] and an object the list
+    # of its keys (a permission rule sent where a list of them belongs reached the CLI as its
+    # key names). A list is a JSON array (or a tuple, from Python).
+    items = list_structure_factory(cls, conv)
+
+    def structure(value: Any, kind: Any) -> list[Any]:
+        if not isinstance(value, list | tuple):
+            raise TypeError(f"expected a list, got {type(value).__name__}")
+        structured: list[Any] = items(value, kind)
+        return structured
+
+    return structure
+
+
+def _is_list(kind: Any) -> bool:
+    return kind is list or typing.get_origin(kind) is list
+
+
 def make_converter() -> cattrs.Converter:
     """A converter with every hook and every tagged union of the wire, configured here only.
 
@@ -69,6 +90,7 @@ def make_converter() -> cattrs.Converter:
     conv.register_structure_hook(enum.StrEnum, _enum)
     conv.register_structure_hook(enum.Enum, _enum)
     conv.register_structure_hook_func(lambda t: t == str | list[str], _text_or_texts)
+    conv.register_structure_hook_factory(_is_list, lambda t: _strict_list(conv, t))
     for base, classes in (
         (Event, EVENT_CLASSES),
         (Item, ITEM_CLASSES),
@@ -148,6 +170,44 @@ def structure(data: Any, cls: type[T]) -> T:
 
 def unstructure(value: Any) -> Any:
     return converter.unstructure(value)
+
+
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def check_text(value: Any) -> None:
+    """Raise ``ValueError`` if decoded JSON ``value`` holds a string with a lone surrogate.
+
+    ``"\\ud800"`` is a valid JSON escape, and ``json.loads`` keeps it, but it is no text: it has
+    no UTF-8 form, so it cannot reach a command line (a model's name made the CLI's launch
+    raise, which ended the daemon), a file name (a ``cwd`` was a 500), the CLI's stdin or a
+    notification. Walked without recursion (the value may be nested ~1000 deep)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if not item.isascii():
+                try:
+                    item.encode()
+                except UnicodeEncodeError:
+                    raise ValueError(
+                        f"{item[:40]!r} holds a lone surrogate (an unpaired \\ud800-\\udfff "
+                        "escape), which is not text"
+                    ) from None
+        elif isinstance(item, dict):
+            stack += item
+            stack += item.values()
+        elif isinstance(item, list):
+            stack += item
+
+
+def loads(data: bytes | str) -> Any:
+    """``json.loads`` of a peer's JSON, without the ``NaN``, ``Infinity`` and ``-Infinity`` that
+    Python's parser takes and JSON does not have (RFC 8259): a ``NaN`` in a request's body
+    reached the operations, and the CLI's stdin as the invalid JSON ``NaN``. Raises
+    ``ValueError`` (or ``RecursionError``, nested deeper than about 1000) like ``json.loads``."""
+    return json.loads(data, parse_constant=_not_json)
 
 
 # Built once: json.dumps(..., separators=...) constructs a new encoder on every call (~1 µs).
