@@ -1,0 +1,152 @@
+"""The web app in WebKit, Safari's engine (issue 17: the app must work on Safari, which lacks
+WebTransport). Debian's WebKitGTK MiniBrowser under WebDriver (tests/webkit.py) opens the app the
+daemon serves, pairs, and drives a session over the path it has: HTTP with streamed SSE on the
+daemon's own origin, even though the daemon offers WebTransport (WebKit has none). This WebKit
+is built without WebRTC, so the DataChannel path stays Chromium's (test_rtc_app_browser.py).
+
+The browser runs in a worker thread (blocking HTTP to its driver) while the daemon runs under
+Trio, as with Playwright in test_webapp_browser.py.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import trio
+from webkit import WebKit, webkit_browser, webkit_or_skip
+
+from sidecode_trio.config import DaemonConfig
+
+from helpers import running_daemon
+
+# The text of the transcript after the last user message: the current turn's answer.
+CURRENT_TURN = """() => {
+  const nodes = [...document.getElementById('transcript').children];
+  const last = nodes.map((n) => n.classList.contains('user')).lastIndexOf(true);
+  return nodes.slice(last + 1).map((n) => n.innerText).join('\\n');
+}"""
+TURN_ENDS = "(n) => document.querySelectorAll('#transcript .turn-end').length >= n"
+ARTIFACTS = Path(__file__).parent / "artifacts"
+STATS = "() => ({...document.getElementById('transcript').dataset})"
+
+
+def ticks(text: str) -> list[int]:
+    return [int(n) for n in re.findall(r"\btick (\d+)\b", text)]
+
+
+def wait_text(page: WebKit, text: str) -> None:
+    page.wait(f"(t) => ({CURRENT_TURN})().includes(t)", text)
+
+
+def send(page: WebKit, text: str) -> None:
+    page.fill("#message", text)
+    page.click("#send")
+
+
+def select(page: WebKit, selector: str, value: str) -> None:
+    """Choose ``value`` in a <select> the way a person's choice reaches the app (a change)."""
+    page.run(
+        "(s, v) => { const e = document.querySelector(s); e.value = v;"
+        " e.dispatchEvent(new Event('change', { bubbles: true })); }",
+        selector,
+        value,
+    )
+
+
+async def test_webkit_pairs_and_drives_a_session_over_http_on_the_daemons_origin(
+    make_config: Callable[..., DaemonConfig], work_dir: Path, tmp_path: Path
+) -> None:
+    webkit_or_skip()
+    (work_dir / "notes.txt").write_text("hello world\n")
+    async with running_daemon(make_config()) as owner:  # WebTransport offered: WebKit has none
+        offer = (await owner.http.post("/v1/pairings", json={"scope": "admin"})).json()
+        link, fingerprint = offer["web_link"], offer["payload"]["fp"]
+        assert offer["payload"]["quic"]
+
+        def scenario() -> dict[str, object]:
+            with webkit_browser(tmp_path / "webkit") as page:
+                features = page.run(
+                    "() => ({ webtransport: typeof WebTransport, rtc: typeof RTCPeerConnection,"
+                    " ua: navigator.userAgent })"
+                )
+                features["version"] = page.version
+                page.goto(link)
+                page.wait_for("#pair-view:not([hidden])")
+                assert page.text("#pair-fingerprint") == fingerprint
+                page.fill("#pair-name", "WebKit phone")
+                page.click("#pair-button")  # a non-extractable Ed25519 key, WebCrypto's own
+                page.wait_for("body[data-paired='true']")
+                assert "#pair=" not in page.url
+                page.wait_for("#conn[data-state='live']")
+                conn = page.run("() => ({...document.getElementById('conn').dataset})")
+                assert conn["transport"] == "sse" and conn["path"] == "direct", conn
+
+                # a session in a folder; its first answer streams in
+                page.click("#menu")
+                page.click("#new-session")
+                page.wait_for("#new-view:not([hidden])")
+                page.click(f"#folders button[data-path='{work_dir}']")
+                page.wait(
+                    "(p) => document.getElementById('folder-path').textContent === p",
+                    str(work_dir),
+                )
+                page.fill("#new-prompt", "Hello from WebKit")
+                select(page, "#new-mode", "default")
+                page.click("#start")
+                page.wait_for("#session-view:not([hidden]) #transcript")
+                session_id = str(page.run("() => window.sidecode.view.id"))
+                wait_text(page, "You said: Hello from WebKit")
+                page.wait(TURN_ENDS, 1)
+
+                # approve an edit from its card: the diff before it runs, then the file changed
+                send(page, "[[edit:notes.txt|hello world|goodbye world]]")
+                page.wait_for("#permissions .card .dl.ins")
+                page.screenshot(ARTIFACTS / "webkit-phone.png")
+                page.click("#permissions .card [data-action='allow']")
+                page.wait("() => !document.querySelector('#permissions .card')")
+                page.wait(TURN_ENDS, 2)
+                assert (work_dir / "notes.txt").read_text() == "goodbye world\n"
+
+                # the SSE stream drops mid-turn: it resumes from its (epoch, cursor), exactly
+                before = page.run(STATS)
+                send(page, "[[slow:40]]")
+                wait_text(page, "tick 3 ")
+                page.run("() => window.sidecode.client.drop()")
+                page.wait(TURN_ENDS, 3)
+                assert ticks(page.run(CURRENT_TURN)) == list(range(40))
+                stats = page.run(STATS)
+                assert stats["snapshots"] == before["snapshots"], stats  # resumed, no snapshot
+                assert stats["duplicates"] == "0", stats
+
+                # reload mid-turn: the transcript continues from the snapshot, nothing twice
+                send(page, "[[slow:40]]")
+                wait_text(page, "tick 3 ")
+                page.reload()
+                page.wait_for("#conn[data-state='live']")
+                page.wait(TURN_ENDS, 4)
+                assert ticks(page.run(CURRENT_TURN)) == list(range(40))
+                items = page.run("() => window.sidecode.view.state.items")
+                stats = page.run(STATS)
+                assert stats["duplicates"] == "0", stats
+
+                # the service worker installed and controls the page (the offline shell)
+                assert page.run(
+                    "async () => { await navigator.serviceWorker.ready;"
+                    " return !!navigator.serviceWorker.controller; }"
+                )
+                assert page.page_errors() == []
+                return {"features": features, "session": session_id, "items": items}
+
+        with trio.fail_after(120):  # each step has its own 15 s limit in the browser
+            seen = await trio.to_thread.run_sync(scenario)
+        snap = await owner.snapshot(str(seen["session"]))
+        devices = (await owner.http.get("/v1/devices")).json()["devices"]
+    # the browser's fold (snapshot, then events) is the daemon's, item for item
+    assert seen["items"] == snap["items"]
+    assert [d["name"] for d in devices] == ["WebKit phone"]
+    features = seen["features"]
+    assert isinstance(features, dict) and features["webtransport"] == "undefined"
+    print(f"WebKitGTK: {features}")
+
