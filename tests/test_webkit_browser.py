@@ -2,7 +2,8 @@
 WebTransport). Debian's WebKitGTK MiniBrowser under WebDriver (tests/webkit.py) opens the app the
 daemon serves, pairs, and drives a session over the path it has: HTTP with streamed SSE on the
 daemon's own origin, even though the daemon offers WebTransport (WebKit has none). This WebKit
-is built without WebRTC, so the DataChannel path stays Chromium's (test_rtc_app_browser.py).
+is built without WebRTC, so the DataChannel path stays Chromium's (test_rtc_app_browser.py); from
+another origin it must say why no path can work, not fail on a missing class.
 
 The browser runs in a worker thread (blocking HTTP to its driver) while the daemon runs under
 Trio, as with Playwright in test_webapp_browser.py.
@@ -15,11 +16,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import trio
+from test_pair_browser import static_site
 from webkit import WebKit, webkit_browser, webkit_or_skip
 
 from sidecode_trio.config import DaemonConfig
 
 from helpers import running_daemon
+
+__all__ = ["static_site"]  # the fixture, imported
 
 # The text of the transcript after the last user message: the current turn's answer.
 CURRENT_TURN = """() => {
@@ -150,3 +154,50 @@ async def test_webkit_pairs_and_drives_a_session_over_http_on_the_daemons_origin
     assert isinstance(features, dict) and features["webtransport"] == "undefined"
     print(f"WebKitGTK: {features}")
 
+
+PAIR = """async (payload, name) => {
+  const auth = await import('/auth.js');
+  try {
+    return { ok: true, id: (await auth.pair(payload, name)).id };
+  } catch (error) {
+    return { ok: false, error: String(error.message || error) };
+  }
+}"""
+
+
+async def test_webkit_on_another_origin_is_told_which_path_it_lacks_before_pairing(
+    make_config: Callable[..., DaemonConfig], static_site: str, tmp_path: Path
+) -> None:
+    """The exported app (another origin) can reach a daemon only over WebTransport or WebRTC.
+    A WebKit without either is told so, and pairs nothing it could never use: through a broker
+    it could pair (MQTT over a WebSocket needs no WebRTC), then never connect. Safari (WebRTC,
+    no WebTransport) facing a daemon with no broker is told what is missing on each side."""
+    webkit_or_skip()
+    async with running_daemon(make_config()) as owner:
+        offer = (await owner.http.post("/v1/pairings", json={"scope": "chat"})).json()
+        payload = offer["payload"]
+        assert payload["quic"] and payload["cert"] and "rv" not in payload
+        brokered = {**payload, "rv": "ws://127.0.0.1:9/mqtt"}  # dialled only if it could help
+
+        def scenario() -> list[dict[str, object]]:
+            with webkit_browser(tmp_path / "webkit") as page:
+                page.goto(static_site + "/blank.html")
+                results = [page.run(PAIR, p, "WebKit") for p in (payload, brokered)]
+                # Safari's globals: RTCPeerConnection is there (only detected, never called here)
+                page.run("() => { window.RTCPeerConnection = class RTCPeerConnection {}; }")
+                results.append(page.run(PAIR, payload, "Safari"))
+                assert page.page_errors() == []
+                return results
+
+        with trio.fail_after(60):
+            lacking, through_broker, safari = await trio.to_thread.run_sync(scenario)
+        devices = (await owner.http.get("/v1/devices")).json()["devices"]
+    for refused in (lacking, through_broker):
+        assert not refused["ok"] and "neither WebTransport nor WebRTC" in str(refused["error"])
+        assert "ws://127.0.0.1:9" not in str(refused["error"])  # the broker was not dialled
+    assert not safari["ok"]
+    assert str(safari["error"]) == (
+        "could not reach the daemon to pair: this browser has no WebTransport;"
+        " the daemon names no broker (serve --rendezvous)"
+    )
+    assert devices == []
