@@ -224,9 +224,12 @@ def xvfb_display(directory: Path) -> Iterator[str]:
 
 
 @contextmanager
-def webkit_browser(directory: Path, viewport: tuple[int, int] = (390, 844)) -> Iterator[WebKit]:
+def webkit_browser(
+    directory: Path, viewport: tuple[int, int] = (390, 844), accept_insecure_certs: bool = False
+) -> Iterator[WebKit]:
     """MiniBrowser in a fresh profile (MiniBrowser's automation mode uses an ephemeral one),
-    with a window of ``viewport`` CSS pixels; every process it started ends after."""
+    with a window of ``viewport`` CSS pixels; every process it started ends after.
+    ``accept_insecure_certs``: as a person who clicked through the certificate warning."""
     webkit_or_skip()
     directory.mkdir(parents=True, exist_ok=True)
     log = directory / "webkit.log"
@@ -258,7 +261,12 @@ def webkit_browser(directory: Path, viewport: tuple[int, int] = (390, 844)) -> I
             "binary": MINIBROWSER,
             "args": ["--automation"],  # what MiniBrowser needs to take WebDriver's session
         }
-        capabilities = {"alwaysMatch": {"webkitgtk:browserOptions": options}}
+        capabilities = {
+            "alwaysMatch": {
+                "webkitgtk:browserOptions": options,
+                "acceptInsecureCerts": accept_insecure_certs,
+            }
+        }
         reply = http.post("/session", json={"capabilities": capabilities}).json()["value"]
         if "sessionId" not in reply:
             raise RuntimeError(f"WebKitWebDriver made no session: {reply}\n{log.read_text()}")
