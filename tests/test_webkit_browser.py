@@ -188,7 +188,7 @@ async def test_webkit_over_the_daemons_https_once_the_certificate_is_accepted(
                 page.wait(TURN_ENDS, 2)
                 # whether this WebKit installs a service worker from a certificate clicked
                 # through (Chrome does not): reported, not asserted; the app works either way
-                registered = page.run(SW_READY)
+                registered = bool(page.run(SW_READY))
                 if registered:  # it takes the page over when the page loads again
                     page.reload()
                     page.wait_for("#conn[data-state='live']")
