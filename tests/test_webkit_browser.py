@@ -17,6 +17,7 @@ from pathlib import Path
 
 import trio
 from test_pair_browser import static_site
+from test_webapp_browser import SMALL_TARGETS
 from webkit import WebKit, webkit_browser, webkit_or_skip
 
 from sidecode_trio.config import DaemonConfig
@@ -84,6 +85,7 @@ async def test_webkit_pairs_and_drives_a_session_over_http_on_the_daemons_origin
                 features["version"] = page.version
                 page.goto(link)
                 page.wait_for("#pair-view:not([hidden])")
+                small = {"pairing": page.run(SMALL_TARGETS, 44)}
                 assert page.text("#pair-fingerprint") == fingerprint
                 page.fill("#pair-name", "WebKit phone")
                 page.click("#pair-button")  # a non-extractable Ed25519 key, WebCrypto's own
@@ -95,8 +97,11 @@ async def test_webkit_pairs_and_drives_a_session_over_http_on_the_daemons_origin
 
                 # a session in a folder; its first answer streams in
                 page.click("#menu")
+                page.wait_for("#sessions")
+                small["drawer"] = page.run(SMALL_TARGETS, 44)
                 page.click("#new-session")
-                page.wait_for("#new-view:not([hidden])")
+                page.wait_for("#new-view:not([hidden]) #folders button")
+                small["new session"] = page.run(SMALL_TARGETS, 44)
                 page.click(f"#folders button[data-path='{work_dir}']")
                 page.wait(
                     "(p) => document.getElementById('folder-path').textContent === p",
@@ -113,6 +118,7 @@ async def test_webkit_pairs_and_drives_a_session_over_http_on_the_daemons_origin
                 # approve an edit from its card: the diff before it runs, then the file changed
                 send(page, "[[edit:notes.txt|hello world|goodbye world]]")
                 page.wait_for("#permissions .card .dl.ins")
+                small["permission card"] = page.run(SMALL_TARGETS, 44)
                 page.screenshot(ARTIFACTS / "webkit-phone.png")
                 page.click("#permissions .card [data-action='allow']")
                 page.wait("() => !document.querySelector('#permissions .card')")
@@ -147,6 +153,8 @@ async def test_webkit_pairs_and_drives_a_session_over_http_on_the_daemons_origin
                     " return !!navigator.serviceWorker.controller; }"
                 )
                 assert page.page_errors() == []
+                # WebKit's form controls and fonts keep every tap target at 44 px, as Chromium's
+                assert {name: found for name, found in small.items() if found} == {}
                 return {"features": features, "session": session_id, "items": items}
 
         with trio.fail_after(120):  # each step has its own 15 s limit in the browser

@@ -228,7 +228,8 @@ def webkit_browser(
     directory: Path, viewport: tuple[int, int] = (390, 844), accept_insecure_certs: bool = False
 ) -> Iterator[WebKit]:
     """MiniBrowser in a fresh profile (MiniBrowser's automation mode uses an ephemeral one),
-    with a window of ``viewport`` CSS pixels; every process it started ends after.
+    with a window of ``viewport`` CSS pixels (its toolbar keeps it at least 447 px wide, a large
+    phone's width); every process it started ends after.
     ``accept_insecure_certs``: as a person who clicked through the certificate warning."""
     webkit_or_skip()
     directory.mkdir(parents=True, exist_ok=True)
