@@ -11,20 +11,23 @@ Trio, as with Playwright in test_webapp_browser.py.
 
 from __future__ import annotations
 
+import functools
+import http.server
 import re
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import pytest
 import trio
-from test_pair_browser import static_site
 from test_webapp_browser import SMALL_TARGETS
 from webkit import WebKit, webkit_browser, webkit_or_skip
 
 from sidecode_trio.config import DaemonConfig
+from sidecode_trio.web.export import export
 
 from helpers import running_daemon
-
-__all__ = ["static_site"]  # the fixture, imported
 
 # The text of the transcript after the last user message: the current turn's answer.
 CURRENT_TURN = """() => {
@@ -185,6 +188,7 @@ async def test_webkit_over_the_daemons_https_once_the_certificate_is_accepted(
         def scenario() -> bool:
             with webkit_browser(tmp_path / "webkit", accept_insecure_certs=True) as page:
                 page.goto(link)
+                page.wait_for("#pair-view:not([hidden])")
                 page.fill("#pair-name", "WebKit on the LAN")
                 page.click("#pair-button")
                 page.wait_for("#conn[data-state='live']")
@@ -208,6 +212,30 @@ async def test_webkit_over_the_daemons_https_once_the_certificate_is_accepted(
             registered = await trio.to_thread.run_sync(scenario)
     assert (work_dir / "tls.txt").read_text() == "tls\n"
     print(f"a service worker controls the page over a clicked-through certificate: {registered}")
+
+
+@pytest.fixture
+def static_site(tmp_path: Path) -> Iterator[str]:
+    """The exported bundle on 127.0.0.1 (another origin than the daemon's), with a blank page
+    to run scripts in (as test_pair_browser.py's, which only runs where the lab can)."""
+    root = tmp_path / "static"
+    export(root)
+    (root / "blank.html").write_text("<!doctype html><title>pair</title>")
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    handler = functools.partial(Quiet, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
 
 
 PAIR = """async (payload, name) => {

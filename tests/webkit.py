@@ -151,7 +151,8 @@ class WebKit:
         self.command("POST", f"/element/{self.find(selector)[ELEMENT]}/click", {})
 
     def fill(self, selector: str, text: str) -> None:
-        self.wait_for(selector)
+        """Type ``text`` into a field once it can take it (shown, enabled, not moving)."""
+        self.wait(ACTIONABLE, selector)
         element = self.find(selector)[ELEMENT]
         self.command("POST", f"/element/{element}/clear", {})
         self.command("POST", f"/element/{element}/value", {"text": text})
