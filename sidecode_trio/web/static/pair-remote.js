@@ -46,7 +46,7 @@ export async function sendPair(payload, request, boxKeys = null) {
   // carry the pairing but the app could never connect afterwards: pair nothing, say why.
   if (!hasWebTransport && typeof RTCPeerConnection === "undefined") {
     throw new Error("this browser has neither WebTransport nor WebRTC, which the app needs from "
-      + "this address: open the daemon's own pairing link (its http…/app/ address) instead");
+      + "this address: open the pairing link on the daemon's own address (…/app/) instead");
   }
   const errors = [];
   if (!hasWebTransport && (payload.quic || []).length) {
@@ -68,7 +68,9 @@ export async function sendPair(payload, request, boxKeys = null) {
       errors.push(`${payload.rv}: ${error.message || error}`);
     }
   }
-  if (!payload.rv && !hasWebTransport) errors.push("the daemon names no broker (serve --rendezvous)");
+  if (!payload.rv && !hasWebTransport) {
+    errors.push("the daemon names no broker (serve --rendezvous)");
+  }
   throw new Error("could not reach the daemon to pair: " + (errors.join("; ") || "no address"));
 }
 
