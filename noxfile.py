@@ -3,7 +3,8 @@
 The README's test command (also ``.ci/run``) runs ``tests lint typecheck e2e``; ``e2e`` installs
 each pinned Claude Code CLI from npm (no global ``claude`` is used) and runs the real binary
 against a mock Messages API on 127.0.0.1. ``bench`` is never part of the test run. ``tests``
-includes a headless Chromium talking WebTransport to the daemon and the WebRTC network lab
+includes a headless Chromium talking WebTransport to the daemon, WebKit (WebKitGTK under Xvfb)
+driving the app over HTTP, and the WebRTC network lab
 (tests/netlab.py: namespaces, mosquitto, coturn); under ``CI=true`` it installs the Debian
 packages they need when they are missing (elsewhere those tests skip without them).
 """
@@ -35,10 +36,14 @@ def tests(session: nox.Session) -> None:
 
 
 # command -> Debian package. chromium: the browser tests (test_quic_browser, test_webapp_browser,
-# through Playwright's executable_path: Playwright's own browsers are never downloaded). The
-# rest: the WebRTC network lab (tests/netlab.py, test_rtc_lab.py), which runs as root in CI.
+# through Playwright's executable_path: Playwright's own browsers are never downloaded).
+# WebKitWebDriver and Xvfb: the app in WebKit, Safari's engine (test_webkit_browser,
+# tests/webkit.py; WebKitGTK has no headless mode). The rest: the WebRTC network lab
+# (tests/netlab.py, test_rtc_lab.py), which runs as root in CI.
 SYSTEM_PACKAGES = {
     "chromium": "chromium",
+    "WebKitWebDriver": "webkit2gtk-driver",
+    "Xvfb": "xvfb",
     "ip": "iproute2",
     "iptables": "iptables",
     "conntrack": "conntrack",

@@ -47,8 +47,10 @@ function onStatus({ state, transport, path, retryIn, problem }) {
   const conn = $("conn");
   const note = $("conn-problem");
   if (note.hidden !== !problem || note.textContent !== (problem || "")) {
-    note.textContent = problem ? `Cannot connect: ${problem}. Open a new pairing link `
-      + "(sidecode-trio pair on the computer) in this browser." : "";
+    // what only pairing again mends gets the how-to; any other problem says what to do itself
+    const again = /pair (it|this device) again/.test(problem || "");
+    note.textContent = !problem ? "" : `Cannot connect: ${problem}.` + (again ? " Open a new "
+      + "pairing link (sidecode-trio pair on the computer) in this browser." : "");
     note.hidden = !problem;
   }
   conn.dataset.state = state;

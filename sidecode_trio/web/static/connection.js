@@ -229,7 +229,7 @@ export class Client {
     this.subs = new Set();
     this.wakers = new Set();
     this.lastStatus = null;
-    this.problem = null; // why no path can work until this browser pairs again, or null
+    this.problem = null; // why no path can work (until this browser pairs again), or null
     this.info = null;
     this.firstFrameAt = null; // performance.now() when the first frame arrived (measured)
     if (typeof window !== "undefined") {
@@ -271,6 +271,11 @@ export class Client {
     this.status("connecting");
     const device = await loadDevice();
     if (!device) throw new Error("not paired");
+    const missing = missingTransports(device);
+    if (missing) { // for the person to read, as what only pairing again mends (below)
+      this.problem = missing;
+      throw new Error(missing);
+    }
     if (dialable(device)) this.loadRtc(); // now, while whoever served this page answers
     let info = null;
     let hashes = [];
@@ -482,9 +487,21 @@ export class Client {
   }
 }
 
-/** Whether the device's broker is one a browser can reach (MQTT over WebSocket; not mqtt://
- * nor an ntfy rendezvous, which this app does not speak). */
-const dialable = (device) => /^wss?:\/\//.test(device.rendezvous?.url || "");
+/** Whether the WebRTC path can be tried: the device's broker is one a browser can reach (MQTT
+ * over WebSocket; not mqtt:// nor an ntfy rendezvous, which this app does not speak), and this
+ * browser has RTCPeerConnection (a WebKit built without WebRTC, as Debian's WebKitGTK, has
+ * none; Safari has it). */
+const dialable = (device) => typeof RTCPeerConnection !== "undefined"
+  && /^wss?:\/\//.test(device.rendezvous?.url || "");
+
+/** Why no path can ever work here, or null: away from the daemon's own origin only WebTransport
+ * and WebRTC reach it, and some browsers have neither. */
+function missingTransports(device) {
+  if (ownOrigin(device) || typeof WebTransport !== "undefined"
+    || typeof RTCPeerConnection !== "undefined") return null;
+  return "this browser has neither WebTransport nor WebRTC, which the app needs from this "
+    + "address: open it from the computer's own address instead";
+}
 
 const sameOrigin = (url, origin) => {
   try {

@@ -41,8 +41,18 @@ function deadline(ms, what) {
  * `boxKeys` ({publicKey, secretKey}, tweetnacl) receive the broker's sealed reply; a fresh pair
  * is made when none is given. */
 export async function sendPair(payload, request, boxKeys = null) {
+  const hasWebTransport = typeof WebTransport !== "undefined"; // Safari has none
+  // Without WebRTC either (WebKit built without it, e.g. Debian's WebKitGTK), the broker could
+  // carry the pairing but the app could never connect afterwards: pair nothing, say why.
+  if (!hasWebTransport && typeof RTCPeerConnection === "undefined") {
+    throw new Error("this browser has neither WebTransport nor WebRTC, which the app needs from "
+      + "this address: open the pairing link on the daemon's own address (…/app/) instead");
+  }
   const errors = [];
-  if (typeof WebTransport !== "undefined" && payload.cert && (payload.quic || []).length) {
+  if (!hasWebTransport && (payload.quic || []).length) {
+    errors.push("this browser has no WebTransport");
+  }
+  if (hasWebTransport && payload.cert && (payload.quic || []).length) {
     for (const url of payload.quic) {
       try {
         return { ...(await overWebTransport(url, payload.cert, request)), via: "webtransport" };
@@ -57,6 +67,9 @@ export async function sendPair(payload, request, boxKeys = null) {
     } catch (error) {
       errors.push(`${payload.rv}: ${error.message || error}`);
     }
+  }
+  if (!payload.rv && !hasWebTransport) {
+    errors.push("the daemon names no broker (serve --rendezvous)");
   }
   throw new Error("could not reach the daemon to pair: " + (errors.join("; ") || "no address"));
 }
