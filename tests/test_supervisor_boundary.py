@@ -11,12 +11,18 @@ from typing import Any
 
 import pytest
 import trio
+from fake_remote import FakeRemote, assistant
+from test_bridge import bridge_config, fake, no_env_login, wait_listed, write_login
 
+from sidecode_trio.bridge.remote import RemoteSession
 from sidecode_trio.claude.process import ClaudeProcess
+from sidecode_trio.config import DaemonConfig
 from sidecode_trio.sessions import registry
 from sidecode_trio.sessions.core import SessionCore
 
-from helpers import Client, SSEEvent, SSEStream, cli_argvs, open_sse, pid_alive
+from helpers import Client, SSEEvent, SSEStream, cli_argvs, open_sse, pid_alive, running_daemon
+
+__all__ = ["bridge_config", "fake", "no_env_login"]  # fixtures of test_bridge, used here too
 
 
 class Injected:
@@ -186,3 +192,50 @@ async def until_seen(stream: SSEStream, predicate: Callable[[SSEEvent], bool]) -
         if predicate(event):
             return event
     return await stream.until(predicate)
+
+
+async def test_a_remote_sessions_follower_failing_is_contained_and_restarted(
+    fake: FakeRemote,
+    bridge_config: Callable[..., DaemonConfig],
+    claude_env: dict[str, str],
+    work_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The bridge's follower of one remote session runs in the registry's nursery too."""
+    write_login(claude_env)
+    fake.add_session("cse_remote_1", "Remote one", [])
+    apply = RemoteSession._apply
+    raised: list[str] = []
+
+    def failing_apply(self: RemoteSession, raws: Any) -> int:
+        raws = list(raws)
+        if not raised and "boom" in repr(raws):
+            raised.append(self.id)
+            raise RuntimeError("injected failure")
+        return apply(self, raws)
+
+    monkeypatch.setattr(RemoteSession, "_apply", failing_apply)
+    with trio.fail_after(30):
+        async with running_daemon(bridge_config(fake.url)) as client:
+            local, _ = await idle_session(client, work_dir, "local one")
+            await wait_listed(client, "cse_remote_1")
+            async with client.events("cse_remote_1") as stream:
+                await stream.until_type("upstream.connected")
+                fake.push("cse_remote_1", assistant("b", "boom"))
+                error = await stream.until_type("session.error")
+                assert error.body["code"] == "session_failed" and raised == ["cse_remote_1"]
+                assert "restarted" in error.body["message"]
+                # followed again at once (within the restart budget), nothing lost
+                await stream.until(
+                    lambda e: e.type == "assistant.text" and e.body["text"] == "boom"
+                )
+                fake.push("cse_remote_1", assistant("c", "after"))
+                await stream.until(
+                    lambda e: e.type == "assistant.text" and e.body["text"] == "after"
+                )
+            async with client.events(local) as other:
+                sent = (await client.send(local, "still fine"))["message_id"]
+                done = await other.until(
+                    lambda e: e.type == "turn.completed" and e.body["turn_id"] == sent
+                )
+                assert done.body["result"] == "You said: still fine"

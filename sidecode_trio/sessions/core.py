@@ -622,7 +622,8 @@ class SessionCore:
         starts; otherwise they fail as not delivered and the session waits for a new message."""
         out: list[Output] = []
         cli_was = self.state in CLI_STATES or self.state is State.SPAWNING
-        self._move(On.FAILED)
+        if self.state is not State.ASLEEP:  # it may fail after run_ended() put it to sleep
+            self._move(On.FAILED)
         self._held = self._held_request = None
         self._expiry.clear()
         self._stop_deadline = self._idle_since = None

@@ -205,7 +205,10 @@ class SessionRegistry:
                 raise
             if bug is None or _systemic(bug):
                 raise
-            self._failed(session_id, bug)
+            try:
+                self._failed(session_id, bug)
+            except Exception:  # a bug in the failure's own handling: still only this session
+                log.exception("session %s: recording its failure failed too", session_id)
             if rest is not None:
                 raise rest from None  # a cancellation that came with it
 
