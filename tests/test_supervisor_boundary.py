@@ -1,7 +1,7 @@
 """A session's supervisor is an error boundary: one session's unexpected error is that session's
 failure (logged, its CLI stopped and reaped, a ``session.error`` every follower sees, the status
 ``errored`` in the list), never the daemon's; the next message starts it again, and one that
-fails over and over stops being restarted (``sessions/registry.py``: MAX_RESTARTS)."""
+fails over and over stops being restarted (``sessions/registry.py``: MAX_FAILURES)."""
 
 from __future__ import annotations
 
@@ -152,7 +152,7 @@ async def test_a_session_failing_over_and_over_stops_being_restarted(
             reply = await daemon.answer(victim, request.body["request_id"], behavior="allow")
             assert reply.status_code == 200, reply.text
             errors: list[SSEEvent] = []
-            while len(errors) < registry.MAX_RESTARTS:
+            while len(errors) < registry.MAX_FAILURES:
                 errors.append(
                     await stream.until(
                         lambda e: e.type == "session.error" and e.body["code"] == "session_failed"
@@ -168,9 +168,9 @@ async def test_a_session_failing_over_and_over_stops_being_restarted(
             # the turns that were running when it failed (the first one too, when the failure
             # is in reading the CLI's output), then those never delivered
             ran = [m for m in [created["message_id"], *queued] if "during" in failures.get(m, "")]
-            assert len(ran) == registry.MAX_RESTARTS
+            assert len(ran) == registry.MAX_FAILURES
             assert all("not delivered" in failures[m] for m in queued if m not in ran)
-            assert injected.raised == registry.MAX_RESTARTS  # no restart after the last one
+            assert injected.raised == registry.MAX_FAILURES  # no restart after the last one
             assert await status_of(daemon, victim) == "errored"
             # the daemon and the other session are untouched
             async with daemon.events(other, from_start=False) as bystander:
@@ -184,7 +184,7 @@ async def test_a_session_failing_over_and_over_stops_being_restarted(
                 lambda e: e.type == "turn.completed" and e.body["turn_id"] == last
             )
             assert done.body["result"] == "You said: once more"
-            assert injected.raised == registry.MAX_RESTARTS
+            assert injected.raised == registry.MAX_FAILURES
 
 
 async def until_seen(stream: SSEStream, predicate: Callable[[SSEEvent], bool]) -> SSEEvent:

@@ -34,9 +34,9 @@ log = logging.getLogger(__name__)
 TITLE_CHARS: Final = 80
 ACTIVITY_REPORT_INTERVAL: Final = 10.0  # seconds: activity-only changes are reported this often
 #: A session whose run task fails unexpectedly is restarted at once (its queued messages kept)
-#: up to this many failures within RESTART_WINDOW seconds; past that, its queued messages fail
-#: as not delivered and it stays failed until the user sends a new message.
-MAX_RESTARTS: Final = 3
+#: unless this is its MAX_FAILURES-th failure within RESTART_WINDOW seconds: then its queued
+#: messages fail as not delivered and it stays failed until the user sends a new message.
+MAX_FAILURES: Final = 3
 RESTART_WINDOW: Final = 600.0
 #: Errors of the whole process, not of one session: never contained, they end the daemon.
 SYSTEMIC: Final = (MemoryError, SystemError, trio.TrioInternalError)
@@ -214,13 +214,13 @@ class SessionRegistry:
 
     def _failed(self, session_id: str, error: Exception) -> None:
         """A session's task died of ``error``: record it, and restart it unless it failed
-        :data:`MAX_RESTARTS` times within :data:`RESTART_WINDOW` seconds."""
+        :data:`MAX_FAILURES` times within :data:`RESTART_WINDOW` seconds."""
         now = trio.current_time()
         failures = self._failures.setdefault(session_id, deque())
         failures.append(now)
         while failures and failures[0] < now - RESTART_WINDOW:
             failures.popleft()
-        restart = len(failures) < MAX_RESTARTS and not self._stop.is_set()
+        restart = len(failures) < MAX_FAILURES and not self._stop.is_set()
         log.error(
             "session %s: its task failed unexpectedly (%d time(s) in %.0f s); %s",
             session_id,
