@@ -103,6 +103,7 @@ async def test_one_sessions_failure_is_contained_and_it_recovers(
                 lambda e: e.type == "session.error" and e.body["code"] == "session_failed"
             )
             assert "RuntimeError" in error.body["message"]
+            assert "the next message starts it again" in error.body["message"]
             failed = await until_seen(failing, failed_turn(boom))
             assert failed.body["reason"] == "session_failed"
             await until_seen(

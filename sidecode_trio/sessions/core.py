@@ -654,9 +654,9 @@ class SessionCore:
             out.append(MirrorDone(Conflict("the session failed", code=SESSION_FAILED)))
         self._errored = True
         if restart:
-            note = "restarted"
             if self.mirrored:  # a mirror lives in a running CLI: start it again (as recover())
                 self._mirror = _Mirror(True, self.mirror_name)
+            note = "restarted" if self.has_work() else "the next message starts it again"
         else:
             note = "queued messages were not delivered; a new message starts it again"
             why = f"the session failed before this message ran ({detail}): not delivered"

@@ -226,7 +226,7 @@ class SessionRegistry:
             session_id,
             len(failures),
             RESTART_WINDOW,
-            "restarting it" if restart else "it stays failed until a new message",
+            "it may start again at once" if restart else "it stays failed until a new message",
             exc_info=error,
         )
         # the error's kind only: its text may hold anything (paths, a client's input)
