@@ -306,6 +306,7 @@ class SessionRegistry:
         self._log.append(session_id, ev.SessionDeleted(False))
         self._supervisors.pop(session_id, None)
         self._reported.pop(session_id, None)
+        self._failures.pop(session_id, None)
         self._log.end_subscriptions(session_id)
         for client_id, (known, _) in list(self._created.items()):
             if known == session_id:
@@ -330,6 +331,7 @@ class SessionRegistry:
         await self._log.flush()  # list followers hear of it (still registered for _on_commit)
         self._supervisors.pop(session_id, None)
         self._reported.pop(session_id, None)
+        self._failures.pop(session_id, None)
         self._log.end_subscriptions(session_id)
         if remove_log:
             self._log.remove(session_id)
