@@ -248,6 +248,26 @@ def test_the_push_payload_and_headers() -> None:
     assert headers["Topic"] == messages.push_topic(note) and len(headers["Topic"]) == 32
 
 
+def test_a_lone_surrogate_from_the_cli_still_makes_a_notification_that_goes_out() -> None:
+    """The CLI's output may carry a lone surrogate (``"\\ud800"`` is valid JSON, no text): it
+    reached a notification's title or body, whose strict UTF-8 encoding raised, and the
+    notification was lost. It is shown as U+FFFD now, whatever made the notification."""
+    d = decider()
+    label = SessionLabel("Fix \ud800 it", "/home/me/pro\udcffject")
+    d.observe(S, ev.TurnFailed("m1", "api_error", "bad \udc80 output"), label, 0.0)
+    [note] = d.due(1.0)
+    assert note.title == "Failed: Fix \ufffd it"
+    assert note.body == "bad \ufffd output — pro\ufffdject"
+    made = Notification(Kind.APPROVAL, S, "Approve: \ud800", "b \udfff", 1.0, "r\ud800")
+    for each in (note, made):
+        payload = json.loads(messages.push_payload(each))
+        assert "\ufffd" in payload["title"] and "\ufffd" in payload["body"]
+        ntfy = messages.webhook_request(each, "https://ntfy.sh/t", "auto", "https://d:1")
+        assert "\ufffd" in ntfy.body.decode() and ntfy.headers["Title"].isascii()
+        hook = messages.webhook_request(each, "https://hooks.example/x", "json", "https://d:1")
+        assert "\ufffd" in json.loads(hook.body)["message"]
+
+
 # -- crypto ----------------------------------------------------------------------------------
 
 

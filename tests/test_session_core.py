@@ -392,6 +392,49 @@ def test_recovery_after_a_restart() -> None:
     ]
 
 
+@pytest.mark.parametrize("restart", [True, False])
+def test_a_failed_run_task_closes_what_was_open_and_sleeps(restart: bool) -> None:
+    """The driver's run task died of an unexpected error (the registry's boundary caught it,
+    the CLI is stopped): from wherever it was, the core goes back to sleep, and says so."""
+    core = new_core()
+    request = permission(core)
+    core.send("m-2", Prompt("next"))
+    core.stored("m-2")
+    out = core.failed("internal error RuntimeError", restart)
+    assert out[:3] == [
+        ev.PermissionResolved(
+            request.request_id,
+            ev.PermissionOutcome.WITHDRAWN,
+            "the session failed",
+            summary=request.summary,
+        ),
+        ev.TurnFailed(MID, "session_failed", "the session failed during this turn (internal "
+                      "error RuntimeError)"),
+        ev.CLIStateChanged(ev.CLIState.STOPPED, detail="the session failed"),
+    ]  # fmt: skip
+    assert state(core) is State.ASLEEP and core.current is None
+    with pytest.raises(Conflict):  # the withdrawn request: 409, not 404
+        core.answer(request.request_id, True)
+    error = next(o for o in out if isinstance(o, ev.SessionError))
+    assert error.code == "session_failed"
+    if restart:  # the queued message stays, for a fresh run task
+        assert out[3:] == [error, ev.StatusChanged(ev.SessionStatus.RUNNING)]
+        assert core.wants_run()
+        core.wake()
+        assert kinds(core.poll(0)) == ["cli.state", "Spawn"]
+    else:  # not delivered, said so; asleep until a new message
+        assert out[3] == ev.TurnFailed(
+            "m-2",
+            "session_failed",
+            "the session failed before this message ran (internal error RuntimeError): not "
+            "delivered",
+        )
+        assert out[4:] == [error, ev.StatusChanged(ev.SessionStatus.ERRORED)]
+        assert not core.wants_run() and not core.warm()
+        core.send("m-3", Prompt("again"))
+        assert core.wants_run()
+
+
 def test_an_input_the_table_does_not_allow_is_an_error() -> None:
     core = new_core()
     with pytest.raises(sc.StateError):

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 from typing import Any, Final, Literal
 from urllib.parse import quote, urlsplit
 
 import attrs
 
+from ..wire.converter import as_text, json_bytes
 from .policy import Kind, Notification
 
 WebhookFormat = Literal["auto", "ntfy", "json"]
@@ -55,13 +55,15 @@ class Outgoing:
 def app_link(session_id: str) -> str:
     """The web app's path that opens a session (relative to the daemon's URL; the app routes
     on ``#s=<id>``)."""
-    return APP_PATH + (f"#s={quote(session_id, safe='')}" if session_id else "")
+    return APP_PATH + (f"#s={quote(as_text(session_id), safe='')}" if session_id else "")
 
 
 def answer_path(note: Notification) -> str | None:
     if note.request_id is None:
         return None
-    session, request = quote(note.session_id, safe=""), quote(note.request_id, safe="")
+    # a lone surrogate (a CLI's request id) has no URL form: such an id cannot be answered
+    session = quote(as_text(note.session_id), safe="")
+    request = quote(as_text(note.request_id), safe="")
     return f"/v1/sessions/{session}/permissions/{request}"
 
 
@@ -85,15 +87,15 @@ def push_payload(note: Notification) -> bytes:
         "kind": note.kind.value,
         "session_id": note.session_id,
         "request_id": note.request_id,
-        "title": note.title,
-        "body": note.body,
+        "title": as_text(note.title),
+        "body": as_text(note.body),
         "tag": note.tag,
         "url": app_link(note.session_id),
         "count": note.count,
         "at": note.at,
         "actions": [{"action": a["action"], "title": a["title"]} for a in actions(note)],
     }
-    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+    return json_bytes(payload)  # any other string with a lone surrogate: an ASCII escape
 
 
 def push_topic(note: Notification) -> str:
@@ -130,10 +132,10 @@ def webhook_request(
     ntfy = format == "ntfy" or (format == "auto" and looks_like_ntfy(url))
     if ntfy:
         headers = _ntfy_headers(note, link)
-        body = note.body.encode()
+        body = as_text(note.body).encode()
     else:
         headers = {"Content-Type": "application/json"}
-        body = json.dumps(_json_body(note, link), ensure_ascii=False).encode()
+        body = json_bytes(_json_body(note, link))
     headers["User-Agent"] = "sidecode-trio"
     return Outgoing(url, {**headers, **(extra_headers or {})}, body)
 
@@ -144,8 +146,8 @@ def _json_body(note: Notification, link: str | None) -> dict[str, Any]:
         "kind": note.kind.value,
         "session_id": note.session_id or None,
         "request_id": note.request_id,
-        "title": note.title,
-        "message": note.body,
+        "title": as_text(note.title),
+        "message": as_text(note.body),
         "count": note.count,
         "at": note.at,
         "url": link,
@@ -168,7 +170,7 @@ def _ntfy_headers(note: Notification, link: str | None) -> dict[str, str]:
 
 def header_text(text: str) -> str:
     """A header value: as is when ASCII, else an RFC 2047 encoded word (ntfy decodes it)."""
-    flat = " ".join(text.split())
+    flat = " ".join(as_text(text).split())
     if flat.isascii():
         return flat
     return "=?UTF-8?B?" + base64.b64encode(flat.encode()).decode() + "?="

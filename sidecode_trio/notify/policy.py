@@ -32,6 +32,7 @@ from typing import Final, Literal
 import attrs
 
 from ..wire import events as ev
+from ..wire.converter import as_text
 
 Details = Literal["full", "minimal"]
 ELLIPSIS: Final = "…"
@@ -126,7 +127,7 @@ def _looks_random(word: str) -> bool:
 def one_line(text: str, limit: int) -> str:
     """The first non-empty line of ``text``, redacted, cut to ``limit`` characters."""
     line = next((s.strip() for s in text.splitlines() if s.strip()), "")
-    line = redact(" ".join(line.split()))
+    line = redact(" ".join(as_text(line).split()))  # CLI output: a lone surrogate is U+FFFD
     return line if len(line) <= limit else line[: limit - 1].rstrip() + ELLIPSIS
 
 

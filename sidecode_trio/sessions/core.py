@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 RECENT_IDS: Final = 512  # client ids and answered requests remembered for idempotency
 FILE_TOOLS: Final = frozenset({"Edit", "MultiEdit", "Write"})
 MIRROR_CONFIRM_TIMEOUT: Final = 30.0  # seconds a restarted CLI has to answer ``initialize``
+SESSION_FAILED: Final = "session_failed"  #: code/reason of a run task's unexpected failure
 
 
 class State(enum.Enum):
@@ -71,11 +72,11 @@ class On(enum.Enum):
     END = "end"
     RESUME = "resume"  #: work arrived while the run task was ending: it goes on
     SLEEP = "sleep"
+    FAILED = "failed"  #: the run task died of an unexpected error (see :meth:`SessionCore.failed`)
 
 
 S = State
-#: Every allowed change of state: ``TRANSITIONS[state][trigger]`` is the next state.
-TRANSITIONS: Final[Mapping[State, Mapping[On, State]]] = {
+_MOVES: Final[Mapping[State, Mapping[On, State]]] = {
     S.ASLEEP: {On.WAKE: S.AWAKE},
     S.AWAKE: {On.SPAWN: S.SPAWNING, On.END: S.ENDING, On.SLEEP: S.ASLEEP},
     S.SPAWNING: {
@@ -90,6 +91,13 @@ TRANSITIONS: Final[Mapping[State, Mapping[On, State]]] = {
     S.TURN: {On.TURN_ENDED: S.READY, On.EXITED: S.AWAKE},
     S.STOPPING: {On.EXITED: S.AWAKE},
     S.ENDING: {On.RESUME: S.AWAKE, On.SLEEP: S.ASLEEP},
+}
+#: Every allowed change of state: ``TRANSITIONS[state][trigger]`` is the next state. A run task
+#: that died of an unexpected error may have left the state anywhere: from every state but
+#: asleep, its failure puts the session back to sleep (its CLI is already stopped by then).
+TRANSITIONS: Final[Mapping[State, Mapping[On, State]]] = {
+    state: {**moves, On.FAILED: S.ASLEEP} if state is not S.ASLEEP else moves
+    for state, moves in _MOVES.items()
 }
 CLI_STATES: Final = frozenset(
     {S.CONFIRMING, S.READY, S.DELIVERED, S.TURN, S.STOPPING}
@@ -605,6 +613,58 @@ class SessionCore:
             self._fail_queue(self.stop_reason, f"the {why} before this message ran", out)
         self._move(On.SLEEP)
         return False, out
+
+    def failed(self, detail: str, restart: bool) -> list[Output]:
+        """The driver's run task died of an unexpected error (a bug; the registry contained it)
+        and its CLI is already stopped: close what was open with explicit events and go back
+        to sleep with the transient state reset, keeping what is durable (queue, client ids,
+        settings). ``restart``: the queued messages stay, for the fresh run task the registry
+        starts; otherwise they fail as not delivered and the session waits for a new message."""
+        out: list[Output] = []
+        cli_was = self.state in CLI_STATES or self.state is State.SPAWNING
+        if self.state is not State.ASLEEP:  # it may fail after run_ended() put it to sleep
+            self._move(On.FAILED)
+        self._held = self._held_request = None
+        self._expiry.clear()
+        self._stop_deadline = self._idle_since = None
+        self._interrupt_on_start = False
+        self._warm = self.warm_only = self._cool = False
+        for request_id, withdrawn in list(self._pending.items()):
+            del self._pending[request_id]
+            self._remember_answer(request_id, ev.PermissionOutcome.WITHDRAWN.value)
+            out.append(
+                ev.PermissionResolved(
+                    request_id,
+                    ev.PermissionOutcome.WITHDRAWN,
+                    "the session failed",
+                    summary=withdrawn.summary,
+                )
+            )
+        if self.current is not None:
+            out.append(
+                ev.TurnFailed(
+                    self.current, SESSION_FAILED, f"the session failed during this turn ({detail})"
+                )
+            )
+            self.current = None
+        if cli_was:
+            out.append(ev.CLIStateChanged(ev.CLIState.STOPPED, detail="the session failed"))
+        if self._mirror is not None:
+            self._mirror = None
+            out.append(MirrorDone(Conflict("the session failed", code=SESSION_FAILED)))
+        self._errored = True
+        if restart:
+            if self.mirrored:  # a mirror lives in a running CLI: start it again (as recover())
+                self._mirror = _Mirror(True, self.mirror_name)
+            note = "restarted" if self.has_work() else "the next message starts it again"
+        else:
+            note = "queued messages were not delivered; a new message starts it again"
+            why = f"the session failed before this message ran ({detail}): not delivered"
+            while self._queue:
+                out.append(ev.TurnFailed(self._queue.popleft().message_id, SESSION_FAILED, why))
+        out.append(ev.SessionError(SESSION_FAILED, f"the session failed ({detail}); {note}"))
+        self._refresh_status(out)
+        return out
 
     def _spawn(self, out: list[Output]) -> None:
         self._move(On.SPAWN)

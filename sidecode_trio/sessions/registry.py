@@ -8,10 +8,11 @@ supervisor's task runs only while its session has work or a live CLI. The regist
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid as uuidlib
-from collections import Counter, OrderedDict
-from collections.abc import Callable, Sequence
+from collections import Counter, OrderedDict, deque
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Final
 
@@ -24,11 +25,21 @@ from ..errors import BadRequest, Forbidden, NotFound, Unsupported
 from ..eventlog.log import EventLog
 from ..wire import events as ev
 from ..wire.snapshot import SessionInfo
+from .core import SESSION_FAILED
 from .session import Remote
 from .supervisor import RECENT_IDS, Prompt, SessionSupervisor, SupervisorSettings
 
+log = logging.getLogger(__name__)
+
 TITLE_CHARS: Final = 80
 ACTIVITY_REPORT_INTERVAL: Final = 10.0  # seconds: activity-only changes are reported this often
+#: A session whose run task fails unexpectedly is restarted at once (its queued messages kept)
+#: unless this is its MAX_FAILURES-th failure within RESTART_WINDOW seconds: then its queued
+#: messages fail as not delivered and it stays failed until the user sends a new message.
+MAX_FAILURES: Final = 3
+RESTART_WINDOW: Final = 600.0
+#: Errors of the whole process, not of one session: never contained, they end the daemon.
+SYSTEMIC: Final = (MemoryError, SystemError, trio.TrioInternalError)
 
 
 @attrs.frozen
@@ -104,6 +115,8 @@ class SessionRegistry:
         self._nursery: trio.Nursery | None = None
         self._list_subscribers: set[trio.MemorySendChannel[SessionInfo]] = set()
         self._reported: dict[str, tuple[SessionInfo, float]] = {}
+        #: session id -> when (trio clock) its run task failed unexpectedly, within the window
+        self._failures: dict[str, deque[float]] = {}
         self._stop = trio.Event()
         self.stopped = trio.Event()  #: set once every supervisor (and so every CLI) has ended
         log.on_commit(self._on_commit)
@@ -171,7 +184,73 @@ class SessionRegistry:
     def _wake(self, supervisor: SessionSupervisor) -> None:
         if not supervisor.active and supervisor.wants_run() and self._nursery is not None:
             supervisor.active = True  # set now so a second call in the same tick starts nothing
-            self._nursery.start_soon(supervisor.run)
+            self._nursery.start_soon(self._contained, supervisor.id, supervisor.run)
+
+    async def _contained(self, session_id: str, run: Callable[[], Awaitable[None]]) -> None:
+        """Run one session's task (a supervisor's, a remote session's follower) as an error
+        boundary: an unexpected error in it is that session's failure, not the daemon's. It is
+        logged with its traceback and the session is marked failed (:meth:`_failed`); every
+        other session and link goes on. Cancellation, ``KeyboardInterrupt`` and the
+        :data:`SYSTEMIC` errors still propagate (and end the daemon, as they should)."""
+        try:
+            await run()
+        except BaseException as exc:
+            bug: Exception | None
+            rest: BaseException | None
+            if isinstance(exc, BaseExceptionGroup):
+                bug, rest = exc.split(Exception)
+            elif isinstance(exc, Exception):
+                bug, rest = exc, None
+            else:
+                raise
+            if bug is None or _systemic(bug):
+                raise
+            try:
+                self._failed(session_id, bug)
+            except Exception:  # a bug in the failure's own handling: still only this session
+                log.exception("session %s: recording its failure failed too", session_id)
+            if rest is not None:
+                raise rest from None  # a cancellation that came with it
+
+    def _failed(self, session_id: str, error: Exception) -> None:
+        """A session's task died of ``error``: record it, and restart it unless it failed
+        :data:`MAX_FAILURES` times within :data:`RESTART_WINDOW` seconds."""
+        now = trio.current_time()
+        failures = self._failures.setdefault(session_id, deque())
+        failures.append(now)
+        while failures and failures[0] < now - RESTART_WINDOW:
+            failures.popleft()
+        restart = len(failures) < MAX_FAILURES and not self._stop.is_set()
+        log.error(
+            "session %s: its task failed unexpectedly (%d time(s) in %.0f s); %s",
+            session_id,
+            len(failures),
+            RESTART_WINDOW,
+            "it may start again at once" if restart else "it stays failed until a new message",
+            exc_info=error,
+        )
+        # the error's kind only: its text may hold anything (paths, a client's input)
+        detail = f"internal error {_kinds(error)}, logged by the daemon"
+        supervisor = self._supervisors.get(session_id)
+        if supervisor is not None:
+            restart = restart and not supervisor.closed
+            supervisor.failed(detail, restart)
+            if restart:
+                self._wake(supervisor)
+            return
+        remote = self._remotes.get(session_id)
+        if remote is not None:
+            self._log.append(
+                session_id,
+                ev.SessionError(
+                    SESSION_FAILED,
+                    f"following the session failed ({detail}); "
+                    + ("restarted" if restart else "opening it again restarts it"),
+                ),
+            )
+            self._log.commit()
+            if restart:
+                self._follow_remote(remote)
 
     # -- operations --------------------------------------------------------------------------
 
@@ -227,6 +306,7 @@ class SessionRegistry:
         self._log.append(session_id, ev.SessionDeleted(False))
         self._supervisors.pop(session_id, None)
         self._reported.pop(session_id, None)
+        self._failures.pop(session_id, None)
         self._log.end_subscriptions(session_id)
         for client_id, (known, _) in list(self._created.items()):
             if known == session_id:
@@ -251,6 +331,7 @@ class SessionRegistry:
         await self._log.flush()  # list followers hear of it (still registered for _on_commit)
         self._supervisors.pop(session_id, None)
         self._reported.pop(session_id, None)
+        self._failures.pop(session_id, None)
         self._log.end_subscriptions(session_id)
         if remove_log:
             self._log.remove(session_id)
@@ -295,9 +376,12 @@ class SessionRegistry:
                 self._warm_up(session_id)
             return
         remote.follow()
+        self._follow_remote(remote)
+
+    def _follow_remote(self, remote: Remote) -> None:
         if not remote.active and remote.has_work() and self._nursery is not None:
             remote.active = True
-            self._nursery.start_soon(remote.run)
+            self._nursery.start_soon(self._contained, remote.id, remote.run)
 
     def _warm_up(self, session_id: str) -> None:
         supervisor = self._supervisors.get(session_id)
@@ -401,6 +485,20 @@ class SessionRegistry:
             except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
                 channel.close()  # lagging or gone: it reconnects and gets the full list
                 self._list_subscribers.discard(channel)
+
+
+def _systemic(error: BaseException) -> bool:
+    """Whether ``error`` (or any error of a group) is the process's, not one session's."""
+    if isinstance(error, BaseExceptionGroup):
+        return any(_systemic(inner) for inner in error.exceptions)
+    return isinstance(error, SYSTEMIC)
+
+
+def _kinds(error: BaseException) -> str:
+    """The class names of ``error``'s leaves (a group's members), e.g. ``RuntimeError``."""
+    if isinstance(error, BaseExceptionGroup):
+        return ", ".join(dict.fromkeys(_kinds(inner) for inner in error.exceptions))
+    return type(error).__name__
 
 
 def _unlink(path: Path) -> None:

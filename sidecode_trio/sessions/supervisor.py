@@ -16,7 +16,7 @@ import math
 import os
 import time
 import uuid as uuidlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Final
 
 import attrs
@@ -26,11 +26,12 @@ from ..claude import messages as msg
 from ..claude.framing import Frame
 from ..claude.leash import Records
 from ..claude.process import ClaudeProcess, Grace
-from ..errors import CLIError, SidecodeError
+from ..errors import CLIError, Conflict, SidecodeError
 from ..eventlog.log import EventLog
 from ..wire import events as ev
 from .core import (
     RECENT_IDS,
+    SESSION_FAILED,
     Action,
     CloseStdin,
     Control,
@@ -125,6 +126,9 @@ class SessionSupervisor:
         self._wake = trio.Event()
         self.active = False  #: the run task is alive
         self._stopped = trio.Event()
+        #: the run task is dying of an unexpected error: its teardown tells the core nothing
+        #: (its state is not to be trusted); the registry then calls :meth:`failed`
+        self._failing = False
 
     def __repr__(self) -> str:
         return f"<SessionSupervisor {self.core!r} cli={self._process!r}>"
@@ -142,6 +146,8 @@ class SessionSupervisor:
     def _apply(self, outputs: list[Output]) -> list[Action]:
         """Append the events (in order) and do the instant actions; the rest is returned."""
         later: list[Action] = []
+        if self._failing:
+            return later  # the run task is dying: failed() says what happened, once
         for item in outputs:
             if isinstance(item, PutOutput):
                 self._log.put_output(self.id, item.tool_use_id, item.output)
@@ -163,7 +169,16 @@ class SessionSupervisor:
         """Actions of an input that came from another task (the CLI's reader, an answer)."""
         for action in actions:
             if self._nursery is not None:
-                self._nursery.start_soon(self._execute, action)
+                self._nursery.start_soon(self._guarded, self._execute, action)
+
+    async def _guarded(self, work: Callable[..., Awaitable[None]], *args: Any) -> None:
+        """Run one of the run task's own tasks; an unexpected error in it marks the run task
+        failing at once, before its siblings (the CLI's task) are torn down by it."""
+        try:
+            await work(*args)
+        except Exception:
+            self._failing = True
+            raise
 
     async def _execute(self, action: Action) -> None:
         process = self._process
@@ -380,7 +395,7 @@ class SessionSupervisor:
                         self._run_scope.cancel()
                     async with trio.open_nursery() as nursery:
                         self._nursery = nursery
-                        await self._loop()
+                        await self._guarded(self._loop)
                         nursery.cancel_scope.cancel()
                     cancelled = self._run_scope.cancel_called
                 self._nursery = self._run_scope = None
@@ -388,14 +403,33 @@ class SessionSupervisor:
                 # the core says whether to go on (it did not start another one)
                 go_on, outputs = self.core.run_ended(cancelled)
                 self._apply(outputs)
-        except BaseException:
-            if self.core.state is not State.ASLEEP:
+        except Exception:
+            self._failing = True  # a bug: the registry contains it and calls failed()
+            raise
+        except BaseException:  # cancelled (shutdown, delete): the normal end of a stop
+            if not self._failing and self.core.state is not State.ASLEEP:
                 self._apply(self.core.run_ended(True)[1])
             raise
         finally:
             self.active = False
             self._nursery = self._run_scope = None
             self._stopped.set()
+
+    def failed(self, detail: str, restart: bool) -> None:
+        """The run task died of an unexpected error (the registry caught it, after its nursery
+        stopped and reaped the CLI): reset to asleep, recording what ended (the core's
+        :meth:`~.core.SessionCore.failed`); a mirror change waiting on it is told it failed."""
+        assert not self.active
+        self._failing = False
+        self._process = None
+        self._process_scope = self._run_scope = self._nursery = None
+        self._after_start = []
+        self._wake = trio.Event()
+        request, self._mirror_request = self._mirror_request, None
+        self._apply(self.core.failed(detail, restart))
+        if request is not None and not request.done.is_set():
+            request.finish(Conflict("the session failed", code=SESSION_FAILED))
+        self._log.commit()
 
     async def wait_stopped(self) -> None:
         """Return once the run task (and so the CLI) is gone."""
@@ -500,6 +534,10 @@ class SessionSupervisor:
         try:
             with scope:
                 await process.run(task_status=_Started(task_status, self, process))
+        except Exception:
+            if self._process is process:  # it ran (a CLIError before that is a failed spawn)
+                self._failing = True
+            raise
         finally:
             # -inf: this task is being cancelled, i.e. the daemon or the session is stopping it
             cancelled = trio.current_effective_deadline() == -math.inf
@@ -518,6 +556,8 @@ class SessionSupervisor:
         if self._process is not process:
             return
         self._process = None
+        if self._failing:
+            return  # stopped because the run task is failing: failed() records it
         code = process.exit_code
         self._apply(self.core.exited(code, list(process.stderr_tail), cancelled))
         self._wake.set()

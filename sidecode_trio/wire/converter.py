@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import enum
 import json
+import re
 import typing
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import cattrs
 from cattrs.cols import list_structure_factory
@@ -200,6 +201,21 @@ def check_text(value: Any) -> None:
             stack += item.values()
         elif isinstance(item, list):
             stack += item
+
+
+_SURROGATE: Final = re.compile("[\ud800-\udfff]")
+
+
+def as_text(value: str) -> str:
+    """``value`` with each lone surrogate (see :func:`check_text`) shown as U+FFFD: text with a
+    UTF-8 form, for where a string from the CLI must become bytes (a notification)."""
+    if value.isascii():
+        return value
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return _SURROGATE.sub("\ufffd", value)
+    return value
 
 
 def loads(data: bytes | str) -> Any:

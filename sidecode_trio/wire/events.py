@@ -241,7 +241,7 @@ class TurnCompleted(Event):
 class TurnFailed(Event):
     """The turn ended in error. ``reason``: ``api_error``, ``max_turns``, ``cli_exited``,
     ``daemon_restarted``, ``error_during_execution``, ``store_unavailable`` (refused with a 503:
-    it never ran), ... (open set)."""
+    it never ran), ``session_failed`` (the session's supervisor failed), ... (open set)."""
 
     TYPE: ClassVar[str] = "turn.failed"
     turn_id: str
@@ -263,7 +263,8 @@ class TurnInterrupted(Event):
 
 @attrs.frozen(repr=False)
 class SessionError(Event):
-    """Something went wrong that is not one turn's failure (e.g. the CLI's stderr on a crash)."""
+    """Something went wrong that is not one turn's failure (e.g. the CLI's stderr on a crash).
+    ``code``: ``cli_exited``, ``session_failed`` (the session's supervisor failed), ..."""
 
     TYPE: ClassVar[str] = "session.error"
     code: str

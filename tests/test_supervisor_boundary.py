@@ -1,0 +1,242 @@
+"""A session's supervisor is an error boundary: one session's unexpected error is that session's
+failure (logged, its CLI stopped and reaped, a ``session.error`` every follower sees, the status
+``errored`` in the list), never the daemon's; the next message starts it again, and one that
+fails over and over stops being restarted (``sessions/registry.py``: MAX_FAILURES)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from fake_remote import FakeRemote, assistant
+from test_bridge import bridge_config, fake, no_env_login, wait_listed, write_login
+
+from sidecode_trio.bridge.remote import RemoteSession
+from sidecode_trio.claude.process import ClaudeProcess
+from sidecode_trio.config import DaemonConfig
+from sidecode_trio.sessions import registry
+from sidecode_trio.sessions.core import SessionCore
+
+from helpers import Client, SSEEvent, SSEStream, cli_argvs, open_sse, pid_alive, running_daemon
+
+__all__ = ["bridge_config", "fake", "no_env_login"]  # fixtures of test_bridge, used here too
+
+
+class Injected:
+    """Makes one session's run task raise ``RuntimeError`` (only that session, while armed)."""
+
+    def __init__(self) -> None:
+        self.victim: str | None = None
+        self.raised = 0
+
+    def fire(self, session_id: str) -> None:
+        if session_id == self.victim:
+            self.raised += 1
+            raise RuntimeError("injected failure")
+
+
+@pytest.fixture(params=["writer", "translator"])
+def injected(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Injected:
+    """``writer``: the line writer raises as a user message is written (in the supervisor's
+    loop). ``translator``: the core's frame step raises (in the CLI's reader task)."""
+    injection = Injected()
+    if request.param == "writer":
+        send = ClaudeProcess.send
+
+        async def failing_send(self: ClaudeProcess, message: Mapping[str, Any]) -> None:
+            if message.get("type") == "user":
+                injection.fire(self.spec.session_id)
+            await send(self, message)
+
+        monkeypatch.setattr(ClaudeProcess, "send", failing_send)
+    else:
+        frames = SessionCore.frames
+
+        def failing_frames(self: SessionCore, batch: Any, now: float) -> Any:
+            injection.fire(self.id)
+            return frames(self, batch, now)
+
+        monkeypatch.setattr(SessionCore, "frames", failing_frames)
+    return injection
+
+
+def state(value: str) -> Callable[[SSEEvent], bool]:
+    return lambda e: e.type == "cli.state" and e.body["state"] == value
+
+
+def failed_turn(message_id: str) -> Callable[[SSEEvent], bool]:
+    return lambda e: e.type == "turn.failed" and e.body["turn_id"] == message_id
+
+
+async def idle_session(daemon: Client, work_dir: Path, text: str) -> tuple[str, int]:
+    """A session that ran one turn, its CLI still running: (id, the CLI's pid)."""
+    session = (await daemon.create(work_dir, text))["session"]
+    async with daemon.events(session["id"]) as stream:
+        running = await stream.until(state("running"))
+        await stream.until_type("turn.completed")
+    return session["id"], running.body["pid"]
+
+
+async def status_of(daemon: Client, session_id: str) -> str:
+    listing = (await daemon.http.get("/v1/sessions")).json()["sessions"]
+    return next(str(s["status"]) for s in listing if s["id"] == session_id)
+
+
+async def test_one_sessions_failure_is_contained_and_it_recovers(
+    daemon: Client, work_dir: Path, cli_log: Path, injected: Injected
+) -> None:
+    with trio.fail_after(40):
+        victim, victim_pid = await idle_session(daemon, work_dir, "first")
+        other, other_pid = await idle_session(daemon, work_dir, "second")
+        async with (
+            daemon.events(victim) as failing,
+            daemon.events(other) as healthy,
+            open_sse(daemon, "/v1/events") as listing,
+        ):
+            await listing.next()  # the whole list
+            injected.victim = victim
+            boom = (await daemon.send(victim, "boom"))["message_id"]
+            error = await failing.until(
+                lambda e: e.type == "session.error" and e.body["code"] == "session_failed"
+            )
+            assert "RuntimeError" in error.body["message"]
+            assert "the next message starts it again" in error.body["message"]
+            failed = await until_seen(failing, failed_turn(boom))
+            assert failed.body["reason"] == "session_failed"
+            await until_seen(
+                failing, lambda e: e.type == "session.status" and e.body["status"] == "errored"
+            )
+            assert injected.raised == 1
+            await listing.until(
+                lambda e: e.data.get("id") == victim and e.data["status"] == "errored"
+            )
+            assert await status_of(daemon, victim) == "errored"
+            assert not pid_alive(victim_pid)  # stopped and reaped, as a normal stop
+            assert (await daemon.snapshot(victim))["session"]["cli"] in ("stopped", "crashed")
+
+            # every other session goes on, on the same CLI
+            sent = (await daemon.send(other, "still here?"))["message_id"]
+            done = await healthy.until(
+                lambda e: e.type == "turn.completed" and e.body["turn_id"] == sent
+            )
+            assert done.body["result"] == "You said: still here?"
+            assert pid_alive(other_pid)
+            assert not any(e.type == "session.error" for e in healthy.seen)
+
+            # the next message starts the failed session again (resumed, as after an idle stop)
+            injected.victim = None
+            again = (await daemon.send(victim, "again"))["message_id"]
+            done = await failing.until(
+                lambda e: e.type == "turn.completed" and e.body["turn_id"] == again
+            )
+            assert done.body["result"] == "You said: again"
+        assert await status_of(daemon, victim) == "idle"
+        victim_argvs = [a for a in cli_argvs(cli_log) if any(victim in arg for arg in a)]
+        assert len(victim_argvs) == 2 and f"--resume={victim}" in victim_argvs[1]
+
+
+async def test_a_session_failing_over_and_over_stops_being_restarted(
+    daemon: Client, work_dir: Path, injected: Injected
+) -> None:
+    with trio.fail_after(40):
+        created = await daemon.create(work_dir, "[[bash:echo hi]]")
+        victim = created["session"]["id"]
+        other, _ = await idle_session(daemon, work_dir, "bystander")
+        async with daemon.events(victim) as stream:
+            request = await stream.until_type("permission.requested")
+            # queued behind the pending request: each restart would deliver the next one
+            queued = [(await daemon.send(victim, f"m{i}"))["message_id"] for i in range(5)]
+            injected.victim = victim
+            reply = await daemon.answer(victim, request.body["request_id"], behavior="allow")
+            assert reply.status_code == 200, reply.text
+            errors: list[SSEEvent] = []
+            while len(errors) < registry.MAX_FAILURES:
+                errors.append(
+                    await stream.until(
+                        lambda e: e.type == "session.error" and e.body["code"] == "session_failed"
+                    )
+                )
+            assert "restarted" in errors[0].body["message"]
+            assert "not delivered" in errors[-1].body["message"]
+            for message_id in queued:
+                await until_seen(stream, failed_turn(message_id))
+            failures = {
+                e.body["turn_id"]: e.body["message"] for e in stream.seen if e.type == "turn.failed"
+            }
+            # the turns that were running when it failed (the first one too, when the failure
+            # is in reading the CLI's output), then those never delivered
+            ran = [m for m in [created["message_id"], *queued] if "during" in failures.get(m, "")]
+            assert len(ran) == registry.MAX_FAILURES
+            assert all("not delivered" in failures[m] for m in queued if m not in ran)
+            assert injected.raised == registry.MAX_FAILURES  # no restart after the last one
+            assert await status_of(daemon, victim) == "errored"
+            # the daemon and the other session are untouched
+            async with daemon.events(other, from_start=False) as bystander:
+                await daemon.send(other, "fine?")
+                done = await bystander.until_type("turn.completed")
+                assert done.body["result"] == "You said: fine?"
+            # the user acts: a new message starts it again
+            injected.victim = None
+            last = (await daemon.send(victim, "once more"))["message_id"]
+            done = await stream.until(
+                lambda e: e.type == "turn.completed" and e.body["turn_id"] == last
+            )
+            assert done.body["result"] == "You said: once more"
+            assert injected.raised == registry.MAX_FAILURES
+
+
+async def until_seen(stream: SSEStream, predicate: Callable[[SSEEvent], bool]) -> SSEEvent:
+    for event in stream.seen:
+        if predicate(event):
+            return event
+    return await stream.until(predicate)
+
+
+async def test_a_remote_sessions_follower_failing_is_contained_and_restarted(
+    fake: FakeRemote,
+    bridge_config: Callable[..., DaemonConfig],
+    claude_env: dict[str, str],
+    work_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The bridge's follower of one remote session runs in the registry's nursery too."""
+    write_login(claude_env)
+    fake.add_session("cse_remote_1", "Remote one", [])
+    apply = RemoteSession._apply
+    raised: list[str] = []
+
+    def failing_apply(self: RemoteSession, raws: Any) -> int:
+        raws = list(raws)
+        if not raised and "boom" in repr(raws):
+            raised.append(self.id)
+            raise RuntimeError("injected failure")
+        return apply(self, raws)
+
+    monkeypatch.setattr(RemoteSession, "_apply", failing_apply)
+    with trio.fail_after(30):
+        async with running_daemon(bridge_config(fake.url)) as client:
+            local, _ = await idle_session(client, work_dir, "local one")
+            await wait_listed(client, "cse_remote_1")
+            async with client.events("cse_remote_1") as stream:
+                await stream.until_type("upstream.connected")
+                fake.push("cse_remote_1", assistant("b", "boom"))
+                error = await stream.until_type("session.error")
+                assert error.body["code"] == "session_failed" and raised == ["cse_remote_1"]
+                assert "restarted" in error.body["message"]
+                # followed again at once (within the restart budget), nothing lost
+                await stream.until(
+                    lambda e: e.type == "assistant.text" and e.body["text"] == "boom"
+                )
+                fake.push("cse_remote_1", assistant("c", "after"))
+                await stream.until(
+                    lambda e: e.type == "assistant.text" and e.body["text"] == "after"
+                )
+            async with client.events(local) as other:
+                sent = (await client.send(local, "still fine"))["message_id"]
+                done = await other.until(
+                    lambda e: e.type == "turn.completed" and e.body["turn_id"] == sent
+                )
+                assert done.body["result"] == "You said: still fine"
