@@ -28,7 +28,9 @@ FAST = BridgeSettings(
     poll_interval=0.3,
     follow_grace=0.5,
     ping_interval=0.3,
-    stall_timeout=0.9,
+    # ten pings' worth of silence: a loaded machine that does not run the daemon (and the
+    # fake server, in the same process) for most of a second is not a stalled upstream
+    stall_timeout=3.0,
     backoff_initial=0.05,
     backoff_max=0.2,
     refresh_margin=60,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+import logging
 import math
 import os
 import socket
@@ -29,6 +30,7 @@ from aioquic.quic.connection import QuicConnection
 from aioquic.quic.events import ConnectionTerminated, HandshakeCompleted, QuicEvent
 
 from sidecode_trio.channel import frames as fr
+from sidecode_trio.claude.translate import MAX_COALESCED
 from sidecode_trio.config import DaemonConfig
 from sidecode_trio.quic.client import (
     DeviceSession,
@@ -80,6 +82,16 @@ async def next_event(stream: Any, *types: str) -> dict[str, Any]:
             message: dict[str, Any] = await stream.next()
             if message["type"] == "event" and message["data"]["event"]["type"] in types:
                 return message
+
+
+# A turn that overflows a stalled client's bounds (the connection's high-water mark and the
+# queues of ``client_queue`` frames) however its deltas arrive: the daemon coalesces the text
+# deltas of one read into events of up to MAX_COALESCED characters, and on a loaded machine it
+# reads the CLI's output in large pieces. 20,000 deltas of "tok " (80 KB) then made as few as
+# ~120 events, which the bounds held: no drop for lagging, and the stalled client stayed until
+# its connection timed out. 800 KB of text is at least ~780 events, whatever the pieces.
+OVERFLOWING = "[[fast:20000:40]]"
+assert 20_000 * 40 // MAX_COALESCED > 700
 
 
 def cursor(message: dict[str, Any]) -> int:
@@ -179,8 +191,9 @@ async def test_a_certificate_the_identity_did_not_sign_is_refused(
 
 
 async def test_a_client_that_never_reads_is_dropped_with_bounded_memory(
-    make_config: Callable[..., DaemonConfig], work_dir: Path
+    make_config: Callable[..., DaemonConfig], work_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="sidecode_trio.channel.link")
     async with running_daemon(make_config(client_queue=64)) as owner:
         quic = endpoint(owner)
         quic.settings = attrs.evolve(
@@ -195,12 +208,16 @@ async def test_a_client_that_never_reads_is_dropped_with_bounded_memory(
             stream = await session.subscribe(f"/v1/sessions/{session_id}/events")
             assert (await stream.next())["type"] == "snapshot"
             session.client.stop_reading()  # the device's network stack stalls: no more acks
-            await owner.send(session_id, "[[fast:20000]]")
+            # more than the bounds hold however the daemon coalesces it (see OVERFLOWING)
+            await owner.send(session_id, OVERFLOWING)
             # a ceiling, not a timing: 20,000 deltas from a CLI slowed by a busy machine take time
             await until(
                 lambda: quic.counts["connections"] == 2 and not quic.statistics()["open"], 90
             )
             nursery.cancel_scope.cancel()
+        # dropped for lagging (not kept until the connection's idle timeout)
+        drops = [r.getMessage() for r in caplog.records if "does not keep up" in r.getMessage()]
+        assert len(drops) == 1, drops
         # Bounded: what the connection held unacknowledged stayed under the high-water mark
         # (plus one frame), and the outbox never held more than its limit per lane.
         assert quic.peak_buffered <= quic.settings.link.high_water + limits.inline_limit + 1024

@@ -34,7 +34,7 @@ from sidecode_trio.host.service import (
     split_words,
 )
 
-from faultkit import kill_leftovers
+from faultkit import START_TIMEOUT, kill_leftovers
 from helpers import Client, SSEEvent, cli_argvs, pid_alive
 
 pytestmark = pytest.mark.trio
@@ -62,7 +62,7 @@ async def daemon_process(
     (tmp_path / "state" / "config.toml").write_text('keystore = "file"\nwarm_limit = 0\n' + config)
     proc = await trio.lowlevel.open_process(argv, env=env)
     try:
-        with trio.fail_after(15):
+        with trio.fail_after(START_TIMEOUT):  # a deadline: imports alone take 5 s when busy
             while not ready.exists():
                 assert proc.poll() is None, "the daemon exited during start-up"
                 await trio.sleep(0.05)
@@ -103,7 +103,7 @@ async def test_kill_9_mid_turn_then_restart(
     start = partial(daemon_process, tmp_path, fake_claude, work_dir, claude_env)
     cli_pids: list[int] = []
     try:
-        with trio.fail_after(60):
+        with trio.fail_after(150):
             async with start() as (proc, client):
                 session, pid, seen_before, last_seen = await _mid_turn(client, work_dir)
                 cli_pids.append(pid)
@@ -137,7 +137,7 @@ async def test_kill_9_mid_turn_then_restart(
                 assert f"--resume={session['id']}" in argvs[-1]
 
                 proc.send_signal(signal.SIGTERM)
-                with trio.fail_after(10):
+                with trio.fail_after(STOP_GRACE):  # before a service manager's SIGKILL
                     assert await proc.wait() == 0
             for pid in cli_pids[1:]:
                 assert not pid_alive(pid), "no claude outlives a clean shutdown"
@@ -153,7 +153,7 @@ async def test_sigterm_stops_a_running_turn_within_seconds(
     start = partial(daemon_process, tmp_path, fake_claude, work_dir, claude_env)
     cli_pid = None
     try:
-        with trio.fail_after(40):
+        with trio.fail_after(120):
             async with start() as (proc, client):
                 session = (await client.create(work_dir, "[[slow:400]]"))["session"]
                 async with client.events(session["id"]) as stream:
@@ -163,7 +163,9 @@ async def test_sigterm_stops_a_running_turn_within_seconds(
                     cli_pid = running.body["pid"]
                     await stream.until_type("text.delta")
                     proc.send_signal(signal.SIGTERM)
-                    with trio.fail_after(8):
+                    # before a service manager's SIGKILL (a deadline: a busy machine is slow to
+                    # stop); that the stop ended the 20 s turn, not its end, is asserted below
+                    with trio.fail_after(STOP_GRACE):
                         assert await proc.wait() == 0
                     # the stream ended with the daemon, after the turn's terminal event
                     with pytest.raises(EOFError):
@@ -206,7 +208,7 @@ async def test_service_restart_resumes_every_session(
         ready.unlink(missing_ok=True)
         proc = await trio.lowlevel.open_process(argv, env=env)
         try:
-            with trio.fail_after(15):
+            with trio.fail_after(START_TIMEOUT):
                 while not ready.exists():
                     assert proc.poll() is None, "the daemon exited during start-up"
                     await trio.sleep(0.05)
@@ -230,7 +232,7 @@ async def test_service_restart_resumes_every_session(
     def session_argvs() -> list[list[str]]:
         return [a for a in cli_argvs(cli_log) if "-p" in a]
 
-    with trio.fail_after(90):
+    with trio.fail_after(150):
         async with service_process() as (proc, client):
             mirrored = (await client.create(work_dir, "hello", title="mirrored"))["session"]["id"]
             async with client.events(mirrored) as stream:
@@ -315,7 +317,7 @@ async def test_kill_9_mid_turn_leaves_no_claude_and_no_unseen_text(
     start = partial(daemon_process, tmp_path, fake_claude, work_dir, claude_env)
     cli_pids: list[int] = []
     try:
-        with trio.fail_after(60):
+        with trio.fail_after(120):
             async with start() as (proc, client):
                 session, pid, _, _ = await _mid_turn(client, work_dir)
                 cli_pids.append(pid)
@@ -402,7 +404,7 @@ async def test_a_daemon_starting_stops_an_orphan_before_resuming_its_session(
     env = {**os.environ, **claude_env}
     orphan: trio.Process | None = None
     try:
-        with trio.fail_after(60):
+        with trio.fail_after(120):
             async with start() as (proc, client):
                 session = (await client.create(work_dir, "hello"))["session"]
                 async with client.events(session["id"]) as stream:
@@ -438,7 +440,7 @@ async def test_a_retried_send_or_create_after_a_restart_runs_once(
     tmp_path: Path, fake_claude: Path, work_dir: Path, claude_env: dict[str, str], how: str
 ) -> None:
     start = partial(daemon_process, tmp_path, fake_claude, work_dir, claude_env)
-    with trio.fail_after(60):
+    with trio.fail_after(120):
         async with start() as (proc, client):
             created = await client.create(work_dir, "first", client_id="create-1")
             bare = await client.create(work_dir, None, client_id="create-2")  # no prompt
@@ -487,7 +489,7 @@ async def test_a_bare_create_retried_after_its_creation_was_compacted_runs_once(
     start = partial(
         daemon_process, tmp_path, fake_claude, work_dir, claude_env, "retain_events = 100\n"
     )
-    with trio.fail_after(60):
+    with trio.fail_after(120):
         async with start() as (proc, client):
             bare = await client.create(work_dir, None, client_id="create-bare")
             session_id = bare["session"]["id"]

@@ -26,6 +26,7 @@ from test_rtc_daemon import broker, until
 from sidecode_trio import daemon as daemon_module
 from sidecode_trio.channel import frames as fr
 from sidecode_trio.channel.client import Subscription
+from sidecode_trio.claude.translate import MAX_COALESCED
 from sidecode_trio.config import DaemonConfig
 from sidecode_trio.rtc.broker import open_mqtt
 from sidecode_trio.rtc.client import DeviceSession, LinkCarrier, SessionClosed, open_session
@@ -99,6 +100,16 @@ async def next_event(stream: Any, *types: str) -> dict[str, Any]:
 
 def turn_completed(message: dict[str, Any]) -> bool:
     return bool(message.get("data", {}).get("event", {}).get("type") == "turn.completed")
+
+
+# A turn that overflows a stalled client's bounds (the connection's high-water mark and the
+# queues of ``client_queue`` frames) however its deltas arrive: the daemon coalesces the text
+# deltas of one read into events of up to MAX_COALESCED characters, and on a loaded machine it
+# reads the CLI's output in large pieces. 20,000 deltas of "tok " (80 KB) then made as few as
+# ~120 events, which the bounds held: no drop for lagging, and the stalled client stayed until
+# its connection timed out. 800 KB of text is at least ~780 events, whatever the pieces.
+OVERFLOWING = "[[fast:20000:40]]"
+assert 20_000 * 40 // MAX_COALESCED > 700
 
 
 def cursor(message: dict[str, Any]) -> int:
@@ -294,7 +305,8 @@ async def test_a_phone_that_stops_reading_is_dropped_and_resumes_exactly(
                         stream = await session.subscribe(f"/v1/sessions/{session_id}/events")
                         assert (await stream.next())["type"] == "snapshot"
                         phone.aio.call_soon(unblock.wait, 100)  # the phone's stack stalls
-                        await owner.send(session_id, "[[fast:20000]]")
+                        # more than the bounds hold, however coalesced (see OVERFLOWING)
+                        await owner.send(session_id, OVERFLOWING)
                         await until(lambda: bool(service.closed))
                         nursery.cancel_scope.cancel()
                 finally:
