@@ -147,6 +147,34 @@ def test_a_service_install_pins_the_secret_files_as_absolute_paths(
     assert "--rendezvous-token-keyring" in flags
 
 
+def test_a_service_install_refuses_credentials_in_the_rendezvous_url(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The unit's command line is printed by ``install`` (its diff) and is every login's
+    ``serve`` argv, which any local user reads in the process list: credentials in the URL are
+    refused there, pointing to the token file, and the refusal does not repeat them."""
+    from sidecode_trio.errors import ServiceError
+    from sidecode_trio.service_command import serve_flags
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--state-dir", type=Path)
+    add_flags(parser)
+    for url in ("wss://phil:s3cret@broker.example/mqtt", "ntfy+https://:tk_s3cret@ntfy.example"):
+        with pytest.raises(ServiceError) as refused:
+            serve_flags(parser, ["--rendezvous", url])
+        assert "--rendezvous-token-file" in refused.value.message
+        assert "s3cret" not in refused.value.message and "***@" in refused.value.message
+    _state, flags = serve_flags(parser, ["--rendezvous", "wss://broker.example/mqtt"])
+    assert flags == ["--rendezvous", "wss://broker.example/mqtt"]
+    # the whole command: nothing installed, nothing printed with the secret
+    url = "wss://phil:s3cret@broker.example/mqtt"
+    code = main(
+        ["service", "install", "--dry-run", "--state-dir", str(tmp_path), "--", "--rendezvous", url]
+    )
+    out, err = capsys.readouterr()
+    assert code != 0 and "s3cret" not in out + err and "--rendezvous-token-file" in err
+
+
 def test_the_token_can_come_from_the_os_keychain(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
