@@ -240,3 +240,57 @@ async def test_a_remote_sessions_follower_failing_is_contained_and_restarted(
                     lambda e: e.type == "turn.completed" and e.body["turn_id"] == sent
                 )
                 assert done.body["result"] == "You said: still fine"
+
+
+async def test_what_a_client_does_while_a_session_is_failing_is_still_logged(
+    daemon: Client, work_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run task has failed and its CLI is being stopped (the stop is held open here) when
+    an answer arrives: the core takes it (200, the request no longer pending), so the log must
+    say so too. It used to drop every event while failing: the request stayed pending in every
+    snapshot, its approval card and notification never retracted, until the daemon restarted."""
+    from sidecode_trio.sessions.supervisor import SessionSupervisor
+
+    victim: list[str] = []
+    armed, stopping, release = trio.Event(), trio.Event(), trio.Event()
+    loop, stop = SessionSupervisor._loop, ClaudeProcess._stop
+
+    async def loop_with_a_bomb(self: SessionSupervisor) -> None:
+        async def bomb() -> None:
+            await armed.wait()
+            if self.id in victim:
+                raise RuntimeError("injected failure")
+
+        async with trio.open_nursery() as inner:
+            inner.start_soon(bomb)
+            await loop(self)
+            inner.cancel_scope.cancel()
+
+    async def held_stop(self: ClaudeProcess, proc: trio.Process) -> None:
+        if armed.is_set() and self.spec.session_id in victim:
+            stopping.set()
+            await release.wait()
+        await stop(self, proc)
+
+    monkeypatch.setattr(SessionSupervisor, "_loop", loop_with_a_bomb)
+    monkeypatch.setattr(ClaudeProcess, "_stop", held_stop)
+    with trio.fail_after(40):
+        created = await daemon.create(work_dir, "[[bash:echo hi]]")
+        session = created["session"]["id"]
+        victim.append(session)
+        async with daemon.events(session) as stream:
+            request = (await stream.until_type("permission.requested")).body["request_id"]
+            armed.set()
+            try:
+                await stopping.wait()  # failing: its CLI is being stopped
+                reply = await daemon.answer(session, request, behavior="allow")
+            finally:  # (a shielded stop held open would hold the daemon's exit)
+                release.set()
+            assert reply.status_code == 200, reply.text
+            await stream.until(
+                lambda e: e.type == "session.error" and e.body["code"] == "session_failed"
+            )
+            resolved = [e for e in stream.seen if e.type == "permission.resolved"]
+            assert [e.body["request_id"] for e in resolved] == [request]
+        assert (await daemon.snapshot(session))["pending_permissions"] == []
+        assert await status_of(daemon, session) != "requires_action"
