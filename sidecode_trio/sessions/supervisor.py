@@ -47,6 +47,7 @@ from .core import (
     State,
     Terminate,
     Write,
+    check_model,
 )
 
 __all__ = ["RECENT_IDS", "MirrorRequest", "Prompt", "SessionSupervisor", "SupervisorSettings"]
@@ -332,7 +333,7 @@ class SessionSupervisor:
         self._apply(self.core.set_settings(mode=mode))
 
     async def set_model(self, model: str) -> None:
-        self.core.check_model(model)
+        check_model(model)
         process = self._process
         if process is not None:
             await process.request({"subtype": "set_model", "model": model})
