@@ -63,6 +63,22 @@ def test_credentials_come_out_of_a_url_and_go_back_in_and_are_redacted_when_show
     ]
 
 
+def test_a_password_the_url_cannot_hold_as_typed_is_still_never_shown() -> None:
+    """A password with a ``/``, ``?`` or ``#`` not percent-encoded ends the URL's authority
+    early, so the URL parses as a host ``phil`` with the port ``s3cr``: refused, and neither the
+    URL shown with the refusal nor the port's complaint may hold the password."""
+    for url in (
+        "mqtts://phil:s3cr/et@broker.example:8883",
+        "mqtts://phil:s3cr?et@broker.example",
+        "wss://phil:s3cr#et@broker.example/mqtt",
+        "ntfy+https://:s3cr/et@ntfy.example",
+    ):
+        found = RtcSettings(rendezvous=url).problems()
+        assert len(found) == 1 and "$.rtc.rendezvous" in found[0], found
+        assert "s3cr" not in found[0] and "***@" in found[0], found
+        assert "s3cr" not in redact(url) and "s3cr" not in repr(RtcSettings(rendezvous=url))
+
+
 def test_a_rendezvous_token_file_must_be_private_and_the_only_credentials(tmp_path: Path) -> None:
     url = "ntfy+https://ntfy.example"
     ok = RtcSettings(rendezvous=url, rendezvous_token_file=token_file(tmp_path))

@@ -314,7 +314,7 @@ export async function checkFingerprints(publicKey, role, cid, sdp, fps, fpSig, o
 
 /** `url` as it may be shown: the credentials a rendezvous URL may hold (`user:password@`, the
  * pairing payload's "rv") as `***` (rtc/auth.py redact). */
-export const redactUrl = (url) => String(url).replace(/^([A-Za-z][-+.A-Za-z0-9]*:\/\/)[^/?#]*@/, "$1***@");
+export const redactUrl = (url) => String(url).replace(/^([A-Za-z][-+.A-Za-z0-9]*:\/\/).*@/, "$1***@");
 
 /** `url` without its user information, and the credentials that were there ({username,
  * password}, or null): rtc/auth.py split_url. */
