@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import trio
@@ -19,6 +19,7 @@ from sidecode_trio.claude.process import ClaudeProcess
 from sidecode_trio.config import DaemonConfig
 from sidecode_trio.sessions import registry
 from sidecode_trio.sessions.core import SessionCore
+from sidecode_trio.sessions.session import Remote
 
 from helpers import Client, SSEEvent, SSEStream, cli_argvs, open_sse, pid_alive, running_daemon
 
@@ -294,3 +295,69 @@ async def test_what_a_client_does_while_a_session_is_failing_is_still_logged(
             assert [e.body["request_id"] for e in resolved] == [request]
         assert (await daemon.snapshot(session))["pending_permissions"] == []
         assert await status_of(daemon, session) != "requires_action"
+
+
+class BrokenFollower:
+    """A remote session whose follower fails each time it starts (a bug that does not pass)."""
+
+    source = "remote"
+
+    def __init__(self, session_id: str) -> None:
+        self.id = session_id
+        self.active = False
+        self.closed = False
+        self.runs = 0
+
+    def follow(self) -> None:
+        pass
+
+    def has_work(self) -> bool:
+        return True
+
+    async def run(self) -> None:
+        try:
+            self.runs += 1
+            await trio.lowlevel.checkpoint()
+            raise RuntimeError("injected failure")
+        finally:
+            self.active = False
+
+
+async def test_a_remote_follower_past_its_restart_budget_waits_for_a_client_to_open_it(
+    tmp_path: Path,
+) -> None:
+    """Past MAX_FAILURES in the window, a remote follower is followed again when a client opens
+    the session (subscribes), as for a local session's new message; not at every snapshot a
+    client reads (a watch polling one every few seconds), each of which used to start it again:
+    one more failure, traceback and ``session.error`` in the log per poll, without end."""
+    from sidecode_trio.eventlog.log import EventLog
+    from sidecode_trio.eventlog.store import SQLiteStore
+    from sidecode_trio.sessions.supervisor import SupervisorSettings
+    from sidecode_trio.wire import events as ev
+
+    store = SQLiteStore(tmp_path / "events.sqlite3")
+    log = EventLog(store)
+    log.load()
+    log.create("remote-1")
+    log.append("remote-1", ev.SessionCreated(str(tmp_path), "t"))
+    log.commit()
+    sessions = registry.SessionRegistry(log, SupervisorSettings(), [tmp_path])
+    follower = BrokenFollower("remote-1")
+    # as the bridge's factory adds them (only what the registry's boundary uses is here)
+    sessions._remotes["remote-1"] = cast(Remote, follower)
+    try:
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                sessions._nursery = nursery
+                sessions.follow("remote-1")  # a snapshot: follow it meanwhile
+                await trio.testing.wait_all_tasks_blocked()
+                assert follower.runs == registry.MAX_FAILURES  # restarted at once, then not
+                for _ in range(5):  # a client polls the session's snapshot
+                    sessions.follow("remote-1")
+                    await trio.testing.wait_all_tasks_blocked()
+                assert follower.runs == registry.MAX_FAILURES
+                sessions.follow("remote-1", opened=True)  # a client opens it: followed again
+                await trio.testing.wait_all_tasks_blocked()
+                assert follower.runs == registry.MAX_FAILURES + 1
+    finally:
+        store.close()
