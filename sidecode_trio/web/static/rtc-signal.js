@@ -319,7 +319,12 @@ export const redactUrl = (url) => String(url).replace(/^([A-Za-z][-+.A-Za-z0-9]*
 /** `url` without its user information, and the credentials that were there ({username,
  * password}, or null): rtc/auth.py split_url. */
 export function splitBrokerUrl(url) {
-  const parsed = new URL(url);
+  let parsed;
+  try {
+    parsed = new URL(url);
+  } catch {
+    throw new Error(`not a broker URL: ${redactUrl(url)}`);
+  }
   if (!parsed.username && !parsed.password) return { url, credentials: null };
   const credentials = {
     username: decodeURIComponent(parsed.username), password: decodeURIComponent(parsed.password),
