@@ -28,6 +28,7 @@ from .host.service import (
     make_spec,
     run_command,
 )
+from .rtc.auth import redact, split_url
 
 #: serve flags naming a path: made absolute at install (the service runs elsewhere, later)
 PATH_FLAGS = frozenset(
@@ -43,6 +44,15 @@ def serve_flags(
     if tokens[:1] == ["--"]:
         tokens = tokens[1:]
     parsed = serve_parser.parse_args(tokens)  # a bad flag exits 2 with serve's usage, as serve does
+    url = getattr(parsed, "rendezvous", None)
+    if url and split_url(url)[1] is not None:
+        # the unit's command line is printed here (its diff) and is serve's argv at every login,
+        # which any local user reads in the process list: the secret goes in a file instead
+        raise ServiceError(
+            f"--rendezvous {redact(url)}: credentials in the URL would be in the service's "
+            "command line, which other users can read: put them (token, or user:password) in a "
+            "0600 file and pass --rendezvous-token-file FILE"
+        )
     out: list[str] = []
     for action in serve_parser._actions:
         if not action.option_strings or action.dest in ("help", "state_dir"):

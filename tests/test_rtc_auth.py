@@ -63,6 +63,22 @@ def test_credentials_come_out_of_a_url_and_go_back_in_and_are_redacted_when_show
     ]
 
 
+def test_a_password_the_url_cannot_hold_as_typed_is_still_never_shown() -> None:
+    """A password with a ``/``, ``?`` or ``#`` not percent-encoded ends the URL's authority
+    early, so the URL parses as a host ``phil`` with the port ``s3cr``: refused, and neither the
+    URL shown with the refusal nor the port's complaint may hold the password."""
+    for url in (
+        "mqtts://phil:s3cr/et@broker.example:8883",
+        "mqtts://phil:s3cr?et@broker.example",
+        "wss://phil:s3cr#et@broker.example/mqtt",
+        "ntfy+https://:s3cr/et@ntfy.example",
+    ):
+        found = RtcSettings(rendezvous=url).problems()
+        assert len(found) == 1 and "$.rtc.rendezvous" in found[0], found
+        assert "s3cr" not in found[0] and "***@" in found[0], found
+        assert "s3cr" not in redact(url) and "s3cr" not in repr(RtcSettings(rendezvous=url))
+
+
 def test_a_rendezvous_token_file_must_be_private_and_the_only_credentials(tmp_path: Path) -> None:
     url = "ntfy+https://ntfy.example"
     ok = RtcSettings(rendezvous=url, rendezvous_token_file=token_file(tmp_path))
@@ -145,6 +161,34 @@ def test_a_service_install_pins_the_secret_files_as_absolute_paths(
     assert flags[flags.index("--rendezvous-token-file") + 1] == str(tmp_path / "tok")
     assert flags[flags.index("--turn-secret-file") + 1] == str(tmp_path / "sec")
     assert "--rendezvous-token-keyring" in flags
+
+
+def test_a_service_install_refuses_credentials_in_the_rendezvous_url(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The unit's command line is printed by ``install`` (its diff) and is every login's
+    ``serve`` argv, which any local user reads in the process list: credentials in the URL are
+    refused there, pointing to the token file, and the refusal does not repeat them."""
+    from sidecode_trio.errors import ServiceError
+    from sidecode_trio.service_command import serve_flags
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--state-dir", type=Path)
+    add_flags(parser)
+    for url in ("wss://phil:s3cret@broker.example/mqtt", "ntfy+https://:tk_s3cret@ntfy.example"):
+        with pytest.raises(ServiceError) as refused:
+            serve_flags(parser, ["--rendezvous", url])
+        assert "--rendezvous-token-file" in refused.value.message
+        assert "s3cret" not in refused.value.message and "***@" in refused.value.message
+    _state, flags = serve_flags(parser, ["--rendezvous", "wss://broker.example/mqtt"])
+    assert flags == ["--rendezvous", "wss://broker.example/mqtt"]
+    # the whole command: nothing installed, nothing printed with the secret
+    url = "wss://phil:s3cret@broker.example/mqtt"
+    code = main(
+        ["service", "install", "--dry-run", "--state-dir", str(tmp_path), "--", "--rendezvous", url]
+    )
+    out, err = capsys.readouterr()
+    assert code != 0 and "s3cret" not in out + err and "--rendezvous-token-file" in err
 
 
 def test_the_token_can_come_from_the_os_keychain(

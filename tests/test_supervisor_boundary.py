@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import trio
@@ -19,6 +19,7 @@ from sidecode_trio.claude.process import ClaudeProcess
 from sidecode_trio.config import DaemonConfig
 from sidecode_trio.sessions import registry
 from sidecode_trio.sessions.core import SessionCore
+from sidecode_trio.sessions.session import Remote
 
 from helpers import Client, SSEEvent, SSEStream, cli_argvs, open_sse, pid_alive, running_daemon
 
@@ -240,3 +241,123 @@ async def test_a_remote_sessions_follower_failing_is_contained_and_restarted(
                     lambda e: e.type == "turn.completed" and e.body["turn_id"] == sent
                 )
                 assert done.body["result"] == "You said: still fine"
+
+
+async def test_what_a_client_does_while_a_session_is_failing_is_still_logged(
+    daemon: Client, work_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run task has failed and its CLI is being stopped (the stop is held open here) when
+    an answer arrives: the core takes it (200, the request no longer pending), so the log must
+    say so too. It used to drop every event while failing: the request stayed pending in every
+    snapshot, its approval card and notification never retracted, until the daemon restarted."""
+    from sidecode_trio.sessions.supervisor import SessionSupervisor
+
+    victim: list[str] = []
+    armed, stopping, release = trio.Event(), trio.Event(), trio.Event()
+    loop, stop = SessionSupervisor._loop, ClaudeProcess._stop
+
+    async def loop_with_a_bomb(self: SessionSupervisor) -> None:
+        async def bomb() -> None:
+            await armed.wait()
+            if self.id in victim:
+                raise RuntimeError("injected failure")
+
+        async with trio.open_nursery() as inner:
+            inner.start_soon(bomb)
+            await loop(self)
+            inner.cancel_scope.cancel()
+
+    async def held_stop(self: ClaudeProcess, proc: trio.Process) -> None:
+        if armed.is_set() and self.spec.session_id in victim:
+            stopping.set()
+            await release.wait()
+        await stop(self, proc)
+
+    monkeypatch.setattr(SessionSupervisor, "_loop", loop_with_a_bomb)
+    monkeypatch.setattr(ClaudeProcess, "_stop", held_stop)
+    with trio.fail_after(40):
+        created = await daemon.create(work_dir, "[[bash:echo hi]]")
+        session = created["session"]["id"]
+        victim.append(session)
+        async with daemon.events(session) as stream:
+            request = (await stream.until_type("permission.requested")).body["request_id"]
+            armed.set()
+            try:
+                await stopping.wait()  # failing: its CLI is being stopped
+                reply = await daemon.answer(session, request, behavior="allow")
+            finally:  # (a shielded stop held open would hold the daemon's exit)
+                release.set()
+            assert reply.status_code == 200, reply.text
+            await stream.until(
+                lambda e: e.type == "session.error" and e.body["code"] == "session_failed"
+            )
+            resolved = [e for e in stream.seen if e.type == "permission.resolved"]
+            assert [e.body["request_id"] for e in resolved] == [request]
+        assert (await daemon.snapshot(session))["pending_permissions"] == []
+        assert await status_of(daemon, session) != "requires_action"
+
+
+class BrokenFollower:
+    """A remote session whose follower fails each time it starts (a bug that does not pass)."""
+
+    source = "remote"
+
+    def __init__(self, session_id: str) -> None:
+        self.id = session_id
+        self.active = False
+        self.closed = False
+        self.runs = 0
+
+    def follow(self) -> None:
+        pass
+
+    def has_work(self) -> bool:
+        return True
+
+    async def run(self) -> None:
+        try:
+            self.runs += 1
+            await trio.lowlevel.checkpoint()
+            raise RuntimeError("injected failure")
+        finally:
+            self.active = False
+
+
+async def test_a_remote_follower_past_its_restart_budget_waits_for_a_client_to_open_it(
+    tmp_path: Path,
+) -> None:
+    """Past MAX_FAILURES in the window, a remote follower is followed again when a client opens
+    the session (subscribes), as for a local session's new message; not at every snapshot a
+    client reads (a watch polling one every few seconds), each of which used to start it again:
+    one more failure, traceback and ``session.error`` in the log per poll, without end."""
+    from sidecode_trio.eventlog.log import EventLog
+    from sidecode_trio.eventlog.store import SQLiteStore
+    from sidecode_trio.sessions.supervisor import SupervisorSettings
+    from sidecode_trio.wire import events as ev
+
+    store = SQLiteStore(tmp_path / "events.sqlite3")
+    log = EventLog(store)
+    log.load()
+    log.create("remote-1")
+    log.append("remote-1", ev.SessionCreated(str(tmp_path), "t"))
+    log.commit()
+    sessions = registry.SessionRegistry(log, SupervisorSettings(), [tmp_path])
+    follower = BrokenFollower("remote-1")
+    # as the bridge's factory adds them (only what the registry's boundary uses is here)
+    sessions._remotes["remote-1"] = cast(Remote, follower)
+    try:
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                sessions._nursery = nursery
+                sessions.follow("remote-1")  # a snapshot: follow it meanwhile
+                await trio.testing.wait_all_tasks_blocked()
+                assert follower.runs == registry.MAX_FAILURES  # restarted at once, then not
+                for _ in range(5):  # a client polls the session's snapshot
+                    sessions.follow("remote-1")
+                    await trio.testing.wait_all_tasks_blocked()
+                assert follower.runs == registry.MAX_FAILURES
+                sessions.follow("remote-1", opened=True)  # a client opens it: followed again
+                await trio.testing.wait_all_tasks_blocked()
+                assert follower.runs == registry.MAX_FAILURES + 1
+    finally:
+        store.close()

@@ -35,6 +35,7 @@ from ..security.devices import Device, Scope
 from ..security.guard import Guard
 from ..security.pairing import PairingProof
 from ..sessions import folders
+from ..sessions.core import check_model
 from ..sessions.registry import SessionFilter, SessionRegistry, inside_roots
 from ..sessions.supervisor import Prompt
 from ..views import tools
@@ -521,10 +522,8 @@ def _check_title(title: str) -> None:
 
 
 def _check_model(model: str | None) -> None:
-    if model is not None and (
-        not model or len(model) > 200 or any(c.isspace() or c == "\x00" for c in model)
-    ):
-        raise BadRequest("model must be a non-empty name without spaces")
+    if model is not None:
+        check_model(model)
 
 
 def _prompt(text: str, images: Sequence[rq.Image]) -> Prompt:

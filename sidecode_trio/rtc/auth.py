@@ -28,7 +28,10 @@ import attrs
 #: the OS keychain's account of the rendezvous's credentials (``serve --rendezvous-token-keyring``;
 #: the service is the identity key's, ``sidecode-trio``)
 KEYRING_ACCOUNT: Final = "rendezvous"
-_USERINFO: Final = re.compile(r"^([A-Za-z][-+.A-Za-z0-9]*://)[^/?#]*@")
+#: up to the last "@": a password with a "/", "?" or "#" not percent-encoded ends the authority
+#: early (urlsplit then sees no credentials), and must not be shown either; a URL with an "@"
+#: only in its path is shown with too much hidden, which is the safe way to be wrong
+_USERINFO: Final = re.compile(r"^([A-Za-z][-+.A-Za-z0-9]*://).*@")
 
 
 @attrs.frozen

@@ -50,8 +50,8 @@ def _rendezvous_url_problem(parts: SplitResult) -> str | None:
     """What the broker drivers (``broker._parse_url``, ``ntfy.parse_url``) would refuse."""
     try:
         parts.port  # noqa: B018 - raises ValueError for a port that is not 0-65535
-    except ValueError as exc:
-        return f"a bad port ({exc})"
+    except ValueError:  # not its words: a password cut by a "/" shows there as the "port"
+        return "a bad port (a number from 0 to 65535 after the host)"
     if parts.scheme.startswith("ntfy+") and (parts.query or parts.fragment):
         return "an ntfy URL takes no query or fragment"
     return None

@@ -222,6 +222,13 @@ class CoreSettings:
     warm_idle_timeout: float = 120.0
 
 
+def check_model(model: str) -> None:
+    """A model's name as the CLI's ``--model`` takes it (a new session's, or a change)."""
+    # NUL: the name goes on the CLI's command line, where it raised (and ended the daemon)
+    if not model or len(model) > 200 or any(c.isspace() or c == "\x00" for c in model):
+        raise BadRequest("model must be a non-empty name without spaces")
+
+
 class SessionCore:
     """The session's state machine; see the module docstring. ``now`` is any one clock (the
     driver uses wall time: ``expires_at`` of a permission request is shown to people)."""
@@ -488,11 +495,6 @@ class SessionCore:
             raise BadRequest(
                 f"unknown permission mode {mode!r}; one of {', '.join(msg.PERMISSION_MODES)}"
             )
-
-    def check_model(self, model: str) -> None:
-        # NUL: the name goes on the CLI's command line, where it raised (and ended the daemon)
-        if not model or len(model) > 200 or any(c.isspace() or c == "\x00" for c in model):
-            raise BadRequest("model must be a non-empty name without spaces")
 
     def set_settings(self, *, mode: str | None = None, model: str | None = None) -> list[Output]:
         """The CLI took the new mode/model (or none runs): say so, if it is a change."""

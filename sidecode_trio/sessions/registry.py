@@ -226,7 +226,7 @@ class SessionRegistry:
             session_id,
             len(failures),
             RESTART_WINDOW,
-            "it may start again at once" if restart else "it stays failed until a new message",
+            "it may start again at once" if restart else "it stays failed until a client acts",
             exc_info=error,
         )
         # the error's kind only: its text may hold anything (paths, a client's input)
@@ -376,7 +376,16 @@ class SessionRegistry:
                 self._warm_up(session_id)
             return
         remote.follow()
-        self._follow_remote(remote)
+        if opened or not self._exhausted(session_id):  # past its budget: a client opens it
+            self._follow_remote(remote)
+
+    def _exhausted(self, session_id: str) -> bool:
+        """Whether the session failed :data:`MAX_FAILURES` times within the window (then it
+        is not restarted on its own: a snapshot read would start a broken follower at each
+        poll)."""
+        failures = self._failures.get(session_id, ())
+        since = trio.current_time() - RESTART_WINDOW
+        return sum(1 for at in failures if at >= since) >= MAX_FAILURES
 
     def _follow_remote(self, remote: Remote) -> None:
         if not remote.active and remote.has_work() and self._nursery is not None:

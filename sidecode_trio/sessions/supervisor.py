@@ -47,6 +47,7 @@ from .core import (
     State,
     Terminate,
     Write,
+    check_model,
 )
 
 __all__ = ["RECENT_IDS", "MirrorRequest", "Prompt", "SessionSupervisor", "SupervisorSettings"]
@@ -146,8 +147,6 @@ class SessionSupervisor:
     def _apply(self, outputs: list[Output]) -> list[Action]:
         """Append the events (in order) and do the instant actions; the rest is returned."""
         later: list[Action] = []
-        if self._failing:
-            return later  # the run task is dying: failed() says what happened, once
         for item in outputs:
             if isinstance(item, PutOutput):
                 self._log.put_output(self.id, item.tool_use_id, item.output)
@@ -157,7 +156,7 @@ class SessionSupervisor:
                     request.finish(item.error)
             elif isinstance(item, ev.Event):
                 self._log.append(self.id, item)
-            else:
+            elif not self._failing:  # dying, its CLI being stopped: nothing more goes to it
                 later.append(item)
         seen = (self.core.state, self.core.status)
         if later or seen != self._seen:  # the loop may have something to do, or to re-arm
@@ -334,7 +333,7 @@ class SessionSupervisor:
         self._apply(self.core.set_settings(mode=mode))
 
     async def set_model(self, model: str) -> None:
-        self.core.check_model(model)
+        check_model(model)
         process = self._process
         if process is not None:
             await process.request({"subtype": "set_model", "model": model})

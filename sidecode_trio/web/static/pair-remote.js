@@ -10,6 +10,9 @@
 //
 // Both return {status, body, via}, exactly what POST /v1/pair would have answered.
 
+// redactUrl only (the broker client is loaded when dialled); tweetnacl is loaded by then (auth.js)
+import { redactUrl } from "./rtc-signal.js";
+
 const enc = new TextEncoder();
 const dec = new TextDecoder();
 const WT_TIMEOUT = 8_000; // ms per WebTransport address
@@ -65,7 +68,7 @@ export async function sendPair(payload, request, boxKeys = null) {
     try {
       return { ...(await overRendezvous(payload, request, boxKeys)), via: "rendezvous" };
     } catch (error) {
-      errors.push(`${payload.rv}: ${error.message || error}`);
+      errors.push(`${redactUrl(payload.rv)}: ${error.message || error}`);
     }
   }
   if (!payload.rv && !hasWebTransport) {
@@ -153,7 +156,7 @@ export async function pairingTopics(secret, prefix = "sidecode") {
 
 export async function overRendezvous(payload, request, boxKeys = null, timeout = RV_TIMEOUT) {
   if (!/^wss?:\/\//.test(payload.rv)) {
-    throw new Error(`a browser cannot reach the broker ${payload.rv}: it needs a wss:// URL`);
+    throw new Error(`a browser cannot reach the broker ${redactUrl(payload.rv)}: it needs a wss:// URL`);
   }
   const signal = await import("./rtc-signal.js"); // tweetnacl, the broker client
   const nacl = self.nacl;

@@ -312,12 +312,36 @@ export async function checkFingerprints(publicKey, role, cid, sdp, fps, fpSig, o
 
 // -- the broker ----------------------------------------------------------------------------------
 
+/** `url` as it may be shown: the credentials a rendezvous URL may hold (`user:password@`, the
+ * pairing payload's "rv") as `***` (rtc/auth.py redact). */
+export const redactUrl = (url) => String(url).replace(/^([A-Za-z][-+.A-Za-z0-9]*:\/\/).*@/, "$1***@");
+
+/** `url` without its user information, and the credentials that were there ({username,
+ * password}, or null): rtc/auth.py split_url. */
+export function splitBrokerUrl(url) {
+  let parsed;
+  try {
+    parsed = new URL(url);
+  } catch {
+    throw new Error(`not a broker URL: ${redactUrl(url)}`);
+  }
+  if (!parsed.username && !parsed.password) return { url, credentials: null };
+  const credentials = {
+    username: decodeURIComponent(parsed.username), password: decodeURIComponent(parsed.password),
+  };
+  parsed.username = parsed.password = "";
+  return { url: parsed.href, credentials };
+}
+
 /** A broker connection (MQTT over WebSocket: ws:// on loopback, wss:// elsewhere), loaded only
  * when used: {subscribe(topic), publish(topic, text), messages: async iterator of [topic, text],
- * close()}. */
+ * close()}. Credentials in `url` go in CONNECT as the daemon sends them (a bare token: the
+ * password, with an empty user name; MQTT.js's own URL parsing would make ":token" the user). */
 export async function connectBroker(url, { timeout = 10_000 } = {}) {
   const { default: mqtt } = await import("./vendor/mqtt.esm.js");
-  const client = mqtt.connect(url, {
+  const { url: bare, credentials } = splitBrokerUrl(url);
+  const client = mqtt.connect(bare, {
+    ...(credentials || {}),
     protocolVersion: 4, reconnectPeriod: 0, connectTimeout: timeout, clean: true,
     clientId: "sc-" + newCid().slice(0, 16),
     // keepalive on setInterval: the default ("auto") starts a blob: worker for its timers,
@@ -327,7 +351,7 @@ export async function connectBroker(url, { timeout = 10_000 } = {}) {
   await new Promise((resolve, reject) => {
     client.once("connect", resolve);
     client.once("error", reject);
-    client.once("close", () => reject(new Error(`cannot reach the rendezvous ${url}`)));
+    client.once("close", () => reject(new Error(`cannot reach the rendezvous ${redactUrl(url)}`)));
   }).catch((error) => {
     client.end(true);
     throw error;
