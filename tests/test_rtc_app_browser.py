@@ -219,6 +219,24 @@ def phone_in_lab(
             browser.close()
 
 
+_REGISTRATION = """async () => {
+  const r = await navigator.serviceWorker.getRegistration();
+  if (!r) return "no registration";
+  return JSON.stringify({installing: r.installing?.state, waiting: r.waiting?.state,
+                         active: r.active?.state});
+}"""
+
+
+def wait_controlled(page: Any) -> None:
+    """Until the service worker controls the page. Its install fetches the whole shell, which
+    on a loaded 2-core machine (Chromium, the daemon and the lab's forwarders on it) has taken
+    more than Playwright's default 15 s once in CI; a failure says where the worker stood."""
+    try:
+        page.wait_for_function("() => navigator.serviceWorker.controller !== null", timeout=90_000)
+    except Exception as exc:
+        raise AssertionError(f"not controlled: {page.evaluate(_REGISTRATION)}") from exc
+
+
 def header(page: Any) -> dict[str, Any]:
     """The connection indicator: its text, path, and whether it fits the phone's width."""
     return dict(
@@ -553,7 +571,7 @@ async def test_from_another_origin_the_app_goes_direct_then_peer_to_peer_and_ope
                     direct_path_goes_away(page, direct)
 
                     # the static host goes away; the app opens from its cache and dials
-                    page.wait_for_function("() => navigator.serviceWorker.controller !== null")
+                    wait_controlled(page)
                     stop_site()
                     page.reload()
                     page.wait_for_selector("#conn[data-state='live'][data-transport='webrtc']")
