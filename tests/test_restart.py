@@ -343,6 +343,15 @@ async def test_kill_9_mid_turn_leaves_no_claude_and_no_unseen_text(
         kill_leftovers(cli_pids)
 
 
+def _execd(found: leash.Stamp | None, session_id: str) -> bool:
+    """Whether ``found`` is the fake CLI itself (this interpreter), started for ``session_id``."""
+    return (
+        found is not None
+        and leash.names_session(found.argv, session_id)
+        and Path(found.argv[0]).name == Path(sys.executable).name
+    )
+
+
 @pytest.mark.parametrize("source", ["proc", "ps"])
 async def test_the_start_up_reaper_kills_only_a_recorded_claude(
     tmp_path: Path,
@@ -369,11 +378,11 @@ async def test_the_start_up_reaper_kills_only_a_recorded_claude(
     other = await trio.lowlevel.open_process(["sleep", "60"], start_new_session=True)
     try:
         with trio.fail_after(30):
-            while leash.stamp(orphan.pid) is None or not leash.names_session(
-                leash.stamp(orphan.pid).argv,  # type: ignore[union-attr]
-                session_id,
-            ):
-                await trio.sleep(0.02)  # the wrapper has exec'd the fake CLI
+            # until the wrapper has exec'd the fake CLI: the shell's argv names the session too,
+            # and a reap that reads /proc/<pid>/cmdline in the middle of that exec finds no argv
+            # (seen once in CI on a loaded machine: nothing killed)
+            while not _execd(leash.stamp(orphan.pid), session_id):
+                await trio.sleep(0.02)
             records.add(session_id, orphan.pid)
             # a recycled pid: the record names a session, the process there is something else
             recycled = str(uuid.uuid4())
@@ -385,7 +394,7 @@ async def test_the_start_up_reaper_kills_only_a_recorded_claude(
             )
             assert len(records.all()) == 3
             killed = await leash.reap(records)
-            assert [r.pid for r in killed] == [orphan.pid]
+            assert [r.pid for r in killed] == [orphan.pid], (leash.stamp(orphan.pid), orphan.poll())
             assert await orphan.wait() == -signal.SIGKILL
             assert other.poll() is None, "a process that is not our claude was killed"
             assert records.all() == []

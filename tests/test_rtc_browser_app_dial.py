@@ -147,7 +147,9 @@ def test_the_app_pairs_then_dials_the_daemon_with_only_its_stored_device_record(
     device = result["device"]
     assert subscribed == [device["id"]] and links == 1 and refused == 0
     assert device["extractable"] is False  # the signing key stays non-extractable
-    assert result["ping"] == {"type": "ping", "n": 1}  # the daemon speaks over the channel
+    # the daemon speaks over the channel (pings come every 0.3 s: on a loaded machine the first
+    # can pass before the page's handler is set, so the one seen may be a later one)
+    assert result["ping"]["type"] == "ping" and result["ping"]["n"] >= 1, result["ping"]
     assert result["pinned"] in result["signed"]  # DTLS ran with the certificate the daemon signed
     assert "pair it again" in result["stale"]
     store = DeviceStore(config.state_dir / "devices.sqlite3")
