@@ -116,6 +116,18 @@ def turn_ends(page: Any) -> int:
     return int(page.evaluate("() => document.querySelectorAll('#transcript .turn-end').length"))
 
 
+PARTIAL_WATCH = """() => {
+  window.partialSeen = false;
+  const partial = () => [...document.querySelectorAll('#transcript .assistant.streaming')]
+    .some((n) => n.innerText.includes('tick 3 ') && !n.innerText.includes('tick 39'));
+  const observer = new MutationObserver(() => {
+    if (partial()) { window.partialSeen = true; observer.disconnect(); }
+  });
+  observer.observe(document.getElementById('transcript'),
+                   { childList: true, subtree: true, characterData: true });
+}"""
+
+
 def ticks(text: str) -> list[int]:
     return [int(n) for n in re.findall(r"\btick (\d+)\b", text)]
 
@@ -178,12 +190,11 @@ async def test_phone_pairs_starts_a_session_approves_denies_interrupts_and_reloa
                 page.click("#scrim", position={"x": PHONE["width"] - 20, "y": 400})
 
                 # token by token: part of the text shows while the block is still streaming
+                # (seen by a MutationObserver at every change of the transcript, not by polling,
+                # which a page starved for the turn's 2 s on a loaded machine could miss)
+                page.evaluate(PARTIAL_WATCH)
                 send(page, "[[slow:40]]")
-                page.wait_for_function(
-                    "() => [...document.querySelectorAll('#transcript .assistant.streaming')]"
-                    ".some((n) => n.innerText.includes('tick 3 ')"
-                    " && !n.innerText.includes('tick 39'))"
-                )
+                page.wait_for_function("() => window.partialSeen")
                 wait_turn_ends(page, 2)
                 assert ticks(turn_text(page)) == list(range(40))
 
