@@ -41,7 +41,7 @@ def show_a_push(chromium: str, url: str) -> list[dict[str, Any]]:
             context = browser.new_context()
             context.grant_permissions(["notifications"], origin=url)
             page = context.new_page()
-            page.set_default_timeout(15_000)
+            page.set_default_timeout(30_000)
             cdp = context.new_cdp_session(page)
             registrations: list[str] = []
             cdp.on(

@@ -44,7 +44,7 @@ from helpers import chromium_args, chromium_or_skip, running_daemon
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
 
-STEP_TIMEOUT_MS = 15_000
+STEP_TIMEOUT_MS = 30_000  # a deadline per step, not a behaviour: loaded 2-core CI
 SDP_DEVICE = (
     "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"
     "m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\n"

@@ -34,7 +34,7 @@ import pytest
 DRIVER = shutil.which("WebKitWebDriver") or "/usr/bin/WebKitWebDriver"
 XVFB = shutil.which("Xvfb") or "/usr/bin/Xvfb"
 MINIBROWSER = "/usr/lib/x86_64-linux-gnu/webkit2gtk-4.1/MiniBrowser"
-STEP_TIMEOUT = 15.0  # seconds for each wait, as the Chromium tests' STEP_TIMEOUT_MS
+STEP_TIMEOUT = 30.0  # seconds for each wait, as the Chromium tests' STEP_TIMEOUT_MS
 ELEMENT = "element-6066-11e4-a52e-4f735466cecf"  # W3C WebDriver's element reference key
 # An error hook, installed once a page has loaded (MiniBrowser in automation mode does not write
 # console messages anywhere a test can read, and this WebDriver has no log or BiDi events): a
