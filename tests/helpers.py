@@ -1,15 +1,21 @@
-"""Test helpers: an HTTP client of the v1 API, an SSE reader, and the fake CLI's log."""
+"""Test helpers: an HTTP client of the v1 API, an SSE reader, the fake CLI's log, and what several
+tests start alike: a static folder on loopback, a mosquitto, a Node harness."""
 
 from __future__ import annotations
 
+import functools
+import http.server
 import importlib.util
 import json
 import os
 import shutil
 import socket
+import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -271,3 +277,98 @@ def chromium_args(*extra: str) -> list[str]:
     if os.geteuid() == 0:
         args.append("--no-sandbox")
     return args
+
+
+NODE = shutil.which("node")
+
+
+def run_node_harness(folder: Path, harness: str) -> Any:
+    """``harness``, an ES module, run by Node in ``folder`` beside the copies and fakes the test
+    put there; what it printed, as JSON (the test skips where ``NODE`` is None)."""
+    assert NODE is not None
+    (folder / "harness.mjs").write_text(harness)
+    (folder / "package.json").write_text('{"type": "module"}')
+    run = subprocess.run(
+        [NODE, "harness.mjs"], cwd=folder, capture_output=True, text=True, timeout=30
+    )
+    assert run.returncode == 0, run.stderr
+    return json.loads(run.stdout)
+
+
+class _QuietFiles(http.server.SimpleHTTPRequestHandler):
+    """A folder's files, typed as browsers insist for modules and manifests, and no access log."""
+
+    extensions_map = {
+        **http.server.SimpleHTTPRequestHandler.extensions_map,
+        ".js": "text/javascript",
+        ".webmanifest": "application/manifest+json",
+    }
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@attrs.frozen
+class StaticSite:
+    url: str  #: http://127.0.0.1:<port>, without a trailing slash
+    stop: Callable[[], None]  #: stops serving (the host goes away); again on leaving is harmless
+
+
+def _here(listen: Callable[[], http.server.ThreadingHTTPServer]) -> http.server.ThreadingHTTPServer:
+    return listen()
+
+
+@contextmanager
+def serve_folder(
+    root: Path,
+    listen_in: Callable[
+        [Callable[[], http.server.ThreadingHTTPServer]], http.server.ThreadingHTTPServer
+    ] = _here,
+) -> Iterator[StaticSite]:
+    """``root`` served on a loopback port of its own (another origin than any daemon's), until
+    the block ends. ``listen_in`` calls the function that makes the listening socket, in another
+    network namespace for one (a socket stays in the namespace it was made in)."""
+    handler = functools.partial(_QuietFiles, directory=str(root))
+    server = listen_in(lambda: http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+    try:
+        yield StaticSite(f"http://127.0.0.1:{server.server_address[1]}", stop)
+    finally:
+        stop()
+
+
+@contextmanager
+def mosquitto_on_loopback(folder: Path, conf: str = "allow_anonymous true\n") -> Iterator[str]:
+    """A mosquitto on a free loopback port, its configuration (in ``folder``) ``conf`` and what
+    every test's broker has; its ``mqtt://`` URL once it listens; terminated on leaving."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    path = folder / "mosquitto.conf"
+    path.write_text(
+        f"per_listener_settings false\npersistence false\nset_tcp_nodelay true\n{conf}"
+        f"listener {port} 127.0.0.1\n"
+    )
+    proc = subprocess.Popen(
+        ["mosquitto", "-c", str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 20  # a deadline (a loaded machine), not a count of tries
+        while True:
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail("mosquitto did not start")
+            time.sleep(0.05)
+        yield f"mqtt://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)

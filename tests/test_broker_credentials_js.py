@@ -11,15 +11,14 @@ payload's ``"rv"`` carries them (``wss://:tk_...@host``, ``rtc/auth.py:device_ur
 
 from __future__ import annotations
 
-import json
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
+from helpers import NODE, run_node_harness
+
 STATIC = Path(__file__).parent.parent / "sidecode_trio" / "web" / "static"
-NODE = shutil.which("node")
 TOKEN = "tk_s3cret0token"
 
 FAKE_MQTT = """
@@ -59,19 +58,12 @@ console.log(JSON.stringify(out));
 
 @pytest.mark.skipif(NODE is None, reason="needs node")
 def test_the_web_app_presents_broker_credentials_and_never_shows_them(tmp_path: Path) -> None:
-    assert NODE is not None
     (tmp_path / "vendor").mkdir()
     shutil.copy(STATIC / "vendor" / "nacl-fast.min.js", tmp_path / "vendor")
     shutil.copy(STATIC / "rtc-signal.js", tmp_path)
     shutil.copy(STATIC / "pair-remote.js", tmp_path)
     (tmp_path / "vendor" / "mqtt.esm.js").write_text(FAKE_MQTT)
-    (tmp_path / "harness.mjs").write_text(HARNESS)
-    (tmp_path / "package.json").write_text('{"type": "module"}')
-    run = subprocess.run(
-        [NODE, "harness.mjs"], cwd=tmp_path, capture_output=True, text=True, timeout=30
-    )
-    assert run.returncode == 0, run.stderr
-    result = json.loads(run.stdout)
+    result = run_node_harness(tmp_path, HARNESS)
     token, basic = result["connects"]
     # the bare token is CONNECT's password with an empty user name, as paho sends it
     assert token == {"url": "wss://broker.example:8884/mqtt", "username": "", "password": TOKEN}

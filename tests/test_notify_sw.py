@@ -7,15 +7,14 @@ instead of a notification. (A real browser cannot be given a push without a push
 
 from __future__ import annotations
 
-import json
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
+from helpers import NODE, run_node_harness
+
 STATIC = Path(__file__).parent.parent / "sidecode_trio" / "web" / "static"
-NODE = shutil.which("node")
 
 FAKE_AUTH = """
 export const calls = [];
@@ -73,16 +72,9 @@ console.log(JSON.stringify({ shown, calls, opened, posted }));
 
 @pytest.mark.skipif(NODE is None, reason="needs node")
 def test_the_service_worker_shows_answers_and_opens(tmp_path: Path) -> None:
-    assert NODE is not None
     shutil.copy(STATIC / "sw-push.js", tmp_path / "sw-push.js")
     (tmp_path / "auth.js").write_text(FAKE_AUTH)
-    (tmp_path / "harness.mjs").write_text(HARNESS)
-    (tmp_path / "package.json").write_text('{"type": "module"}')
-    run = subprocess.run(
-        [NODE, "harness.mjs"], cwd=tmp_path, capture_output=True, text=True, timeout=30
-    )
-    assert run.returncode == 0, run.stderr
-    result = json.loads(run.stdout)
+    result = run_node_harness(tmp_path, HARNESS)
     shown, answered = result["shown"]  # the last push went to the focused window instead
     assert shown["title"] == "Approve: Run `ls`" and shown["tag"] == "sidecode-s 1"
     assert [a["action"] for a in shown["actions"]] == ["allow", "deny"]
@@ -154,16 +146,9 @@ console.log(JSON.stringify({ before, record, during, removed, after, subscribed,
 
 @pytest.mark.skipif(NODE is None, reason="needs node")
 def test_the_settings_module_subscribes_and_unsubscribes(tmp_path: Path) -> None:
-    assert NODE is not None
     shutil.copy(STATIC / "push.js", tmp_path / "push.js")
     (tmp_path / "auth.js").write_text(PAGE_AUTH)
-    (tmp_path / "harness.mjs").write_text(PAGE_HARNESS)
-    (tmp_path / "package.json").write_text('{"type": "module"}')
-    run = subprocess.run(
-        [NODE, "harness.mjs"], cwd=tmp_path, capture_output=True, text=True, timeout=30
-    )
-    assert run.returncode == 0, run.stderr
-    result = json.loads(run.stdout)
+    result = run_node_harness(tmp_path, PAGE_HARNESS)
     assert (result["before"], result["during"], result["after"]) == (
         "disabled",
         "enabled",

@@ -8,9 +8,6 @@ namespace of its own with only the broker, as in test_rtc_browser_dial.py)."""
 from __future__ import annotations
 
 import datetime as dt
-import functools
-import http.server
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -19,17 +16,15 @@ from typing import Any
 
 import pytest
 import trio
-from test_rtc_browser_dial import WS_PORT, _chromium_in, _setns, namespace, site
+from test_rtc_browser_dial import _chromium_in, namespace, offering_through_the_broker, site
 
 from sidecode_trio.config import DaemonConfig
-from sidecode_trio.rtc import service as service_module
-from sidecode_trio.rtc.settings import RtcSettings
 from sidecode_trio.security.devices import DeviceStore
 from sidecode_trio.security.identity import unb64
 from sidecode_trio.security.tls import PROMOTE_BEFORE, make_certificate
 from sidecode_trio.web.export import export
 
-from helpers import chromium_args, chromium_or_skip, running_daemon
+from helpers import chromium_args, chromium_or_skip, running_daemon, serve_folder
 
 __all__ = ["namespace", "site"]  # the fixtures, imported
 playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
@@ -55,20 +50,8 @@ def static_site(tmp_path: Path) -> Iterator[str]:
     export(root)
     (root / "blank.html").write_text("<!doctype html><title>pair</title>")
 
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    handler = functools.partial(Quiet, directory=str(root))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with serve_folder(root) as served:
+        yield served.url
 
 
 def run_pairings(
@@ -144,23 +127,11 @@ async def test_the_exported_app_pairs_through_the_broker_when_no_address_answers
     """The browser is in a namespace where only the broker is: the daemon's addresses (this
     namespace's loopback) are out of its reach, and the daemon has no WebTransport."""
     chromium = _chromium_in(namespace, tmp_path)
-    monkeypatch.setattr(
-        service_module,
-        "RtcService",
-        functools.partial(service_module.RtcService, thread_setup=lambda: _setns(namespace)),
-    )
-    rtc = RtcSettings(rendezvous=f"ws://127.0.0.1:{WS_PORT}", stun=(), ping_interval=1.0)
-    config = make_config(rtc=rtc, quic_port=-1)
-    async with running_daemon(config) as owner:
+    broker = offering_through_the_broker(make_config, namespace, monkeypatch)
+    async with broker as (owner, config, payload):
         service = owner.handle.rtc
+        assert payload["quic"] == []
         with trio.fail_after(90):
-            await service.ready.wait()
-            payload = (await owner.http.post("/v1/pairings", json={"scope": "chat"})).json()[
-                "payload"
-            ]
-            assert payload["quic"] == [] and payload["rv"] == f"ws://127.0.0.1:{WS_PORT}"
-            while service.pairing() != [payload["sid"]]:
-                await trio.sleep(0.02)
             (paired,) = await trio.to_thread.run_sync(
                 run_pairings, chromium, site + "/dial.html", [payload]
             )

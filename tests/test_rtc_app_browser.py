@@ -16,7 +16,6 @@ switches to WebRTC when that path goes away and back when it returns.
 from __future__ import annotations
 
 import contextlib
-import functools
 import http.server
 import socket
 import threading
@@ -45,7 +44,7 @@ from sidecode_trio.config import DaemonConfig
 from sidecode_trio.web.export import CONNECT, export, meta_policy
 
 import netlab
-from helpers import chromium_args, chromium_or_skip, running_daemon
+from helpers import chromium_args, chromium_or_skip, running_daemon, serve_folder
 
 netlab.skip_unless_possible()
 playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
@@ -76,25 +75,14 @@ def static_server(lab: netlab.Lab, root: Path) -> Iterator[tuple[str, Callable[[
     index.write_text(index.read_text().replace(policy, opened))
     (root / "blank.html").write_text("<!doctype html><title>blank</title>")
 
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args: Any) -> None:
-            pass
+    def in_phone(
+        listen: Callable[[], http.server.ThreadingHTTPServer],
+    ) -> http.server.ThreadingHTTPServer:
+        with lab.inside("phone"):  # the listening socket stays in the namespace it was made in
+            return listen()
 
-    handler = functools.partial(Quiet, directory=str(root))
-    with lab.inside("phone"):  # the listening socket stays in the namespace it was made in
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-
-    def stop() -> None:
-        server.shutdown()
-        server.server_close()
-        thread.join()
-
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", stop
-    finally:
-        stop()
+    with serve_folder(root, in_phone) as served:
+        yield served.url, served.stop
 
 
 class Forwarder:

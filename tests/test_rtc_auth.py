@@ -10,9 +10,7 @@ import argparse
 import os
 import pwd
 import shutil
-import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,6 +25,8 @@ from sidecode_trio.rtc.broker import RendezvousError
 from sidecode_trio.rtc.reach import live_settings
 from sidecode_trio.rtc.settings import RtcSettings, add_flags, overrides
 from sidecode_trio.web import page_origins
+
+from helpers import mosquitto_on_loopback
 
 
 def token_file(tmp_path: Path, text: str = "tk_abc123", mode: int = 0o600) -> Path:
@@ -228,34 +228,16 @@ def closed_broker(tmp_path: Path) -> Iterator[str]:
             pytest.fail("mosquitto is missing in CI")
         pytest.skip("needs mosquitto (apt-get install mosquitto)")
     pytest.importorskip("paho")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
     passwords = tmp_path / "passwords"
     subprocess.run(["mosquitto_passwd", "-c", "-b", str(passwords), "phil", "pw"], check=True)
     passwords.chmod(0o600)
-    conf = tmp_path / "mosquitto.conf"
-    conf.write_text(
-        f"per_listener_settings false\nallow_anonymous false\npassword_file {passwords}\n"
-        f"persistence false\nset_tcp_nodelay true\nlistener {port} 127.0.0.1\n"
+    conf = (
+        f"allow_anonymous false\npassword_file {passwords}\n"
         # as root it would drop to user "mosquitto", who cannot read our 0600 password file
         f"user {pwd.getpwuid(os.geteuid()).pw_name}\n"
     )
-    proc = subprocess.Popen(
-        ["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    try:
-        for _ in range(200):
-            with socket.socket() as sock:
-                if sock.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            if proc.poll() is not None:
-                pytest.fail("mosquitto did not start")
-            time.sleep(0.05)
-        yield f"mqtt://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    with mosquitto_on_loopback(tmp_path, conf) as url:
+        yield url
 
 
 async def test_an_mqtt_broker_gets_the_user_and_password_in_connect(closed_broker: str) -> None:

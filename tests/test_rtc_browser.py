@@ -13,14 +13,10 @@ WebCrypto works), like a static host would serve the exported bundle.
 
 from __future__ import annotations
 
-import functools
-import http.server
 import json
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import nacl.signing
@@ -40,7 +36,7 @@ from sidecode_trio.security.identity import b64, unb64
 from sidecode_trio.web.export import export
 from sidecode_trio.wire.signaling import Hello, IceConfig, IceServer, Offer
 
-from helpers import chromium_args, chromium_or_skip, running_daemon
+from helpers import chromium_args, chromium_or_skip, running_daemon, serve_folder
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
 
@@ -55,32 +51,6 @@ SDP_DAEMON = SDP_DEVICE.replace("AB:CD", "12:34").replace("sha-256", "sha-384") 
     "a=fingerprint:sha-256 01:02:03:04:05:06:07:08:09:0A:0B:0C:0D:0E:0F:10:"
     "11:12:13:14:15:16:17:18:19:1A:1B:1C:1D:1E:1F:20\r\n"
 )
-
-
-@contextmanager
-def static_site(root: Path) -> Iterator[str]:
-    """``root`` served on a loopback port of its own (another origin than any daemon)."""
-
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        extensions_map = {
-            **http.server.SimpleHTTPRequestHandler.extensions_map,
-            ".js": "text/javascript",
-            ".webmanifest": "application/manifest+json",
-        }
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    handler = functools.partial(Quiet, directory=str(root))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
 
 
 @contextmanager
@@ -109,8 +79,8 @@ def browser_page(problems: list[str]) -> Iterator[Any]:
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     root = tmp_path_factory.mktemp("site")
     export(root)
-    with static_site(root) as url:
-        yield url
+    with serve_folder(root) as served:
+        yield served.url
 
 
 def test_the_exported_app_loads_from_another_origin_and_shows_its_unpaired_screen(

@@ -12,14 +12,13 @@ page comes from 127.0.0.1 there (a secure context). The namespace is removed at 
 from __future__ import annotations
 
 import functools
-import http.server
 import os
 import secrets
 import socket
 import subprocess
-import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, cast
 
@@ -28,8 +27,10 @@ import pytest
 import trio
 
 from sidecode_trio.channel.link import LinkSettings
+from sidecode_trio.config import DaemonConfig
 from sidecode_trio.daemon import rtc_sessions
 from sidecode_trio.ops.front import open_routes
+from sidecode_trio.rtc import service as service_module
 from sidecode_trio.rtc.service import RtcService
 from sidecode_trio.rtc.settings import RtcSettings
 from sidecode_trio.security.auth import Principal
@@ -40,7 +41,7 @@ from sidecode_trio.security.tls import CertificateStore
 from sidecode_trio.web.export import export
 
 import netlab
-from helpers import chromium_args, chromium_or_skip
+from helpers import Client, chromium_args, chromium_or_skip, running_daemon, serve_folder
 
 netlab.skip_unless_possible()  # root, ip and mosquitto (fails in CI rather than skip)
 playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
@@ -149,22 +150,34 @@ def site(namespace: str, tmp_path: Path) -> Iterator[str]:
     # a page without the app's policy, whose connect-src allows wss: but not a loopback ws:
     (root / "dial.html").write_text("<!doctype html><title>dial</title>")
 
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args: Any) -> None:
-            pass
+    with serve_folder(root, functools.partial(_in_namespace, namespace)) as served:
+        yield served.url
 
-    handler = functools.partial(Quiet, directory=str(root))
-    server: http.server.ThreadingHTTPServer = _in_namespace(
-        namespace, lambda: http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+
+@asynccontextmanager
+async def offering_through_the_broker(
+    make_config: Callable[..., DaemonConfig], namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[tuple[Client, DaemonConfig, dict[str, Any]]]:
+    """A daemon without WebTransport whose WebRTC task lives in ``namespace`` (with the broker;
+    its addresses, this namespace's loopback, are out of reach there), its config, and a chat
+    pairing offer it listens for on the broker."""
+    monkeypatch.setattr(
+        service_module,
+        "RtcService",
+        functools.partial(service_module.RtcService, thread_setup=lambda: _setns(namespace)),
     )
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    rtc = RtcSettings(rendezvous=f"ws://127.0.0.1:{WS_PORT}", stun=(), ping_interval=1.0)
+    config = make_config(rtc=rtc, quic_port=-1)
+    async with running_daemon(config) as owner:
+        service = owner.handle.rtc
+        with trio.fail_after(90):
+            await service.ready.wait()
+            response = await owner.http.post("/v1/pairings", json={"scope": "chat"})
+            payload: dict[str, Any] = response.json()["payload"]
+            assert payload["rv"] == f"ws://127.0.0.1:{WS_PORT}"
+            while service.pairing() != [payload["sid"]]:
+                await trio.sleep(0.02)
+        yield owner, config, payload
 
 
 async def _no_requests(

@@ -9,9 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
-import subprocess
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -30,7 +27,7 @@ from sidecode_trio.rtc.signaling import topics
 from sidecode_trio.security.identity import unb64
 
 import netlab
-from helpers import Phone, load_example, running_daemon
+from helpers import Phone, load_example, mosquitto_on_loopback, running_daemon
 
 netlab.skip_unless_possible(lab=False)
 if shutil.which("mosquitto") is None:  # CI installs it: a skip there would hide a lost test
@@ -42,37 +39,11 @@ pc = load_example("pair_client")
 OPEN_DEADLINE = 3.0  # seconds from answer to open DataChannel, in place of OPEN_TIMEOUT's 30
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 def broker(tmp_path: Path) -> Iterator[str]:
     """A mosquitto on loopback, killed after the test."""
-    port = _free_port()
-    conf = tmp_path / "mosquitto.conf"
-    conf.write_text(
-        f"per_listener_settings false\nallow_anonymous true\npersistence false\n"
-        f"set_tcp_nodelay true\nlistener {port} 127.0.0.1\n"
-    )
-    proc = subprocess.Popen(
-        ["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    try:
-        deadline = time.monotonic() + 20  # a deadline (a loaded machine), not a count of tries
-        while True:
-            with socket.socket() as sock:
-                if sock.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail("mosquitto did not start")
-            time.sleep(0.05)
-        yield f"mqtt://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    with mosquitto_on_loopback(tmp_path) as url:
+        yield url
 
 
 async def until(condition: Callable[[], bool]) -> None:

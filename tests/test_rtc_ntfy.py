@@ -172,14 +172,38 @@ async def test_an_unreachable_server_fails_subscribe_and_publish_clearly() -> No
 pc = load_example("pair_client")
 
 
-async def test_the_daemon_answers_a_devices_offer_over_ntfy_which_sees_only_sealed_bytes(
-    make_config: Callable[..., DaemonConfig], work_dir: Path
-) -> None:
-    netlab.skip_unless_possible(lab=False)  # aiortc
+async def sessions_through_the_broker(owner: Client, phone: Phone) -> list[str]:
+    """The ids of the sessions ``phone`` lists over WebRTC, dialled through the rendezvous it
+    paired with once the daemon listens there for it, and authenticated."""
     from sidecode_trio.rtc.client import open_session
     from sidecode_trio.rtc.peer import open_asyncio_thread
     from sidecode_trio.rtc.rendezvous import dial
 
+    the_topics = topics(unb64(phone.credentials["rendezvous"]["secret"]))
+    daemon = phone.daemon_key
+    box = SignalingBox(phone.key, lambda key: key == daemon)
+    device_id = phone.credentials["device"]["id"]
+    while owner.handle.rtc.subscribed() != [device_id]:
+        await trio.sleep(0.02)
+    async with (
+        open_asyncio_thread() as aio,
+        open_rendezvous(phone.credentials["rendezvous"]["url"]) as broker,
+        trio.open_nursery() as nursery,
+    ):
+        await broker.subscribe(the_topics.to_device)
+        link = await dial(aio, broker, box, phone.key, daemon, the_topics)
+        session, carrier = await open_session(nursery, link, "test")
+        await session.authenticate(device_id, phone.key)
+        listed = await session.request("GET", "/v1/sessions")
+        await carrier.aclose()
+        nursery.cancel_scope.cancel()
+    return [s["id"] for s in listed["sessions"]]
+
+
+async def test_the_daemon_answers_a_devices_offer_over_ntfy_which_sees_only_sealed_bytes(
+    make_config: Callable[..., DaemonConfig], work_dir: Path
+) -> None:
+    netlab.skip_unless_possible(lab=False)  # aiortc
     async with fake_ntfy() as server:
         rtc = RtcSettings(rendezvous=server.url, stun=(), ping_interval=1.0, ping_misses=30)
         async with running_daemon(make_config(https=True, rtc=rtc)) as owner:
@@ -188,25 +212,9 @@ async def test_the_daemon_answers_a_devices_offer_over_ntfy_which_sees_only_seal
             phone = Phone(await trio.to_thread.run_sync(pc.pair, offer["payload"], "phone"))
             assert phone.credentials["rendezvous"]["url"] == server.url  # the payload's "rv"
             the_topics = topics(unb64(phone.credentials["rendezvous"]["secret"]))
-            daemon = phone.daemon_key
-            box = SignalingBox(phone.key, lambda key: key == daemon)
-            device_id = phone.credentials["device"]["id"]
             with trio.fail_after(60):
-                while owner.handle.rtc.subscribed() != [device_id]:
-                    await trio.sleep(0.02)
-                async with (
-                    open_asyncio_thread() as aio,
-                    open_rendezvous(phone.credentials["rendezvous"]["url"]) as broker,
-                    trio.open_nursery() as nursery,
-                ):
-                    await broker.subscribe(the_topics.to_device)
-                    link = await dial(aio, broker, box, phone.key, daemon, the_topics)
-                    session, carrier = await open_session(nursery, link, "test")
-                    await session.authenticate(device_id, phone.key)
-                    listed = await session.request("GET", "/v1/sessions")
-                    assert [s["id"] for s in listed["sessions"]] == [created["session"]["id"]]
-                    await carrier.aclose()
-                    nursery.cancel_scope.cancel()
+                listed = await sessions_through_the_broker(owner, phone)
+            assert listed == [created["session"]["id"]]
     sent = {m["topic"] for m in server.published}
     assert sent == {ntfy_topic(the_topics.to_daemon), ntfy_topic(the_topics.to_device)}
     for message in server.published:  # hello, ice, offer, answer: sealed envelopes, or parts
@@ -607,10 +615,6 @@ async def test_a_daemon_with_a_token_file_pairs_and_answers_a_device_through_a_c
     carries the token to the device (``rv``), which pairs through the server and dials; the token
     shows nowhere else (status, the CSP, the log), and the server only saw it in headers."""
     netlab.skip_unless_possible(lab=False)  # aiortc
-    from sidecode_trio.rtc.client import open_session
-    from sidecode_trio.rtc.peer import open_asyncio_thread
-    from sidecode_trio.rtc.rendezvous import dial
-
     caplog.set_level(logging.DEBUG)
     token_file = tmp_path / "ntfy.token"
     token_file.write_text(TOKEN)
@@ -624,32 +628,13 @@ async def test_a_daemon_with_a_token_file_pairs_and_answers_a_device_through_a_c
             ping_misses=30,
         )
         async with running_daemon(make_config(https=True, rtc=rtc)) as owner:
-            service = owner.handle.rtc
             with trio.fail_after(60):
                 created = await owner.create(work_dir, "hello")
                 payload = await listened_offer(owner)
                 assert split_url(payload["rv"]) == (server.url, Credentials("", TOKEN))
                 credentials = await pc.pair_over_rendezvous(payload, "phone")
-                phone = Phone(credentials)
-                the_topics = topics(unb64(phone.credentials["rendezvous"]["secret"]))
-                daemon = phone.daemon_key
-                box = SignalingBox(phone.key, lambda key: key == daemon)
-                device_id = phone.credentials["device"]["id"]
-                while service.subscribed() != [device_id]:
-                    await trio.sleep(0.02)
-                async with (
-                    open_asyncio_thread() as aio,
-                    open_rendezvous(phone.credentials["rendezvous"]["url"]) as broker,
-                    trio.open_nursery() as nursery,
-                ):
-                    await broker.subscribe(the_topics.to_device)
-                    link = await dial(aio, broker, box, phone.key, daemon, the_topics)
-                    session, carrier = await open_session(nursery, link, "test")
-                    await session.authenticate(device_id, phone.key)
-                    listed = await session.request("GET", "/v1/sessions")
-                    assert [s["id"] for s in listed["sessions"]] == [created["session"]["id"]]
-                    await carrier.aclose()
-                    nursery.cancel_scope.cancel()
+                listed = await sessions_through_the_broker(owner, Phone(credentials))
+                assert listed == [created["session"]["id"]]
             status = (await owner.http.get("/v1/status")).json()["rtc"]
             assert status["rendezvous"] == server.url
             assert status["settings"]["rendezvous_token_file"] == str(token_file)

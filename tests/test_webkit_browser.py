@@ -11,13 +11,9 @@ Trio, as with Playwright in test_webapp_browser.py.
 
 from __future__ import annotations
 
-import functools
-import http.server
 import re
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import trio
@@ -27,7 +23,7 @@ from webkit import WebKit, webkit_browser, webkit_or_skip
 from sidecode_trio.config import DaemonConfig
 from sidecode_trio.web.export import export
 
-from helpers import running_daemon
+from helpers import running_daemon, serve_folder
 
 # The text of the transcript after the last user message: the current turn's answer.
 CURRENT_TURN = """() => {
@@ -222,20 +218,8 @@ def static_site(tmp_path: Path) -> Iterator[str]:
     export(root)
     (root / "blank.html").write_text("<!doctype html><title>pair</title>")
 
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    handler = functools.partial(Quiet, directory=str(root))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with serve_folder(root) as served:
+        yield served.url
 
 
 PAIR = """async (payload, name) => {

@@ -12,22 +12,17 @@ than retry a path it lacks.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import trio
-from test_rtc_browser_dial import WS_PORT, _in_namespace, _setns, namespace, site
+from test_rtc_browser_dial import _in_namespace, namespace, offering_through_the_broker, site
 from webkit import webkit_browser, webkit_or_skip
 
 from sidecode_trio.config import DaemonConfig
-from sidecode_trio.rtc import service as service_module
-from sidecode_trio.rtc.settings import RtcSettings
 from sidecode_trio.security.devices import DeviceStore
 from sidecode_trio.security.identity import unb64
-
-from helpers import running_daemon
 
 __all__ = ["namespace", "site"]  # the fixtures, imported
 
@@ -53,23 +48,9 @@ async def test_webkit_pairs_through_the_broker_then_is_told_it_has_no_path_from_
     tmp_path: Path,
 ) -> None:
     webkit_or_skip()
-    monkeypatch.setattr(
-        service_module,
-        "RtcService",
-        functools.partial(service_module.RtcService, thread_setup=lambda: _setns(namespace)),
-    )
-    rtc = RtcSettings(rendezvous=f"ws://127.0.0.1:{WS_PORT}", stun=(), ping_interval=1.0)
-    config = make_config(rtc=rtc, quic_port=-1)
-    async with running_daemon(config) as owner:
+    broker = offering_through_the_broker(make_config, namespace, monkeypatch)
+    async with broker as (owner, config, payload):
         service = owner.handle.rtc
-        with trio.fail_after(90):
-            await service.ready.wait()
-            payload = (await owner.http.post("/v1/pairings", json={"scope": "chat"})).json()[
-                "payload"
-            ]
-            assert payload["rv"] == f"ws://127.0.0.1:{WS_PORT}"
-            while service.pairing() != [payload["sid"]]:
-                await trio.sleep(0.02)
 
         def scenario() -> tuple[dict[str, object], dict[str, object]]:
             # this thread is in the namespace: Xvfb, the driver and the browser are born there

@@ -631,17 +631,7 @@ class SessionCore:
         self._stop_deadline = self._idle_since = None
         self._interrupt_on_start = False
         self._warm = self.warm_only = self._cool = False
-        for request_id, withdrawn in list(self._pending.items()):
-            del self._pending[request_id]
-            self._remember_answer(request_id, ev.PermissionOutcome.WITHDRAWN.value)
-            out.append(
-                ev.PermissionResolved(
-                    request_id,
-                    ev.PermissionOutcome.WITHDRAWN,
-                    "the session failed",
-                    summary=withdrawn.summary,
-                )
-            )
+        self._withdraw_pending("the session failed", out)
         if self.current is not None:
             out.append(
                 ev.TurnFailed(
@@ -751,17 +741,7 @@ class SessionCore:
         self._release_held(None, out)
         self._expiry.clear()
         joined = " | ".join(list(tail)[-3:])
-        for request_id, withdrawn in list(self._pending.items()):
-            del self._pending[request_id]
-            self._remember_answer(request_id, ev.PermissionOutcome.WITHDRAWN.value)  # then 409
-            out.append(
-                ev.PermissionResolved(
-                    request_id,
-                    ev.PermissionOutcome.WITHDRAWN,
-                    "claude exited",
-                    summary=withdrawn.summary,
-                )
-            )
+        self._withdraw_pending("claude exited", out)
         if self.current is not None:
             reason = "cli_exited" if not expected else self.stop_reason
             detail = f"claude exited with code {code}" + (f": {joined}" if joined else "")
@@ -901,6 +881,18 @@ class SessionCore:
         out.append(event)
 
     # -- helpers -------------------------------------------------------------------------------
+
+    def _withdraw_pending(self, reason: str, out: list[Output]) -> None:
+        """Withdraw every pending permission request (no CLI is left to take an answer); an
+        answer that comes later is told it was withdrawn (409)."""
+        for request_id, withdrawn in list(self._pending.items()):
+            del self._pending[request_id]
+            self._remember_answer(request_id, ev.PermissionOutcome.WITHDRAWN.value)
+            out.append(
+                ev.PermissionResolved(
+                    request_id, ev.PermissionOutcome.WITHDRAWN, reason, summary=withdrawn.summary
+                )
+            )
 
     def _remember_answer(self, request_id: str, outcome: str) -> None:
         self._answered[request_id] = outcome

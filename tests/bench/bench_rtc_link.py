@@ -27,8 +27,6 @@ import hmac
 import json
 import os
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -61,33 +59,15 @@ from sidecode_trio.rtc.signaling import SignalingBox, Topics, topics  # noqa: E4
 from sidecode_trio.security.identity import b64, unb64  # noqa: E402
 from sidecode_trio.security.pairing import rendezvous_secret, transcript  # noqa: E402
 
+from helpers import mosquitto_on_loopback  # noqa: E402
+
 
 @contextmanager
 def mosquitto() -> Iterator[str]:
     if shutil.which("mosquitto") is None:
         raise SystemExit("needs mosquitto (apt-get install mosquitto)")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    with tempfile.TemporaryDirectory() as tmp:
-        conf = Path(tmp) / "mosquitto.conf"
-        conf.write_text(
-            "per_listener_settings false\nallow_anonymous true\npersistence false\n"
-            f"set_tcp_nodelay true\nlistener {port} 127.0.0.1\n"
-        )
-        proc = subprocess.Popen(
-            ["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        try:
-            for _ in range(200):
-                with socket.socket() as sock:
-                    if sock.connect_ex(("127.0.0.1", port)) == 0:
-                        break
-                time.sleep(0.05)
-            yield f"mqtt://127.0.0.1:{port}"
-        finally:
-            proc.terminate()
-            proc.wait(10)
+    with tempfile.TemporaryDirectory() as tmp, mosquitto_on_loopback(Path(tmp)) as url:
+        yield url
 
 
 def rss_kib(pid: int) -> int:
