@@ -361,3 +361,176 @@ async def test_a_remote_follower_past_its_restart_budget_waits_for_a_client_to_o
                 assert follower.runs == registry.MAX_FAILURES + 1
     finally:
         store.close()
+
+
+def session_failed(e: SSEEvent) -> bool:
+    return e.type == "session.error" and e.body["code"] == "session_failed"
+
+
+INTERNAL_REPLY = {"error": {"code": "internal", "message": "internal error; see the daemon's log"}}
+
+
+async def a_failed_request_failed_only_its_session(
+    daemon: Client,
+    victim: str,
+    victim_pid: int,
+    failing: SSEStream,
+    other: tuple[str, int],
+    disarm: Callable[[], None],
+) -> None:
+    """After a request's unexpected error on ``victim`` (its reply a 500): the session went the
+    run task's failure path, the bystander ``other`` (id, CLI pid) is untouched, and the next
+    message to the victim starts it again."""
+    error = await failing.until(session_failed)
+    assert "RuntimeError" in error.body["message"]
+    assert "the next message starts it again" in error.body["message"]
+    await until_seen(
+        failing, lambda e: e.type == "session.status" and e.body["status"] == "errored"
+    )
+    assert not pid_alive(victim_pid)  # stopped and reaped before the failure was recorded
+    snapshot = await daemon.snapshot(victim)
+    assert snapshot["pending_permissions"] == []
+    assert snapshot["session"]["cli"] in ("stopped", "crashed")
+    assert await status_of(daemon, victim) == "errored"
+
+    other_id, other_pid = other
+    async with daemon.events(other_id, from_start=False) as healthy:
+        sent = (await daemon.send(other_id, "still here?"))["message_id"]
+        done = await healthy.until(
+            lambda e: e.type == "turn.completed" and e.body["turn_id"] == sent
+        )
+        assert done.body["result"] == "You said: still here?"
+        assert not any(e.type == "session.error" for e in healthy.seen)
+    assert pid_alive(other_pid)
+
+    disarm()
+    again = (await daemon.send(victim, "again"))["message_id"]
+    done = await failing.until(lambda e: e.type == "turn.completed" and e.body["turn_id"] == again)
+    assert done.body["result"] == "You said: again"
+    assert await status_of(daemon, victim) == "idle"
+
+
+async def test_an_answers_unexpected_error_fails_its_session_not_half_applied(
+    daemon: Client, work_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The answer is taken by the core (resolved) and then writing it to the CLI raises: the
+    CLI would never get it and the session hung, its turn waiting for ever. Now the request is
+    a 500 and the session fails as when its own task fails: its turn ends ``session_failed``,
+    its CLI is stopped, and a new message starts it again."""
+    victims: list[str] = []
+    raised: list[str] = []
+    send = ClaudeProcess.send
+
+    async def failing_send(self: ClaudeProcess, message: Mapping[str, Any]) -> None:
+        if message.get("type") == "control_response" and self.spec.session_id in victims:
+            raised.append(self.spec.session_id)
+            raise RuntimeError("injected failure")
+        await send(self, message)
+
+    monkeypatch.setattr(ClaudeProcess, "send", failing_send)
+    with trio.fail_after(40):
+        other = await idle_session(daemon, work_dir, "bystander")
+        created = await daemon.create(work_dir, "[[bash:echo hi]]")
+        victim = created["session"]["id"]
+        async with daemon.events(victim) as failing:
+            request = (await failing.until_type("permission.requested")).body["request_id"]
+            victim_pid = (await until_seen(failing, state("running"))).body["pid"]
+            victims.append(victim)
+            reply = await daemon.answer(victim, request, behavior="allow")
+            assert reply.status_code == 500, reply.text
+            assert reply.json() == INTERNAL_REPLY
+            assert raised == [victim]
+            await a_failed_request_failed_only_its_session(
+                daemon, victim, victim_pid, failing, other, victims.clear
+            )
+            turn = next(e for e in failing.seen if failed_turn(created["message_id"])(e))
+            assert turn.body["reason"] == "session_failed"
+            assert raised == [victim]
+
+
+async def test_a_model_changes_unexpected_error_fails_its_session(
+    daemon: Client, work_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same for a change of model, here while a permission request is pending: it is
+    withdrawn (no approval card waits for a CLI that is gone)."""
+    victims: list[str] = []
+    request = ClaudeProcess.request
+
+    async def failing_request(
+        self: ClaudeProcess, body: Mapping[str, Any], timeout: float = 30.0
+    ) -> dict[str, Any]:
+        if body.get("subtype") == "set_model" and self.spec.session_id in victims:
+            raise RuntimeError("injected failure")
+        return await request(self, body, timeout)
+
+    monkeypatch.setattr(ClaudeProcess, "request", failing_request)
+    with trio.fail_after(40):
+        other = await idle_session(daemon, work_dir, "bystander")
+        created = await daemon.create(work_dir, "[[bash:echo hi]]")
+        victim = created["session"]["id"]
+        async with daemon.events(victim) as failing:
+            pending = (await failing.until_type("permission.requested")).body["request_id"]
+            victim_pid = (await until_seen(failing, state("running"))).body["pid"]
+            # an expected error (the package's own, a 4xx) is the request's only
+            reply = await daemon.http.patch(f"/v1/sessions/{victim}", json={"model": "a b"})
+            assert reply.status_code == 400, reply.text
+            victims.append(victim)
+            reply = await daemon.http.patch(
+                f"/v1/sessions/{victim}", json={"model": "claude-haiku-4-5"}
+            )
+            assert reply.status_code == 500, reply.text
+            assert reply.json() == INTERNAL_REPLY
+            await a_failed_request_failed_only_its_session(
+                daemon, victim, victim_pid, failing, other, victims.clear
+            )
+            withdrawn = [
+                e.body
+                for e in failing.seen
+                if e.type == "permission.resolved" and e.body["request_id"] == pending
+            ]
+            assert [w["outcome"] for w in withdrawn] == ["withdrawn"]
+            turn = next(e for e in failing.seen if failed_turn(created["message_id"])(e))
+            assert turn.body["reason"] == "session_failed"
+            # a model change that works still does, after the restart
+            reply = await daemon.http.patch(
+                f"/v1/sessions/{victim}", json={"model": "claude-haiku-4-5"}
+            )
+            assert reply.status_code == 200, reply.text
+            assert len([e for e in failing.seen if session_failed(e)]) == 1
+
+
+async def test_a_requests_unexpected_error_on_a_sleeping_session_fails_it_too(
+    make_config: Callable[..., DaemonConfig], work_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No run task is alive to die of it (the CLI stopped when idle): the registry is told
+    directly, and the session fails the same way."""
+    victims: list[str] = []
+    set_settings = SessionCore.set_settings
+
+    def failing_set_settings(self: SessionCore, **changes: Any) -> Any:
+        if self.id in victims:
+            raise RuntimeError("injected failure")
+        return set_settings(self, **changes)
+
+    monkeypatch.setattr(SessionCore, "set_settings", failing_set_settings)
+    with trio.fail_after(40):
+        async with running_daemon(make_config(idle_timeout=0.3)) as daemon:
+            victim = (await daemon.create(work_dir, "first"))["session"]["id"]
+            async with daemon.events(victim) as failing:
+                await failing.until_type("turn.completed")
+                await failing.until(state("stopped"))  # asleep: idle for idle_timeout
+                victims.append(victim)
+                reply = await daemon.http.patch(
+                    f"/v1/sessions/{victim}", json={"model": "claude-haiku-4-5"}
+                )
+                assert reply.status_code == 500, reply.text
+                assert reply.json() == INTERNAL_REPLY
+                error = await failing.until(session_failed)
+                assert "RuntimeError" in error.body["message"]
+                assert await status_of(daemon, victim) == "errored"
+                victims.clear()
+                again = (await daemon.send(victim, "again"))["message_id"]
+                done = await failing.until(
+                    lambda e: e.type == "turn.completed" and e.body["turn_id"] == again
+                )
+                assert done.body["result"] == "You said: again"

@@ -27,7 +27,14 @@ from ..wire import events as ev
 from ..wire.snapshot import SessionInfo
 from .core import SESSION_FAILED
 from .session import Remote
-from .supervisor import RECENT_IDS, Prompt, SessionSupervisor, SupervisorSettings
+from .supervisor import (
+    RECENT_IDS,
+    SYSTEMIC,
+    Prompt,
+    RequestFailed,
+    SessionSupervisor,
+    SupervisorSettings,
+)
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +45,6 @@ ACTIVITY_REPORT_INTERVAL: Final = 10.0  # seconds: activity-only changes are rep
 #: messages fail as not delivered and it stays failed until the user sends a new message.
 MAX_FAILURES: Final = 3
 RESTART_WINDOW: Final = 600.0
-#: Errors of the whole process, not of one session: never contained, they end the daemon.
-SYSTEMIC: Final = (MemoryError, SystemError, trio.TrioInternalError)
 
 
 @attrs.frozen
@@ -141,7 +146,7 @@ class SessionRegistry:
                 if self.remote_factory is not None:
                     self._remotes[session_id] = self.remote_factory(session_id)
                 continue
-            supervisor = SessionSupervisor(session_id, self._log, self._settings)
+            supervisor = self._supervisor(session_id)
             supervisor.recover()
             self._supervisors[session_id] = supervisor
         self._remember_creates()
@@ -180,6 +185,22 @@ class SessionRegistry:
         for channel in list(self._list_subscribers):
             channel.close()
         self._list_subscribers.clear()
+
+    def _supervisor(self, session_id: str) -> SessionSupervisor:
+        return SessionSupervisor(
+            session_id,
+            self._log,
+            self._settings,
+            on_failure=lambda error: self._request_failed(session_id, error),
+        )
+
+    def _request_failed(self, session_id: str, error: Exception) -> None:
+        """A request's operation failed unexpectedly on a session with no run task (else that
+        task dies of it, and :meth:`_contained` sees it): the same failure path."""
+        try:
+            self._failed(session_id, error)
+        except Exception:
+            log.exception("session %s: recording its failure failed too", session_id)
 
     def _wake(self, supervisor: SessionSupervisor) -> None:
         if not supervisor.active and supervisor.wants_run() and self._nursery is not None:
@@ -278,7 +299,7 @@ class SessionRegistry:
             session_id,
             ev.SessionCreated(str(real), title, model, permission_mode, client_id=client_id),
         )
-        supervisor = SessionSupervisor(session_id, self._log, self._settings)
+        supervisor = self._supervisor(session_id)
         supervisor.init_created(str(real), model, permission_mode)
         self._supervisors[session_id] = supervisor
         message_id = None
@@ -507,6 +528,8 @@ def _kinds(error: BaseException) -> str:
     """The class names of ``error``'s leaves (a group's members), e.g. ``RuntimeError``."""
     if isinstance(error, BaseExceptionGroup):
         return ", ".join(dict.fromkeys(_kinds(inner) for inner in error.exceptions))
+    if isinstance(error, RequestFailed) and error.__cause__ is not None:
+        return _kinds(error.__cause__)  # a request's error, which the run task raised for it
     return type(error).__name__
 
 

@@ -16,7 +16,7 @@ import math
 import os
 import time
 import uuid as uuidlib
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any, Final
 
 import attrs
@@ -50,11 +50,28 @@ from .core import (
     check_model,
 )
 
-__all__ = ["RECENT_IDS", "MirrorRequest", "Prompt", "SessionSupervisor", "SupervisorSettings"]
+__all__ = [
+    "RECENT_IDS",
+    "SYSTEMIC",
+    "MirrorRequest",
+    "Prompt",
+    "RequestFailed",
+    "SessionSupervisor",
+    "SupervisorSettings",
+]
 
 log = logging.getLogger(__name__)
 
 MAX_DIFF_SOURCE: Final = 2 * 1024 * 1024  # bytes of a file read to show a proposed edit's diff
+#: Errors of the whole process, not of one session: never contained, they end the daemon (or,
+#: in a request's task, are that request's 500 only, as before).
+SYSTEMIC: Final = (MemoryError, SystemError, trio.TrioInternalError)
+
+
+class RequestFailed(Exception):
+    """A request's operation on a session (an answer, an interrupt...) failed unexpectedly,
+    perhaps half-way through the core's transition: the session's run task raises this (its
+    ``__cause__`` the error) so that the registry fails the session as for its own errors."""
 
 
 @attrs.define
@@ -97,8 +114,17 @@ class SessionSupervisor:
     inputs, appends the events the core returns and carries out its actions (the process, the
     one timer, file reads off the Trio thread)."""
 
-    def __init__(self, session_id: str, log: EventLog, settings: SupervisorSettings) -> None:
+    def __init__(
+        self,
+        session_id: str,
+        log: EventLog,
+        settings: SupervisorSettings,
+        on_failure: Callable[[Exception], None] | None = None,
+    ) -> None:
         self.id = session_id
+        #: the registry's failure path, for a request's unexpected error while no run task is
+        #: alive to die of it (with one, the run task raises it: :meth:`_request`)
+        self._on_failure = on_failure
         self._log = log
         self._settings = settings
         grace = settings.grace
@@ -130,6 +156,8 @@ class SessionSupervisor:
         #: the run task is dying of an unexpected error: its teardown tells the core nothing
         #: (its state is not to be trusted); the registry then calls :meth:`failed`
         self._failing = False
+        #: a request's unexpected error, for the run task to raise (:meth:`_request`)
+        self._request_failure: RequestFailed | None = None
 
     def __repr__(self) -> str:
         return f"<SessionSupervisor {self.core!r} cli={self._process!r}>"
@@ -251,46 +279,79 @@ class SessionSupervisor:
 
     # -- operations (called by ops/, from any task) --------------------------------------------
 
+    @contextlib.contextmanager
+    def _request(self, what: str) -> Iterator[None]:
+        """The error boundary of an operation run in a request's task (an answer, an interrupt,
+        a change of mode...): it may have changed the core and not yet carried out what the
+        core said, so an unexpected error in it fails the session, as one in the run task does
+        (the CLI stopped and reaped, :meth:`~.core.SessionCore.failed`, the restart policy).
+        The error still propagates: the request is a 500. The package's own errors (a 404, a
+        409, the CLI's 502...) are the request's only, as are :data:`SYSTEMIC` ones."""
+        try:
+            yield
+        except SidecodeError:
+            raise
+        except Exception as exc:
+            if not isinstance(exc, SYSTEMIC):
+                self._fail_from_request(what, exc)
+            raise
+
+    def _fail_from_request(self, what: str, error: Exception) -> None:
+        log.error("session %s: %s failed unexpectedly; the session fails", self.id, what)
+        failure = RequestFailed(f"{what} failed")
+        failure.__cause__ = error
+        if self.active:  # the run task dies of it (a first error wins), stopping the CLI
+            self._failing = True
+            if self._request_failure is None:
+                self._request_failure = failure
+            if self._run_scope is not None:
+                self._run_scope.cancel()
+        elif self._on_failure is not None:  # asleep: no CLI to stop, the core to reset
+            self._on_failure(failure)
+
     def send(self, prompt: Prompt | str, client_id: str | None = None) -> tuple[str, bool]:
         """Queue a user message. Returns ``(message_id, created)``; a repeated ``client_id`` is
         accepted once and answers with the first message's id."""
         prompt = Prompt(prompt) if isinstance(prompt, str) else prompt
-        message_id, created, outputs = self.core.send(str(uuidlib.uuid4()), prompt, client_id)
-        if created:
-            queued, *rest = outputs
-            assert isinstance(queued, ev.MessageQueued)
-            self._unstored[message_id] = self._log.append(self.id, queued)
-            self._apply(rest)
-            self._wake.set()
+        with self._request("sending a message"):
+            message_id, created, outputs = self.core.send(str(uuidlib.uuid4()), prompt, client_id)
+            if created:
+                queued, *rest = outputs
+                assert isinstance(queued, ev.MessageQueued)
+                self._unstored[message_id] = self._log.append(self.id, queued)
+                self._apply(rest)
+                self._wake.set()
         return message_id, created
 
     def withdraw(self, message_id: str) -> bool:
         """The store failed before ``message_id`` was durable (its sender gets a 503): take it
         back, so it never runs; it ends ``turn.failed`` ``store_unavailable`` and its client id
         is forgotten (a retry queues it anew). False if it is durable or no longer queued."""
-        cursor = self._unstored.get(message_id)
-        if cursor is None or self._log.durable(self.id, cursor):
-            return False
-        outputs = self.core.withdraw(message_id)
-        if outputs is None:
-            return False
-        del self._unstored[message_id]
-        self._apply(outputs)
+        with self._request("withdrawing a message"):
+            cursor = self._unstored.get(message_id)
+            if cursor is None or self._log.durable(self.id, cursor):
+                return False
+            outputs = self.core.withdraw(message_id)
+            if outputs is None:
+                return False
+            del self._unstored[message_id]
+            self._apply(outputs)
         return True
 
     async def interrupt(self) -> bool:
         """Interrupt the running turn (or a message not yet delivered). False: nothing ran."""
-        process = self._process
-        interrupted, outputs = self.core.interrupt()
-        for action in self._apply(outputs):
-            if process is None or not isinstance(action, Control):
-                continue
-            try:
-                await process.request(action.request)
-            except CLIError as exc:
-                if self._process is not process:
-                    return True  # the CLI exited meanwhile: the turn ended anyway
-                raise CLIError(f"interrupt failed: {exc.message}") from exc
+        with self._request("an interrupt"):
+            process = self._process
+            interrupted, outputs = self.core.interrupt()
+            for action in self._apply(outputs):
+                if process is None or not isinstance(action, Control):
+                    continue
+                try:
+                    await process.request(action.request)
+                except CLIError as exc:
+                    if self._process is not process:
+                        return True  # the CLI exited meanwhile: the turn ended anyway
+                    raise CLIError(f"interrupt failed: {exc.message}") from exc
         return interrupted
 
     def pending(self, request_id: str) -> ev.PermissionRequested:
@@ -310,51 +371,56 @@ class SessionSupervisor:
         by: str = "",
     ) -> None:
         """Answer a pending tool permission request; the first answer wins."""
-        outputs = self.core.answer(
-            request_id,
-            allow,
-            message=message,
-            updated_input=updated_input,
-            updated_permissions=updated_permissions,
-            applied=applied,
-            interrupt=interrupt,
-            by=by,
-        )
-        process = self._process
-        for action in self._apply(outputs):
-            if isinstance(action, Write) and process is not None:
-                await process.send(action.frame)
+        with self._request("answering a permission request"):
+            outputs = self.core.answer(
+                request_id,
+                allow,
+                message=message,
+                updated_input=updated_input,
+                updated_permissions=updated_permissions,
+                applied=applied,
+                interrupt=interrupt,
+                by=by,
+            )
+            process = self._process
+            for action in self._apply(outputs):
+                if isinstance(action, Write) and process is not None:
+                    await process.send(action.frame)
 
     async def set_permission_mode(self, mode: str) -> None:
-        self.core.check_mode(mode)
-        process = self._process
-        if process is not None:
-            await process.request({"subtype": "set_permission_mode", "mode": mode})
-        self._apply(self.core.set_settings(mode=mode))
+        with self._request("changing the permission mode"):
+            self.core.check_mode(mode)
+            process = self._process
+            if process is not None:
+                await process.request({"subtype": "set_permission_mode", "mode": mode})
+            self._apply(self.core.set_settings(mode=mode))
 
     async def set_model(self, model: str) -> None:
-        check_model(model)
-        process = self._process
-        if process is not None:
-            await process.request({"subtype": "set_model", "model": model})
-        self._apply(self.core.set_settings(model=model))
+        with self._request("changing the model"):
+            check_model(model)
+            process = self._process
+            if process is not None:
+                await process.request({"subtype": "set_model", "model": model})
+            self._apply(self.core.set_settings(model=model))
 
     def set_labels(self, *, title: str | None = None, archived: bool | None = None) -> None:
         """Rename and/or (un)archive: metadata only, the CLI is not involved."""
-        fold = self._log.fold(self.id)
-        title = title if title is not None and title != fold.title else None
-        archived = archived if archived is not None and archived != fold.archived else None
-        if title is not None or archived is not None:
-            self._log.append(self.id, ev.SessionUpdated(title=title, archived=archived))
+        with self._request("relabelling the session"):
+            fold = self._log.fold(self.id)
+            title = title if title is not None and title != fold.title else None
+            archived = archived if archived is not None and archived != fold.archived else None
+            if title is not None or archived is not None:
+                self._log.append(self.id, ev.SessionUpdated(title=title, archived=archived))
 
     def request_mirror(self, enabled: bool, name: str | None) -> MirrorRequest | None:
         """Ask to restart the CLI with (or without) ``--remote-control``; only while idle, since
         a restart would cut a turn short. None: it is so already, nothing to restart."""
-        title = self._log.fold(self.id).title if enabled else None
-        if not self.core.request_mirror(enabled, name, title):
-            return None
-        request = self._mirror_request = MirrorRequest(enabled, name)
-        self._wake.set()
+        with self._request("changing mirroring"):
+            title = self._log.fold(self.id).title if enabled else None
+            if not self.core.request_mirror(enabled, name, title):
+                return None
+            request = self._mirror_request = MirrorRequest(enabled, name)
+            self._wake.set()
         return request
 
     def has_work(self) -> bool:
@@ -390,7 +456,7 @@ class SessionSupervisor:
             while go_on:
                 cancelled = True
                 with trio.CancelScope() as self._run_scope:
-                    if self.closed:
+                    if self.closed or self._request_failure is not None:
                         self._run_scope.cancel()
                     async with trio.open_nursery() as nursery:
                         self._nursery = nursery
@@ -398,6 +464,7 @@ class SessionSupervisor:
                         nursery.cancel_scope.cancel()
                     cancelled = self._run_scope.cancel_called
                 self._nursery = self._run_scope = None
+                self._raise_request_failure()  # a request failed: so does this task
                 # a send that came in while the nursery closed finds the task still active:
                 # the core says whether to go on (it did not start another one)
                 go_on, outputs = self.core.run_ended(cancelled)
@@ -414,12 +481,17 @@ class SessionSupervisor:
             self._nursery = self._run_scope = None
             self._stopped.set()
 
+    def _raise_request_failure(self) -> None:
+        if self._request_failure is not None:
+            raise self._request_failure
+
     def failed(self, detail: str, restart: bool) -> None:
         """The run task died of an unexpected error (the registry caught it, after its nursery
         stopped and reaped the CLI): reset to asleep, recording what ended (the core's
         :meth:`~.core.SessionCore.failed`); a mirror change waiting on it is told it failed."""
         assert not self.active
         self._failing = False
+        self._request_failure = None
         self._process = None
         self._process_scope = self._run_scope = self._nursery = None
         self._after_start = []
